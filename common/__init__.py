@@ -1,0 +1,1 @@
+"""Shared by every component: settings, the message schema, Kafka and MongoDB helpers."""

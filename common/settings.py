@@ -1,0 +1,134 @@
+"""Typed settings for every component, read from the environment.
+
+Each component composes the groups it needs and lets its CLI flags override
+them (``Settings.model_copy(update=...)``).  Environment variable names are the
+field names in upper case (``KAFKA_BOOTSTRAP_SERVERS``, ``MONGO_URI`` ...), which
+is also what ``.run/stack.env`` and the Ansible environment files write.
+
+Every entry point prints its effective settings at start through
+:func:`describe`, with secrets masked.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_CONFIG = SettingsConfigDict(env_file=None, extra="ignore", case_sensitive=False)
+
+
+class KafkaSettings(BaseSettings):
+    model_config = _CONFIG
+
+    kafka_bootstrap_servers: str = "127.0.0.1:9092"
+    images_topic: str = "iot-images"
+    results_topic: str = "iot-inference"
+    dlq_topic: str = "iot-dlq"
+    images_partitions: int = Field(3, ge=1)
+    results_partitions: int = Field(3, ge=1)
+    # Security (the deployment's SASL/SCRAM-over-TLS switch sets these).
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: str = "SCRAM-SHA-512"
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: str | None = None
+    # Group membership: the embedded broker takes about half of the session
+    # timeout to complete a join, so keep it modest; real Kafka is unaffected.
+    kafka_session_timeout_ms: int = 10_000
+    kafka_heartbeat_interval_ms: int = 2_000
+    kafka_max_poll_interval_ms: int = 300_000
+    # Producer batching: a few ms of linger lets one request carry many images.
+    kafka_linger_ms: int = 5
+    kafka_batch_size: int = 256 * 1024
+    # Largest message a consumer will try to decode; bigger ones are dead-lettered.
+    max_message_bytes: int = 256 * 1024
+
+
+class MongoSettings(BaseSettings):
+    model_config = _CONFIG
+
+    mongo_uri: SecretStr = SecretStr("mongodb://127.0.0.1:27017")
+    mongo_database: str = "iot"
+    mongo_collection: str = "images"
+    mongo_timeout_ms: int = 5_000
+
+
+class InferenceClientSettings(BaseSettings):
+    """How the inference consumer reaches the service (comma-separated URLs spread the load)."""
+
+    model_config = _CONFIG
+
+    inference_url: str = "http://127.0.0.1:8000"
+    inference_token: SecretStr | None = None
+    inference_timeout_s: float = 30.0
+    batch_size: int = Field(32, ge=1)
+    batch_wait_ms: int = Field(50, ge=0)
+    retry_initial_s: float = 0.5
+    retry_max_s: float = 10.0
+
+
+class DatasetSettings(BaseSettings):
+    model_config = _CONFIG
+
+    dataset: Literal["cifar10", "cifar100", "synthetic"] = "cifar10"
+    # A directory in the official "python version" layout, a local tarball or a URL.
+    # Empty means the official URL for the chosen dataset.
+    dataset_source: str = ""
+    dataset_split: Literal["test", "train"] = "test"
+
+
+class ProducerSettings(BaseSettings):
+    model_config = _CONFIG
+
+    producer_id: str | None = None
+    count: int = Field(300, ge=0)
+    rate: float = Field(20.0, gt=0)
+    duration: float | None = None
+    devices: int = Field(4, ge=1)
+    result_timeout_s: float = 120.0
+
+
+class ServiceSettings(BaseSettings):
+    """Settings of the Flask/Gunicorn inference service."""
+
+    model_config = _CONFIG
+
+    model_weights: str = "auto"  # auto | imagenet | random | path to a weights file
+    model_input_size: int | None = None  # default: 224 for imagenet, 32 otherwise
+    max_batch: int = Field(128, ge=1)
+    max_request_bytes: int = 16 * 1024 * 1024
+    inference_token: SecretStr | None = None
+    # Server-side dynamic batching: requests arriving within this window are merged.
+    dynamic_batch_max: int = Field(64, ge=1)
+    dynamic_batch_delay_ms: float = Field(2.0, ge=0)
+    tf_intra_op_threads: int = 0  # 0: TensorFlow decides
+    tf_inter_op_threads: int = 0
+    # Test hook (off by default): extra seconds added to every batch.
+    inference_slowdown_s: float = 0.0
+
+
+_SECRET_IN_URI = re.compile(r"(//[^:/@]+:)([^@]+)(@)")
+
+
+def mask(value: Any) -> Any:
+    """Mask a secret for printing; passwords inside URIs are hidden too."""
+    if isinstance(value, SecretStr):
+        raw = value.get_secret_value()
+        return _SECRET_IN_URI.sub(r"\1***\3", raw) if "://" in raw else "***"
+    return value
+
+
+def describe(*groups: BaseSettings) -> str:
+    """One line per effective setting, secrets masked: printed by every entry point."""
+    lines = []
+    for group in groups:
+        for name in type(group).model_fields:
+            lines.append(f"  {name.upper()}={mask(getattr(group, name))}")
+    return "effective settings:\n" + "\n".join(lines)
+
+
+def secret(value: SecretStr | None) -> str | None:
+    return value.get_secret_value() if value is not None else None
