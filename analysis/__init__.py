@@ -1,0 +1,1 @@
+"""Latency analysis: percentiles, CDF plots and reports over run directories."""
