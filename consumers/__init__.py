@@ -1,0 +1,1 @@
+"""Kafka consumers: the inference consumer and the MongoDB writer."""

@@ -1,0 +1,96 @@
+"""Pieces both consumers share: gathering a batch, waiting out an outage, committing."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+log = logging.getLogger(__name__)
+
+
+def gather(consumer, max_records: int, wait_ms: int, idle_timeout_ms: int = 500) -> list:
+    """Up to ``max_records`` records: wait for the first, then at most ``wait_ms`` more."""
+    records: list = []
+    deadline = None
+    while len(records) < max_records:
+        if deadline is None:
+            timeout = idle_timeout_ms
+        else:
+            timeout = int((deadline - time.monotonic()) * 1000)
+            if timeout <= 0:
+                break
+        polled = consumer.poll(timeout_ms=timeout, max_records=max_records - len(records))
+        for batch in polled.values():
+            records.extend(batch)
+        if not records:
+            return records
+        if deadline is None:
+            deadline = time.monotonic() + wait_ms / 1000
+    return records
+
+
+def idle_wait(consumer, seconds: float, stop) -> None:
+    """Sleep ``seconds`` while keeping group membership: poll with every partition paused.
+
+    kafka-python leaves the group when poll() is not called within
+    max.poll.interval.ms; polling paused partitions returns nothing but proves
+    liveness, so an outage of the service or database costs latency, not a rebalance.
+    """
+    assigned = consumer.assignment()
+    consumer.pause(*assigned)
+    try:
+        deadline = time.monotonic() + seconds
+        while not stop.is_set() and time.monotonic() < deadline:
+            consumer.poll(timeout_ms=min(200, max(1, int((deadline - time.monotonic()) * 1000))))
+    finally:
+        consumer.resume(*consumer.assignment())
+
+
+def next_offsets(records) -> dict:
+    """Offsets to commit after processing ``records``: last offset + 1 per partition."""
+    from kafka import TopicPartition
+    from kafka.structs import OffsetAndMetadata
+
+    last: dict = {}
+    for r in records:
+        tp = TopicPartition(r.topic, r.partition)
+        last[tp] = max(last.get(tp, -1), r.offset)
+    return {tp: OffsetAndMetadata(off + 1, "", -1) for tp, off in last.items()}
+
+
+def commit(consumer, records) -> bool:
+    """Commit what was processed; a lost partition (rebalance) is not an error: its new
+    owner re-reads from the last commit, which at-least-once delivery allows."""
+    from kafka.errors import CommitFailedError, KafkaError
+
+    offsets = {tp: om for tp, om in next_offsets(records).items() if tp in consumer.assignment()}
+    if not offsets:
+        return False
+    try:
+        consumer.commit(offsets)
+        return True
+    except (CommitFailedError, KafkaError) as exc:
+        log.warning("commit failed (%s); the batch will be redelivered", exc)
+        return False
+
+
+def rewind(consumer, records) -> None:
+    """Seek back to the first record of an unfinished batch so that it is read again
+    (otherwise the next commit would skip past it)."""
+    from kafka import TopicPartition
+
+    first: dict = {}
+    for r in records:
+        tp = TopicPartition(r.topic, r.partition)
+        first[tp] = min(first.get(tp, r.offset), r.offset)
+    for tp, offset in first.items():
+        if tp in consumer.assignment():
+            consumer.seek(tp, offset)
+
+
+def all_delivered(futures) -> bool:
+    """After producer.flush(): did every send succeed?"""
+    failed = [f for f in futures if f.failed()]
+    for f in failed[:3]:
+        log.error("publish failed: %s", f.exception)
+    return not failed

@@ -1,0 +1,1 @@
+"""Simulated IoT cameras publishing CIFAR images to Kafka (``python -m producer``)."""

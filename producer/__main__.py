@@ -1,0 +1,73 @@
+"""``python -m producer``: one producer process playing several cameras.
+
+Writes ``latencies.csv`` and ``stages.csv`` into ``--out`` and exits non-zero if any
+image's result did not come back.  Settings come from the environment (see
+common/settings.py); flags override them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import sys
+from pathlib import Path
+
+from common.log import setup_logging
+from common.settings import DatasetSettings, KafkaSettings, ProducerSettings, describe
+from producer import dataset as datasets
+from producer.camera import new_producer_id, run_cameras, write_run_files
+
+log = logging.getLogger("producer")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="python -m producer", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--count", type=int, help="images to send (default 300)")
+    p.add_argument("--rate", type=float, help="images per second (default 20)")
+    p.add_argument("--duration", type=float, help="seconds to send for; sets count = duration x rate")
+    p.add_argument("--devices", type=int, help="simulated cameras (Kafka keys), default 4")
+    p.add_argument("--producer-id", help="id stamped on every message (default: random)")
+    p.add_argument("--dataset", choices=["cifar10", "cifar100", "synthetic"])
+    p.add_argument("--dataset-source", help="directory, tarball or URL of the official archive")
+    p.add_argument("--split", choices=["test", "train"])
+    p.add_argument("--result-timeout", type=float, help="seconds to wait for the last results")
+    p.add_argument("--out", type=Path, default=Path("."), help="directory for latencies.csv")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    setup_logging()
+    args = parse_args(argv)
+    kafka = KafkaSettings()
+    data = DatasetSettings().model_copy(update={k: v for k, v in {
+        "dataset": args.dataset, "dataset_source": args.dataset_source,
+        "dataset_split": args.split}.items() if v is not None})
+    prod = ProducerSettings().model_copy(update={k: v for k, v in {
+        "count": args.count, "rate": args.rate, "duration": args.duration,
+        "devices": args.devices, "producer_id": args.producer_id,
+        "result_timeout_s": args.result_timeout}.items() if v is not None})
+    if prod.duration is not None:
+        prod = prod.model_copy(update={"count": math.ceil(prod.duration * prod.rate)})
+    producer_id = prod.producer_id or new_producer_id()
+    log.info("%s", describe(kafka, data, prod))
+    try:
+        ds = datasets.load(data.dataset, data.dataset_source, data.dataset_split,
+                           limit=prod.count if data.dataset == "synthetic" else None)
+    except datasets.DatasetUnavailable as exc:
+        log.error("%s", exc)
+        return 2
+    run = run_cameras(kafka=kafka, dataset=ds, producer_id=producer_id, count=prod.count,
+                      rate=prod.rate, devices=prod.devices,
+                      result_timeout_s=prod.result_timeout_s, progress=not args.no_progress)
+    write_run_files(run, args.out)
+    missing = prod.count - run.results
+    log.info("%s: sent %d, results %d, missing %d -> %s", producer_id, len(run.sent),
+             run.results, missing, args.out / "latencies.csv")
+    return 0 if missing == 0 and run.send_errors == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

