@@ -1,0 +1,197 @@
+"""``python -m analysis RUN_DIR... --out OUT_DIR``: latency report over run directories.
+
+Inputs per run directory: ``latencies.csv`` (required), ``summary.json`` and
+``stages.csv`` (optional).  ``--from-mongo URI`` adds a pseudo-run read straight
+from MongoDB (latency = stored_at - sent_at); ``--mongo URI`` fills in stage
+timestamps for the run directories' images from MongoDB.
+
+Outputs in OUT_DIR:
+  percentiles.csv   run,count,p50_ms,p90_ms,p95_ms,p99_ms,max_ms,throughput_img_s
+                    (also printed on stdout as a Markdown table)
+  latency_cdf.png   one CDF curve per run, p50/p95/p99 marked
+  stages.png        median / p95 time per pipeline stage (needs stage data)
+  throughput.png    images/s and p95 against producer count (or run)
+  accuracy.json, confusion.png   when images carry ground-truth labels
+
+Percentiles are exact *nearest-rank* percentiles (analysis/stats.py): for n
+sorted samples x[1] <= ... <= x[n] the p-th percentile is x[ceil(p/100 * n)],
+always a measured sample, never interpolated.  Throughput comes from
+summary.json's ``throughput_img_s`` when present, else results / (last
+result_at - first sent_at).
+
+Exit status: 0 on success, 2 on unusable input (the message names the file and
+line), no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from analysis.latencies import LatencyFileError
+from analysis.report import (labelled_pairs, markdown_table, percentile_row, run_accuracy,
+                             accuracy_of, write_percentiles_csv)
+from analysis.runs import (MONGO_COLLECTION, MONGO_DATABASE, RESULT_PATH, STAGES,
+                           AnalysisInputError, Run, add_mongo_stages, load_mongo_run, load_run,
+                           unique_names, with_row_stages)
+
+EPILOG = """\
+percentiles: exact nearest-rank -- for n sorted samples x[1..n] the p-th
+percentile is x[ceil(p/100*n)], always a measured sample (analysis/stats.py).
+throughput: summary.json throughput_img_s, else results / (last result_at -
+first sent_at).
+
+examples:
+  python -m analysis results/run-1p results/run-4p results/run-8p --out results/report
+  python -m analysis results/demo --out results/demo/report --log-x
+  python -m analysis --from-mongo mongodb://127.0.0.1:27017 --producer-id p1 --out report
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m analysis",
+        description="Latency report over pipeline runs: percentiles (CSV + Markdown table "
+                    "on stdout), latency CDF, stage breakdown, throughput and accuracy "
+                    "figures.  Each RUN_DIR needs only latencies.csv; summary.json, "
+                    "stages.csv and MongoDB add what they can.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", nargs="*", metavar="RUN_DIR",
+                        help="run directory holding latencies.csv (or the latencies.csv itself)")
+    parser.add_argument("--out", required=True, type=Path, metavar="OUT_DIR",
+                        help="directory for the report files (created if missing)")
+    parser.add_argument("--log-x", action="store_true",
+                        help="logarithmic latency axis on the CDF")
+    parser.add_argument("--title", default=None, help="title of the CDF figure")
+    parser.add_argument("--from-mongo", metavar="URI", default=None,
+                        help="add a pseudo-run read from MongoDB (latency = stored_at - sent_at)")
+    parser.add_argument("--producer-id", action="append", default=[], metavar="ID",
+                        help="with --from-mongo: only these producers (repeatable)")
+    parser.add_argument("--run-name", default="mongo",
+                        help="with --from-mongo: name of the pseudo-run (default: mongo)")
+    parser.add_argument("--mongo", metavar="URI", default=None,
+                        help="fill in stage timestamps of the run directories' images from MongoDB")
+    parser.add_argument("--mongo-db", default=MONGO_DATABASE,
+                        help=f"MongoDB database (default: {MONGO_DATABASE})")
+    parser.add_argument("--mongo-collection", default=MONGO_COLLECTION,
+                        help=f"MongoDB collection (default: {MONGO_COLLECTION})")
+    return parser
+
+
+def _note(text: str) -> None:
+    print(f"note: {text}", file=sys.stderr)
+
+def load_runs(args) -> list[Run]:
+    paths = [Path(p) for p in args.runs]
+    runs = [load_run(p, name) for p, name in zip(paths, unique_names(paths))]
+    if args.mongo and runs:
+        matched = add_mongo_stages(runs, args.mongo, database=args.mongo_db,
+                                   collection=args.mongo_collection)
+        _note(f"MongoDB stage data for {matched} image(s)")
+    if args.from_mongo:
+        names = {r.name for r in runs}
+        name = args.run_name if args.run_name not in names else f"{args.run_name} (MongoDB)"
+        runs.append(load_mongo_run(args.from_mongo, producer_ids=args.producer_id, name=name,
+                                   database=args.mongo_db, collection=args.mongo_collection))
+    for run in runs:
+        with_row_stages(run)
+    # Runs of a producer sweep read best in producer order.
+    if len(runs) > 1 and all(r.producers is not None for r in runs):
+        runs.sort(key=lambda r: r.producers)
+    return runs
+def analyse(runs: list[Run], out: Path, *, log_x: bool = False, title: str | None = None) -> dict:
+    """Write every output for ``runs`` into ``out``; returns {"files": [...], "rows": [...]}."""
+    from analysis import plots  # matplotlib only when figures are drawn
+
+    out.mkdir(parents=True, exist_ok=True)
+    files: list[Path] = []
+    rows = [percentile_row(run) for run in runs]
+    for run, row in zip(runs, rows):
+        if row["count"] == 0:
+            _note(f"run {run.name}: no image has an end-to-end latency (no results came back)")
+
+    path = out / "percentiles.csv"
+    write_percentiles_csv(rows, path)
+    files.append(path)
+
+    files.append(plots.plot_cdf([(run.label, run.latencies_ms) for run in runs],
+                                out / "latency_cdf.png", log_x=log_x, title=title))
+
+    stage_runs = [(run.label, run.stage_durations_ms()) for run in runs]
+    if any(data for _, data in stage_runs):
+        files.append(plots.plot_stages(stage_runs, out / "stages.png",
+                                       [s for s, _, _ in STAGES], [s for s, _, _ in RESULT_PATH]))
+        for (label, data), run in zip(stage_runs, runs):
+            if not data:
+                _note(f"run {run.name}: no stage data (no stages.csv, no MongoDB timestamps)")
+    else:
+        _note("no stage data (stages.csv or --mongo): stages.png skipped")
+
+    by_producers = all(run.producers is not None for run in runs)
+    points = [{"x": run.producers if by_producers else run.label,
+               "throughput": row["throughput_img_s"],
+               "p50": row["p50_ms"], "p95": row["p95_ms"], "p99": row["p99_ms"]}
+              for run, row in zip(runs, rows)]
+    if by_producers and len({p["x"] for p in points}) < len(points):
+        by_producers = False  # two runs with the same producer count: plot per run
+        for p, run in zip(points, runs):
+            p["x"] = run.name
+    if any(p["throughput"] is not None or p["p95"] is not None for p in points):
+        files.append(plots.plot_throughput(points, out / "throughput.png", by_producers))
+    else:
+        _note("no results in any run: throughput.png skipped")
+
+    accuracy = {name: acc for name, acc in ((run.name, run_accuracy(run)) for run in runs) if acc}
+    if accuracy:
+        labelled = [run for run in runs if run.name in accuracy]
+        report = {
+            "meaningful": all(acc["meaningful"] for acc in accuracy.values()),
+            "runs": accuracy,
+        }
+        if len(labelled) == 1:
+            figure = dict(accuracy[labelled[0].name])
+            fig_title = f"Confusion matrix — {labelled[0].name}"
+        else:
+            pairs = [p for run in labelled for p in labelled_pairs(run)]
+            figure = accuracy_of(pairs)
+            models = sorted({run.model or "?" for run in labelled})
+            figure["model"] = ", ".join(models)
+            figure["meaningful"] = report["meaningful"]
+            fig_title = f"Confusion matrix — {len(labelled)} runs pooled"
+            report["all_runs"] = {k: figure[k] for k in
+                                  ("n", "correct", "overall_accuracy", "per_class")}
+        if not report["meaningful"]:
+            report["note"] = ("model is untrained: predictions are arbitrary and the "
+                              "accuracy is NOT meaningful")
+        path = out / "accuracy.json"
+        path.write_text(json.dumps(report, indent=2) + "\n")
+        files.append(path)
+        files.append(plots.plot_confusion(figure, out / "confusion.png", title=fig_title))
+    else:
+        _note("no ground-truth labels: accuracy.json and confusion.png skipped")
+    return {"files": files, "rows": rows}
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.runs and not args.from_mongo:
+        parser.error("give at least one RUN_DIR or --from-mongo URI")
+    if args.producer_id and not args.from_mongo:
+        parser.error("--producer-id needs --from-mongo")
+    try:
+        runs = load_runs(args)
+        if args.from_mongo and not runs[-1].rows:
+            filters = f" for producer(s) {', '.join(args.producer_id)}" if args.producer_id else ""
+            raise AnalysisInputError(f"MongoDB: no images with sent_at{filters} "
+                                     f"in {args.mongo_db}.{args.mongo_collection}")
+        result = analyse(runs, args.out, log_x=args.log_x, title=args.title)
+    except (LatencyFileError, AnalysisInputError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    sys.stdout.write(markdown_table(result["rows"]))
+    print(f"\nwrote {', '.join(str(p) for p in result['files'])}", file=sys.stderr)
+    return 0

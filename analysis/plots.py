@@ -1,0 +1,359 @@
+"""Figures: latency CDF, where the time goes (stages), throughput, confusion matrix.
+
+Every function writes one PNG (Agg backend, 120 dpi) and returns its path.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, PercentFormatter  # noqa: E402
+
+from analysis.stats import percentile  # noqa: E402
+
+DPI = 120
+SIZE = (9, 5.5)
+# Okabe-Ito: distinguishable for colour-blind readers, and in greyscale print.
+PALETTE = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9",
+           "#F0E442", "#000000")
+MARKED = ((50, "o"), (95, "s"), (99, "^"))
+_STYLE = {
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.titlesize": 13,
+    "axes.titleweight": "bold",
+    "axes.labelsize": 11,
+    "legend.fontsize": 9,
+    "legend.framealpha": 0.92,
+    "grid.color": "#d0d0d0",
+    "grid.linewidth": 0.7,
+    "font.size": 10,
+}
+
+
+def colour(i: int) -> str:
+    if i < len(PALETTE):
+        return PALETTE[i]
+    return matplotlib.colormaps["tab20"](i % 20)
+
+
+def fmt_ms(value: float) -> str:
+    """Compact milliseconds: 0.42, 4.2, 42, 420, 4,200."""
+    if value is None or not math.isfinite(value):
+        return "–"
+    if abs(value) >= 100:
+        return f"{value:,.0f}"
+    if abs(value) >= 10:
+        return f"{value:.1f}"
+    return f"{value:.2f}"
+
+
+def _plain_number(value, _pos=None) -> str:
+    if value <= 0:
+        return ""
+    if value >= 1:
+        return f"{value:,.0f}"
+    return f"{value:g}"
+
+
+def _save(fig, out_path) -> Path:
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_path, dpi=DPI, bbox_inches="tight", facecolor="white")
+    plt.close(fig)
+    return out_path
+
+
+# ------------------------------------------------------------------ CDF
+
+def plot_cdf(runs, out_path, log_x: bool = False, title: str | None = None) -> Path:
+    """One empirical CDF curve of end-to-end latency per run, p50/p95/p99 marked.
+
+    ``runs`` is a list of ``(label, list_of_e2e_ms)``; None values and runs without
+    samples are left out (a run with no samples gets "(no results)" in the legend).
+    """
+    runs = [(label, sorted(v for v in values if v is not None)) for label, values in runs]
+    annotate = sum(1 for _, v in runs if v) <= 2
+    with plt.rc_context(_STYLE):
+        fig, ax = plt.subplots(figsize=SIZE)
+        for y, name in ((0.5, "p50"), (0.95, "p95"), (0.99, "p99")):
+            ax.axhline(y, color="#9a9a9a", lw=0.8, ls=":", zorder=1)
+            ax.annotate(name, xy=(1, y), xycoords=("axes fraction", "data"),
+                        xytext=(3, 0), textcoords="offset points", va="center",
+                        fontsize=8, color="#707070")
+        all_values = [x for _, v in runs for x in v]
+        floor = None
+        if log_x and all_values:
+            positive = [x for x in all_values if x > 0]
+            floor = min(positive) / 2 if positive else 0.01
+        for i, (label, values) in enumerate(runs):
+            c = colour(i)
+            if not values:
+                ax.plot([], [], color=c, lw=2, label=f"{label} (no results)")
+                continue
+            n = len(values)
+            xs = np.array(values, dtype=float)
+            if floor is not None:
+                xs = np.maximum(xs, floor)
+            ys = np.arange(1, n + 1) / n
+            # Start the curve at (first sample, 0) so one sample still draws a step.
+            xs = np.concatenate(([xs[0]], xs))
+            ys = np.concatenate(([0.0], ys))
+            marks = {p: percentile(values, p) for p, _ in MARKED}
+            legend = (f"{label}  (n={n:,}: p50 {fmt_ms(marks[50])}, p95 {fmt_ms(marks[95])}, "
+                      f"p99 {fmt_ms(marks[99])} ms)")
+            ax.step(xs, ys, where="post", color=c, lw=2, label=legend, zorder=2)
+            for p, marker in MARKED:
+                x = max(marks[p], floor) if floor is not None else marks[p]
+                # (x_k, p/100) lies on the vertical jump of the ECDF at the p-th sample.
+                ax.plot([x], [p / 100], marker=marker, color=c, mec="white", mew=1.2, ms=9,
+                        ls="none", zorder=4)
+                if annotate:
+                    ax.annotate(f"p{p} {fmt_ms(marks[p])} ms", xy=(x, p / 100),
+                                xytext=(9, -11 if p == 50 else -3 - 6 * (p == 95)),
+                                textcoords="offset points", fontsize=9, color=c,
+                                fontweight="bold", zorder=5,
+                                bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="none",
+                                          alpha=0.8))
+        ax.set_ylim(0, 1.02)
+        ax.yaxis.set_major_formatter(PercentFormatter(1.0))
+        if log_x:
+            ax.set_xscale("log")
+            ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+            ax.xaxis.set_major_formatter(FuncFormatter(_plain_number))
+            ax.xaxis.set_minor_formatter(FuncFormatter(lambda *_: ""))
+        elif all_values:
+            ax.set_xlim(left=0, right=max(all_values) * 1.12 if max(all_values) > 0 else 1)
+        ax.set_xlabel("End-to-end latency (ms)" + ("  — log scale" if log_x else ""))
+        ax.set_ylabel("Images with latency ≤ x")
+        ax.set_title(title or "End-to-end latency CDF (producer send → result received)")
+        ax.grid(True, which="major")
+        handles, labels = ax.get_legend_handles_labels()
+        handles += [Line2D([], [], marker=m, color="#555555", ls="none", ms=7, mec="white")
+                    for _, m in MARKED]
+        labels += [f"p{p}" for p, _ in MARKED]
+        ax.legend(handles, labels, loc="lower right", ncol=1)
+        fig.tight_layout()
+        return _save(fig, out_path)
+
+
+# ------------------------------------------------------------------ stages
+
+def _median(values):
+    return percentile(sorted(values), 50)
+
+
+def plot_stages(runs, out_path, stage_order, result_path, title: str | None = None) -> Path:
+    """Where the time goes.
+
+    ``runs``: list of ``(label, {stage label: [durations ms]})``.  Top panel: the
+    medians of the result-path stages stacked per run; bottom panel: every stage's
+    median per run with a whisker up to its p95.
+    """
+    runs = [(label, data) for label, data in runs if data]
+    stages = [s for s in stage_order if any(s in data for _, data in runs)]
+    path_stages = [s for s in result_path if s in stages]
+    n_runs = len(runs)
+    stage_colours = {s: colour(i) for i, s in enumerate(stage_order)}
+    top_h = 0.55 * n_runs + 1.3 if path_stages else 0
+    bottom_h = len(stages) * (0.32 * n_runs + 0.35) + 1.4
+    with plt.rc_context(_STYLE):
+        if path_stages:
+            fig, (top, bottom) = plt.subplots(
+                2, 1, figsize=(10, top_h + bottom_h),
+                gridspec_kw={"height_ratios": [top_h, bottom_h]})
+        else:
+            fig, bottom = plt.subplots(figsize=(10, bottom_h))
+            top = None
+
+        if top is not None:
+            totals = []
+            for r, (label, data) in enumerate(runs):
+                left = 0.0
+                for s in path_stages:
+                    if s not in data:
+                        continue
+                    m = _median(data[s])
+                    top.barh(r, m, left=left, color=stage_colours[s], height=0.6,
+                             edgecolor="white", linewidth=0.8)
+                    left += m
+                totals.append(left)
+            top_max = max(totals) if totals else 1
+            for r, (label, data) in enumerate(runs):
+                left = 0.0
+                for s in path_stages:
+                    if s not in data:
+                        continue
+                    m = _median(data[s])
+                    if m > 0.09 * top_max:
+                        top.text(left + m / 2, r, fmt_ms(m), ha="center", va="center",
+                                 fontsize=8.5, color="white", fontweight="bold")
+                    left += m
+                top.text(totals[r] + 0.01 * top_max, r, f"{fmt_ms(totals[r])} ms",
+                         va="center", fontsize=9)
+            top.set_yticks(range(n_runs), [label for label, _ in runs])
+            top.invert_yaxis()
+            top.set_xlim(0, top_max * 1.15 if top_max > 0 else 1)
+            top.set_xlabel("Median time (ms), stages of the result path stacked")
+            top.set_title(title or "Where the time goes")
+            top.grid(True, axis="x")
+            top.legend(handles=[plt.Rectangle((0, 0), 1, 1, color=stage_colours[s])
+                                for s in path_stages],
+                       labels=path_stages, loc="upper center", bbox_to_anchor=(0.5, -0.38 - 0.05 / max(top_h, 1)),
+                       ncol=2, frameon=False)
+
+        height = 0.8 / n_runs
+        ymax = 0.0
+        for r, (label, data) in enumerate(runs):
+            c = colour(r) if n_runs > 1 else None
+            for si, s in enumerate(stages):
+                if s not in data:
+                    continue
+                ordered = sorted(data[s])
+                med, p95 = percentile(ordered, 50), percentile(ordered, 95)
+                y = si - 0.4 + height * (r + 0.5)
+                bar_colour = c or stage_colours[s]
+                bottom.barh(y, med, height=height * 0.9, color=bar_colour, alpha=0.9,
+                            label=label if si == 0 or (s == stages[0]) else None)
+                bottom.errorbar([med], [y], xerr=[[0], [max(p95 - med, 0)]], fmt="none",
+                                ecolor="#333333", elinewidth=1.1, capsize=3)
+                bottom.text(p95, y, f"  {fmt_ms(med)} / {fmt_ms(p95)}", va="center",
+                            fontsize=8 if n_runs > 2 else 8.5)
+                ymax = max(ymax, p95)
+        bottom.set_yticks(range(len(stages)), stages)
+        bottom.invert_yaxis()
+        bottom.set_xlim(0, ymax * 1.25 if ymax > 0 else 1)
+        bottom.set_xlabel("Time (ms): bar = median, whisker = p95  (labels: median / p95)")
+        bottom.set_title("Each stage: median and p95" if top is not None
+                         else (title or "Where the time goes: median and p95 per stage"),
+                         fontsize=12)
+        bottom.grid(True, axis="x")
+        if n_runs > 1:
+            handles = [plt.Rectangle((0, 0), 1, 1, color=colour(r)) for r in range(n_runs)]
+            bottom.legend(handles, [label for label, _ in runs], loc="lower right")
+        fig.tight_layout()
+        return _save(fig, out_path)
+
+
+# ------------------------------------------------------------------ throughput
+
+def plot_throughput(points, out_path, by_producers: bool, title: str | None = None) -> Path:
+    """Achieved throughput and latency per run.
+
+    ``points``: list of dicts with ``x`` (producer count or run name),
+    ``throughput`` (img/s or None), ``p50``, ``p95``, ``p99`` (ms or None).
+    """
+    with plt.rc_context(_STYLE):
+        fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.8))
+        xs = [p["x"] for p in points]
+        pos = xs if by_producers else list(range(len(points)))
+        thr = [p["throughput"] for p in points]
+        c_thr, c_lat = PALETTE[0], PALETTE[3]
+
+        def _series(values):
+            return [np.nan if v is None else v for v in values]
+
+        if by_producers:
+            left.plot(pos, _series(thr), marker="o", ms=8, lw=2, color=c_thr)
+        else:
+            left.bar(pos, _series(thr), color=c_thr, width=0.6)
+        for x, v in zip(pos, thr):
+            if v is not None:
+                left.annotate(f"{v:,.1f}", (x, v), xytext=(0, 7), textcoords="offset points",
+                              ha="center", fontsize=9)
+        left.set_ylabel("Achieved throughput (images/s)")
+        left.set_title("Throughput", fontsize=12)
+        left.set_ylim(bottom=0, top=max([v for v in thr if v is not None] or [1]) * 1.18)
+
+        for key, style, lw, ms in (("p50", "--", 1.2, 5), ("p95", "-", 2.2, 8), ("p99", ":", 1.4, 5)):
+            values = _series([p[key] for p in points])
+            right.plot(pos, values, ls=style if by_producers or key == "p95" else "none",
+                       lw=lw, marker="o" if key == "p95" else ".", ms=ms,
+                       color=c_lat if key == "p95" else "#8c8c8c", label=key)
+        for x, p in zip(pos, points):
+            if p["p95"] is not None:
+                right.annotate(fmt_ms(p["p95"]), (x, p["p95"]), xytext=(0, 7),
+                               textcoords="offset points", ha="center", fontsize=9, color=c_lat)
+        top = max([p[k] for p in points for k in ("p95", "p99") if p[k] is not None] or [1])
+        right.set_ylim(bottom=0, top=top * 1.18)
+        right.set_ylabel("End-to-end latency (ms)")
+        right.set_title("Latency (p95 bold; p50, p99 grey)", fontsize=12)
+        right.legend(loc="upper left")
+
+        for ax in (left, right):
+            ax.grid(True)
+            if by_producers:
+                ax.set_xlabel("Concurrent producers")
+                ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+                span = max(xs) - min(xs) if xs else 0
+                pad = max(0.5, span * 0.08)
+                ax.set_xlim(min(xs) - pad, max(xs) + pad)
+            else:
+                ax.set_xlabel("Run")
+                ax.set_xticks(pos, [str(x) for x in xs], rotation=20 if len(xs) > 3 else 0,
+                              ha="right" if len(xs) > 3 else "center")
+                ax.set_xlim(-0.6, len(xs) - 0.4)
+        fig.suptitle(title or ("Throughput and p95 latency vs. number of producers" if by_producers
+                               else "Throughput and p95 latency per run"),
+                     fontsize=13, fontweight="bold")
+        fig.tight_layout()
+        return _save(fig, out_path)
+
+
+# ------------------------------------------------------------------ confusion
+
+def plot_confusion(acc: dict, out_path, title: str | None = None) -> Path:
+    """Confusion matrix (colour = share of the true class, text = count).
+
+    ``acc`` is an accuracy dict from :func:`analysis.report.accuracy_of` plus
+    ``meaningful`` and ``model``.
+    """
+    classes = acc["classes"]
+    matrix = np.array(acc["confusion"], dtype=float)
+    row_totals = matrix.sum(axis=1, keepdims=True)
+    share = np.divide(matrix, row_totals, out=np.zeros_like(matrix), where=row_totals > 0)
+    n = len(classes)
+    side = max(6.5, min(11, 0.62 * n + 3.5))
+    with plt.rc_context(_STYLE):
+        fig, ax = plt.subplots(figsize=(side + 1.4, side))
+        im = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+        for i in range(n):
+            for j in range(n):
+                count = int(matrix[i, j])
+                if count:
+                    ax.text(j, i, f"{count:,}", ha="center", va="center",
+                            fontsize=9 if n <= 10 else 7,
+                            color="white" if share[i, j] > 0.55 else "#222222")
+        per_class = acc.get("per_class", {})
+        ylabels = [f"{c}  ({per_class[c]['accuracy']:.0%})" if c in per_class else c
+                   for c in classes]
+        ax.set_xticks(range(n), classes, rotation=45, ha="right")
+        ax.set_yticks(range(n), ylabels)
+        ax.set_xlabel("Predicted class")
+        ax.set_ylabel("True class  (per-class accuracy)")
+        ax.spines[:].set_visible(False)
+        ax.set_xticks(np.arange(n + 1) - 0.5, minor=True)
+        ax.set_yticks(np.arange(n + 1) - 0.5, minor=True)
+        ax.grid(which="minor", color="white", linewidth=1.5)
+        ax.tick_params(which="minor", length=0)
+        cbar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03, format=PercentFormatter(1.0))
+        cbar.set_label("Share of the true class")
+        overall = acc.get("overall_accuracy")
+        headline = title or "Confusion matrix"
+        sub = f"model {acc.get('model') or '?'} — accuracy {overall:.1%} over {acc['n']:,} images" \
+            if overall is not None else f"model {acc.get('model') or '?'}"
+        if not acc.get("meaningful", True):
+            ax.set_title(f"{headline}\n{sub}\nNOT MEANINGFUL: untrained model, predictions are arbitrary",
+                         color="#B00020", fontsize=12)
+        else:
+            ax.set_title(f"{headline}\n{sub}", fontsize=12)
+        fig.tight_layout()
+        return _save(fig, out_path)

@@ -1,0 +1,323 @@
+"""Loading runs: a run directory (``latencies.csv`` + optional ``summary.json`` and
+``stages.csv``) or a pseudo-run read straight from MongoDB.
+
+Only ``latencies.csv`` is required; everything else adds what it can.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from analysis.latencies import LatencyFileError, LatencyRow, read_latencies
+
+STAGE_COLUMNS = ("image_id", "sent_at", "received_at", "inferred_at", "published_at",
+                 "result_at", "stored_at")
+
+# (label, start timestamp, end timestamp).  The first four are consecutive
+# segments of the result path (they add up to e2e for one image); the last two
+# run in parallel with it (the storage consumer's view).
+STAGES = (
+    ("producer → inference consumer", "sent_at", "received_at"),
+    ("inference (received → inferred)", "received_at", "inferred_at"),
+    ("publish result (inferred → published)", "inferred_at", "published_at"),
+    ("result → producer (published → received)", "published_at", "result_at"),
+    ("image → stored in MongoDB", "sent_at", "stored_at"),
+    ("image → prediction stored in MongoDB", "sent_at", "prediction_stored_at"),
+)
+RESULT_PATH = STAGES[:4]
+
+MONGO_DATABASE = "iot"
+MONGO_COLLECTION = "images"
+_MONGO_FIELDS = ("producer_id", "device_id", "seq", "sent_at", "stored_at", "label",
+                 "prediction", "model", "received_at", "inferred_at", "published_at",
+                 "prediction_stored_at")
+
+
+class AnalysisInputError(ValueError):
+    """An input other than latencies.csv (summary.json, stages.csv, MongoDB) is unusable."""
+
+
+@dataclass
+class Run:
+    """One run to analyse.
+
+    ``rows`` are the latencies.csv rows (for a MongoDB pseudo-run they are built
+    from the documents, with ``e2e_ms`` = stored_at - sent_at).  ``stages`` maps
+    image id -> {timestamp name: unix seconds} for whatever stage data exists.
+    """
+
+    name: str
+    rows: list[LatencyRow]
+    summary: dict = field(default_factory=dict)
+    stages: dict[str, dict[str, float]] = field(default_factory=dict)
+    path: Path | None = None
+    source: str = "latencies.csv"
+
+    @property
+    def latencies_ms(self) -> list[float]:
+        return [r.e2e_ms for r in self.rows if r.e2e_ms is not None]
+
+    @property
+    def producers(self) -> int | None:
+        value = self.summary.get("producers")
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return None
+        return int(value)
+
+    @property
+    def label(self) -> str:
+        """Legend label: "N producers" when known, else the run name."""
+        n = self.producers
+        if n is None:
+            return self.name
+        return f"{n} producer" if n == 1 else f"{n} producers"
+
+    @property
+    def model(self) -> str | None:
+        if isinstance(self.summary.get("model"), str):
+            return self.summary["model"]
+        for r in self.rows:
+            if r.model:
+                return r.model
+        return None
+
+    @property
+    def untrained(self) -> bool:
+        if self.summary.get("untrained_model") is True:
+            return True
+        models = {r.model for r in self.rows if r.model}
+        if isinstance(self.summary.get("model"), str):
+            models.add(self.summary["model"])
+        return any("untrained" in m.lower() for m in models)
+
+    def throughput(self) -> float | None:
+        """Images/s: summary.json's ``throughput_img_s``, else results / (last result - first send)."""
+        value = self.summary.get("throughput_img_s")
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            return float(value)
+        done = [r for r in self.rows if r.e2e_ms is not None]
+        if not done:
+            return None
+        first_sent = min(r.sent_at for r in self.rows)
+        ends = [r.result_at if r.result_at is not None else r.sent_at + r.e2e_ms / 1000
+                for r in done]
+        span = max(ends) - first_sent
+        if span <= 0:
+            return None
+        return len(done) / span
+
+    def stage_durations_ms(self) -> dict[str, list[float]]:
+        """Stage label -> per-image durations (ms), only for stages with data."""
+        out: dict[str, list[float]] = {}
+        for label, start, end in STAGES:
+            values = [(t[end] - t[start]) * 1000 for t in self.stages.values()
+                      if t.get(start) is not None and t.get(end) is not None]
+            if values:
+                out[label] = values
+        return out
+
+
+# ------------------------------------------------------------------ run directories
+
+def _float_or_none(text: str, where: str) -> float | None:
+    if text == "":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise AnalysisInputError(f"{where}: not a number: {text!r}") from None
+    if not math.isfinite(value):
+        raise AnalysisInputError(f"{where}: not a finite number: {text!r}")
+    return value
+
+
+def read_summary(path: Path) -> dict:
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise AnalysisInputError(f"{path}: invalid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise AnalysisInputError(f"{path}: expected a JSON object")
+    return data
+
+
+def read_stages(path: Path) -> dict[str, dict[str, float]]:
+    """stages.csv -> image id -> {column: unix seconds} (empty cells left out)."""
+    if not path.is_file():
+        return {}
+    out: dict[str, dict[str, float]] = {}
+    with open(path, newline="") as fh:
+        reader = csv.reader(fh)
+        header = next(reader, None)
+        if header is None:
+            return {}
+        if "image_id" not in header:
+            raise AnalysisInputError(f"{path}:1: header lacks column image_id")
+        known = [c for c in header if c in STAGE_COLUMNS or c == "prediction_stored_at"]
+        for line_no, fields in enumerate(reader, start=2):
+            if not fields:
+                continue
+            if len(fields) != len(header):
+                raise AnalysisInputError(
+                    f"{path}:{line_no}: expected {len(header)} fields, found {len(fields)}")
+            record = dict(zip(header, fields))
+            times = {}
+            for col in known:
+                if col == "image_id":
+                    continue
+                value = _float_or_none(record[col], f"{path}:{line_no}: column {col}")
+                if value is not None:
+                    times[col] = value
+            out[record["image_id"]] = times
+    return out
+
+
+def _stages_from_rows(rows: list[LatencyRow]) -> dict[str, dict[str, float]]:
+    return {r.image_id: {"sent_at": r.sent_at, "result_at": r.result_at}
+            for r in rows if r.result_at is not None}
+
+
+def load_run(path: Path, name: str | None = None) -> Run:
+    """Load a run directory (or a path to its latencies.csv)."""
+    path = Path(path)
+    run_dir = path.parent if path.is_file() else path
+    if not run_dir.exists():
+        raise LatencyFileError(f"{run_dir}: no such run directory")
+    rows = read_latencies(run_dir / "latencies.csv")
+    summary = read_summary(run_dir / "summary.json")
+    stages = read_stages(run_dir / "stages.csv")
+    return Run(name=name or run_dir.resolve().name, rows=rows, summary=summary,
+               stages=stages, path=run_dir)
+
+
+def unique_names(paths: list[Path]) -> list[str]:
+    """Run names: the directory name, prefixed by parents where two runs would clash."""
+    dirs = [(p.parent if p.is_file() else p).resolve() for p in paths]
+    names = [d.name for d in dirs]
+    depth = 1
+    while len(set(names)) < len(names) and depth < 8:
+        depth += 1
+        names = ["/".join(d.parts[-depth:]) for d in dirs]
+    return names
+
+
+# ------------------------------------------------------------------ MongoDB
+
+def redact_uri(uri: str) -> str:
+    """The URI with any password replaced, for messages."""
+    return re.sub(r"(//[^:/@]+:)[^@]*@", r"\1***@", uri)
+
+
+def _mongo_collection(uri: str, database: str, collection: str, timeout_ms: int = 5000):
+    from pymongo import MongoClient
+
+    client = MongoClient(uri, serverSelectionTimeoutMS=timeout_ms,
+                         connectTimeoutMS=timeout_ms, retryWrites=False)
+    return client, client[database][collection]
+
+
+def _num(value) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def _doc_times(doc: dict) -> dict[str, float]:
+    times = {}
+    for name in ("sent_at", "received_at", "inferred_at", "published_at", "stored_at",
+                 "prediction_stored_at"):
+        value = _num(doc.get(name))
+        if value is not None:
+            times[name] = value
+    return times
+
+
+def load_mongo_run(uri: str, *, producer_ids: list[str] | None = None, name: str = "mongo",
+                   database: str = MONGO_DATABASE, collection: str = MONGO_COLLECTION,
+                   timeout_ms: int = 5000) -> Run:
+    """A pseudo-run from the ``images`` collection: latency = stored_at - sent_at (ms)."""
+    from pymongo.errors import PyMongoError
+
+    query: dict = {}
+    if producer_ids:
+        query["producer_id"] = {"$in": list(producer_ids)}
+    try:
+        client, coll = _mongo_collection(uri, database, collection, timeout_ms)
+        try:
+            docs = list(coll.find(query, {f: 1 for f in _MONGO_FIELDS}))
+        finally:
+            client.close()
+    except PyMongoError as exc:
+        raise AnalysisInputError(
+            f"MongoDB {redact_uri(uri)} ({database}.{collection}): {exc}") from None
+    rows: list[LatencyRow] = []
+    stages: dict[str, dict[str, float]] = {}
+    for doc in docs:
+        times = _doc_times(doc)
+        sent, stored = times.get("sent_at"), times.get("stored_at")
+        if sent is None:
+            continue
+        e2e = (stored - sent) * 1000 if stored is not None else None
+        if e2e is not None and e2e < 0:
+            e2e = None  # clock trouble; do not invent a latency
+        seq = doc.get("seq")
+        rows.append(LatencyRow(
+            image_id=str(doc["_id"]), device_id=str(doc.get("device_id") or ""),
+            producer_id=str(doc.get("producer_id") or ""),
+            seq=int(seq) if isinstance(seq, (int, float)) and not isinstance(seq, bool) else 0,
+            sent_at=sent, result_at=stored, e2e_ms=e2e,
+            label=doc.get("label") or None, prediction=doc.get("prediction") or None,
+            model=doc.get("model") or None))
+        stages[str(doc["_id"])] = times
+    rows.sort(key=lambda r: (r.sent_at, r.producer_id, r.seq))
+    return Run(name=name, rows=rows, stages=stages, source=f"MongoDB {redact_uri(uri)}")
+
+
+def add_mongo_stages(runs: list[Run], uri: str, *, database: str = MONGO_DATABASE,
+                     collection: str = MONGO_COLLECTION, timeout_ms: int = 5000) -> int:
+    """Fill in stage timestamps from MongoDB for the runs' images; returns images matched.
+
+    Timestamps already known (stages.csv, latencies.csv) win over MongoDB's.
+    """
+    from pymongo.errors import PyMongoError
+
+    matched = 0
+    try:
+        client, coll = _mongo_collection(uri, database, collection, timeout_ms)
+        try:
+            for run in runs:
+                ids = [r.image_id for r in run.rows]
+                for start in range(0, len(ids), 1000):
+                    chunk = ids[start:start + 1000]
+                    for doc in coll.find({"_id": {"$in": chunk}}, {f: 1 for f in _MONGO_FIELDS}):
+                        times = _doc_times(doc)
+                        known = run.stages.setdefault(str(doc["_id"]), {})
+                        for key, value in times.items():
+                            known.setdefault(key, value)
+                        matched += 1
+        finally:
+            client.close()
+    except PyMongoError as exc:
+        raise AnalysisInputError(
+            f"MongoDB {redact_uri(uri)} ({database}.{collection}): {exc}") from None
+    return matched
+
+
+def with_row_stages(run: Run) -> Run:
+    """Make sure result_at/sent_at from latencies.csv are in the stage data."""
+    for image_id, times in _stages_from_rows(run.rows).items():
+        known = run.stages.get(image_id)
+        if known is None:
+            continue  # only complete what stage data exists; e2e alone is not a stage
+        for key, value in times.items():
+            if value is not None:
+                known.setdefault(key, value)
+    return run
