@@ -28,8 +28,7 @@ def make_producer(s: KafkaSettings, **overrides):
 
     cfg = client_config(s)
     cfg.update(acks="all", linger_ms=s.kafka_linger_ms, batch_size=s.kafka_batch_size,
-               retries=2**31 - 1, max_in_flight_requests_per_connection=5,
-               key_serializer=lambda k: k.encode() if isinstance(k, str) else k)
+               retries=2**31 - 1, max_in_flight_requests_per_connection=5)
     cfg.update(overrides)
     return KafkaProducer(**cfg)
 

@@ -164,7 +164,7 @@ class InferenceConsumer:
                                          received_at=received_at,
                                          inferred_at=pred.get("inferred_at", time.time()))
             result["published_at"] = time.time()
-            self.pending.append(self.producer.send(self.kafka.results_topic, key=msg["device_id"],
+            self.pending.append(self.producer.send(self.kafka.results_topic, key=msg["device_id"].encode(),
                                                    value=dumps(result)))
             self.stats.results += 1
         return True

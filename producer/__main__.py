@@ -35,6 +35,7 @@ def parse_args(argv=None):
     p.add_argument("--result-timeout", type=float, help="seconds to wait for the last results")
     p.add_argument("--out", type=Path, default=Path("."), help="directory for latencies.csv")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--progress-file", type=Path, help="JSON progress for a supervising process")
     return p.parse_args(argv)
 
 
@@ -61,7 +62,8 @@ def main(argv=None) -> int:
         return 2
     run = run_cameras(kafka=kafka, dataset=ds, producer_id=producer_id, count=prod.count,
                       rate=prod.rate, devices=prod.devices,
-                      result_timeout_s=prod.result_timeout_s, progress=not args.no_progress)
+                      result_timeout_s=prod.result_timeout_s, progress=not args.no_progress,
+                      progress_file=args.progress_file)
     write_run_files(run, args.out)
     missing = prod.count - run.results
     log.info("%s: sent %d, results %d, missing %d -> %s", producer_id, len(run.sent),

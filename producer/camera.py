@@ -126,8 +126,22 @@ def new_producer_id() -> str:
     return f"p-{uuid.uuid4().hex[:6]}"
 
 
+def write_progress(path: Path | None, run: ProducerRun, count: int, done: bool = False) -> None:
+    """A small JSON file a supervising process (the experiment runner) can watch."""
+    if path is None:
+        return
+    e2e = sorted((s.result_at - s.message["sent_at"]) * 1000
+                 for s in list(run.sent.values()) if s.result_at)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"producer_id": run.producer_id, "count": count,
+                               "sent": len(run.sent), "results": len(e2e), "done": done,
+                               "e2e_ms": e2e[-2000:]}))
+    tmp.replace(path)
+
+
 def run_cameras(*, kafka: KafkaSettings, dataset, producer_id: str, count: int, rate: float,
-                devices: int, result_timeout_s: float, progress: bool = True) -> ProducerRun:
+                devices: int, result_timeout_s: float, progress: bool = True,
+                progress_file: Path | None = None) -> ProducerRun:
     """Send ``count`` images at ``rate`` images/s and wait for their results."""
     from tqdm import tqdm
 
@@ -159,11 +173,12 @@ def run_cameras(*, kafka: KafkaSettings, dataset, producer_id: str, count: int, 
         msg["sent_at"] = time.time()
         with listener.lock:
             run.sent[msg["image_id"]] = SentImage(msg)
-        producer.send(kafka.images_topic, key=msg["device_id"], value=dumps(msg)) \
+        producer.send(kafka.images_topic, key=msg["device_id"].encode(), value=dumps(msg)) \
             .add_errback(failed, image_id=msg["image_id"])
         bar.update(1)
         if seq % 20 == 0:
             bar.set_postfix(results=run.results, refresh=False)
+            write_progress(progress_file, run, count)
     producer.flush()
     producer.close()
     run.finished_sending_at = time.time()
@@ -175,8 +190,10 @@ def run_cameras(*, kafka: KafkaSettings, dataset, producer_id: str, count: int, 
         while run.results < count - run.send_errors and time.monotonic() < deadline:
             time.sleep(0.1)
             wait_bar.update(run.results - wait_bar.n)
+            write_progress(progress_file, run, count)
     listener.stop_event.set()
     listener.join(10)
+    write_progress(progress_file, run, count, done=True)
     if run.results < count:
         log.error("%s: %d of %d results did not come back within %.0f s",
                   producer_id, count - run.results, count, result_timeout_s)

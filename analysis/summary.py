@@ -1,0 +1,150 @@
+"""Close a run: wait until MongoDB holds every image, then write ``summary.json``.
+
+Used by ``make demo`` and by the experiment runner, so a run directory has the
+same files wherever it was made.  "Lost" means: sent by a producer but not in
+MongoDB with a prediction.  MongoDB's ``_id`` is the image id, so a document can
+never be duplicated; ``duplicate_documents`` counts documents of the run beyond
+the images sent (it must be 0).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import time
+from pathlib import Path
+
+from analysis.latencies import LatencyRow, read_latencies
+from analysis.stats import latency_summary
+
+log = logging.getLogger(__name__)
+
+STAGE_FIELDS = ("received_at", "inferred_at", "published_at", "stored_at")
+
+
+def _stored(collection, ids: list[str]) -> dict[str, dict]:
+    found = {}
+    for start in range(0, len(ids), 1000):
+        chunk = ids[start:start + 1000]
+        for doc in collection.find({"_id": {"$in": chunk}},
+                                   {"_id": 1, "prediction": 1, "stored_at": 1, "image": 1}):
+            found[doc["_id"]] = doc
+    return found
+
+
+def wait_stored(collection, ids: list[str], timeout_s: float = 60.0, progress=None) -> dict[str, dict]:
+    """Poll MongoDB until every id is stored with a prediction (or the timeout)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        docs = _stored(collection, ids)
+        complete = sum(1 for d in docs.values() if d.get("prediction") and d.get("image"))
+        if progress:
+            progress(len(docs), complete)
+        if complete == len(ids) or time.monotonic() > deadline:
+            return docs
+        time.sleep(0.5)
+
+
+def summarize(rows: list[LatencyRow], docs: dict[str, dict] | None, *,
+              producer_docs: int | None = None, extra: dict | None = None) -> dict:
+    e2e = [r.e2e_ms for r in rows if r.e2e_ms is not None]
+    models = sorted({r.model for r in rows if r.model})
+    model = models[0] if len(models) == 1 else (",".join(models) or None)
+    labelled = [r for r in rows if r.label and r.prediction]
+    results = [r for r in rows if r.result_at is not None]
+    span = (max(r.result_at for r in results) - min(r.sent_at for r in rows)) if results else 0
+    summary = {
+        "sent": len(rows),
+        "results": len(results),
+        "stored": None, "stored_with_prediction": None, "lost": None,
+        "duplicate_documents": None,
+        "model": model,
+        "untrained_model": bool(model and "untrained" in model),
+        "accuracy": (sum(r.label == r.prediction for r in labelled) / len(labelled)
+                     if labelled else None),
+        "throughput_img_s": len(results) / span if span > 0 else None,
+        "e2e_ms": latency_summary(e2e),
+    }
+    if docs is not None:
+        complete = sum(1 for d in docs.values() if d.get("prediction") and d.get("image"))
+        summary.update(stored=sum(1 for d in docs.values() if d.get("image")),
+                       stored_with_prediction=complete, lost=len(rows) - complete)
+        if producer_docs is not None:
+            summary["duplicate_documents"] = max(0, producer_docs - len(rows))
+    summary.update(extra or {})
+    return summary
+
+
+def add_stored_at(run_dir: Path, docs: dict[str, dict]) -> None:
+    """Fill stages.csv's stored_at column from MongoDB."""
+    path = run_dir / "stages.csv"
+    if not path.exists():
+        return
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    if not rows:
+        return
+    for row in rows:
+        doc = docs.get(row["image_id"])
+        if doc and doc.get("stored_at"):
+            row["stored_at"] = doc["stored_at"]
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0].keys()))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def close_run(run_dir: Path, collection, *, timeout_s: float = 60.0, extra: dict | None = None,
+              progress=None) -> dict:
+    """Wait for MongoDB, write summary.json (and stored_at into stages.csv); return the summary."""
+    rows = read_latencies(run_dir / "latencies.csv")
+    ids = [r.image_id for r in rows]
+    docs = None
+    producer_docs = None
+    if collection is not None:
+        docs = wait_stored(collection, ids, timeout_s, progress)
+        producers = sorted({r.producer_id for r in rows})
+        producer_docs = collection.count_documents({"producer_id": {"$in": producers}})
+        add_stored_at(run_dir, docs)
+    summary = summarize(rows, docs, producer_docs=producer_docs, extra=extra)
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def merge_latencies(parts: list[Path], out: Path) -> None:
+    """Concatenate per-producer CSV files (same header) into one."""
+    header_written = False
+    with open(out, "w", newline="") as dst:
+        for part in parts:
+            with open(part, newline="") as src:
+                lines = src.readlines()
+            if not lines:
+                continue
+            if not header_written:
+                dst.write(lines[0])
+                header_written = True
+            dst.writelines(lines[1:])
+
+
+def format_table(summary: dict) -> str:
+    e2e = summary.get("e2e_ms") or {}
+    acc = summary.get("accuracy")
+    rows = [
+        ("images sent", summary["sent"]),
+        ("results received", summary["results"]),
+        ("stored in MongoDB", summary["stored"]),
+        ("stored with prediction", summary["stored_with_prediction"]),
+        ("lost", summary["lost"]),
+        ("model", summary["model"] + ("  (UNTRAINED: labels are not meaningful)"
+                                      if summary.get("untrained_model") else "")
+         if summary["model"] else None),
+        ("accuracy", f"{acc:.1%}" if acc is not None else "n/a (no labels)"),
+        ("throughput", f"{summary['throughput_img_s']:.1f} images/s"
+         if summary.get("throughput_img_s") else None),
+    ]
+    for key in ("p50", "p90", "p95", "p99", "max"):
+        if key in e2e:
+            rows.append((f"end-to-end {key}", f"{e2e[key]:.1f} ms"))
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"  {k:<{width}}  {'-' if v is None else v}" for k, v in rows)

@@ -1,0 +1,85 @@
+"""Several producers at once, each its own process (as several cameras' gateways would be).
+
+The demo runs a fleet of one; the experiment runner fleets of 1..N.  Each producer
+writes into ``<run>/producers/<id>/``; their files are merged into ``<run>/latencies.csv``
+and ``<run>/stages.csv`` afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from analysis.summary import merge_latencies
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class FleetProgress:
+    sent: int
+    results: int
+    total: int
+    e2e_ms: list[float]
+    done: int
+
+
+def read_progress(run_dir: Path, ids: list[str], count: int) -> FleetProgress:
+    sent = results = done = 0
+    e2e: list[float] = []
+    for pid in ids:
+        try:
+            p = json.loads((run_dir / "producers" / pid / "progress.json").read_text())
+        except (OSError, ValueError):
+            continue
+        sent += p["sent"]
+        results += p["results"]
+        done += p["done"]
+        e2e.extend(p["e2e_ms"])
+    return FleetProgress(sent, results, count * len(ids), e2e, done)
+
+
+def run_fleet(run_dir: Path, *, producers: int, count: int, rate: float, devices: int = 4,
+              env: dict | None = None, on_progress=None, result_timeout_s: float = 120.0,
+              extra_args: list[str] | None = None, run_tag: str = "") -> list[int]:
+    """Run ``producers`` producer processes to completion; returns their exit codes."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tag = run_tag or run_dir.name
+    ids = [f"{tag}-p{i + 1}" for i in range(producers)]
+    procs = []
+    for pid in ids:
+        out = run_dir / "producers" / pid
+        out.mkdir(parents=True, exist_ok=True)
+        log = open(out / "producer.log", "wb")
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "producer", "--producer-id", pid, "--count", str(count),
+             "--rate", str(rate), "--devices", str(devices), "--out", str(out),
+             "--result-timeout", str(result_timeout_s), "--no-progress",
+             "--progress-file", str(out / "progress.json"), *(extra_args or [])],
+            cwd=ROOT, env={**os.environ, **(env or {})}, stdout=log, stderr=subprocess.STDOUT))
+        log.close()
+    while any(p.poll() is None for p in procs):
+        if on_progress:
+            on_progress(read_progress(run_dir, ids, count))
+        time.sleep(0.5)
+    if on_progress:
+        on_progress(read_progress(run_dir, ids, count))
+    parts = [run_dir / "producers" / pid for pid in ids]
+    merge_latencies([p / "latencies.csv" for p in parts if (p / "latencies.csv").exists()],
+                    run_dir / "latencies.csv")
+    merge_latencies([p / "stages.csv" for p in parts if (p / "stages.csv").exists()],
+                    run_dir / "stages.csv")
+    return [p.returncode for p in procs]
+
+
+def producer_log_tail(run_dir: Path, lines: int = 15) -> str:
+    out = []
+    for log in sorted((run_dir / "producers").glob("*/producer.log")):
+        text = log.read_text(errors="replace").splitlines()
+        out.append(f"--- {log}\n" + "\n".join(text[-lines:]))
+    return "\n".join(out)

@@ -1,0 +1,118 @@
+"""``make demo`` / ``python -m stack.demo``: the whole pipeline once, on the local stack.
+
+Brings the stack up (unless it already is), runs one producer (300 images at
+20 images/s by default), waits for every result and for MongoDB, writes
+``results/<run>/{latencies.csv,stages.csv,summary.json,latency_cdf.png}``, points
+``results/latest`` at the run, prints a table, brings the stack down again (if it
+started it) and exits non-zero if any image was lost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+from analysis.summary import close_run, format_table
+from common.log import setup_logging
+from common.mongo_io import connect, images_collection
+from common.settings import MongoSettings
+from producer.fleet import producer_log_tail, run_fleet
+from stack.__main__ import down, supervisor_pid, up
+from stack.supervisor import ROOT, stack_dir
+
+log = logging.getLogger("stack.demo")
+
+
+def read_env(path: Path) -> dict:
+    env = {}
+    for line in path.read_text().splitlines():
+        if "=" in line and not line.startswith("#"):
+            key, value = line.split("=", 1)
+            env[key.strip()] = value.strip()
+    return env
+
+
+def point_latest(results: Path, run_dir: Path) -> None:
+    latest = results / "latest"
+    if latest.is_symlink() or latest.exists():
+        latest.unlink()
+    latest.symlink_to(run_dir.name)
+
+
+def run_once(run_dir: Path, env: dict, *, producers: int, count: int, rate: float,
+             desc: str, extra: dict | None = None) -> dict:
+    """Run a fleet, close the run against MongoDB, draw its CDF; returns the summary."""
+    total = producers * count
+    with tqdm(total=total, desc=f"{desc} results", unit="img", mininterval=0.5) as bar:
+        def show(p):
+            bar.update(p.results - bar.n)
+            if p.e2e_ms:
+                e2e = sorted(p.e2e_ms)
+                bar.set_postfix(sent=p.sent, p50=f"{e2e[len(e2e) // 2]:.0f}ms",
+                                p95=f"{e2e[int(len(e2e) * 0.95)]:.0f}ms", refresh=False)
+        codes = run_fleet(run_dir, producers=producers, count=count, rate=rate, env=env,
+                          on_progress=show)
+    if any(codes):
+        log.warning("a producer exited with %s:\n%s", codes, producer_log_tail(run_dir))
+    mongo = MongoSettings(mongo_uri=env["MONGO_URI"])
+    client = connect(mongo)
+    try:
+        with tqdm(total=total, desc=f"{desc} stored", unit="img") as bar:
+            summary = close_run(run_dir, images_collection(client, mongo),
+                                extra={"producers": producers, "rate": rate,
+                                       "images_per_producer": count, **(extra or {})},
+                                progress=lambda stored, complete: bar.update(complete - bar.n))
+    finally:
+        client.close()
+    from analysis.latencies import read_latencies
+    from analysis.plots import plot_cdf
+
+    e2e = [r.e2e_ms for r in read_latencies(run_dir / "latencies.csv") if r.e2e_ms is not None]
+    if e2e:
+        plot_cdf([(f"{producers} producer{'s' if producers > 1 else ''}", e2e)],
+                 run_dir / "latency_cdf.png",
+                 title=f"End-to-end latency, {summary['sent']} images at {rate:g} img/s"
+                       f" per producer ({summary['model']})")
+    return summary
+
+
+def main(argv=None) -> int:
+    setup_logging()
+    p = argparse.ArgumentParser(prog="python -m stack.demo", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--count", type=int, default=int(os.environ.get("DEMO_COUNT", 300)))
+    p.add_argument("--rate", type=float, default=float(os.environ.get("DEMO_RATE", 20)))
+    p.add_argument("--results", type=Path, default=ROOT / "results")
+    p.add_argument("--keep-up", action="store_true", help="leave the stack running afterwards")
+    args = p.parse_args(argv)
+
+    d = stack_dir()
+    started_here = supervisor_pid(d) is None
+    if up(d, timeout_s=float(os.environ.get("STACK_UP_TIMEOUT_S", 420))) != 0:
+        return 1
+    try:
+        env = read_env(d / "stack.env")
+        run_dir = args.results / time.strftime("demo-%Y%m%d-%H%M%S")
+        summary = run_once(run_dir, env, producers=1, count=args.count, rate=args.rate, desc="demo")
+        point_latest(args.results, run_dir)
+    finally:
+        if started_here and not args.keep_up:
+            down(d)
+    print(f"\nDemo run {run_dir}:")
+    print(format_table(summary))
+    print(f"\n  files: {run_dir}/latencies.csv, summary.json, latency_cdf.png (results/latest)")
+    ok = summary["lost"] == 0 and summary["results"] == summary["sent"]
+    print("  OK: every image came back and is stored once with its prediction" if ok else
+          f"  FAILED: {summary['lost']} image(s) lost, "
+          f"{summary['sent'] - summary['results']} result(s) missing")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
