@@ -1,0 +1,41 @@
+# Quick start: `make demo` runs the whole pipeline once on the embedded local stack;
+# `make test` runs every test.  Both create .venv and install what they need.
+SHELL := /bin/bash
+PY ?= python3
+VENV ?= .venv
+PYTHON := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-deploy.txt | md5sum | cut -c1-8)
+
+.PHONY: venv up down status demo test test-faults lint experiment analyze bench deploy teardown clean
+
+$(STAMP): requirements.txt requirements-deploy.txt
+	test -x $(PYTHON) || $(PY) -m venv $(VENV)
+	$(PYTHON) -m pip install --quiet --upgrade pip
+	$(PYTHON) -m pip install --quiet -r requirements.txt -r requirements-deploy.txt
+	rm -f $(VENV)/.installed-* && touch $@
+
+venv: $(STAMP)
+
+up: venv          ## start the local stack (broker, MongoDB, Gunicorn, consumers)
+	$(PYTHON) -m stack up
+
+down:             ## stop the local stack, leaving no process behind
+	@test -x $(PYTHON) && $(PYTHON) -m stack down || true
+
+status: venv
+	$(PYTHON) -m stack status
+
+demo: venv        ## the whole pipeline once: 300 images, results/latest/
+	$(PYTHON) -m stack.demo
+
+test: venv        ## unit + integration tests (starts and stops its own stack)
+	$(PYTHON) -m pytest -q tests
+
+lint: venv
+	$(PYTHON) -m pytest -q tests/test_deploy.py
+
+experiment: venv  ## latency sweep over 1..N producers
+	$(PYTHON) -m analysis.experiment
+
+clean: down
+	rm -rf .run .pytest_cache
