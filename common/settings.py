@@ -108,6 +108,14 @@ class ServiceSettings(BaseSettings):
     tf_inter_op_threads: int = 0
     # Test hook (off by default): extra seconds added to every batch.
     inference_slowdown_s: float = 0.0
+    # auto/imagenet: every socket operation of the weights download is bounded by
+    # this, so a host without internet falls back (auto) or fails (imagenet) fast.
+    weights_download_timeout_s: float = Field(3.0, gt=0)
+    # Backpressure: a request that would push more images than this into the
+    # dynamic batcher's queue gets 503 + Retry-After (0 = unbounded).
+    max_queue_images: int = Field(1024, ge=0)
+    # How long a request waits for its batches before answering 503.
+    inference_request_timeout_s: float = Field(60.0, gt=0)
 
 
 _SECRET_IN_URI = re.compile(r"(//[^:/@]+:)([^@]+)(@)")

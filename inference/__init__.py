@@ -1,0 +1,56 @@
+"""The inference service: Flask app factory (served by Gunicorn, see gunicorn.conf.py).
+
+    gunicorn -c inference/gunicorn.conf.py 'inference:create_app()'
+
+``create_app`` runs in every worker (``preload_app`` is off), so each worker loads
+its own model in a background thread after the fork; the master never imports
+TensorFlow.  Nothing in this module imports TensorFlow either.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Mapping
+
+from flask import Flask
+
+from common.log import setup_logging
+from common.settings import ServiceSettings, describe
+
+log = logging.getLogger(__name__)
+
+
+def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
+    """Create the app.  ``test_config`` keys are Flask config keys; those that name a
+    ``ServiceSettings`` field (``MODEL_WEIGHTS``, ``MAX_BATCH`` ...) override the
+    environment.  ``ENGINE`` may pass an already loaded :class:`inference.engine.Engine`
+    (tests share one model between apps)."""
+    from inference import api
+    from inference.engine import Engine
+
+    test_config = dict(test_config or {})
+    if not logging.getLogger().handlers:  # under Gunicorn; pytest has its own handlers
+        setup_logging()
+
+    fields = ServiceSettings.model_fields
+    overrides = {k.lower(): v for k, v in test_config.items() if k.lower() in fields}
+    settings = ServiceSettings(**overrides)
+
+    app = Flask(__name__)
+    app.config.from_mapping(
+        SETTINGS=settings,
+        # Werkzeug answers 413 for bodies over this, before the JSON is parsed.
+        MAX_CONTENT_LENGTH=settings.max_request_bytes,
+        JSON_SORT_KEYS=False,
+    )
+    app.config.from_mapping({k: v for k, v in test_config.items() if k.lower() not in fields})
+    app.json.sort_keys = False
+
+    engine = app.config.get("ENGINE")
+    if engine is None:
+        log.info("inference service starting; %s", describe(settings))
+        engine = Engine(settings).start()
+    app.extensions["inference_engine"] = engine
+
+    api.init_app(app)
+    return app

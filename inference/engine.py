@@ -1,0 +1,77 @@
+"""The per-worker inference engine: loads the model in a background thread, then batches.
+
+Nothing here imports TensorFlow at module level: ``inference.model`` is imported by
+the loader thread, which runs in the Gunicorn *worker* after the fork (the master
+never calls ``create_app`` because ``preload_app`` is off).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import numpy as np
+
+from common.settings import ServiceSettings
+from inference.batcher import DynamicBatcher
+
+log = logging.getLogger(__name__)
+
+LOADING, READY, FAILED = "loading", "ready", "failed"
+
+
+class Engine:
+    def __init__(self, settings: ServiceSettings):
+        self.settings = settings
+        self.state = LOADING
+        self.error: str | None = None
+        self.model = None  # inference.model.LoadedModel once ready
+        self.batcher: DynamicBatcher | None = None
+        self.load_seconds: float | None = None
+        self._ready = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> "Engine":
+        self._thread = threading.Thread(target=self._load, name="model-loader", daemon=True)
+        self._thread.start()
+        return self
+
+    @property
+    def ready(self) -> bool:
+        return self.state == READY
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        self._ready.wait(timeout)
+        return self.ready
+
+    def _load(self) -> None:
+        s = self.settings
+        started = time.perf_counter()
+        try:
+            from inference import model as model_mod  # imports TensorFlow: worker only
+
+            model_mod.configure_threads(s.tf_intra_op_threads, s.tf_inter_op_threads)
+            loaded = model_mod.load_model(s.model_weights, s.model_input_size,
+                                          download_timeout_s=s.weights_download_timeout_s)
+            # Warm-up: the first call traces the tf.function and lets oneDNN build its
+            # kernels; do a single image and a full dynamic batch before reporting ready.
+            for n in sorted({1, s.dynamic_batch_max}):
+                loaded.predict(np.zeros((n, 32, 32, 3), dtype=np.uint8))
+            self.batcher = DynamicBatcher(
+                loaded.predict, max_batch=s.dynamic_batch_max,
+                max_delay_s=s.dynamic_batch_delay_ms / 1000.0, max_queue=s.max_queue_images,
+                slowdown_s=s.inference_slowdown_s)
+            self.model = loaded
+            self.load_seconds = time.perf_counter() - started
+            self.state = READY
+            level = logging.WARNING if loaded.untrained else logging.INFO
+            log.log(level, "model %s ready in %.1fs (weights %s)%s", loaded.id, self.load_seconds,
+                    loaded.weights_source,
+                    " - UNTRAINED: labels are meaningless" if loaded.untrained else "")
+        except Exception as exc:  # noqa: BLE001 - report through /readyz instead of dying
+            self.error = f"{type(exc).__name__}: {exc}"
+            self.state = FAILED
+            log.exception("model loading failed: %s", self.error)
+        finally:
+            self._ready.set()

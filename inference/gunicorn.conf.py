@@ -1,0 +1,84 @@
+"""Gunicorn configuration of the inference service.
+
+    gunicorn -c inference/gunicorn.conf.py 'inference:create_app()'
+
+Every value can be overridden from the environment.  This file is executed by the
+*master*: it must import nothing heavy (no TensorFlow, not even the app).
+"""
+
+import os
+
+
+def _int(name, default):
+    return int(os.environ.get(name, default))
+
+
+# Where to listen.  Loopback by default: the service has no TLS and the bearer token
+# is optional, so exposing it is a deliberate choice (INFERENCE_BIND=0.0.0.0:8000).
+bind = os.environ.get("INFERENCE_BIND", "127.0.0.1:8000")
+
+# The app is created in each worker after the fork, never in the master: the master
+# stays a small supervisor without TensorFlow (TF is not fork-safe once its thread
+# pools exist), and a worker that dies is replaced by a clean fork.
+preload_app = False
+wsgi_app = "inference:create_app()"
+
+# ONE worker by default.  Every worker holds its own TensorFlow runtime and ResNet50
+# (about 0.6-1 GB RSS each) and TF already spreads one forward pass over all cores
+# (intra-op threads), so on a 2-core host a second worker only doubles the memory
+# and makes the two processes fight over the same cores.  Throughput comes from
+# batching instead: see the threads below and DYNAMIC_BATCH_*.  Raise it on hosts
+# with many cores (with TF_INTRA_OP_THREADS = cores / workers).
+workers = _int("GUNICORN_WORKERS", 1)
+
+# gthread: request threads are cheap (they spend their time waiting on the dynamic
+# batcher's futures, the GIL is released during the TF call), and several in-flight
+# requests are what the batcher merges into one model call.  8 threads lets 8
+# concurrent clients (consumer replicas, benchmark connections) be batched together
+# while the model is busy, without an unbounded pile-up.
+worker_class = "gthread"
+threads = _int("GUNICORN_THREADS", 8)
+
+# Seconds without a worker heartbeat before the master kills it.  The gthread worker
+# heartbeats from its main loop, not from the request threads, and the model loads in
+# a background thread, so this only fires on a truly hung worker; 60 s leaves room
+# for a slow TensorFlow import on a loaded 2-core host.
+timeout = _int("GUNICORN_TIMEOUT", 60)
+
+# On SIGTERM, requests in flight get this long to finish (a batch at 224x224 on CPU
+# can take several seconds).
+graceful_timeout = _int("GUNICORN_GRACEFUL_TIMEOUT", 30)
+
+# The inference consumer keeps its HTTP connection open between batches.
+keepalive = _int("GUNICORN_KEEPALIVE", 5)
+
+# No worker recycling by default: a new worker re-imports TF and reloads the model
+# (tens of seconds); set GUNICORN_MAX_REQUESTS if a leak ever shows up.
+max_requests = _int("GUNICORN_MAX_REQUESTS", 0)
+max_requests_jitter = _int("GUNICORN_MAX_REQUESTS_JITTER", 0)
+
+# Pending connections the kernel queues while all threads are busy.
+backlog = _int("GUNICORN_BACKLOG", 128)
+
+# Heartbeat file on tmpfs where there is one: a slow or full disk must not make the
+# master think a busy worker is hung.
+if os.path.isdir("/dev/shm"):
+    worker_tmp_dir = "/dev/shm"
+
+# Logs: everything to stderr, access log included ("-" would send it to stdout).
+errorlog = "-"
+accesslog = os.environ.get("GUNICORN_ACCESSLOG", "/dev/stderr" if os.path.exists("/dev/stderr") else "-")
+loglevel = os.environ.get("LOG_LEVEL", "info").lower()
+# Client, request line, status, bytes, duration in seconds, worker pid.
+access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(L)ss pid=%(p)s'
+
+
+def when_ready(server):
+    import sys
+
+    server.log.info("master %s ready on %s; tensorflow imported in master: %s",
+                    os.getpid(), bind, "tensorflow" in sys.modules)
+
+
+def post_fork(server, worker):
+    server.log.info("worker %s forked; it loads the model in a background thread", worker.pid)

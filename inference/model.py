@@ -1,0 +1,198 @@
+"""ResNet50 loading and the compiled predict function.
+
+Importing this module imports TensorFlow, so only the worker's loader thread
+(``inference.engine``) and ``inference.train`` import it - never the Gunicorn
+master, never ``inference/__init__``.
+
+``MODEL_WEIGHTS``:
+
+* ``imagenet``: Keras ImageNet weights (include_top, 1000 classes), input resized
+  to 224 by default; the 1000 probabilities are folded into the 10 CIFAR classes
+  with the table in :mod:`inference.imagenet_cifar`.  The weights come from the
+  Keras cache; if absent they are downloaded with a short socket timeout
+  (``WEIGHTS_DOWNLOAD_TIMEOUT_S``) so that a host without internet fails fast.
+* a path to a ``.weights.h5`` file written by ``inference.train`` (10 classes).
+* ``random``: ``weights=None`` with a fixed seed - an *untrained* network whose
+  labels mean nothing; its id says ``untrained``.
+* ``auto`` (default): ``imagenet`` if the weights can be had, else ``random``
+  with a WARNING.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+import urllib.request
+from typing import Callable
+
+import numpy as np
+import tensorflow as tf
+
+from common.labels import CIFAR10_CLASSES
+from inference.imagenet_cifar import mapping_matrix
+
+log = logging.getLogger(__name__)
+
+IMAGE_SIZE = 32
+RANDOM_SEED = 0
+IMAGENET_FILE = "resnet50_weights_tf_dim_ordering_tf_kernels.h5"
+IMAGENET_URL = "https://storage.googleapis.com/tensorflow/keras-applications/resnet/" + IMAGENET_FILE
+IMAGENET_MD5 = "2cb95161c43110f7111970584f804107"  # keras.applications.resnet WEIGHTS_HASHES
+
+
+class WeightsUnavailable(RuntimeError):
+    pass
+
+
+@dataclasses.dataclass
+class LoadedModel:
+    id: str
+    weights_source: str
+    input_size: int
+    untrained: bool
+    # uint8 N x 32 x 32 x 3 -> float32 N x 10 CIFAR-10 probabilities
+    predict: Callable[[np.ndarray], np.ndarray]
+    classes: tuple[str, ...] = CIFAR10_CLASSES
+
+
+def configure_threads(intra: int, inter: int) -> None:
+    """Must run before TensorFlow executes anything (0 keeps TF's default)."""
+    try:
+        if intra:
+            tf.config.threading.set_intra_op_parallelism_threads(intra)
+        if inter:
+            tf.config.threading.set_inter_op_parallelism_threads(inter)
+    except RuntimeError as exc:  # runtime already initialised (tests, second app)
+        log.warning("TF thread settings not applied: %s", exc)
+
+
+def build_cifar_resnet(input_size: int = IMAGE_SIZE) -> tf.keras.Model:
+    """The 10-class ResNet50 that inference.train trains and the service loads."""
+    return tf.keras.applications.ResNet50(
+        weights=None, include_top=True, input_shape=(input_size, input_size, 3), classes=10)
+
+
+def _keras_cache_dirs() -> list[str]:
+    # Keras' get_file uses $KERAS_HOME or ~/.keras, falling back to /tmp/.keras.
+    homes = [os.environ.get("KERAS_HOME"), os.path.expanduser("~/.keras"), "/tmp/.keras"]
+    return [os.path.join(h, "models") for h in homes if h]
+
+
+def _md5(path: str) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def find_imagenet_weights(download_timeout_s: float = 3.0, download: bool = True) -> str:
+    """Path of the ImageNet weights: from the Keras cache, else downloaded into it.
+
+    Raises WeightsUnavailable quickly when there is no network: every socket
+    operation of the download is bounded by ``download_timeout_s``.
+    """
+    for directory in _keras_cache_dirs():
+        path = os.path.join(directory, IMAGENET_FILE)
+        if os.path.isfile(path):
+            return path
+    if not download:
+        raise WeightsUnavailable("ImageNet weights not in the Keras cache")
+    target_dir = next((d for d in _keras_cache_dirs() if _writable(d)), None)
+    if target_dir is None:
+        raise WeightsUnavailable("no writable Keras cache directory")
+    target = os.path.join(target_dir, IMAGENET_FILE)
+    log.info("downloading ImageNet weights from %s (timeout %.1fs)", IMAGENET_URL, download_timeout_s)
+    try:
+        with urllib.request.urlopen(IMAGENET_URL, timeout=download_timeout_s) as resp, \
+                tempfile.NamedTemporaryFile(dir=target_dir, delete=False) as tmp:
+            shutil.copyfileobj(resp, tmp, 1 << 20)
+        if _md5(tmp.name) != IMAGENET_MD5:
+            os.unlink(tmp.name)
+            raise WeightsUnavailable("downloaded ImageNet weights have the wrong md5")
+        os.replace(tmp.name, target)
+    except OSError as exc:  # URLError, timeouts, DNS failures are all OSError
+        raise WeightsUnavailable(f"cannot download ImageNet weights: {exc}") from None
+    return target
+
+
+def _writable(directory: str) -> bool:
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except OSError:
+        return False
+    return os.access(directory, os.W_OK)
+
+
+def file_sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _compile(model: tf.keras.Model, input_size: int, imagenet: bool):
+    fold = tf.constant(mapping_matrix()) if imagenet else None
+
+    # One trace: the batch dimension is dynamic, so batches of any size reuse it.
+    @tf.function(input_signature=[tf.TensorSpec([None, IMAGE_SIZE, IMAGE_SIZE, 3], tf.uint8)])
+    def serve(images):
+        x = tf.cast(images, tf.float32)
+        if input_size != IMAGE_SIZE:
+            x = tf.image.resize(x, (input_size, input_size), method="bilinear")
+        x = tf.keras.applications.resnet50.preprocess_input(x)
+        probs = model(x, training=False)
+        if fold is not None:
+            probs = tf.matmul(probs, fold)  # sum the ImageNet classes of each CIFAR class
+            probs = probs / tf.maximum(tf.reduce_sum(probs, axis=1, keepdims=True), 1e-12)
+        return probs
+
+    def predict(images: np.ndarray) -> np.ndarray:
+        return serve(tf.convert_to_tensor(images, dtype=tf.uint8)).numpy()
+
+    return predict
+
+
+def load_model(weights: str = "auto", input_size: int | None = None, *,
+               download_timeout_s: float = 3.0) -> LoadedModel:
+    """Build ResNet50 for ``weights`` (auto | imagenet | random | path); see module docstring."""
+    choice = weights.strip()
+    imagenet_path = None
+    if choice.lower() in ("auto", "imagenet"):
+        try:
+            imagenet_path = find_imagenet_weights(download_timeout_s)
+            choice = "imagenet"
+        except WeightsUnavailable as exc:
+            if choice.lower() == "imagenet":
+                raise
+            log.warning("MODEL_WEIGHTS=auto: %s; falling back to RANDOM, UNTRAINED weights - "
+                        "predictions are meaningless (model id says 'untrained')", exc)
+            choice = "random"
+
+    if choice == "imagenet":
+        size = input_size or 224
+        model = tf.keras.applications.ResNet50(
+            weights=None, include_top=True, input_shape=(size, size, 3), classes=1000)
+        model.load_weights(imagenet_path)
+        return LoadedModel(f"resnet50-imagenet-{size}", f"imagenet:{imagenet_path}", size, False,
+                           _compile(model, size, imagenet=True))
+    if choice.lower() == "random":
+        size = input_size or IMAGE_SIZE
+        tf.keras.utils.set_random_seed(RANDOM_SEED)
+        model = build_cifar_resnet(size)
+        return LoadedModel(f"resnet50-untrained-{size}", f"random:seed={RANDOM_SEED}", size, True,
+                           _compile(model, size, imagenet=False))
+    # A weights file written by inference.train.
+    if not os.path.isfile(choice):
+        raise WeightsUnavailable(f"MODEL_WEIGHTS={choice!r}: no such file (and not auto|imagenet|random)")
+    size = input_size or IMAGE_SIZE
+    model = build_cifar_resnet(size)
+    model.load_weights(choice)
+    sha8 = file_sha256(choice)[:8]
+    return LoadedModel(f"resnet50-cifar10-{sha8}-{size}", f"file:{os.path.abspath(choice)}", size, False,
+                       _compile(model, size, imagenet=False))
