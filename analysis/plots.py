@@ -24,6 +24,8 @@ SIZE = (9, 5.5)
 # Okabe-Ito: distinguishable for colour-blind readers, and in greyscale print.
 PALETTE = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9",
            "#F0E442", "#000000")
+# Stages get their own muted colours so they never read as runs.
+STAGE_PALETTE = ("#7F6BB0", "#4BA3A3", "#A0A0A0", "#B8862E", "#D47FA6", "#5E7CA0")
 MARKED = ((50, "o"), (95, "s"), (99, "^"))
 _STYLE = {
     "axes.spines.top": False,
@@ -36,6 +38,7 @@ _STYLE = {
     "grid.color": "#d0d0d0",
     "grid.linewidth": 0.7,
     "font.size": 10,
+    "axes.axisbelow": True,
 }
 
 
@@ -117,8 +120,11 @@ def plot_cdf(runs, out_path, log_x: bool = False, title: str | None = None) -> P
                 ax.plot([x], [p / 100], marker=marker, color=c, mec="white", mew=1.2, ms=9,
                         ls="none", zorder=4)
                 if annotate:
+                    # p50: below right of the curve; p95/p99: left, where the
+                    # curve has already risen past that height (empty space).
                     ax.annotate(f"p{p} {fmt_ms(marks[p])} ms", xy=(x, p / 100),
-                                xytext=(9, -11 if p == 50 else -3 - 6 * (p == 95)),
+                                xytext=(9, -11) if p == 50 else (-9, 0),
+                                ha="left" if p == 50 else "right", va="center",
                                 textcoords="offset points", fontsize=9, color=c,
                                 fontweight="bold", zorder=5,
                                 bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="none",
@@ -127,7 +133,12 @@ def plot_cdf(runs, out_path, log_x: bool = False, title: str | None = None) -> P
         ax.yaxis.set_major_formatter(PercentFormatter(1.0))
         if log_x:
             ax.set_xscale("log")
-            ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+            lo = min(max(x, floor) for x in all_values) if all_values else 1
+            hi = max(all_values) if all_values else 10
+            decades = math.log10(hi / lo) if hi > lo > 0 else 0
+            subs = ((1.0, 2.0, 3.0, 5.0, 7.0) if decades < 1.2 else
+                    (1.0, 2.0, 5.0) if decades < 3 else (1.0,))
+            ax.xaxis.set_major_locator(LogLocator(base=10, subs=subs))
             ax.xaxis.set_major_formatter(FuncFormatter(_plain_number))
             ax.xaxis.set_minor_formatter(FuncFormatter(lambda *_: ""))
         elif all_values:
@@ -162,9 +173,9 @@ def plot_stages(runs, out_path, stage_order, result_path, title: str | None = No
     stages = [s for s in stage_order if any(s in data for _, data in runs)]
     path_stages = [s for s in result_path if s in stages]
     n_runs = len(runs)
-    stage_colours = {s: colour(i) for i, s in enumerate(stage_order)}
-    top_h = 0.55 * n_runs + 1.3 if path_stages else 0
-    bottom_h = len(stages) * (0.32 * n_runs + 0.35) + 1.4
+    stage_colours = {s: STAGE_PALETTE[i % len(STAGE_PALETTE)] for i, s in enumerate(stage_order)}
+    top_h = 0.5 * n_runs + 1.6 if path_stages else 0
+    bottom_h = len(stages) * (0.26 * n_runs + 0.4) + 1.3
     with plt.rc_context(_STYLE):
         if path_stages:
             fig, (top, bottom) = plt.subplots(
@@ -202,13 +213,15 @@ def plot_stages(runs, out_path, stage_order, result_path, title: str | None = No
             top.set_yticks(range(n_runs), [label for label, _ in runs])
             top.invert_yaxis()
             top.set_xlim(0, top_max * 1.15 if top_max > 0 else 1)
-            top.set_xlabel("Median time (ms), stages of the result path stacked")
-            top.set_title(title or "Where the time goes")
+            top.set_xlabel("Median time per stage (ms), result-path stages stacked "
+                           "(number at the end = sum of the medians)")
+            top.set_title("Result path: producer → inference → producer", fontsize=12,
+                          pad=46)
             top.grid(True, axis="x")
             top.legend(handles=[plt.Rectangle((0, 0), 1, 1, color=stage_colours[s])
                                 for s in path_stages],
-                       labels=path_stages, loc="upper center", bbox_to_anchor=(0.5, -0.38 - 0.05 / max(top_h, 1)),
-                       ncol=2, frameon=False)
+                       labels=path_stages, loc="lower center", bbox_to_anchor=(0.5, 1.0),
+                       ncol=2, frameon=False, fontsize=9)
 
         height = 0.8 / n_runs
         ymax = 0.0
@@ -232,13 +245,12 @@ def plot_stages(runs, out_path, stage_order, result_path, title: str | None = No
         bottom.invert_yaxis()
         bottom.set_xlim(0, ymax * 1.25 if ymax > 0 else 1)
         bottom.set_xlabel("Time (ms): bar = median, whisker = p95  (labels: median / p95)")
-        bottom.set_title("Each stage: median and p95" if top is not None
-                         else (title or "Where the time goes: median and p95 per stage"),
-                         fontsize=12)
+        bottom.set_title("Each stage: median and p95", fontsize=12)
         bottom.grid(True, axis="x")
         if n_runs > 1:
             handles = [plt.Rectangle((0, 0), 1, 1, color=colour(r)) for r in range(n_runs)]
             bottom.legend(handles, [label for label, _ in runs], loc="lower right")
+        fig.suptitle(title or "Where the time goes", fontsize=14, fontweight="bold")
         fig.tight_layout()
         return _save(fig, out_path)
 
@@ -280,8 +292,11 @@ def plot_throughput(points, out_path, by_producers: bool, title: str | None = No
                        color=c_lat if key == "p95" else "#8c8c8c", label=key)
         for x, p in zip(pos, points):
             if p["p95"] is not None:
-                right.annotate(fmt_ms(p["p95"]), (x, p["p95"]), xytext=(0, 7),
-                               textcoords="offset points", ha="center", fontsize=9, color=c_lat)
+                right.annotate(fmt_ms(p["p95"]), (x, p["p95"]), xytext=(0, 8),
+                               textcoords="offset points", ha="center", fontsize=9, color=c_lat,
+                               fontweight="bold", zorder=5,
+                               bbox=dict(boxstyle="round,pad=0.12", fc="white", ec="none",
+                                         alpha=0.85))
         top = max([p[k] for p in points for k in ("p95", "p99") if p[k] is not None] or [1])
         right.set_ylim(bottom=0, top=top * 1.18)
         right.set_ylabel("End-to-end latency (ms)")
@@ -292,7 +307,10 @@ def plot_throughput(points, out_path, by_producers: bool, title: str | None = No
             ax.grid(True)
             if by_producers:
                 ax.set_xlabel("Concurrent producers")
-                ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+                if len(set(xs)) <= 12:
+                    ax.set_xticks(sorted(set(xs)))
+                else:
+                    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
                 span = max(xs) - min(xs) if xs else 0
                 pad = max(0.5, span * 0.08)
                 ax.set_xlim(min(xs) - pad, max(xs) + pad)
@@ -332,6 +350,9 @@ def plot_confusion(acc: dict, out_path, title: str | None = None) -> Path:
                     ax.text(j, i, f"{count:,}", ha="center", va="center",
                             fontsize=9 if n <= 10 else 7,
                             color="white" if share[i, j] > 0.55 else "#222222")
+        for i in range(n):  # outline the diagonal: the correct predictions
+            ax.add_patch(plt.Rectangle((i - 0.5, i - 0.5), 1, 1, fill=False, ec="#333333",
+                                       lw=1.2, zorder=3))
         per_class = acc.get("per_class", {})
         ylabels = [f"{c}  ({per_class[c]['accuracy']:.0%})" if c in per_class else c
                    for c in classes]
