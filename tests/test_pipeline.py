@@ -130,9 +130,10 @@ def test_bad_input_goes_to_the_dead_letter_topic_and_valid_input_still_flows(loc
     for key, value in bad.items():
         producer.send(settings.images_topic, key=key.encode(), value=value)
     producer.send(settings.images_topic, key=after["device_id"].encode(), value=dumps(after))
-    bad_result = make_result_message(after, prediction="cat", confidence="high", model="m",
+    bad_result = make_result_message(after, prediction="cat", confidence=0.5, model="m",
                                      received_at=1.0, inferred_at=1.0)
-    producer.send(settings.results_topic, key=b"x", value=dumps({**bad_result, "tag": tag}))
+    producer.send(settings.results_topic, key=b"x",
+                  value=dumps({**bad_result, "confidence": "high", "tag": tag}))
     producer.flush()
 
     def mine(records):
