@@ -38,12 +38,21 @@ def _fmt(value, digits: int = 3) -> str:
     return str(value)
 
 
+def _csv_value(column: str, value) -> str:
+    """Latencies as measured (to the microsecond of a ms), throughput to 3 decimals."""
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return repr(round(value, 3 if column == "throughput_img_s" else 6))
+    return str(value)
+
+
 def write_percentiles_csv(rows: list[dict], path: Path) -> None:
     with open(path, "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(PERCENTILE_COLUMNS)
         for row in rows:
-            writer.writerow([_fmt(row[c]) for c in PERCENTILE_COLUMNS])
+            writer.writerow([_csv_value(c, row[c]) for c in PERCENTILE_COLUMNS])
 
 
 def markdown_table(rows: list[dict]) -> str:

@@ -218,8 +218,10 @@ def redact_uri(uri: str) -> str:
 def _mongo_collection(uri: str, database: str, collection: str, timeout_ms: int = 5000):
     from pymongo import MongoClient
 
-    client = MongoClient(uri, serverSelectionTimeoutMS=timeout_ms,
-                         connectTimeoutMS=timeout_ms, retryWrites=False)
+    lowered = uri.lower()  # timeouts given in the URI win over the defaults
+    options = {name: timeout_ms for name in ("serverSelectionTimeoutMS", "connectTimeoutMS")
+               if name.lower() not in lowered}
+    client = MongoClient(uri, retryWrites=False, **options)
     return client, client[database][collection]
 
 
