@@ -151,7 +151,7 @@ def plot_cdf(runs, out_path, log_x: bool = False, title: str | None = None) -> P
         handles += [Line2D([], [], marker=m, color="#555555", ls="none", ms=7, mec="white")
                     for _, m in MARKED]
         labels += [f"p{p}" for p, _ in MARKED]
-        ax.legend(handles, labels, loc="lower right", ncol=1)
+        ax.legend(handles, labels, loc="best", ncol=1)
         fig.tight_layout()
         return _save(fig, out_path)
 
@@ -287,8 +287,9 @@ def plot_throughput(points, out_path, by_producers: bool, title: str | None = No
 
         for key, style, lw, ms in (("p50", "--", 1.2, 5), ("p95", "-", 2.2, 8), ("p99", ":", 1.4, 5)):
             values = _series([p[key] for p in points])
-            right.plot(pos, values, ls=style if by_producers or key == "p95" else "none",
-                       lw=lw, marker="o" if key == "p95" else ".", ms=ms,
+            right.plot(pos, values, ls=style if by_producers else "none",
+                       lw=lw, marker="o" if key == "p95" else ("_" if not by_producers else "."),
+                       ms=ms if by_producers or key == "p95" else 14, mew=2,
                        color=c_lat if key == "p95" else "#8c8c8c", label=key)
         for x, p in zip(pos, points):
             if p["p95"] is not None:
