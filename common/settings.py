@@ -37,8 +37,8 @@ class KafkaSettings(BaseSettings):
     kafka_ssl_cafile: str | None = None
     # Group membership: the embedded broker takes about half of the session
     # timeout to complete a join, so keep it modest; real Kafka is unaffected.
-    kafka_session_timeout_ms: int = 10_000
-    kafka_heartbeat_interval_ms: int = 2_000
+    kafka_session_timeout_ms: int = 6_000
+    kafka_heartbeat_interval_ms: int = 1_000
     kafka_max_poll_interval_ms: int = 300_000
     # Producer batching: a few ms of linger lets one request carry many images.
     kafka_linger_ms: int = 5

@@ -94,3 +94,27 @@ def all_delivered(futures) -> bool:
     for f in failed[:3]:
         log.error("publish failed: %s", f.exception)
     return not failed
+
+
+class ReadyMarker:
+    """Touches ``$READY_FILE`` once the consumer owns partitions.
+
+    The local stack's supervisor waits for this file, so ``make up`` returns only
+    after the group join (which takes a few seconds) and the first images of a
+    demo do not queue behind it.  Without READY_FILE this does nothing.
+    """
+
+    def __init__(self):
+        import os
+
+        self.path = os.environ.get("READY_FILE")
+        self.done = not self.path
+
+    def check(self, consumer) -> None:
+        if not self.done and consumer.assignment():
+            from pathlib import Path
+
+            Path(self.path).touch()
+            self.done = True
+            log.info("joined the group with partitions %s",
+                     sorted(f"{tp.topic}[{tp.partition}]" for tp in consumer.assignment()))

@@ -26,7 +26,7 @@ from common.mongo_io import connect, ensure_indexes, images_collection
 from common.schema import (InvalidMessage, dumps, make_dead_letter, parse_image_message,
                            parse_result_message)
 from common.settings import KafkaSettings, MongoSettings, describe
-from consumers.batching import all_delivered, commit, idle_wait, rewind
+from consumers.batching import ReadyMarker, all_delivered, commit, idle_wait, rewind
 
 log = logging.getLogger("consumers.db")
 
@@ -120,8 +120,10 @@ class DbWriter:
         self.ensure_indexes()
         log.info("consuming %s + %s as group %s", self.kafka.images_topic,
                  self.kafka.results_topic, GROUP_ID)
+        ready = ReadyMarker()
         while not self.stop.is_set():
             polled = self.consumer.poll(timeout_ms=500, max_records=self.max_records)
+            ready.check(self.consumer)
             records = [r for batch in polled.values() for r in batch]
             if records:
                 updates, futures = self.to_updates(records)

@@ -22,7 +22,7 @@ from common.log import setup_logging
 from common.schema import (InvalidMessage, dumps, make_dead_letter, make_result_message,
                            parse_image_message)
 from common.settings import InferenceClientSettings, KafkaSettings, describe, secret
-from consumers.batching import all_delivered, commit, gather, idle_wait, rewind
+from consumers.batching import ReadyMarker, all_delivered, commit, gather, idle_wait, rewind
 
 log = logging.getLogger("consumers.inference")
 
@@ -172,8 +172,10 @@ class InferenceConsumer:
     def run(self) -> None:
         log.info("consuming %s as group %s; service %s", self.kafka.images_topic, GROUP_ID,
                  ", ".join(self.client.urls))
+        ready = ReadyMarker()
         while not self.stop.is_set():
             records = gather(self.consumer, self.cfg.batch_size, self.cfg.batch_wait_ms)
+            ready.check(self.consumer)
             if not records:
                 pass
             elif self.process(records):

@@ -29,6 +29,23 @@ from stack.supervisor import ROOT, stack_dir
 log = logging.getLogger("stack.demo")
 
 
+class RunFailed(RuntimeError):
+    pass
+
+
+def check_dataset() -> None:
+    """Fetch/verify the dataset before starting anything: a missing dataset fails in
+    seconds with instructions, and a download shows its progress bar here."""
+    from common.settings import DatasetSettings
+    from producer import dataset as datasets
+
+    s = DatasetSettings()
+    try:
+        datasets.load(s.dataset, s.dataset_source, s.dataset_split, limit=1)
+    except datasets.DatasetUnavailable as exc:
+        raise RunFailed(str(exc)) from None
+
+
 def read_env(path: Path) -> dict:
     env = {}
     for line in path.read_text().splitlines():
@@ -60,6 +77,8 @@ def run_once(run_dir: Path, env: dict, *, producers: int, count: int, rate: floa
                           on_progress=show)
     if any(codes):
         log.warning("a producer exited with %s:\n%s", codes, producer_log_tail(run_dir))
+    if not (run_dir / "latencies.csv").stat().st_size:
+        raise RunFailed(f"no producer sent anything:\n{producer_log_tail(run_dir)}")
     mongo = MongoSettings(mongo_uri=env["MONGO_URI"])
     client = connect(mongo)
     try:
@@ -92,6 +111,11 @@ def main(argv=None) -> int:
     p.add_argument("--keep-up", action="store_true", help="leave the stack running afterwards")
     args = p.parse_args(argv)
 
+    try:
+        check_dataset()
+    except RunFailed as exc:
+        print(f"demo: {exc}", file=sys.stderr)
+        return 2
     d = stack_dir()
     started_here = supervisor_pid(d) is None
     if up(d, timeout_s=float(os.environ.get("STACK_UP_TIMEOUT_S", 420))) != 0:
@@ -101,6 +125,9 @@ def main(argv=None) -> int:
         run_dir = args.results / time.strftime("demo-%Y%m%d-%H%M%S")
         summary = run_once(run_dir, env, producers=1, count=args.count, rate=args.rate, desc="demo")
         point_latest(args.results, run_dir)
+    except RunFailed as exc:
+        print(f"demo failed: {exc}", file=sys.stderr)
+        return 1
     finally:
         if started_here and not args.keep_up:
             down(d)

@@ -99,7 +99,7 @@ class Component:
 class Supervisor:
     def __init__(self, directory: Path | None = None):
         self.dir = directory or stack_dir()
-        for sub in ("pids", "logs", "hold", "data"):
+        for sub in ("pids", "logs", "hold", "data", "state"):
             (self.dir / sub).mkdir(parents=True, exist_ok=True)
         self.components: list[Component] = []
         self.stopping = False
@@ -153,7 +153,9 @@ class Supervisor:
 
         for name, module in (("inference-consumer", "consumers.inference"),
                              ("db-consumer", "consumers.db")):
-            self.components.append(Component(name, [py, "-m", module], ready=lambda: True))
+            marker = self.dir / "state" / f"{name}.joined"
+            self.components.append(Component(
+                name, [py, "-m", module], ready=marker.exists, env={"READY_FILE": str(marker)}))
 
         for c in self.components:
             c.env = {**os.environ, **base_env, **self.endpoints, **c.env}
@@ -199,6 +201,8 @@ class Supervisor:
         return (self.dir / "hold" / c.name).exists()
 
     def start(self, c: Component) -> None:
+        if "READY_FILE" in c.env:
+            Path(c.env["READY_FILE"]).unlink(missing_ok=True)
         logfile = open(self.dir / "logs" / f"{c.name}.log", "ab", buffering=0)
         logfile.write(f"---- {time.strftime('%Y-%m-%d %H:%M:%S')} starting {c.name}\n".encode())
         # Own session: the whole process group (gunicorn workers included) can be signalled.
@@ -292,6 +296,8 @@ class Supervisor:
         for c in reversed(self.components):
             self.stop(c)
             self.pid_file(c).unlink(missing_ok=True)
+            if "READY_FILE" in c.env:
+                Path(c.env["READY_FILE"]).unlink(missing_ok=True)
         for name in ("ready", "supervisor.pid"):
             (self.dir / name).unlink(missing_ok=True)
         log.info("stack is down")
