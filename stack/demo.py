@@ -16,21 +16,13 @@ import sys
 import time
 from pathlib import Path
 
-from tqdm import tqdm
-
-from analysis.summary import close_run, format_table
+from analysis.runner import RunFailed, read_env, run_configuration
+from analysis.summary import format_table
 from common.log import setup_logging
-from common.mongo_io import connect, images_collection
-from common.settings import MongoSettings
-from producer.fleet import producer_log_tail, run_fleet
 from stack.__main__ import down, supervisor_pid, up
 from stack.supervisor import ROOT, stack_dir
 
 log = logging.getLogger("stack.demo")
-
-
-class RunFailed(RuntimeError):
-    pass
 
 
 def check_dataset() -> None:
@@ -46,59 +38,11 @@ def check_dataset() -> None:
         raise RunFailed(str(exc)) from None
 
 
-def read_env(path: Path) -> dict:
-    env = {}
-    for line in path.read_text().splitlines():
-        if "=" in line and not line.startswith("#"):
-            key, value = line.split("=", 1)
-            env[key.strip()] = value.strip()
-    return env
-
-
 def point_latest(results: Path, run_dir: Path) -> None:
     latest = results / "latest"
     if latest.is_symlink() or latest.exists():
         latest.unlink()
     latest.symlink_to(run_dir.name)
-
-
-def run_once(run_dir: Path, env: dict, *, producers: int, count: int, rate: float,
-             desc: str, extra: dict | None = None) -> dict:
-    """Run a fleet, close the run against MongoDB, draw its CDF; returns the summary."""
-    total = producers * count
-    with tqdm(total=total, desc=f"{desc} results", unit="img", mininterval=0.5) as bar:
-        def show(p):
-            bar.update(p.results - bar.n)
-            if p.e2e_ms:
-                e2e = sorted(p.e2e_ms)
-                bar.set_postfix(sent=p.sent, p50=f"{e2e[len(e2e) // 2]:.0f}ms",
-                                p95=f"{e2e[int(len(e2e) * 0.95)]:.0f}ms", refresh=False)
-        codes = run_fleet(run_dir, producers=producers, count=count, rate=rate, env=env,
-                          on_progress=show)
-    if any(codes):
-        log.warning("a producer exited with %s:\n%s", codes, producer_log_tail(run_dir))
-    if not (run_dir / "latencies.csv").stat().st_size:
-        raise RunFailed(f"no producer sent anything:\n{producer_log_tail(run_dir)}")
-    mongo = MongoSettings(mongo_uri=env["MONGO_URI"])
-    client = connect(mongo)
-    try:
-        with tqdm(total=total, desc=f"{desc} stored", unit="img") as bar:
-            summary = close_run(run_dir, images_collection(client, mongo),
-                                extra={"producers": producers, "rate": rate,
-                                       "images_per_producer": count, **(extra or {})},
-                                progress=lambda stored, complete: bar.update(complete - bar.n))
-    finally:
-        client.close()
-    from analysis.latencies import read_latencies
-    from analysis.plots import plot_cdf
-
-    e2e = [r.e2e_ms for r in read_latencies(run_dir / "latencies.csv") if r.e2e_ms is not None]
-    if e2e:
-        plot_cdf([(f"{producers} producer{'s' if producers > 1 else ''}", e2e)],
-                 run_dir / "latency_cdf.png",
-                 title=f"End-to-end latency, {summary['sent']} images at {rate:g} img/s"
-                       f" per producer ({summary['model']})")
-    return summary
 
 
 def main(argv=None) -> int:
@@ -123,7 +67,8 @@ def main(argv=None) -> int:
     try:
         env = read_env(d / "stack.env")
         run_dir = args.results / time.strftime("demo-%Y%m%d-%H%M%S")
-        summary = run_once(run_dir, env, producers=1, count=args.count, rate=args.rate, desc="demo")
+        summary = run_configuration(run_dir, env, producers=1, count=args.count,
+                                    rate=args.rate, desc="demo")
         point_latest(args.results, run_dir)
     except RunFailed as exc:
         print(f"demo failed: {exc}", file=sys.stderr)

@@ -1,0 +1,74 @@
+"""Run one measured configuration: N producers at once, then close the run.
+
+Shared by ``make demo`` (one producer) and the experiment runner (1..N), so their
+run directories have the same files: latencies.csv, stages.csv, summary.json and
+latency_cdf.png.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from tqdm import tqdm
+
+from analysis.summary import close_run
+from common.mongo_io import connect, images_collection
+from common.settings import MongoSettings
+from producer.fleet import producer_log_tail, run_fleet
+
+log = logging.getLogger(__name__)
+
+
+class RunFailed(RuntimeError):
+    pass
+
+
+def read_env(path: Path) -> dict:
+    env = {}
+    for line in path.read_text().splitlines():
+        if "=" in line and not line.startswith("#"):
+            key, value = line.split("=", 1)
+            env[key.strip()] = value.strip()
+    return env
+
+
+def run_configuration(run_dir: Path, env: dict, *, producers: int, count: int, rate: float,
+             desc: str, extra: dict | None = None) -> dict:
+    """Run a fleet, close the run against MongoDB, draw its CDF; returns the summary."""
+    total = producers * count
+    with tqdm(total=total, desc=f"{desc} results", unit="img", mininterval=0.5) as bar:
+        def show(p):
+            bar.update(p.results - bar.n)
+            if p.e2e_ms:
+                e2e = sorted(p.e2e_ms)
+                bar.set_postfix(sent=p.sent, p50=f"{e2e[len(e2e) // 2]:.0f}ms",
+                                p95=f"{e2e[int(len(e2e) * 0.95)]:.0f}ms", refresh=False)
+        codes = run_fleet(run_dir, producers=producers, count=count, rate=rate, env=env,
+                          on_progress=show)
+    if any(codes):
+        log.warning("a producer exited with %s:\n%s", codes, producer_log_tail(run_dir))
+    if not (run_dir / "latencies.csv").stat().st_size:
+        raise RunFailed(f"no producer sent anything:\n{producer_log_tail(run_dir)}")
+    mongo = MongoSettings(mongo_uri=env["MONGO_URI"])
+    client = connect(mongo)
+    try:
+        with tqdm(total=total, desc=f"{desc} stored", unit="img") as bar:
+            summary = close_run(run_dir, images_collection(client, mongo),
+                                extra={"producers": producers, "rate": rate,
+                                       "images_per_producer": count, **(extra or {})},
+                                progress=lambda stored, complete: bar.update(complete - bar.n))
+    finally:
+        client.close()
+    from analysis.latencies import read_latencies
+    from analysis.plots import plot_cdf
+
+    e2e = [r.e2e_ms for r in read_latencies(run_dir / "latencies.csv") if r.e2e_ms is not None]
+    if e2e:
+        plot_cdf([(f"{producers} producer{'s' if producers > 1 else ''}", e2e)],
+                 run_dir / "latency_cdf.png",
+                 title=f"End-to-end latency, {summary['sent']} images at {rate:g} img/s"
+                       f" per producer ({summary['model']})")
+    return summary
+
+

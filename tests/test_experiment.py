@@ -1,0 +1,37 @@
+"""The experiment runner end to end on the local stack, with two small configurations."""
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.integration
+
+
+def test_experiment_sweep_writes_runs_and_analysis(local_stack, tmp_path):
+    out = tmp_path / "exp"
+    proc = subprocess.run([sys.executable, "-m", "analysis.experiment", "--producers", "1", "2",
+                           "--images", "15", "--rate", "15", "--pause", "0", "--out", str(out)],
+                          cwd=ROOT, env=local_stack["env"], capture_output=True, text=True,
+                          timeout=400)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    record = json.loads((out / "experiment.json").read_text())
+    assert record["target"] == "deployed"  # endpoints came from the environment
+    assert [r["producers"] for r in record["runs"]] == [1, 2]
+    assert record["host"]["cpu_count"] and record["versions"]["kafka-python"]
+    assert "untrained" in record["model"]["id"]
+    for run, n in zip(record["runs"], (1, 2)):
+        summary = json.loads((out / run["dir"] / "summary.json").read_text())
+        assert summary["sent"] == 15 * n and summary["lost"] == 0 and summary["producers"] == n
+        rows = list(csv.DictReader(open(out / run["dir"] / "latencies.csv")))
+        assert len(rows) == 15 * n and len({r["producer_id"] for r in rows}) == n
+    percentiles = list(csv.DictReader(open(out / "percentiles.csv")))
+    assert [p["run"] for p in percentiles] == ["1-producer", "2-producers"]
+    assert all(float(p["p50_ms"]) <= float(p["p95_ms"]) for p in percentiles)
+    for png in ("latency_cdf.png", "throughput.png", "stages.png"):
+        assert (out / png).stat().st_size > 10_000, png
+    assert "| run |" in proc.stdout or "run" in proc.stdout.splitlines()[0]
