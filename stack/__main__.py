@@ -51,7 +51,8 @@ def up(d: Path, timeout_s: float) -> int:
             subprocess.Popen([sys.executable, "-m", "stack", "supervise"], cwd=ROOT,
                              env={**os.environ, "STACK_DIR": str(d)}, stdout=logfile,
                              stderr=logfile, stdin=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.monotonic() + timeout_s
+    started = time.monotonic()
+    deadline = started + timeout_s
     shown = 0
     while time.monotonic() < deadline:
         lines = (d / "logs" / "supervisor.log").read_text(errors="replace").splitlines() \
@@ -64,10 +65,11 @@ def up(d: Path, timeout_s: float) -> int:
             print(f"stack is up; endpoints in {d / 'stack.env'}:")
             print("  " + (d / "stack.env").read_text().strip().replace("\n", "\n  "))
             return 0
-        if (d / "failed").exists() or (time.monotonic() > deadline - timeout_s + 5
-                                       and not supervisor_pid(d)):
-            print(f"stack failed to start: {(d / 'failed').read_text().strip() if (d / 'failed').exists() else 'supervisor exited'}",
-                  file=sys.stderr)
+        # The supervisor writes its pid file within a second of starting.
+        vanished = time.monotonic() > started + 5 and not supervisor_pid(d)
+        if (d / "failed").exists() or vanished:
+            reason = (d / "failed").read_text().strip() if (d / "failed").exists() else "supervisor exited"
+            print(f"stack failed to start: {reason}", file=sys.stderr)
             print(f"logs: {d / 'logs'}", file=sys.stderr)
             down(d)
             return 1
