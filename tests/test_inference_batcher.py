@@ -1,0 +1,164 @@
+"""The dynamic batcher alone (no TensorFlow): merging, chunking, ordering, failures."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from inference.batcher import DynamicBatcher, Overloaded
+
+
+class Recorder:
+    """A fake model: row i of the output is the id stored in input row i; records batch sizes."""
+
+    def __init__(self, delay_s: float = 0.0):
+        self.sizes: list[int] = []
+        self.delay_s = delay_s
+        self.lock = threading.Lock()
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        with self.lock:
+            self.sizes.append(len(images))
+        time.sleep(self.delay_s)
+        return images[:, 0, 0, :1].astype(np.float64)  # N x 1: the id
+
+
+def tagged(ids) -> np.ndarray:
+    out = np.zeros((len(ids), 2, 2, 1), dtype=np.int64)
+    out[:, 0, 0, 0] = ids
+    return out
+
+
+def collect(futures) -> np.ndarray:
+    return np.concatenate([f.result(timeout=10).probs[:, 0] for f in futures])
+
+
+@pytest.fixture
+def make_batcher():
+    made = []
+
+    def make(run, **kw):
+        b = DynamicBatcher(run, **kw)
+        made.append(b)
+        return b
+
+    yield make
+    for b in made:
+        b.stop()
+
+
+def test_concurrent_callers_get_exactly_their_rows(make_batcher):
+    model = Recorder(delay_s=0.005)
+    batcher = make_batcher(model, max_batch=8, max_delay_s=0.01)
+    errors, n_threads = [], 24
+    start = threading.Barrier(n_threads)
+
+    def caller(t: int) -> None:
+        rng = random.Random(t)
+        start.wait()
+        for r in range(5):
+            n = rng.randint(1, 20)  # sometimes over max_batch: split into chunks
+            ids = np.arange(n) + 1_000_000 * t + 1000 * r
+            got = collect(batcher.submit(tagged(ids)))
+            if not np.array_equal(got, ids):
+                errors.append((t, r, got[:5], ids[:5]))
+
+    threads = [threading.Thread(target=caller, args=(t,)) for t in range(n_threads)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(60)
+    assert not errors, errors[:3]
+    assert max(model.sizes) <= 8
+    total = sum(model.sizes)
+    assert total == batcher.images_run
+    # Merging really happened: far fewer model calls than chunks submitted.
+    assert len(model.sizes) < total / 2, (len(model.sizes), total)
+    assert batcher.queued_images() == 0
+
+
+def test_large_request_is_chunked_in_order(make_batcher):
+    model = Recorder()
+    batcher = make_batcher(model, max_batch=4, max_delay_s=0.0)
+    futures = batcher.submit(tagged(range(10)))
+    assert len(futures) == 3
+    assert collect(futures).tolist() == list(range(10))
+    assert [len(f.result().probs) for f in futures] == [4, 4, 2]
+    assert all(s <= 4 for s in model.sizes)
+
+
+def test_requests_within_the_delay_are_merged(make_batcher):
+    model = Recorder()
+    batcher = make_batcher(model, max_batch=64, max_delay_s=0.3)
+    f1 = batcher.submit(tagged([1, 2]))
+    time.sleep(0.05)
+    f2 = batcher.submit(tagged([3]))
+    assert collect(f1).tolist() == [1, 2] and collect(f2).tolist() == [3]
+    assert model.sizes == [3]
+    r1, r2 = f1[0].result(), f2[0].result()
+    assert r1.batch_size == r2.batch_size == 3 and r1.inferred_at == r2.inferred_at
+
+
+def test_full_batch_does_not_wait_for_the_delay(make_batcher):
+    batcher = make_batcher(Recorder(), max_batch=4, max_delay_s=5.0)
+    t0 = time.perf_counter()
+    assert collect(batcher.submit(tagged(range(4)))).tolist() == [0, 1, 2, 3]
+    assert time.perf_counter() - t0 < 2.0
+
+
+def test_lone_request_waits_at_most_the_delay(make_batcher):
+    batcher = make_batcher(Recorder(), max_batch=64, max_delay_s=0.05)
+    t0 = time.perf_counter()
+    collect(batcher.submit(tagged([1])))
+    assert time.perf_counter() - t0 < 1.0
+
+
+def test_model_error_reaches_every_caller_and_batcher_survives(make_batcher):
+    calls = []
+
+    def flaky(images):
+        calls.append(len(images))
+        if len(calls) == 1:
+            raise ValueError("boom")
+        return images[:, 0, 0, :1]
+
+    batcher = make_batcher(flaky, max_batch=8, max_delay_s=0.2)
+    f1, f2 = batcher.submit(tagged([1])), batcher.submit(tagged([2]))
+    for f in (f1[0], f2[0]):
+        with pytest.raises(ValueError, match="boom"):
+            f.result(timeout=10)
+    assert collect(batcher.submit(tagged([5]))).tolist() == [5]
+
+
+def test_wrong_row_count_is_an_error_not_a_misalignment(make_batcher):
+    batcher = make_batcher(lambda images: np.zeros((len(images) - 1, 1)), max_batch=8, max_delay_s=0)
+    with pytest.raises(RuntimeError, match="rows"):
+        batcher.submit(tagged([1, 2]))[0].result(timeout=10)
+
+
+def test_queue_limit_raises_overloaded(make_batcher):
+    gate = threading.Event()
+
+    def blocked(images):
+        gate.wait(10)
+        return images[:, 0, 0, :1]
+
+    batcher = make_batcher(blocked, max_batch=2, max_delay_s=0, max_queue=4)
+    first = batcher.submit(tagged([1, 2]))  # taken by the batcher thread, blocked in the model
+    time.sleep(0.1)
+    queued = batcher.submit(tagged([3, 4, 5, 6]))
+    with pytest.raises(Overloaded):
+        batcher.submit(tagged([7]))
+    gate.set()
+    assert collect(first + queued).tolist() == [1, 2, 3, 4, 5, 6]
+
+
+def test_slowdown_hook(make_batcher):
+    batcher = make_batcher(Recorder(), max_batch=8, max_delay_s=0, slowdown_s=0.2)
+    t0 = time.perf_counter()
+    res = batcher.submit(tagged([1]))[0].result(timeout=10)
+    assert time.perf_counter() - t0 >= 0.2 and res.inference_ms >= 200
