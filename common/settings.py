@@ -56,6 +56,16 @@ class MongoSettings(BaseSettings):
     mongo_timeout_ms: int = 5_000
 
 
+class DbWriterSettings(BaseSettings):
+    """The DB consumer (consumers/db.py)."""
+
+    model_config = _CONFIG
+
+    # Largest poll, and so largest unordered bulk_write, per commit.  1 is the
+    # per-message design (one write + one commit per message), the benchmark's baseline.
+    db_max_records: int = Field(500, ge=1)
+
+
 class InferenceClientSettings(BaseSettings):
     """How the inference consumer reaches the service (comma-separated URLs spread the load)."""
 

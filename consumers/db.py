@@ -25,7 +25,7 @@ from common.log import setup_logging
 from common.mongo_io import connect, ensure_indexes, images_collection
 from common.schema import (InvalidMessage, dumps, make_dead_letter, parse_image_message,
                            parse_result_message)
-from common.settings import KafkaSettings, MongoSettings, describe
+from common.settings import DbWriterSettings, KafkaSettings, MongoSettings, describe
 from consumers.batching import ReadyMarker, all_delivered, commit, idle_wait, rewind
 
 log = logging.getLogger("consumers.db")
@@ -151,11 +151,14 @@ def main(argv=None) -> int:
     setup_logging()
     p = argparse.ArgumentParser(prog="python -m consumers.db", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--max-records", type=int, default=500, help="largest bulk_write")
+    p.add_argument("--max-records", type=int,
+                   help="largest bulk_write (default DB_MAX_RECORDS, 500)")
     args = p.parse_args(argv)
     kafka, mongo = KafkaSettings(), MongoSettings()
-    log.info("%s", describe(kafka, mongo))
-    DbWriter(kafka, mongo, stop_event(), args.max_records).run()
+    writer = DbWriterSettings().model_copy(update={k: v for k, v in {
+        "db_max_records": args.max_records}.items() if v is not None})
+    log.info("%s", describe(kafka, mongo, writer))
+    DbWriter(kafka, mongo, stop_event(), writer.db_max_records).run()
     return 0
 
 

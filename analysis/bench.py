@@ -1,0 +1,530 @@
+"""``make bench`` / ``python -m analysis.bench``: the pipeline against the model's limit
+and against the per-message design, in one run on one machine.
+
+1. **Limit**: bare ResNet50 forward passes in one process (same input size, same TF
+   thread settings as the service), batch 1 and the best of 8/16/32/64.
+2. **Pipeline**: a fresh local stack (temp ``STACK_DIR``, free ports) with the
+   default, batched settings, driven by producers at increasing offered rates until
+   the throughput stops growing (< 5 % gain) or falls well behind the offered rate;
+   throughput = images stored in MongoDB *with their prediction* / (last
+   ``prediction_stored_at`` - first ``sent_at``).  Then p50/p95/p99 end-to-end
+   latency (producer's clock, send to result) at 25/50/75 % of that maximum.
+3. **Baseline**: the same code with batching off (``BATCH_SIZE=1``,
+   ``BATCH_WAIT_MS=0``, ``DYNAMIC_BATCH_MAX=1``, ``DB_MAX_RECORDS=1``: one HTTP request,
+   one MongoDB write and one commit per message): the same figures.
+
+Writes ``results/bench/<run>/bench.json`` and ``bench.png``, prints a table.  Peak
+RSS (VmHWM) of every component's process tree is read before each stack stops.
+``--smoke`` runs a tiny version (seconds per step) that only proves the machinery
+and the output files; it says nothing about performance.  A benchmark is not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from analysis.latencies import read_latencies
+from analysis.stats import latency_summary
+
+log = logging.getLogger("analysis.bench")
+
+ROOT = Path(__file__).resolve().parent.parent
+STACK_ENV_KEYS = ("KAFKA_BOOTSTRAP_SERVERS", "MONGO_URI", "INFERENCE_URL")
+LIMIT_BATCHES = (8, 16, 32, 64)
+LOAD_POINTS = (25, 50, 75)
+
+# The per-message design, expressed as settings of the same code.
+BASELINE_ENV = {"BATCH_SIZE": "1", "BATCH_WAIT_MS": "0", "DYNAMIC_BATCH_MAX": "1",
+                "DYNAMIC_BATCH_DELAY_MS": "0", "DB_MAX_RECORDS": "1"}
+# Settings recorded in bench.json (whatever the environment or defaults make them).
+RECORDED = ("BATCH_SIZE", "BATCH_WAIT_MS", "DYNAMIC_BATCH_MAX", "DYNAMIC_BATCH_DELAY_MS",
+            "DB_MAX_RECORDS", "TF_INTRA_OP_THREADS", "TF_INTER_OP_THREADS", "GUNICORN_WORKERS",
+            "GUNICORN_THREADS", "KAFKA_LINGER_MS", "KAFKA_BATCH_SIZE", "MODEL_WEIGHTS",
+            "MODEL_INPUT_SIZE", "IMAGES_PARTITIONS")
+
+
+# ------------------------------------------------------------------ machine facts
+
+def load_average() -> list[float]:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return []
+
+
+def machine_facts() -> dict:
+    from analysis.experiment import host_facts, versions
+
+    cpu = None
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {**host_facts(), "cpu_model": cpu, "versions": versions()}
+
+
+def effective_settings(env: dict) -> dict:
+    """The settings the components will see (environment, else their defaults)."""
+    from common.settings import DbWriterSettings, InferenceClientSettings, KafkaSettings, ServiceSettings
+
+    defaults = {}
+    for group in (InferenceClientSettings, ServiceSettings, KafkaSettings, DbWriterSettings):
+        for name, f in group.model_fields.items():
+            defaults.setdefault(name.upper(), f.default)
+    defaults.update(GUNICORN_WORKERS=1, GUNICORN_THREADS=8)  # inference/gunicorn.conf.py
+    return {k: env.get(k, defaults.get(k)) for k in RECORDED}
+
+
+# ------------------------------------------------------------------ 1. the limit
+
+def _limit_worker(batches: list[int], seconds: float) -> None:
+    """Runs in a child process: prints one JSON object with images/s per batch size."""
+    import numpy as np
+
+    from common.settings import ServiceSettings
+    from inference import model as model_mod
+
+    s = ServiceSettings()
+    model_mod.configure_threads(s.tf_intra_op_threads, s.tf_inter_op_threads)
+    loaded = model_mod.load_model("random", s.model_input_size or 32)
+    rng = np.random.default_rng(0)
+    out = {"model": loaded.id, "batches": {}}
+    for bs in batches:
+        x = rng.integers(0, 256, (bs, 32, 32, 3), dtype=np.uint8)
+        loaded.predict(x)
+        loaded.predict(x)  # warm-up: trace + oneDNN kernels for this shape
+        n, start = 0, time.perf_counter()
+        while True:
+            loaded.predict(x)
+            n += bs
+            elapsed = time.perf_counter() - start
+            if elapsed >= seconds and n >= 2 * bs:
+                break
+        out["batches"][str(bs)] = {"img_s": n / elapsed, "ms_per_img": elapsed * 1000 / n}
+    print("LIMIT " + json.dumps(out), flush=True)
+
+
+def measure_limit(env: dict, batches: list[int], seconds: float) -> dict:
+    proc = subprocess.run([sys.executable, "-m", "analysis.bench", "--limit-worker",
+                           "--limit-batches", *map(str, batches), "--limit-seconds", str(seconds)],
+                          cwd=ROOT, env={**env, "TF_CPP_MIN_LOG_LEVEL": "2"},
+                          capture_output=True, text=True, timeout=900)
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("LIMIT ")), None)
+    if proc.returncode != 0 or line is None:
+        raise RuntimeError(f"limit measurement failed:\n{proc.stderr[-3000:]}")
+    data = json.loads(line[6:])
+    per = {int(k): v for k, v in data["batches"].items()}
+    best_bs = max((b for b in per if b > 1), key=lambda b: per[b]["img_s"])
+    return {"model": data["model"], "per_batch": per, "batch1_img_s": per[1]["img_s"],
+            "best_batch": best_bs, "best_img_s": per[best_bs]["img_s"]}
+
+
+# ------------------------------------------------------------------ stacks
+
+def _tree(pid: int) -> list[int]:
+    pids, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        pids.append(p)
+        for task in Path(f"/proc/{p}/task").glob("*") if Path(f"/proc/{p}/task").is_dir() else []:
+            try:
+                todo.extend(int(c) for c in (task / "children").read_text().split())
+            except OSError:
+                pass
+    return pids
+
+
+def _status(pid: int) -> dict:
+    out = {}
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            key, _, value = line.partition(":")
+            out[key] = value.strip()
+    except OSError:
+        pass
+    return out
+
+
+def peak_rss(stack_dir: Path) -> dict:
+    """Per component: VmHWM (peak resident set) of every process of its tree, in MiB."""
+    out = {}
+    for pid_file in sorted((stack_dir / "pids").glob("*.pid")):
+        try:
+            root = int(pid_file.read_text().strip())
+        except (OSError, ValueError):
+            continue
+        procs = []
+        for p in _tree(root):
+            st = _status(p)
+            if "VmHWM" in st:
+                procs.append({"pid": p, "name": st.get("Name"),
+                              "peak_rss_mib": round(int(st["VmHWM"].split()[0]) / 1024, 1)})
+        out[pid_file.stem] = {"peak_rss_mib": max((x["peak_rss_mib"] for x in procs), default=None),
+                              "total_peak_rss_mib": round(sum(x["peak_rss_mib"] for x in procs), 1),
+                              "processes": procs}
+    return out
+
+
+class Stack:
+    """A local stack of its own (temp STACK_DIR, free ports), configured through ``env``."""
+
+    def __init__(self, name: str, env: dict, workdir: Path, timeout_s: float = 420):
+        self.name, self.timeout_s = name, timeout_s
+        self.dir = workdir / f"stack-{name}"
+        base = {k: v for k, v in os.environ.items() if k not in STACK_ENV_KEYS}
+        self.env = {**base, "STACK_DIR": str(self.dir), "STACK_KAFKA_PORT": "0",
+                    "STACK_MONGO_PORT": "0", "STACK_INFERENCE_PORT": "0", **env}
+
+    def __enter__(self) -> "Stack":
+        t0 = time.monotonic()
+        up = subprocess.run([sys.executable, "-m", "stack", "up", "--timeout", str(self.timeout_s)],
+                            cwd=ROOT, env=self.env, capture_output=True, text=True)
+        if up.returncode != 0:
+            logs = "\n".join(f"== {p.name}\n{p.read_text(errors='replace')[-2000:]}"
+                             for p in sorted((self.dir / "logs").glob("*.log")))
+            self.__exit__()
+            raise RuntimeError(f"stack {self.name} failed to start:\n{up.stdout}\n{up.stderr}\n{logs}")
+        from analysis.runner import read_env
+
+        self.env.update(read_env(self.dir / "stack.env"))
+        log.info("stack %s up in %.0f s (%s)", self.name, time.monotonic() - t0, self.dir)
+        return self
+
+    def peak_rss(self) -> dict:
+        return peak_rss(self.dir)
+
+    def __exit__(self, *exc) -> None:
+        subprocess.run([sys.executable, "-m", "stack", "down"], cwd=ROOT, env=self.env,
+                       capture_output=True, text=True, timeout=180)
+
+
+# ------------------------------------------------------------------ one load step
+
+def stored_times(env: dict, producer_ids: list[str], expected: int, timeout_s: float) -> list[tuple]:
+    """(sent_at, prediction_stored_at) of the documents of these producers that have a
+    prediction; waits until ``expected`` are there or ``timeout_s`` passes."""
+    from common.mongo_io import connect, images_collection
+    from common.settings import MongoSettings
+
+    mongo = MongoSettings(mongo_uri=env["MONGO_URI"])
+    client = connect(mongo)
+    try:
+        coll = images_collection(client, mongo)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            docs = list(coll.find({"producer_id": {"$in": producer_ids}},
+                                  {"_id": 0, "sent_at": 1, "prediction_stored_at": 1, "prediction": 1,
+                                   "stored_at": 1}))
+            done = [(d["sent_at"], max(d["prediction_stored_at"], d.get("stored_at") or 0))
+                    for d in docs if d.get("prediction") and d.get("prediction_stored_at")
+                    and d.get("stored_at")]
+            if len(done) >= expected or time.monotonic() > deadline:
+                return done
+            time.sleep(0.5)
+    finally:
+        client.close()
+
+
+def run_step(out: Path, env: dict, *, rate: float, duration: float, tag: str,
+             per_producer_max: float, devices: int = 4) -> dict:
+    """Offer ``rate`` images/s for ``duration`` s; measure what was stored and the latency."""
+    from producer.fleet import run_fleet
+
+    producers = max(1, math.ceil(rate / per_producer_max))
+    count = max(2, round(rate / producers * duration))
+    load_before = load_average()
+    t0 = time.time()
+    codes = run_fleet(out, producers=producers, count=count, rate=rate / producers,
+                      devices=devices, env=env, run_tag=tag,
+                      result_timeout_s=max(30.0, 3 * duration))
+    wall = time.time() - t0
+    rows = read_latencies(out / "latencies.csv") if (out / "latencies.csv").exists() else []
+    ids = sorted({r.producer_id for r in rows})
+    sent = len(rows)
+    done = stored_times(env, ids, sent, timeout_s=30.0) if sent else []
+    step = {"offered_img_s": round(rate, 2), "producers": producers, "sent": sent,
+            "results": sum(1 for r in rows if r.e2e_ms is not None),
+            "stored_with_prediction": len(done), "exit_codes": codes, "wall_s": round(wall, 1),
+            "load_average_before": load_before}
+    if rows:
+        first_sent = min(r.sent_at for r in rows)
+        last_sent = max(r.sent_at for r in rows)
+        step["send_rate_img_s"] = round(sent / (last_sent - first_sent), 2) if last_sent > first_sent else None
+    if done:
+        span = max(t for _s, t in done) - min(s for s, _t in done)
+        step["throughput_img_s"] = round(len(done) / span, 2) if span > 0 else None
+    else:
+        step["throughput_img_s"] = 0.0
+    e2e = latency_summary(r.e2e_ms for r in rows if r.e2e_ms is not None)
+    step["e2e_ms"] = {k: round(v, 1) for k, v in e2e.items()} if e2e else None
+    step["complete"] = sent > 0 and len(done) == sent
+    log.info("%s: offered %.1f img/s (%d producer%s) -> %s img/s stored with prediction; "
+             "p50 %s p99 %s ms; %d/%d complete; load %s", tag, rate, producers,
+             "s" if producers > 1 else "", step["throughput_img_s"],
+             e2e and round(e2e["p50"]), e2e and round(e2e["p99"]), len(done), sent, load_before)
+    return step
+
+
+def measure_stack(name: str, env: dict, workdir: Path, out: Path, *, start_rate: float,
+                  growth: float, max_steps: int, step_s: float, latency_s: float,
+                  per_producer_max: float, warmup: int) -> dict:
+    """Ramp the offered rate to find the maximum sustained throughput, then latency at
+    25/50/75 % of it; returns the figures and the peak RSS of every component."""
+    record: dict = {"name": name, "env": {k: v for k, v in env.items() if k in RECORDED},
+                    "ramp": [], "latency": {}}
+    with Stack(name, env, workdir) as stack:
+        if warmup:
+            run_step(out / "warmup", stack.env, rate=max(5.0, start_rate / 2),
+                     duration=warmup / max(5.0, start_rate / 2), tag=f"{name}-warmup",
+                     per_producer_max=per_producer_max)
+        rate, best = start_rate, 0.0
+        for i in range(max_steps):
+            step = run_step(out / f"ramp-{i + 1:02d}", stack.env, rate=rate, duration=step_s,
+                            tag=f"{name}-r{i + 1}", per_producer_max=per_producer_max)
+            record["ramp"].append(step)
+            got = step["throughput_img_s"] or 0.0
+            gain = (got - best) / best if best else float("inf")
+            best = max(best, got)
+            # Saturated: the stored rate falls well behind the offered one (a backlog
+            # grew), or one more step of load bought less than 5 %.
+            if got < 0.85 * rate or gain < 0.05:
+                break
+            rate = rate * growth
+        record["max_img_s"] = best
+        for pct in LOAD_POINTS:
+            r = max(1.0, best * pct / 100)
+            step = run_step(out / f"load-{pct}pct", stack.env, rate=r, duration=latency_s,
+                            tag=f"{name}-l{pct}", per_producer_max=per_producer_max)
+            record["latency"][f"{pct}pct"] = step
+        record["peak_rss"] = stack.peak_rss()
+    return record
+
+
+# ------------------------------------------------------------------ report
+
+def _p(step: dict, key: str):
+    e2e = (step or {}).get("e2e_ms") or {}
+    return e2e.get(key)
+
+
+def table(result: dict) -> str:
+    lim = result["limit"]
+    lines = [f"bench {result['run']}  ({result['machine']['cpu_count']} cores, "
+             f"load {result['load_average_start']} -> {result['load_average_end']}"
+             f"{', SMOKE: not a measurement' if result['smoke'] else ''})",
+             "",
+             f"  limit (bare model)    batch 1: {lim['batch1_img_s']:7.1f} img/s "
+             f"({1000 / lim['batch1_img_s']:.1f} ms/img)   best (batch {lim['best_batch']}): "
+             f"{lim['best_img_s']:7.1f} img/s ({1000 / lim['best_img_s']:.2f} ms/img)",
+             "  per batch: " + ", ".join(f"{b}: {v['img_s']:.1f}" for b, v in sorted(lim["per_batch"].items())),
+             "",
+             f"  {'':10} {'max img/s':>10}   {'p50/p95/p99 ms @25%':>20}   {'@50%':>20}   {'@75%':>20}"]
+    for name in ("pipeline", "baseline"):
+        rec = result[name]
+        cells = []
+        for pct in LOAD_POINTS:
+            st = rec["latency"].get(f"{pct}pct")
+            cells.append("/".join("-" if _p(st, k) is None else f"{_p(st, k):.0f}"
+                                  for k in ("p50", "p95", "p99")))
+        lines.append(f"  {name:10} {rec['max_img_s']:10.1f}   {cells[0]:>20}   {cells[1]:>20}   {cells[2]:>20}")
+    t = result["targets"]
+    lines += ["",
+              f"  ratio_to_limit    {result['ratio_to_limit']:.2f}   (target >= 0.6: {'met' if t['ratio_to_limit'] else 'MISSED'})",
+              f"  ratio_to_baseline {result['ratio_to_baseline'] or float('nan'):.2f}   (target >= 4: {'met' if t['ratio_to_baseline'] else 'MISSED'})",
+              f"  p99 at 50% load   {result['p99_ms_at_50pct'] if result['p99_ms_at_50pct'] is not None else float('nan'):.0f} ms "
+              f"(target <= 250: {'met' if t['p99_ms_at_50pct'] else 'MISSED'})",
+              "", "  peak RSS (MiB, largest process / whole tree):"]
+    for name in ("pipeline", "baseline"):
+        parts = [f"{c} {v['peak_rss_mib']}/{v['total_peak_rss_mib']}"
+                 for c, v in result[name].get("peak_rss", {}).items()]
+        lines.append(f"    {name:9} " + ", ".join(parts))
+    return "\n".join(lines)
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from analysis.plots import PALETTE
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 5))
+    lim = result["limit"]
+    for i, name in enumerate(("pipeline", "baseline")):
+        rec = result[name]
+        xs = [s["offered_img_s"] for s in rec["ramp"]]
+        ys = [s["throughput_img_s"] or 0 for s in rec["ramp"]]
+        ax1.plot(xs, ys, "o-", color=PALETTE[i], label=f"{name} (max {rec['max_img_s']:.0f} img/s)")
+        pts = [(rec["latency"][f"{p}pct"]["throughput_img_s"] or 0, _p(rec["latency"][f"{p}pct"], "p99"), p)
+               for p in LOAD_POINTS if _p(rec["latency"].get(f"{p}pct"), "p99") is not None]
+        for key, style in (("p50", "s:"), ("p99", "o-")):
+            vals = [(rec["latency"][f"{p}pct"]["offered_img_s"], _p(rec["latency"][f"{p}pct"], key))
+                    for p in LOAD_POINTS if _p(rec["latency"].get(f"{p}pct"), key) is not None]
+            if vals:
+                ax2.plot(*zip(*vals), style, color=PALETTE[i], label=f"{name} {key}")
+        del pts
+    for y, label, ls in ((lim["best_img_s"], f"model limit, batch {lim['best_batch']}", "--"),
+                         (lim["batch1_img_s"], "model, batch 1", ":")):
+        ax1.axhline(y, color="#555555", linestyle=ls, linewidth=1)
+        ax1.annotate(f"{label}: {y:.0f}", (0, y), xytext=(4, 3), textcoords="offset points",
+                     fontsize=8, color="#555555")
+    top = max([lim["best_img_s"]] + [s["offered_img_s"] for n in ("pipeline", "baseline")
+                                      for s in result[n]["ramp"]])
+    ax1.plot([0, top], [0, top], color="#bbbbbb", linewidth=0.8)
+    ax1.set(xlabel="offered images/s", ylabel="stored with prediction, images/s",
+            title="Throughput", xlim=(0, top * 1.05), ylim=(0, top * 1.1))
+    ax1.legend(loc="lower right")
+    ax1.grid(True)
+    ax2.axhline(250, color="#D55E00", linestyle="--", linewidth=1)
+    ax2.set(xlabel="offered images/s (25/50/75 % of max)", ylabel="end-to-end latency, ms",
+            title="Latency under load", yscale="log")
+    ax2.legend()
+    ax2.grid(True, which="both")
+    fig.suptitle(f"bench {result['run']}: ratio to limit {result['ratio_to_limit']:.2f}, "
+                 f"to baseline {result['ratio_to_baseline'] or float('nan'):.2f}"
+                 + ("  (SMOKE)" if result["smoke"] else ""))
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# ------------------------------------------------------------------ main
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="python -m analysis.bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--smoke", action="store_true",
+                   help="tiny run (about a minute) that checks the machinery, not the speed")
+    p.add_argument("--out", type=Path, help="run directory (default results/bench/<time>)")
+    p.add_argument("--step-s", type=float, help="seconds of load per ramp step (default 15)")
+    p.add_argument("--latency-s", type=float, help="seconds of load per latency point (default 15)")
+    p.add_argument("--start-rate", type=float,
+                   help="first offered rate of the pipeline ramp (default 40%% of the limit)")
+    p.add_argument("--growth", type=float, default=1.35, help="rate factor between ramp steps")
+    p.add_argument("--max-steps", type=int, help="most ramp steps per stack (default 6)")
+    p.add_argument("--per-producer", type=float, default=80.0,
+                   help="highest rate one producer process is asked for (more processes beyond)")
+    p.add_argument("--only", choices=["pipeline", "baseline"], help="measure one stack only")
+    p.add_argument("--limit-worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--limit-batches", type=int, nargs="+", help=argparse.SUPPRESS)
+    p.add_argument("--limit-seconds", type=float, help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def _empty(name: str) -> dict:
+    return {"name": name, "skipped": True, "max_img_s": 0.0, "ramp": [], "latency": {},
+            "peak_rss": {}}
+
+
+def main(argv=None) -> int:
+    from common.log import setup_logging
+
+    args = parse_args(argv)
+    if args.limit_worker:
+        _limit_worker(args.limit_batches, args.limit_seconds)
+        return 0
+    setup_logging()
+    smoke = args.smoke
+    run = time.strftime("%Y%m%d-%H%M%S") + ("-smoke" if smoke else "")
+    out = args.out or ROOT / "results" / "bench" / run
+    out.mkdir(parents=True, exist_ok=True)
+    step_s = args.step_s or (2.0 if smoke else 15.0)
+    latency_s = args.latency_s or (2.0 if smoke else 15.0)
+    max_steps = args.max_steps or (1 if smoke else 6)
+
+    common = {"MODEL_WEIGHTS": os.environ.get("MODEL_WEIGHTS", "random"),
+              "MODEL_INPUT_SIZE": os.environ.get("MODEL_INPUT_SIZE", "32"),
+              "GUNICORN_ACCESSLOG": os.environ.get("GUNICORN_ACCESSLOG", "/dev/null")}
+    if not os.environ.get("DATASET_SOURCE") and not os.environ.get("DATASET"):
+        common["DATASET"] = "synthetic"  # no download in a benchmark; same 32x32 PNGs
+    pipeline_env = {**common}
+    baseline_env = {**common, **BASELINE_ENV}
+    started = time.time()
+    result: dict = {"run": run, "smoke": smoke, "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+                    "machine": machine_facts(), "load_average_start": load_average(),
+                    "command": "python -m analysis.bench" + (" --smoke" if smoke else ""),
+                    "input_size": int(common["MODEL_INPUT_SIZE"])}
+    env_now = {**os.environ, **pipeline_env}
+    result["settings"] = {"pipeline": effective_settings(env_now),
+                          "baseline": effective_settings({**env_now, **BASELINE_ENV}),
+                          "bench": {"step_s": step_s, "latency_s": latency_s, "growth": args.growth,
+                                    "max_steps": max_steps, "per_producer_max": args.per_producer}}
+
+    log.info("1/3 limit: bare model, batch 1 and %s", "/".join(map(str, LIMIT_BATCHES)))
+    batches = [1, 8] if smoke else [1, *LIMIT_BATCHES]
+    result["limit"] = limit = measure_limit(env_now, batches, 0.3 if smoke else 4.0)
+    log.info("limit: batch 1 %.1f img/s, best %.1f img/s at batch %d", limit["batch1_img_s"],
+             limit["best_img_s"], limit["best_batch"])
+
+    workdir = Path(tempfile.mkdtemp(prefix="bench-"))
+    common_kw = dict(growth=args.growth, max_steps=max_steps, step_s=step_s, latency_s=latency_s,
+                     per_producer_max=args.per_producer, warmup=10 if smoke else 60)
+    try:
+        if args.only != "baseline":
+            log.info("2/3 pipeline: batched settings, ramping the offered rate")
+            result["pipeline"] = measure_stack(
+                "pipeline", pipeline_env, workdir, out / "pipeline",
+                start_rate=args.start_rate or (10.0 if smoke else max(10.0, 0.4 * limit["best_img_s"])),
+                **common_kw)
+        else:
+            result["pipeline"] = _empty("pipeline")
+        if args.only != "pipeline":
+            log.info("3/3 baseline: one request, one write, one commit per message")
+            result["baseline"] = measure_stack(
+                "baseline", baseline_env, workdir, out / "baseline",
+                start_rate=5.0 if smoke else max(5.0, 0.5 * limit["batch1_img_s"]), **common_kw)
+        else:
+            result["baseline"] = _empty("baseline")
+    finally:
+        import shutil
+
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    pipe, base = result["pipeline"]["max_img_s"], result["baseline"]["max_img_s"]
+    p99_50 = _p(result["pipeline"]["latency"].get("50pct"), "p99")
+    result.update(
+        limit_batch1_img_s=round(limit["batch1_img_s"], 2),
+        limit_best_img_s=round(limit["best_img_s"], 2),
+        limit_best_batch=limit["best_batch"],
+        pipeline_max_img_s=round(pipe, 2),
+        baseline_max_img_s=round(base, 2),
+        ratio_to_limit=round(pipe / limit["best_img_s"], 3),
+        ratio_to_baseline=round(pipe / base, 3) if base else None,
+        p99_ms_at_50pct=p99_50,
+        baseline_p99_ms_at_50pct=_p(result["baseline"]["latency"].get("50pct"), "p99"),
+        load_average_end=load_average(),
+        duration_s=round(time.time() - started, 1),
+    )
+    result["targets"] = {"ratio_to_limit": result["ratio_to_limit"] >= 0.6,
+                         "ratio_to_baseline": bool(result["ratio_to_baseline"] and result["ratio_to_baseline"] >= 4),
+                         "p99_ms_at_50pct": p99_50 is not None and p99_50 <= 250}
+    (out / "bench.json").write_text(json.dumps(result, indent=2) + "\n")
+    plot(result, out / "bench.png")
+    latest = out.parent / "latest"
+    try:
+        if latest.is_symlink() or not latest.exists():
+            latest.unlink(missing_ok=True)
+            latest.symlink_to(out.name)
+    except OSError:
+        pass
+    print(table(result))
+    print(f"\nwritten: {out / 'bench.json'}, {out / 'bench.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
