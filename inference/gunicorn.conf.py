@@ -65,6 +65,14 @@ backlog = _int("GUNICORN_BACKLOG", 128)
 if os.path.isdir("/dev/shm"):
     worker_tmp_dir = "/dev/shm"
 
+# Gunicorn >= 25.1 opens a control socket at one fixed per-user path
+# (~/.gunicorn/gunicorn.ctl): two services or test runs on one host would take it
+# from each other.  Off unless GUNICORN_CONTROL_SOCKET names a path for gunicornc.
+if os.environ.get("GUNICORN_CONTROL_SOCKET"):
+    control_socket = os.environ["GUNICORN_CONTROL_SOCKET"]
+else:
+    control_socket_disable = True
+
 # Logs: everything to stderr, access log included ("-" would send it to stdout).
 errorlog = "-"
 accesslog = os.environ.get("GUNICORN_ACCESSLOG", "/dev/stderr" if os.path.exists("/dev/stderr") else "-")

@@ -1,0 +1,143 @@
+"""A real Gunicorn (inference/gunicorn.conf.py) on a free port, over a real socket."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from common.labels import CIFAR10_CLASSES
+from common.schema import encode_png
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.integration
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def children(pid: int) -> list[int]:
+    out = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        text = (task / "children").read_text().split()
+        out += [int(x) for x in text]
+    return out
+
+
+def maps_mention_tensorflow(pid: int) -> bool:
+    return "tensorflow" in Path(f"/proc/{pid}/maps").read_text()
+
+
+def http(method: str, url: str, body: dict | None = None, timeout: float = 30):
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+@pytest.fixture
+def gunicorn(tmp_path):
+    if not Path("/proc/self/maps").exists():
+        pytest.skip("needs Linux /proc")
+    port = free_port()
+    env = {**os.environ, "INFERENCE_BIND": f"127.0.0.1:{port}", "MODEL_WEIGHTS": "random",
+           "GUNICORN_WORKERS": "1", "GUNICORN_THREADS": "4", "DYNAMIC_BATCH_MAX": "16",
+           "PYTHONPATH": str(ROOT)}
+    env.pop("INFERENCE_TOKEN", None)
+    log_path = tmp_path / "gunicorn.log"
+    log = open(log_path, "wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "-c", "inference/gunicorn.conf.py", "inference:create_app()"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert proc.poll() is None, log_path.read_text()[-3000:]
+            try:
+                status, body = http("GET", base + "/readyz", timeout=5)
+                if status == 200:
+                    break
+                assert body["status"] == "loading", body
+            except (urllib.error.URLError, ConnectionError, socket.timeout):
+                pass
+            assert time.monotonic() < deadline, "not ready in 180 s:\n" + log_path.read_text()[-3000:]
+            time.sleep(0.5)
+        yield proc, base, log_path
+    finally:
+        workers = children(proc.pid) if proc.poll() is None else []
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)  # graceful stop of master and workers
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(10)
+        log.close()
+        for pid in workers:
+            assert not Path(f"/proc/{pid}").exists() or \
+                Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z", f"worker {pid} left running"
+
+
+def test_real_gunicorn_serves_and_master_has_no_tensorflow(gunicorn):
+    proc, base, log_path = gunicorn
+    assert http("GET", base + "/healthz") == (200, {"status": "ok"})
+    status, model = http("GET", base + "/v1/model")
+    assert status == 200 and model["id"] == "resnet50-untrained-32" and model["untrained"]
+
+    rng = np.random.default_rng(0)
+    batch = [{"image_id": f"g{i}", "image": base64.b64encode(
+        encode_png(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))).decode()} for i in range(20)]
+    batch.insert(5, {"image_id": "bad", "image": "%%%"})
+    status, body = http("POST", base + "/v1/predict", {"instances": batch}, timeout=120)
+    assert status == 200
+    assert [p["image_id"] for p in body["predictions"]] == [b["image_id"] for b in batch]
+    assert "error" in body["predictions"][5]
+    assert all(p["label"] in CIFAR10_CLASSES for i, p in enumerate(body["predictions"]) if i != 5)
+    assert http("POST", base + "/v1/predict", {"instances": "x"})[0] == 400
+
+    # The master never imported TensorFlow; the worker did (so the check can fail).
+    workers = children(proc.pid)
+    assert len(workers) == 1
+    assert not maps_mention_tensorflow(proc.pid)
+    assert maps_mention_tensorflow(workers[0])
+
+    log_text = log_path.read_text()
+    assert "tensorflow imported in master: False" in log_text
+    assert "Control socket listening" not in log_text
+    assert '"POST /v1/predict HTTP/1.1" 200' in log_text  # access log on stderr
+
+
+def test_gunicorn_config_values_come_from_env(monkeypatch):
+    monkeypatch.setenv("INFERENCE_BIND", "127.0.0.1:9")
+    monkeypatch.setenv("GUNICORN_WORKERS", "3")
+    monkeypatch.setenv("GUNICORN_THREADS", "2")
+    monkeypatch.setenv("GUNICORN_TIMEOUT", "77")
+    conf: dict = {}
+    exec(compile((ROOT / "inference/gunicorn.conf.py").read_text(), "gunicorn.conf.py", "exec"), conf)
+    assert conf["bind"] == "127.0.0.1:9" and conf["workers"] == 3 and conf["threads"] == 2
+    assert conf["timeout"] == 77 and conf["worker_class"] == "gthread" and conf["preload_app"] is False
+    for name in ("INFERENCE_BIND", "GUNICORN_WORKERS", "GUNICORN_THREADS", "GUNICORN_TIMEOUT"):
+        monkeypatch.delenv(name)
+    monkeypatch.delenv("GUNICORN_CONTROL_SOCKET", raising=False)
+    conf = {}
+    exec(compile((ROOT / "inference/gunicorn.conf.py").read_text(), "gunicorn.conf.py", "exec"), conf)
+    assert conf["bind"] == "127.0.0.1:8000" and conf["workers"] == 1 and conf["threads"] == 8
+    assert conf["control_socket_disable"] is True  # no shared ~/.gunicorn/gunicorn.ctl
