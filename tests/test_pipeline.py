@@ -197,3 +197,41 @@ def test_demo_command_writes_the_run_directory(local_stack, tmp_path):
     assert "lost" in out.stdout and "OK" in out.stdout
     # The stack was already up, so the demo left it running.
     assert (local_stack["dir"] / "ready").exists()
+
+
+def test_a_corrupt_image_in_a_batch_is_dead_lettered_and_the_rest_classified(local_stack):
+    """The PNG header is valid (so the consumer's cheap check passes) but the pixel data
+    is not: the service rejects that one instance, the consumer dead-letters it, and
+    the images sent with it in the same burst are classified and stored."""
+    import base64
+
+    from common.kafka_io import make_producer
+
+    env = local_stack["env"]
+    settings = kafka(env)
+    tag = f"corrupt-{uuid.uuid4().hex[:8]}"
+    good = [valid_image(tag, i) for i in range(5)]
+    broken = valid_image(tag, 99)
+    png = bytearray(base64.b64decode(broken["image"]))
+    idat = png.index(b"IDAT")
+    png[idat + 6: idat + 30] = b"\xff" * 24  # corrupt the zlib stream after IHDR
+    broken["image"] = base64.b64encode(bytes(png)).decode()
+    broken["device_id"] = f"{tag}-cam"
+    producer = make_producer(settings)
+    for msg in good[:2] + [broken] + good[2:]:  # same key: same partition, one burst
+        producer.send(settings.images_topic, key=msg["device_id"].encode(), value=dumps(msg))
+    producer.flush()
+
+    dead = read_topic(settings, settings.dlq_topic,
+                      lambda rs: any(broken["image_id"] in r.get("payload", "") for r in rs))
+    mine = [d for d in dead if broken["image_id"] in d.get("payload", "")]
+    assert mine and mine[0]["reason"].startswith("inference failed"), mine
+    col = collection(env)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        done = col.count_documents({"producer_id": tag, "prediction": {"$exists": True}})
+        if done == len(good):
+            break
+        time.sleep(0.3)
+    assert done == len(good)
+    assert col.find_one({"_id": broken["image_id"], "prediction": {"$exists": True}}) is None
