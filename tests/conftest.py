@@ -66,5 +66,30 @@ def local_stack(tmp_path_factory, cifar_archive):
         pytest.fail(f"stack up failed:\n{up.stdout}\n{up.stderr}\n{logs}")
     env.update(read_env_file(stack_dir / "stack.env"))
     yield {"dir": stack_dir, "env": env}
-    subprocess.run([sys.executable, "-m", "stack", "down"], cwd=ROOT, env=env,
-                   capture_output=True, text=True, timeout=120)
+    pids = stack_processes(stack_dir)
+    down = subprocess.run([sys.executable, "-m", "stack", "down"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert down.returncode == 0, down.stderr
+    # `stack down` must leave no process behind (gunicorn workers included).
+    left = [pid for pid in pids if Path(f"/proc/{pid}").exists()
+            and Path(f"/proc/{pid}/stat").read_text().split(") ")[-1][:1] != "Z"]
+    assert not left, f"processes left after 'stack down': {left}"
+    assert not list((stack_dir / "pids").glob("*.pid"))
+
+
+def stack_processes(stack_dir: Path) -> list[int]:
+    """The supervisor, every component and their children (gunicorn workers)."""
+    pids = []
+    for pid_file in [stack_dir / "supervisor.pid", *(stack_dir / "pids").glob("*.pid")]:
+        try:
+            pids.append(int(pid_file.read_text()))
+        except (OSError, ValueError):
+            continue
+    children = []
+    for pid in pids:
+        try:
+            children += [int(c) for c in
+                         Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+        except OSError:
+            pass
+    return pids + children
