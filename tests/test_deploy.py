@@ -1,0 +1,396 @@
+"""Offline checks of the Ansible deployment (issue 4): nothing here reaches a cloud.
+
+* ``ansible-playbook --syntax-check`` on every playbook, ansible-lint (production
+  profile, zero findings), yamllint;
+* every role template rendered with the default variables by
+  tests/deploy/render_templates.yaml, then validated here (Kafka properties,
+  mongod.conf, systemd units, environment files, the provisioned inventory);
+* the application roles in check mode against this machine;
+* structural checks: argument specs cover the defaults, teardown mirrors
+  provisioning, the master playbook has every stage tag.
+
+The tools come from requirements-deploy.txt (``make test`` installs it).
+"""
+
+from __future__ import annotations
+
+import configparser
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+yaml = pytest.importorskip("yaml")
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+DEPLOY = ROOT / "tests" / "deploy"
+INVENTORY = DEPLOY / "inventory.yml"
+VAULT_EXAMPLE = ROOT / "inventory" / "group_vars" / "all" / "vault.yml.example"
+PLAYBOOKS = [ROOT / "playbook_master.yaml", *sorted((ROOT / "playbooks").glob("*.yaml")),
+             DEPLOY / "render_templates.yaml", DEPLOY / "check_mode.yaml"]
+STAGES = ["provision", "base", "kafka", "mongodb", "inference", "consumers", "producer",
+          "experiment", "analyze"]
+ROLES = sorted(p.name for p in (ROOT / "roles").iterdir() if p.is_dir())
+
+
+def tool(name: str) -> str:
+    path = BIN / name
+    if path.exists():
+        return str(path)
+    found = shutil.which(name)
+    if not found:
+        pytest.skip(f"{name} is not installed (pip install -r requirements-deploy.txt)")
+    return found
+
+
+def ansible_env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), ANSIBLE_NOCOLOR="1",
+               ANSIBLE_FORCE_COLOR="0", ANSIBLE_LOCALHOST_WARNING="0",
+               ANSIBLE_INVENTORY_UNPARSED_WARNING="0", ANSIBLE_RETRY_FILES_ENABLED="0",
+               PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}")
+    env.update(extra)
+    return env
+
+
+def run(argv: list[str], *, env: dict[str, str] | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(argv, cwd=ROOT, env=env or ansible_env(), capture_output=True,
+                          text=True, timeout=timeout)
+
+
+# --------------------------------------------------------------------------- tools
+
+@pytest.fixture(scope="session")
+def lint_process():
+    """ansible-lint is the slowest check: start it first, collect it in its test."""
+    exe = tool("ansible-lint")
+    proc = subprocess.Popen([exe, "--offline", "--profile", "production", "--nocolor",
+                             "playbook_master.yaml", "playbooks", "roles", "inventory", "tests/deploy"],
+                            cwd=ROOT, env=ansible_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    yield proc
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
+def test_syntax_check_every_playbook(lint_process):
+    exe = tool("ansible-playbook")
+    result = run([exe, "--syntax-check", "-i", str(INVENTORY), "-e", f"@{VAULT_EXAMPLE}",
+                  *map(str, PLAYBOOKS)])
+    assert result.returncode == 0, result.stdout + result.stderr
+    for playbook in PLAYBOOKS:
+        assert f"playbook: {playbook}" in result.stdout
+
+
+def test_yamllint():
+    exe = tool("yamllint")
+    result = run([exe, "--strict", "-c", str(ROOT / ".yamllint"), "playbook_master.yaml",
+                  "playbooks", "roles", "inventory", "tests/deploy", ".ansible-lint", ".yamllint"])
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_ansible_lint_production_profile(lint_process):
+    out, _ = lint_process.communicate(timeout=900)
+    assert lint_process.returncode == 0, out
+    assert "Failed" not in out, out
+
+
+# ------------------------------------------------------------------ rendered files
+
+@pytest.fixture(scope="session")
+def rendered(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("deploy-render")
+    exe = tool("ansible-playbook")
+    result = run([exe, "-i", str(INVENTORY), str(DEPLOY / "render_templates.yaml")],
+                 env=ansible_env(IOT_RENDER_OUT=str(out)))
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    return out
+
+
+def properties(path: Path) -> dict[str, str]:
+    values: dict[str, str] = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, sep, value = line.partition("=")
+        assert sep, f"{path.name}: not key=value: {line!r}"
+        assert key not in values, f"{path.name}: {key} set twice"
+        values[key.strip()] = value.strip()
+    return values
+
+
+def unit(path: Path) -> configparser.RawConfigParser:
+    parser = configparser.RawConfigParser(strict=False, delimiters=("=",))
+    parser.optionxform = str
+    parser.read_string(path.read_text())
+    return parser
+
+
+def env_file(path: Path) -> dict[str, str]:
+    values = {}
+    for line in path.read_text().splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        assert re.fullmatch(r"[A-Z][A-Z0-9_]*=\S.*", line), f"{path.name}: bad line {line!r}"
+        key, _, value = line.partition("=")
+        for bad in ("{{", "}}", "{%", "None", "vault_", "AnsibleUndefined", "omit_place_holder"):
+            assert bad not in value, f"{path.name}: {key} holds {bad!r}: {value!r}"
+        values[key] = value
+    return values
+
+
+def test_no_unrendered_jinja_anywhere(rendered):
+    files = [p for p in rendered.rglob("*") if p.is_file()]
+    assert len(files) >= 25, sorted(str(p.relative_to(rendered)) for p in files)
+    for path in files:
+        text = path.read_text()
+        assert "{{" not in text and "{%" not in text, path
+
+
+def test_kafka_properties_plaintext(rendered):
+    props = properties(rendered / "vm3-kafka" / "server.properties")
+    assert props["process.roles"] == "broker,controller"          # KRaft, no ZooKeeper
+    assert not any(k.startswith("zookeeper") for k in props)
+    assert props["node.id"] == "1"
+    assert props["controller.quorum.voters"] == "1@10.56.0.13:9093"
+    assert props["listeners"] == "PLAINTEXT://10.56.0.13:9092,CONTROLLER://10.56.0.13:9093"
+    assert props["advertised.listeners"] == "PLAINTEXT://10.56.0.13:9092"
+    assert props["controller.listener.names"] == "CONTROLLER"
+    names = {entry.split(":")[0] for entry in props["listener.security.protocol.map"].split(",")}
+    for listener in props["listeners"].split(","):
+        assert listener.split("://")[0] in names
+    assert props["offsets.topic.replication.factor"] == "1"        # one broker by default
+    assert props["auto.create.topics.enable"] == "false"
+    assert "0.0.0.0" not in props["listeners"]
+    assert properties(rendered / "vm3-kafka" / "admin-client.properties") == {"security.protocol": "PLAINTEXT"}
+
+
+def test_kafka_properties_sasl_ssl(rendered):
+    props = properties(rendered / "vm3-kafka" / "secure-server.properties")
+    assert props["listeners"].startswith("SASL_SSL://10.56.0.13:9092")
+    assert props["advertised.listeners"] == "SASL_SSL://10.56.0.13:9092"
+    assert props["inter.broker.listener.name"] == "SASL_SSL"
+    assert props["sasl.enabled.mechanisms"] == "SCRAM-SHA-512"
+    assert props["ssl.keystore.type"] == "PEM"
+    jaas = props["listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config"]
+    assert 'username="iot-admin"' in jaas and 'password="change-me-kafka-admin"' in jaas
+    assert jaas.endswith(";")
+    admin = properties(rendered / "vm3-kafka" / "secure-admin-client.properties")
+    assert admin["security.protocol"] == "SASL_SSL"
+    assert admin["sasl.mechanism"] == "SCRAM-SHA-512"
+
+
+def test_kafka_topics_default(rendered):
+    settings = yaml.safe_load((ROOT / "inventory/group_vars/all/main.yml").read_text())
+    assert (settings["iot_images_topic"], settings["iot_images_partitions"]) == ("iot-images", 3)
+    assert (settings["iot_results_topic"], settings["iot_results_partitions"]) == ("iot-inference", 3)
+    assert (settings["iot_dlq_topic"], settings["iot_dlq_partitions"]) == ("iot-dlq", 1)
+
+
+def test_mongod_conf(rendered):
+    conf = yaml.safe_load((rendered / "vm4-mongodb" / "mongod.conf").read_text())
+    assert conf["security"]["authorization"] == "enabled"
+    bind = conf["net"]["bindIp"].split(",")
+    assert "10.56.0.14" in bind and "0.0.0.0" not in bind
+    assert conf["net"]["port"] == 27017
+    assert conf["storage"]["dbPath"] == "/var/lib/mongodb"
+    script = (rendered / "vm4-mongodb" / "mongodb-iot-users.js").read_text()
+    assert "change-me" not in script                               # passwords come from the env
+    assert 'role: "readWrite", db: appDbName' in script
+    assert 'const appDbName = "iot";' in script
+
+
+def check_unit(path: Path, exec_start: str, user: str = "iot") -> configparser.RawConfigParser:
+    parsed = unit(path)
+    assert parsed.sections() == ["Unit", "Service", "Install"], path
+    service = parsed["Service"]
+    assert parsed["Unit"]["Description"]
+    assert "network-online.target" in parsed["Unit"]["After"]
+    assert service["Restart"] == "on-failure"
+    assert service["User"] == user
+    assert exec_start in service["ExecStart"], service["ExecStart"]
+    assert service.get("StandardOutput", "journal") == "journal"
+    assert parsed["Install"]["WantedBy"] == "multi-user.target"
+    return parsed
+
+
+def test_systemd_units(rendered):
+    inference = check_unit(rendered / "vm2-inference" / "iot-inference.service",
+                           "/opt/iot-pipeline/venv/bin/gunicorn -c inference/gunicorn.conf.py 'inference:create_app()'")
+    assert inference["Service"]["EnvironmentFile"] == "/etc/iot-pipeline/iot-inference.env"
+    assert inference["Service"]["WorkingDirectory"] == "/opt/iot-pipeline/app"
+    assert inference["Service"]["SyslogIdentifier"] == "iot-inference"
+    for name, module in (("iot-inference-consumer", "consumers.inference"), ("iot-db-consumer", "consumers.db")):
+        parsed = check_unit(rendered / "vm3-kafka" / f"{name}.service", f"/opt/iot-pipeline/venv/bin/python -m {module}")
+        assert parsed["Service"]["EnvironmentFile"] == f"/etc/iot-pipeline/{name}.env"
+        assert parsed["Service"]["SyslogIdentifier"] == name
+    producer = check_unit(rendered / "vm1-producer" / "iot-producer@.service", "-m producer --count ${PRODUCER_COUNT}")
+    assert producer["Service"]["Environment"] == "PRODUCER_ID=%i"
+    kafka = check_unit(rendered / "vm3-kafka" / "kafka.service",
+                       "/opt/kafka/bin/kafka-server-start.sh /etc/kafka/server.properties", user="kafka")
+    assert kafka["Service"]["LimitNOFILE"]
+
+
+def test_env_files(rendered):
+    inference = env_file(rendered / "vm2-inference" / "iot-inference.env")
+    assert inference["INFERENCE_BIND"] == "10.56.0.12:8000"
+    assert inference["MODEL_WEIGHTS"] == "auto"
+    assert inference["INFERENCE_TOKEN"] == "change-me-inference-token"
+    assert {"GUNICORN_WORKERS", "GUNICORN_THREADS", "TF_INTRA_OP_THREADS"} <= inference.keys()
+    assert "MODEL_INPUT_SIZE" not in inference                     # empty default: left out
+    assert env_file(rendered / "vm2b-inference" / "iot-inference.env")["INFERENCE_BIND"] == "10.56.0.15:8000"
+
+    consumer = env_file(rendered / "vm3-kafka" / "iot-inference-consumer.env")
+    # one URL per inference host: the consumer spreads its batches over them
+    assert consumer["INFERENCE_URL"] == "http://10.56.0.12:8000,http://10.56.0.15:8000"
+    assert consumer["KAFKA_BOOTSTRAP_SERVERS"] == "10.56.0.13:9092"
+    assert consumer["KAFKA_SECURITY_PROTOCOL"] == "PLAINTEXT"
+    assert "KAFKA_SASL_PASSWORD" not in consumer
+    assert {"BATCH_SIZE", "BATCH_WAIT_MS", "INFERENCE_TOKEN", "IMAGES_TOPIC", "RESULTS_TOPIC", "DLQ_TOPIC",
+            "IMAGES_PARTITIONS"} <= consumer.keys()
+
+    db = env_file(rendered / "vm3-kafka" / "iot-db-consumer.env")
+    assert db["MONGO_URI"] == "mongodb://iot-app:change-me-mongodb-app@10.56.0.14:27017/iot?authSource=iot"
+    assert "INFERENCE_URL" not in db
+
+    producer = env_file(rendered / "vm1-producer" / "iot-producer.env")
+    assert producer["DATASET"] == "cifar10"
+    assert "DATASET_SOURCE" not in producer                        # "" = the official URL
+    assert producer["MONGO_URI"] == db["MONGO_URI"]
+    assert producer["KAFKA_BOOTSTRAP_SERVERS"] == "10.56.0.13:9092"
+
+    secure = env_file(rendered / "vm3-kafka" / "secure-iot-inference-consumer.env")
+    assert secure["KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL"
+    assert secure["KAFKA_SASL_MECHANISM"] == "SCRAM-SHA-512"
+    assert secure["KAFKA_SASL_USERNAME"] == "iot-app"
+    assert secure["KAFKA_SASL_PASSWORD"] == "change-me-kafka-app"
+    assert secure["KAFKA_SSL_CAFILE"] == "/etc/iot-pipeline/kafka-ca.crt"
+
+
+def test_logging_files(rendered):
+    rsyslog = (rendered / "vm3-kafka" / "rsyslog-iot-pipeline.conf").read_text()
+    for program in ("iot-inference", "iot-inference-consumer", "iot-db-consumer", "iot-producer"):
+        assert f"if $programname == '{program}' then /var/log/iot-pipeline/{program}.log" in rsyslog
+    journald = unit_like = (rendered / "vm3-kafka" / "journald-iot.conf").read_text()
+    assert "ForwardToSyslog=yes" in journald and unit_like.count("[Journal]") == 1
+    assert "server ntp.example.org iburst" in (rendered / "vm3-kafka" / "chrony-iot.conf").read_text()
+
+
+def test_provisioned_inventory_parses(rendered):
+    exe = tool("ansible-inventory")
+    result = run([exe, "-i", str(rendered / "vm1-producer" / "hosts.yml"), "--list"])
+    assert result.returncode == 0, result.stderr
+    inv = json.loads(result.stdout)
+    assert inv["producers"]["hosts"] == ["iot-pipeline-producer"]
+    assert inv["inference"]["hosts"] == ["iot-pipeline-inference"]
+    assert inv["kafka"]["hosts"] == inv["consumers"]["hosts"] == ["iot-pipeline-kafka"]
+    assert inv["mongodb"]["hosts"] == ["iot-pipeline-mongodb"]
+    hostvars = inv["_meta"]["hostvars"]
+    assert hostvars["iot-pipeline-producer"]["ansible_host"] == "129.114.27.10"
+    assert "ansible_ssh_common_args" not in hostvars["iot-pipeline-producer"]
+    for name, ip in (("iot-pipeline-inference", "10.56.0.12"), ("iot-pipeline-kafka", "10.56.0.13"),
+                     ("iot-pipeline-mongodb", "10.56.0.14")):
+        assert hostvars[name]["ansible_host"] == ip == hostvars[name]["iot_private_ip"]
+        assert "cc@129.114.27.10" in hostvars[name]["ansible_ssh_common_args"]   # via the jump host
+        assert hostvars[name]["iot_private_cidr"] == "10.56.0.0/22"
+
+
+def test_experiment_defaults(rendered):
+    settings = json.loads((rendered / "vm1-producer" / "experiment.json").read_text())
+    assert settings == {"producers": [1, 2, 3, 4], "images": 200, "rate": 10}
+
+
+# ----------------------------------------------------------------------- check mode
+
+def test_application_roles_in_check_mode(rendered):
+    exe = tool("ansible-playbook")
+    result = run([exe, "--check", "--diff", "-i", str(INVENTORY), str(DEPLOY / "check_mode.yaml")],
+                 env=ansible_env(IOT_RENDER_OUT=str(rendered)))
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out[-6000:]
+    recap = dict(re.findall(r"^(vm\S+)\s+:\s+(ok=.*)$", out, re.M))
+    assert set(recap) == {"vm1-producer", "vm2-inference", "vm3-kafka"}, out[-3000:]
+    for host, line in recap.items():
+        assert "failed=0" in line and "unreachable=0" in line, (host, line)
+    # the env files and units would be written (shown as diffs), with the host's values
+    assert "+INFERENCE_BIND=10.56.0.12:8000" in out
+    assert "-m consumers.db" in out and "-m consumers.inference" in out      # unit diffs (env files are no_log)
+    assert "TASK [producer : Install the producer template unit]" in out
+    assert "RUNNING HANDLER [inference : Restart iot-inference]" in out
+
+
+# ----------------------------------------------------------------------- structure
+
+def test_master_playbook_imports_every_stage_with_its_tag():
+    plays = yaml.safe_load((ROOT / "playbook_master.yaml").read_text())
+    assert [p["tags"] for p in plays] == [[s] for s in STAGES]
+    for play, stage in zip(plays, STAGES):
+        target = ROOT / play["ansible.builtin.import_playbook"]
+        assert target == ROOT / "playbooks" / f"{stage}.yaml" and target.exists()
+
+
+def test_argument_specs_cover_every_default():
+    for role in ROLES:
+        defaults = yaml.safe_load((ROOT / "roles" / role / "defaults/main.yml").read_text()) or {}
+        specs = yaml.safe_load((ROOT / "roles" / role / "meta/argument_specs.yml").read_text())
+        options = specs["argument_specs"]["main"]["options"]
+        assert set(defaults) == set(options), (role, set(defaults) ^ set(options))
+        for name, option in options.items():
+            assert name.startswith(role + "_"), (role, name)           # role-prefixed names
+            assert option["description"] and option["type"], (role, name)
+        for handler_dir in ("handlers", "templates", "tasks", "meta"):
+            if role in ("provision", "experiment", "base") and handler_dir == "templates":
+                continue
+            assert (ROOT / "roles" / role / handler_dir).is_dir(), (role, handler_dir)
+
+
+def _tasks(path: Path) -> list[dict]:
+    return yaml.safe_load(path.read_text())
+
+
+def test_teardown_deletes_what_provisioning_creates():
+    created = {(next(k for k in t if k.startswith("openstack.cloud.")), str(t[next(k for k in t if k.startswith("openstack.cloud."))].get("name")))
+               for t in _tasks(ROOT / "roles/provision/tasks/main.yml")
+               if any(k.startswith("openstack.cloud.") for k in t)
+               and t[next(k for k in t if k.startswith("openstack.cloud."))].get("state") == "present"}
+    deleted = {}
+    for t in _tasks(ROOT / "roles/provision/tasks/teardown.yml"):
+        module = next((k for k in t if k.startswith("openstack.cloud.")), None)
+        if module:
+            assert t[module]["state"] == "absent"
+            assert t[module]["cloud"] == "{{ provision_cloud }}"
+            deleted[module] = t[module]
+    for module, name in created:
+        if module in ("openstack.cloud.security_group_rule", "openstack.cloud.floating_ip"):
+            continue  # rules go with their group; the floating IP with its server (delete_ips)
+        assert module in deleted and str(deleted[module]["name"]) == name, (module, name)
+    assert deleted["openstack.cloud.server"]["delete_ips"] is True
+    # every cloud call names the cloud from clouds.yaml: no inline credentials anywhere
+    for path in (ROOT / "roles").rglob("*.yml"):
+        assert "auth_url" not in path.read_text() and "application_credential_secret" not in path.read_text(), path
+
+
+def test_modules_are_fully_qualified():
+    short = re.compile(r"^\s*-?\s*(apt|template|copy|file|command|shell|service|systemd|user|group|uri|get_url|"
+                       r"unarchive|pip|lineinfile|blockinfile|set_fact|assert|debug|wait_for|fetch|find|stat):\s", re.M)
+    for path in [*(ROOT / "roles").rglob("tasks/*.yml"), *(ROOT / "roles").rglob("handlers/*.yml"),
+                 *(ROOT / "playbooks").glob("*.yaml")]:
+        assert not short.search(path.read_text()), path
+
+
+def test_secrets_stay_out_of_git():
+    for name in ("inventory/group_vars/all/vault.yml", "clouds.yaml", "inventory/generated/hosts.yml",
+                 "inventory/generated/pki/ca.key"):
+        result = run(["git", "check-ignore", "-q", name], env=dict(os.environ))
+        assert result.returncode == 0, f"{name} is not git-ignored"
+    example = yaml.safe_load(VAULT_EXAMPLE.read_text())
+    assert set(example) == {"vault_mongodb_admin_password", "vault_mongodb_app_password",
+                            "vault_kafka_admin_password", "vault_kafka_app_password", "vault_inference_token"}
