@@ -41,7 +41,6 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         SETTINGS=settings,
         # Werkzeug answers 413 for bodies over this, before the JSON is parsed.
         MAX_CONTENT_LENGTH=settings.max_request_bytes,
-        JSON_SORT_KEYS=False,
     )
     app.config.from_mapping({k: v for k, v in test_config.items() if k.lower() not in fields})
     app.json.sort_keys = False

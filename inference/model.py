@@ -25,7 +25,10 @@ import hashlib
 import logging
 import os
 import shutil
+import socket
 import tempfile
+import threading
+import urllib.parse
 import urllib.request
 from typing import Callable
 
@@ -106,6 +109,7 @@ def find_imagenet_weights(download_timeout_s: float = 3.0, download: bool = True
     if target_dir is None:
         raise WeightsUnavailable("no writable Keras cache directory")
     target = os.path.join(target_dir, IMAGENET_FILE)
+    _resolve_or_fail(IMAGENET_URL, download_timeout_s)
     log.info("downloading ImageNet weights from %s (timeout %.1fs)", IMAGENET_URL, download_timeout_s)
     try:
         with urllib.request.urlopen(IMAGENET_URL, timeout=download_timeout_s) as resp, \
@@ -118,6 +122,26 @@ def find_imagenet_weights(download_timeout_s: float = 3.0, download: bool = True
     except OSError as exc:  # URLError, timeouts, DNS failures are all OSError
         raise WeightsUnavailable(f"cannot download ImageNet weights: {exc}") from None
     return target
+
+
+def _resolve_or_fail(url: str, timeout_s: float) -> None:
+    """DNS lookups ignore socket timeouts; bound the lookup with a helper thread."""
+    host = urllib.parse.urlsplit(url).hostname
+    outcome: list = []
+
+    def lookup():
+        try:
+            outcome.append(socket.getaddrinfo(host, 443))
+        except OSError as exc:
+            outcome.append(exc)
+
+    worker = threading.Thread(target=lookup, name="weights-dns", daemon=True)
+    worker.start()
+    worker.join(timeout_s)
+    if not outcome:
+        raise WeightsUnavailable(f"cannot resolve {host} within {timeout_s:.1f}s")
+    if isinstance(outcome[0], OSError):
+        raise WeightsUnavailable(f"cannot resolve {host}: {outcome[0]}")
 
 
 def _writable(directory: str) -> bool:

@@ -47,6 +47,7 @@ def test_reader_rejects_bad_sources(tmp_path):
         load_cifar10(str(tmp_path), "validation")
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_train_smoke_then_serve(cifar_archive, tmp_path):
     pytest.importorskip("tensorflow")
     from inference import train

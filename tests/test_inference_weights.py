@@ -1,0 +1,59 @@
+"""MODEL_WEIGHTS resolution: auto falls back to random fast when ImageNet weights cannot be had."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import pytest
+
+pytest.importorskip("tensorflow")
+
+from inference import model as model_mod  # noqa: E402
+
+
+@pytest.fixture
+def empty_cache(tmp_path, monkeypatch):
+    monkeypatch.setattr(model_mod, "_keras_cache_dirs", lambda: [str(tmp_path / "models")])
+    return tmp_path / "models"
+
+
+def test_cached_weights_are_found_without_network(empty_cache, monkeypatch):
+    empty_cache.mkdir()
+    (empty_cache / model_mod.IMAGENET_FILE).write_bytes(b"x")
+    monkeypatch.setattr(model_mod, "IMAGENET_URL", "http://unused.invalid/")
+    assert model_mod.find_imagenet_weights(download=False).endswith(model_mod.IMAGENET_FILE)
+
+
+def test_failed_download_fails_fast(empty_cache, monkeypatch):
+    # Unresolvable host (RFC 6761 .invalid) and a refused port: both must fail in seconds.
+    for url in ("https://weights.invalid/resnet50.h5", "http://127.0.0.1:9/resnet50.h5"):
+        monkeypatch.setattr(model_mod, "IMAGENET_URL", url)
+        t0 = time.perf_counter()
+        with pytest.raises(model_mod.WeightsUnavailable):
+            model_mod.find_imagenet_weights(download_timeout_s=2.0)
+        assert time.perf_counter() - t0 < 6
+    assert not list(empty_cache.iterdir())  # no partial file left in the cache
+
+
+def test_slow_dns_is_bounded(monkeypatch):
+    monkeypatch.setattr(model_mod.socket, "getaddrinfo", lambda *a, **k: time.sleep(5))
+    t0 = time.perf_counter()
+    with pytest.raises(model_mod.WeightsUnavailable, match="within"):
+        model_mod._resolve_or_fail("https://slow.example/x", 0.3)
+    assert time.perf_counter() - t0 < 2
+
+
+def test_auto_falls_back_to_untrained_with_warning(empty_cache, monkeypatch, caplog):
+    monkeypatch.setattr(model_mod, "IMAGENET_URL", "http://127.0.0.1:9/resnet50.h5")
+    with caplog.at_level(logging.WARNING, logger="inference.model"):
+        loaded = model_mod.load_model("auto", download_timeout_s=1.0)
+    assert loaded.id == "resnet50-untrained-32" and loaded.untrained and loaded.input_size == 32
+    assert any("RANDOM" in r.message and r.levelno == logging.WARNING for r in caplog.records)
+    with pytest.raises(model_mod.WeightsUnavailable):
+        model_mod.load_model("imagenet", download_timeout_s=1.0)  # explicit: no silent fallback
+
+
+def test_unknown_weights_value_is_an_error():
+    with pytest.raises(model_mod.WeightsUnavailable, match="no such file"):
+        model_mod.load_model("/no/such/weights.weights.h5")
