@@ -141,3 +141,12 @@ def test_gunicorn_config_values_come_from_env(monkeypatch):
     exec(compile((ROOT / "inference/gunicorn.conf.py").read_text(), "gunicorn.conf.py", "exec"), conf)
     assert conf["bind"] == "127.0.0.1:8000" and conf["workers"] == 1 and conf["threads"] == 8
     assert conf["control_socket_disable"] is True  # no shared ~/.gunicorn/gunicorn.ctl
+
+
+def test_app_modules_do_not_import_tensorflow():
+    """Only the worker's loader thread imports TF; building the app object must not."""
+    code = ("import sys, inference, inference.api, inference.engine, inference.batcher, "
+            "inference.openapi, inference.imagenet_cifar; from inference.engine import Engine; "
+            "assert 'tensorflow' not in sys.modules, 'tensorflow imported'; print('ok')")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
