@@ -6,7 +6,7 @@ VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-deploy.txt | md5sum | cut -c1-8)
 
-.PHONY: venv up down status demo test test-faults lint experiment analyze bench deploy teardown clean
+.PHONY: venv up down status demo test test-faults lint experiment bench serve train deploy teardown clean
 
 $(STAMP): requirements.txt requirements-deploy.txt
 	test -x $(PYTHON) || $(PY) -m venv $(VENV)
@@ -33,6 +33,12 @@ test: venv        ## unit + integration tests (starts and stops its own stack)
 
 lint: venv
 	$(PYTHON) -m pytest -q tests/test_deploy.py
+
+serve: venv       ## the inference service alone, in the foreground
+	$(PYTHON) -m gunicorn -c inference/gunicorn.conf.py 'inference:create_app()'
+
+train: venv       ## train ResNet50 on CIFAR-10 (DATASET_SOURCE) for MODEL_WEIGHTS=<file>
+	$(PYTHON) -m inference.train $(if $(DATASET_SOURCE),--dataset-source $(DATASET_SOURCE)) --out results/resnet50-cifar10.weights.h5
 
 experiment: venv  ## latency sweep over 1..N producers
 	$(PYTHON) -m analysis.experiment
