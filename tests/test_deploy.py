@@ -378,12 +378,30 @@ def test_teardown_deletes_what_provisioning_creates():
         assert "auth_url" not in path.read_text() and "application_credential_secret" not in path.read_text(), path
 
 
+TASK_KEYWORDS = {"name", "when", "loop", "loop_control", "register", "notify", "listen", "become",
+                 "become_user", "delegate_to", "delegate_facts", "run_once", "changed_when", "failed_when",
+                 "no_log", "tags", "vars", "environment", "async", "poll", "retries", "delay", "until",
+                 "check_mode", "ignore_errors", "block", "rescue", "always", "args"}
+
+
 def test_modules_are_fully_qualified():
-    short = re.compile(r"^\s*-?\s*(apt|template|copy|file|command|shell|service|systemd|user|group|uri|get_url|"
-                       r"unarchive|pip|lineinfile|blockinfile|set_fact|assert|debug|wait_for|fetch|find|stat):\s", re.M)
-    for path in [*(ROOT / "roles").rglob("tasks/*.yml"), *(ROOT / "roles").rglob("handlers/*.yml"),
-                 *(ROOT / "playbooks").glob("*.yaml")]:
-        assert not short.search(path.read_text()), path
+    """Every task and handler calls its module by FQCN (ansible.builtin.*, openstack.cloud.* ...)."""
+    def walk(tasks, path):
+        for task in tasks or []:
+            for key in ("block", "rescue", "always"):
+                walk(task.get(key), path)
+            modules = [k for k in task if k not in TASK_KEYWORDS]
+            assert len(modules) <= 1, (path, task.get("name"), modules)
+            for module in modules:
+                assert module.count(".") >= 2, (path, task.get("name"), module)
+
+    files = [*(ROOT / "roles").rglob("tasks/*.yml"), *(ROOT / "roles").rglob("handlers/*.yml")]
+    assert len(files) > 15
+    for path in files:
+        walk(yaml.safe_load(path.read_text()), path)
+    for path in (ROOT / "playbooks").glob("*.yaml"):
+        for play in yaml.safe_load(path.read_text()):
+            walk(play.get("tasks"), path)
 
 
 def test_secrets_stay_out_of_git():
