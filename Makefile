@@ -31,8 +31,18 @@ demo: venv        ## the whole pipeline once: 300 images, results/latest/
 test: venv        ## unit + integration tests (starts and stops its own stack)
 	$(PYTHON) -m pytest -q tests
 
-lint: venv
-	$(PYTHON) -m pytest -q tests/test_deploy.py
+lint: venv        ## static checks: Python (ruff) and the Ansible tree (yamllint, ansible-lint, syntax)
+	$(VENV)/bin/ruff check common producer consumers inference analysis stack tests
+	$(VENV)/bin/yamllint --strict playbook_master.yaml playbooks roles inventory tests/deploy
+	$(VENV)/bin/ansible-lint --offline --profile production playbook_master.yaml playbooks roles inventory tests/deploy
+	$(VENV)/bin/ansible-playbook --syntax-check -i tests/deploy/inventory.yml \
+	  -e @inventory/group_vars/all/vault.yml.example playbook_master.yaml playbooks/*.yaml
+
+deploy: venv      ## Chameleon: create the VMs, install everything, run the experiment (docs/DEPLOY.md)
+	$(VENV)/bin/ansible-playbook playbook_master.yaml $(ARGS)
+
+teardown: venv    ## Chameleon: delete every cloud resource the deployment created
+	$(VENV)/bin/ansible-playbook playbooks/teardown.yaml $(ARGS)
 
 serve: venv       ## the inference service alone, in the foreground
 	$(PYTHON) -m gunicorn -c inference/gunicorn.conf.py 'inference:create_app()'
