@@ -1,0 +1,1 @@
+"""Fault injection on the real local stack (see tests/faults/run.py and docs/RELIABILITY.md)."""
