@@ -36,14 +36,41 @@ def idle_wait(consumer, seconds: float, stop) -> None:
     max.poll.interval.ms; polling paused partitions returns nothing but proves
     liveness, so an outage of the service or database costs latency, not a rebalance.
     """
-    assigned = consumer.assignment()
-    consumer.pause(*assigned)
     try:
         deadline = time.monotonic() + seconds
         while not stop.is_set() and time.monotonic() < deadline:
-            consumer.poll(timeout_ms=min(200, max(1, int((deadline - time.monotonic()) * 1000))))
+            poll_paused(consumer, min(200, max(1, int((deadline - time.monotonic()) * 1000))))
     finally:
         consumer.resume(*consumer.assignment())
+
+
+def poll_paused(consumer, timeout_ms: int) -> None:
+    """One liveness poll with every partition paused.
+
+    A rebalance inside poll() can assign partitions that are not paused yet and the
+    same poll may return their records; those are not processed here, so seek back
+    to them (dropping them would let the next commit skip past them: loss).
+    """
+    consumer.pause(*consumer.assignment())
+    for tp, records in consumer.poll(timeout_ms=timeout_ms).items():
+        if records:
+            consumer.seek(tp, records[0].offset)
+
+
+def wait_polling(consumer, future, poll_ms: int = 200):
+    """``future.result()``, polling with paused partitions while it runs.
+
+    The inference consumer calls the service in a worker thread through this: a
+    batch slower than max.poll.interval.ms would otherwise make kafka-python leave
+    the group mid-call, the commit fail, and the same batch be redelivered and
+    recomputed forever (a rebalance loop).
+    """
+    try:
+        while not future.done():
+            poll_paused(consumer, poll_ms)
+    finally:
+        consumer.resume(*consumer.assignment())
+    return future.result()
 
 
 def next_offsets(records) -> dict:

@@ -14,6 +14,7 @@ import itertools
 import logging
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from common.kafka_io import make_consumer, make_producer
@@ -22,7 +23,8 @@ from common.log import setup_logging
 from common.schema import (InvalidMessage, dumps, make_dead_letter, make_result_message,
                            parse_image_message)
 from common.settings import InferenceClientSettings, KafkaSettings, describe, secret
-from consumers.batching import ReadyMarker, all_delivered, commit, gather, idle_wait, rewind
+from consumers.batching import (ReadyMarker, all_delivered, commit, gather, idle_wait, rewind,
+                                wait_polling)
 
 log = logging.getLogger("consumers.inference")
 
@@ -89,6 +91,7 @@ class InferenceConsumer:
     def __init__(self, kafka: KafkaSettings, client_settings: InferenceClientSettings, stop):
         self.kafka, self.cfg, self.stop = kafka, client_settings, stop
         self.client = InferenceClient(client_settings)
+        self.http = ThreadPoolExecutor(1, thread_name_prefix="predict")
         self.consumer = make_consumer(kafka, kafka.images_topic, group_id=GROUP_ID,
                                       max_poll_records=client_settings.batch_size,
                                       fetch_max_wait_ms=min(100, max(1, client_settings.batch_wait_ms)))
@@ -108,7 +111,8 @@ class InferenceConsumer:
         backoff = Backoff(self.cfg.retry_initial_s, self.cfg.retry_max_s)
         while not self.stop.is_set():
             try:
-                return self.client.predict(instances)
+                # In a worker thread while this one keeps polling (see wait_polling).
+                return wait_polling(self.consumer, self.http.submit(self.client.predict, instances))
             except ServiceUnavailable as exc:
                 delay = backoff.next()
                 self.stats.retries += 1
@@ -186,6 +190,7 @@ class InferenceConsumer:
         self.producer.flush()
         self.producer.close()
         self.consumer.close()
+        self.http.shutdown(wait=False)
         log.info("stopped")
 
 
