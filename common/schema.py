@@ -97,7 +97,8 @@ def _loads(raw: bytes, max_bytes: int) -> dict:
         raise InvalidMessage(f"invalid JSON: {exc}") from None
     if not isinstance(msg, dict):
         raise InvalidMessage("message is not a JSON object")
-    if msg.get("schema") != SCHEMA_VERSION:
+    # type() is int: JSON true and 1.0 compare equal to 1 but are not schema 1.
+    if type(msg.get("schema")) is not int or msg["schema"] != SCHEMA_VERSION:
         raise InvalidMessage(f"unknown schema version {msg.get('schema')!r} (expected {SCHEMA_VERSION})")
     return msg
 
