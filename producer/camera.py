@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 import uuid
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -148,8 +149,11 @@ def run_cameras(*, kafka: KafkaSettings, dataset, producer_id: str, count: int, 
     run = ProducerRun(producer_id)
     # Encode everything first so PNG encoding never delays a send.
     messages = []
+    # Each producer starts at its own place in the dataset, so that concurrent
+    # producers do not all send the same first images.
+    start = zlib.crc32(producer_id.encode()) % len(dataset)
     for seq in range(count):
-        i = seq % len(dataset)
+        i = (start + seq) % len(dataset)
         messages.append(make_image_message(
             png=encode_png(dataset.images[i]), device_id=f"{producer_id}-cam{seq % devices:02d}",
             producer_id=producer_id, seq=seq, label=dataset.labels[i], dataset=dataset.name))
