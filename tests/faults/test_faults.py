@@ -1,0 +1,47 @@
+"""Fault injection, slow inference and overload on the real local stack (tests/faults/run.py).
+
+Each scenario sends FAULT_IMAGES (default 1000) images and checks that every one is
+in MongoDB exactly once with a prediction, that the producer got every result and
+that the run's summary says ``lost: 0``.  The table and ``faults.json`` are written
+to results/faults/<timestamp>/ (docs/RELIABILITY.md quotes the last run).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import pytest
+
+from tests.faults.run import LAST_REPORT, ROOT, SCENARIOS, FaultSuite
+
+pytestmark = pytest.mark.faults
+
+
+@pytest.fixture(scope="module")
+def suite():
+    out = ROOT / "results" / "faults" / time.strftime("%Y%m%d-%H%M%S")
+    started = time.time()
+    s = FaultSuite(out, images=int(os.environ.get("FAULT_IMAGES", 1000)),
+                   rate=float(os.environ.get("FAULT_RATE", 40)))
+    with s:
+        yield s
+    path = s.write(started)
+    latest = out.parent / "latest"
+    if latest.is_symlink() or latest.exists():
+        latest.unlink()
+    latest.symlink_to(out.name)
+    LAST_REPORT[:] = [s.table(), f"faults.json: {path} ({time.time() - started:.0f} s)"]
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_scenario_loses_nothing(suite, scenario):
+    row = suite.run(scenario)
+    details = json.dumps({k: v for k, v in row.items() if k not in ("e2e_ms",)}, indent=1,
+                         default=str)[-6000:]
+    assert row["lost"] == 0, details
+    assert row["results"] == row["images"] >= 1, details
+    assert row["duplicate_documents"] == 0 and row["duplicated_documents_checked"] == 0, details
+    assert row["half_written_documents"] == 0 and row["missing_documents"] == 0, details
+    assert row["ok"], details
