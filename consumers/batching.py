@@ -64,13 +64,23 @@ def wait_polling(consumer, future, poll_ms: int = 200):
     batch slower than max.poll.interval.ms would otherwise make kafka-python leave
     the group mid-call, the commit fail, and the same batch be redelivered and
     recomputed forever (a rebalance loop).
+
+    It waits on the future itself and polls (briefly) only every ``poll_ms``: a
+    paused poll returns nothing and so always lasts its whole timeout, which would
+    round every call up to a multiple of ``poll_ms`` (a 150 ms batch took 200-400
+    ms: the pipeline's throughput halved, docs/PERFORMANCE.md).  A call faster than
+    ``poll_ms`` pauses nothing, so the records kafka-python prefetched are kept.
     """
+    import concurrent.futures
+
     try:
-        while not future.done():
-            poll_paused(consumer, poll_ms)
+        while True:
+            try:
+                return future.result(timeout=poll_ms / 1000)
+            except concurrent.futures.TimeoutError:
+                poll_paused(consumer, 1)  # liveness only
     finally:
         consumer.resume(*consumer.assignment())
-    return future.result()
 
 
 def next_offsets(records) -> dict:
