@@ -105,11 +105,16 @@ class ResultListener(threading.Thread):
         finally:
             self.ready.set()
         mine = self.run_state.producer_id
+        # Every producer reads every result: skip other producers' without parsing them
+        # (a cheap substring test; the parsed producer_id is still checked below).
+        mine_bytes = json.dumps(mine).encode()
         while not self.stop_event.is_set():
             batches = self.consumer.poll(timeout_ms=100)
             now = time.time()
             for records in batches.values():
                 for record in records:
+                    if record.value is None or mine_bytes not in record.value:
+                        continue
                     try:
                         result = json.loads(record.value)
                     except (TypeError, ValueError):

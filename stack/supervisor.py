@@ -151,8 +151,13 @@ class Supervisor:
                 ready=self._inference_ready, env={"INFERENCE_BIND": f"127.0.0.1:{port}"},
                 ready_timeout_s=float(os.environ.get("STACK_INFERENCE_READY_S", 300))))
 
-        for name, module in (("inference-consumer", "consumers.inference"),
-                             ("db-consumer", "consumers.db")):
+        # STACK_INFERENCE_CONSUMERS > 1 adds inference-consumer-2, -3 ... to the same
+        # group: while one waits for its /v1/predict answer another gathers and sends,
+        # and the service's dynamic batcher merges their requests (docs/PERFORMANCE.md).
+        consumers = [("inference-consumer", "consumers.inference")]
+        consumers += [(f"inference-consumer-{i}", "consumers.inference")
+                      for i in range(2, int(os.environ.get("STACK_INFERENCE_CONSUMERS", "1")) + 1)]
+        for name, module in (*consumers, ("db-consumer", "consumers.db")):
             marker = self.dir / "state" / f"{name}.joined"
             self.components.append(Component(
                 name, [py, "-m", module], ready=marker.exists, env={"READY_FILE": str(marker)}))
