@@ -117,14 +117,23 @@ def _limit_worker(batches: list[int], seconds: float) -> None:
     print("LIMIT " + json.dumps(out), flush=True)
 
 
+def start_limit(env: dict, batches: list[int], seconds: float) -> subprocess.Popen:
+    """The limit runs in its own process, so this one never imports TensorFlow."""
+    return subprocess.Popen([sys.executable, "-m", "analysis.bench", "--limit-worker",
+                             "--limit-batches", *map(str, batches), "--limit-seconds", str(seconds)],
+                            cwd=ROOT, env={**env, "TF_CPP_MIN_LOG_LEVEL": "2"},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
 def measure_limit(env: dict, batches: list[int], seconds: float) -> dict:
-    proc = subprocess.run([sys.executable, "-m", "analysis.bench", "--limit-worker",
-                           "--limit-batches", *map(str, batches), "--limit-seconds", str(seconds)],
-                          cwd=ROOT, env={**env, "TF_CPP_MIN_LOG_LEVEL": "2"},
-                          capture_output=True, text=True, timeout=900)
-    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("LIMIT ")), None)
+    return collect_limit(start_limit(env, batches, seconds))
+
+
+def collect_limit(proc: subprocess.Popen) -> dict:
+    stdout, stderr = proc.communicate(timeout=900)
+    line = next((ln for ln in stdout.splitlines() if ln.startswith("LIMIT ")), None)
     if proc.returncode != 0 or line is None:
-        raise RuntimeError(f"limit measurement failed:\n{proc.stderr[-3000:]}")
+        raise RuntimeError(f"limit measurement failed:\n{stderr[-3000:]}")
     data = json.loads(line[6:])
     per = {int(k): v for k, v in data["batches"].items()}
     best_bs = max((b for b in per if b > 1), key=lambda b: per[b]["img_s"])
@@ -158,6 +167,33 @@ def _status(pid: int) -> dict:
     return out
 
 
+def _cpu_seconds(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def cpu_seconds(stack_dir: Path) -> dict:
+    """CPU seconds (user + system) used so far by each component's process tree."""
+    out = {}
+    for pid_file in sorted((stack_dir / "pids").glob("*.pid")):
+        try:
+            root = int(pid_file.read_text().strip())
+        except (OSError, ValueError):
+            continue
+        out[pid_file.stem] = sum(_cpu_seconds(p) for p in _tree(root))
+    return out
+
+
+def _children_cpu() -> float:
+    import resource
+
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
 def peak_rss(stack_dir: Path) -> dict:
     """Per component: VmHWM (peak resident set) of every process of its tree, in MiB."""
     out = {}
@@ -189,6 +225,9 @@ class Stack:
                     "STACK_MONGO_PORT": "0", "STACK_INFERENCE_PORT": "0", **env}
 
     def __enter__(self) -> "Stack":
+        return self.start()
+
+    def start(self) -> "Stack":
         t0 = time.monotonic()
         up = subprocess.run([sys.executable, "-m", "stack", "up", "--timeout", str(self.timeout_s)],
                             cwd=ROOT, env=self.env, capture_output=True, text=True)
@@ -207,6 +246,9 @@ class Stack:
         return peak_rss(self.dir)
 
     def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def stop(self) -> None:
         subprocess.run([sys.executable, "-m", "stack", "down"], cwd=ROOT, env=self.env,
                        capture_output=True, text=True, timeout=180)
 
@@ -239,13 +281,16 @@ def stored_times(env: dict, producer_ids: list[str], expected: int, timeout_s: f
 
 
 def run_step(out: Path, env: dict, *, rate: float, duration: float, tag: str,
-             per_producer_max: float, devices: int = 4) -> dict:
-    """Offer ``rate`` images/s for ``duration`` s; measure what was stored and the latency."""
+             per_producer_max: float, devices: int = 4, stack_dir: Path | None = None) -> dict:
+    """Offer ``rate`` images/s for ``duration`` s; measure what was stored and the latency,
+    and the CPU each component spent per image (core-ms/img; producers included)."""
     from producer.fleet import run_fleet
 
     producers = max(1, math.ceil(rate / per_producer_max))
     count = max(2, round(rate / producers * duration))
     load_before = load_average()
+    cpu0 = cpu_seconds(stack_dir) if stack_dir else {}
+    children0 = _children_cpu()
     t0 = time.time()
     codes = run_fleet(out, producers=producers, count=count, rate=rate / producers,
                       devices=devices, env=env, run_tag=tag,
@@ -255,6 +300,9 @@ def run_step(out: Path, env: dict, *, rate: float, duration: float, tag: str,
     ids = sorted({r.producer_id for r in rows})
     sent = len(rows)
     done = stored_times(env, ids, sent, timeout_s=30.0) if sent else []
+    cpu1 = cpu_seconds(stack_dir) if stack_dir else {}
+    cpu = {k: cpu1[k] - cpu0.get(k, 0.0) for k in cpu1}
+    cpu["producers"] = _children_cpu() - children0
     step = {"offered_img_s": round(rate, 2), "producers": producers, "sent": sent,
             "results": sum(1 for r in rows if r.e2e_ms is not None),
             "stored_with_prediction": len(done), "exit_codes": codes, "wall_s": round(wall, 1),
@@ -271,45 +319,53 @@ def run_step(out: Path, env: dict, *, rate: float, duration: float, tag: str,
     e2e = latency_summary(r.e2e_ms for r in rows if r.e2e_ms is not None)
     step["e2e_ms"] = {k: round(v, 1) for k, v in e2e.items()} if e2e else None
     step["complete"] = sent > 0 and len(done) == sent
+    step["cpu_ms_per_img"] = {k: round(v * 1000 / max(1, sent), 2) for k, v in cpu.items()}
+    step["cpu_cores_busy"] = round(sum(cpu.values()) / max(1e-9, wall), 2)
     log.info("%s: offered %.1f img/s (%d producer%s) -> %s img/s stored with prediction; "
-             "p50 %s p99 %s ms; %d/%d complete; load %s", tag, rate, producers,
+             "p50 %s p99 %s ms; %d/%d complete; load %s; CPU ms/img %s", tag, rate, producers,
              "s" if producers > 1 else "", step["throughput_img_s"],
-             e2e and round(e2e["p50"]), e2e and round(e2e["p99"]), len(done), sent, load_before)
+             e2e and round(e2e["p50"]), e2e and round(e2e["p99"]), len(done), sent, load_before,
+             step["cpu_ms_per_img"])
     return step
 
 
-def measure_stack(name: str, env: dict, workdir: Path, out: Path, *, start_rate: float,
-                  growth: float, max_steps: int, step_s: float, latency_s: float,
-                  per_producer_max: float, warmup: int) -> dict:
+def measure_stack(name: str, env: dict, workdir: Path, out: Path, **kw) -> dict:
+    with Stack(name, env, workdir) as stack:
+        return measure_on(stack, out, **kw)
+
+
+def measure_on(stack: Stack, out: Path, *, start_rate: float, growth: float, max_steps: int,
+               step_s: float, latency_s: float, per_producer_max: float, warmup: int,
+               load_points=LOAD_POINTS) -> dict:
     """Ramp the offered rate to find the maximum sustained throughput, then latency at
     25/50/75 % of it; returns the figures and the peak RSS of every component."""
-    record: dict = {"name": name, "env": {k: v for k, v in env.items() if k in RECORDED},
+    name = stack.name
+    record: dict = {"name": name, "env": {k: v for k, v in stack.env.items() if k in RECORDED},
                     "ramp": [], "latency": {}}
-    with Stack(name, env, workdir) as stack:
-        if warmup:
-            run_step(out / "warmup", stack.env, rate=max(5.0, start_rate / 2),
-                     duration=warmup / max(5.0, start_rate / 2), tag=f"{name}-warmup",
-                     per_producer_max=per_producer_max)
-        rate, best = start_rate, 0.0
-        for i in range(max_steps):
-            step = run_step(out / f"ramp-{i + 1:02d}", stack.env, rate=rate, duration=step_s,
-                            tag=f"{name}-r{i + 1}", per_producer_max=per_producer_max)
-            record["ramp"].append(step)
-            got = step["throughput_img_s"] or 0.0
-            gain = (got - best) / best if best else float("inf")
-            best = max(best, got)
-            # Saturated: the stored rate falls well behind the offered one (a backlog
-            # grew), or one more step of load bought less than 5 %.
-            if got < 0.85 * rate or gain < 0.05:
-                break
-            rate = rate * growth
-        record["max_img_s"] = best
-        for pct in LOAD_POINTS:
-            r = max(1.0, best * pct / 100)
-            step = run_step(out / f"load-{pct}pct", stack.env, rate=r, duration=latency_s,
-                            tag=f"{name}-l{pct}", per_producer_max=per_producer_max)
-            record["latency"][f"{pct}pct"] = step
-        record["peak_rss"] = stack.peak_rss()
+    if warmup:
+        run_step(out / "warmup", stack.env, rate=max(5.0, start_rate / 2),
+                 duration=warmup / max(5.0, start_rate / 2), tag=f"{name}-warmup",
+                 per_producer_max=per_producer_max, stack_dir=stack.dir)
+    rate, best = start_rate, 0.0
+    for i in range(max_steps):
+        step = run_step(out / f"ramp-{i + 1:02d}", stack.env, rate=rate, duration=step_s,
+                        tag=f"{name}-r{i + 1}", per_producer_max=per_producer_max, stack_dir=stack.dir)
+        record["ramp"].append(step)
+        got = step["throughput_img_s"] or 0.0
+        gain = (got - best) / best if best else float("inf")
+        best = max(best, got)
+        # Saturated: the stored rate falls well behind the offered one (a backlog
+        # grew), or one more step of load bought less than 5 %.
+        if got < 0.85 * rate or gain < 0.05:
+            break
+        rate = rate * growth
+    record["max_img_s"] = best
+    for pct in load_points:
+        r = max(1.0, best * pct / 100)
+        step = run_step(out / f"load-{pct}pct", stack.env, rate=r, duration=latency_s,
+                        tag=f"{name}-l{pct}", per_producer_max=per_producer_max, stack_dir=stack.dir)
+        record["latency"][f"{pct}pct"] = step
+    record["peak_rss"] = stack.peak_rss()
     return record
 
 
@@ -425,6 +481,44 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+def smoke_run(result, env_now, batches, pipeline_env, baseline_env, workdir, out, kw) -> None:
+    """Smoke mode: everything at once to be quick (the numbers mean nothing): the limit
+    process and both stacks start concurrently, then one short step and the 50 %
+    point on each stack, then both stop."""
+    import threading
+
+    proc = start_limit(env_now, batches, 0.3)
+    stacks = [Stack("pipeline", pipeline_env, workdir), Stack("baseline", baseline_env, workdir)]
+    errors: list = []
+
+    def start(st):
+        try:
+            st.start()
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=start, args=(st,)) for st in stacks]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if errors:
+            raise errors[0]
+        result["limit"] = collect_limit(proc)
+        for st in stacks:
+            result[st.name] = measure_on(st, out / st.name, start_rate=10.0 if st.name == "pipeline" else 5.0,
+                                         load_points=(50,), **kw)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        stoppers = [threading.Thread(target=st.stop) for st in stacks]
+        for t in stoppers:
+            t.start()
+        for t in stoppers:
+            t.join()
+
+
 def _empty(name: str) -> dict:
     return {"name": name, "skipped": True, "max_img_s": 0.0, "ramp": [], "latency": {},
             "peak_rss": {}}
@@ -464,36 +558,44 @@ def main(argv=None) -> int:
                           "bench": {"step_s": step_s, "latency_s": latency_s, "growth": args.growth,
                                     "max_steps": max_steps, "per_producer_max": args.per_producer}}
 
-    log.info("1/3 limit: bare model, batch 1 and %s", "/".join(map(str, LIMIT_BATCHES)))
     batches = [1, 8] if smoke else [1, *LIMIT_BATCHES]
-    result["limit"] = limit = measure_limit(env_now, batches, 0.3 if smoke else 4.0)
-    log.info("limit: batch 1 %.1f img/s, best %.1f img/s at batch %d", limit["batch1_img_s"],
-             limit["best_img_s"], limit["best_batch"])
+    if not smoke:
+        log.info("1/3 limit: bare model, batch 1 and %s", "/".join(map(str, LIMIT_BATCHES)))
+        result["limit"] = measure_limit(env_now, batches, 4.0)
+    else:
+        result["limit"] = None  # measured by smoke_run, concurrently with the stacks' start
+    limit = result["limit"]
+    if limit:
+        log.info("limit: batch 1 %.1f img/s, best %.1f img/s at batch %d",
+                 limit["batch1_img_s"], limit["best_img_s"], limit["best_batch"])
 
     workdir = Path(tempfile.mkdtemp(prefix="bench-"))
     common_kw = dict(growth=args.growth, max_steps=max_steps, step_s=step_s, latency_s=latency_s,
-                     per_producer_max=args.per_producer, warmup=10 if smoke else 60)
+                     per_producer_max=args.per_producer, warmup=0 if smoke else 60)
     try:
-        if args.only != "baseline":
-            log.info("2/3 pipeline: batched settings, ramping the offered rate")
-            result["pipeline"] = measure_stack(
-                "pipeline", pipeline_env, workdir, out / "pipeline",
-                start_rate=args.start_rate or (10.0 if smoke else max(10.0, 0.4 * limit["best_img_s"])),
-                **common_kw)
+        if smoke:
+            smoke_run(result, env_now, batches, pipeline_env, baseline_env, workdir, out, common_kw)
         else:
-            result["pipeline"] = _empty("pipeline")
-        if args.only != "pipeline":
-            log.info("3/3 baseline: one request, one write, one commit per message")
-            result["baseline"] = measure_stack(
-                "baseline", baseline_env, workdir, out / "baseline",
-                start_rate=5.0 if smoke else max(5.0, 0.5 * limit["batch1_img_s"]), **common_kw)
-        else:
-            result["baseline"] = _empty("baseline")
+            if args.only != "baseline":
+                log.info("2/3 pipeline: batched settings, ramping the offered rate")
+                result["pipeline"] = measure_stack(
+                    "pipeline", pipeline_env, workdir, out / "pipeline",
+                    start_rate=args.start_rate or max(10.0, 0.15 * limit["best_img_s"]), **common_kw)
+            else:
+                result["pipeline"] = _empty("pipeline")
+            if args.only != "pipeline":
+                log.info("3/3 baseline: one request, one write, one commit per message")
+                result["baseline"] = measure_stack(
+                    "baseline", baseline_env, workdir, out / "baseline",
+                    start_rate=max(5.0, 0.5 * limit["batch1_img_s"]), **common_kw)
+            else:
+                result["baseline"] = _empty("baseline")
     finally:
         import shutil
 
         shutil.rmtree(workdir, ignore_errors=True)
 
+    limit = result["limit"]
     pipe, base = result["pipeline"]["max_img_s"], result["baseline"]["max_img_s"]
     p99_50 = _p(result["pipeline"]["latency"].get("50pct"), "p99")
     result.update(

@@ -1,0 +1,72 @@
+"""``python -m analysis.bench --smoke``: the benchmark's machinery and output files.
+
+A benchmark is not a test: this checks that the smoke run starts and stops its own
+stacks, writes bench.json (with every documented key) and bench.png and prints the
+table - never a timing or a ratio.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from analysis.bench import BASELINE_ENV, peak_rss
+
+ROOT = Path(__file__).resolve().parent.parent
+
+KEYS = ("limit_batch1_img_s", "limit_best_img_s", "pipeline_max_img_s", "baseline_max_img_s",
+        "ratio_to_limit", "ratio_to_baseline", "p99_ms_at_50pct", "machine", "settings",
+        "limit", "pipeline", "baseline", "targets", "load_average_start", "load_average_end")
+
+
+def test_baseline_is_batching_off():
+    assert BASELINE_ENV["BATCH_SIZE"] == "1" and BASELINE_ENV["DYNAMIC_BATCH_MAX"] == "1"
+    assert BASELINE_ENV["DB_MAX_RECORDS"] == "1" and BASELINE_ENV["BATCH_WAIT_MS"] == "0"
+
+
+def test_peak_rss_reads_pid_files(tmp_path):
+    (tmp_path / "pids").mkdir()
+    (tmp_path / "pids" / "me.pid").write_text(f"{os.getpid()}\n")
+    (tmp_path / "pids" / "gone.pid").write_text("999999999\n")
+    rss = peak_rss(tmp_path)
+    assert rss["me"]["peak_rss_mib"] > 1 and rss["me"]["processes"][0]["pid"] == os.getpid()
+    assert rss["gone"]["processes"] == []
+
+
+@pytest.mark.integration
+def test_bench_smoke_writes_files_and_keys(tmp_path, cifar_archive):
+    out = tmp_path / "bench"
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("KAFKA_BOOTSTRAP_SERVERS", "MONGO_URI", "INFERENCE_URL", "STACK_DIR")}
+    env.update(DATASET_SOURCE=str(cifar_archive), MODEL_WEIGHTS="random")
+    proc = subprocess.run([sys.executable, "-m", "analysis.bench", "--smoke", "--out", str(out)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    result = json.loads((out / "bench.json").read_text())
+    for key in KEYS:
+        assert key in result, key
+    assert result["smoke"] is True
+    assert (out / "bench.png").stat().st_size > 10_000
+    for name in ("pipeline", "baseline"):
+        rec = result[name]
+        assert rec["ramp"] and "50pct" in rec["latency"]
+        assert {"inference", "kafka", "mongo", "inference-consumer", "db-consumer"} <= set(rec["peak_rss"])
+        assert rec["latency"]["50pct"]["stored_with_prediction"] == rec["latency"]["50pct"]["sent"]
+    assert result["settings"]["baseline"]["BATCH_SIZE"] == "1"
+    assert "ratio_to_limit" in proc.stdout and "peak RSS" in proc.stdout
+    # Nothing left running: no process still names a stack directory of the run
+    # (the MongoDB server has its database path on its command line).
+    dirs = [line.split("(")[-1].rstrip(")") for line in proc.stderr.splitlines()
+            if "stack " in line and " up in " in line]
+    assert len(dirs) == 2
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            text = cmdline.read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        assert not any(d in text for d in dirs), text
