@@ -41,7 +41,8 @@ def make_consumer(s: KafkaSettings, *topics: str, group_id: str | None, **overri
     cfg.update(group_id=group_id, enable_auto_commit=False, auto_offset_reset="earliest",
                session_timeout_ms=s.kafka_session_timeout_ms,
                heartbeat_interval_ms=s.kafka_heartbeat_interval_ms,
-               max_poll_interval_ms=s.kafka_max_poll_interval_ms)
+               max_poll_interval_ms=s.kafka_max_poll_interval_ms,
+               fetch_max_wait_ms=s.kafka_fetch_max_wait_ms)
     cfg.update(overrides)
     return KafkaConsumer(*topics, **cfg)
 

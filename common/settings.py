@@ -46,6 +46,11 @@ class KafkaSettings(BaseSettings):
     # throughput on 2 cores, docs/PERFORMANCE.md); it adds at most 20 ms, to the
     # producer's send only (the inference consumer flushes its results at once).
     kafka_linger_ms: int = 20
+    # Consumers' fetch long-poll: the broker answers as soon as one byte is there
+    # (fetch.min.bytes 1), so this costs no latency; it only bounds how often an
+    # idle consumer asks.  10 ms (it used to follow BATCH_WAIT_MS) made an idle
+    # consumer send 100 fetches/s and the broker burn CPU answering them.
+    kafka_fetch_max_wait_ms: int = Field(100, ge=1)
     kafka_batch_size: int = 256 * 1024
     # Largest message a consumer will try to decode; bigger ones are dead-lettered.
     max_message_bytes: int = 256 * 1024

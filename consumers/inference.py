@@ -93,8 +93,7 @@ class InferenceConsumer:
         self.client = InferenceClient(client_settings)
         self.http = ThreadPoolExecutor(1, thread_name_prefix="predict")
         self.consumer = make_consumer(kafka, kafka.images_topic, group_id=GROUP_ID,
-                                      max_poll_records=client_settings.batch_size,
-                                      fetch_max_wait_ms=min(100, max(1, client_settings.batch_wait_ms)))
+                                      max_poll_records=client_settings.batch_size)
         self.producer = make_producer(kafka)
         self.stats = Stats()
         self.pending: list = []  # send futures of the current batch

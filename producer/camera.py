@@ -78,8 +78,9 @@ class ResultListener(threading.Thread):
         self.stop_event = threading.Event()
         self.ready = threading.Event()
         self.lock = threading.Lock()
-        self.consumer = make_consumer(settings, group_id=None, auto_offset_reset="latest",
-                                      fetch_max_wait_ms=20)
+        # Fetch long-poll: KAFKA_FETCH_MAX_WAIT_MS (the broker answers as soon as a
+        # result is there, so a longer wait adds no latency, only fewer idle fetches).
+        self.consumer = make_consumer(settings, group_id=None, auto_offset_reset="latest")
         self.topic = settings.results_topic
 
     def _assign(self) -> None:
