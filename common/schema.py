@@ -19,6 +19,9 @@ from typing import Any
 
 SCHEMA_VERSION = 1
 IMAGE_SIZE = 32  # CIFAR images are 32x32 RGB
+# Text fields are copied into the result message: unbounded, a valid image could
+# yield a result too big for the DB consumer (found by tests/test_hostile.py).
+MAX_TEXT_CHARS = 256
 
 IMAGE_FIELDS = ("schema", "image_id", "device_id", "producer_id", "seq", "sent_at",
                 "label", "dataset", "format", "image")
@@ -130,6 +133,9 @@ def parse_image_message(raw: bytes, *, max_bytes: int = 256 * 1024) -> tuple[dic
     _require(msg, "sent_at", (int, float))
     _require(msg, "label", (str,), nullable=True)
     _check_id(msg)
+    for name in ("device_id", "producer_id", "dataset", "label"):
+        if isinstance(msg[name], str) and len(msg[name]) > MAX_TEXT_CHARS:
+            raise InvalidMessage(f"field '{name}' is longer than {MAX_TEXT_CHARS} characters")
     if msg["format"] != "png":
         raise InvalidMessage(f"unsupported image format {msg['format']!r}")
     png = decode_image_b64(msg["image"])
