@@ -60,7 +60,10 @@ class DbWriter:
         self.client = connect(mongo)
         self.collection = images_collection(self.client, mongo)
         self.consumer = make_consumer(kafka, kafka.images_topic, kafka.results_topic,
-                                      group_id=GROUP_ID, max_poll_records=max_records)
+                                      group_id=GROUP_ID, max_poll_records=max_records,
+                                      # kafka-python's default, as before: storing is off
+                                      # the latency path, and fewer idle fetches save CPU.
+                                      fetch_max_wait_ms=max(500, kafka.kafka_fetch_max_wait_ms))
         self.producer = make_producer(kafka)
         self.written = self.skipped = self.dead = 0
         self.last_log = 0.0
