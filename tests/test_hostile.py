@@ -14,6 +14,7 @@ import base64
 import json
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
@@ -142,12 +143,21 @@ def hostile_env(local_stack):
     producer = make_producer(_kafka(env), max_request_size=4_000_000)
     pids = {name: (local_stack["dir"] / "pids" / f"{name}.pid").read_text()
             for name in ("inference-consumer", "db-consumer", "inference")}
+    tried: list = []
     yield {"env": env, "settings": _kafka(env), "dlq": reader, "producer": producer,
            "col": images_collection(client, mongo), "pids": pids, "dir": local_stack["dir"],
-           "tried": []}
+           "tried": tried}
     reader.stopped.set()
     producer.close()
     client.close()
+    # Figures for docs/RELIABILITY.md: what was tried and how it ended.
+    out = Path(__file__).resolve().parent.parent / "results" / "hostile"
+    out.mkdir(parents=True, exist_ok=True)
+    dead = sum(1 for w in tried if reader.get(w))
+    (out / "stack.json").write_text(json.dumps({
+        "messages": len(tried), "dead_lettered": dead, "processed": len(tried) - dead,
+        "consumer_restarts": sum((local_stack["dir"] / "pids" / f"{n}.pid").read_text() != p
+                                 for n, p in pids.items())}, indent=2) + "\n")
 
 
 def _send(h, value, key: bytes):
@@ -190,7 +200,7 @@ def test_hostile_messages_end_in_the_dlq_and_valid_ones_flow(hostile_env, data):
     after = valid_message(tag, 10**7)
     after_at = _send(h, dumps(after), after["device_id"].encode())
     h["producer"].flush()
-    h["tried"].extend(v for _w, v in sent)
+    h["tried"].extend(w for w, _v in sent)
 
     deadline = time.monotonic() + 45
     pending = {where: value for where, value in sent}

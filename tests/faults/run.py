@@ -24,7 +24,7 @@ rises of the run's count of documents with a prediction, polled from MongoDB eve
 deliveries from the fault's start on; ``recovery_s`` is the time from the end of
 the fault (component killed, service released, extra consumer gone) to the end of
 that gap, i.e. until the stage delivers again (0 if it never stopped after the
-fault ended).
+fault ended, or if no gap reached 1 s: the normal cadence of batches).
 """
 
 from __future__ import annotations
@@ -470,7 +470,9 @@ class FaultSuite:
             stage=fault.stage, what=fault.what,
             in_flight_at_fault=p["sent"] - p["results"], sent_at_fault=p["sent"], peak_lag=peak,
             fault_window_s=round(t_end - t_start, 2),
-            recovery_s=round(max(0.0, stall_end - t_end), 2) if stall_end else None,
+            # A stall under 1 s is the normal cadence (batches): the stage never stopped.
+            recovery_s=(round(max(0.0, stall_end - t_end), 2) if stall >= 1.0 else 0.0)
+            if stall_end else None,
             max_stall_s=round(stall, 2),
             notes=note)
         row.pop("_stored_times")
