@@ -9,7 +9,8 @@ def connect(s: MongoSettings):
     from pymongo import MongoClient
 
     return MongoClient(secret(s.mongo_uri), serverSelectionTimeoutMS=s.mongo_timeout_ms,
-                       connectTimeoutMS=s.mongo_timeout_ms, retryWrites=False)
+                       connectTimeoutMS=s.mongo_timeout_ms,
+                       socketTimeoutMS=s.mongo_socket_timeout_ms, retryWrites=False)
 
 
 def images_collection(client, s: MongoSettings):

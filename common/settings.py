@@ -63,6 +63,9 @@ class MongoSettings(BaseSettings):
     mongo_database: str = "iot"
     mongo_collection: str = "images"
     mongo_timeout_ms: int = 5_000
+    # A hung (not dead) server must not block the DB consumer forever: the write
+    # times out and is retried (upserts are idempotent).
+    mongo_socket_timeout_ms: int = 30_000
 
 
 class DbWriterSettings(BaseSettings):
