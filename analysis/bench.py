@@ -471,7 +471,7 @@ def parse_args(argv=None):
     p.add_argument("--start-rate", type=float,
                    help="first offered rate of the pipeline ramp (default 40%% of the limit)")
     p.add_argument("--growth", type=float, default=1.35, help="rate factor between ramp steps")
-    p.add_argument("--max-steps", type=int, help="most ramp steps per stack (default 6)")
+    p.add_argument("--max-steps", type=int, help="most ramp steps per stack (default 8)")
     p.add_argument("--per-producer", type=float, default=80.0,
                    help="highest rate one producer process is asked for (more processes beyond)")
     p.add_argument("--only", choices=["pipeline", "baseline"], help="measure one stack only")
@@ -538,7 +538,7 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     step_s = args.step_s or (2.0 if smoke else 15.0)
     latency_s = args.latency_s or (2.0 if smoke else 15.0)
-    max_steps = args.max_steps or (1 if smoke else 6)
+    max_steps = args.max_steps or (1 if smoke else 8)
 
     common = {"MODEL_WEIGHTS": os.environ.get("MODEL_WEIGHTS", "random"),
               "MODEL_INPUT_SIZE": os.environ.get("MODEL_INPUT_SIZE", "32"),
