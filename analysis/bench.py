@@ -2,7 +2,8 @@
 and against the per-message design, in one run on one machine.
 
 1. **Limit**: bare ResNet50 forward passes in one process (same input size, same TF
-   thread settings as the service), batch 1 and the best of 8/16/32/64.
+   thread settings as the service), batch 1 and the best of 8/16/32/64; each the best
+   of 3 interleaved 2 s rounds (a ceiling, measured on a shared machine).
 2. **Pipeline**: a fresh local stack (temp ``STACK_DIR``, free ports) with the
    default, batched settings, driven by producers at increasing offered rates until
    the throughput stops growing (< 5 % gain) or falls well behind the offered rate;
@@ -42,6 +43,7 @@ ROOT = Path(__file__).resolve().parent.parent
 STACK_ENV_KEYS = ("KAFKA_BOOTSTRAP_SERVERS", "MONGO_URI", "INFERENCE_URL")
 LIMIT_BATCHES = (8, 16, 32, 64)
 LOAD_POINTS = (25, 50, 75)
+LIMIT_ROUNDS = 3
 
 # The per-message design, expressed as settings of the same code.
 BASELINE_ENV = {"BATCH_SIZE": "1", "BATCH_WAIT_MS": "0", "DYNAMIC_BATCH_MAX": "1",
@@ -101,19 +103,25 @@ def _limit_worker(batches: list[int], seconds: float) -> None:
     model_mod.configure_threads(s.tf_intra_op_threads, s.tf_inter_op_threads)
     loaded = model_mod.load_model("random", s.model_input_size or 32)
     rng = np.random.default_rng(0)
-    out = {"model": loaded.id, "batches": {}}
-    for bs in batches:
-        x = rng.integers(0, 256, (bs, 32, 32, 3), dtype=np.uint8)
+    out = {"model": loaded.id, "batches": {}, "rounds": LIMIT_ROUNDS}
+    inputs = {bs: rng.integers(0, 256, (bs, 32, 32, 3), dtype=np.uint8) for bs in batches}
+    for x in inputs.values():
         loaded.predict(x)
         loaded.predict(x)  # warm-up: trace + oneDNN kernels for this shape
-        n, start = 0, time.perf_counter()
-        while True:
-            loaded.predict(x)
-            n += bs
-            elapsed = time.perf_counter() - start
-            if elapsed >= seconds and n >= 2 * bs:
-                break
-        out["batches"][str(bs)] = {"img_s": n / elapsed, "ms_per_img": elapsed * 1000 / n}
+    # A ceiling, on a shared machine: the best of several short rounds, the batch sizes
+    # interleaved, so that a neighbour's burst does not lower one batch size alone.
+    for _round in range(LIMIT_ROUNDS):
+        for bs, x in inputs.items():
+            n, start = 0, time.perf_counter()
+            while True:
+                loaded.predict(x)
+                n += bs
+                elapsed = time.perf_counter() - start
+                if elapsed >= seconds / LIMIT_ROUNDS and n >= 2 * bs:
+                    break
+            best = out["batches"].get(str(bs))
+            if best is None or n / elapsed > best["img_s"]:
+                out["batches"][str(bs)] = {"img_s": n / elapsed, "ms_per_img": elapsed * 1000 / n}
     print("LIMIT " + json.dumps(out), flush=True)
 
 
@@ -561,7 +569,7 @@ def main(argv=None) -> int:
     batches = [1, 8] if smoke else [1, *LIMIT_BATCHES]
     if not smoke:
         log.info("1/3 limit: bare model, batch 1 and %s", "/".join(map(str, LIMIT_BATCHES)))
-        result["limit"] = measure_limit(env_now, batches, 4.0)
+        result["limit"] = measure_limit(env_now, batches, 6.0)
     else:
         result["limit"] = None  # measured by smoke_run, concurrently with the stacks' start
     limit = result["limit"]
