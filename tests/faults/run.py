@@ -111,8 +111,14 @@ class Stack:
                    STACK_INFERENCE_PORT="0", MODEL_WEIGHTS="random", BATCH_WAIT_MS="20",
                    GUNICORN_WORKERS=os.environ.get("FAULTS_GUNICORN_WORKERS", "2"),
                    LOG_LEVEL="INFO")
-        if not env.get("DATASET_SOURCE") and SAMPLE.is_file():
-            env["DATASET_SOURCE"] = str(SAMPLE)
+        if not env.get("DATASET_SOURCE"):
+            if SAMPLE.is_file():
+                env["DATASET_SOURCE"] = str(SAMPLE)
+            else:  # a checkout without ../shared/data: an archive in the official layout
+                from tests.conftest import make_cifar_archive
+
+                directory.mkdir(parents=True, exist_ok=True)
+                env["DATASET_SOURCE"] = str(make_cifar_archive(directory / "cifar-10-python.tar.gz"))
         env.update(extra_env or {})
         self.env = env
 
