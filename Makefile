@@ -50,6 +50,9 @@ deploy: venv      ## Chameleon: create the VMs, install everything, run the expe
 teardown: venv    ## Chameleon: delete every cloud resource the deployment created
 	$(VENV)/bin/ansible-playbook playbooks/teardown.yaml $(ARGS)
 
+bench: venv       ## throughput/latency vs the bare model and the per-message design (~6 min)
+	$(PYTHON) -m analysis.bench
+
 serve: venv       ## the inference service alone, in the foreground
 	$(PYTHON) -m gunicorn -c inference/gunicorn.conf.py 'inference:create_app()'
 
