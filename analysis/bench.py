@@ -27,7 +27,6 @@ import json
 import logging
 import math
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -36,6 +35,7 @@ from pathlib import Path
 
 from analysis.latencies import read_latencies
 from analysis.stats import latency_summary
+from stack.supervisor import child_pids
 
 log = logging.getLogger("analysis.bench")
 
@@ -156,11 +156,7 @@ def _tree(pid: int) -> list[int]:
     while todo:
         p = todo.pop()
         pids.append(p)
-        for task in Path(f"/proc/{p}/task").glob("*") if Path(f"/proc/{p}/task").is_dir() else []:
-            try:
-                todo.extend(int(c) for c in (task / "children").read_text().split())
-            except OSError:
-                pass
+        todo.extend(child_pids(p))
     return pids
 
 

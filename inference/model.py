@@ -85,12 +85,9 @@ def _keras_cache_dirs() -> list[str]:
     return [os.path.join(h, "models") for h in homes if h]
 
 
-def _md5(path: str) -> str:
-    digest = hashlib.md5()
+def _digest(path: str, algorithm: str) -> str:
     with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(fh, algorithm).hexdigest()
 
 
 def find_imagenet_weights(download_timeout_s: float = 3.0, download: bool = True) -> str:
@@ -115,7 +112,7 @@ def find_imagenet_weights(download_timeout_s: float = 3.0, download: bool = True
         with urllib.request.urlopen(IMAGENET_URL, timeout=download_timeout_s) as resp, \
                 tempfile.NamedTemporaryFile(dir=target_dir, delete=False) as tmp:
             shutil.copyfileobj(resp, tmp, 1 << 20)
-        if _md5(tmp.name) != IMAGENET_MD5:
+        if _digest(tmp.name, "md5") != IMAGENET_MD5:
             os.unlink(tmp.name)
             raise WeightsUnavailable("downloaded ImageNet weights have the wrong md5")
         os.replace(tmp.name, target)
@@ -153,11 +150,7 @@ def _writable(directory: str) -> bool:
 
 
 def file_sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return _digest(path, "sha256")
 
 
 def _compile(model: tf.keras.Model, input_size: int, imagenet: bool):

@@ -70,11 +70,8 @@ def keras_cache_dir() -> Path:
 
 
 def _md5(path: Path) -> str:
-    digest = hashlib.md5()
     with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(fh, "md5").hexdigest()
 
 
 def download(url: str, dest: Path, md5: str | None, timeout: float = 30.0) -> Path:

@@ -82,6 +82,21 @@ def pid_alive(pid: int) -> bool:
         return False
 
 
+def child_pids(pid: int) -> list[int]:
+    """Live child processes of ``pid`` (Gunicorn's workers, say), read from /proc."""
+    found: list[int] = []
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return found
+    for task in tasks:
+        try:
+            found += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            pass
+    return [c for c in found if pid_alive(c)]
+
+
 @dataclass
 class Component:
     name: str

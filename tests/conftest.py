@@ -85,11 +85,7 @@ def stack_processes(stack_dir: Path) -> list[int]:
             pids.append(int(pid_file.read_text()))
         except (OSError, ValueError):
             continue
-    children = []
-    for pid in pids:
-        try:
-            children += [int(c) for c in
-                         Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-        except OSError:
-            pass
+    from stack.supervisor import child_pids
+
+    children = [c for pid in pids for c in child_pids(pid)]
     return pids + children

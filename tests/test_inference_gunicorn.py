@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from common.labels import CIFAR10_CLASSES
+from stack.supervisor import child_pids
 from common.schema import encode_png
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -30,12 +31,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def children(pid: int) -> list[int]:
-    out = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        text = (task / "children").read_text().split()
-        out += [int(x) for x in text]
-    return out
+children = child_pids
 
 
 def maps_mention_tensorflow(pid: int) -> bool:

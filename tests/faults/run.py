@@ -47,6 +47,7 @@ sys.path.insert(0, str(ROOT))
 
 from analysis.summary import close_run  # noqa: E402
 from producer.fleet import producer_log_tail, run_fleet  # noqa: E402
+from stack.supervisor import child_pids  # noqa: E402
 
 SAMPLE = ROOT.parent / "shared" / "data" / "cifar-10-python-sample.tar.gz"
 STACK_ENV_KEYS = ("KAFKA_BOOTSTRAP_SERVERS", "MONGO_URI", "INFERENCE_URL")
@@ -69,16 +70,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def children(ppid: int) -> list[int]:
-    out = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == ppid and fields[0] != "Z":
-            out.append(int(stat.parent.name))
-    return out
+children = child_pids  # Gunicorn's workers
 
 
 def wait_for(cond: Callable[[], bool], timeout_s: float, what: str, step: float = 0.2) -> float:
