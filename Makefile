@@ -34,14 +34,14 @@ test: venv        ## unit + integration tests (starts and stops its own stack)
 test-faults: venv ## fault injection: kill each part mid-stream, 1,000 images per scenario (~6 min)
 	$(PYTHON) -m pytest -q -m faults tests/faults
 
+# pip-audit needs PyPI's JSON API / OSV; offline it reports every package as
+# "not found" and skipped, so its verdict only counts where those are reachable.
 lint: venv        ## static checks: Python (ruff) and the Ansible tree (yamllint, ansible-lint, syntax)
 	$(VENV)/bin/ruff check common producer consumers inference analysis stack tests
 	$(VENV)/bin/yamllint --strict playbook_master.yaml playbooks roles inventory tests/deploy
 	$(VENV)/bin/ansible-lint --offline --profile production playbook_master.yaml playbooks roles inventory tests/deploy
 	$(VENV)/bin/ansible-playbook --syntax-check -i tests/deploy/inventory.yml \
 	  -e @inventory/group_vars/all/vault.yml.example playbook_master.yaml playbooks/*.yaml
-	# Known vulnerabilities in the pinned requirements (needs PyPI's JSON API / OSV;
-	# offline every package is reported as "not found" and skipped).
 	$(VENV)/bin/pip-audit -l --progress-spinner off
 
 deploy: venv      ## Chameleon: create the VMs, install everything, run the experiment (docs/DEPLOY.md)
