@@ -122,7 +122,7 @@ class Supervisor:
 
     # ------------------------------------------------------------ plan
     def plan(self) -> None:
-        from common.settings import KafkaSettings, MongoSettings
+        from common.settings import KafkaSettings, MongoSettings, mask
 
         py = sys.executable
         base_env = {"PYTHONUNBUFFERED": "1"}
@@ -143,7 +143,7 @@ class Supervisor:
         mongo_external = os.environ.get("MONGO_URI")
         if mongo_external:
             self.endpoints["MONGO_URI"] = mongo_external
-            log.info("using external MongoDB at %s", MongoSettings().model_dump()["mongo_uri"])
+            log.info("using external MongoDB at %s", mask(MongoSettings().mongo_uri))
         else:
             port = pick_port("mongo")
             self.endpoints["MONGO_URI"] = f"mongodb://127.0.0.1:{port}"
