@@ -179,16 +179,19 @@ def _cpu_seconds(pid: int) -> float:
         return 0.0
 
 
-def cpu_seconds(stack_dir: Path) -> dict:
-    """CPU seconds (user + system) used so far by each component's process tree."""
-    out = {}
+def _components(stack_dir: Path):
+    """(component name, root pid) for every pid file of the stack."""
     for pid_file in sorted((stack_dir / "pids").glob("*.pid")):
         try:
-            root = int(pid_file.read_text().strip())
+            yield pid_file.stem, int(pid_file.read_text().strip())
         except (OSError, ValueError):
             continue
-        out[pid_file.stem] = sum(_cpu_seconds(p) for p in _tree(root))
-    return out
+
+
+def cpu_seconds(stack_dir: Path) -> dict:
+    """CPU seconds (user + system) used so far by each component's process tree."""
+    return {name: sum(_cpu_seconds(p) for p in _tree(root))
+            for name, root in _components(stack_dir)}
 
 
 def _children_cpu() -> float:
@@ -201,20 +204,16 @@ def _children_cpu() -> float:
 def peak_rss(stack_dir: Path) -> dict:
     """Per component: VmHWM (peak resident set) of every process of its tree, in MiB."""
     out = {}
-    for pid_file in sorted((stack_dir / "pids").glob("*.pid")):
-        try:
-            root = int(pid_file.read_text().strip())
-        except (OSError, ValueError):
-            continue
+    for name, root in _components(stack_dir):
         procs = []
         for p in _tree(root):
             st = _status(p)
             if "VmHWM" in st:
                 procs.append({"pid": p, "name": st.get("Name"),
                               "peak_rss_mib": round(int(st["VmHWM"].split()[0]) / 1024, 1)})
-        out[pid_file.stem] = {"peak_rss_mib": max((x["peak_rss_mib"] for x in procs), default=None),
-                              "total_peak_rss_mib": round(sum(x["peak_rss_mib"] for x in procs), 1),
-                              "processes": procs}
+        out[name] = {"peak_rss_mib": max((x["peak_rss_mib"] for x in procs), default=None),
+                     "total_peak_rss_mib": round(sum(x["peak_rss_mib"] for x in procs), 1),
+                     "processes": procs}
     return out
 
 
