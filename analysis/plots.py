@@ -186,28 +186,26 @@ def plot_stages(runs, out_path, stage_order, result_path, title: str | None = No
             top = None
 
         if top is not None:
-            totals = []
-            for r, (label, data) in enumerate(runs):
-                left = 0.0
+            # Each run's stacked segments (stage, start, median), computed once: the
+            # labels need the widest total before they can be placed.
+            segments = []
+            for _label, data in runs:
+                left, row = 0.0, []
                 for s in path_stages:
-                    if s not in data:
-                        continue
-                    m = _median(data[s])
+                    if s in data:
+                        m = _median(data[s])
+                        row.append((s, left, m))
+                        left += m
+                segments.append(row)
+            totals = [sum(m for _s, _left, m in row) for row in segments]
+            top_max = max(totals) if totals else 1
+            for r, row in enumerate(segments):
+                for s, left, m in row:
                     top.barh(r, m, left=left, color=stage_colours[s], height=0.6,
                              edgecolor="white", linewidth=0.8)
-                    left += m
-                totals.append(left)
-            top_max = max(totals) if totals else 1
-            for r, (label, data) in enumerate(runs):
-                left = 0.0
-                for s in path_stages:
-                    if s not in data:
-                        continue
-                    m = _median(data[s])
                     if m > 0.09 * top_max:
                         top.text(left + m / 2, r, fmt_ms(m), ha="center", va="center",
                                  fontsize=8.5, color="white", fontweight="bold")
-                    left += m
                 top.text(totals[r] + 0.01 * top_max, r, f"{fmt_ms(totals[r])} ms",
                          va="center", fontsize=9)
             top.set_yticks(range(n_runs), [label for label, _ in runs])
