@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 
 from common.schema import (InvalidMessage, check_png_header, dumps, make_result_message,
                            parse_image_message, parse_result_message)
+from tests.support import HANG_GUARD_S, eventually
 from tests.hostile import (JSON_VALUES, hostile_messages, new_tag, png_bytes, valid_message,
                            wrong_images)
 
@@ -202,7 +203,7 @@ def test_hostile_messages_end_in_the_dlq_and_valid_ones_flow(hostile_env, data):
     h["producer"].flush()
     h["tried"].extend(w for w, _v in sent)
 
-    deadline = time.monotonic() + 45
+    deadline = time.monotonic() + HANG_GUARD_S
     pending = {where: value for where, value in sent}
     while pending and time.monotonic() < deadline:
         for where, value in list(pending.items()):
@@ -221,7 +222,7 @@ def test_hostile_messages_end_in_the_dlq_and_valid_ones_flow(hostile_env, data):
     _consumers_alive(h)
 
 
-def _wait_stored(h, where, msg, timeout_s=60) -> bool:
+def _wait_stored(h, where, msg, timeout_s=HANG_GUARD_S) -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if _settled(h, where, msg["image_id"]) == "stored":
@@ -255,12 +256,9 @@ def test_duplicate_image_ids_with_different_content(hostile_env):
     twin = valid_message(tag, 4, seed=4, image_id=other["image_id"], device=f"{tag}-cam")
     w3 = _send(h, dumps(other), other["device_id"].encode())
     w4 = _send(h, dumps(twin), twin["device_id"].encode())
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        doc = h["col"].find_one({"_id": image_id})
-        if doc and doc.get("seq") == 2 and doc.get("prediction") and doc.get("prediction_stored_at"):
-            break
-        time.sleep(0.3)
+    doc = eventually(lambda: (d := h["col"].find_one({"_id": image_id})) and d.get("seq") == 2
+                     and d.get("prediction") and d.get("prediction_stored_at") and d)
+    assert doc, h["col"].find_one({"_id": image_id})
     assert h["col"].count_documents({"_id": image_id}) == 1
     assert doc["seq"] == 2 and doc["device_id"] == second["device_id"]
     assert base64.b64encode(doc["image"]).decode() == second["image"]

@@ -19,6 +19,7 @@ from analysis.summary import close_run
 from common.labels import CIFAR10_CLASSES
 from common.schema import dumps, encode_png, make_image_message, make_result_message
 from common.settings import KafkaSettings, MongoSettings
+from tests.support import HANG_GUARD_S
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.integration
@@ -37,8 +38,8 @@ def collection(env):
 
 def run_producer(env, out: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "producer", "--out", str(out), "--no-progress",
-                           "--result-timeout", "90", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=240)
+                           "--result-timeout", str(HANG_GUARD_S), *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=2 * HANG_GUARD_S)
 
 
 def test_every_image_is_classified_and_stored_once(local_stack, tmp_path):
@@ -47,7 +48,7 @@ def test_every_image_is_classified_and_stored_once(local_stack, tmp_path):
                         "--producer-id", "it-flow")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "effective settings" in proc.stderr and "KAFKA_BOOTSTRAP_SERVERS=" in proc.stderr
-    summary = close_run(tmp_path, collection(env), timeout_s=60)
+    summary = close_run(tmp_path, collection(env), timeout_s=HANG_GUARD_S)
     assert summary["sent"] == 60 and summary["results"] == 60
     assert summary["stored_with_prediction"] == 60 and summary["lost"] == 0
     assert summary["duplicate_documents"] == 0
@@ -73,7 +74,7 @@ def test_every_image_is_classified_and_stored_once(local_stack, tmp_path):
     assert all(line.split(",")[6] for line in stages[1:])  # stored_at filled from MongoDB
 
 
-def read_topic(settings: KafkaSettings, topic: str, want, timeout_s: float = 60) -> list[dict]:
+def read_topic(settings: KafkaSettings, topic: str, want, timeout_s: float = HANG_GUARD_S) -> list[dict]:
     """All JSON records of ``topic`` read from the start until ``want(records)`` holds."""
     from kafka import KafkaConsumer, TopicPartition
 
@@ -150,7 +151,7 @@ def test_bad_input_goes_to_the_dead_letter_topic_and_valid_input_still_flows(loc
                for d in dead)
     # The valid image sent after the bad ones was classified and stored.
     col = collection(env)
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + HANG_GUARD_S
     while time.monotonic() < deadline:
         doc = col.find_one({"_id": after["image_id"]})
         if doc and doc.get("prediction"):
@@ -166,7 +167,7 @@ def test_supervisor_restarts_a_killed_component(local_stack, tmp_path):
     out = subprocess.run([sys.executable, "-m", "stack", "kill", "db-consumer"], cwd=ROOT, env=env,
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + HANG_GUARD_S
     new = old
     while new == old and time.monotonic() < deadline:
         time.sleep(0.3)
@@ -177,7 +178,7 @@ def test_supervisor_restarts_a_killed_component(local_stack, tmp_path):
     assert new != old and os.path.exists(f"/proc/{new}")
     proc = run_producer(env, tmp_path, "--count", "20", "--rate", "40", "--producer-id", "it-restart")
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert close_run(tmp_path, collection(env), timeout_s=90)["lost"] == 0
+    assert close_run(tmp_path, collection(env), timeout_s=HANG_GUARD_S)["lost"] == 0
 
 
 def test_demo_command_writes_the_run_directory(local_stack, tmp_path):
@@ -227,7 +228,7 @@ def test_a_corrupt_image_in_a_batch_is_dead_lettered_and_the_rest_classified(loc
     mine = [d for d in dead if broken["image_id"] in d.get("payload", "")]
     assert mine and mine[0]["reason"].startswith("inference failed"), mine
     col = collection(env)
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + HANG_GUARD_S
     while time.monotonic() < deadline:
         done = col.count_documents({"producer_id": tag, "prediction": {"$exists": True}})
         if done == len(good):

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import HANG_GUARD_S
+
 ROOT = Path(__file__).resolve().parent.parent
 
 # ------------------------------------------------------------------ secret scan
@@ -151,7 +153,7 @@ SECRETS = {"KAFKA_SASL_PASSWORD": "kafka-pw-5f3c1a", "MONGO_URI": "mongodb://iot
 RAW = ("kafka-pw-5f3c1a", "mongo-pw-8b2d4e", "token-9c7e2f")
 
 
-def _run_until_settings_logged(module: str, extra_env: dict, timeout_s: float = 60) -> str:
+def _run_until_settings_logged(module: str, extra_env: dict, timeout_s: float = HANG_GUARD_S) -> str:
     env = {**os.environ, **SECRETS, **extra_env, "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1",
            "KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT", "KAFKA_SASL_USERNAME": "iot",
            "PYTHONUNBUFFERED": "1", "LOG_LEVEL": "DEBUG"}

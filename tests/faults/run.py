@@ -30,6 +30,7 @@ fault ended, or if no gap reached 1 s: the normal cadence of batches).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -52,6 +53,8 @@ from stack.supervisor import child_pids  # noqa: E402
 SAMPLE = ROOT.parent / "shared" / "data" / "cifar-10-python-sample.tar.gz"
 STACK_ENV_KEYS = ("KAFKA_BOOTSTRAP_SERVERS", "MONGO_URI", "INFERENCE_URL")
 PY = sys.executable
+# A hang guard, not a performance bound: only a part that never finishes reaches it.
+HANG_GUARD_S = float(os.environ.get("HANG_GUARD_S", 600))
 
 
 def say(msg: str) -> None:
@@ -188,7 +191,7 @@ def kill_component(name: str):
     def inject(stack: Stack, note: dict) -> tuple[float, float]:
         old = stack.pid(name)
         t = stack.send(name, signal.SIGKILL)  # = python -m stack kill NAME
-        wait_for(lambda: stack.restarted(name, old), 60, f"{name} restarted")
+        wait_for(lambda: stack.restarted(name, old), HANG_GUARD_S, f"{name} restarted")
         note["restarted_after_s"] = round(time.time() - t, 2)
         return t, t
     return inject
@@ -204,7 +207,7 @@ def kill_gunicorn_worker(stack: Stack, note: dict) -> tuple[float, float]:
     os.kill(victim, signal.SIGKILL)
     note.update(master=master, killed_worker=victim, workers_before=len(workers))
     wait_for(lambda: victim not in children(master) and len(children(master)) == len(workers),
-             60, "gunicorn replaced the worker")
+             HANG_GUARD_S, "gunicorn replaced the worker")
     note["master_alive"] = Path(f"/proc/{master}").exists() and stack.pid("inference") == master
     return t, t
 
@@ -214,7 +217,7 @@ def inference_down_20s(stack: Stack, note: dict) -> tuple[float, float]:
     time.sleep(20)
     t1 = time.time()
     stack.stack("resume", "inference")
-    wait_for(lambda: http_ready(stack.env["INFERENCE_URL"]), 240, "inference service back")
+    wait_for(lambda: http_ready(stack.env["INFERENCE_URL"]), HANG_GUARD_S, "inference service back")
     note["ready_after_resume_s"] = round(time.time() - t1, 2)
     return t0, t1
 
@@ -228,7 +231,7 @@ def rebalance(stack: Stack, note: dict) -> tuple[float, float]:
                             stdout=log, stderr=log, stdin=subprocess.DEVNULL)
     log.close()
     try:
-        note["joined_after_s"] = round(wait_for(marker.exists, 60, "second consumer joined"), 2)
+        note["joined_after_s"] = round(wait_for(marker.exists, HANG_GUARD_S, "second consumer joined"), 2)
         time.sleep(5)  # let it own partitions and work for a while
     finally:
         proc.send_signal(signal.SIGTERM)  # graceful: finish the batch, commit, leave the group
@@ -324,7 +327,7 @@ def check_documents(collection, producer_id: str, sent_ids: set[str]) -> dict:
 
 class FaultSuite:
     def __init__(self, out: Path, *, images: int = 1000, rate: float = 40.0, fault_at: float = 0.3,
-                 result_timeout_s: float = 150.0):
+                 result_timeout_s: float = HANG_GUARD_S):
         self.out = out
         self.images, self.rate, self.fault_at = images, rate, fault_at
         self.result_timeout_s = result_timeout_s
@@ -398,7 +401,7 @@ class FaultSuite:
         if "error" in box:
             raise box["error"]
         col = self.stack.collection()
-        summary = close_run(run_dir, col, timeout_s=120, extra=extra)
+        summary = close_run(run_dir, col, timeout_s=HANG_GUARD_S, extra=extra)
         sent_ids = {r["image_id"] for r in read_csv(run_dir / "latencies.csv")}
         docs = check_documents(col, producer_id, sent_ids)
         col.database.client.close()
@@ -442,7 +445,7 @@ class FaultSuite:
             f"fault after {self.fault_at:.0%})")
         run_dir, producer_id, progress, thread, box = self._fleet(name, self.images, self.rate)
         wait_for(lambda: self._progress(progress)["sent"] >= self.images * self.fault_at or "error" in box
-                 or not thread.is_alive(), 120, "producer started")
+                 or not thread.is_alive(), HANG_GUARD_S, "producer started")
         p = self._progress(progress)
         note: dict = {}
         t_start, t_end = fault.inject(self.stack, note)
@@ -483,18 +486,18 @@ class FaultSuite:
         return row
 
     # ---------------------------------------------------------------- slow / overload
-    def run_slow(self, slowdown_s: float = 7.0, max_poll_ms: int = 5000, count: int = 240,
-                 rate: float = 20.0) -> dict:
-        """One batch takes longer than max.poll.interval.ms: the consumer must keep its
-        group membership (no rebalance loop, no re-processing storm) and drain the lag."""
-        name = "slow-inference"
-        self._images = {**getattr(self, "_images", {}), name: count}
-        say(f"{name}: service sleeps {slowdown_s:g} s per batch, consumer "
-            f"KAFKA_MAX_POLL_INTERVAL_MS={max_poll_ms}; {count} images at {rate:g}/s")
+    @contextlib.contextmanager
+    def _throttled(self, tag: str, slowdown_s: float, consumer_env: dict):
+        """A second inference service whose model sleeps ``slowdown_s`` per batch, and an
+        inference consumer using it in place of the stack's (paused meanwhile).
+
+        The sleep bounds the service's capacity from above by construction
+        (``batch / slowdown_s`` images/s whatever the machine), so a producer offered a
+        multiple of that is in overload on a fast machine and on a slow one alike."""
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         logs = self.stack.dir / "logs"
-        glog = open(logs / "slow-inference.log", "ab")
+        glog = open(logs / f"{tag}-inference.log", "ab")
         gunicorn = subprocess.Popen(
             [PY, "-m", "gunicorn", "-c", "inference/gunicorn.conf.py", "inference:create_app()"],
             cwd=ROOT, env={**self.stack.env, "INFERENCE_BIND": f"127.0.0.1:{port}",
@@ -502,27 +505,22 @@ class FaultSuite:
             stdout=glog, stderr=glog, stdin=subprocess.DEVNULL, start_new_session=True)
         glog.close()
         consumer = None
-        clog_path = logs / "slow-inference-consumer.log"
+        clog_path = logs / f"{tag}-consumer.log"
         try:
-            wait_for(lambda: http_ready(url), 240, "slowed inference service ready")
+            wait_for(lambda: http_ready(url), HANG_GUARD_S, "throttled inference service ready")
             self.stack.stack("pause", "inference-consumer")
             old = self.stack.pid("inference-consumer")
-            wait_for(lambda: old is None or not Path(f"/proc/{old}").exists(), 60,
+            wait_for(lambda: old is None or not Path(f"/proc/{old}").exists(), HANG_GUARD_S,
                      "stack inference consumer stopped")
-            marker = self.stack.dir / "state" / "slow-consumer.joined"
+            marker = self.stack.dir / "state" / f"{tag}-consumer.joined"
             clog = open(clog_path, "ab")
             consumer = subprocess.Popen(
                 [PY, "-m", "consumers.inference"], cwd=ROOT,
-                env={**self.stack.env, "INFERENCE_URL": url, "READY_FILE": str(marker),
-                     "KAFKA_MAX_POLL_INTERVAL_MS": str(max_poll_ms), "BATCH_SIZE": "64",
-                     "INFERENCE_TIMEOUT_S": "60"},
+                env={**self.stack.env, "INFERENCE_URL": url, "READY_FILE": str(marker), **consumer_env},
                 stdout=clog, stderr=clog, stdin=subprocess.DEVNULL)
             clog.close()
-            wait_for(marker.exists, 60, "slow consumer joined")
-            run_dir, producer_id, progress, thread, box = self._fleet(name, count, rate)
-            self._watch(thread, box)
-            lag = box.get("lag", [])
-            row = self._close(name, run_dir, producer_id, box, {"fault": name})
+            wait_for(marker.exists, HANG_GUARD_S, f"{tag} consumer joined")
+            yield clog_path
         finally:
             if consumer is not None:
                 consumer.send_signal(signal.SIGTERM)
@@ -538,7 +536,23 @@ class FaultSuite:
             old = self.stack.pid("inference-consumer")
             self.stack.stack("resume", "inference-consumer")
             wait_for(lambda: self.stack.restarted("inference-consumer", old)
-                     and self.stack.joined("inference-consumer"), 90, "stack inference consumer back")
+                     and self.stack.joined("inference-consumer"), HANG_GUARD_S,
+                     "stack inference consumer back")
+
+    def run_slow(self, slowdown_s: float = 7.0, max_poll_ms: int = 5000, count: int = 240,
+                 rate: float = 20.0) -> dict:
+        """One batch takes longer than max.poll.interval.ms: the consumer must keep its
+        group membership (no rebalance loop, no re-processing storm) and drain the lag."""
+        name = "slow-inference"
+        self._images = {**getattr(self, "_images", {}), name: count}
+        say(f"{name}: service sleeps {slowdown_s:g} s per batch, consumer "
+            f"KAFKA_MAX_POLL_INTERVAL_MS={max_poll_ms}; {count} images at {rate:g}/s")
+        with self._throttled(name, slowdown_s, {"KAFKA_MAX_POLL_INTERVAL_MS": str(max_poll_ms),
+                                                "BATCH_SIZE": "64", "INFERENCE_TIMEOUT_S": "60"}) as clog_path:
+            run_dir, producer_id, progress, thread, box = self._fleet(name, count, rate)
+            self._watch(thread, box)
+            lag = box.get("lag", [])
+            row = self._close(name, run_dir, producer_id, box, {"fault": name})
         clog_text = clog_path.read_text(errors="replace")
         peak = max((n for _t, n in lag), default=0)
         row.pop("_stored_times")
@@ -549,8 +563,10 @@ class FaultSuite:
                    poll_interval_expiries=clog_text.count("poll timeout")
                    + clog_text.count("Heartbeat poll expired"),
                    recovery_s=None, max_stall_s=None)
+        # Not timing: a consumer that keeps its membership never fails a commit, never sees
+        # its poll interval expire and never publishes a result twice, however slow the host.
         row["ok"] = (row["ok"] and row["commit_failures"] == 0 and row["poll_interval_expiries"] == 0
-                     and row["duplicated_result_messages"] == 0 and peak > 64)
+                     and row["duplicated_result_messages"] == 0)
         if not row["ok"]:
             row["consumer_log"] = clog_text[-3000:]
         self.results.append(row)
@@ -561,31 +577,42 @@ class FaultSuite:
             f"p50 {row['e2e_ms'].get('p50')} ms, max {row['e2e_ms'].get('max')} ms")
         return row
 
-    def run_overload(self, count: int | None = None, rate: float | None = None) -> dict:
-        """The producer sends faster than the pipeline can classify: latency grows, nothing is lost."""
+    def run_overload(self, count: int | None = None, batch: int = 16, slowdown_s: float = 0.5) -> dict:
+        """The producer offers several times what the pipeline can classify: a backlog forms
+        and drains, nothing is lost.
+
+        Overload is created, not assumed: the service sleeps ``slowdown_s`` per batch of at
+        most ``batch`` images, so its capacity is at most ``batch / slowdown_s`` (32 img/s by
+        default) on any machine, and the producer is offered 4x that.  What is asserted is
+        not timing: nothing lost, every result back (backlog drained), no crash.  The latency
+        growth and the peak backlog are figures in the report, not conditions."""
         name = "overload"
         count = count or self.images
-        rate = rate or self.rate * 4
+        ceiling = batch / slowdown_s
+        rate = 4 * ceiling
         self._images = {**getattr(self, "_images", {}), name: count}
-        say(f"{name}: {count} images at {rate:g}/s (above capacity)")
-        run_dir, producer_id, progress, thread, box = self._fleet(name, count, rate)
-        peak = self._watch(thread, box)
-        row = self._close(name, run_dir, producer_id, box, {"fault": name})
+        say(f"{name}: {count} images at {rate:g}/s to a service throttled to <= {ceiling:g} img/s "
+            f"({slowdown_s:g} s per batch of <= {batch})")
+        with self._throttled(name, slowdown_s, {"BATCH_SIZE": str(batch)}):
+            run_dir, producer_id, progress, thread, box = self._fleet(name, count, rate)
+            peak = self._watch(thread, box)
+            row = self._close(name, run_dir, producer_id, box, {"fault": name})
         row.pop("_stored_times")
         lat = sorted((float(r["sent_at"]), float(r["e2e_ms"]))
                      for r in read_csv(run_dir / "latencies.csv") if r["e2e_ms"])
         tenth = max(1, len(lat) // 10)
-        first = sorted(e for _s, e in lat[:tenth])[tenth // 2]
-        last = sorted(e for _s, e in lat[-tenth:])[tenth // 2]
-        row.update(stage="results", what=f"producer at {rate:g} img/s", peak_lag=peak,
-                   e2e_first_tenth_p50_ms=round(first, 1), e2e_last_tenth_p50_ms=round(last, 1),
+        first = sorted(e for _s, e in lat[:tenth])[tenth // 2] if lat else None
+        last = sorted(e for _s, e in lat[-tenth:])[tenth // 2] if lat else None
+        row.update(stage="results", what=f"producer at {rate:g} img/s, service capacity <= {ceiling:g} img/s",
+                   peak_lag=peak, capacity_ceiling_img_s=ceiling, offered_img_s=rate,
+                   e2e_first_tenth_p50_ms=first and round(first, 1),
+                   e2e_last_tenth_p50_ms=last and round(last, 1),
                    recovery_s=None, max_stall_s=None)
-        capacity = row["throughput_img_s"] or 0
-        row["ok"] = row["ok"] and capacity < rate and last > 2 * first
         self.results.append(row)
         say(f"{name}: {'OK' if row['ok'] else 'FAILED'} lost {row['lost']}, results "
-            f"{row['results']}/{row['images']}, throughput {capacity:.1f} img/s < {rate:g}, "
-            f"e2e p50 first tenth {first:.0f} ms -> last tenth {last:.0f} ms, peak lag {peak}")
+            f"{row['results']}/{row['images']}, throughput {row['throughput_img_s'] or 0:.1f} img/s "
+            f"(offered {rate:g}, ceiling {ceiling:g}), e2e p50 first tenth {first or 0:.0f} ms -> "
+            f"last tenth {last or 0:.0f} ms, peak backlog {peak}")
         return row
 
     # ---------------------------------------------------------------- report
