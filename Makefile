@@ -26,7 +26,7 @@ status: venv
 	$(PYTHON) -m stack status
 
 demo: venv        ## the whole pipeline once: 300 images, results/latest/
-	$(PYTHON) -m stack.demo
+	$(PYTHON) -m experiments.demo
 
 test: venv        ## unit + integration tests (starts and stops its own stack)
 	$(PYTHON) -m pytest -q tests
@@ -36,8 +36,9 @@ test-faults: venv ## fault injection: kill each part mid-stream, 1,000 images pe
 
 # pip-audit needs PyPI's JSON API / OSV; offline it reports every package as
 # "not found" and skipped, so its verdict only counts where those are reachable.
-lint: venv        ## static checks: Python (ruff) and the Ansible tree (yamllint, ansible-lint, syntax)
-	$(VENV)/bin/ruff check common producer consumers inference analysis stack tests
+lint: venv        ## static checks: Python (ruff, layer contract) and the Ansible tree (yamllint, ansible-lint, syntax)
+	$(VENV)/bin/ruff check common producer consumers inference analysis stack experiments tests
+	$(VENV)/bin/lint-imports
 	$(VENV)/bin/yamllint --strict playbook_master.yaml playbooks roles inventory tests/deploy
 	$(VENV)/bin/ansible-lint --offline --profile production playbook_master.yaml playbooks roles inventory tests/deploy
 	$(VENV)/bin/ansible-playbook --syntax-check -i tests/deploy/inventory.yml \
@@ -51,7 +52,7 @@ teardown: venv    ## Chameleon: delete every cloud resource the deployment creat
 	$(VENV)/bin/ansible-playbook playbooks/teardown.yaml $(ARGS)
 
 bench: venv       ## throughput/latency vs the bare model and the per-message design (~6 min)
-	$(PYTHON) -m analysis.bench
+	$(PYTHON) -m experiments.bench
 
 serve: venv       ## the inference service alone, in the foreground
 	$(PYTHON) -m gunicorn -c inference/gunicorn.conf.py 'inference:create_app()'
@@ -60,7 +61,7 @@ train: venv       ## train ResNet50 on CIFAR-10 (DATASET_SOURCE) for MODEL_WEIGH
 	$(PYTHON) -m inference.train $(if $(DATASET_SOURCE),--dataset-source $(DATASET_SOURCE)) --out results/resnet50-cifar10.weights.h5
 
 experiment: venv  ## latency sweep over 1..N producers
-	$(PYTHON) -m analysis.experiment
+	$(PYTHON) -m experiments.experiment
 
 clean: down
 	rm -rf .run .pytest_cache

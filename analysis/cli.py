@@ -30,7 +30,7 @@ import json
 import sys
 from pathlib import Path
 
-from analysis.latencies import LatencyFileError
+from common.rundir import LatencyFileError
 from analysis.report import (labelled_pairs, markdown_table, percentile_row, run_accuracy,
                              accuracy_of, write_percentiles_csv)
 from analysis.runs import (MONGO_COLLECTION, MONGO_DATABASE, RESULT_PATH, STAGES,

@@ -6,17 +6,13 @@ Only ``latencies.csv`` is required; everything else adds what it can.
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from analysis.latencies import LatencyFileError, LatencyRow, read_latencies
-
-STAGE_COLUMNS = ("image_id", "sent_at", "received_at", "inferred_at", "published_at",
-                 "result_at", "stored_at")
+from common.rundir import LatencyFileError, LatencyRow, read_latencies, read_stages
 
 # (label, start timestamp, end timestamp).  The first four are consecutive
 # segments of the result path (they add up to e2e for one image); the last two
@@ -124,18 +120,6 @@ class Run:
 
 # ------------------------------------------------------------------ run directories
 
-def _float_or_none(text: str, where: str) -> float | None:
-    if text == "":
-        return None
-    try:
-        value = float(text)
-    except ValueError:
-        raise AnalysisInputError(f"{where}: not a number: {text!r}") from None
-    if not math.isfinite(value):
-        raise AnalysisInputError(f"{where}: not a finite number: {text!r}")
-    return value
-
-
 def read_summary(path: Path) -> dict:
     if not path.is_file():
         return {}
@@ -146,37 +130,6 @@ def read_summary(path: Path) -> dict:
     if not isinstance(data, dict):
         raise AnalysisInputError(f"{path}: expected a JSON object")
     return data
-
-
-def read_stages(path: Path) -> dict[str, dict[str, float]]:
-    """stages.csv -> image id -> {column: unix seconds} (empty cells left out)."""
-    if not path.is_file():
-        return {}
-    out: dict[str, dict[str, float]] = {}
-    with open(path, newline="") as fh:
-        reader = csv.reader(fh)
-        header = next(reader, None)
-        if header is None:
-            return {}
-        if "image_id" not in header:
-            raise AnalysisInputError(f"{path}:1: header lacks column image_id")
-        known = [c for c in header if c in STAGE_COLUMNS or c == "prediction_stored_at"]
-        for line_no, fields in enumerate(reader, start=2):
-            if not fields:
-                continue
-            if len(fields) != len(header):
-                raise AnalysisInputError(
-                    f"{path}:{line_no}: expected {len(header)} fields, found {len(fields)}")
-            record = dict(zip(header, fields))
-            times = {}
-            for col in known:
-                if col == "image_id":
-                    continue
-                value = _float_or_none(record[col], f"{path}:{line_no}: column {col}")
-                if value is not None:
-                    times[col] = value
-            out[record["image_id"]] = times
-    return out
 
 
 def _stages_from_rows(rows: list[LatencyRow]) -> dict[str, dict[str, float]]:

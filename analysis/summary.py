@@ -9,18 +9,16 @@ the images sent (it must be 0).
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import time
 from pathlib import Path
 
-from analysis.latencies import LatencyRow, read_latencies
+from common.rundir import LatencyRow, add_stored_at, read_latencies
 from analysis.stats import latency_summary
 
 log = logging.getLogger(__name__)
 
-STAGE_FIELDS = ("received_at", "inferred_at", "published_at", "stored_at")
 
 
 def _stored(collection, ids: list[str]) -> dict[str, dict]:
@@ -76,25 +74,6 @@ def summarize(rows: list[LatencyRow], docs: dict[str, dict] | None, *,
     return summary
 
 
-def add_stored_at(run_dir: Path, docs: dict[str, dict]) -> None:
-    """Fill stages.csv's stored_at column from MongoDB."""
-    path = run_dir / "stages.csv"
-    if not path.exists():
-        return
-    with open(path, newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    if not rows:
-        return
-    for row in rows:
-        doc = docs.get(row["image_id"])
-        if doc and doc.get("stored_at"):
-            row["stored_at"] = doc["stored_at"]
-    with open(path, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0].keys()))
-        writer.writeheader()
-        writer.writerows(rows)
-
-
 def close_run(run_dir: Path, collection, *, timeout_s: float = 60.0, extra: dict | None = None,
               progress=None) -> dict:
     """Wait for MongoDB, write summary.json (and stored_at into stages.csv); return the summary."""
@@ -110,21 +89,6 @@ def close_run(run_dir: Path, collection, *, timeout_s: float = 60.0, extra: dict
     summary = summarize(rows, docs, producer_docs=producer_docs, extra=extra)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
-
-
-def merge_latencies(parts: list[Path], out: Path) -> None:
-    """Concatenate per-producer CSV files (same header) into one."""
-    header_written = False
-    with open(out, "w", newline="") as dst:
-        for part in parts:
-            with open(part, newline="") as src:
-                lines = src.readlines()
-            if not lines:
-                continue
-            if not header_written:
-                dst.write(lines[0])
-                header_written = True
-            dst.writelines(lines[1:])
 
 
 def format_table(summary: dict) -> str:

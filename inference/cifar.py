@@ -1,6 +1,6 @@
 """CIFAR-10 for training, as arrays: a thin view over the producer's loader.
 
-``producer.dataset`` already reads the official archive (tarball, directory or
+``common.dataset`` already reads the official archive (tarball, directory or
 URL, md5-checked download); training needs the same images with class indices.
 """
 
@@ -13,7 +13,7 @@ from common.labels import CIFAR10_CLASSES
 
 def load_cifar10(source: str, split: str = "train") -> tuple[np.ndarray, np.ndarray]:
     """Return (images uint8 N x 32 x 32 x 3, labels int64 N) of ``split`` ("train" or "test")."""
-    from producer import dataset
+    from common import dataset
 
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', not {split!r}")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from common.log import setup_logging
 from common.settings import DatasetSettings, KafkaSettings, ProducerSettings, describe
-from producer import dataset as datasets
+from common import dataset as datasets
 from producer.camera import new_producer_id, run_cameras, write_run_files
 
 log = logging.getLogger("producer")

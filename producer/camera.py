@@ -18,13 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from common.kafka_io import make_consumer, make_producer
+from common.rundir import write_latencies, write_stages
 from common.schema import dumps, encode_png, make_image_message
 from common.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
-
-STAGE_COLUMNS = ("image_id", "sent_at", "received_at", "inferred_at", "published_at",
-                 "result_at", "stored_at")
 
 
 @dataclass
@@ -211,14 +209,5 @@ def run_cameras(*, kafka: KafkaSettings, dataset, producer_id: str, count: int, 
 
 
 def write_run_files(run: ProducerRun, out_dir: Path) -> None:
-    import csv
-
-    from analysis.latencies import write_latencies
-
-    out_dir.mkdir(parents=True, exist_ok=True)
     write_latencies(out_dir / "latencies.csv", run.latency_rows())
-    with open(out_dir / "stages.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=STAGE_COLUMNS)
-        writer.writeheader()
-        for row in run.stage_rows():
-            writer.writerow({k: "" if v is None else v for k, v in row.items()})
+    write_stages(out_dir / "stages.csv", run.stage_rows())

@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import psutil
+
 log = logging.getLogger("stack")
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -68,33 +70,19 @@ def tansu_binary() -> Path:
 
 
 def pid_alive(pid: int) -> bool:
+    """Running (a zombie child that was not reaped yet counts as dead)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie child still "exists"; treat it as dead.
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().split(") ")[-1][:1] != "Z"
-    except OSError:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
         return False
 
 
 def child_pids(pid: int) -> list[int]:
-    """Live child processes of ``pid`` (Gunicorn's workers, say), read from /proc."""
-    found: list[int] = []
+    """Live child processes of ``pid`` (Gunicorn's workers, say)."""
     try:
-        tasks = list(Path(f"/proc/{pid}/task").iterdir())
-    except OSError:
-        return found
-    for task in tasks:
-        try:
-            found += [int(c) for c in (task / "children").read_text().split()]
-        except OSError:
-            pass
-    return [c for c in found if pid_alive(c)]
+        return [c.pid for c in psutil.Process(pid).children() if pid_alive(c.pid)]
+    except psutil.Error:
+        return []
 
 
 @dataclass

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import os
 import pickle
 import subprocess
 import sys
@@ -13,9 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from stack.control import LocalStack
+from stack.supervisor import pid_alive
+
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_SAMPLE = ROOT.parent / "shared" / "data" / "cifar-10-python-sample.tar.gz"
-STACK_ENV_KEYS = ("KAFKA_BOOTSTRAP_SERVERS", "MONGO_URI", "INFERENCE_URL")
 
 
 def make_cifar_archive(path: Path, per_batch: int = 20) -> Path:
@@ -45,47 +46,23 @@ def cifar_archive(tmp_path_factory) -> Path:
     return make_cifar_archive(tmp_path_factory.mktemp("cifar") / "cifar-10-python.tar.gz")
 
 
-def read_env_file(path: Path) -> dict:
-    return dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
-
-
 @pytest.fixture(scope="session")
 def local_stack(tmp_path_factory, cifar_archive):
     """The real embedded stack (Kafka-protocol broker, MongoDB wire server, Gunicorn,
     both consumers) on free ports, started once for the session and stopped after."""
-    stack_dir = tmp_path_factory.mktemp("stack")
-    env = {k: v for k, v in os.environ.items() if k not in STACK_ENV_KEYS}
-    env.update(STACK_DIR=str(stack_dir), STACK_KAFKA_PORT="0", STACK_MONGO_PORT="0",
-               STACK_INFERENCE_PORT="0", MODEL_WEIGHTS="random", GUNICORN_WORKERS="1",
-               DATASET_SOURCE=str(cifar_archive), BATCH_WAIT_MS="20")
-    up = subprocess.run([sys.executable, "-m", "stack", "up", "--timeout", "300"], cwd=ROOT,
-                        env=env, capture_output=True, text=True)
-    if up.returncode != 0:
-        logs = "\n".join(f"== {p.name}\n{p.read_text(errors='replace')[-3000:]}"
-                         for p in sorted((stack_dir / "logs").glob("*.log")))
-        pytest.fail(f"stack up failed:\n{up.stdout}\n{up.stderr}\n{logs}")
-    env.update(read_env_file(stack_dir / "stack.env"))
-    yield {"dir": stack_dir, "env": env}
-    pids = stack_processes(stack_dir)
-    down = subprocess.run([sys.executable, "-m", "stack", "down"], cwd=ROOT, env=env,
+    stack = LocalStack(tmp_path_factory.mktemp("stack"),
+                       {"MODEL_WEIGHTS": "random", "GUNICORN_WORKERS": "1",
+                        "DATASET_SOURCE": str(cifar_archive), "BATCH_WAIT_MS": "20"}, timeout_s=300)
+    try:
+        stack.start()
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
+    yield {"dir": stack.dir, "env": stack.env, "stack": stack}
+    pids = stack.processes()
+    down = subprocess.run([sys.executable, "-m", "stack", "down"], cwd=ROOT, env=stack.env,
                           capture_output=True, text=True, timeout=120)
     assert down.returncode == 0, down.stderr
     # `stack down` must leave no process behind (gunicorn workers included).
-    left = [pid for pid in pids if Path(f"/proc/{pid}").exists()
-            and Path(f"/proc/{pid}/stat").read_text().split(") ")[-1][:1] != "Z"]
+    left = [pid for pid in pids if pid_alive(pid)]
     assert not left, f"processes left after 'stack down': {left}"
-    assert not list((stack_dir / "pids").glob("*.pid"))
-
-
-def stack_processes(stack_dir: Path) -> list[int]:
-    """The supervisor, every component and their children (gunicorn workers)."""
-    pids = []
-    for pid_file in [stack_dir / "supervisor.pid", *(stack_dir / "pids").glob("*.pid")]:
-        try:
-            pids.append(int(pid_file.read_text()))
-        except (OSError, ValueError):
-            continue
-    from stack.supervisor import child_pids
-
-    children = [c for pid in pids for c in child_pids(pid)]
-    return pids + children
+    assert not list((stack.dir / "pids").glob("*.pid"))

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from analysis.cli import main
-from analysis.latencies import write_latencies
+from common.rundir import write_latencies
 from analysis.runs import load_mongo_run, load_run
 
 REPO = Path(__file__).resolve().parents[1]

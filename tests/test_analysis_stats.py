@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from analysis.latencies import COLUMNS, LatencyFileError, read_latencies, write_latencies
+from common.rundir import COLUMNS, LatencyFileError, read_latencies, write_latencies
 from analysis.stats import latency_summary, percentile
 
 

@@ -1,4 +1,4 @@
-"""``python -m analysis.bench --smoke``: the benchmark's machinery and output files.
+"""``python -m experiments.bench --smoke``: the benchmark's machinery and output files.
 
 A benchmark is not a test: this checks that the smoke run starts and stops its own
 stacks, writes bench.json (with every documented key) and bench.png and prints the
@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from analysis.bench import BASELINE_ENV, peak_rss
+from experiments.bench import BASELINE_ENV
+from stack.control import peak_rss
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -44,7 +45,7 @@ def test_bench_smoke_writes_files_and_keys(tmp_path, cifar_archive):
     env = {k: v for k, v in os.environ.items()
            if k not in ("KAFKA_BOOTSTRAP_SERVERS", "MONGO_URI", "INFERENCE_URL", "STACK_DIR")}
     env.update(DATASET_SOURCE=str(cifar_archive), MODEL_WEIGHTS="random")
-    proc = subprocess.run([sys.executable, "-m", "analysis.bench", "--smoke", "--out", str(out)],
+    proc = subprocess.run([sys.executable, "-m", "experiments.bench", "--smoke", "--out", str(out)],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     result = json.loads((out / "bench.json").read_text())

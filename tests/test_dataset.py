@@ -6,7 +6,7 @@ import tarfile
 import numpy as np
 import pytest
 
-from producer import dataset as ds
+from common import dataset as ds
 from tests.conftest import make_cifar_archive
 
 

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.integration
 
 def test_experiment_sweep_writes_runs_and_analysis(local_stack, tmp_path):
     out = tmp_path / "exp"
-    proc = subprocess.run([sys.executable, "-m", "analysis.experiment", "--producers", "1", "2",
+    proc = subprocess.run([sys.executable, "-m", "experiments.experiment", "--producers", "1", "2",
                            "--images", "15", "--rate", "15", "--pause", "0", "--out", str(out)],
                           cwd=ROOT, env=local_stack["env"], capture_output=True, text=True,
                           timeout=400)

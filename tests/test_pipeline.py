@@ -183,7 +183,7 @@ def test_supervisor_restarts_a_killed_component(local_stack, tmp_path):
 
 def test_demo_command_writes_the_run_directory(local_stack, tmp_path):
     env = local_stack["env"]
-    out = subprocess.run([sys.executable, "-m", "stack.demo", "--count", "25", "--rate", "25",
+    out = subprocess.run([sys.executable, "-m", "experiments.demo", "--count", "25", "--rate", "25",
                           "--results", str(tmp_path)], cwd=ROOT, env=env, capture_output=True,
                          text=True, timeout=300)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]

@@ -47,11 +47,11 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from analysis.summary import close_run  # noqa: E402
-from producer.fleet import producer_log_tail, run_fleet  # noqa: E402
+from experiments.fleet import producer_log_tail, run_fleet  # noqa: E402
+from stack.control import LocalStack  # noqa: E402
 from stack.supervisor import child_pids  # noqa: E402
 
 SAMPLE = ROOT.parent / "shared" / "data" / "cifar-10-python-sample.tar.gz"
-STACK_ENV_KEYS = ("KAFKA_BOOTSTRAP_SERVERS", "MONGO_URI", "INFERENCE_URL")
 PY = sys.executable
 # A hang guard, not a performance bound: only a part that never finishes reaches it.
 HANG_GUARD_S = float(os.environ.get("HANG_GUARD_S", 600))
@@ -59,10 +59,6 @@ HANG_GUARD_S = float(os.environ.get("HANG_GUARD_S", 600))
 
 def say(msg: str) -> None:
     print(f"[faults {time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-def read_env_file(path: Path) -> dict:
-    return dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
 
 
 def free_port() -> int:
@@ -96,17 +92,14 @@ def http_ready(url: str) -> bool:
 
 # ------------------------------------------------------------------ the stack
 
-class Stack:
-    """The embedded local stack in a temporary directory, on free ports."""
+class Stack(LocalStack):
+    """The embedded local stack in a temporary directory, on free ports, with random
+    32x32 weights (stack.control.LocalStack), plus what the scenarios need."""
 
     def __init__(self, directory: Path, extra_env: dict | None = None):
-        self.dir = directory
-        env = {k: v for k, v in os.environ.items() if k not in STACK_ENV_KEYS}
-        env.update(STACK_DIR=str(directory), STACK_KAFKA_PORT="0", STACK_MONGO_PORT="0",
-                   STACK_INFERENCE_PORT="0", MODEL_WEIGHTS="random", BATCH_WAIT_MS="20",
-                   GUNICORN_WORKERS=os.environ.get("FAULTS_GUNICORN_WORKERS", "2"),
-                   LOG_LEVEL="INFO")
-        if not env.get("DATASET_SOURCE"):
+        env = {"MODEL_WEIGHTS": "random", "BATCH_WAIT_MS": "20", "LOG_LEVEL": "INFO",
+               "GUNICORN_WORKERS": os.environ.get("FAULTS_GUNICORN_WORKERS", "2")}
+        if not os.environ.get("DATASET_SOURCE"):
             if SAMPLE.is_file():
                 env["DATASET_SOURCE"] = str(SAMPLE)
             else:  # a checkout without ../shared/data: an archive in the official layout
@@ -114,24 +107,12 @@ class Stack:
 
                 directory.mkdir(parents=True, exist_ok=True)
                 env["DATASET_SOURCE"] = str(make_cifar_archive(directory / "cifar-10-python.tar.gz"))
-        env.update(extra_env or {})
-        self.env = env
-
-    def send(self, name: str, sig: int = signal.SIGKILL, hold: bool = False) -> float:
-        """What ``python -m stack kill|pause NAME`` does, in-process so that the fault's time
-        is exact (starting a Python process to send it would blur it by a second)."""
-        if hold:
-            (self.dir / "hold" / name).touch()
-        pid = self.pid(name)
-        if pid is None:
-            raise RuntimeError(f"{name} has no pid file")
-        t = time.time()
-        os.killpg(pid, sig)
-        return t
+        super().__init__(directory, {**env, **(extra_env or {})}, timeout_s=300)
 
     def stack(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        """``python -m stack ARGS`` against this stack (the CLI a user would type)."""
         proc = subprocess.run([PY, "-m", "stack", *args], cwd=ROOT, env=self.env,
-                              capture_output=True, text=True, timeout=400)
+                              capture_output=True, text=True, timeout=HANG_GUARD_S)
         if check and proc.returncode != 0:
             raise RuntimeError(f"python -m stack {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}"
                                f"\n{self.logs()}")
@@ -139,30 +120,12 @@ class Stack:
 
     def up(self) -> None:
         t0 = time.monotonic()
-        self.stack("up", "--timeout", "300")
-        self.env.update(read_env_file(self.dir / "stack.env"))
+        self.start()
         say(f"stack up in {time.monotonic() - t0:.0f} s: {self.env['KAFKA_BOOTSTRAP_SERVERS']}, "
             f"{self.env['MONGO_URI']}, {self.env['INFERENCE_URL']}")
 
     def down(self) -> None:
-        self.stack("down", check=False)
-
-    def logs(self, tail: int = 2500) -> str:
-        return "\n".join(f"== {p.name}\n{p.read_text(errors='replace')[-tail:]}"
-                         for p in sorted((self.dir / "logs").glob("*.log")))
-
-    def pid(self, name: str) -> int | None:
-        try:
-            return int((self.dir / "pids" / f"{name}.pid").read_text())
-        except (OSError, ValueError):
-            return None
-
-    def joined(self, name: str) -> bool:
-        return (self.dir / "state" / f"{name}.joined").exists()
-
-    def restarted(self, name: str, old_pid: int | None) -> bool:
-        pid = self.pid(name)
-        return pid is not None and pid != old_pid and Path(f"/proc/{pid}").exists()
+        self.stop()
 
     def collection(self):
         from common.mongo_io import connect, images_collection
@@ -213,7 +176,7 @@ def kill_gunicorn_worker(stack: Stack, note: dict) -> tuple[float, float]:
 
 
 def inference_down_20s(stack: Stack, note: dict) -> tuple[float, float]:
-    t0 = stack.send("inference", signal.SIGTERM, hold=True)  # = python -m stack pause inference
+    t0 = stack.send("inference", signal.SIGTERM, keep_down=True)  # = python -m stack pause inference
     time.sleep(20)
     t1 = time.time()
     stack.stack("resume", "inference")

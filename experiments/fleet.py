@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from analysis.summary import merge_latencies
+from common.rundir import merge_csv
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -70,10 +70,8 @@ def run_fleet(run_dir: Path, *, producers: int, count: int, rate: float, devices
     if on_progress:
         on_progress(read_progress(run_dir, ids, count))
     parts = [run_dir / "producers" / pid for pid in ids]
-    merge_latencies([p / "latencies.csv" for p in parts if (p / "latencies.csv").exists()],
-                    run_dir / "latencies.csv")
-    merge_latencies([p / "stages.csv" for p in parts if (p / "stages.csv").exists()],
-                    run_dir / "stages.csv")
+    for name in ("latencies.csv", "stages.csv"):
+        merge_csv([p / name for p in parts], run_dir / name)
     return [p.returncode for p in procs]
 
 

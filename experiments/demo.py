@@ -1,4 +1,4 @@
-"""``make demo`` / ``python -m stack.demo``: the whole pipeline once, on the local stack.
+"""``make demo`` / ``python -m experiments.demo``: the whole pipeline once, on the local stack.
 
 Brings the stack up (unless it already is), runs one producer (300 images at
 20 images/s by default), waits for every result and for MongoDB, writes
@@ -16,11 +16,11 @@ import sys
 import time
 from pathlib import Path
 
-from analysis.runner import RunFailed, read_env, run_configuration
+from experiments.runner import RunFailed, run_configuration
 from analysis.summary import format_table
 from common.log import setup_logging
-from stack.__main__ import down, supervisor_pid, up
-from stack.supervisor import ROOT, stack_dir
+from stack.control import down, read_env, stack_dir, supervisor_pid, up
+from stack.supervisor import ROOT
 
 log = logging.getLogger("stack.demo")
 
@@ -29,7 +29,7 @@ def check_dataset() -> None:
     """Fetch/verify the dataset before starting anything: a missing dataset fails in
     seconds with instructions, and a download shows its progress bar here."""
     from common.settings import DatasetSettings
-    from producer import dataset as datasets
+    from common import dataset as datasets
 
     s = DatasetSettings()
     try:
@@ -47,7 +47,7 @@ def point_latest(results: Path, run_dir: Path) -> None:
 
 def main(argv=None) -> int:
     setup_logging()
-    p = argparse.ArgumentParser(prog="python -m stack.demo", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m experiments.demo", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--count", type=int, default=int(os.environ.get("DEMO_COUNT", 300)))
     p.add_argument("--rate", type=float, default=float(os.environ.get("DEMO_RATE", 20)))

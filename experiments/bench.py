@@ -1,4 +1,4 @@
-"""``make bench`` / ``python -m analysis.bench``: the pipeline against the model's limit
+"""``make bench`` / ``python -m experiments.bench``: the pipeline against the model's limit
 and against the per-message design, in one run on one machine.
 
 1. **Limit**: bare ResNet50 forward passes in one process (same input size, same TF
@@ -33,14 +33,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from analysis.latencies import read_latencies
+from common.rundir import read_latencies
 from analysis.stats import latency_summary
-from stack.supervisor import child_pids
+from stack.control import LocalStack
 
-log = logging.getLogger("analysis.bench")
+log = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parent.parent
-STACK_ENV_KEYS = ("KAFKA_BOOTSTRAP_SERVERS", "MONGO_URI", "INFERENCE_URL")
 LIMIT_BATCHES = (8, 16, 32, 64)
 LOAD_POINTS = (25, 50, 75)
 LIMIT_ROUNDS = 3
@@ -65,7 +64,7 @@ def load_average() -> list[float]:
 
 
 def machine_facts() -> dict:
-    from analysis.experiment import host_facts, versions
+    from experiments.experiment import host_facts, versions
 
     cpu = None
     try:
@@ -151,49 +150,6 @@ def collect_limit(proc: subprocess.Popen) -> dict:
 
 # ------------------------------------------------------------------ stacks
 
-def _tree(pid: int) -> list[int]:
-    pids, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        pids.append(p)
-        todo.extend(child_pids(p))
-    return pids
-
-
-def _status(pid: int) -> dict:
-    out = {}
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            key, _, value = line.partition(":")
-            out[key] = value.strip()
-    except OSError:
-        pass
-    return out
-
-
-def _cpu_seconds(pid: int) -> float:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return 0.0
-
-
-def _components(stack_dir: Path):
-    """(component name, root pid) for every pid file of the stack."""
-    for pid_file in sorted((stack_dir / "pids").glob("*.pid")):
-        try:
-            yield pid_file.stem, int(pid_file.read_text().strip())
-        except (OSError, ValueError):
-            continue
-
-
-def cpu_seconds(stack_dir: Path) -> dict:
-    """CPU seconds (user + system) used so far by each component's process tree."""
-    return {name: sum(_cpu_seconds(p) for p in _tree(root))
-            for name, root in _components(stack_dir)}
-
-
 def _children_cpu() -> float:
     import resource
 
@@ -201,61 +157,9 @@ def _children_cpu() -> float:
     return ru.ru_utime + ru.ru_stime
 
 
-def peak_rss(stack_dir: Path) -> dict:
-    """Per component: VmHWM (peak resident set) of every process of its tree, in MiB."""
-    out = {}
-    for name, root in _components(stack_dir):
-        procs = []
-        for p in _tree(root):
-            st = _status(p)
-            if "VmHWM" in st:
-                procs.append({"pid": p, "name": st.get("Name"),
-                              "peak_rss_mib": round(int(st["VmHWM"].split()[0]) / 1024, 1)})
-        out[name] = {"peak_rss_mib": max((x["peak_rss_mib"] for x in procs), default=None),
-                     "total_peak_rss_mib": round(sum(x["peak_rss_mib"] for x in procs), 1),
-                     "processes": procs}
-    return out
-
-
-class Stack:
-    """A local stack of its own (temp STACK_DIR, free ports), configured through ``env``."""
-
-    def __init__(self, name: str, env: dict, workdir: Path, timeout_s: float = 420):
-        self.name, self.timeout_s = name, timeout_s
-        self.dir = workdir / f"stack-{name}"
-        base = {k: v for k, v in os.environ.items() if k not in STACK_ENV_KEYS}
-        self.env = {**base, "STACK_DIR": str(self.dir), "STACK_KAFKA_PORT": "0",
-                    "STACK_MONGO_PORT": "0", "STACK_INFERENCE_PORT": "0", **env}
-
-    def __enter__(self) -> "Stack":
-        return self.start()
-
-    def start(self) -> "Stack":
-        t0 = time.monotonic()
-        # Endpoints of an earlier start (restart) must not read as "use external servers".
-        launch_env = {k: v for k, v in self.env.items() if k not in STACK_ENV_KEYS}
-        up = subprocess.run([sys.executable, "-m", "stack", "up", "--timeout", str(self.timeout_s)],
-                            cwd=ROOT, env=launch_env, capture_output=True, text=True)
-        if up.returncode != 0:
-            logs = "\n".join(f"== {p.name}\n{p.read_text(errors='replace')[-2000:]}"
-                             for p in sorted((self.dir / "logs").glob("*.log")))
-            self.__exit__()
-            raise RuntimeError(f"stack {self.name} failed to start:\n{up.stdout}\n{up.stderr}\n{logs}")
-        from analysis.runner import read_env
-
-        self.env.update(read_env(self.dir / "stack.env"))
-        log.info("stack %s up in %.0f s (%s)", self.name, time.monotonic() - t0, self.dir)
-        return self
-
-    def peak_rss(self) -> dict:
-        return peak_rss(self.dir)
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-    def stop(self) -> None:
-        subprocess.run([sys.executable, "-m", "stack", "down"], cwd=ROOT, env=self.env,
-                       capture_output=True, text=True, timeout=180)
+def bench_stack(name: str, env: dict, workdir: Path) -> LocalStack:
+    """A stack of its own for one configuration (temporary STACK_DIR, free ports)."""
+    return LocalStack(workdir / f"stack-{name}", env, name=name)
 
 
 # ------------------------------------------------------------------ one load step
@@ -286,15 +190,15 @@ def stored_times(env: dict, producer_ids: list[str], expected: int, timeout_s: f
 
 
 def run_step(out: Path, env: dict, *, rate: float, duration: float, tag: str,
-             per_producer_max: float, devices: int = 4, stack_dir: Path | None = None) -> dict:
+             per_producer_max: float, devices: int = 4, stack: LocalStack | None = None) -> dict:
     """Offer ``rate`` images/s for ``duration`` s; measure what was stored and the latency,
     and the CPU each component spent per image (core-ms/img; producers included)."""
-    from producer.fleet import run_fleet
+    from experiments.fleet import run_fleet
 
     producers = max(1, math.ceil(rate / per_producer_max))
     count = max(2, round(rate / producers * duration))
     load_before = load_average()
-    cpu0 = cpu_seconds(stack_dir) if stack_dir else {}
+    cpu0 = stack.cpu_seconds() if stack else {}
     children0 = _children_cpu()
     t0 = time.time()
     codes = run_fleet(out, producers=producers, count=count, rate=rate / producers,
@@ -305,7 +209,7 @@ def run_step(out: Path, env: dict, *, rate: float, duration: float, tag: str,
     ids = sorted({r.producer_id for r in rows})
     sent = len(rows)
     done = stored_times(env, ids, sent, timeout_s=30.0) if sent else []
-    cpu1 = cpu_seconds(stack_dir) if stack_dir else {}
+    cpu1 = stack.cpu_seconds() if stack else {}
     cpu = {k: cpu1[k] - cpu0.get(k, 0.0) for k in cpu1}
     cpu["producers"] = _children_cpu() - children0
     step = {"offered_img_s": round(rate, 2), "producers": producers, "sent": sent,
@@ -335,11 +239,11 @@ def run_step(out: Path, env: dict, *, rate: float, duration: float, tag: str,
 
 
 def measure_stack(name: str, env: dict, workdir: Path, out: Path, **kw) -> dict:
-    with Stack(name, env, workdir) as stack:
+    with bench_stack(name, env, workdir) as stack:
         return measure_on(stack, out, **kw)
 
 
-def measure_on(stack: Stack, out: Path, *, start_rate: float, growth: float, max_steps: int,
+def measure_on(stack: LocalStack, out: Path, *, start_rate: float, growth: float, max_steps: int,
                step_s: float, latency_s: float, per_producer_max: float, warmup: int,
                load_points=LOAD_POINTS, fresh_for_latency: bool = True) -> dict:
     """Ramp the offered rate to find the maximum sustained throughput, then latency at
@@ -350,11 +254,11 @@ def measure_on(stack: Stack, out: Path, *, start_rate: float, growth: float, max
     if warmup:
         run_step(out / "warmup", stack.env, rate=max(5.0, start_rate / 2),
                  duration=warmup / max(5.0, start_rate / 2), tag=f"{name}-warmup",
-                 per_producer_max=per_producer_max, stack_dir=stack.dir)
+                 per_producer_max=per_producer_max, stack=stack)
     rate, best = start_rate, 0.0
     for i in range(max_steps):
         step = run_step(out / f"ramp-{i + 1:02d}", stack.env, rate=rate, duration=step_s,
-                        tag=f"{name}-r{i + 1}", per_producer_max=per_producer_max, stack_dir=stack.dir)
+                        tag=f"{name}-r{i + 1}", per_producer_max=per_producer_max, stack=stack)
         record["ramp"].append(step)
         got = step["throughput_img_s"] or 0.0
         gain = (got - best) / best if best else float("inf")
@@ -376,11 +280,11 @@ def measure_on(stack: Stack, out: Path, *, start_rate: float, growth: float, max
     if warmup and fresh_for_latency:
         run_step(out / "warmup-latency", stack.env, rate=max(5.0, start_rate / 2),
                  duration=warmup / max(5.0, start_rate / 2), tag=f"{name}-warmup2",
-                 per_producer_max=per_producer_max, stack_dir=stack.dir)
+                 per_producer_max=per_producer_max, stack=stack)
     for pct in load_points:
         r = max(1.0, best * pct / 100)
         step = run_step(out / f"load-{pct}pct", stack.env, rate=r, duration=latency_s,
-                        tag=f"{name}-l{pct}", per_producer_max=per_producer_max, stack_dir=stack.dir)
+                        tag=f"{name}-l{pct}", per_producer_max=per_producer_max, stack=stack)
         record["latency"][f"{pct}pct"] = step
     for component, later in stack.peak_rss().items():
         earlier = record["peak_rss"].get(component)
@@ -484,7 +388,7 @@ def plot(result: dict, path: Path) -> None:
 # ------------------------------------------------------------------ main
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="python -m analysis.bench", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m experiments.bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--smoke", action="store_true",
                    help="tiny run (about a minute) that checks the machinery, not the speed")
@@ -511,7 +415,7 @@ def smoke_run(result, env_now, batches, pipeline_env, baseline_env, workdir, out
     import threading
 
     proc = start_limit(env_now, batches, 0.3)
-    stacks = [Stack("pipeline", pipeline_env, workdir), Stack("baseline", baseline_env, workdir)]
+    stacks = [bench_stack("pipeline", pipeline_env, workdir), bench_stack("baseline", baseline_env, workdir)]
     errors: list = []
 
     def start(st):
@@ -573,7 +477,7 @@ def main(argv=None) -> int:
     started = time.time()
     result: dict = {"run": run, "smoke": smoke, "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
                     "machine": machine_facts(), "load_average_start": load_average(),
-                    "command": "python -m analysis.bench" + (" --smoke" if smoke else ""),
+                    "command": "python -m experiments.bench" + (" --smoke" if smoke else ""),
                     "input_size": int(common["MODEL_INPUT_SIZE"])}
     env_now = {**os.environ, **pipeline_env}
     result["settings"] = {"pipeline": effective_settings(env_now),

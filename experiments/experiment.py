@@ -1,4 +1,4 @@
-"""``make experiment`` / ``python -m analysis.experiment``: latency for 1..N producers.
+"""``make experiment`` / ``python -m experiments.experiment``: latency for 1..N producers.
 
 For each producer count in ``--producers`` it runs that many producers at once
 (each ``--images`` images at ``--rate`` images/s), waits until every result is back
@@ -25,9 +25,10 @@ import time
 from importlib import metadata
 from pathlib import Path
 
-from analysis.runner import RunFailed, read_env, run_configuration
+from experiments.runner import RunFailed, run_configuration
 from common.log import setup_logging
 from common.settings import mask
+from stack.control import read_env
 from pydantic import SecretStr
 
 log = logging.getLogger("analysis.experiment")
@@ -72,7 +73,7 @@ def model_info(env: dict) -> dict | None:
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="python -m analysis.experiment", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m experiments.experiment", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--producers", type=int, nargs="+", default=[1, 2, 3, 4],
                    help="producer counts to run, one configuration each (default 1 2 3 4)")
@@ -99,7 +100,7 @@ def main(argv=None) -> int:
     deployed = "KAFKA_BOOTSTRAP_SERVERS" in env and "MONGO_URI" in env
     stack_started = False
     if not deployed:
-        from stack.__main__ import down, supervisor_pid, up
+        from stack.control import down, supervisor_pid, up
         from stack.supervisor import stack_dir
 
         d = stack_dir()

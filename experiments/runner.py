@@ -12,10 +12,13 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from analysis.plots import plot_cdf
+from analysis.stats import percentile
 from analysis.summary import close_run
 from common.mongo_io import connect, images_collection
+from common.rundir import read_latencies
 from common.settings import MongoSettings
-from producer.fleet import producer_log_tail, run_fleet
+from experiments.fleet import producer_log_tail, run_fleet
 
 log = logging.getLogger(__name__)
 
@@ -24,17 +27,8 @@ class RunFailed(RuntimeError):
     pass
 
 
-def read_env(path: Path) -> dict:
-    env = {}
-    for line in path.read_text().splitlines():
-        if "=" in line and not line.startswith("#"):
-            key, value = line.split("=", 1)
-            env[key.strip()] = value.strip()
-    return env
-
-
 def run_configuration(run_dir: Path, env: dict, *, producers: int, count: int, rate: float,
-             desc: str, extra: dict | None = None) -> dict:
+                      desc: str, extra: dict | None = None) -> dict:
     """Run a fleet, close the run against MongoDB, draw its CDF; returns the summary."""
     total = producers * count
     with tqdm(total=total, desc=f"{desc} results", unit="img", mininterval=0.5) as bar:
@@ -42,8 +36,8 @@ def run_configuration(run_dir: Path, env: dict, *, producers: int, count: int, r
             bar.update(p.results - bar.n)
             if p.e2e_ms:
                 e2e = sorted(p.e2e_ms)
-                bar.set_postfix(sent=p.sent, p50=f"{e2e[len(e2e) // 2]:.0f}ms",
-                                p95=f"{e2e[int(len(e2e) * 0.95)]:.0f}ms", refresh=False)
+                bar.set_postfix(sent=p.sent, p50=f"{percentile(e2e, 50):.0f}ms",
+                                p95=f"{percentile(e2e, 95):.0f}ms", refresh=False)
         codes = run_fleet(run_dir, producers=producers, count=count, rate=rate, env=env,
                           on_progress=show)
     if any(codes):
@@ -60,9 +54,6 @@ def run_configuration(run_dir: Path, env: dict, *, producers: int, count: int, r
                                 progress=lambda stored, complete: bar.update(complete - bar.n))
     finally:
         client.close()
-    from analysis.latencies import read_latencies
-    from analysis.plots import plot_cdf
-
     e2e = [r.e2e_ms for r in read_latencies(run_dir / "latencies.csv") if r.e2e_ms is not None]
     if e2e:
         plot_cdf([(f"{producers} producer{'s' if producers > 1 else ''}", e2e)],
