@@ -126,7 +126,7 @@ def _limit_worker(batches: list[int], seconds: float) -> None:
 
 def start_limit(env: dict, batches: list[int], seconds: float) -> subprocess.Popen:
     """The limit runs in its own process, so this one never imports TensorFlow."""
-    return subprocess.Popen([sys.executable, "-m", "analysis.bench", "--limit-worker",
+    return subprocess.Popen([sys.executable, "-m", "experiments.bench", "--limit-worker",
                              "--limit-batches", *map(str, batches), "--limit-seconds", str(seconds)],
                             cwd=ROOT, env={**env, "TF_CPP_MIN_LOG_LEVEL": "2"},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -22,7 +22,7 @@ from common.log import setup_logging
 from stack.control import down, read_env, stack_dir, supervisor_pid, up
 from stack.supervisor import ROOT
 
-log = logging.getLogger("stack.demo")
+log = logging.getLogger(__name__)
 
 
 def check_dataset() -> None:

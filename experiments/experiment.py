@@ -31,7 +31,7 @@ from common.settings import mask
 from stack.control import read_env
 from pydantic import SecretStr
 
-log = logging.getLogger("analysis.experiment")
+log = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -1,4 +1,4 @@
-"""Nearest-rank percentiles and the latencies.csv reader (analysis/stats.py, latencies.py)."""
+"""Nearest-rank percentiles and the latencies.csv reader (analysis/stats.py, common/rundir.py)."""
 
 from __future__ import annotations
 
