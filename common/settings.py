@@ -1,7 +1,8 @@
 """Typed settings for every component, read from the environment.
 
 Each component composes the groups it needs and lets its CLI flags override
-them (``Settings.model_copy(update=...)``).  Environment variable names are the
+them through :func:`with_flags`, which validates flags exactly like the
+environment (``--batch-size 0`` is an error, not a batch of nothing).  Environment variable names are the
 field names in upper case (``KAFKA_BOOTSTRAP_SERVERS``, ``MONGO_URI`` ...), which
 is also what ``.run/stack.env`` and the Ansible environment files write.
 
@@ -14,7 +15,7 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 _CONFIG = SettingsConfigDict(env_file=None, extra="ignore", case_sensitive=False)
@@ -167,3 +168,21 @@ def describe(*groups: BaseSettings) -> str:
 
 def secret(value: SecretStr | None) -> str | None:
     return value.get_secret_value() if value is not None else None
+
+
+def with_flags(cls: type[BaseSettings], parser=None, **flags: Any) -> BaseSettings:
+    """``cls`` read from the environment with the CLI ``flags`` that were given (not None)
+    on top, validated together.  An invalid value ends the program through
+    ``parser.error`` (usage + message, exit status 2) when a parser is given, else
+    raises ``ValueError``; it is never accepted silently."""
+    given = {k: v for k, v in flags.items() if v is not None}
+    try:
+        return cls(**given)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(x) for x in e['loc']) or cls.__name__}"
+                             f"{'=' + repr(e['input']) if e['loc'] else ''}: {e['msg']}"
+                             for e in exc.errors())
+        message = f"invalid setting: {problems}"
+        if parser is not None:
+            parser.error(message)
+        raise ValueError(message) from None

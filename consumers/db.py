@@ -25,7 +25,7 @@ from common.log import setup_logging
 from common.mongo_io import connect, ensure_indexes, images_collection
 from common.schema import (InvalidMessage, dumps, make_dead_letter, parse_image_message,
                            parse_result_message)
-from common.settings import DbWriterSettings, KafkaSettings, MongoSettings, describe
+from common.settings import DbWriterSettings, KafkaSettings, MongoSettings, describe, with_flags
 from consumers.batching import ReadyMarker, all_delivered, commit, idle_wait, rewind
 
 log = logging.getLogger("consumers.db")
@@ -158,8 +158,7 @@ def main(argv=None) -> int:
                    help="largest bulk_write (default DB_MAX_RECORDS, 500)")
     args = p.parse_args(argv)
     kafka, mongo = KafkaSettings(), MongoSettings()
-    writer = DbWriterSettings().model_copy(update={k: v for k, v in {
-        "db_max_records": args.max_records}.items() if v is not None})
+    writer = with_flags(DbWriterSettings, p, db_max_records=args.max_records)
     log.info("%s", describe(kafka, mongo, writer))
     DbWriter(kafka, mongo, stop_event(), writer.db_max_records).run()
     return 0

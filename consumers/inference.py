@@ -22,7 +22,7 @@ from common.lifecycle import Backoff, stop_event
 from common.log import setup_logging
 from common.schema import (InvalidMessage, dumps, make_dead_letter, make_result_message,
                            parse_image_message)
-from common.settings import InferenceClientSettings, KafkaSettings, describe, secret
+from common.settings import InferenceClientSettings, KafkaSettings, describe, secret, with_flags
 from consumers.batching import (ReadyMarker, all_delivered, commit, gather, idle_wait, rewind,
                                 wait_polling)
 
@@ -201,9 +201,8 @@ def main(argv=None) -> int:
     p.add_argument("--inference-url", help="service URL(s), comma-separated")
     args = p.parse_args(argv)
     kafka = KafkaSettings()
-    client = InferenceClientSettings().model_copy(update={k: v for k, v in {
-        "batch_size": args.batch_size, "batch_wait_ms": args.batch_wait_ms,
-        "inference_url": args.inference_url}.items() if v is not None})
+    client = with_flags(InferenceClientSettings, p, batch_size=args.batch_size,
+                        batch_wait_ms=args.batch_wait_ms, inference_url=args.inference_url)
     log.info("%s", describe(kafka, client))
     InferenceConsumer(kafka, client, stop_event()).run()
     return 0

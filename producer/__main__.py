@@ -14,14 +14,14 @@ import sys
 from pathlib import Path
 
 from common.log import setup_logging
-from common.settings import DatasetSettings, KafkaSettings, ProducerSettings, describe
+from common.settings import DatasetSettings, KafkaSettings, ProducerSettings, describe, with_flags
 from common import dataset as datasets
 from producer.camera import new_producer_id, run_cameras, write_run_files
 
 log = logging.getLogger("producer")
 
 
-def parse_args(argv=None):
+def make_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m producer", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--count", type=int, help="images to send (default 300)")
@@ -36,22 +36,22 @@ def parse_args(argv=None):
     p.add_argument("--out", type=Path, default=Path("."), help="directory for latencies.csv")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--progress-file", type=Path, help="JSON progress for a supervising process")
-    return p.parse_args(argv)
+    return p
 
 
 def main(argv=None) -> int:
     setup_logging()
-    args = parse_args(argv)
+    parser = make_parser()
+    args = parser.parse_args(argv)
     kafka = KafkaSettings()
-    data = DatasetSettings().model_copy(update={k: v for k, v in {
-        "dataset": args.dataset, "dataset_source": args.dataset_source,
-        "dataset_split": args.split}.items() if v is not None})
-    prod = ProducerSettings().model_copy(update={k: v for k, v in {
-        "count": args.count, "rate": args.rate, "duration": args.duration,
-        "devices": args.devices, "producer_id": args.producer_id,
-        "result_timeout_s": args.result_timeout}.items() if v is not None})
+    data = with_flags(DatasetSettings, parser, dataset=args.dataset, dataset_source=args.dataset_source,
+                      dataset_split=args.split)
+    prod = with_flags(ProducerSettings, parser, count=args.count, rate=args.rate, duration=args.duration,
+                      devices=args.devices, producer_id=args.producer_id,
+                      result_timeout_s=args.result_timeout)
     if prod.duration is not None:
-        prod = prod.model_copy(update={"count": math.ceil(prod.duration * prod.rate)})
+        prod = with_flags(ProducerSettings, parser, **{**prod.model_dump(),
+                                                       "count": math.ceil(prod.duration * prod.rate)})
     producer_id = prod.producer_id or new_producer_id()
     log.info("%s", describe(kafka, data, prod))
     try:

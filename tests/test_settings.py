@@ -1,3 +1,4 @@
+import pytest
 from pydantic import SecretStr
 
 from common.settings import KafkaSettings, MongoSettings, describe, mask
@@ -19,3 +20,25 @@ def test_secrets_are_masked(monkeypatch):
     assert "MONGO_URI=mongodb://app:***@db:27017/iot" in text
     assert "KAFKA_SASL_PASSWORD=***" in text
     assert mask(SecretStr("plain")) == "***"
+
+
+def test_flags_are_validated_like_the_environment():
+    from common.settings import InferenceClientSettings, with_flags
+
+    assert with_flags(InferenceClientSettings, batch_size=8, batch_wait_ms=None).batch_size == 8
+    with pytest.raises(ValueError, match="batch_size=0"):
+        with_flags(InferenceClientSettings, batch_size=0)
+
+
+@pytest.mark.parametrize("argv", [["consumers.inference", "--batch-size", "0"],
+                                  ["consumers.db", "--max-records", "0"],
+                                  ["producer", "--rate", "0"]])
+def test_cli_rejects_an_invalid_flag_with_a_clear_error(argv):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    proc = subprocess.run([sys.executable, "-m", *argv], cwd=Path(__file__).resolve().parent.parent,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "invalid setting" in proc.stderr and argv[-2].lstrip("-").split("-")[-1] in proc.stderr
