@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from common.rundir import LatencyRow, add_stored_at, read_latencies
+from analysis.report import accuracy_of
 from analysis.stats import latency_summary
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,7 @@ def summarize(rows: list[LatencyRow], docs: dict[str, dict] | None, *,
     e2e = [r.e2e_ms for r in rows if r.e2e_ms is not None]
     models = sorted({r.model for r in rows if r.model})
     model = models[0] if len(models) == 1 else (",".join(models) or None)
-    labelled = [r for r in rows if r.label and r.prediction]
+    labelled = [(r.label, r.prediction) for r in rows if r.label]
     results = [r for r in rows if r.result_at is not None]
     span = (max(r.result_at for r in results) - min(r.sent_at for r in rows)) if results else 0
     summary = {
@@ -59,8 +60,9 @@ def summarize(rows: list[LatencyRow], docs: dict[str, dict] | None, *,
         "duplicate_documents": None,
         "model": model,
         "untrained_model": bool(model and "untrained" in model),
-        "accuracy": (sum(r.label == r.prediction for r in labelled) / len(labelled)
-                     if labelled else None),
+        # The one accuracy rule (analysis.report.accuracy_of): over every labelled
+        # image sent, a missing prediction counting as wrong.
+        "accuracy": accuracy_of(labelled)["overall_accuracy"] if labelled else None,
         "throughput_img_s": len(results) / span if span > 0 else None,
         "e2e_ms": latency_summary(e2e),
     }

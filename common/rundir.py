@@ -53,13 +53,18 @@ def _opt(value: str) -> str | None:
     return value if value != "" else None
 
 
-def write_latencies(path: Path, rows: list[dict]) -> None:
+def _write_csv(path: Path, columns: tuple[str, ...], rows: list[dict]) -> None:
+    """``columns`` of each row (None and missing keys as empty cells; other keys ignored)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=COLUMNS, extrasaction="ignore")
+        writer = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         for row in rows:
-            writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in COLUMNS})
+            writer.writerow({k: "" if row.get(k) is None else row.get(k) for k in columns})
+
+
+def write_latencies(path: Path, rows: list[dict]) -> None:
+    _write_csv(path, COLUMNS, rows)
 
 
 def read_latencies(path: Path) -> list[LatencyRow]:
@@ -103,12 +108,7 @@ def read_latencies(path: Path) -> list[LatencyRow]:
 
 
 def write_stages(path: Path, rows: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=STAGE_COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: "" if row.get(k) is None else row.get(k) for k in STAGE_COLUMNS})
+    _write_csv(path, STAGE_COLUMNS, rows)
 
 
 def _float_or_none(text: str, where: str) -> float | None:

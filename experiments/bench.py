@@ -27,7 +27,6 @@ import json
 import logging
 import math
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,14 +34,15 @@ from pathlib import Path
 
 from common.rundir import read_latencies
 from analysis.stats import latency_summary
+from experiments.bench_report import LOAD_POINTS, plot, step_ms, table
+from experiments.model_limit import collect_limit, measure_limit, start_limit
 from stack.control import LocalStack
 
 log = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parent.parent
 LIMIT_BATCHES = (8, 16, 32, 64)
-LOAD_POINTS = (25, 50, 75)
-LIMIT_ROUNDS = 3
+
 
 # The per-message design, expressed as settings of the same code.
 BASELINE_ENV = {"BATCH_SIZE": "1", "BATCH_WAIT_MS": "0", "DYNAMIC_BATCH_MAX": "1",
@@ -87,65 +87,6 @@ def effective_settings(env: dict) -> dict:
             defaults.setdefault(name.upper(), f.default)
     defaults.update(GUNICORN_WORKERS=1, GUNICORN_THREADS=8)  # inference/gunicorn.conf.py
     return {k: env.get(k, defaults.get(k)) for k in RECORDED}
-
-
-# ------------------------------------------------------------------ 1. the limit
-
-def _limit_worker(batches: list[int], seconds: float) -> None:
-    """Runs in a child process: prints one JSON object with images/s per batch size."""
-    import numpy as np
-
-    from common.settings import ServiceSettings
-    from inference import model as model_mod
-
-    s = ServiceSettings()
-    model_mod.configure_threads(s.tf_intra_op_threads, s.tf_inter_op_threads)
-    loaded = model_mod.load_model("random", s.model_input_size or 32)
-    rng = np.random.default_rng(0)
-    out = {"model": loaded.id, "batches": {}, "rounds": LIMIT_ROUNDS}
-    inputs = {bs: rng.integers(0, 256, (bs, 32, 32, 3), dtype=np.uint8) for bs in batches}
-    for x in inputs.values():
-        loaded.predict(x)
-        loaded.predict(x)  # warm-up: trace + oneDNN kernels for this shape
-    # A ceiling, on a shared machine: the best of several short rounds, the batch sizes
-    # interleaved, so that a neighbour's burst does not lower one batch size alone.
-    for _round in range(LIMIT_ROUNDS):
-        for bs, x in inputs.items():
-            n, start = 0, time.perf_counter()
-            while True:
-                loaded.predict(x)
-                n += bs
-                elapsed = time.perf_counter() - start
-                if elapsed >= seconds / LIMIT_ROUNDS and n >= 2 * bs:
-                    break
-            best = out["batches"].get(str(bs))
-            if best is None or n / elapsed > best["img_s"]:
-                out["batches"][str(bs)] = {"img_s": n / elapsed, "ms_per_img": elapsed * 1000 / n}
-    print("LIMIT " + json.dumps(out), flush=True)
-
-
-def start_limit(env: dict, batches: list[int], seconds: float) -> subprocess.Popen:
-    """The limit runs in its own process, so this one never imports TensorFlow."""
-    return subprocess.Popen([sys.executable, "-m", "experiments.bench", "--limit-worker",
-                             "--limit-batches", *map(str, batches), "--limit-seconds", str(seconds)],
-                            cwd=ROOT, env={**env, "TF_CPP_MIN_LOG_LEVEL": "2"},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def measure_limit(env: dict, batches: list[int], seconds: float) -> dict:
-    return collect_limit(start_limit(env, batches, seconds))
-
-
-def collect_limit(proc: subprocess.Popen) -> dict:
-    stdout, stderr = proc.communicate(timeout=900)
-    line = next((ln for ln in stdout.splitlines() if ln.startswith("LIMIT ")), None)
-    if proc.returncode != 0 or line is None:
-        raise RuntimeError(f"limit measurement failed:\n{stderr[-3000:]}")
-    data = json.loads(line[6:])
-    per = {int(k): v for k, v in data["batches"].items()}
-    best_bs = max((b for b in per if b > 1), key=lambda b: per[b]["img_s"])
-    return {"model": data["model"], "per_batch": per, "batch1_img_s": per[1]["img_s"],
-            "best_batch": best_bs, "best_img_s": per[best_bs]["img_s"]}
 
 
 # ------------------------------------------------------------------ stacks
@@ -293,98 +234,6 @@ def measure_on(stack: LocalStack, out: Path, *, start_rate: float, growth: float
     return record
 
 
-# ------------------------------------------------------------------ report
-
-def _p(step: dict, key: str):
-    e2e = (step or {}).get("e2e_ms") or {}
-    return e2e.get(key)
-
-
-def table(result: dict) -> str:
-    lim = result["limit"]
-    lines = [f"bench {result['run']}  ({result['machine']['cpu_count']} cores, "
-             f"load {result['load_average_start']} -> {result['load_average_end']}"
-             f"{', SMOKE: not a measurement' if result['smoke'] else ''})",
-             "",
-             f"  limit (bare model)    batch 1: {lim['batch1_img_s']:7.1f} img/s "
-             f"({1000 / lim['batch1_img_s']:.1f} ms/img)   best (batch {lim['best_batch']}): "
-             f"{lim['best_img_s']:7.1f} img/s ({1000 / lim['best_img_s']:.2f} ms/img)",
-             "  per batch: " + ", ".join(f"{b}: {v['img_s']:.1f}" for b, v in sorted(lim["per_batch"].items())),
-             "",
-             f"  {'':10} {'max img/s':>10}   {'p50/p95/p99 ms @25%':>20}   {'@50%':>20}   {'@75%':>20}"]
-    for name in ("pipeline", "baseline"):
-        rec = result[name]
-        cells = []
-        for pct in LOAD_POINTS:
-            st = rec["latency"].get(f"{pct}pct")
-            cells.append("/".join("-" if _p(st, k) is None else f"{_p(st, k):.0f}"
-                                  for k in ("p50", "p95", "p99")))
-        lines.append(f"  {name:10} {rec['max_img_s']:10.1f}   {cells[0]:>20}   {cells[1]:>20}   {cells[2]:>20}")
-    t = result["targets"]
-    lines += ["",
-              f"  ratio_to_limit    {result['ratio_to_limit']:.2f}   (target >= 0.6: {'met' if t['ratio_to_limit'] else 'MISSED'})",
-              f"  ratio_to_baseline {result['ratio_to_baseline'] or float('nan'):.2f}   (target >= 4: {'met' if t['ratio_to_baseline'] else 'MISSED'})",
-              f"  p99 at 50% load   {result['p99_ms_at_50pct'] if result['p99_ms_at_50pct'] is not None else float('nan'):.0f} ms "
-              f"(target <= 250: {'met' if t['p99_ms_at_50pct'] else 'MISSED'})",
-              "", "  peak RSS (MiB, largest process / whole tree):"]
-    for name in ("pipeline", "baseline"):
-        parts = [f"{c} {v['peak_rss_mib']}/{v['total_peak_rss_mib']}"
-                 for c, v in result[name].get("peak_rss", {}).items()]
-        lines.append(f"    {name:9} " + ", ".join(parts))
-    return "\n".join(lines)
-
-
-def plot(result: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from analysis.plots import PALETTE
-
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 5))
-    lim = result["limit"]
-    for i, name in enumerate(("pipeline", "baseline")):
-        rec = result[name]
-        xs = [s["offered_img_s"] for s in rec["ramp"]]
-        ys = [s["throughput_img_s"] or 0 for s in rec["ramp"]]
-        ax1.plot(xs, ys, "o-", color=PALETTE[i], label=f"{name} (max {rec['max_img_s']:.0f} img/s)")
-        for key, style in (("p50", "s:"), ("p99", "o-")):
-            vals = [(rec["latency"][f"{p}pct"]["offered_img_s"], _p(rec["latency"][f"{p}pct"], key))
-                    for p in LOAD_POINTS if _p(rec["latency"].get(f"{p}pct"), key) is not None]
-            if vals:
-                ax2.plot(*zip(*vals), style, color=PALETTE[i], label=f"{name} {key}")
-    for y, label, ls in ((lim["best_img_s"], f"model limit, batch {lim['best_batch']}", "--"),
-                         (lim["batch1_img_s"], "model, batch 1", ":")):
-        ax1.axhline(y, color="#555555", linestyle=ls, linewidth=1)
-        ax1.annotate(f"{label}: {y:.0f}", (0, y), xytext=(4, 3), textcoords="offset points",
-                     fontsize=8, color="#555555")
-    top = max([lim["best_img_s"]] + [s["offered_img_s"] for n in ("pipeline", "baseline")
-                                      for s in result[n]["ramp"]])
-    ax1.plot([0, top], [0, top], color="#bbbbbb", linewidth=0.8)
-    ax1.set(xlabel="offered images/s", ylabel="stored with prediction, images/s",
-            title="Throughput", xlim=(0, top * 1.05), ylim=(0, top * 1.1))
-    ax1.legend(loc="lower right")
-    ax1.grid(True)
-    ax2.axhline(250, color="#D55E00", linestyle="--", linewidth=1, label="p99 target at 50 %: 250 ms")
-    ax2.set(xlabel="offered images/s (25/50/75 % of max)", ylabel="end-to-end latency, ms",
-            title="Latency under load", yscale="log")
-    from matplotlib.ticker import FuncFormatter
-
-    plain = FuncFormatter(lambda v, _pos: f"{v:g}")
-    ax2.yaxis.set_major_formatter(plain)
-    ax2.yaxis.set_minor_formatter(plain)
-    ax2.tick_params(axis="y", which="minor", labelsize=7)
-    ax2.legend(fontsize=8)
-    ax2.grid(True, which="both")
-    fig.suptitle(f"bench {result['run']}: ratio to limit {result['ratio_to_limit']:.2f}, "
-                 f"to baseline {result['ratio_to_baseline'] or float('nan'):.2f}"
-                 + ("  (SMOKE)" if result["smoke"] else ""))
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
 # ------------------------------------------------------------------ main
 
 def parse_args(argv=None):
@@ -402,9 +251,6 @@ def parse_args(argv=None):
     p.add_argument("--per-producer", type=float, default=80.0,
                    help="highest rate one producer process is asked for (more processes beyond)")
     p.add_argument("--only", choices=["pipeline", "baseline"], help="measure one stack only")
-    p.add_argument("--limit-worker", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--limit-batches", type=int, nargs="+", help=argparse.SUPPRESS)
-    p.add_argument("--limit-seconds", type=float, help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
@@ -455,9 +301,6 @@ def main(argv=None) -> int:
     from common.log import setup_logging
 
     args = parse_args(argv)
-    if args.limit_worker:
-        _limit_worker(args.limit_batches, args.limit_seconds)
-        return 0
     setup_logging()
     smoke = args.smoke
     run = time.strftime("%Y%m%d-%H%M%S") + ("-smoke" if smoke else "")
@@ -524,7 +367,7 @@ def main(argv=None) -> int:
 
     limit = result["limit"]
     pipe, base = result["pipeline"]["max_img_s"], result["baseline"]["max_img_s"]
-    p99_50 = _p(result["pipeline"]["latency"].get("50pct"), "p99")
+    p99_50 = step_ms(result["pipeline"]["latency"].get("50pct"), "p99")
     result.update(
         limit_batch1_img_s=round(limit["batch1_img_s"], 2),
         limit_best_img_s=round(limit["best_img_s"], 2),
@@ -534,7 +377,7 @@ def main(argv=None) -> int:
         ratio_to_limit=round(pipe / limit["best_img_s"], 3),
         ratio_to_baseline=round(pipe / base, 3) if base else None,
         p99_ms_at_50pct=p99_50,
-        baseline_p99_ms_at_50pct=_p(result["baseline"]["latency"].get("50pct"), "p99"),
+        baseline_p99_ms_at_50pct=step_ms(result["baseline"]["latency"].get("50pct"), "p99"),
         load_average_end=load_average(),
         duration_s=round(time.time() - started, 1),
     )

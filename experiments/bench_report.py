@@ -1,0 +1,98 @@
+"""The benchmark's table (stdout) and figure (bench.png) from its result dict."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+# Latency points, in % of the measured maximum throughput.
+LOAD_POINTS = (25, 50, 75)
+
+
+def step_ms(step: dict, key: str):
+    e2e = (step or {}).get("e2e_ms") or {}
+    return e2e.get(key)
+
+
+def table(result: dict) -> str:
+    lim = result["limit"]
+    lines = [f"bench {result['run']}  ({result['machine']['cpu_count']} cores, "
+             f"load {result['load_average_start']} -> {result['load_average_end']}"
+             f"{', SMOKE: not a measurement' if result['smoke'] else ''})",
+             "",
+             f"  limit (bare model)    batch 1: {lim['batch1_img_s']:7.1f} img/s "
+             f"({1000 / lim['batch1_img_s']:.1f} ms/img)   best (batch {lim['best_batch']}): "
+             f"{lim['best_img_s']:7.1f} img/s ({1000 / lim['best_img_s']:.2f} ms/img)",
+             "  per batch: " + ", ".join(f"{b}: {v['img_s']:.1f}" for b, v in sorted(lim["per_batch"].items())),
+             "",
+             f"  {'':10} {'max img/s':>10}   {'p50/p95/p99 ms @25%':>20}   {'@50%':>20}   {'@75%':>20}"]
+    for name in ("pipeline", "baseline"):
+        rec = result[name]
+        cells = []
+        for pct in LOAD_POINTS:
+            st = rec["latency"].get(f"{pct}pct")
+            cells.append("/".join("-" if step_ms(st, k) is None else f"{step_ms(st, k):.0f}"
+                                  for k in ("p50", "p95", "p99")))
+        lines.append(f"  {name:10} {rec['max_img_s']:10.1f}   {cells[0]:>20}   {cells[1]:>20}   {cells[2]:>20}")
+    t = result["targets"]
+    lines += ["",
+              f"  ratio_to_limit    {result['ratio_to_limit']:.2f}   (target >= 0.6: {'met' if t['ratio_to_limit'] else 'MISSED'})",
+              f"  ratio_to_baseline {result['ratio_to_baseline'] or float('nan'):.2f}   (target >= 4: {'met' if t['ratio_to_baseline'] else 'MISSED'})",
+              f"  p99 at 50% load   {result['p99_ms_at_50pct'] if result['p99_ms_at_50pct'] is not None else float('nan'):.0f} ms "
+              f"(target <= 250: {'met' if t['p99_ms_at_50pct'] else 'MISSED'})",
+              "", "  peak RSS (MiB, largest process / whole tree):"]
+    for name in ("pipeline", "baseline"):
+        parts = [f"{c} {v['peak_rss_mib']}/{v['total_peak_rss_mib']}"
+                 for c, v in result[name].get("peak_rss", {}).items()]
+        lines.append(f"    {name:9} " + ", ".join(parts))
+    return "\n".join(lines)
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from analysis.plots import PALETTE
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 5))
+    lim = result["limit"]
+    for i, name in enumerate(("pipeline", "baseline")):
+        rec = result[name]
+        xs = [s["offered_img_s"] for s in rec["ramp"]]
+        ys = [s["throughput_img_s"] or 0 for s in rec["ramp"]]
+        ax1.plot(xs, ys, "o-", color=PALETTE[i], label=f"{name} (max {rec['max_img_s']:.0f} img/s)")
+        for key, style in (("p50", "s:"), ("p99", "o-")):
+            vals = [(rec["latency"][f"{p}pct"]["offered_img_s"], step_ms(rec["latency"][f"{p}pct"], key))
+                    for p in LOAD_POINTS if step_ms(rec["latency"].get(f"{p}pct"), key) is not None]
+            if vals:
+                ax2.plot(*zip(*vals), style, color=PALETTE[i], label=f"{name} {key}")
+    for y, label, ls in ((lim["best_img_s"], f"model limit, batch {lim['best_batch']}", "--"),
+                         (lim["batch1_img_s"], "model, batch 1", ":")):
+        ax1.axhline(y, color="#555555", linestyle=ls, linewidth=1)
+        ax1.annotate(f"{label}: {y:.0f}", (0, y), xytext=(4, 3), textcoords="offset points",
+                     fontsize=8, color="#555555")
+    top = max([lim["best_img_s"]] + [s["offered_img_s"] for n in ("pipeline", "baseline")
+                                      for s in result[n]["ramp"]])
+    ax1.plot([0, top], [0, top], color="#bbbbbb", linewidth=0.8)
+    ax1.set(xlabel="offered images/s", ylabel="stored with prediction, images/s",
+            title="Throughput", xlim=(0, top * 1.05), ylim=(0, top * 1.1))
+    ax1.legend(loc="lower right")
+    ax1.grid(True)
+    ax2.axhline(250, color="#D55E00", linestyle="--", linewidth=1, label="p99 target at 50 %: 250 ms")
+    ax2.set(xlabel="offered images/s (25/50/75 % of max)", ylabel="end-to-end latency, ms",
+            title="Latency under load", yscale="log")
+    from matplotlib.ticker import FuncFormatter
+
+    plain = FuncFormatter(lambda v, _pos: f"{v:g}")
+    ax2.yaxis.set_major_formatter(plain)
+    ax2.yaxis.set_minor_formatter(plain)
+    ax2.tick_params(axis="y", which="minor", labelsize=7)
+    ax2.legend(fontsize=8)
+    ax2.grid(True, which="both")
+    fig.suptitle(f"bench {result['run']}: ratio to limit {result['ratio_to_limit']:.2f}, "
+                 f"to baseline {result['ratio_to_baseline'] or float('nan'):.2f}"
+                 + ("  (SMOKE)" if result["smoke"] else ""))
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
