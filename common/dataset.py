@@ -9,16 +9,16 @@ extraction).  ``synthetic`` is used only when asked for: it has no labels.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import pickle
 import tarfile
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from common.download import DownloadError, fetch
 
 log = logging.getLogger(__name__)
 
@@ -69,41 +69,17 @@ def keras_cache_dir() -> Path:
     return Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "datasets"
 
 
-def _md5(path: Path) -> str:
-    with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "md5").hexdigest()
-
-
 def download(url: str, dest: Path, md5: str | None, timeout: float = 30.0) -> Path:
     """Download ``url`` to ``dest`` with a progress bar; verify md5 when known."""
-    from tqdm import tqdm
-
-    if dest.is_file() and (md5 is None or _md5(dest) == md5):
-        log.info("using cached %s", dest)
-        return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    partial = dest.with_suffix(dest.suffix + ".part")
-    log.info("downloading %s -> %s", url, dest)
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp, open(partial, "wb") as out:
-            total = int(resp.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, desc=dest.name) as bar:
-                for chunk in iter(lambda: resp.read(1 << 16), b""):
-                    out.write(chunk)
-                    bar.update(len(chunk))
-    except OSError as exc:
-        partial.unlink(missing_ok=True)
+        return fetch(url, dest, md5=md5, timeout_s=timeout)
+    except DownloadError as exc:
         raise DatasetUnavailable(
-            f"could not download {url}: {exc}.\n"
+            f"could not download {exc}.\n"
             "Provide the data another way: set DATASET_SOURCE (or --dataset-source) to a "
             "directory in the official 'python version' layout or to a local copy of the "
             f"tar.gz, or put the archive at {dest}. DATASET=synthetic sends generated "
             "images without labels.") from None
-    if md5 and _md5(partial) != md5:
-        partial.unlink(missing_ok=True)
-        raise DatasetUnavailable(f"{url}: md5 mismatch (expected {md5}); download again")
-    partial.replace(dest)
-    return dest
 
 
 def _unpickle(data: bytes) -> dict:

@@ -21,20 +21,18 @@ master, never ``inference/__init__``.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import os
-import shutil
 import socket
-import tempfile
 import threading
 import urllib.parse
-import urllib.request
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import tensorflow as tf
 
+from common.download import DownloadError, fetch, file_digest
 from common.labels import CIFAR10_CLASSES
 from inference.imagenet_cifar import mapping_matrix
 
@@ -85,11 +83,6 @@ def _keras_cache_dirs() -> list[str]:
     return [os.path.join(h, "models") for h in homes if h]
 
 
-def _digest(path: str, algorithm: str) -> str:
-    with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, algorithm).hexdigest()
-
-
 def find_imagenet_weights(download_timeout_s: float = 3.0, download: bool = True) -> str:
     """Path of the ImageNet weights: from the Keras cache, else downloaded into it.
 
@@ -107,16 +100,9 @@ def find_imagenet_weights(download_timeout_s: float = 3.0, download: bool = True
         raise WeightsUnavailable("no writable Keras cache directory")
     target = os.path.join(target_dir, IMAGENET_FILE)
     _resolve_or_fail(IMAGENET_URL, download_timeout_s)
-    log.info("downloading ImageNet weights from %s (timeout %.1fs)", IMAGENET_URL, download_timeout_s)
     try:
-        with urllib.request.urlopen(IMAGENET_URL, timeout=download_timeout_s) as resp, \
-                tempfile.NamedTemporaryFile(dir=target_dir, delete=False) as tmp:
-            shutil.copyfileobj(resp, tmp, 1 << 20)
-        if _digest(tmp.name, "md5") != IMAGENET_MD5:
-            os.unlink(tmp.name)
-            raise WeightsUnavailable("downloaded ImageNet weights have the wrong md5")
-        os.replace(tmp.name, target)
-    except OSError as exc:  # URLError, timeouts, DNS failures are all OSError
+        fetch(IMAGENET_URL, Path(target), md5=IMAGENET_MD5, timeout_s=download_timeout_s, progress=False)
+    except DownloadError as exc:
         raise WeightsUnavailable(f"cannot download ImageNet weights: {exc}") from None
     return target
 
@@ -150,7 +136,7 @@ def _writable(directory: str) -> bool:
 
 
 def file_sha256(path: str) -> str:
-    return _digest(path, "sha256")
+    return file_digest(path, "sha256")
 
 
 def _compile(model: tf.keras.Model, input_size: int, imagenet: bool):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import urllib.request
 
 import pytest
 
@@ -29,13 +30,13 @@ def test_failed_download_fails_with_the_timeout_given(empty_cache, monkeypatch):
     # Unresolvable host (RFC 6761 .invalid) and a refused port: both fail with a clear error,
     # and the download is made with the timeout asked for (no unbounded socket wait).
     timeouts = []
-    real_urlopen = model_mod.urllib.request.urlopen
+    real_urlopen = urllib.request.urlopen
 
     def urlopen(url, *a, timeout=None, **k):
         timeouts.append(timeout)
         return real_urlopen(url, *a, timeout=timeout, **k)
 
-    monkeypatch.setattr(model_mod.urllib.request, "urlopen", urlopen)
+    monkeypatch.setattr(urllib.request, "urlopen", urlopen)
     for url in ("https://weights.invalid/resnet50.h5", "http://127.0.0.1:9/resnet50.h5"):
         monkeypatch.setattr(model_mod, "IMAGENET_URL", url)
         with pytest.raises(model_mod.WeightsUnavailable):
