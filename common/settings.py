@@ -146,6 +146,27 @@ class ServiceSettings(BaseSettings):
     inference_request_timeout_s: float = Field(60.0, gt=0)
 
 
+class GunicornSettings(BaseSettings):
+    """The Gunicorn master's knobs (inference/gunicorn.conf.py explains each choice)."""
+
+    model_config = _CONFIG
+
+    # Loopback by default: the service has no TLS and the bearer token is optional.
+    inference_bind: str = "127.0.0.1:8000"
+    gunicorn_workers: int = Field(1, ge=1)
+    gunicorn_threads: int = Field(8, ge=1)
+    gunicorn_timeout: int = Field(60, ge=1)
+    gunicorn_graceful_timeout: int = Field(30, ge=0)
+    gunicorn_keepalive: int = Field(5, ge=0)
+    gunicorn_max_requests: int = Field(0, ge=0)  # 0: no worker recycling
+    gunicorn_max_requests_jitter: int = Field(0, ge=0)
+    gunicorn_backlog: int = Field(128, ge=1)
+    gunicorn_control_socket: str | None = None  # None: gunicornc's control socket off
+    gunicorn_accesslog: str | None = None  # None: stderr
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL",
+                       "debug", "info", "warning", "error", "critical"] = "INFO"
+
+
 _SECRET_IN_URI = re.compile(r"(//[^:/@]+:)([^@]+)(@)")
 
 

@@ -79,13 +79,14 @@ def machine_facts() -> dict:
 
 def effective_settings(env: dict) -> dict:
     """The settings the components will see (environment, else their defaults)."""
-    from common.settings import DbWriterSettings, InferenceClientSettings, KafkaSettings, ServiceSettings
+    from common.settings import (DbWriterSettings, GunicornSettings, InferenceClientSettings,
+                                 KafkaSettings, ServiceSettings)
 
     defaults = {}
-    for group in (InferenceClientSettings, ServiceSettings, KafkaSettings, DbWriterSettings):
+    for group in (InferenceClientSettings, ServiceSettings, KafkaSettings, DbWriterSettings,
+                  GunicornSettings):
         for name, f in group.model_fields.items():
             defaults.setdefault(name.upper(), f.default)
-    defaults.update(GUNICORN_WORKERS=1, GUNICORN_THREADS=8)  # inference/gunicorn.conf.py
     return {k: env.get(k, defaults.get(k)) for k in RECORDED}
 
 

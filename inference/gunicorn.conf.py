@@ -2,20 +2,27 @@
 
     gunicorn -c inference/gunicorn.conf.py 'inference:create_app()'
 
-Every value can be overridden from the environment.  This file is executed by the
-*master*: it must import nothing heavy (no TensorFlow, not even the app).
+Every value is a setting (common.settings.GunicornSettings: INFERENCE_BIND,
+GUNICORN_WORKERS, ...), read from the environment and validated like every other
+component's.  This file is executed by the *master*: it must import nothing heavy
+(no TensorFlow, not even the app); pydantic is light.
 """
 
 import os
+import sys
 
+# The project root, so that the settings import whatever the working directory
+# (Gunicorn puts its own cwd on sys.path, the unit's WorkingDirectory on the VMs).
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-def _int(name, default):
-    return int(os.environ.get(name, default))
+from common.settings import GunicornSettings  # noqa: E402
+
+_s = GunicornSettings()
 
 
 # Where to listen.  Loopback by default: the service has no TLS and the bearer token
 # is optional, so exposing it is a deliberate choice (INFERENCE_BIND=0.0.0.0:8000).
-bind = os.environ.get("INFERENCE_BIND", "127.0.0.1:8000")
+bind = _s.inference_bind
 
 # The app is created in each worker after the fork, never in the master: the master
 # stays a small supervisor without TensorFlow (TF is not fork-safe once its thread
@@ -29,7 +36,7 @@ wsgi_app = "inference:create_app()"
 # and makes the two processes fight over the same cores.  Throughput comes from
 # batching instead: see the threads below and DYNAMIC_BATCH_*.  Raise it on hosts
 # with many cores (with TF_INTRA_OP_THREADS = cores / workers).
-workers = _int("GUNICORN_WORKERS", 1)
+workers = _s.gunicorn_workers
 
 # gthread: request threads are cheap (they spend their time waiting on the dynamic
 # batcher's futures, the GIL is released during the TF call), and several in-flight
@@ -37,28 +44,28 @@ workers = _int("GUNICORN_WORKERS", 1)
 # concurrent clients (consumer replicas, benchmark connections) be batched together
 # while the model is busy, without an unbounded pile-up.
 worker_class = "gthread"
-threads = _int("GUNICORN_THREADS", 8)
+threads = _s.gunicorn_threads
 
 # Seconds without a worker heartbeat before the master kills it.  The gthread worker
 # heartbeats from its main loop, not from the request threads, and the model loads in
 # a background thread, so this only fires on a truly hung worker; 60 s leaves room
 # for a slow TensorFlow import on a loaded 2-core host.
-timeout = _int("GUNICORN_TIMEOUT", 60)
+timeout = _s.gunicorn_timeout
 
 # On SIGTERM, requests in flight get this long to finish (a batch at 224x224 on CPU
 # can take several seconds).
-graceful_timeout = _int("GUNICORN_GRACEFUL_TIMEOUT", 30)
+graceful_timeout = _s.gunicorn_graceful_timeout
 
 # The inference consumer keeps its HTTP connection open between batches.
-keepalive = _int("GUNICORN_KEEPALIVE", 5)
+keepalive = _s.gunicorn_keepalive
 
 # No worker recycling by default: a new worker re-imports TF and reloads the model
 # (tens of seconds); set GUNICORN_MAX_REQUESTS if a leak ever shows up.
-max_requests = _int("GUNICORN_MAX_REQUESTS", 0)
-max_requests_jitter = _int("GUNICORN_MAX_REQUESTS_JITTER", 0)
+max_requests = _s.gunicorn_max_requests
+max_requests_jitter = _s.gunicorn_max_requests_jitter
 
 # Pending connections the kernel queues while all threads are busy.
-backlog = _int("GUNICORN_BACKLOG", 128)
+backlog = _s.gunicorn_backlog
 
 # Heartbeat file on tmpfs where there is one: a slow or full disk must not make the
 # master think a busy worker is hung.
@@ -68,22 +75,20 @@ if os.path.isdir("/dev/shm"):
 # Gunicorn >= 25.1 opens a control socket at one fixed per-user path
 # (~/.gunicorn/gunicorn.ctl): two services or test runs on one host would take it
 # from each other.  Off unless GUNICORN_CONTROL_SOCKET names a path for gunicornc.
-if os.environ.get("GUNICORN_CONTROL_SOCKET"):
-    control_socket = os.environ["GUNICORN_CONTROL_SOCKET"]
+if _s.gunicorn_control_socket:
+    control_socket = _s.gunicorn_control_socket
 else:
     control_socket_disable = True
 
 # Logs: everything to stderr, access log included ("-" would send it to stdout).
 errorlog = "-"
-accesslog = os.environ.get("GUNICORN_ACCESSLOG", "/dev/stderr" if os.path.exists("/dev/stderr") else "-")
-loglevel = os.environ.get("LOG_LEVEL", "info").lower()
+accesslog = _s.gunicorn_accesslog or ("/dev/stderr" if os.path.exists("/dev/stderr") else "-")
+loglevel = _s.log_level.lower()
 # Client, request line, status, bytes, duration in seconds, worker pid.
 access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(L)ss pid=%(p)s'
 
 
 def when_ready(server):
-    import sys
-
     server.log.info("master %s ready on %s; tensorflow imported in master: %s",
                     os.getpid(), bind, "tensorflow" in sys.modules)
 
