@@ -30,12 +30,28 @@ import json
 import sys
 from pathlib import Path
 
+from analysis.report import (
+    accuracy_of,
+    labelled_pairs,
+    markdown_table,
+    percentile_row,
+    run_accuracy,
+    write_percentiles_csv,
+)
+from analysis.runs import (
+    MONGO_COLLECTION,
+    MONGO_DATABASE,
+    RESULT_PATH,
+    STAGES,
+    AnalysisInputError,
+    Run,
+    add_mongo_stages,
+    load_mongo_run,
+    load_run,
+    unique_names,
+    with_row_stages,
+)
 from common.rundir import LatencyFileError
-from analysis.report import (labelled_pairs, markdown_table, percentile_row, run_accuracy,
-                             accuracy_of, write_percentiles_csv)
-from analysis.runs import (MONGO_COLLECTION, MONGO_DATABASE, RESULT_PATH, STAGES,
-                           AnalysisInputError, Run, add_mongo_stages, load_mongo_run, load_run,
-                           unique_names, with_row_stages)
 
 EPILOG = """\
 percentiles: exact nearest-rank -- for n sorted samples x[1..n] the p-th

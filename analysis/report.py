@@ -7,8 +7,8 @@ import io
 from pathlib import Path
 
 from analysis.runs import Run
-from common.labels import CIFAR10_CLASSES
 from analysis.stats import latency_summary
+from common.labels import CIFAR10_CLASSES
 
 PERCENTILE_COLUMNS = ("run", "count", "p50_ms", "p90_ms", "p95_ms", "p99_ms", "max_ms",
                       "throughput_img_s")

@@ -14,9 +14,9 @@ import logging
 import time
 from pathlib import Path
 
-from common.rundir import LatencyRow, add_stored_at, read_latencies
 from analysis.report import accuracy_of
 from analysis.stats import latency_summary
+from common.rundir import LatencyRow, add_stored_at, read_latencies
 
 log = logging.getLogger(__name__)
 

@@ -13,6 +13,8 @@ import logging
 import urllib.request
 from pathlib import Path
 
+from tqdm import tqdm
+
 log = logging.getLogger(__name__)
 
 
@@ -29,8 +31,6 @@ def fetch(url: str, dest: Path, *, md5: str | None = None, timeout_s: float = 30
           progress: bool = True) -> Path:
     """``dest`` if it is already there (with the right md5 when one is given), else
     downloaded from ``url``, with a progress bar unless ``progress`` is false."""
-    from tqdm import tqdm
-
     dest = Path(dest)
     if dest.is_file() and (md5 is None or file_digest(dest) == md5):
         log.info("using cached %s", dest)

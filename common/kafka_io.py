@@ -5,6 +5,10 @@ from __future__ import annotations
 import logging
 import time
 
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka.admin import NewTopic
+from kafka.errors import TopicAlreadyExistsError
+
 from common.settings import KafkaSettings, secret
 
 log = logging.getLogger(__name__)
@@ -24,7 +28,6 @@ def client_config(s: KafkaSettings) -> dict:
 
 
 def make_producer(s: KafkaSettings, **overrides):
-    from kafka import KafkaProducer
 
     cfg = client_config(s)
     cfg.update(acks="all", linger_ms=s.kafka_linger_ms, batch_size=s.kafka_batch_size,
@@ -35,7 +38,6 @@ def make_producer(s: KafkaSettings, **overrides):
 
 def make_consumer(s: KafkaSettings, *topics: str, group_id: str | None, **overrides):
     """A consumer with manual commits: offsets are committed only after the work is done."""
-    from kafka import KafkaConsumer
 
     cfg = client_config(s)
     cfg.update(group_id=group_id, enable_auto_commit=False, auto_offset_reset="earliest",
@@ -49,9 +51,6 @@ def make_consumer(s: KafkaSettings, *topics: str, group_id: str | None, **overri
 
 def ensure_topics(s: KafkaSettings, timeout_s: float = 30.0) -> list[str]:
     """Create the pipeline's topics if missing (idempotent); returns the topics created."""
-    from kafka import KafkaAdminClient
-    from kafka.admin import NewTopic
-    from kafka.errors import TopicAlreadyExistsError
 
     wanted = {s.images_topic: s.images_partitions, s.results_topic: s.results_partitions,
               s.dlq_topic: 1}

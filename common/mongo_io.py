@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+from pymongo import ASCENDING, MongoClient
+
 from common.settings import MongoSettings, secret
 
 
 def connect(s: MongoSettings):
-    from pymongo import MongoClient
-
     return MongoClient(secret(s.mongo_uri), serverSelectionTimeoutMS=s.mongo_timeout_ms,
                        connectTimeoutMS=s.mongo_timeout_ms,
                        socketTimeoutMS=s.mongo_socket_timeout_ms, retryWrites=False)
@@ -19,8 +19,6 @@ def images_collection(client, s: MongoSettings):
 
 def ensure_indexes(collection) -> None:
     """``_id`` is the image id (unique by construction); these serve the reports."""
-    from pymongo import ASCENDING
-
     collection.create_index([("producer_id", ASCENDING), ("seq", ASCENDING)])
     collection.create_index([("device_id", ASCENDING), ("sent_at", ASCENDING)])
     collection.create_index([("prediction", ASCENDING)])

@@ -27,14 +27,29 @@ import json
 import logging
 import math
 import os
+import resource
+import shutil
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
-from common.rundir import read_latencies
 from analysis.stats import latency_summary
+from common.log import setup_logging
+from common.mongo_io import connect, images_collection
+from common.rundir import read_latencies
+from common.settings import (
+    DbWriterSettings,
+    GunicornSettings,
+    InferenceClientSettings,
+    KafkaSettings,
+    MongoSettings,
+    ServiceSettings,
+)
 from experiments.bench_report import LOAD_POINTS, plot, step_ms, table
+from experiments.experiment import host_facts, versions
+from experiments.fleet import run_fleet
 from experiments.model_limit import collect_limit, measure_limit, start_limit
 from stack.control import LocalStack
 
@@ -64,7 +79,6 @@ def load_average() -> list[float]:
 
 
 def machine_facts() -> dict:
-    from experiments.experiment import host_facts, versions
 
     cpu = None
     try:
@@ -79,9 +93,6 @@ def machine_facts() -> dict:
 
 def effective_settings(env: dict) -> dict:
     """The settings the components will see (environment, else their defaults)."""
-    from common.settings import (DbWriterSettings, GunicornSettings, InferenceClientSettings,
-                                 KafkaSettings, ServiceSettings)
-
     defaults = {}
     for group in (InferenceClientSettings, ServiceSettings, KafkaSettings, DbWriterSettings,
                   GunicornSettings):
@@ -93,7 +104,6 @@ def effective_settings(env: dict) -> dict:
 # ------------------------------------------------------------------ stacks
 
 def _children_cpu() -> float:
-    import resource
 
     ru = resource.getrusage(resource.RUSAGE_CHILDREN)
     return ru.ru_utime + ru.ru_stime
@@ -109,8 +119,6 @@ def bench_stack(name: str, env: dict, workdir: Path) -> LocalStack:
 def stored_times(env: dict, producer_ids: list[str], expected: int, timeout_s: float) -> list[tuple]:
     """(sent_at, prediction_stored_at) of the documents of these producers that have a
     prediction; waits until ``expected`` are there or ``timeout_s`` passes."""
-    from common.mongo_io import connect, images_collection
-    from common.settings import MongoSettings
 
     mongo = MongoSettings(mongo_uri=env["MONGO_URI"])
     client = connect(mongo)
@@ -135,7 +143,6 @@ def run_step(out: Path, env: dict, *, rate: float, duration: float, tag: str,
              per_producer_max: float, devices: int = 4, stack: LocalStack | None = None) -> dict:
     """Offer ``rate`` images/s for ``duration`` s; measure what was stored and the latency,
     and the CPU each component spent per image (core-ms/img; producers included)."""
-    from experiments.fleet import run_fleet
 
     producers = max(1, math.ceil(rate / per_producer_max))
     count = max(2, round(rate / producers * duration))
@@ -259,7 +266,6 @@ def smoke_run(result, env_now, batches, pipeline_env, baseline_env, workdir, out
     """Smoke mode: everything at once to be quick (the numbers mean nothing): the limit
     process and both stacks start concurrently, then one short step and the 50 %
     point on each stack, then both stop."""
-    import threading
 
     proc = start_limit(env_now, batches, 0.3)
     stacks = [bench_stack("pipeline", pipeline_env, workdir), bench_stack("baseline", baseline_env, workdir)]
@@ -299,7 +305,6 @@ def _empty(name: str) -> dict:
 
 
 def main(argv=None) -> int:
-    from common.log import setup_logging
 
     args = parse_args(argv)
     setup_logging()
@@ -362,7 +367,6 @@ def main(argv=None) -> int:
             else:
                 result["baseline"] = _empty("baseline")
     finally:
-        import shutil
 
         shutil.rmtree(workdir, ignore_errors=True)
 

@@ -16,9 +16,11 @@ import sys
 import time
 from pathlib import Path
 
-from experiments.runner import RunFailed, run_configuration
 from analysis.summary import format_table
+from common import dataset as datasets
 from common.log import setup_logging
+from common.settings import DatasetSettings
+from experiments.runner import RunFailed, run_configuration
 from stack.control import down, read_env, stack_dir, supervisor_pid, up
 from stack.supervisor import ROOT
 
@@ -28,8 +30,6 @@ log = logging.getLogger(__name__)
 def check_dataset() -> None:
     """Fetch/verify the dataset before starting anything: a missing dataset fails in
     seconds with instructions, and a download shows its progress bar here."""
-    from common.settings import DatasetSettings
-    from common import dataset as datasets
 
     s = DatasetSettings()
     try:

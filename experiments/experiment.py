@@ -25,11 +25,14 @@ import time
 from importlib import metadata
 from pathlib import Path
 
-from experiments.runner import RunFailed, run_configuration
+import requests
+from pydantic import SecretStr
+
+from analysis.cli import main as analyse
 from common.log import setup_logging
 from common.settings import mask
-from stack.control import read_env
-from pydantic import SecretStr
+from experiments.runner import RunFailed, run_configuration
+from stack.control import down, read_env, stack_dir, supervisor_pid, up
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +64,6 @@ def versions() -> dict:
 
 
 def model_info(env: dict) -> dict | None:
-    import requests
 
     url = env.get("INFERENCE_URL", "").split(",")[0]
     if not url:
@@ -100,8 +102,6 @@ def main(argv=None) -> int:
     deployed = "KAFKA_BOOTSTRAP_SERVERS" in env and "MONGO_URI" in env
     stack_started = False
     if not deployed:
-        from stack.control import down, supervisor_pid, up
-        from stack.supervisor import stack_dir
 
         d = stack_dir()
         stack_started = supervisor_pid(d) is None
@@ -140,7 +140,6 @@ def main(argv=None) -> int:
         (out / "experiment.json").write_text(json.dumps(record, indent=2) + "\n")
         if stack_started:
             down(d)
-    from analysis.cli import main as analyse
 
     analyse_args = [str(out / r["dir"]) for r in record["runs"]] + ["--out", str(out)]
     analyse(analyse_args + (["--log-x"] if args.log_x else []))

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from common import dataset
 from common.labels import CIFAR10_CLASSES
 
 
 def load_cifar10(source: str, split: str = "train") -> tuple[np.ndarray, np.ndarray]:
     """Return (images uint8 N x 32 x 32 x 3, labels int64 N) of ``split`` ("train" or "test")."""
-    from common import dataset
-
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', not {split!r}")
     data = dataset.load("cifar10", source, split)

@@ -13,9 +13,9 @@ import math
 import sys
 from pathlib import Path
 
+from common import dataset as datasets
 from common.log import setup_logging
 from common.settings import DatasetSettings, KafkaSettings, ProducerSettings, describe, with_flags
-from common import dataset as datasets
 from producer.camera import new_producer_id, run_cameras, write_run_files
 
 log = logging.getLogger("producer")

@@ -17,6 +17,9 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kafka import TopicPartition
+from tqdm import tqdm
+
 from common.kafka_io import make_consumer, make_producer
 from common.rundir import write_latencies, write_stages
 from common.schema import dumps, encode_png, make_image_message
@@ -82,8 +85,6 @@ class ResultListener(threading.Thread):
         self.topic = settings.results_topic
 
     def _assign(self) -> None:
-        from kafka import TopicPartition
-
         deadline = time.monotonic() + 30
         partitions = None
         while not partitions:
@@ -148,8 +149,6 @@ def run_cameras(*, kafka: KafkaSettings, dataset, producer_id: str, count: int, 
                 devices: int, result_timeout_s: float, progress: bool = True,
                 progress_file: Path | None = None) -> ProducerRun:
     """Send ``count`` images at ``rate`` images/s and wait for their results."""
-    from tqdm import tqdm
-
     run = ProducerRun(producer_id)
     # Encode everything first so PNG encoding never delays a send.
     messages = []

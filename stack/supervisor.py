@@ -27,6 +27,11 @@ from pathlib import Path
 from typing import Callable
 
 import psutil
+import requests
+from pymongo import MongoClient
+
+from common.kafka_io import ensure_topics
+from common.settings import KafkaSettings, MongoSettings, mask
 
 log = logging.getLogger("stack")
 
@@ -110,7 +115,6 @@ class Supervisor:
 
     # ------------------------------------------------------------ plan
     def plan(self) -> None:
-        from common.settings import KafkaSettings, MongoSettings, mask
 
         py = sys.executable
         base_env = {"PYTHONUNBUFFERED": "1"}
@@ -172,7 +176,6 @@ class Supervisor:
 
     # ------------------------------------------------------------ health checks
     def _kafka_ready(self) -> bool:
-        from common.kafka_io import ensure_topics
 
         try:
             created = ensure_topics(self._kafka_settings(), timeout_s=2)
@@ -184,7 +187,6 @@ class Supervisor:
         return True
 
     def _mongo_ready(self) -> bool:
-        from pymongo import MongoClient
 
         try:
             with MongoClient(self.endpoints["MONGO_URI"], serverSelectionTimeoutMS=1000) as client:
@@ -194,7 +196,6 @@ class Supervisor:
             return False
 
     def _inference_ready(self) -> bool:
-        import requests
 
         try:
             return requests.get(self.endpoints["INFERENCE_URL"] + "/readyz", timeout=2).status_code == 200
