@@ -191,6 +191,24 @@ def secret(value: SecretStr | None) -> str | None:
     return value.get_secret_value() if value is not None else None
 
 
+SETTINGS_GROUPS: tuple[type[BaseSettings], ...] = ()  # filled in below the classes
+
+
+def settings_env(**values: Any) -> dict[str, str]:
+    """Environment variables for another process, from typed values: each keyword is a
+    settings field (``batch_size=1``), checked to exist and validated against its
+    field, so an override with a typo or a bad value fails here, not in the child."""
+    env = {}
+    for name, value in values.items():
+        group = next((g for g in SETTINGS_GROUPS if name in g.model_fields), None)
+        if group is None:
+            raise ValueError(f"{name}: no such setting")
+        validated = getattr(with_flags(group, **{name: value}), name)
+        env[name.upper()] = str(validated.get_secret_value() if isinstance(validated, SecretStr)
+                                else validated)
+    return env
+
+
 def with_flags(cls: type[BaseSettings], parser=None, **flags: Any) -> BaseSettings:
     """``cls`` read from the environment with the CLI ``flags`` that were given (not None)
     on top, validated together.  An invalid value ends the program through
@@ -207,3 +225,7 @@ def with_flags(cls: type[BaseSettings], parser=None, **flags: Any) -> BaseSettin
         if parser is not None:
             parser.error(message)
         raise ValueError(message) from None
+
+
+SETTINGS_GROUPS = (KafkaSettings, MongoSettings, DbWriterSettings, InferenceClientSettings,
+                   DatasetSettings, ProducerSettings, ServiceSettings, GunicornSettings)

@@ -46,6 +46,7 @@ from common.settings import (
     KafkaSettings,
     MongoSettings,
     ServiceSettings,
+    settings_env,
 )
 from experiments.bench_report import LOAD_POINTS, plot, step_ms, table
 from experiments.experiment import host_facts, versions
@@ -60,8 +61,8 @@ LIMIT_BATCHES = (8, 16, 32, 64)
 
 
 # The per-message design, expressed as settings of the same code.
-BASELINE_ENV = {"BATCH_SIZE": "1", "BATCH_WAIT_MS": "0", "DYNAMIC_BATCH_MAX": "1",
-                "DYNAMIC_BATCH_DELAY_MS": "0", "DB_MAX_RECORDS": "1"}
+BASELINE_ENV = settings_env(batch_size=1, batch_wait_ms=0, dynamic_batch_max=1,
+                            dynamic_batch_delay_ms=0, db_max_records=1)
 # Settings recorded in bench.json (whatever the environment or defaults make them).
 RECORDED = ("BATCH_SIZE", "BATCH_WAIT_MS", "DYNAMIC_BATCH_MAX", "DYNAMIC_BATCH_DELAY_MS",
             "DB_MAX_RECORDS", "TF_INTRA_OP_THREADS", "TF_INTER_OP_THREADS", "GUNICORN_WORKERS",

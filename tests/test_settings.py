@@ -42,3 +42,13 @@ def test_cli_rejects_an_invalid_flag_with_a_clear_error(argv):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "invalid setting" in proc.stderr and argv[-2].lstrip("-").split("-")[-1] in proc.stderr
+
+
+def test_settings_env_is_typed_and_checked():
+    from common.settings import settings_env
+
+    assert settings_env(batch_size=1, db_max_records=2) == {"BATCH_SIZE": "1", "DB_MAX_RECORDS": "2"}
+    with pytest.raises(ValueError, match="no such setting"):
+        settings_env(batch_sise=1)
+    with pytest.raises(ValueError, match="batch_size=0"):
+        settings_env(batch_size=0)
