@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import runpy
 import signal
 import socket
 import subprocess
@@ -126,17 +127,18 @@ def test_gunicorn_config_values_come_from_env(monkeypatch):
     monkeypatch.setenv("GUNICORN_WORKERS", "3")
     monkeypatch.setenv("GUNICORN_THREADS", "2")
     monkeypatch.setenv("GUNICORN_TIMEOUT", "77")
-    conf: dict = {}
-    exec(compile((ROOT / "inference/gunicorn.conf.py").read_text(), "gunicorn.conf.py", "exec"), conf)
+    conf = runpy.run_path(str(ROOT / "inference/gunicorn.conf.py"))  # as Gunicorn loads it
     assert conf["bind"] == "127.0.0.1:9" and conf["workers"] == 3 and conf["threads"] == 2
     assert conf["timeout"] == 77 and conf["worker_class"] == "gthread" and conf["preload_app"] is False
     for name in ("INFERENCE_BIND", "GUNICORN_WORKERS", "GUNICORN_THREADS", "GUNICORN_TIMEOUT"):
         monkeypatch.delenv(name)
     monkeypatch.delenv("GUNICORN_CONTROL_SOCKET", raising=False)
-    conf = {}
-    exec(compile((ROOT / "inference/gunicorn.conf.py").read_text(), "gunicorn.conf.py", "exec"), conf)
+    conf = runpy.run_path(str(ROOT / "inference/gunicorn.conf.py"))
     assert conf["bind"] == "127.0.0.1:8000" and conf["workers"] == 1 and conf["threads"] == 8
     assert conf["control_socket_disable"] is True  # no shared ~/.gunicorn/gunicorn.ctl
+    monkeypatch.setenv("GUNICORN_WORKERS", "0")  # validated like every other setting
+    with pytest.raises(ValueError, match="gunicorn_workers"):
+        runpy.run_path(str(ROOT / "inference/gunicorn.conf.py"))
 
 
 def test_app_modules_do_not_import_tensorflow():

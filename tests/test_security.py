@@ -120,8 +120,6 @@ SASL_ENV = {"KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "KAFKA_SASL_MECHANISM": "SCRA
 
 
 def test_kafka_clients_use_sasl_ssl_from_the_environment(monkeypatch):
-    import kafka
-
     from common import kafka_io
     from common.settings import KafkaSettings
 
@@ -135,10 +133,11 @@ def test_kafka_clients_use_sasl_ssl_from_the_environment(monkeypatch):
     assert cfg["ssl_cafile"] == "/etc/iot/ca.pem"
 
     seen = []
-    monkeypatch.setattr(kafka, "KafkaProducer", lambda **kw: seen.append(("producer", kw)))
-    monkeypatch.setattr(kafka, "KafkaConsumer", lambda *t, **kw: seen.append(("consumer", kw)))
+    monkeypatch.setattr(kafka_io, "KafkaProducer", lambda **kw: seen.append(("producer", kw)))
+    monkeypatch.setattr(kafka_io, "KafkaConsumer", lambda *t, **kw: seen.append(("consumer", kw)))
     kafka_io.make_producer(s)
     kafka_io.make_consumer(s, "t", group_id="g")
+    assert [kind for kind, _kw in seen] == ["producer", "consumer"]
     for _kind, kw in seen:
         assert {k: kw[k] for k in cfg} == cfg  # every client gets the same security options
 
