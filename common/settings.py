@@ -170,6 +170,11 @@ class GunicornSettings(BaseSettings):
 _SECRET_IN_URI = re.compile(r"(//[^:/@]+:)([^@]+)(@)")
 
 
+def mask_uris(text: str) -> str:
+    """``text`` with the password of every ``scheme://user:password@host`` in it hidden."""
+    return _SECRET_IN_URI.sub(r"\1***\3", text)
+
+
 def mask(value: Any) -> Any:
     """Mask a secret for printing; passwords inside URIs are hidden too."""
     if isinstance(value, SecretStr):

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import psutil
 
+from common.settings import mask_uris
 from stack.supervisor import ROOT, pid_alive, stack_dir
 
 log = logging.getLogger(__name__)
@@ -95,7 +96,7 @@ def up(d: Path, timeout_s: float, env: dict | None = None) -> int:
         shown = len(lines)
         if (d / "ready").exists():
             print(f"stack is up; endpoints in {d / 'stack.env'}:")
-            print("  " + (d / "stack.env").read_text().strip().replace("\n", "\n  "))
+            print("  " + mask_uris((d / "stack.env").read_text().strip()).replace("\n", "\n  "))
             return 0
         # The supervisor writes its pid file within a second of starting.
         vanished = time.monotonic() > started + 5 and not supervisor_pid(d)
@@ -144,8 +145,10 @@ def status(d: Path) -> int:
         pid = read_pid(pid_file)
         held = " (held down)" if (d / "hold" / pid_file.stem).exists() else ""
         print(f"  {pid_file.stem:20} pid {pid}: {'alive' if pid and pid_alive(pid) else 'dead'}{held}")
+    if (d / "failed").exists():
+        print(f"failed: {(d / 'failed').read_text().strip()}")
     if (d / "stack.env").exists():
-        print((d / "stack.env").read_text().strip())
+        print(mask_uris((d / "stack.env").read_text().strip()))
     return 0 if sup else 1
 
 

@@ -31,7 +31,7 @@ import requests
 from pymongo import MongoClient
 
 from common.kafka_io import ensure_topics
-from common.settings import KafkaSettings, MongoSettings, mask
+from common.settings import KafkaSettings, MongoSettings, mask, mask_uris
 
 log = logging.getLogger("stack")
 
@@ -100,6 +100,9 @@ class Component:
     stop_timeout_s: float = 20.0
     proc: subprocess.Popen | None = None
     restarts: int = 0
+    # Why a restart would do harm (a memory-only broker loses every topic, message and
+    # committed offset): such a component's death stops the stack, loudly.
+    no_restart: str = ""
     started_at: float = 0.0
     next_restart_at: float = 0.0
 
@@ -111,6 +114,7 @@ class Supervisor:
             (self.dir / sub).mkdir(parents=True, exist_ok=True)
         self.components: list[Component] = []
         self.stopping = False
+        self.failure = ""
         self.endpoints: dict[str, str] = {}
 
     # ------------------------------------------------------------ plan
@@ -130,7 +134,10 @@ class Supervisor:
             self.components.append(Component(
                 "kafka", [str(tansu_binary()), "broker", "--listener-url", url,
                           "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"],
-                ready=self._kafka_ready, env={"RUST_LOG": "warn"}))
+                ready=self._kafka_ready, env={"RUST_LOG": "warn"},
+                no_restart="the embedded broker keeps topics, messages and committed offsets in "
+                           "memory only (tansu 0.6 offers no local persistent storage), so a restart "
+                           "would silently lose them"))
 
         mongo_external = os.environ.get("MONGO_URI")
         if mongo_external:
@@ -250,8 +257,13 @@ class Supervisor:
         log.info("stopped %s", c.name)
 
     def write_env(self) -> None:
+        """stack.env, readable by its owner only: an external MONGO_URI carries a password."""
         text = "".join(f"{k}={v}\n" for k, v in self.endpoints.items())
-        (self.dir / "stack.env").write_text(text)
+        path = self.dir / "stack.env"
+        path.unlink(missing_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
 
     # ------------------------------------------------------------ main loop
     def run(self) -> int:
@@ -268,10 +280,13 @@ class Supervisor:
                 self.start(c)
                 self.wait_ready(c)
             (self.dir / "ready").write_text(time.strftime("%Y-%m-%dT%H:%M:%S\n"))
-            log.info("stack is up: %s", ", ".join(f"{k}={v}" for k, v in self.endpoints.items()))
+            log.info("stack is up: %s", mask_uris(", ".join(f"{k}={v}" for k, v in self.endpoints.items())))
             while not self.stopping:
                 self.watch()
                 time.sleep(0.5)
+            if self.failure:
+                (self.dir / "failed").write_text(f"{self.failure}\n")
+                return 1
             return 0
         except Exception as exc:
             log.error("%s", exc)
@@ -285,6 +300,13 @@ class Supervisor:
         for c in self.components:
             if c.proc is None or c.proc.poll() is None or self.held(c):
                 continue
+            if c.no_restart:
+                self.failure = (f"{c.name} (pid {c.proc.pid}) exited with {c.proc.returncode} and is "
+                                f"not restarted: {c.no_restart}. The stack stops; start it again "
+                                f"with `make up` (python -m stack up).")
+                log.error("%s", self.failure)
+                self.stopping = True
+                return
             if c.next_restart_at == 0.0:
                 # Back off if it keeps dying right after start (systemd's RestartSec).
                 quick = now - c.started_at < 10
