@@ -74,11 +74,12 @@ def wait_polling(consumer, future, poll_ms: int = 200):
     import concurrent.futures
 
     try:
-        while True:
-            try:
-                return future.result(timeout=poll_ms / 1000)
-            except concurrent.futures.TimeoutError:
-                poll_paused(consumer, 1)  # liveness only
+        # Wait, then ask: future.result(timeout) raises TimeoutError both for "still
+        # running" and for a call that itself failed with a TimeoutError (one class since
+        # Python 3.11), which would have looped here forever.
+        while not concurrent.futures.wait([future], timeout=poll_ms / 1000).done:
+            poll_paused(consumer, 1)  # liveness only
+        return future.result()
     finally:
         consumer.resume(*consumer.assignment())
 
