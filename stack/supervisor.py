@@ -31,6 +31,7 @@ import requests
 from pymongo import MongoClient
 
 from common.kafka_io import ensure_topics
+from common.lifecycle import Backoff
 from common.settings import KafkaSettings, MongoSettings, mask, mask_uris
 
 log = logging.getLogger("stack")
@@ -103,6 +104,7 @@ class Component:
     # Why a restart would do harm (a memory-only broker loses every topic, message and
     # committed offset): such a component's death stops the stack, loudly.
     no_restart: str = ""
+    backoff: Backoff = field(default_factory=lambda: Backoff(1.0, 30.0))
     started_at: float = 0.0
     next_restart_at: float = 0.0
 
@@ -310,7 +312,9 @@ class Supervisor:
             if c.next_restart_at == 0.0:
                 # Back off if it keeps dying right after start (systemd's RestartSec).
                 quick = now - c.started_at < 10
-                delay = min(30.0, 2.0 ** min(c.restarts, 5)) if quick else 1.0
+                if not quick:
+                    c.backoff.reset()
+                delay = c.backoff.next() if quick else 1.0
                 c.next_restart_at = now + delay
                 log.warning("%s (pid %d) exited with %s; restarting in %.0f s",
                             c.name, c.proc.pid, c.proc.returncode, delay)
