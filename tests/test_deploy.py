@@ -412,3 +412,11 @@ def test_secrets_stay_out_of_git():
     example = yaml.safe_load(VAULT_EXAMPLE.read_text())
     assert set(example) == {"vault_mongodb_admin_password", "vault_mongodb_app_password",
                             "vault_kafka_admin_password", "vault_kafka_app_password", "vault_inference_token"}
+
+
+def test_argument_specs_match_the_defaults_and_are_written_for_people():
+    """tests/deploy/gen_argument_specs.py --check: every default documented with its exact
+    value, a type and a real description; computed values (vars/) are not inputs."""
+    proc = subprocess.run([sys.executable, "tests/deploy/gen_argument_specs.py", "--check"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
