@@ -162,10 +162,14 @@ class InferenceConsumer:
                 reason = pred.get("error") if pred else "no prediction in the service's response"
                 self.dead_letter(record, f"inference failed: {reason}")
                 continue
-            result = make_result_message(msg, prediction=pred["label"],
-                                         confidence=pred["confidence"], model=model,
-                                         received_at=received_at,
-                                         inferred_at=pred.get("inferred_at", time.time()))
+            try:
+                result = make_result_message(msg, prediction=pred.get("label"),
+                                             confidence=pred.get("confidence"), model=model,
+                                             received_at=received_at,
+                                             inferred_at=pred.get("inferred_at", time.time()))
+            except InvalidMessage as exc:  # a prediction the result contract refuses
+                self.dead_letter(record, f"inference failed: invalid prediction: {exc.reason}")
+                continue
             result["published_at"] = time.time()
             self.pending.append(self.producer.send(self.kafka.results_topic, key=msg["device_id"].encode(),
                                                    value=dumps(result)))

@@ -5,17 +5,18 @@ from __future__ import annotations
 import concurrent.futures
 import hmac
 import io
-import json
 import logging
 import time
-from typing import Any
 
 import numpy as np
 from flask import Blueprint, Flask, current_app, g, jsonify, request
 from PIL import Image
+from pydantic import ValidationError
 from werkzeug.exceptions import HTTPException
 
-from common.schema import IMAGE_SIZE, InvalidMessage, check_png_header, decode_image_b64
+from common.models import (Error, Health, Instance, InstanceError, ModelInfo, NotReady, Prediction,
+                           PredictResponse, Ready, Timing, predict_request_model, reason_of)
+from common.schema import IMAGE_SIZE, InvalidMessage
 from common.settings import ServiceSettings, secret
 from inference.batcher import Overloaded
 from inference.engine import READY, Engine
@@ -73,25 +74,28 @@ def _require_ready() -> Engine:
 
 # ------------------------------------------------------------ health
 
+def _json(body, **dump):
+    """A response model as the JSON response (the models are the OpenAPI document's schemas)."""
+    return jsonify(body.model_dump(mode="json", **dump))
+
+
 @health.get("/healthz")
 def healthz():
-    return jsonify(status="ok")
+    return _json(Health(status="ok"))
 
 
 @health.get("/readyz")
 def readyz():
     engine = get_engine()
     if engine.state == READY:
-        return jsonify(status="ready", model=engine.model.id)
-    body: dict[str, Any] = {"status": engine.state}
-    if engine.error:
-        body["error"] = engine.error
-    return jsonify(body), 503, {"Retry-After": "1"}
+        return _json(Ready(status="ready", model=engine.model.id))
+    body = NotReady(status=engine.state, error=engine.error or None)
+    return _json(body, exclude_none=True), 503, {"Retry-After": "1"}
 
 
 @health.get("/openapi.json")
 def openapi():
-    return jsonify(openapi_document())
+    return jsonify(openapi_document(get_settings().max_batch))
 
 
 # ------------------------------------------------------------ /v1
@@ -100,42 +104,48 @@ def openapi():
 def model_info():
     engine = _require_ready()
     m = engine.model
-    return jsonify(id=m.id, weights_source=m.weights_source, input_size=m.input_size,
-                   classes=list(m.classes), untrained=m.untrained, max_batch=get_settings().max_batch,
-                   dynamic_batch_max=engine.batcher.max_batch,
-                   dynamic_batch_delay_ms=engine.batcher.max_delay_s * 1000.0)
+    return _json(ModelInfo(id=m.id, weights_source=m.weights_source, input_size=m.input_size,
+                           classes=list(m.classes), untrained=m.untrained,
+                           max_batch=get_settings().max_batch,
+                           dynamic_batch_max=engine.batcher.max_batch,
+                           dynamic_batch_delay_ms=engine.batcher.max_delay_s * 1000.0))
 
 
-def _parse_instances(max_batch: int) -> list:
+def _request_error(exc: ValidationError, max_batch: int) -> str:
+    """The 400 message for a body that is not a PredictRequest (the first problem found)."""
+    err = exc.errors(include_url=False)[0]
+    typ, loc = err["type"], err["loc"]
+    if typ == "json_invalid":  # jiter: also non-UTF-8, lone surrogates, nesting over 200 levels
+        return f"body is not valid JSON: {str((err.get('ctx') or {}).get('error', ''))[:200]}"
+    if not loc:
+        return "body must be a JSON object with an 'instances' list"
+    if loc == ("instances",):
+        if typ == "too_long":
+            return f"{len(err['input'])} instances, over the limit of {max_batch} (MAX_BATCH)"
+        return {"missing": "missing field 'instances'",
+                "list_type": "field 'instances' must be a list",
+                "too_short": "field 'instances' is empty"}.get(typ, f"field 'instances': {err['msg']}")
+    if len(loc) == 2 and typ == "dict_type":
+        return f"instances[{loc[1]}] is not an object"
+    return reason_of(exc, predict_request_model(max_batch))
+
+
+def _parse_instances(max_batch: int) -> list[dict]:
     raw = request.get_data(cache=False)  # 413 from Werkzeug if over MAX_CONTENT_LENGTH
     try:
-        body = json.loads(raw)
-    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
-        raise ApiError(400, f"body is not valid JSON: {str(exc)[:200]}") from None
-    if not isinstance(body, dict):
-        raise ApiError(400, "body must be a JSON object with an 'instances' list")
-    if "instances" not in body:
-        raise ApiError(400, "missing field 'instances'")
-    instances = body["instances"]
-    if not isinstance(instances, list):
-        raise ApiError(400, "field 'instances' must be a list")
-    if not instances:
-        raise ApiError(400, "field 'instances' is empty")
-    if len(instances) > max_batch:
-        raise ApiError(400, f"{len(instances)} instances, over the limit of {max_batch} (MAX_BATCH)")
-    for i, inst in enumerate(instances):
-        if not isinstance(inst, dict):
-            raise ApiError(400, f"instances[{i}] is not an object")
-    return instances
+        body = predict_request_model(max_batch).model_validate_json(raw)
+    except ValidationError as exc:
+        raise ApiError(400, _request_error(exc, max_batch)) from None
+    return body.instances
 
 
 def decode_instance(inst: dict) -> np.ndarray:
     """A 32x32x3 uint8 array, or InvalidMessage with the reason."""
-    image_id = inst.get("image_id")
-    if not isinstance(image_id, str) or not image_id:
-        raise InvalidMessage("field 'image_id' must be a non-empty string")
-    png = decode_image_b64(inst.get("image"))
-    check_png_header(png)  # cheap: signature, 32x32, 8-bit RGB, before any pixel work
+    try:
+        # image_id, then base64 and the cheap PNG header check, before any pixel work
+        png = Instance.model_validate(inst).png
+    except ValidationError as exc:
+        raise InvalidMessage(reason_of(exc, Instance)) from None
     try:
         with Image.open(io.BytesIO(png), formats=["PNG"]) as img:
             img.load()
@@ -155,7 +165,7 @@ def predict():
     instances = _parse_instances(settings.max_batch)
 
     decode_start = time.perf_counter()
-    predictions: list[dict | None] = [None] * len(instances)
+    predictions: list[Prediction | InstanceError | None] = [None] * len(instances)
     arrays, slots = [], []
     for i, inst in enumerate(instances):
         try:
@@ -163,8 +173,8 @@ def predict():
             slots.append(i)
         except InvalidMessage as exc:
             image_id = inst.get("image_id")
-            predictions[i] = {"image_id": image_id if isinstance(image_id, str) else None,
-                              "error": exc.reason}
+            predictions[i] = InstanceError(image_id=image_id if isinstance(image_id, str) else None,
+                                           error=exc.reason)
     decode_ms = (time.perf_counter() - decode_start) * 1000.0
 
     infer_start = time.perf_counter()
@@ -188,39 +198,39 @@ def predict():
             best = probs.argmax(axis=1)
             for r in range(len(probs)):
                 i = next(rows)
-                predictions[i] = {
-                    "image_id": instances[i]["image_id"],
-                    "label": classes[int(best[r])],
-                    "confidence": float(min(1.0, max(0.0, probs[r, best[r]]))),
-                    "received_at": g.received_at,
-                    "inferred_at": res.inferred_at,
-                    "inference_ms": round(res.inference_ms, 3),
-                }
+                predictions[i] = Prediction(
+                    image_id=instances[i]["image_id"],
+                    label=classes[int(best[r])],
+                    confidence=float(min(1.0, max(0.0, probs[r, best[r]]))),
+                    received_at=g.received_at,
+                    inferred_at=res.inferred_at,
+                    inference_ms=round(res.inference_ms, 3),
+                )
     inference_ms = (time.perf_counter() - infer_start) * 1000.0
 
-    return jsonify(
+    return _json(PredictResponse(
         model=engine.model.id,
         predictions=predictions,
         batch_size=len(instances),
-        timing={"decode_ms": round(decode_ms, 3), "inference_ms": round(inference_ms, 3),
-                "total_ms": round((time.perf_counter() - g.t0) * 1000.0, 3)},
-    )
+        timing=Timing(decode_ms=round(decode_ms, 3), inference_ms=round(inference_ms, 3),
+                      total_ms=round((time.perf_counter() - g.t0) * 1000.0, 3)),
+    ))
 
 
 # ------------------------------------------------------------ errors: always JSON
 
 def _api_error(exc: ApiError):
-    return jsonify(error=exc.message), exc.status, exc.headers
+    return _json(Error(error=exc.message)), exc.status, exc.headers
 
 
 def _http_error(exc: HTTPException):
     headers = {k: v for k, v in exc.get_headers() if k.lower() != "content-type"}
-    return jsonify(error=exc.description or exc.name), exc.code or 500, headers
+    return _json(Error(error=exc.description or exc.name)), exc.code or 500, headers
 
 
 def _unexpected(exc: Exception):
     log.exception("unhandled error on %s %s", request.method, request.path)
-    return jsonify(error="internal server error"), 500
+    return _json(Error(error="internal server error")), 500
 
 
 def init_app(app: Flask) -> None:

@@ -1,24 +1,90 @@
-"""OpenAPI 3 description of the inference service (served at /openapi.json)."""
+"""OpenAPI 3 description of the inference service (served at /openapi.json).
+
+Generated from the pydantic models of :mod:`common.models` that the service validates
+requests with and builds its responses from: ``components/schemas`` holds one schema
+per model (``model_json_schema``), the operations refer to them.  The ``/v1/predict``
+request's batch limit is the service's MAX_BATCH, so the document is built per
+service (``openapi_document(settings.max_batch)``).
+
+pydantic writes JSON Schema 2020-12; :func:`to_openapi30` turns the few constructs
+OpenAPI 3.0 spells differently (``null`` in a union -> ``nullable``, ``const`` ->
+``enum``) and drops the generated titles.
+"""
 
 from __future__ import annotations
 
-from common.labels import CIFAR10_CLASSES
+from typing import Any
+
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
+
+from common.models import (DEFAULT_MAX_BATCH, Error, Health, ModelInfo, NotReady, PredictResponse, Ready,
+                           predict_request_model)
+
+REF_TEMPLATE = "#/components/schemas/{model}"
 
 
-def _json(schema_ref: str, description: str) -> dict:
-    return {"description": description,
-            "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema_ref}"}}}}
+def http_models(max_batch: int = DEFAULT_MAX_BATCH) -> list[tuple[type[BaseModel], str]]:
+    """The models of the HTTP bodies, each with the JSON Schema mode it is used in
+    (requests are validated, responses serialized)."""
+    return [(predict_request_model(max_batch), "validation"), (PredictResponse, "serialization"),
+            (ModelInfo, "serialization"), (Health, "serialization"), (Ready, "serialization"),
+            (NotReady, "serialization"), (Error, "serialization")]
+
+
+def to_openapi30(schema: Any) -> Any:
+    """A pydantic (JSON Schema 2020-12) schema as an OpenAPI 3.0 schema object."""
+    if isinstance(schema, list):
+        return [to_openapi30(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out: dict[str, Any] = {}
+    for key, value in schema.items():
+        if key == "title" or (key == "default" and value is None):
+            continue
+        if key in ("properties", "$defs"):
+            out[key] = {name: to_openapi30(sub) for name, sub in value.items()}
+        elif key == "const":
+            out["enum"] = [value]
+        elif key == "anyOf" and {"type": "null"} in value:
+            rest = [s for s in value if s != {"type": "null"}]
+            if len(rest) == 1:
+                out.update(to_openapi30(rest[0]))
+            else:
+                out["anyOf"] = to_openapi30(rest)
+            out["nullable"] = True
+        elif isinstance(value, (dict, list)):
+            out[key] = to_openapi30(value)
+        else:
+            out[key] = value
+    return out
+
+
+def component_schemas(max_batch: int = DEFAULT_MAX_BATCH) -> dict[str, dict]:
+    """``components/schemas``: every HTTP model and the models they refer to, by class name."""
+    _, top = models_json_schema(http_models(max_batch), ref_template=REF_TEMPLATE)
+    return {name: to_openapi30(schema) for name, schema in sorted(top["$defs"].items())}
+
+
+def _ref(model: type[BaseModel]) -> dict:
+    return {"$ref": REF_TEMPLATE.format(model=model.__name__)}
+
+
+def _json(model: type[BaseModel], description: str) -> dict:
+    return {"description": description, "content": {"application/json": {"schema": _ref(model)}}}
 
 
 _ERRORS = {
-    "400": _json("Error", "Malformed request (not JSON, no/empty/oversized 'instances', non-object instance)"),
-    "401": _json("Error", "INFERENCE_TOKEN is set and the bearer token is missing or wrong"),
-    "413": _json("Error", "Body larger than MAX_REQUEST_BYTES"),
-    "503": _json("Error", "Model still loading (or failed), queue full, or inference timed out; retry"),
+    "400": _json(Error, "Malformed request (not JSON, no/empty/oversized 'instances', non-object instance)"),
+    "401": _json(Error, "INFERENCE_TOKEN is set and the bearer token is missing or wrong"),
+    "413": _json(Error, "Body larger than MAX_REQUEST_BYTES"),
+    "503": _json(Error, "Model still loading (or failed), queue full, or inference timed out; retry"),
 }
 
 
-def openapi_document() -> dict:
+def openapi_document(max_batch: int = DEFAULT_MAX_BATCH) -> dict:
+    """The document of a service whose MAX_BATCH is ``max_batch``."""
+    request = predict_request_model(max_batch)
     return {
         "openapi": "3.0.3",
         "info": {
@@ -30,105 +96,31 @@ def openapi_document() -> dict:
         "paths": {
             "/healthz": {"get": {
                 "operationId": "healthz", "summary": "Liveness: the worker answers",
-                "responses": {"200": _json("Health", "Alive")},
+                "responses": {"200": _json(Health, "Alive")},
             }},
             "/readyz": {"get": {
                 "operationId": "readyz", "summary": "Readiness: model loaded and warmed up",
-                "responses": {"200": _json("Ready", "Ready to serve"),
-                              "503": _json("NotReady", "Loading (or failed)")},
+                "responses": {"200": _json(Ready, "Ready to serve"),
+                              "503": _json(NotReady, "Loading (or failed)")},
             }},
             "/v1/model": {"get": {
                 "operationId": "getModel", "summary": "The loaded model",
                 "security": [{}, {"bearerAuth": []}],
-                "responses": {"200": _json("ModelInfo", "Model description"),
+                "responses": {"200": _json(ModelInfo, "Model description"),
                               "401": _ERRORS["401"], "503": _ERRORS["503"]},
             }},
             "/v1/predict": {"post": {
                 "operationId": "predict", "summary": "Classify a batch of images",
                 "security": [{}, {"bearerAuth": []}],
                 "requestBody": {"required": True, "content": {"application/json": {
-                    "schema": {"$ref": "#/components/schemas/PredictRequest"}}}},
-                "responses": {"200": _json("PredictResponse",
+                    "schema": _ref(request)}}},
+                "responses": {"200": _json(PredictResponse,
                                            "One entry per instance, in order; bad images get an 'error'"),
                               **_ERRORS},
             }},
         },
         "components": {
             "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer"}},
-            "schemas": {
-                "Error": {"type": "object", "required": ["error"],
-                          "properties": {"error": {"type": "string"}}},
-                "Health": {"type": "object", "required": ["status"],
-                           "properties": {"status": {"type": "string", "enum": ["ok"]}}},
-                "Ready": {"type": "object", "required": ["status", "model"],
-                          "properties": {"status": {"type": "string", "enum": ["ready"]},
-                                         "model": {"type": "string"}}},
-                "NotReady": {"type": "object", "required": ["status"],
-                             "properties": {"status": {"type": "string", "enum": ["loading", "failed"]},
-                                            "error": {"type": "string"}}},
-                "ModelInfo": {
-                    "type": "object",
-                    "required": ["id", "weights_source", "input_size", "classes", "untrained", "max_batch"],
-                    "properties": {
-                        "id": {"type": "string", "example": "resnet50-imagenet-224"},
-                        "weights_source": {"type": "string"},
-                        "input_size": {"type": "integer", "minimum": 1},
-                        "classes": {"type": "array", "items": {"type": "string"}},
-                        "untrained": {"type": "boolean",
-                                      "description": "random weights: labels are meaningless"},
-                        "max_batch": {"type": "integer", "minimum": 1},
-                        "dynamic_batch_max": {"type": "integer", "minimum": 1},
-                        "dynamic_batch_delay_ms": {"type": "number", "minimum": 0},
-                    },
-                },
-                "Instance": {
-                    "type": "object", "required": ["image_id", "image"],
-                    "properties": {
-                        "image_id": {"type": "string", "minLength": 1},
-                        "image": {"type": "string", "format": "byte",
-                                  "description": "base64 of a 32x32 8-bit RGB PNG"},
-                    },
-                },
-                "PredictRequest": {
-                    "type": "object", "required": ["instances"],
-                    "properties": {"instances": {"type": "array", "minItems": 1,
-                                                 "items": {"$ref": "#/components/schemas/Instance"}}},
-                },
-                "Prediction": {
-                    "type": "object",
-                    "required": ["image_id", "label", "confidence", "received_at", "inferred_at",
-                                 "inference_ms"],
-                    "properties": {
-                        "image_id": {"type": "string"},
-                        "label": {"type": "string", "enum": list(CIFAR10_CLASSES)},
-                        "confidence": {"type": "number", "minimum": 0, "maximum": 1},
-                        "received_at": {"type": "number", "description": "unix time the request arrived"},
-                        "inferred_at": {"type": "number", "description": "unix time the model output was ready"},
-                        "inference_ms": {"type": "number", "minimum": 0,
-                                         "description": "duration of the model call that classified it"},
-                    },
-                },
-                "InstanceError": {
-                    "type": "object", "required": ["image_id", "error"],
-                    "properties": {"image_id": {"type": "string", "nullable": True},
-                                   "error": {"type": "string"}},
-                },
-                "PredictResponse": {
-                    "type": "object", "required": ["model", "predictions", "batch_size", "timing"],
-                    "properties": {
-                        "model": {"type": "string"},
-                        "predictions": {"type": "array", "items": {"oneOf": [
-                            {"$ref": "#/components/schemas/Prediction"},
-                            {"$ref": "#/components/schemas/InstanceError"}]}},
-                        "batch_size": {"type": "integer", "minimum": 1},
-                        "timing": {
-                            "type": "object", "required": ["decode_ms", "inference_ms", "total_ms"],
-                            "properties": {"decode_ms": {"type": "number", "minimum": 0},
-                                           "inference_ms": {"type": "number", "minimum": 0},
-                                           "total_ms": {"type": "number", "minimum": 0}},
-                        },
-                    },
-                },
-            },
+            "schemas": component_schemas(max_batch),
         },
     }

@@ -16,6 +16,7 @@ import uuid
 import numpy as np
 from hypothesis import strategies as st
 
+from common.models import ImageMessage
 from common.schema import dumps, encode_png, make_image_message
 
 JSON_SCALARS = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False),
@@ -23,8 +24,13 @@ JSON_SCALARS = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allo
 JSON_VALUES = st.recursive(JSON_SCALARS, lambda kids: st.one_of(
     st.lists(kids, max_size=4), st.dictionaries(st.text(max_size=8), kids, max_size=4)),
     max_leaves=10)
-FIELDS = ("schema", "image_id", "device_id", "producer_id", "seq", "sent_at", "label",
-          "dataset", "format", "image")
+FIELDS = ImageMessage.wire_fields()
+# JSON values no well-behaved producer writes, each a rejection of the contract: lone surrogates
+# (they crash str.encode and BSON later), non-finite numbers, integers beyond int64 (BSON's
+# largest), nesting deeper than any parser's recursion, a bool where a number belongs.
+RAW_VALUES = (b'"\\ud800"', b'"cam\\udfff"', b'"\\udc00\\ud800"', b"NaN", b"-Infinity", b"1e999",
+              b"9223372036854775808", b"-9223372036854775809", b"[" * 50_000, b'{"a":' * 20_000,
+              b"true")
 
 
 def png_bytes(width: int = 32, height: int = 32, mode: str = "RGB", seed: int = 0,
@@ -95,6 +101,16 @@ def _huge(tag: str):
         lambda t: dumps({**valid_message(tag, t[0]), t[1]: "A" * t[2]}))
 
 
+def with_raw_field(msg: dict, name: str, raw: bytes) -> bytes:
+    """``msg`` as JSON with the value of ``name`` replaced by the JSON text ``raw``."""
+    return dumps({**msg, name: "\0RAW\0"}).replace(b'"\\u0000RAW\\u0000"', raw)
+
+
+def _raw_field(tag: str):
+    return st.tuples(st.integers(0, 10**6), st.sampled_from(FIELDS), st.sampled_from(RAW_VALUES)).map(
+        lambda t: with_raw_field(valid_message(tag, t[0]), t[1], t[2]))
+
+
 def _image_payload(tag: str):
     return st.tuples(st.integers(0, 10**6), wrong_images).map(
         lambda t: dumps({**valid_message(tag, t[0]), "image": b64(t[1])}))
@@ -122,6 +138,8 @@ def hostile_messages(tag: str) -> st.SearchStrategy[bytes | None]:
         _huge(tag),
         _image_payload(tag),
         _schema(tag),
+        _raw_field(tag),
+        st.sampled_from([b"[" * 50_000, b'{"schema":1,"x":' + b"[" * 50_000]),
         st.text(max_size=200).map(lambda s: s.encode("utf-8", "surrogatepass")),
     )
 

@@ -178,10 +178,14 @@ def _settled(h, where, image_id) -> str | None:
 
 
 def _image_id(value):
+    """The id to look the message up by in MongoDB, if it could be stored at all."""
     try:
         msg = json.loads(value)
-        return msg.get("image_id") if isinstance(msg, dict) and isinstance(msg.get("image_id"), str) else None
-    except (TypeError, ValueError):
+        image_id = msg.get("image_id") if isinstance(msg, dict) else None
+        image_id.encode()  # a lone surrogate cannot be a BSON string (nor a stored image)
+        return image_id
+    # RecursionError: the hostile "[[[[..." ones; AttributeError: no string id
+    except (TypeError, ValueError, RecursionError, AttributeError):
         return None
 
 

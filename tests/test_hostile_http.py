@@ -84,6 +84,12 @@ BODIES = st.one_of(
         st.fixed_dictionaries({"image_id": st.text(max_size=20),
                                "image": st.integers(0, 9).map(lambda s: b64(png_bytes(seed=s)))}),
     ), max_size=8).map(lambda items: json.dumps({"instances": items}).encode()),
+    # what json.dumps does not write: deep nesting, lone surrogates, NaN, int64 overflow
+    st.sampled_from([b"[" * 50_000, b'{"instances": ' + b"[" * 50_000,
+                     b'{"instances": [{"image_id": "\\ud800", "image": "QQ=="}]}',
+                     b'{"instances": [{"image_id": "a", "image": NaN}]}',
+                     b'{"instances": [{"image_id": 9223372036854775808, "image": "QQ=="}]}',
+                     b'{"instances": [{"image_id": true, "image": "QQ=="}]}']),
 )
 
 

@@ -103,11 +103,27 @@ def test_failed_load_is_reported_not_fatal():
     assert c.get("/healthz").status_code == 200
 
 
-def test_openapi_document(client):
+def test_openapi_document(client, engine):
+    from inference.openapi import openapi_document
+
     doc = client.get("/openapi.json").json
     assert doc["openapi"].startswith("3.")
     assert {"/healthz", "/readyz", "/v1/model", "/v1/predict"} <= set(doc["paths"])
     assert "post" in doc["paths"]["/v1/predict"]
+    assert doc == openapi_document(128)  # generated from the models (tests/test_schema.py)
+    small = make_client(engine, MAX_BATCH=4).get("/openapi.json").json
+    assert small["components"]["schemas"]["PredictRequest"]["properties"]["instances"]["maxItems"] == 4
+
+
+def test_responses_conform_to_the_models(client):
+    from common.models import Health, ModelInfo, PredictResponse, Ready
+
+    Health.model_validate(client.get("/healthz").json, strict=True)
+    Ready.model_validate(client.get("/readyz").json, strict=True)
+    ModelInfo.model_validate(client.get("/v1/model").json, strict=True)
+    body = client.post("/v1/predict", json={"instances": instances(2) + [{"image": "x"}]}).json
+    PredictResponse.model_validate(body, strict=True)
+    assert body["predictions"][2] == {"image_id": None, "error": "field 'image_id' must be a non-empty string"}
 
 
 # ------------------------------------------------------------ predict
@@ -194,6 +210,29 @@ def test_bad_images_get_per_instance_errors(client):
     assert "image" in errors["noimage"] and "image" in errors["numimage"]
 
 
+def test_instances_are_typed_strictly(client):
+    """A bool is not a string, NaN is not base64: per-instance errors, the rest classified."""
+    body = (b'{"instances": [{"image_id": true, "image": "QQ=="}, {"image_id": "nan", "image": NaN},'
+            b' {"image_id": 9223372036854775808, "image": "QQ=="}, {"image_id": "", "image": "QQ=="},'
+            b' {"image_id": "ok", "image": "' + b64png(image(3)).encode() + b'"}]}')
+    r = client.post("/v1/predict", data=body, content_type="application/json")
+    assert r.status_code == 200, r.json
+    preds = r.json["predictions"]
+    assert preds[0] == {"image_id": None, "error": "field 'image_id' must be a non-empty string"}
+    assert preds[1] == {"image_id": "nan", "error": "field 'image' must be a non-empty base64 string"}
+    assert preds[2]["image_id"] is None and "image_id" in preds[2]["error"]
+    assert preds[3] == {"image_id": "", "error": "field 'image_id' must be a non-empty string"}
+    assert preds[4]["image_id"] == "ok" and preds[4]["label"] in CIFAR10_CLASSES
+
+
+def test_decode_instance_refuses_lone_surrogates():
+    from common.schema import InvalidMessage
+    from inference.api import decode_instance
+
+    with pytest.raises(InvalidMessage, match="field 'image_id' is not valid Unicode"):
+        decode_instance({"image_id": "cam\ud800", "image": b64png(image(1))})
+
+
 def test_all_bad_images_needs_no_model_call(client, engine):
     before = engine.batcher.batches_run
     r = client.post("/v1/predict", json={"instances": [{"image_id": "x", "image": "@@"}]})
@@ -212,6 +251,13 @@ def test_all_bad_images_needs_no_model_call(client, engine):
     (b'{"instances": [1]}', "instances[0]"),
     (b'{"instances": [{"image_id": "a", "image": "x"}, "s"]}', "instances[1]"),
     (b"[" * 100_000 + b"]" * 100_000, "JSON"),
+    (b'{"instances": [{"image_id": "a", "image": ' + b"[" * 50_000 + b"]" * 50_000 + b"}]}", "JSON"),
+    # a lone surrogate is not text (jiter refuses it, as RFC 8259 strings must be Unicode)
+    (b'{"instances": [{"image_id": "\\ud800", "image": "QQ=="}]}', "JSON"),
+    (b'{"instances": [{"image_id": "a", "image": "QQ=="}], "x": "\\udfff"}', "JSON"),
+    (b'{"instances": "abc"}', "list"),
+    (b'{"instances": null}', "list"),
+    (b'"instances"', "object"),
 ])
 def test_malformed_requests_are_400(client, body, fragment):
     r = client.post("/v1/predict", data=body, content_type="application/json")
