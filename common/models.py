@@ -21,6 +21,9 @@ deeper than 200 levels as invalid JSON: a hostile ``[[[[...`` is an error, never
 
 Every rejection becomes :class:`InvalidMessage` with one readable reason (see
 :func:`reason_of`), which is what a dead letter carries.
+
+(Over 400 lines on purpose: the whole contract, Kafka and HTTP, in one module that a
+reader can check against docs/ARCHITECTURE.md in one place.)
 """
 
 from __future__ import annotations
