@@ -30,7 +30,7 @@ def client_config(s: KafkaSettings) -> dict:
 def make_producer(s: KafkaSettings, **overrides):
 
     cfg = client_config(s)
-    cfg.update(acks="all", linger_ms=s.kafka_linger_ms, batch_size=s.kafka_batch_size,
+    cfg.update(acks="all", linger_ms=s.kafka_linger_ms, batch_size=s.kafka_producer_batch_bytes,
                retries=2**31 - 1, max_in_flight_requests_per_connection=5)
     cfg.update(overrides)
     return KafkaProducer(**cfg)

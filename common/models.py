@@ -51,7 +51,7 @@ IMAGE_SIZE = 32  # CIFAR images are 32x32 RGB
 MAX_TEXT_CHARS = 256
 MAX_IMAGE_MESSAGE_BYTES = 256 * 1024  # KafkaSettings.max_message_bytes
 MAX_RESULT_MESSAGE_BYTES = 64 * 1024
-DEFAULT_MAX_BATCH = 128  # ServiceSettings.max_batch
+DEFAULT_MAX_REQUEST_IMAGES = 128  # ServiceSettings.max_request_images
 INT64_MIN, INT64_MAX = -2**63, 2**63 - 1
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -266,8 +266,8 @@ InstanceObject = Annotated[dict, PlainValidator(_json_object, json_schema_input_
 
 
 @functools.lru_cache(maxsize=None)
-def predict_request_model(max_batch: int = DEFAULT_MAX_BATCH) -> type[BaseModel]:
-    """The /v1/predict request body for a service whose MAX_BATCH is ``max_batch``: the
+def predict_request_model(max_batch: int = DEFAULT_MAX_REQUEST_IMAGES) -> type[BaseModel]:
+    """The /v1/predict request body for a service whose MAX_REQUEST_IMAGES is ``max_batch``: the
     limit is part of the model, so the service enforces the limit the document states."""
     return create_model(
         "PredictRequest", __doc__="A batch of images, classified in order.",
@@ -304,9 +304,9 @@ class ModelInfo(BaseModel):
     input_size: int = Field(ge=1)
     classes: list[str]
     untrained: bool = Field(description="random weights: labels are meaningless")
-    max_batch: int = Field(ge=1)
-    dynamic_batch_max: int = Field(ge=1)
-    dynamic_batch_delay_ms: float = Field(ge=0)
+    max_request_images: int = Field(ge=1)
+    model_batch_max_images: int = Field(ge=1)
+    model_batch_delay_ms: float = Field(ge=0)
 
 
 class Prediction(BaseModel):

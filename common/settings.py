@@ -12,13 +12,14 @@ Every entry point prints its effective settings at start through
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-_CONFIG = SettingsConfigDict(env_file=None, extra="ignore", case_sensitive=False)
+_CONFIG = SettingsConfigDict(env_file=None, extra="forbid", case_sensitive=False)
 
 
 class KafkaSettings(BaseSettings):
@@ -49,10 +50,10 @@ class KafkaSettings(BaseSettings):
     kafka_linger_ms: int = 20
     # Consumers' fetch long-poll: the broker answers as soon as one byte is there
     # (fetch.min.bytes 1), so this costs no latency; it only bounds how often an
-    # idle consumer asks.  10 ms (it used to follow BATCH_WAIT_MS) made an idle
+    # idle consumer asks.  10 ms (it used to follow PREDICT_BATCH_WAIT_MS) made an idle
     # consumer send 100 fetches/s and the broker burn CPU answering them.
     kafka_fetch_max_wait_ms: int = Field(100, ge=1)
-    kafka_batch_size: int = 256 * 1024
+    kafka_producer_batch_bytes: int = 256 * 1024
     # Largest message a consumer will try to decode; bigger ones are dead-lettered.
     max_message_bytes: int = 256 * 1024
 
@@ -87,13 +88,13 @@ class InferenceClientSettings(BaseSettings):
     inference_url: str = "http://127.0.0.1:8000"
     inference_token: SecretStr | None = None
     inference_timeout_s: float = 30.0
-    # Micro-batching (docs/PERFORMANCE.md): up to BATCH_SIZE images per request, the
+    # Micro-batching (docs/PERFORMANCE.md): up to PREDICT_BATCH_IMAGES images per request, the
     # model's sweet spot (ResNet50 on CPU: images/s flat from 32 to 64, the most
-    # images per HTTP/JSON/commit round).  BATCH_WAIT_MS is how long to wait for more
+    # images per HTTP/JSON/commit round).  PREDICT_BATCH_WAIT_MS is how long to wait for more
     # after the first: short, because batches grow by themselves under load (images
     # pile up while the model runs the previous batch); 50 ms doubled p99 at half load.
-    batch_size: int = Field(64, ge=1)
-    batch_wait_ms: int = Field(10, ge=0)
+    predict_batch_images: int = Field(64, ge=1)
+    predict_batch_wait_ms: int = Field(10, ge=0)
     retry_initial_s: float = 0.5
     retry_max_s: float = 10.0
 
@@ -126,12 +127,12 @@ class ServiceSettings(BaseSettings):
 
     model_weights: str = "auto"  # auto | imagenet | random | path to a weights file
     model_input_size: int | None = None  # default: 224 for imagenet, 32 otherwise
-    max_batch: int = Field(128, ge=1)
+    max_request_images: int = Field(128, ge=1)
     max_request_bytes: int = 16 * 1024 * 1024
     inference_token: SecretStr | None = None
     # Server-side dynamic batching: requests arriving within this window are merged.
-    dynamic_batch_max: int = Field(64, ge=1)
-    dynamic_batch_delay_ms: float = Field(2.0, ge=0)
+    model_batch_max_images: int = Field(64, ge=1)
+    model_batch_delay_ms: float = Field(2.0, ge=0)
     tf_intra_op_threads: int = 0  # 0: TensorFlow decides
     tf_inter_op_threads: int = 0
     # Test hook (off by default): extra seconds added to every batch.
@@ -183,12 +184,21 @@ def mask(value: Any) -> Any:
     return value
 
 
+# Old names of renamed settings: each batch setting now says what it batches.  A
+# variable under its old name is ignored, and every entry point says so at start.
+RENAMED = {"BATCH_SIZE": "PREDICT_BATCH_IMAGES", "BATCH_WAIT_MS": "PREDICT_BATCH_WAIT_MS",
+           "KAFKA_BATCH_SIZE": "KAFKA_PRODUCER_BATCH_BYTES", "MAX_BATCH": "MAX_REQUEST_IMAGES",
+           "DYNAMIC_BATCH_MAX": "MODEL_BATCH_MAX_IMAGES", "DYNAMIC_BATCH_DELAY_MS": "MODEL_BATCH_DELAY_MS"}
+
+
 def describe(*groups: BaseSettings) -> str:
     """One line per effective setting, secrets masked: printed by every entry point."""
     lines = []
     for group in groups:
         for name in type(group).model_fields:
             lines.append(f"  {name.upper()}={mask(getattr(group, name))}")
+    lines += [f"  WARNING: {old} is no longer read: use {new}"
+              for old, new in RENAMED.items() if old in os.environ]
     return "effective settings:\n" + "\n".join(lines)
 
 
@@ -201,7 +211,7 @@ SETTINGS_GROUPS: tuple[type[BaseSettings], ...] = ()  # filled in below the clas
 
 def settings_env(**values: Any) -> dict[str, str]:
     """Environment variables for another process, from typed values: each keyword is a
-    settings field (``batch_size=1``), checked to exist and validated against its
+    settings field (``predict_batch_images=1``), checked to exist and validated against its
     field, so an override with a typo or a bad value fails here, not in the child."""
     env = {}
     for name, value in values.items():

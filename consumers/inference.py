@@ -93,7 +93,7 @@ class InferenceConsumer:
         self.client = InferenceClient(client_settings)
         self.http = ThreadPoolExecutor(1, thread_name_prefix="predict")
         self.consumer = make_consumer(kafka, kafka.images_topic, group_id=GROUP_ID,
-                                      max_poll_records=client_settings.batch_size)
+                                      max_poll_records=client_settings.predict_batch_images)
         self.producer = make_producer(kafka)
         self.stats = Stats()
         self.pending: list = []  # send futures of the current batch
@@ -133,8 +133,8 @@ class InferenceConsumer:
                 continue
             valid.append((record, msg))
         self.stats.images += len(records)
-        for chunk_start in range(0, len(valid), self.cfg.batch_size):
-            chunk = valid[chunk_start:chunk_start + self.cfg.batch_size]
+        for chunk_start in range(0, len(valid), self.cfg.predict_batch_images):
+            chunk = valid[chunk_start:chunk_start + self.cfg.predict_batch_images]
             if not self.infer_and_publish(chunk, received_at):
                 return False
         self.producer.flush()
@@ -181,7 +181,7 @@ class InferenceConsumer:
                  ", ".join(self.client.urls))
         ready = ReadyMarker()
         while not self.stop.is_set():
-            records = gather(self.consumer, self.cfg.batch_size, self.cfg.batch_wait_ms)
+            records = gather(self.consumer, self.cfg.predict_batch_images, self.cfg.predict_batch_wait_ms)
             ready.check(self.consumer)
             if not records:
                 pass
@@ -205,8 +205,8 @@ def main(argv=None) -> int:
     p.add_argument("--inference-url", help="service URL(s), comma-separated")
     args = p.parse_args(argv)
     kafka = KafkaSettings()
-    client = with_flags(InferenceClientSettings, p, batch_size=args.batch_size,
-                        batch_wait_ms=args.batch_wait_ms, inference_url=args.inference_url)
+    client = with_flags(InferenceClientSettings, p, predict_batch_images=args.batch_size,
+                        predict_batch_wait_ms=args.batch_wait_ms, inference_url=args.inference_url)
     log.info("%s", describe(kafka, client))
     InferenceConsumer(kafka, client, stop_event()).run()
     return 0

@@ -10,8 +10,8 @@ and against the per-message design, in one run on one machine.
    throughput = images stored in MongoDB *with their prediction* / (last
    ``prediction_stored_at`` - first ``sent_at``).  Then p50/p95/p99 end-to-end
    latency (producer's clock, send to result) at 25/50/75 % of that maximum.
-3. **Baseline**: the same code with batching off (``BATCH_SIZE=1``,
-   ``BATCH_WAIT_MS=0``, ``DYNAMIC_BATCH_MAX=1``, ``DB_MAX_RECORDS=1``: one HTTP request,
+3. **Baseline**: the same code with batching off (``PREDICT_BATCH_IMAGES=1``,
+   ``PREDICT_BATCH_WAIT_MS=0``, ``MODEL_BATCH_MAX_IMAGES=1``, ``DB_MAX_RECORDS=1``: one HTTP request,
    one MongoDB write and one commit per message): the same figures.
 
 Writes ``results/bench/<run>/bench.json`` and ``bench.png``, prints a table.  Peak
@@ -61,12 +61,12 @@ LIMIT_BATCHES = (8, 16, 32, 64)
 
 
 # The per-message design, expressed as settings of the same code.
-BASELINE_ENV = settings_env(batch_size=1, batch_wait_ms=0, dynamic_batch_max=1,
-                            dynamic_batch_delay_ms=0, db_max_records=1)
+BASELINE_ENV = settings_env(predict_batch_images=1, predict_batch_wait_ms=0, model_batch_max_images=1,
+                            model_batch_delay_ms=0, db_max_records=1)
 # Settings recorded in bench.json (whatever the environment or defaults make them).
-RECORDED = ("BATCH_SIZE", "BATCH_WAIT_MS", "DYNAMIC_BATCH_MAX", "DYNAMIC_BATCH_DELAY_MS",
+RECORDED = ("PREDICT_BATCH_IMAGES", "PREDICT_BATCH_WAIT_MS", "MODEL_BATCH_MAX_IMAGES", "MODEL_BATCH_DELAY_MS",
             "DB_MAX_RECORDS", "TF_INTRA_OP_THREADS", "TF_INTER_OP_THREADS", "GUNICORN_WORKERS",
-            "GUNICORN_THREADS", "KAFKA_LINGER_MS", "KAFKA_BATCH_SIZE", "KAFKA_FETCH_MAX_WAIT_MS", "MODEL_WEIGHTS",
+            "GUNICORN_THREADS", "KAFKA_LINGER_MS", "KAFKA_PRODUCER_BATCH_BYTES", "KAFKA_FETCH_MAX_WAIT_MS", "MODEL_WEIGHTS",
             "MODEL_INPUT_SIZE", "IMAGES_PARTITIONS")
 
 

@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     """Create the app.  ``test_config`` keys are Flask config keys; those that name a
-    ``ServiceSettings`` field (``MODEL_WEIGHTS``, ``MAX_BATCH`` ...) override the
+    ``ServiceSettings`` field (``MODEL_WEIGHTS``, ``MAX_REQUEST_IMAGES`` ...) override the
     environment.  ``ENGINE`` may pass an already loaded :class:`inference.engine.Engine`
     (tests share one model between apps)."""
     from inference import api

@@ -95,7 +95,7 @@ def readyz():
 
 @health.get("/openapi.json")
 def openapi():
-    return jsonify(openapi_document(get_settings().max_batch))
+    return jsonify(openapi_document(get_settings().max_request_images))
 
 
 # ------------------------------------------------------------ /v1
@@ -106,9 +106,9 @@ def model_info():
     m = engine.model
     return _json(ModelInfo(id=m.id, weights_source=m.weights_source, input_size=m.input_size,
                            classes=list(m.classes), untrained=m.untrained,
-                           max_batch=get_settings().max_batch,
-                           dynamic_batch_max=engine.batcher.max_batch,
-                           dynamic_batch_delay_ms=engine.batcher.max_delay_s * 1000.0))
+                           max_request_images=get_settings().max_request_images,
+                           model_batch_max_images=engine.batcher.max_batch,
+                           model_batch_delay_ms=engine.batcher.max_delay_s * 1000.0))
 
 
 def _request_error(exc: ValidationError, max_batch: int) -> str:
@@ -121,7 +121,7 @@ def _request_error(exc: ValidationError, max_batch: int) -> str:
         return "body must be a JSON object with an 'instances' list"
     if loc == ("instances",):
         if typ == "too_long":
-            return f"{len(err['input'])} instances, over the limit of {max_batch} (MAX_BATCH)"
+            return f"{len(err['input'])} instances, over the limit of {max_batch} (MAX_REQUEST_IMAGES)"
         return {"missing": "missing field 'instances'",
                 "list_type": "field 'instances' must be a list",
                 "too_short": "field 'instances' is empty"}.get(typ, f"field 'instances': {err['msg']}")
@@ -162,7 +162,7 @@ def decode_instance(inst: dict) -> np.ndarray:
 def predict():
     settings = get_settings()
     engine = _require_ready()
-    instances = _parse_instances(settings.max_batch)
+    instances = _parse_instances(settings.max_request_images)
 
     decode_start = time.perf_counter()
     predictions: list[Prediction | InstanceError | None] = [None] * len(instances)

@@ -56,11 +56,11 @@ class Engine:
                                           download_timeout_s=s.weights_download_timeout_s)
             # Warm-up: the first call traces the tf.function and lets oneDNN build its
             # kernels; do a single image and a full dynamic batch before reporting ready.
-            for n in sorted({1, s.dynamic_batch_max}):
+            for n in sorted({1, s.model_batch_max_images}):
                 loaded.predict(np.zeros((n, 32, 32, 3), dtype=np.uint8))
             self.batcher = DynamicBatcher(
-                loaded.predict, max_batch=s.dynamic_batch_max,
-                max_delay_s=s.dynamic_batch_delay_ms / 1000.0, max_queue=s.max_queue_images,
+                loaded.predict, max_batch=s.model_batch_max_images,
+                max_delay_s=s.model_batch_delay_ms / 1000.0, max_queue=s.max_queue_images,
                 slowdown_s=s.inference_slowdown_s)
             self.model = loaded
             self.load_seconds = time.perf_counter() - started

@@ -34,7 +34,7 @@ wsgi_app = "inference:create_app()"
 # (about 0.6-1 GB RSS each) and TF already spreads one forward pass over all cores
 # (intra-op threads), so on a 2-core host a second worker only doubles the memory
 # and makes the two processes fight over the same cores.  Throughput comes from
-# batching instead: see the threads below and DYNAMIC_BATCH_*.  Raise it on hosts
+# batching instead: see the threads below and MODEL_BATCH_*.  Raise it on hosts
 # with many cores (with TF_INTRA_OP_THREADS = cores / workers).
 workers = _s.gunicorn_workers
 

@@ -3,7 +3,7 @@
 Generated from the pydantic models of :mod:`common.models` that the service validates
 requests with and builds its responses from: ``components/schemas`` holds one schema
 per model (``model_json_schema``), the operations refer to them.  The ``/v1/predict``
-request's batch limit is the service's MAX_BATCH, so the document is built per
+request's batch limit is the service's MAX_REQUEST_IMAGES, so the document is built per
 service (``openapi_document(settings.max_batch)``).
 
 pydantic writes JSON Schema 2020-12; :func:`to_openapi30` turns the few constructs
@@ -18,13 +18,13 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from common.models import (DEFAULT_MAX_BATCH, Error, Health, ModelInfo, NotReady, PredictResponse, Ready,
+from common.models import (DEFAULT_MAX_REQUEST_IMAGES, Error, Health, ModelInfo, NotReady, PredictResponse, Ready,
                            predict_request_model)
 
 REF_TEMPLATE = "#/components/schemas/{model}"
 
 
-def http_models(max_batch: int = DEFAULT_MAX_BATCH) -> list[tuple[type[BaseModel], str]]:
+def http_models(max_batch: int = DEFAULT_MAX_REQUEST_IMAGES) -> list[tuple[type[BaseModel], str]]:
     """The models of the HTTP bodies, each with the JSON Schema mode it is used in
     (requests are validated, responses serialized)."""
     return [(predict_request_model(max_batch), "validation"), (PredictResponse, "serialization"),
@@ -60,7 +60,7 @@ def to_openapi30(schema: Any) -> Any:
     return out
 
 
-def component_schemas(max_batch: int = DEFAULT_MAX_BATCH) -> dict[str, dict]:
+def component_schemas(max_batch: int = DEFAULT_MAX_REQUEST_IMAGES) -> dict[str, dict]:
     """``components/schemas``: every HTTP model and the models they refer to, by class name."""
     _, top = models_json_schema(http_models(max_batch), ref_template=REF_TEMPLATE)
     return {name: to_openapi30(schema) for name, schema in sorted(top["$defs"].items())}
@@ -82,8 +82,8 @@ _ERRORS = {
 }
 
 
-def openapi_document(max_batch: int = DEFAULT_MAX_BATCH) -> dict:
-    """The document of a service whose MAX_BATCH is ``max_batch``."""
+def openapi_document(max_batch: int = DEFAULT_MAX_REQUEST_IMAGES) -> dict:
+    """The document of a service whose MAX_REQUEST_IMAGES is ``max_batch``."""
     request = predict_request_model(max_batch)
     return {
         "openapi": "3.0.3",

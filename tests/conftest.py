@@ -52,7 +52,7 @@ def local_stack(tmp_path_factory, cifar_archive):
     both consumers) on free ports, started once for the session and stopped after."""
     stack = LocalStack(tmp_path_factory.mktemp("stack"),
                        {"MODEL_WEIGHTS": "random", "GUNICORN_WORKERS": "1",
-                        "DATASET_SOURCE": str(cifar_archive), "BATCH_WAIT_MS": "20"}, timeout_s=300)
+                        "DATASET_SOURCE": str(cifar_archive), "PREDICT_BATCH_WAIT_MS": "20"}, timeout_s=300)
     try:
         stack.start()
     except RuntimeError as exc:

@@ -26,8 +26,8 @@ KEYS = ("limit_batch1_img_s", "limit_best_img_s", "pipeline_max_img_s", "baselin
 
 
 def test_baseline_is_batching_off():
-    assert BASELINE_ENV["BATCH_SIZE"] == "1" and BASELINE_ENV["DYNAMIC_BATCH_MAX"] == "1"
-    assert BASELINE_ENV["DB_MAX_RECORDS"] == "1" and BASELINE_ENV["BATCH_WAIT_MS"] == "0"
+    assert BASELINE_ENV["PREDICT_BATCH_IMAGES"] == "1" and BASELINE_ENV["MODEL_BATCH_MAX_IMAGES"] == "1"
+    assert BASELINE_ENV["DB_MAX_RECORDS"] == "1" and BASELINE_ENV["PREDICT_BATCH_WAIT_MS"] == "0"
 
 
 def test_peak_rss_reads_pid_files(tmp_path):
@@ -58,7 +58,7 @@ def test_bench_smoke_writes_files_and_keys(tmp_path, cifar_archive):
         assert rec["ramp"] and "50pct" in rec["latency"]
         assert {"inference", "kafka", "mongo", "inference-consumer", "db-consumer"} <= set(rec["peak_rss"])
         assert rec["latency"]["50pct"]["stored_with_prediction"] == rec["latency"]["50pct"]["sent"]
-    assert result["settings"]["baseline"]["BATCH_SIZE"] == "1"
+    assert result["settings"]["baseline"]["PREDICT_BATCH_IMAGES"] == "1"
     assert "ratio_to_limit" in proc.stdout and "peak RSS" in proc.stdout
     # Nothing left running: no process still names a stack directory of the run
     # (the MongoDB server has its database path on its command line).

@@ -254,7 +254,7 @@ def test_env_files(rendered):
     assert consumer["KAFKA_BOOTSTRAP_SERVERS"] == "10.56.0.13:9092"
     assert consumer["KAFKA_SECURITY_PROTOCOL"] == "PLAINTEXT"
     assert "KAFKA_SASL_PASSWORD" not in consumer
-    assert {"BATCH_SIZE", "BATCH_WAIT_MS", "INFERENCE_TOKEN", "IMAGES_TOPIC", "RESULTS_TOPIC", "DLQ_TOPIC",
+    assert {"PREDICT_BATCH_IMAGES", "PREDICT_BATCH_WAIT_MS", "INFERENCE_TOKEN", "IMAGES_TOPIC", "RESULTS_TOPIC", "DLQ_TOPIC",
             "IMAGES_PARTITIONS"} <= consumer.keys()
 
     db = env_file(rendered / "vm3-kafka" / "iot-db-consumer.env")

@@ -5,7 +5,7 @@
   documented 503, responses conform to the document.
 * hypothesis: arbitrary bodies, content types and instance lists on /v1/predict:
   never a 500.
-* the limits: a body over MAX_REQUEST_BYTES is 413, more than MAX_BATCH instances 400.
+* the limits: a body over MAX_REQUEST_BYTES is 413, more than MAX_REQUEST_IMAGES instances 400.
 * afterwards the Gunicorn master and its workers are the same processes (no worker
   died, none was restarted).
 """
@@ -110,7 +110,7 @@ def test_arbitrary_requests_never_500(service, body, content_type, path):
 def test_request_size_and_batch_limits(service):
     good = {"image_id": "x", "image": b64(png_bytes())}
     r = requests.post(service["url"] + "/v1/predict", json={"instances": [good] * 129}, timeout=60)
-    assert r.status_code == 400 and "MAX_BATCH" in r.json()["error"]
+    assert r.status_code == 400 and "MAX_REQUEST_IMAGES" in r.json()["error"]
     big = b'{"instances": [' + b'"' + b"A" * (17 * 1024 * 1024) + b'"]}'
     try:
         r = requests.post(service["url"] + "/v1/predict", data=big,

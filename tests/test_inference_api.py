@@ -37,8 +37,8 @@ def instances(n: int, prefix: str = "img") -> list[dict]:
 
 @pytest.fixture(scope="session")
 def loaded_app():
-    app = create_app({"TESTING": True, "MODEL_WEIGHTS": "random", "DYNAMIC_BATCH_MAX": 16,
-                      "DYNAMIC_BATCH_DELAY_MS": 20})
+    app = create_app({"TESTING": True, "MODEL_WEIGHTS": "random", "MODEL_BATCH_MAX_IMAGES": 16,
+                      "MODEL_BATCH_DELAY_MS": 20})
     engine = app.extensions["inference_engine"]
     # Loading happens in a background thread: not ready right after create_app.
     assert app.test_client().get("/readyz").status_code in (200, 503)
@@ -74,7 +74,7 @@ def test_model_info_says_untrained(client):
     assert info["id"] == "resnet50-untrained-32" and "untrained" in info["id"]
     assert info["untrained"] is True
     assert info["classes"] == list(CIFAR10_CLASSES)
-    assert info["input_size"] == 32 and info["max_batch"] == 128
+    assert info["input_size"] == 32 and info["max_request_images"] == 128
 
 
 def test_loading_answers_503_everywhere_but_healthz():
@@ -111,7 +111,7 @@ def test_openapi_document(client, engine):
     assert {"/healthz", "/readyz", "/v1/model", "/v1/predict"} <= set(doc["paths"])
     assert "post" in doc["paths"]["/v1/predict"]
     assert doc == openapi_document(128)  # generated from the models (tests/test_schema.py)
-    small = make_client(engine, MAX_BATCH=4).get("/openapi.json").json
+    small = make_client(engine, MAX_REQUEST_IMAGES=4).get("/openapi.json").json
     assert small["components"]["schemas"]["PredictRequest"]["properties"]["instances"]["maxItems"] == 4
 
 
@@ -159,7 +159,7 @@ def test_predictions_are_per_image_and_deterministic(client, engine):
 
 def test_large_request_is_split_into_dynamic_batches(client, engine):
     before = engine.batcher.batches_run
-    batch = instances(40)  # DYNAMIC_BATCH_MAX is 16 here: at least 3 model calls
+    batch = instances(40)  # MODEL_BATCH_MAX_IMAGES is 16 here: at least 3 model calls
     r = client.post("/v1/predict", json={"instances": batch})
     assert r.status_code == 200
     assert [p["image_id"] for p in r.json["predictions"]] == [b["image_id"] for b in batch]
@@ -266,9 +266,9 @@ def test_malformed_requests_are_400(client, body, fragment):
 
 
 def test_too_many_instances_is_400(engine):
-    c = make_client(engine, MAX_BATCH=4)
+    c = make_client(engine, MAX_REQUEST_IMAGES=4)
     r = c.post("/v1/predict", json={"instances": instances(5)})
-    assert r.status_code == 400 and "MAX_BATCH" in r.json["error"]
+    assert r.status_code == 400 and "MAX_REQUEST_IMAGES" in r.json["error"]
     assert c.post("/v1/predict", json={"instances": instances(4)}).status_code == 200
 
 

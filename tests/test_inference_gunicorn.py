@@ -55,7 +55,7 @@ def gunicorn(tmp_path):
         pytest.skip("needs Linux /proc")
     port = free_port()
     env = {**os.environ, "INFERENCE_BIND": f"127.0.0.1:{port}", "MODEL_WEIGHTS": "random",
-           "GUNICORN_WORKERS": "1", "GUNICORN_THREADS": "4", "DYNAMIC_BATCH_MAX": "16",
+           "GUNICORN_WORKERS": "1", "GUNICORN_THREADS": "4", "MODEL_BATCH_MAX_IMAGES": "16",
            "PYTHONPATH": str(ROOT)}
     env.pop("INFERENCE_TOKEN", None)
     log_path = tmp_path / "gunicorn.log"

@@ -289,7 +289,7 @@ def _served(max_batch=None):
 
     config = {"TESTING": True, "ENGINE": Engine(ServiceSettings(model_weights="random"))}  # never started
     if max_batch:
-        config["MAX_BATCH"] = max_batch
+        config["MAX_REQUEST_IMAGES"] = max_batch
     r = create_app(config).test_client().get("/openapi.json")
     assert r.status_code == 200
     return r.json

@@ -97,7 +97,7 @@ class Stack(LocalStack):
     32x32 weights (stack.control.LocalStack), plus what the scenarios need."""
 
     def __init__(self, directory: Path, extra_env: dict | None = None):
-        env = {"MODEL_WEIGHTS": "random", "BATCH_WAIT_MS": "20", "LOG_LEVEL": "INFO",
+        env = {"MODEL_WEIGHTS": "random", "PREDICT_BATCH_WAIT_MS": "20", "LOG_LEVEL": "INFO",
                "GUNICORN_WORKERS": os.environ.get("FAULTS_GUNICORN_WORKERS", "2")}
         if not os.environ.get("DATASET_SOURCE"):
             if SAMPLE.is_file():
@@ -511,7 +511,7 @@ class FaultSuite:
         say(f"{name}: service sleeps {slowdown_s:g} s per batch, consumer "
             f"KAFKA_MAX_POLL_INTERVAL_MS={max_poll_ms}; {count} images at {rate:g}/s")
         with self._throttled(name, slowdown_s, {"KAFKA_MAX_POLL_INTERVAL_MS": str(max_poll_ms),
-                                                "BATCH_SIZE": "64", "INFERENCE_TIMEOUT_S": "60"}) as clog_path:
+                                                "PREDICT_BATCH_IMAGES": "64", "INFERENCE_TIMEOUT_S": "60"}) as clog_path:
             run_dir, producer_id, progress, thread, box = self._fleet(name, count, rate)
             self._watch(thread, box)
             lag = box.get("lag", [])
@@ -556,7 +556,7 @@ class FaultSuite:
         self._images = {**getattr(self, "_images", {}), name: count}
         say(f"{name}: {count} images at {rate:g}/s to a service throttled to <= {ceiling:g} img/s "
             f"({slowdown_s:g} s per batch of <= {batch})")
-        with self._throttled(name, slowdown_s, {"BATCH_SIZE": str(batch)}):
+        with self._throttled(name, slowdown_s, {"PREDICT_BATCH_IMAGES": str(batch)}):
             run_dir, producer_id, progress, thread, box = self._fleet(name, count, rate)
             peak = self._watch(thread, box)
             row = self._close(name, run_dir, producer_id, box, {"fault": name})

@@ -609,8 +609,8 @@ def run_inference(monkeypatch, clock):
 
         monkeypatch.setattr(inference.InferenceClient, "predict", predict)
         stop = threading.Event()
-        settings = InferenceClientSettings(inference_url="http://service.invalid", batch_size=8,
-                                           batch_wait_ms=0, retry_initial_s=0.5, retry_max_s=1.0)
+        settings = InferenceClientSettings(inference_url="http://service.invalid", predict_batch_images=8,
+                                           predict_batch_wait_ms=0, retry_initial_s=0.5, retry_max_s=1.0)
         ic = inference.InferenceConsumer(kafka_settings(), settings, stop)
         consumer.hooks.append(stop_when_drained(stop) if stop_paused_polls is None
                               else stop_after_paused_polls(stop, stop_paused_polls))
