@@ -2,40 +2,18 @@
 
 from __future__ import annotations
 
-import io
-import pickle
 import subprocess
 import sys
-import tarfile
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from stack.control import LocalStack
 from stack.supervisor import pid_alive
+from tests.support import make_cifar_archive
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_SAMPLE = ROOT.parent / "shared" / "data" / "cifar-10-python-sample.tar.gz"
-
-
-def make_cifar_archive(path: Path, per_batch: int = 20) -> Path:
-    """A tiny archive in the official CIFAR-10 'python version' layout (random pixels)."""
-    rng = np.random.default_rng(1)
-    names = [b"airplane", b"automobile", b"bird", b"cat", b"deer",
-             b"dog", b"frog", b"horse", b"ship", b"truck"]
-    members = {"batches.meta": {b"label_names": names}}
-    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        members[name] = {b"batch_label": name.encode(),
-                         b"labels": [int(x) for x in rng.integers(0, 10, per_batch)],
-                         b"data": rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8)}
-    with tarfile.open(path, "w:gz") as tar:
-        for name, obj in members.items():
-            data = pickle.dumps(obj)
-            info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return path
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,7 @@
 """Hypothesis strategies for hostile input: what a broken or malicious camera could send.
 
-Shared by tests/test_hostile.py (the images topic, through the real stack) and
-tests/test_hostile_http.py (the inference API).  Every strategy draws *bytes* (or a
+Shared by tests/integration/test_hostile.py (the images topic, through the real stack) and
+tests/integration/test_hostile_http.py (the inference API).  Every strategy draws *bytes* (or a
 JSON-able object for the HTTP body), so a test can send it as is.
 """
 

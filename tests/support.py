@@ -7,12 +7,19 @@ never finishes (set HANG_GUARD_S in the environment to change it).
 
 from __future__ import annotations
 
+import io
 import os
+import pickle
+import tarfile
 import time
+from pathlib import Path
 from typing import Callable, TypeVar
+
+import numpy as np
 
 T = TypeVar("T")
 HANG_GUARD_S = float(os.environ.get("HANG_GUARD_S", 600))
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def eventually(probe: Callable[[], T], timeout_s: float = HANG_GUARD_S, step_s: float = 0.3) -> T:
@@ -24,3 +31,22 @@ def eventually(probe: Callable[[], T], timeout_s: float = HANG_GUARD_S, step_s: 
         if value or time.monotonic() > deadline:
             return value
         time.sleep(step_s)
+
+
+def make_cifar_archive(path: Path, per_batch: int = 20) -> Path:
+    """A tiny archive in the official CIFAR-10 'python version' layout (random pixels)."""
+    rng = np.random.default_rng(1)
+    names = [b"airplane", b"automobile", b"bird", b"cat", b"deer",
+             b"dog", b"frog", b"horse", b"ship", b"truck"]
+    members = {"batches.meta": {b"label_names": names}}
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        members[name] = {b"batch_label": name.encode(),
+                         b"labels": [int(x) for x in rng.integers(0, 10, per_batch)],
+                         b"data": rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8)}
+    with tarfile.open(path, "w:gz") as tar:
+        for name, obj in members.items():
+            data = pickle.dumps(obj)
+            info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path

@@ -103,7 +103,7 @@ class Stack(LocalStack):
             if SAMPLE.is_file():
                 env["DATASET_SOURCE"] = str(SAMPLE)
             else:  # a checkout without ../shared/data: an archive in the official layout
-                from tests.conftest import make_cifar_archive
+                from tests.support import make_cifar_archive
 
                 directory.mkdir(parents=True, exist_ok=True)
                 env["DATASET_SOURCE"] = str(make_cifar_archive(directory / "cifar-10-python.tar.gz"))

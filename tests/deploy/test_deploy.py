@@ -27,7 +27,7 @@ import pytest
 
 yaml = pytest.importorskip("yaml")
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 DEPLOY = ROOT / "tests" / "deploy"
 INVENTORY = DEPLOY / "inventory.yml"

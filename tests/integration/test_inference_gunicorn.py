@@ -22,7 +22,7 @@ from common.labels import CIFAR10_CLASSES
 from stack.supervisor import child_pids
 from common.schema import encode_png
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.integration
 
 

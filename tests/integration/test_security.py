@@ -6,7 +6,7 @@
 * the Kafka clients take SASL/SCRAM over TLS from the same settings as the rest;
 * every entry point logs its effective settings with the secrets masked.
 
-The API's bearer token (401 without it) is covered by tests/test_inference_api.py.
+The API's bearer token (401 without it) is covered by tests/unit/test_inference_api.py.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import pytest
 
 from tests.support import HANG_GUARD_S
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 # ------------------------------------------------------------------ secret scan
 
@@ -95,7 +95,7 @@ def test_no_secret_in_tracked_files():
     findings = []
     for path in tracked_files():
         rel = path.relative_to(ROOT).as_posix()
-        if path.name.endswith(".example") or rel == "tests/test_security.py" or not path.is_file():
+        if path.name.endswith(".example") or rel == "tests/integration/test_security.py" or not path.is_file():
             continue
         try:
             text = path.read_text()

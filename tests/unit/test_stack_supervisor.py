@@ -56,7 +56,7 @@ def test_status_masks_passwords_and_shows_a_failure(tmp_path):
     (tmp_path / "stack.env").write_text("MONGO_URI=mongodb://app:s3cret@db:27017/iot\n")
     (tmp_path / "failed").write_text("kafka exited and is not restarted\n")
     out = subprocess.run([sys.executable, "-m", "stack", "status"], capture_output=True, text=True,
-                         cwd=Path(__file__).resolve().parent.parent,
+                         cwd=Path(__file__).resolve().parents[2],
                          env={"STACK_DIR": str(tmp_path), "PATH": "/usr/bin:/bin"}, timeout=120)
     assert "s3cret" not in out.stdout + out.stderr
     assert "mongodb://app:***@db:27017/iot" in out.stdout and "not restarted" in out.stdout

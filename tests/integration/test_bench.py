@@ -18,7 +18,7 @@ import pytest
 from experiments.bench import BASELINE_ENV
 from stack.control import peak_rss
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 KEYS = ("limit_batch1_img_s", "limit_best_img_s", "pipeline_max_img_s", "baseline_max_img_s",
         "ratio_to_limit", "ratio_to_baseline", "p99_ms_at_50pct", "machine", "settings",

@@ -110,7 +110,7 @@ def test_openapi_document(client, engine):
     assert doc["openapi"].startswith("3.")
     assert {"/healthz", "/readyz", "/v1/model", "/v1/predict"} <= set(doc["paths"])
     assert "post" in doc["paths"]["/v1/predict"]
-    assert doc == openapi_document(128)  # generated from the models (tests/test_schema.py)
+    assert doc == openapi_document(128)  # generated from the models (tests/unit/test_schema.py)
     small = make_client(engine, MAX_REQUEST_IMAGES=4).get("/openapi.json").json
     assert small["components"]["schemas"]["PredictRequest"]["properties"]["instances"]["maxItems"] == 4
 

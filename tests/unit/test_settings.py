@@ -38,7 +38,7 @@ def test_cli_rejects_an_invalid_flag_with_a_clear_error(argv, field):
     import sys
     from pathlib import Path
 
-    proc = subprocess.run([sys.executable, "-m", *argv], cwd=Path(__file__).resolve().parent.parent,
+    proc = subprocess.run([sys.executable, "-m", *argv], cwd=Path(__file__).resolve().parents[2],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert f"invalid setting: {field}=0" in proc.stderr

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from common import dataset as ds
-from tests.conftest import make_cifar_archive
+from tests.support import make_cifar_archive
 
 
 def test_tarball_and_directory_give_the_same_images(tmp_path, cifar_archive):

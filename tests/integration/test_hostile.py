@@ -152,7 +152,7 @@ def hostile_env(local_stack):
     producer.close()
     client.close()
     # Figures for docs/RELIABILITY.md: what was tried and how it ended.
-    out = Path(__file__).resolve().parent.parent / "results" / "hostile"
+    out = Path(__file__).resolve().parents[2] / "results" / "hostile"
     out.mkdir(parents=True, exist_ok=True)
     dead = sum(1 for w in tried if reader.get(w))
     (out / "stack.json").write_text(json.dumps({

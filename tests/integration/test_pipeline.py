@@ -21,7 +21,7 @@ from common.schema import dumps, encode_png, make_image_message, make_result_mes
 from common.settings import KafkaSettings, MongoSettings
 from tests.support import HANG_GUARD_S
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.integration
 
 

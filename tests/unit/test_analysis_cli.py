@@ -17,7 +17,7 @@ from analysis.cli import main
 from common.rundir import write_latencies
 from analysis.runs import load_mongo_run, load_run
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
            "truck")
 T0 = 1_700_000_000.0

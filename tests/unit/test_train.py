@@ -9,7 +9,7 @@ from inference.cifar import load_cifar10
 
 
 def test_reader_gives_class_indices(cifar_archive):
-    """The producer's loader does the archive parsing (tests/test_dataset.py); this
+    """The producer's loader does the archive parsing (tests/unit/test_dataset.py); this
     view only turns class names into the indices the network trains on."""
     x, y = load_cifar10(str(cifar_archive), "train")
     xt, yt = load_cifar10(str(cifar_archive), "test")
