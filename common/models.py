@@ -47,7 +47,7 @@ from common.labels import CIFAR10_CLASSES
 SCHEMA_VERSION = 1
 IMAGE_SIZE = 32  # CIFAR images are 32x32 RGB
 # Text fields are copied into the result message: unbounded, a valid image could
-# yield a result too big for the DB consumer (found by tests/test_hostile.py).
+# yield a result too big for the DB consumer (found by tests/integration/test_hostile.py).
 MAX_TEXT_CHARS = 256
 MAX_IMAGE_MESSAGE_BYTES = 256 * 1024  # KafkaSettings.max_message_bytes
 MAX_RESULT_MESSAGE_BYTES = 64 * 1024
