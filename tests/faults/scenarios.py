@@ -1,0 +1,252 @@
+"""The fault suite's parts: its stack, the faults it injects and how it measures.
+
+tests/faults/run.py drives them (one producer per scenario, checks, report).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import requests
+
+from stack.control import LocalStack
+from stack.supervisor import child_pids
+from tests.support import HANG_GUARD_S, ROOT
+
+SAMPLE = ROOT.parent / "shared" / "data" / "cifar-10-python-sample.tar.gz"
+PY = sys.executable
+
+
+def say(msg: str) -> None:
+    print(f"[faults {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+children = child_pids  # Gunicorn's workers
+
+
+def wait_for(cond: Callable[[], bool], timeout_s: float, what: str, step: float = 0.2) -> float:
+    start = time.monotonic()
+    while not cond():
+        if time.monotonic() - start > timeout_s:
+            raise TimeoutError(f"{what}: not after {timeout_s:.0f} s")
+        time.sleep(step)
+    return time.monotonic() - start
+
+
+def http_ready(url: str) -> bool:
+    try:
+        return requests.get(url + "/readyz", timeout=2).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+# ------------------------------------------------------------------ the stack
+
+class Stack(LocalStack):
+    """The embedded local stack in a temporary directory, on free ports, with random
+    32x32 weights (stack.control.LocalStack), plus what the scenarios need."""
+
+    def __init__(self, directory: Path, extra_env: dict | None = None):
+        env = {"MODEL_WEIGHTS": "random", "PREDICT_BATCH_WAIT_MS": "20", "LOG_LEVEL": "INFO",
+               "GUNICORN_WORKERS": os.environ.get("FAULTS_GUNICORN_WORKERS", "2")}
+        if not os.environ.get("DATASET_SOURCE"):
+            if SAMPLE.is_file():
+                env["DATASET_SOURCE"] = str(SAMPLE)
+            else:  # a checkout without ../shared/data: an archive in the official layout
+                from tests.support import make_cifar_archive
+
+                directory.mkdir(parents=True, exist_ok=True)
+                env["DATASET_SOURCE"] = str(make_cifar_archive(directory / "cifar-10-python.tar.gz"))
+        super().__init__(directory, {**env, **(extra_env or {})}, timeout_s=300)
+
+    def stack(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        """``python -m stack ARGS`` against this stack (the CLI a user would type)."""
+        proc = subprocess.run([PY, "-m", "stack", *args], cwd=ROOT, env=self.env,
+                              capture_output=True, text=True, timeout=HANG_GUARD_S)
+        if check and proc.returncode != 0:
+            raise RuntimeError(f"python -m stack {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}"
+                               f"\n{self.logs()}")
+        return proc
+
+    def up(self) -> None:
+        t0 = time.monotonic()
+        self.start()
+        say(f"stack up in {time.monotonic() - t0:.0f} s: {self.env['KAFKA_BOOTSTRAP_SERVERS']}, "
+            f"{self.env['MONGO_URI']}, {self.env['INFERENCE_URL']}")
+
+    def down(self) -> None:
+        self.stop()
+
+    def collection(self):
+        from common.mongo_io import connect, images_collection
+        from common.settings import MongoSettings
+
+        mongo = MongoSettings(mongo_uri=self.env["MONGO_URI"], mongo_timeout_ms=3000)
+        return images_collection(connect(mongo), mongo)
+
+    def kafka(self):
+        from common.settings import KafkaSettings
+
+        return KafkaSettings(kafka_bootstrap_servers=self.env["KAFKA_BOOTSTRAP_SERVERS"])
+
+
+# ------------------------------------------------------------------ faults
+
+@dataclass
+class Fault:
+    name: str
+    what: str
+    stage: str  # "results" (inference side) or "storage" (MongoDB side)
+    inject: Callable[["Stack", dict], tuple[float, float]]  # -> (start, end), unix seconds
+
+
+def kill_component(name: str):
+    def inject(stack: Stack, note: dict) -> tuple[float, float]:
+        old = stack.pid(name)
+        t = stack.send(name, signal.SIGKILL)  # = python -m stack kill NAME
+        wait_for(lambda: stack.restarted(name, old), HANG_GUARD_S, f"{name} restarted")
+        note["restarted_after_s"] = round(time.time() - t, 2)
+        return t, t
+    return inject
+
+
+def kill_gunicorn_worker(stack: Stack, note: dict) -> tuple[float, float]:
+    master = stack.pid("inference")
+    workers = children(master)
+    if not workers:
+        raise RuntimeError(f"gunicorn master {master} has no worker")
+    victim = workers[0]
+    t = time.time()
+    os.kill(victim, signal.SIGKILL)
+    note.update(master=master, killed_worker=victim, workers_before=len(workers))
+    wait_for(lambda: victim not in children(master) and len(children(master)) == len(workers),
+             HANG_GUARD_S, "gunicorn replaced the worker")
+    note["master_alive"] = Path(f"/proc/{master}").exists() and stack.pid("inference") == master
+    return t, t
+
+
+def inference_down_20s(stack: Stack, note: dict) -> tuple[float, float]:
+    t0 = stack.send("inference", signal.SIGTERM, keep_down=True)  # = python -m stack pause inference
+    time.sleep(20)
+    t1 = time.time()
+    stack.stack("resume", "inference")
+    wait_for(lambda: http_ready(stack.env["INFERENCE_URL"]), HANG_GUARD_S, "inference service back")
+    note["ready_after_resume_s"] = round(time.time() - t1, 2)
+    return t0, t1
+
+
+def rebalance(stack: Stack, note: dict) -> tuple[float, float]:
+    marker = stack.dir / "state" / f"extra-consumer-{uuid.uuid4().hex[:6]}.joined"
+    log = open(stack.dir / "logs" / "extra-inference-consumer.log", "ab")
+    t0 = time.time()
+    proc = subprocess.Popen([PY, "-m", "consumers.inference"], cwd=ROOT,
+                            env={**stack.env, "READY_FILE": str(marker)},
+                            stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+    log.close()
+    try:
+        note["joined_after_s"] = round(wait_for(marker.exists, HANG_GUARD_S, "second consumer joined"), 2)
+        time.sleep(5)  # let it own partitions and work for a while
+    finally:
+        proc.send_signal(signal.SIGTERM)  # graceful: finish the batch, commit, leave the group
+        proc.wait(60)
+    t1 = time.time()
+    note["extra_consumer_exit"] = proc.returncode
+    return t0, t1
+
+
+FAULTS = {f.name: f for f in [
+    Fault("inference-consumer", "SIGKILL the inference consumer; the supervisor restarts it",
+          "results", kill_component("inference-consumer")),
+    Fault("db-consumer", "SIGKILL the DB consumer; the supervisor restarts it",
+          "storage", kill_component("db-consumer")),
+    Fault("gunicorn-worker", "SIGKILL one Gunicorn worker; the master forks a new one",
+          "results", kill_gunicorn_worker),
+    Fault("inference-down-20s", "stop the whole inference service for 20 s, then start it",
+          "results", inference_down_20s),
+    Fault("mongo-restart", "SIGKILL the MongoDB server; restarted on the same data file",
+          "storage", kill_component("mongo")),
+    Fault("rebalance", "a second inference consumer joins the group, works, then leaves",
+          "results", rebalance),
+]}
+
+
+# ------------------------------------------------------------------ measuring
+
+def read_csv(path: Path) -> list[dict]:
+    import csv
+
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def count_result_messages(stack: Stack, producer_id: str, settle_s: float = 2.0) -> dict[str, int]:
+    """Result messages per image id on the results topic for one producer (read from the
+    start until nothing new arrives for ``settle_s``)."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    from common.kafka_io import client_config
+
+    s = stack.kafka()
+    consumer = KafkaConsumer(**client_config(s), group_id=None, enable_auto_commit=False,
+                             auto_offset_reset="earliest", fetch_max_wait_ms=100)
+    try:
+        tps = [TopicPartition(s.results_topic, p) for p in consumer.partitions_for_topic(s.results_topic)]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        counts: dict[str, int] = {}
+        quiet_since = time.monotonic()
+        needle = producer_id.encode()
+        while time.monotonic() - quiet_since < settle_s:
+            polled = consumer.poll(timeout_ms=300, max_records=5000)
+            if polled:
+                quiet_since = time.monotonic()
+            for batch in polled.values():
+                for r in batch:
+                    if needle in r.value:
+                        msg = json.loads(r.value)
+                        if msg.get("producer_id") == producer_id:
+                            counts[msg["image_id"]] = counts.get(msg["image_id"], 0) + 1
+        return counts
+    finally:
+        consumer.close()
+
+
+def longest_stall(times: list[float], start: float) -> tuple[float, float | None]:
+    """(length, end) of the longest gap between consecutive deliveries that ends after
+    ``start``; a gap straddling ``start`` counts from the delivery before it."""
+    ts = sorted(times)
+    best, end = 0.0, None
+    for a, b in zip(ts, ts[1:]):
+        if b > start and b - a > best:
+            best, end = b - a, b
+    return best, end
+
+
+def check_documents(collection, producer_id: str, sent_ids: set[str]) -> dict:
+    docs = list(collection.find({"producer_id": producer_id},
+                                {"_id": 1, "image": 1, "prediction": 1, "confidence": 1,
+                                 "model": 1, "stored_at": 1, "prediction_stored_at": 1}))
+    ids = [d["_id"] for d in docs]
+    half = [d["_id"] for d in docs if not d.get("image") or not d.get("prediction")
+            or d.get("confidence") is None or not d.get("model")]
+    return {"documents": len(docs), "distinct_ids": len(set(ids)),
+            "duplicated_documents": len(ids) - len(set(ids)) + len(set(ids) - sent_ids),
+            "missing_documents": len(sent_ids - set(ids)), "half_written": len(half),
+            "half_written_ids": half[:5],
+            "stored_times": [d["prediction_stored_at"] for d in docs if d.get("prediction_stored_at")]}
