@@ -4,17 +4,33 @@ SHELL := /bin/bash
 PY ?= python3
 VENV ?= .venv
 PYTHON := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-deploy.txt | md5sum | cut -c1-8)
+STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-deploy.txt requirements/*.txt | md5sum | cut -c1-8)
 
-.PHONY: venv up down status demo test test-faults lint experiment bench serve train deploy teardown clean
+.PHONY: venv up down status demo test test-faults lint experiment bench serve train deploy teardown clean \
+        deploy-venv logs ssh
 
-$(STAMP): requirements.txt requirements-deploy.txt
+$(STAMP): requirements.txt requirements-deploy.txt $(wildcard requirements/*.txt)
 	test -x $(PYTHON) || $(PY) -m venv $(VENV)
 	$(PYTHON) -m pip install --quiet --upgrade pip
-	$(PYTHON) -m pip install --quiet -r requirements.txt -r requirements-deploy.txt
+	$(PYTHON) -m pip install --quiet -r requirements.txt
 	rm -f $(VENV)/.installed-* && touch $@
 
 venv: $(STAMP)
+
+# The deployment controller: its own light virtualenv (Ansible, the OpenStack client,
+# the analysis; no TensorFlow, no test tools), so `make deploy` works on a Mac too.
+DEPLOY_VENV ?= .venv-deploy
+DEPLOY_STAMP := $(DEPLOY_VENV)/.installed-$(shell cat requirements-deploy.txt requirements/analysis.txt requirements/core.txt | md5sum | cut -c1-8)
+# The deployment's name prefix (iot_name_prefix): .deploy/$(PREFIX)/ssh_config
+PREFIX ?= iot-pipeline
+
+$(DEPLOY_STAMP): requirements-deploy.txt requirements/analysis.txt requirements/core.txt
+	test -x $(DEPLOY_VENV)/bin/python || $(PY) -m venv $(DEPLOY_VENV)
+	$(DEPLOY_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(DEPLOY_VENV)/bin/python -m pip install --quiet -r requirements-deploy.txt
+	rm -f $(DEPLOY_VENV)/.installed-* && touch $@
+
+deploy-venv: $(DEPLOY_STAMP)
 
 up: venv          ## start the local stack (broker, MongoDB, Gunicorn, consumers)
 	$(PYTHON) -m stack up
@@ -45,11 +61,19 @@ lint: venv        ## static checks: Python (ruff, layer contract) and the Ansibl
 	  -e @inventory/group_vars/all/vault.yml.example playbook_master.yaml playbooks/*.yaml
 	$(VENV)/bin/pip-audit -l --progress-spinner off
 
-deploy: venv      ## Chameleon: create the VMs, install everything, run the experiment (docs/DEPLOY.md)
-	$(VENV)/bin/ansible-playbook playbook_master.yaml $(ARGS)
+deploy: deploy-venv ## Chameleon: lease, VMs, everything installed, the experiment (docs/DEPLOY.md)
+	$(DEPLOY_VENV)/bin/ansible-playbook playbook_master.yaml $(ARGS)
 
-teardown: venv    ## Chameleon: delete every cloud resource the deployment created
-	$(VENV)/bin/ansible-playbook playbooks/teardown.yaml $(ARGS)
+teardown: deploy-venv ## Chameleon: delete every cloud resource the deployment created (lease too)
+	$(DEPLOY_VENV)/bin/ansible-playbook playbooks/teardown.yaml $(ARGS)
+
+logs:             ## follow a VM's service journals: make logs VM=inference [COMPONENT=iot-inference]
+	@test -n "$(VM)" || { echo "usage: make logs VM=<producer|inference|kafka|mongodb> [COMPONENT=<unit>]"; exit 2; }
+	ssh -F .deploy/$(PREFIX)/ssh_config $(PREFIX)-$(VM) sudo journalctl -f -n 50 -u '$(or $(COMPONENT),iot-*)'
+
+ssh:              ## a shell on a VM: make ssh VM=inference
+	@test -n "$(VM)" || { echo "usage: make ssh VM=<producer|inference|kafka|mongodb>"; exit 2; }
+	ssh -F .deploy/$(PREFIX)/ssh_config $(PREFIX)-$(VM)
 
 bench: venv       ## throughput/latency vs the bare model and the per-message design (~6 min)
 	$(PYTHON) -m experiments.bench

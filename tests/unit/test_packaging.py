@@ -1,33 +1,52 @@
-"""pyproject.toml names the dependency groups; requirements*.txt pin them (the lock)."""
+"""pyproject.toml names the dependency groups; requirements/<group>.txt pin them (the lock)."""
 
 from __future__ import annotations
 
 import re
 import tomllib
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+import pytest
+
+from tests.support import ROOT
+
+PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+GROUP_FILES = {"core": "requirements/core.txt", "inference": "requirements/inference.txt",
+               "stack": "requirements/stack.txt", "analysis": "requirements/analysis.txt",
+               "dev": "requirements/dev.txt", "deploy": "requirements-deploy.txt"}
 
 
-def _pinned() -> dict[str, str]:
+def pinned(name: str) -> dict[str, str]:
+    """Package -> pin of one requirements file, without the files it includes (-r)."""
     out = {}
-    for name in ("requirements.txt", "requirements-deploy.txt"):
-        for line in (ROOT / name).read_text().splitlines():
-            line = line.split("#", 1)[0].strip()
-            if line:
-                m = re.match(r"([A-Za-z0-9_.\-]+)\s*(==\s*\S+)?", line)
-                out[m.group(1).lower().replace("_", "-")] = m.group(2) or ""
+    for line in (ROOT / name).read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line and not line.startswith("-"):
+            m = re.match(r"([A-Za-z0-9_.\-]+)\s*(==\s*\S+)?", line)
+            out[m.group(1).lower().replace("_", "-")] = m.group(2) or ""
     return out
 
 
-def test_every_declared_dependency_is_in_the_lock():
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    declared = list(project["dependencies"])
-    for group in project["optional-dependencies"].values():
-        declared += group
-    pinned = _pinned()
-    missing = [d for d in declared if d.lower() not in pinned]
-    assert not missing, f"declared in pyproject.toml but not in requirements*.txt: {missing}"
-    # and the other way round: nothing installed that no group asks for
-    names = {d.lower() for d in declared}
-    assert not sorted(set(pinned) - names), f"pinned but in no group: {sorted(set(pinned) - names)}"
+@pytest.mark.parametrize("group", GROUP_FILES)
+def test_each_group_is_pinned_in_its_own_file(group):
+    declared = PROJECT["dependencies"] if group == "core" else PROJECT["optional-dependencies"][group]
+    pins = pinned(GROUP_FILES[group])
+    assert sorted(d.lower() for d in declared) == sorted(pins), GROUP_FILES[group]
+    assert all(pins.values()), f"unpinned in {GROUP_FILES[group]}: {[k for k, v in pins.items() if not v]}"
+
+
+def expanded(name: str) -> dict[str, str]:
+    """pinned(), following -r includes."""
+    out = pinned(name)
+    for line in (ROOT / name).read_text().splitlines():
+        if line.startswith("-r "):
+            out.update(expanded(str((ROOT / name).parent.relative_to(ROOT) / line[3:].strip())))
+    return out
+
+
+def test_only_the_inference_vm_and_development_get_tensorflow():
+    """The controller and the producer/consumer VMs install no TensorFlow (issue: a Mac
+    has no tensorflow-cpu wheel, and it is 600 MB for VMs that do not run the model)."""
+    for name in ("requirements-deploy.txt", "requirements/core.txt", "requirements/analysis.txt"):
+        assert not [k for k in expanded(name) if k.startswith("tensorflow")], name
+    assert "tensorflow-cpu" in expanded("requirements/inference.txt")
+    assert "tensorflow-cpu" in expanded("requirements.txt")  # development: everything
