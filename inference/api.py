@@ -106,6 +106,7 @@ def model_info():
     m = engine.model
     return _json(ModelInfo(id=m.id, weights_source=m.weights_source, input_size=m.input_size,
                            classes=list(m.classes), untrained=m.untrained,
+                           weights_sha256=m.weights_sha256,
                            max_request_images=get_settings().max_request_images,
                            model_batch_max_images=engine.batcher.max_batch,
                            model_batch_delay_ms=engine.batcher.max_delay_s * 1000.0))

@@ -58,6 +58,8 @@ class LoadedModel:
     # uint8 N x 32 x 32 x 3 -> float32 N x 10 CIFAR-10 probabilities
     predict: Callable[[np.ndarray], np.ndarray]
     classes: tuple[str, ...] = CIFAR10_CLASSES
+    # sha256 of the weights file (trained weights: MODEL_WEIGHTS=<file>), else None
+    weights_sha256: str | None = None
 
 
 def configure_threads(intra: int, inter: int) -> None:
@@ -196,6 +198,6 @@ def load_model(weights: str = "auto", input_size: int | None = None, *,
     size = input_size or IMAGE_SIZE
     model = build_cifar_resnet(size)
     model.load_weights(choice)
-    sha8 = file_sha256(choice)[:8]
-    return LoadedModel(f"resnet50-cifar10-{sha8}-{size}", f"file:{os.path.abspath(choice)}", size, False,
-                       _compile(model, size, imagenet=False))
+    sha = file_sha256(choice)
+    return LoadedModel(f"resnet50-cifar10-{sha[:8]}-{size}", f"file:{os.path.abspath(choice)}", size, False,
+                       _compile(model, size, imagenet=False), weights_sha256=sha)

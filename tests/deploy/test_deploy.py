@@ -19,6 +19,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -34,7 +35,7 @@ INVENTORY = DEPLOY / "inventory.yml"
 VAULT_EXAMPLE = ROOT / "inventory" / "group_vars" / "all" / "vault.yml.example"
 PLAYBOOKS = [ROOT / "playbook_master.yaml", *sorted((ROOT / "playbooks").glob("*.yaml")),
              DEPLOY / "render_templates.yaml", DEPLOY / "check_mode.yaml"]
-STAGES = ["provision", "base", "kafka", "mongodb", "inference", "consumers", "producer",
+STAGES = ["provision", "base", "app", "kafka", "mongodb", "inference", "consumers", "producer",
           "experiment", "analyze"]
 ROLES = sorted(p.name for p in (ROOT / "roles").iterdir() if p.is_dir())
 
@@ -285,8 +286,15 @@ def test_logging_files(rendered):
 
 
 def test_provisioned_inventory_parses(rendered):
+    deploy = rendered / "vm1-producer" / "fresh-clone" / ".deploy"
+    inventory, ssh_config = deploy / "hosts.yml", deploy / "iot-pipeline" / "ssh_config"
+    # Created by the role in a clone where .deploy/ did not exist; private to the user.
+    for folder in (deploy, deploy / "iot-pipeline"):
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700, folder
+    for f in (inventory, ssh_config):
+        assert stat.S_IMODE(f.stat().st_mode) == 0o600, f
     exe = tool("ansible-inventory")
-    result = run([exe, "-i", str(rendered / "vm1-producer" / "hosts.yml"), "--list"])
+    result = run([exe, "-i", str(inventory), "--list"])
     assert result.returncode == 0, result.stderr
     inv = json.loads(result.stdout)
     assert inv["producers"]["hosts"] == ["iot-pipeline-producer"]
@@ -294,13 +302,30 @@ def test_provisioned_inventory_parses(rendered):
     assert inv["kafka"]["hosts"] == inv["consumers"]["hosts"] == ["iot-pipeline-kafka"]
     assert inv["mongodb"]["hosts"] == ["iot-pipeline-mongodb"]
     hostvars = inv["_meta"]["hostvars"]
-    assert hostvars["iot-pipeline-producer"]["ansible_host"] == "129.114.27.10"
-    assert "ansible_ssh_common_args" not in hostvars["iot-pipeline-producer"]
-    for name, ip in (("iot-pipeline-inference", "10.56.0.12"), ("iot-pipeline-kafka", "10.56.0.13"),
-                     ("iot-pipeline-mongodb", "10.56.0.14")):
-        assert hostvars[name]["ansible_host"] == ip == hostvars[name]["iot_private_ip"]
-        assert "cc@129.114.27.10" in hostvars[name]["ansible_ssh_common_args"]   # via the jump host
+    for name, ip in (("iot-pipeline-producer", "10.56.0.11"), ("iot-pipeline-inference", "10.56.0.12"),
+                     ("iot-pipeline-kafka", "10.56.0.13"), ("iot-pipeline-mongodb", "10.56.0.14")):
+        assert hostvars[name]["iot_private_ip"] == ip
+        assert hostvars[name]["ansible_ssh_common_args"] == f"-F {ssh_config}"
         assert hostvars[name]["iot_private_cidr"] == "10.56.0.0/22"
+
+
+def test_ssh_config_reaches_every_vm_through_the_jump_host_with_its_own_known_hosts(rendered):
+    """Parsed by OpenSSH itself (ssh -G): the jump host by its floating IP, the others by their
+    private IP through it, each with the deployment's known_hosts (removed on teardown)."""
+    if not shutil.which("ssh"):
+        pytest.skip("no OpenSSH client")
+    deploy = rendered / "vm1-producer" / "fresh-clone" / ".deploy" / "iot-pipeline"
+    want = {"iot-pipeline-producer": ("129.114.27.10", None), "iot-pipeline-inference": ("10.56.0.12", "iot-pipeline-producer"),
+            "iot-pipeline-kafka": ("10.56.0.13", "iot-pipeline-producer"),
+            "iot-pipeline-mongodb": ("10.56.0.14", "iot-pipeline-producer")}
+    for name, (hostname, jump) in want.items():
+        out = run(["ssh", "-G", "-F", str(deploy / "ssh_config"), name])
+        assert out.returncode == 0, out.stderr
+        opts = dict(line.split(" ", 1) for line in out.stdout.splitlines() if " " in line)
+        assert opts["hostname"] == hostname and opts["user"] == "cc"
+        assert opts.get("proxyjump") == jump
+        assert opts["userknownhostsfile"] == str(deploy / "known_hosts")
+        assert opts["stricthostkeychecking"] in ("accept-new", "accept-new\n")
 
 
 def test_experiment_defaults(rendered):

@@ -35,6 +35,7 @@ def test_train_smoke_then_serve(cifar_archive, tmp_path):
 
     served = load_model(str(out))
     assert served.id == f"resnet50-cifar10-{file_sha256(str(out))[:8]}-32" == result["model_id"]
+    assert served.weights_sha256 == file_sha256(str(out))  # shown by /v1/model
     assert "cifar10" in served.id and "untrained" not in served.id and not served.untrained
     x, _ = load_cifar10(str(cifar_archive), "test")
     probs = served.predict(x[:4])
