@@ -89,7 +89,10 @@ def readyz():
     engine = get_engine()
     if engine.state == READY:
         return _json(Ready(status="ready", model=engine.model.id))
-    body = NotReady(status=engine.state, error=engine.error or None)
+    # The failure's detail (paths, exception text) goes to the service's log, not to an
+    # unauthenticated endpoint.
+    body = NotReady(status=engine.state,
+                    error="model loading failed; see the service's log" if engine.error else None)
     return _json(body, exclude_none=True), 503, {"Retry-After": "1"}
 
 

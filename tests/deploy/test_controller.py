@@ -178,3 +178,23 @@ def test_trained_weights_are_shipped_and_checked():
     assert "Copy the weights file from the controller" in tasks and "Compare the weights' checksum" in tasks
     vars_ = (ROOT / "roles/inference/vars/main.yml").read_text()
     assert "'MODEL_WEIGHTS': inference_model_weights_file or inference_model_weights" in vars_
+
+
+SECRET_VARS = re.compile(r"password|token|secret|mongo_uri|_environment\b", re.I)
+
+
+def test_every_task_that_renders_a_secret_hides_it_from_the_log():
+    """--diff and -v print a template's content: an env file with INFERENCE_TOKEN or the
+    MongoDB password must be written with no_log."""
+    missing = []
+    for f in ROLE_TASKS:
+        role = f.parts[-3]
+        for task in _tasks(yaml.safe_load(f.read_text())):
+            tpl = task.get("ansible.builtin.template")
+            if not tpl:
+                continue
+            src = ROOT / "roles" / role / "templates" / tpl["src"]
+            jinja = " ".join(re.findall(r"\{[{%].*?[%}]\}", src.read_text(), re.S)) if src.is_file() else ""
+            if SECRET_VARS.search(jinja) and not task.get("no_log"):
+                missing.append(f"{f.relative_to(ROOT)}: {task['name']}")
+    assert not missing, missing

@@ -99,7 +99,9 @@ def test_failed_load_is_reported_not_fatal():
     assert engine.wait_ready(30) is False
     c = make_client(engine)
     r = c.get("/readyz")
-    assert r.status_code == 503 and r.json["status"] == "failed" and "nonexistent" in r.json["error"]
+    assert r.status_code == 503 and r.json["status"] == "failed" and "service's log" in r.json["error"]
+    assert "nonexistent" not in r.get_data(as_text=True)  # no exception text, no path, unauthenticated
+    assert "nonexistent" in engine.error  # the detail is kept for the log
     assert c.get("/healthz").status_code == 200
 
 
