@@ -31,7 +31,11 @@ def make_producer(s: KafkaSettings, **overrides):
 
     cfg = client_config(s)
     cfg.update(acks="all", linger_ms=s.kafka_linger_ms, batch_size=s.kafka_producer_batch_bytes,
-               retries=2**31 - 1, max_in_flight_requests_per_connection=5)
+               retries=2**31 - 1, max_in_flight_requests_per_connection=5,
+               delivery_timeout_ms=int(s.kafka_delivery_timeout_s * 1000),
+               # send() blocks at most this long for metadata (broker away), then raises
+               # KafkaTimeoutError, which the producer retries until the delivery timeout.
+               max_block_ms=10_000)
     cfg.update(overrides)
     return KafkaProducer(**cfg)
 

@@ -54,8 +54,16 @@ class KafkaSettings(BaseSettings):
     # consumer send 100 fetches/s and the broker burn CPU answering them.
     kafka_fetch_max_wait_ms: int = Field(100, ge=1)
     kafka_producer_batch_bytes: int = 256 * 1024
+    # How long a producer keeps trying to deliver an image (broker away, leader moving)
+    # before it counts the image as failed: kafka-python's delivery.timeout.ms, and the
+    # producer's own retries while the broker cannot be reached at all.
+    kafka_delivery_timeout_s: float = Field(120.0, gt=0)
     # Largest message a consumer will try to decode; bigger ones are dead-lettered.
     max_message_bytes: int = 256 * 1024
+    # Largest dead letter the consumers send (record batch bytes, kafka-python's estimate): at
+    # most the DLQ topic's max.message.bytes and the producers' max_request_size (both 1 MiB by
+    # default).  A dead letter over it keeps the dlq.* headers only (docs/ARCHITECTURE.md).
+    dlq_max_record_bytes: int = Field(1024 * 1024, ge=4096)
 
 
 class MongoSettings(BaseSettings):
@@ -68,6 +76,8 @@ class MongoSettings(BaseSettings):
     # A hung (not dead) server must not block the DB consumer forever: the write
     # times out and is retried (upserts are idempotent).
     mongo_socket_timeout_ms: int = 30_000
+    # python -m consumers.dlq records its replays here (docs/ARCHITECTURE.md, dead letters).
+    mongo_dlq_replays_collection: str = "dlq_replays"
 
 
 class DbWriterSettings(BaseSettings):
@@ -78,6 +88,16 @@ class DbWriterSettings(BaseSettings):
     # Largest poll, and so largest unordered bulk_write, per commit.  1 is the
     # per-message design (one write + one commit per message), the benchmark's baseline.
     db_max_records: int = Field(500, ge=1)
+
+
+class DlqToolSettings(BaseSettings):
+    """``python -m consumers.dlq`` (list, show, replay the dead letters)."""
+
+    model_config = _CONFIG
+
+    # Reading the DLQ ends at the end offsets asked at the start, or after this long
+    # without a record (a broker whose end offsets are approximate, as tansu's are).
+    dlq_read_idle_ms: int = Field(3000, ge=1)
 
 
 class InferenceClientSettings(BaseSettings):
@@ -242,5 +262,5 @@ def with_flags(cls: type[BaseSettings], parser=None, **flags: Any) -> BaseSettin
         raise ValueError(message) from None
 
 
-SETTINGS_GROUPS = (KafkaSettings, MongoSettings, DbWriterSettings, InferenceClientSettings,
+SETTINGS_GROUPS = (KafkaSettings, MongoSettings, DbWriterSettings, DlqToolSettings, InferenceClientSettings,
                    DatasetSettings, ProducerSettings, ServiceSettings, GunicornSettings)

@@ -16,7 +16,7 @@ from pathlib import Path
 from common import dataset as datasets
 from common.log import setup_logging
 from common.settings import DatasetSettings, KafkaSettings, ProducerSettings, describe, with_flags
-from producer.camera import new_producer_id, run_cameras, write_run_files
+from producer.camera import ProducerRun, new_producer_id, run_cameras, write_run_files
 
 log = logging.getLogger("producer")
 
@@ -60,14 +60,18 @@ def main(argv=None) -> int:
     except datasets.DatasetUnavailable as exc:
         log.error("%s", exc)
         return 2
-    run = run_cameras(kafka=kafka, dataset=ds, producer_id=producer_id, count=prod.count,
-                      rate=prod.rate, devices=prod.devices,
-                      result_timeout_s=prod.result_timeout_s, progress=not args.no_progress,
-                      progress_file=args.progress_file)
-    write_run_files(run, args.out)
+    run = ProducerRun(producer_id)
+    try:
+        run_cameras(run, kafka=kafka, dataset=ds, count=prod.count, rate=prod.rate, devices=prod.devices,
+                    result_timeout_s=prod.result_timeout_s, progress=not args.no_progress,
+                    progress_file=args.progress_file)
+    finally:  # whatever happened, the images attempted are on record
+        write_run_files(run, args.out)
+    counts = run.counts()
     missing = prod.count - run.results
-    log.info("%s: sent %d, results %d, missing %d -> %s", producer_id, len(run.sent),
-             run.results, missing, args.out / "latencies.csv")
+    log.info("%s: attempted %d, acknowledged %d, failed %d, results %d, missing %d -> %s", producer_id,
+             counts["attempted"], counts["acknowledged"], counts["failed"], run.results, missing,
+             args.out / "latencies.csv")
     return 0 if missing == 0 and run.send_errors == 0 else 1
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kafka import TopicPartition
+from kafka.errors import KafkaError, KafkaTimeoutError
 from tqdm import tqdm
 
 from common.kafka_io import make_consumer, make_producer
@@ -30,22 +31,32 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class SentImage:
+    # The message's metadata only: the image bytes are dropped once sent, so a long run
+    # holds a few hundred bytes per image, not the images.
     message: dict
     result: dict | None = None
     result_at: float | None = None
+    acked: bool = False
+    error: str | None = None
 
 
 @dataclass
 class ProducerRun:
     producer_id: str
-    sent: dict[str, SentImage] = field(default_factory=dict)
+    sent: dict[str, SentImage] = field(default_factory=dict)  # every image attempted
     send_errors: int = 0
+    acked: int = 0
     started_at: float = 0.0
     finished_sending_at: float = 0.0
 
     @property
     def results(self) -> int:
         return sum(1 for s in self.sent.values() if s.result_at is not None)
+
+    def counts(self) -> dict:
+        """attempted / acknowledged by the broker / failed (delivery gave up) / results."""
+        return {"attempted": len(self.sent), "acknowledged": self.acked, "failed": self.send_errors,
+                "results": self.results}
 
     def latency_rows(self) -> list[dict]:
         rows = []
@@ -79,13 +90,22 @@ class ResultListener(threading.Thread):
         self.stop_event = threading.Event()
         self.ready = threading.Event()
         self.lock = threading.Lock()
-        # Fetch long-poll: KAFKA_FETCH_MAX_WAIT_MS (the broker answers as soon as a
-        # result is there, so a longer wait adds no latency, only fewer idle fetches).
-        self.consumer = make_consumer(settings, group_id=None, auto_offset_reset="latest")
+        self.settings = settings
+        self.consumer = None
         self.topic = settings.results_topic
 
     def _assign(self) -> None:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + self.settings.kafka_delivery_timeout_s
+        while self.consumer is None:  # the broker may be away at start: retry, do not crash
+            try:
+                # Fetch long-poll: KAFKA_FETCH_MAX_WAIT_MS (the broker answers as soon as a
+                # result is there, so a longer wait adds no latency, only fewer idle fetches).
+                self.consumer = make_consumer(self.settings, group_id=None, auto_offset_reset="latest")
+            except KafkaError as exc:
+                if time.monotonic() > deadline:
+                    raise
+                log.warning("result listener: broker unreachable (%s); retrying", exc)
+                time.sleep(1.0)
         partitions = None
         while not partitions:
             partitions = self.consumer.partitions_for_topic(self.topic)
@@ -102,6 +122,10 @@ class ResultListener(threading.Thread):
     def run(self) -> None:
         try:
             self._assign()
+        except Exception as exc:  # noqa: BLE001 - no results then; the sends still go on
+            log.error("result listener: %s; no results will be received", exc)
+            self.ready.set()
+            return
         finally:
             self.ready.set()
         mine = self.run_state.producer_id
@@ -133,61 +157,109 @@ def new_producer_id() -> str:
 
 
 def write_progress(path: Path | None, run: ProducerRun, count: int, done: bool = False) -> None:
-    """A small JSON file a supervising process (the experiment runner) can watch."""
+    """A small JSON file a supervising process (the experiment runner) can watch.
+    ``sent`` counts the images the broker acknowledged, not the attempts."""
     if path is None:
         return
     e2e = sorted((s.result_at - s.message["sent_at"]) * 1000
                  for s in list(run.sent.values()) if s.result_at)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps({"producer_id": run.producer_id, "count": count,
-                               "sent": len(run.sent), "results": len(e2e), "done": done,
-                               "e2e_ms": e2e[-2000:]}))
+                               "sent": run.acked, "attempted": len(run.sent), "failed": run.send_errors,
+                               "results": len(e2e), "done": done, "e2e_ms": e2e[-2000:]}))
     tmp.replace(path)
 
 
-def run_cameras(*, kafka: KafkaSettings, dataset, producer_id: str, count: int, rate: float,
-                devices: int, result_timeout_s: float, progress: bool = True,
-                progress_file: Path | None = None) -> ProducerRun:
-    """Send ``count`` images at ``rate`` images/s and wait for their results."""
-    run = ProducerRun(producer_id)
-    # Encode everything first so PNG encoding never delays a send.
-    messages = []
+def _messages(dataset, producer_id: str, count: int, devices: int):
+    """The run's image messages, encoded one at a time as they are sent (PNG of a 32x32
+    image: well under a millisecond), so memory does not grow with the run's length."""
     # Each producer starts at its own place in the dataset, so that concurrent
     # producers do not all send the same first images.
     start = zlib.crc32(producer_id.encode()) % len(dataset)
     for seq in range(count):
         i = (start + seq) % len(dataset)
-        messages.append(make_image_message(
-            png=encode_png(dataset.images[i]), device_id=f"{producer_id}-cam{seq % devices:02d}",
-            producer_id=producer_id, seq=seq, label=dataset.labels[i], dataset=dataset.name))
+        yield make_image_message(png=encode_png(dataset.images[i]), device_id=f"{producer_id}-cam{seq % devices:02d}",
+                                 producer_id=producer_id, seq=seq, label=dataset.labels[i], dataset=dataset.name)
 
+
+def _connect(kafka: KafkaSettings, deadline: float):
+    """A producer, retrying while the broker is away until ``deadline`` (None: gave up)."""
+    delay = 0.5
+    while True:
+        try:
+            return make_producer(kafka)
+        except KafkaError as exc:
+            if time.monotonic() + delay > deadline:
+                log.error("broker unreachable (%s); giving up after the delivery timeout", exc)
+                return None
+            log.warning("broker unreachable (%s); retrying in %.1f s", exc, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)
+
+
+def run_cameras(run: ProducerRun, *, kafka: KafkaSettings, dataset, count: int, rate: float,
+                devices: int, result_timeout_s: float, progress: bool = True,
+                progress_file: Path | None = None) -> ProducerRun:
+    """Send ``count`` images at ``rate`` images/s and wait for their results, recording
+    everything into ``run`` as it happens (the caller writes the run files even if this
+    raises)."""
+    producer_id = run.producer_id
     listener = ResultListener(kafka, run)
     listener.start()
-    listener.ready.wait(60)
-    producer = make_producer(kafka)
+    listener.ready.wait(kafka.kafka_delivery_timeout_s + 5)
+    # A broker outage is retried until the delivery timeout (kafka-python's own retries
+    # cover a send in flight; this covers the broker being away before or between sends).
+    delivery_deadline = time.monotonic() + kafka.kafka_delivery_timeout_s
+    producer = _connect(kafka, delivery_deadline)
+
+    def acked(_metadata, image_id):
+        with listener.lock:
+            run.sent[image_id].acked = True
+            run.acked += 1
 
     def failed(exc, image_id=None):
-        run.send_errors += 1
+        with listener.lock:
+            run.sent[image_id].error = f"{type(exc).__name__}: {exc}"
+            run.send_errors += 1
         log.error("send of %s failed: %s", image_id, exc)
 
     bar = tqdm(total=count, desc=f"{producer_id} sent", unit="img", disable=not progress,
                mininterval=0.5)
     run.started_at = start = time.time()
-    for seq, msg in enumerate(messages):
+    for seq, msg in enumerate(_messages(dataset, producer_id, count, devices)):
         delay = start + seq / rate - time.time()
         if delay > 0:
             time.sleep(delay)
         msg["sent_at"] = time.time()
+        value = dumps(msg)
+        image_id = msg["image_id"]
         with listener.lock:
-            run.sent[msg["image_id"]] = SentImage(msg)
-        producer.send(kafka.images_topic, key=msg["device_id"].encode(), value=dumps(msg)) \
-            .add_errback(failed, image_id=msg["image_id"])
+            run.sent[image_id] = SentImage({k: v for k, v in msg.items() if k != "image"})
+        while True:
+            try:
+                if producer is None:
+                    raise KafkaTimeoutError("no connection to the broker")
+                producer.send(kafka.images_topic, key=msg["device_id"].encode(), value=value) \
+                    .add_callback(acked, image_id=image_id).add_errback(failed, image_id=image_id)
+                break
+            except KafkaError as exc:  # metadata unavailable: the broker is away
+                if time.monotonic() > delivery_deadline or producer is None:
+                    failed(exc, image_id=image_id)
+                    break
+                log.warning("send of %s: %s; retrying", image_id, exc)
+                time.sleep(1.0)
+        if producer is not None and time.monotonic() <= delivery_deadline:
+            delivery_deadline = time.monotonic() + kafka.kafka_delivery_timeout_s
         bar.update(1)
         if seq % 20 == 0:
             bar.set_postfix(results=run.results, refresh=False)
             write_progress(progress_file, run, count)
-    producer.flush()
-    producer.close()
+    if producer is not None:
+        try:
+            producer.flush(timeout=kafka.kafka_delivery_timeout_s)
+        except KafkaError as exc:
+            log.error("flush: %s", exc)
+        producer.close(timeout=10)
     run.finished_sending_at = time.time()
     bar.close()
 
@@ -208,5 +280,10 @@ def run_cameras(*, kafka: KafkaSettings, dataset, producer_id: str, count: int, 
 
 
 def write_run_files(run: ProducerRun, out_dir: Path) -> None:
+    """latencies.csv and stages.csv (every image attempted: one the broker never
+    acknowledged has no result and counts as lost), and producer.json with the counts."""
     write_latencies(out_dir / "latencies.csv", run.latency_rows())
     write_stages(out_dir / "stages.csv", run.stage_rows())
+    failed = {image_id: s.error for image_id, s in run.sent.items() if s.error}
+    (out_dir / "producer.json").write_text(json.dumps(
+        {"producer_id": run.producer_id, **run.counts(), "failed_images": failed}, indent=1) + "\n")
