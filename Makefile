@@ -4,7 +4,7 @@ SHELL := /bin/bash
 PY ?= python3
 VENV ?= .venv
 PYTHON := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-deploy.txt requirements/*.txt | md5sum | cut -c1-8)
+STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-deploy.txt requirements/*.txt | cksum | cut -d' ' -f1)
 
 .PHONY: venv up down status demo test test-faults lint experiment bench serve train deploy teardown clean \
         deploy-venv logs ssh
@@ -20,7 +20,7 @@ venv: $(STAMP)
 # The deployment controller: its own light virtualenv (Ansible, the OpenStack client,
 # the analysis; no TensorFlow, no test tools), so `make deploy` works on a Mac too.
 DEPLOY_VENV ?= .venv-deploy
-DEPLOY_STAMP := $(DEPLOY_VENV)/.installed-$(shell cat requirements-deploy.txt requirements/analysis.txt requirements/core.txt | md5sum | cut -c1-8)
+DEPLOY_STAMP := $(DEPLOY_VENV)/.installed-$(shell cat requirements-deploy.txt requirements/analysis.txt requirements/core.txt | cksum | cut -d' ' -f1)
 # The deployment's name prefix (iot_name_prefix): .deploy/$(PREFIX)/ssh_config
 PREFIX ?= iot-pipeline
 

@@ -177,7 +177,8 @@ def test_trained_weights_are_shipped_and_checked():
     tasks = [t["name"] for t in _tasks(yaml.safe_load((ROOT / "roles/inference/tasks/main.yml").read_text()))]
     assert "Copy the weights file from the controller" in tasks and "Compare the weights' checksum" in tasks
     vars_ = (ROOT / "roles/inference/vars/main.yml").read_text()
-    assert "'MODEL_WEIGHTS': inference_model_weights_file or inference_model_weights" in vars_
+    assert "'MODEL_WEIGHTS': (inference_model_weights_file | trim) or inference_model_weights" in vars_
+    assert "inference_model_weights_src is abs" in vars_  # a relative path is from the project root
 
 
 SECRET_VARS = re.compile(r"password|token|secret|mongo_uri|_environment\b", re.I)
