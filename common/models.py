@@ -3,8 +3,10 @@
 One set of models drives both sides of every interface:
 
 * Kafka messages: :class:`ImageMessage` (``iot-images``), :class:`ResultMessage`
-  (``iot-inference``), :class:`DeadLetter` (``iot-dlq``).  ``common.schema`` wraps them
-  in the functions the producers and consumers call (``parse_image_message`` ...).
+  (``iot-inference``).  ``common.schema`` wraps them in the functions the producers and
+  consumers call (``parse_image_message`` ...).  Dead letters (``iot-dlq``) are the original
+  records plus ``dlq.*`` headers (``common.deadletter``); :class:`LegacyDeadLetter` is the
+  JSON dead letter written before, still read there.
 * HTTP bodies of the inference service: :func:`predict_request_model` (the
   ``/v1/predict`` request, its batch limit included) and the responses
   (:class:`PredictResponse`, :class:`ModelInfo` ...).  ``inference.openapi`` generates
@@ -52,6 +54,10 @@ MAX_TEXT_CHARS = 256
 MAX_IMAGE_MESSAGE_BYTES = 256 * 1024  # KafkaSettings.max_message_bytes
 MAX_RESULT_MESSAGE_BYTES = 64 * 1024
 DEFAULT_MAX_REQUEST_IMAGES = 128  # ServiceSettings.max_request_images
+# Longest base64 text of one image, checked before anything is decoded: 8 KiB of base64
+# is a 6 KiB PNG, twice the largest 32x32 RGB PNG (3 KiB of pixels + headers).  With it
+# a request's size is bounded by its image count (ServiceSettings.request_bytes_limit).
+MAX_IMAGE_B64_CHARS = 8 * 1024
 INT64_MIN, INT64_MAX = -2**63, 2**63 - 1
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -148,7 +154,8 @@ Text = Annotated[str, Strict(), AfterValidator(_valid_unicode)]
 ShortText = Annotated[str, Strict(), Field(max_length=MAX_TEXT_CHARS), AfterValidator(_valid_unicode)]
 ImageId = Annotated[str, Strict(), Field(max_length=MAX_TEXT_CHARS, json_schema_extra={"format": "uuid"}),
                     AfterValidator(_valid_unicode), AfterValidator(_uuid)]
-Base64Png = Annotated[str, Strict(), Field(min_length=1, json_schema_extra={"format": "byte"},
+Base64Png = Annotated[str, Strict(), Field(min_length=1, max_length=MAX_IMAGE_B64_CHARS,
+                                           json_schema_extra={"format": "byte"},
                                            description="base64 of a 32x32 8-bit RGB PNG")]
 
 
@@ -223,8 +230,9 @@ class ResultMessage(_Wire):
     published_at: Timestamp = Field(description="the result was handed to the Kafka producer")
 
 
-class DeadLetter(_Wire):
-    """Dead-letter record (topic iot-dlq), schema 1."""
+class LegacyDeadLetter(_Wire):
+    """The schema-1 JSON dead letter (topic iot-dlq), no longer written: dead letters are now the
+    original records plus dlq.* headers (common.deadletter, which still reads this one)."""
 
     schema_version: SchemaVersion = Field(alias="schema")
     source_topic: Text
@@ -333,7 +341,9 @@ class Timing(BaseModel):
 
 class PredictResponse(BaseModel):
     model: str
-    predictions: list[Prediction | InstanceError]
+    predictions: list[Prediction | InstanceError] = Field(description=(
+        "exactly one entry per instance, in the order of the request's instances: predictions[i] "
+        "answers instances[i] (image ids are echoed, never used to match: they may repeat)"))
     batch_size: int = Field(ge=1)
     timing: Timing
 

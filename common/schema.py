@@ -1,4 +1,5 @@
-"""The wire contract: image, result and dead-letter messages (see docs/ARCHITECTURE.md).
+"""The wire contract: image and result messages (see docs/ARCHITECTURE.md; dead letters are
+:mod:`common.deadletter`).
 
 The contract itself is the typed models of :mod:`common.models`; this module is the
 interface the producers and consumers call: ``parse_*`` validate a Kafka message
@@ -17,15 +18,14 @@ from __future__ import annotations
 import base64
 import io
 import json
-import time
 import uuid
 
 from common.models import (IMAGE_SIZE, MAX_IMAGE_MESSAGE_BYTES, MAX_RESULT_MESSAGE_BYTES, MAX_TEXT_CHARS,
-                           SCHEMA_VERSION, DeadLetter, ImageMessage, InvalidMessage, ResultMessage,
+                           SCHEMA_VERSION, ImageMessage, InvalidMessage, ResultMessage,
                            check_png_header, decode_image_b64, validate, validate_json)
 
 __all__ = ["IMAGE_SIZE", "MAX_TEXT_CHARS", "SCHEMA_VERSION", "InvalidMessage", "check_png_header",
-           "decode_image_b64", "dumps", "encode_png", "make_dead_letter", "make_image_message",
+           "decode_image_b64", "dumps", "encode_png", "make_image_message",
            "make_result_message", "parse_image_message", "parse_result_message"]
 
 # A message is built before it is stamped (``sent_at``, ``published_at`` are set right
@@ -100,32 +100,6 @@ def make_result_message(image: dict, *, prediction: str, confidence: float, mode
     }).wire()
     msg["published_at"] = None
     return msg
-
-
-# ---------------------------------------------------------------- dead letters
-
-def make_dead_letter(*, source_topic: str, partition: int, offset: int, reason: str,
-                     payload: bytes | None, limit: int = 4096) -> dict:
-    """Dead-letter record; the payload is kept (truncated) for whoever investigates.
-
-    Never raises for text it is given: a reason that is not valid Unicode (it may quote
-    hostile input) is escaped rather than refused, so a bad message is always recorded."""
-    text = "" if payload is None else payload[:limit].decode("utf-8", errors="replace")
-    return validate(DeadLetter, {
-        "schema": SCHEMA_VERSION,
-        "source_topic": _unicode(source_topic),
-        "partition": partition,
-        "offset": offset,
-        "reason": _unicode(reason),
-        "payload": text,
-        "payload_bytes": 0 if payload is None else len(payload),
-        "payload_truncated": payload is not None and len(payload) > limit,
-        "failed_at": time.time(),
-    }).wire()
-
-
-def _unicode(text):
-    return text.encode("utf-8", "backslashreplace").decode("utf-8") if isinstance(text, str) else text
 
 
 def dumps(msg: dict) -> bytes:

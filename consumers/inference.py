@@ -3,7 +3,11 @@
 At-least-once: a batch's results (and dead letters) are published and flushed
 before its offsets are committed.  When the service is down the batch is retried
 with backoff, never committed and never dropped; group membership is kept alive
-meanwhile (see consumers.batching.idle_wait).  Several instances share the topic's
+meanwhile (see consumers.batching.idle_wait).  Only what the service says about an
+image dead-letters it (a per-image error, or a 400/413 that the batch, split in
+halves, narrows down to that image); a 401, a 404, a 5xx or a bad answer never does
+(TRANSIENT_STATUS).  At start the consumer checks PREDICT_BATCH_IMAGES against the
+service's MAX_REQUEST_IMAGES (/v1/model) and refuses to run above it.  Several instances share the topic's
 partitions through the consumer group; several service URLs share the batches.
 """
 
@@ -15,13 +19,15 @@ import logging
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 
+from common.deadletter import to_dead_letter
 from common.kafka_io import make_consumer, make_producer
 from common.lifecycle import Backoff, stop_event
 from common.log import setup_logging
-from common.schema import (InvalidMessage, dumps, make_dead_letter, make_result_message,
-                           parse_image_message)
+from common.models import ModelInfo, PredictResponse
+from common.schema import InvalidMessage, dumps, make_result_message, parse_image_message
 from common.settings import InferenceClientSettings, KafkaSettings, describe, secret, with_flags
 from consumers.batching import (ReadyMarker, all_delivered, commit, gather, idle_wait, rewind,
                                 wait_polling)
@@ -31,12 +37,58 @@ log = logging.getLogger("consumers.inference")
 GROUP_ID = "iot-inference"
 
 
+# The failure policy, by cause (docs/ARCHITECTURE.md, "The inference consumer's failure
+# policy").  An image is dead-lettered only for what the service says about *it*; the
+# state of the service, or of whatever stands in front of it, never costs an image.
+# Transient (keep the batch, back off, never commit, never dead-letter): no answer
+# (connection error, timeout), 5xx, 429, and 401/403/404/408 (a token rotation that
+# restarts the service before the consumers, a proxy whose route is not up yet); any
+# other unexpected status too, for the same reason.  400/413: the service refused the
+# whole request, so the batch is split until the image it refuses is alone.
+TRANSIENT_STATUS = {401: "unauthorized", 403: "forbidden", 404: "not found", 408: "request timeout",
+                    429: "too many requests"}
+REFUSED_STATUS = (400, 413)
+
+
 class ServiceUnavailable(RuntimeError):
-    """The service cannot answer now (down, loading, overloaded): retry later."""
+    """The service cannot answer this request now: keep the batch, back off, retry.
+
+    ``cause`` says why in a few words (``Stats.retries_by_cause`` counts by it), ``status``
+    is the HTTP status (None when no response came)."""
+
+    def __init__(self, cause: str, status: int | None = None, url: str = "", detail: str = ""):
+        where = f"HTTP {status} from {url}" if status is not None else url
+        super().__init__(cause + (f" ({where})" if where else "") + (f": {detail}" if detail else ""))
+        self.cause, self.status, self.url, self.detail = cause, status, url, detail
 
 
 class BatchRejected(RuntimeError):
-    """The service refused the whole request (4xx): retrying the same batch cannot help."""
+    """The service refused the whole request (400/413): the same request can never pass.
+    The consumer splits the batch until the image it refuses is alone; ``reason`` is the
+    service's own words."""
+
+    def __init__(self, status: int, url: str, reason: str):
+        super().__init__(f"HTTP {status} from {url}: {reason}")
+        self.status, self.url, self.reason = status, url, reason
+
+
+def _snippet(resp, limit: int = 300) -> str:
+    return resp.text[:limit].strip() or "(empty body)"
+
+
+def _service_error(resp) -> str | None:
+    """The ``error`` of the service's JSON error body; None for any other body (a proxy's page)."""
+    try:
+        body = resp.json()
+    except ValueError:
+        return None
+    error = body.get("error") if isinstance(body, dict) else None
+    return error[:1000] if isinstance(error, str) else None
+
+
+def _first_problems(exc) -> str:
+    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}"
+                     for e in exc.errors(include_url=False)[:2])[:300]
 
 
 class InferenceClient:
@@ -53,20 +105,101 @@ class InferenceClient:
         if token:
             self.session.headers["Authorization"] = f"Bearer {token}"
 
-    def predict(self, instances: list[dict]) -> dict:
+    def _call(self, method: str, url: str, path: str, **kwargs):
         import requests
 
-        url = next(self._next)
         try:
-            resp = self.session.post(f"{url}/v1/predict", json={"instances": instances},
-                                     timeout=self.timeout)
+            return self.session.request(method, f"{url}{path}", timeout=self.timeout, **kwargs)
+        except requests.Timeout as exc:
+            raise ServiceUnavailable("timeout", None, url, f"{type(exc).__name__}: {exc}") from None
+        except requests.ConnectionError as exc:
+            raise ServiceUnavailable("connection", None, url, f"{type(exc).__name__}: {exc}") from None
         except requests.RequestException as exc:
-            raise ServiceUnavailable(f"{url}: {exc.__class__.__name__}: {exc}") from None
-        if resp.status_code == 200:
-            return resp.json()
-        if resp.status_code in (429, 502, 503, 504) or resp.status_code >= 500:
-            raise ServiceUnavailable(f"{url}: HTTP {resp.status_code} {resp.text[:200]}")
-        raise BatchRejected(f"{url}: HTTP {resp.status_code} {resp.text[:300]}")
+            raise ServiceUnavailable("request failed", None, url, f"{type(exc).__name__}: {exc}") from None
+
+    @staticmethod
+    def _raise_unless_200(resp, url: str) -> None:
+        status = resp.status_code
+        if status != 200:
+            cause = "server error" if status >= 500 else TRANSIENT_STATUS.get(status, "unexpected status")
+            raise ServiceUnavailable(cause, status, url, _snippet(resp))
+
+    def predict(self, instances: list[dict]) -> dict:
+        """The service's answer to ``instances``, a valid PredictResponse (as a dict) with
+        exactly one prediction per instance: ``predictions[i]`` answers ``instances[i]``.
+
+        Raises ServiceUnavailable (transient: retry the same batch later) or BatchRejected
+        (400/413: the service refused this request)."""
+        url = next(self._next)
+        resp = self._call("POST", url, "/v1/predict", json={"instances": instances})
+        if resp.status_code in REFUSED_STATUS:
+            reason = _service_error(resp)
+            if reason is None and resp.status_code == 400:
+                # Every error of the service is JSON {"error": ...}: a 400 without it comes
+                # from something in front of the service and says nothing about the images.
+                raise ServiceUnavailable("400 not from the service", 400, url, _snippet(resp))
+            raise BatchRejected(resp.status_code, url, reason or _snippet(resp))
+        self._raise_unless_200(resp, url)
+        return self._predictions(resp, url, instances)
+
+    @staticmethod
+    def _predictions(resp, url: str, instances: list[dict]) -> dict:
+        """A 200's body, checked.  A body that is not a PredictResponse, or whose predictions
+        cannot be paired with the instances (a wrong count, an entry for another image), is
+        transient, not a reason to dead-letter: the images are not at fault, and the answer
+        of another try (or of another service URL) will be right.  It is a service bug or
+        a damaged response; retrying keeps every image and says so in the log."""
+        from pydantic import ValidationError
+
+        try:
+            body = PredictResponse.model_validate_json(resp.content)
+        except ValidationError as exc:
+            raise ServiceUnavailable("invalid response", 200, url,
+                                     f"not a PredictResponse: {_first_problems(exc)}") from None
+        if len(body.predictions) != len(instances):
+            raise ServiceUnavailable("invalid response", 200, url,
+                                     f"{len(body.predictions)} predictions for {len(instances)} instances")
+        for i, (pred, inst) in enumerate(zip(body.predictions, instances)):
+            if pred.image_id is not None and pred.image_id != inst["image_id"]:
+                raise ServiceUnavailable("invalid response", 200, url,
+                                         f"predictions[{i}] is for image {pred.image_id!r}, instances[{i}] "
+                                         f"is {inst['image_id']!r}: not in the order of the instances")
+        return body.model_dump(mode="json")
+
+    def model_info(self, url: str) -> dict:
+        """``GET url/v1/model`` (a ModelInfo as a dict); ServiceUnavailable while it cannot answer."""
+        from pydantic import ValidationError
+
+        resp = self._call("GET", url, "/v1/model")
+        self._raise_unless_200(resp, url)
+        try:
+            return ModelInfo.model_validate_json(resp.content).model_dump()
+        except ValidationError as exc:
+            raise ServiceUnavailable("invalid response", 200, url,
+                                     f"not a ModelInfo: {_first_problems(exc)}") from None
+
+
+def service_limits(client: InferenceClient, cfg: InferenceClientSettings, stop) -> dict[str, int] | None:
+    """Each service URL's MAX_REQUEST_IMAGES (``max_request_images`` of /v1/model), asking
+    again with backoff while a service is not up yet (down, loading, refusing the token for
+    now); None when stopped first.  Every URL must answer: each gets batches."""
+    limits: dict[str, int] = {}
+    backoff = Backoff(cfg.retry_initial_s, cfg.retry_max_s)
+    while not stop.is_set():
+        failures = []
+        for url in client.urls:
+            if url not in limits:
+                try:
+                    limits[url] = client.model_info(url)["max_request_images"]
+                except ServiceUnavailable as exc:
+                    failures.append(exc)
+        if not failures:
+            return limits
+        delay = backoff.next()
+        for exc in failures:
+            log.warning("service not ready at start: %s; asking /v1/model again in %.1f s", exc, delay)
+        stop.wait(delay)
+    return None
 
 
 @dataclass
@@ -76,14 +209,17 @@ class Stats:
     dead: int = 0
     batches: int = 0
     retries: int = 0
+    retries_by_cause: Counter = field(default_factory=Counter)  # ServiceUnavailable.cause -> retries
+    splits: int = 0  # refused requests (400/413) split in two
     last_log: float = 0.0
 
     def maybe_log(self, every_s: float = 10.0) -> None:
         now = time.monotonic()
         if now - self.last_log >= every_s and self.batches:
-            log.info("images %d, results %d, dead-lettered %d, batches %d (avg %.1f), retries %d",
-                     self.images, self.results, self.dead, self.batches,
-                     self.images / self.batches, self.retries)
+            causes = ", ".join(f"{cause} {n}" for cause, n in sorted(self.retries_by_cause.items()))
+            log.info("images %d, results %d, dead-lettered %d, batches %d (avg %.1f), retries %d%s, "
+                     "refused requests split %d", self.images, self.results, self.dead, self.batches,
+                     self.images / self.batches, self.retries, f" ({causes})" if causes else "", self.splits)
             self.last_log = now
 
 
@@ -101,10 +237,8 @@ class InferenceConsumer:
     def dead_letter(self, record, reason: str) -> None:
         self.stats.dead += 1
         log.warning("dead-letter %s[%d]@%d: %s", record.topic, record.partition, record.offset, reason)
-        self.pending.append(self.producer.send(
-            self.kafka.dlq_topic, key=record.key, value=dumps(make_dead_letter(
-                source_topic=record.topic, partition=record.partition, offset=record.offset,
-                reason=reason, payload=record.value))))
+        key, value, headers = to_dead_letter(record, reason, max_bytes=self.kafka.dlq_max_record_bytes)
+        self.pending.append(self.producer.send(self.kafka.dlq_topic, key=key, value=value, headers=headers))
 
     def predict_with_retry(self, instances: list[dict]) -> dict | None:
         backoff = Backoff(self.cfg.retry_initial_s, self.cfg.retry_max_s)
@@ -113,9 +247,12 @@ class InferenceConsumer:
                 # In a worker thread while this one keeps polling (see wait_polling).
                 return wait_polling(self.consumer, self.http.submit(self.client.predict, instances))
             except ServiceUnavailable as exc:
+                # Transient whatever the status (see TRANSIENT_STATUS): the batch is kept,
+                # nothing is committed or dead-lettered.
                 delay = backoff.next()
                 self.stats.retries += 1
-                log.warning("inference unavailable (%s); retrying %d images in %.1f s",
+                self.stats.retries_by_cause[exc.cause] += 1
+                log.warning("inference unavailable: %s; keeping the batch, retrying %d images in %.1f s",
                             exc, len(instances), delay)
                 idle_wait(self.consumer, delay, self.stop)
         return None
@@ -142,25 +279,22 @@ class InferenceConsumer:
         return all_delivered(self.pending)
 
     def infer_and_publish(self, chunk, received_at: float) -> bool:
+        """Classify ``chunk`` (valid (record, message) pairs) and publish a result per image,
+        or a dead letter for an image the service refuses; False when stopping first."""
         instances = [{"image_id": m["image_id"], "image": m["image"]} for _r, m in chunk]
         try:
             response = self.predict_with_retry(instances)
         except BatchRejected as exc:
-            # Only a bug can get here (the batch was validated); dead-letter it rather
-            # than block the partition forever.
-            log.error("service rejected a batch: %s", exc)
-            for record, _m in chunk:
-                self.dead_letter(record, f"inference service rejected the batch: {exc}")
-            return True
+            return self.split_refused(chunk, received_at, exc)
         if response is None:  # stopping
             return False
-        predictions = {p.get("image_id"): p for p in response.get("predictions", [])}
         model = response.get("model", "unknown")
-        for record, msg in chunk:
-            pred = predictions.get(msg["image_id"])
-            if pred is None or "error" in pred:
-                reason = pred.get("error") if pred else "no prediction in the service's response"
-                self.dead_letter(record, f"inference failed: {reason}")
+        # predictions[i] answers instances[i] (the service's guarantee, inference/api.py; the
+        # client checked the count and the order): paired by position, never by image_id,
+        # which two records of one batch may share.
+        for (record, msg), pred in zip(chunk, response["predictions"], strict=True):
+            if "error" in pred:
+                self.dead_letter(record, f"inference failed: {pred['error']}")
                 continue
             try:
                 result = make_result_message(msg, prediction=pred.get("label"),
@@ -175,6 +309,21 @@ class InferenceConsumer:
                                                    value=dumps(result)))
             self.stats.results += 1
         return True
+
+    def split_refused(self, chunk, received_at: float, exc: BatchRejected) -> bool:
+        """The service refused the whole request (400/413): something in it, one image or
+        the size of the whole, cannot pass.  Send the two halves, recursively, until the
+        image it refuses is alone: only that image is dead-lettered, with the service's
+        reason, and every other image of the batch gets its prediction."""
+        if len(chunk) == 1:
+            self.dead_letter(chunk[0][0], f"inference service refused the image: HTTP {exc.status}: {exc.reason}")
+            return True
+        half = len(chunk) // 2
+        self.stats.splits += 1
+        log.warning("inference service refused a request of %d images (%s); sending it as %d + %d",
+                    len(chunk), exc, half, len(chunk) - half)
+        return (self.infer_and_publish(chunk[:half], received_at)
+                and self.infer_and_publish(chunk[half:], received_at))
 
     def run(self) -> None:
         log.info("consuming %s as group %s; service %s", self.kafka.images_topic, GROUP_ID,
@@ -208,7 +357,23 @@ def main(argv=None) -> int:
     client = with_flags(InferenceClientSettings, p, predict_batch_images=args.batch_size,
                         predict_batch_wait_ms=args.batch_wait_ms, inference_url=args.inference_url)
     log.info("%s", describe(kafka, client))
-    InferenceConsumer(kafka, client, stop_event()).run()
+    stop = stop_event()
+    # Decision: refuse to start rather than clamp.  The batch size is a measured, recorded
+    # setting (the experiments report it); running another one than configured would make
+    # those records lie, and a wrong configuration is best seen at deploy time.
+    limits = service_limits(InferenceClient(client), client, stop)
+    if limits is None:  # stopped while waiting for the service
+        return 0
+    over = {url: n for url, n in limits.items() if client.predict_batch_images > n}
+    if over:
+        log.error("invalid setting: PREDICT_BATCH_IMAGES=%d is above the service's MAX_REQUEST_IMAGES (%s): "
+                  "every full batch would be refused (HTTP 400); refusing to start.  Set "
+                  "PREDICT_BATCH_IMAGES to at most %d or raise MAX_REQUEST_IMAGES on the service",
+                  client.predict_batch_images, ", ".join(f"{n} at {url}" for url, n in over.items()),
+                  min(over.values()))
+        return 2
+    log.info("service limits: MAX_REQUEST_IMAGES %s", ", ".join(f"{n} at {url}" for url, n in limits.items()))
+    InferenceConsumer(kafka, client, stop).run()
     return 0
 
 

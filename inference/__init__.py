@@ -15,7 +15,7 @@ from typing import Any, Mapping
 from flask import Flask
 
 from common.log import setup_logging
-from common.settings import ServiceSettings, describe
+from common.settings import ServiceSettings, describe, request_bytes_limit
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.config.from_mapping(
         SETTINGS=settings,
         # Werkzeug answers 413 for bodies over this, before the JSON is parsed.
-        MAX_CONTENT_LENGTH=settings.max_request_bytes,
+        MAX_CONTENT_LENGTH=request_bytes_limit(settings),
     )
     app.config.from_mapping({k: v for k, v in test_config.items() if k.lower() not in fields})
     app.json.sort_keys = False

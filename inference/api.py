@@ -164,6 +164,11 @@ def decode_instance(inst: dict) -> np.ndarray:
 
 @v1.post("/predict")
 def predict():
+    """Classify ``instances``.  Guarantee (the inference consumer relies on it): the
+    answer holds exactly one entry per instance, in the order of the instances:
+    ``predictions[i]`` answers ``instances[i]``, a Prediction or, for an image that
+    cannot be decoded, an InstanceError.  Image ids are echoed, never used to match:
+    two instances may carry the same id and still get their own answers."""
     settings = get_settings()
     engine = _require_ready()
     instances = _parse_instances(settings.max_request_images)
@@ -183,18 +188,27 @@ def predict():
 
     infer_start = time.perf_counter()
     if arrays:
-        try:
-            futures = engine.batcher.submit(np.stack(arrays))
-        except Overloaded as exc:
-            raise ApiError(503, f"overloaded: {exc}", {"Retry-After": "1"}) from None
+        # INFERENCE_REQUEST_TIMEOUT_S, shorter than the client's timeout (common/settings.py):
+        # the service gives up first, and what it gave up on is never run (below).
         deadline = time.monotonic() + settings.inference_request_timeout_s
         try:
+            futures = engine.batcher.submit(np.stack(arrays), deadline=deadline)
+        except Overloaded as exc:
+            raise ApiError(503, f"overloaded: {exc}", {"Retry-After": "1"}) from None
+        try:
             results = [f.result(timeout=max(0.0, deadline - time.monotonic())) for f in futures]
-        except concurrent.futures.TimeoutError:
+        except (concurrent.futures.TimeoutError, concurrent.futures.CancelledError):
+            # CancelledError: the batcher dropped a chunk at the deadline before we woke up.
             raise ApiError(503, "inference timed out", {"Retry-After": "1"}) from None
         except Exception as exc:  # the model call itself failed: a server fault, not the client's
             log.error("inference failed: %s", exc)
             raise ApiError(503, f"inference failed: {type(exc).__name__}", {"Retry-After": "1"}) from None
+        finally:
+            # Nobody waits for the chunks not run yet (after a timeout or a failure): cancel
+            # them, so that they leave the batcher's queue and never reach the model.  No-op
+            # for the futures already done.
+            for f in futures:
+                f.cancel()
         classes = engine.model.classes
         rows = iter(slots)
         for res in results:

@@ -9,11 +9,17 @@ concatenation and hands every chunk its own slice of the result.
 A request larger than ``max_batch`` is split into chunks of at most ``max_batch``
 images; chunks are never split further, so a batch is a concatenation of whole
 chunks in arrival order and every caller gets exactly its own rows.
+
+Abandoned work costs nothing: a caller that stops waiting (the request timed out and
+answered 503) cancels its futures, and a cancelled chunk leaves the queue at once; a
+chunk still queued at its ``deadline`` is dropped (its future cancelled) when the
+batcher reaches it.  Neither reaches the model nor counts against ``max_queue``.
 """
 
 from __future__ import annotations
 
 import collections
+import functools
 import logging
 import threading
 import time
@@ -39,11 +45,15 @@ class Overloaded(RuntimeError):
 
 
 class _Chunk:
-    __slots__ = ("images", "future")
+    __slots__ = ("images", "future", "deadline")
 
-    def __init__(self, images: np.ndarray):
+    def __init__(self, images: np.ndarray, deadline: float | None = None):
         self.images = images
         self.future: Future = Future()
+        self.deadline = deadline  # time.monotonic() after which nobody waits for it
+
+    def abandoned(self, now: float) -> bool:
+        return self.future.cancelled() or (self.deadline is not None and now >= self.deadline)
 
 
 class DynamicBatcher:
@@ -63,14 +73,21 @@ class DynamicBatcher:
         self._stopped = False
         self.batches_run = 0  # statistics, read by tests and /v1/model
         self.images_run = 0
+        self.images_dropped = 0  # queued, then abandoned by their caller: never run
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
 
     # ------------------------------------------------------------ callers
 
-    def submit(self, images: np.ndarray) -> list[Future]:
-        """Queue ``images`` (N x H x W x C); one future per chunk of at most max_batch rows."""
-        chunks = [_Chunk(images[i:i + self.max_batch]) for i in range(0, len(images), self.max_batch)]
+    def submit(self, images: np.ndarray, deadline: float | None = None) -> list[Future]:
+        """Queue ``images`` (N x H x W x C); one future per chunk of at most max_batch rows.
+
+        ``deadline`` (``time.monotonic()`` time) is when the caller stops waiting: a chunk
+        not taken into a batch by then is dropped and its future cancelled.  Cancelling a
+        future (a caller that gives up) takes its chunk out of the queue at once."""
+        chunks = [_Chunk(images[i:i + self.max_batch], deadline) for i in range(0, len(images), self.max_batch)]
+        for chunk in chunks:
+            chunk.future.add_done_callback(functools.partial(self._forget, chunk))
         with self._cond:
             if self._stopped:
                 raise RuntimeError("batcher stopped")
@@ -85,6 +102,19 @@ class DynamicBatcher:
         with self._cond:
             return self._queued_images
 
+    def _forget(self, chunk: _Chunk, future: Future) -> None:
+        """Done callback: a chunk cancelled while still queued leaves the queue now (one
+        already taken into a batch is skipped by _execute)."""
+        if not future.cancelled():
+            return
+        with self._cond:
+            try:
+                self._pending.remove(chunk)
+            except ValueError:
+                return
+            self._queued_images -= len(chunk.images)
+            self.images_dropped += len(chunk.images)
+
     def stop(self, timeout: float | None = 5.0) -> None:
         with self._cond:
             self._stopped = True
@@ -93,16 +123,29 @@ class DynamicBatcher:
 
     # ------------------------------------------------------------ batcher thread
 
+    def _drop_abandoned_head(self) -> None:
+        """Drop the chunks at the head of the queue that nobody waits for any more
+        (cancelled, or past their deadline: cancelled here).  With the lock held."""
+        now = time.monotonic()
+        while self._pending and self._pending[0].abandoned(now):
+            chunk = self._pending.popleft()
+            self._queued_images -= len(chunk.images)
+            self.images_dropped += len(chunk.images)
+            chunk.future.cancel()
+
     def _take_batch(self) -> list[_Chunk] | None:
         with self._cond:
+            self._drop_abandoned_head()
             while not self._pending and not self._stopped:
                 self._cond.wait()
+                self._drop_abandoned_head()
             if not self._pending:
                 return None  # stopped and drained
             batch = [self._pending.popleft()]
             count = len(batch[0].images)
             deadline = time.monotonic() + self.max_delay_s
             while count < self.max_batch and not self._stopped:
+                self._drop_abandoned_head()
                 if self._pending:
                     if count + len(self._pending[0].images) > self.max_batch:
                         break  # the next chunk starts the next batch
@@ -129,7 +172,17 @@ class DynamicBatcher:
             self._execute(batch)
 
     def _execute(self, batch: list[_Chunk]) -> None:
-        live = [c for c in batch if c.future.set_running_or_notify_cancel()]
+        now, live, dropped = time.monotonic(), [], 0
+        for c in batch:
+            if c.abandoned(now):  # given up on while the batch was being gathered
+                c.future.cancel()
+            if c.future.set_running_or_notify_cancel():
+                live.append(c)
+            else:
+                dropped += len(c.images)
+        if dropped:
+            with self._cond:
+                self.images_dropped += dropped
         if not live:
             return
         try:

@@ -275,7 +275,7 @@ class FaultSuite:
         say(f"{name}: service sleeps {slowdown_s:g} s per batch, consumer "
             f"KAFKA_MAX_POLL_INTERVAL_MS={max_poll_ms}; {count} images at {rate:g}/s")
         with self._throttled(name, slowdown_s, {"KAFKA_MAX_POLL_INTERVAL_MS": str(max_poll_ms),
-                                                "PREDICT_BATCH_IMAGES": "64", "INFERENCE_TIMEOUT_S": "60"}) as clog_path:
+                                                "PREDICT_BATCH_IMAGES": "64", "INFERENCE_TIMEOUT_S": "90"}) as clog_path:
             run_dir, producer_id, progress, thread, box = self._fleet(name, count, rate)
             self._watch(thread, box)
             lag = box.get("lag", [])

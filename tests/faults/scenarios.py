@@ -151,7 +151,35 @@ def inference_down_20s(stack: Stack, note: dict) -> tuple[float, float]:
     return t0, t1
 
 
-def rebalance(stack: Stack, note: dict) -> tuple[float, float]:
+def inference_401_20s(stack: Stack, note: dict) -> tuple[float, float]:
+    """The service answers 401 for 20 s (a token rotated before the consumers got it: the
+    playbook restarts the service first): the consumer must keep its batch and retry, not
+    dead-letter valid images."""
+    port = stack.env["INFERENCE_URL"].rsplit(":", 1)[1]
+    t0 = stack.send("inference", signal.SIGTERM, keep_down=True)
+    wait_for(lambda: not http_ready(stack.env["INFERENCE_URL"]), HANG_GUARD_S, "inference service stopped")
+    glog = open(stack.dir / "logs" / "inference-401.log", "ab")
+    gunicorn = subprocess.Popen(
+        [PY, "-m", "gunicorn", "-c", "inference/gunicorn.conf.py", "inference:create_app()"], cwd=ROOT,
+        env={**stack.env, "INFERENCE_BIND": f"127.0.0.1:{port}", "GUNICORN_WORKERS": "1",
+             "INFERENCE_TOKEN": "rotated-" + uuid.uuid4().hex},
+        stdout=glog, stderr=glog, stdin=subprocess.DEVNULL, start_new_session=True)
+    glog.close()
+    try:
+        wait_for(lambda: requests.get(stack.env["INFERENCE_URL"] + "/v1/model", timeout=2).status_code == 401
+                 if http_ready(stack.env["INFERENCE_URL"]) else False, HANG_GUARD_S, "service answering 401")
+        note["answering_401_after_s"] = round(time.time() - t0, 2)
+        time.sleep(20)
+    finally:
+        os.killpg(gunicorn.pid, signal.SIGTERM)
+        gunicorn.wait(60)
+    t1 = time.time()
+    stack.stack("resume", "inference")
+    wait_for(lambda: http_ready(stack.env["INFERENCE_URL"]), HANG_GUARD_S, "inference service back")
+    return t0, t1
+
+
+def _extra_consumer(stack: Stack, note: dict, stop_signal: int) -> tuple[float, float]:
     marker = stack.dir / "state" / f"extra-consumer-{uuid.uuid4().hex[:6]}.joined"
     log = open(stack.dir / "logs" / "extra-inference-consumer.log", "ab")
     t0 = time.time()
@@ -163,11 +191,21 @@ def rebalance(stack: Stack, note: dict) -> tuple[float, float]:
         note["joined_after_s"] = round(wait_for(marker.exists, HANG_GUARD_S, "second consumer joined"), 2)
         time.sleep(5)  # let it own partitions and work for a while
     finally:
-        proc.send_signal(signal.SIGTERM)  # graceful: finish the batch, commit, leave the group
+        # SIGTERM: finish the batch, commit, leave the group; SIGKILL: gone mid-batch, its
+        # uncommitted records are redelivered to the other consumer after the session timeout.
+        proc.send_signal(stop_signal)
         proc.wait(60)
     t1 = time.time()
     note["extra_consumer_exit"] = proc.returncode
     return t0, t1
+
+
+def rebalance(stack: Stack, note: dict) -> tuple[float, float]:
+    return _extra_consumer(stack, note, signal.SIGTERM)
+
+
+def rebalance_kill(stack: Stack, note: dict) -> tuple[float, float]:
+    return _extra_consumer(stack, note, signal.SIGKILL)
 
 
 FAULTS = {f.name: f for f in [
@@ -183,6 +221,10 @@ FAULTS = {f.name: f for f in [
           "storage", kill_component("mongo")),
     Fault("rebalance", "a second inference consumer joins the group, works, then leaves",
           "results", rebalance),
+    Fault("rebalance-kill", "a second inference consumer joins the group, works, then is SIGKILLed mid-batch",
+          "results", rebalance_kill),
+    Fault("inference-401-20s", "the service answers 401 for 20 s (a rotated token), then is back",
+          "results", inference_401_20s),
 ]}
 
 

@@ -20,6 +20,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
+from common.deadletter import DeadLetter, read_dead_letter
 from common.schema import (InvalidMessage, check_png_header, dumps, make_result_message,
                            parse_image_message, parse_result_message)
 from tests.support import HANG_GUARD_S, eventually
@@ -112,7 +113,7 @@ class DlqReader(threading.Thread):
         tps = [TopicPartition(s.dlq_topic, p) for p in self.consumer.partitions_for_topic(s.dlq_topic)]
         self.consumer.assign(tps)
         self.consumer.seek_to_beginning(*tps)
-        self.dead: dict[tuple, dict] = {}
+        self.dead: dict[tuple, DeadLetter] = {}
         self.lock = threading.Lock()
         self.stopped = threading.Event()
 
@@ -120,9 +121,9 @@ class DlqReader(threading.Thread):
         while not self.stopped.is_set():
             for batch in self.consumer.poll(timeout_ms=200).values():
                 for r in batch:
-                    d = json.loads(r.value)
+                    d = read_dead_letter(r)
                     with self.lock:
-                        self.dead[(d["source_topic"], d["partition"], d["offset"])] = d
+                        self.dead[(d.source_topic, d.source_partition, d.source_offset)] = d
         self.consumer.close()
 
     def get(self, key):
@@ -198,10 +199,11 @@ def test_hostile_messages_end_in_the_dlq_and_valid_ones_flow(hostile_env, data):
     h = hostile_env
     tag = new_tag()
     values = data.draw(st.lists(hostile_messages(tag), min_size=4, max_size=10), label="messages")
-    sent = []
+    sent, keys = [], {}
     for i, value in enumerate(values):
         key = data.draw(st.sampled_from([f"{tag}-cam".encode(), b"\x00\xff", b"k" * 300]), label="key")
         sent.append((_send(h, value, key), value))
+        keys[sent[-1][0]] = key
     after = valid_message(tag, 10**7)
     after_at = _send(h, dumps(after), after["device_id"].encode())
     h["producer"].flush()
@@ -218,8 +220,9 @@ def test_hostile_messages_end_in_the_dlq_and_valid_ones_flow(hostile_env, data):
     for where, value in sent:
         dead = h["dlq"].get(where)
         if dead:
-            assert dead["reason"] and dead["source_topic"] == h["settings"].images_topic
-            assert dead["payload_bytes"] == len(value or b"")
+            assert dead.reason and dead.source_topic == h["settings"].images_topic
+            # the original record, byte for byte, whatever it is (binary, huge, null)
+            assert (dead.key, dead.value, dead.headers) == (keys[where], value, [])
         else:  # it was valid after all: then the validator agrees
             parse_image_message(value)
     assert _settled(h, after_at, after["image_id"]) == "stored" or _wait_stored(h, after_at, after)

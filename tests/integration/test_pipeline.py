@@ -74,22 +74,25 @@ def test_every_image_is_classified_and_stored_once(local_stack, tmp_path):
     assert all(line.split(",")[6] for line in stages[1:])  # stored_at filled from MongoDB
 
 
-def read_topic(settings: KafkaSettings, topic: str, want, timeout_s: float = HANG_GUARD_S) -> list[dict]:
-    """All JSON records of ``topic`` read from the start until ``want(records)`` holds."""
+def read_dead_letters(settings: KafkaSettings, want, timeout_s: float = HANG_GUARD_S) -> list:
+    """All dead letters (common.deadletter.DeadLetter) read from the start until ``want(records)`` holds."""
     from kafka import KafkaConsumer, TopicPartition
 
+    from common.deadletter import read_dead_letter
     from common.kafka_io import client_config
+
+    topic = settings.dlq_topic
 
     consumer = KafkaConsumer(**client_config(settings), group_id=None,
                              auto_offset_reset="earliest", enable_auto_commit=False)
     tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
     consumer.assign(tps)
     consumer.seek_to_beginning(*tps)
-    records: list[dict] = []
+    records: list = []
     deadline = time.monotonic() + timeout_s
     while not want(records) and time.monotonic() < deadline:
         for batch in consumer.poll(timeout_ms=300).values():
-            records.extend(json.loads(r.value) for r in batch)
+            records.extend(read_dead_letter(r) for r in batch)
     consumer.close()
     return records
 
@@ -138,17 +141,18 @@ def test_bad_input_goes_to_the_dead_letter_topic_and_valid_input_still_flows(loc
     producer.flush()
 
     def mine(records):
-        return [r for r in records if tag in r.get("payload", "")]
+        return [r for r in records if tag.encode() in (r.value or b"")]
 
-    dead = read_topic(settings, settings.dlq_topic, lambda rs: len(mine(rs)) >= len(bad) + 1)
+    dead = read_dead_letters(settings, lambda rs: len(mine(rs)) >= len(bad) + 1)
     dead = mine(dead)
-    reasons = [d["reason"] for d in dead]
     for kind, text in expected_reason.items():
-        assert any(text in r for r in reasons), (kind, reasons)
-    assert any(d["source_topic"] == settings.results_topic and "confidence" in d["reason"]
+        key = f"{kind}-{tag}".encode()
+        # each bad message is in the DLQ as it was sent (key and value), with its reason
+        assert any(d.key == key and d.value == bad[key.decode()] and text in d.reason for d in dead), \
+            (kind, [(d.key, d.reason) for d in dead])
+    assert any(d.source_topic == settings.results_topic and "confidence" in d.reason and d.key == b"x"
                for d in dead)
-    assert all({"source_topic", "partition", "offset", "reason", "payload", "failed_at"} <= set(d)
-               for d in dead)
+    assert all(d.failed_at and d.source_offset >= 0 and d.replayable for d in dead)
     # The valid image sent after the bad ones was classified and stored.
     col = collection(env)
     deadline = time.monotonic() + HANG_GUARD_S
@@ -223,10 +227,10 @@ def test_a_corrupt_image_in_a_batch_is_dead_lettered_and_the_rest_classified(loc
         producer.send(settings.images_topic, key=msg["device_id"].encode(), value=dumps(msg))
     producer.flush()
 
-    dead = read_topic(settings, settings.dlq_topic,
-                      lambda rs: any(broken["image_id"] in r.get("payload", "") for r in rs))
-    mine = [d for d in dead if broken["image_id"] in d.get("payload", "")]
-    assert mine and mine[0]["reason"].startswith("inference failed"), mine
+    dead = read_dead_letters(settings, lambda rs: any(r.image_id() == broken["image_id"] for r in rs))
+    mine = [d for d in dead if d.image_id() == broken["image_id"]]
+    assert mine and mine[0].reason.startswith("inference failed"), mine
+    assert mine[0].value == dumps(broken)
     col = collection(env)
     deadline = time.monotonic() + HANG_GUARD_S
     while time.monotonic() < deadline:

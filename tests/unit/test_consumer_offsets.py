@@ -498,7 +498,7 @@ class FakeProducer:
     def __init__(self, calls, fail_batches=0):
         self.calls, self.fail_batches, self.sent = calls, fail_batches, []
 
-    def send(self, topic, key=None, value=None):
+    def send(self, topic, key=None, value=None, headers=None):
         self.calls.append(("send", topic))
         self.sent.append((topic, value))
         return FakeSendFuture(KafkaTimeoutError("not delivered") if self.fail_batches else None)

@@ -159,6 +159,25 @@ def test_predictions_are_per_image_and_deterministic(client, engine):
     assert [p["label"] for p in again] == [p["label"] for p in served][::-1]
 
 
+def test_predictions_follow_the_order_of_instances_even_with_duplicate_ids(client, engine):
+    """The guarantee the inference consumer pairs results by: predictions[i] answers
+    instances[i], whatever the image ids say (here three instances share one)."""
+    corrupt = bytearray(encode_png(image(9)))
+    corrupt[60:80] = b"\x00" * 20  # valid header, broken compressed data
+    batch = [{"image_id": "twin", "image": b64png(image(1))},
+             {"image_id": "twin", "image": base64.b64encode(bytes(corrupt)).decode()},
+             {"image_id": "twin", "image": b64png(image(2))}]
+    r = client.post("/v1/predict", json={"instances": batch})
+    assert r.status_code == 200, r.json
+    preds = r.json["predictions"]
+    assert [p["image_id"] for p in preds] == ["twin"] * 3
+    assert "error" in preds[1] and "label" not in preds[1]
+    direct = engine.model.predict(np.stack([image(1), image(2)]))
+    assert [preds[0]["label"], preds[2]["label"]] == [CIFAR10_CLASSES[k] for k in direct.argmax(axis=1)]
+    np.testing.assert_allclose([preds[0]["confidence"], preds[2]["confidence"]], direct.max(axis=1),
+                               rtol=0, atol=1e-5)
+
+
 def test_large_request_is_split_into_dynamic_batches(client, engine):
     before = engine.batcher.batches_run
     batch = instances(40)  # MODEL_BATCH_MAX_IMAGES is 16 here: at least 3 model calls
@@ -274,6 +293,34 @@ def test_too_many_instances_is_400(engine):
     assert c.post("/v1/predict", json={"instances": instances(4)}).status_code == 200
 
 
+def test_the_body_limit_follows_the_image_limit(engine):
+    """No MAX_REQUEST_BYTES: the limit is 8 KiB of base64 per allowed image + 64 KiB, so a
+    request of empty or oversized instances cannot cost a worker hundreds of MiB."""
+    from common.settings import ServiceSettings, request_bytes_limit
+
+    assert request_bytes_limit(ServiceSettings(max_request_images=4)) == 4 * 8192 + 65536
+    assert request_bytes_limit(ServiceSettings(max_request_images=4, max_request_bytes=5000)) == 5000
+    c = make_client(engine, MAX_REQUEST_IMAGES=4)
+    padding = "x" * (4 * 8192 + 65536)
+    r = c.post("/v1/predict", json={"instances": instances(1), "padding": padding})
+    assert r.status_code == 413 and r.is_json
+    assert c.post("/v1/predict", json={"instances": instances(4)}).status_code == 200
+
+
+def test_an_oversized_image_is_refused_before_it_is_decoded(engine, monkeypatch):
+    import common.models as models
+
+    decoded = []
+    real = models.decode_image_b64
+    monkeypatch.setattr(models, "decode_image_b64", lambda text: decoded.append(len(text)) or real(text))
+    c = make_client(engine)
+    huge = {"image_id": "x", "image": "A" * (models.MAX_IMAGE_B64_CHARS + 4)}
+    r = c.post("/v1/predict", json={"instances": [huge, instances(1)[0]]})
+    assert r.status_code == 200  # a per-image error; the other image is classified
+    assert "longer than" in r.json["predictions"][0]["error"] and "label" in r.json["predictions"][1]
+    assert not [n for n in decoded if n > models.MAX_IMAGE_B64_CHARS]
+
+
 def test_body_over_limit_is_413(engine):
     c = make_client(engine, MAX_REQUEST_BYTES=8000)  # one random-pixel image is ~4.2 kB
     r = c.post("/v1/predict", json={"instances": instances(10)})
@@ -312,6 +359,37 @@ def test_model_failure_is_503_not_500(engine, monkeypatch):
     assert r.status_code == 503 and "RuntimeError" in r.json["error"]
     monkeypatch.undo()
     assert make_client(engine).post("/v1/predict", json={"instances": instances(2)}).status_code == 200
+
+
+def test_a_timed_out_request_leaves_nothing_behind_for_the_model(engine, monkeypatch):
+    """A request that timed out (503) has its chunks dropped from the dynamic batcher's
+    queue: they never reach the model, so abandoned work costs nothing."""
+    from tests.support import HANG_GUARD_S
+
+    real, seen = engine.batcher._run, []
+    entered, gate = threading.Event(), threading.Event()
+
+    def held(images):
+        seen.append(len(images))
+        entered.set()
+        assert gate.wait(HANG_GUARD_S)
+        return real(images)
+
+    monkeypatch.setattr(engine.batcher, "_run", held)
+    # A full model batch (MODEL_BATCH_MAX_IMAGES=16): taken at once and held in the model.
+    blocker = engine.batcher.submit(np.stack([image(i) for i in range(16)]))
+    try:
+        assert entered.wait(HANG_GUARD_S)
+        r = make_client(engine, INFERENCE_REQUEST_TIMEOUT_S=0.05).post("/v1/predict",
+                                                                       json={"instances": instances(3)})
+        assert r.status_code == 503 and "timed out" in r.json["error"]
+        assert engine.batcher.queued_images() == 0, "the abandoned request's images are still queued"
+    finally:
+        gate.set()
+    for f in blocker:
+        f.result(timeout=HANG_GUARD_S)
+    assert make_client(engine).post("/v1/predict", json={"instances": instances(2)}).status_code == 200
+    assert seen == [16, 2]  # the 3 abandoned images never reached the model
 
 
 def test_request_timeout_and_slowdown_hook(engine, monkeypatch):

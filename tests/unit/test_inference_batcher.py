@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import threading
 import time
+from concurrent.futures import CancelledError
 
 import numpy as np
 import pytest
@@ -171,3 +172,51 @@ def test_slowdown_hook(make_batcher):
     t0 = time.perf_counter()
     res = batcher.submit(tagged([1]))[0].result(timeout=HANG_GUARD_S)
     assert time.perf_counter() - t0 >= 0.2 and res.inference_ms >= 200
+
+
+class Gated:
+    """A fake model that records the ids of every call and holds calls until ``gate`` is set."""
+
+    def __init__(self):
+        self.seen: list[list[int]] = []
+        self.entered, self.gate = threading.Event(), threading.Event()
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        self.seen.append(images[:, 0, 0, 0].tolist())
+        self.entered.set()
+        assert self.gate.wait(HANG_GUARD_S)
+        return images[:, 0, 0, :1].astype(np.float64)
+
+
+def test_cancelled_chunks_leave_the_queue_and_never_reach_the_model(make_batcher):
+    # What the service does with a request that timed out (503): it cancels its futures.
+    model = Gated()
+    batcher = make_batcher(model, max_batch=2, max_delay_s=0, max_queue=4)
+    first = batcher.submit(tagged([1, 2]))  # a full batch: taken at once, held in the model
+    assert model.entered.wait(HANG_GUARD_S)
+    abandoned = batcher.submit(tagged([3, 4, 5, 6]))  # two chunks queued behind it
+    assert batcher.queued_images() == 4
+    assert all(f.cancel() for f in abandoned)
+    assert batcher.queued_images() == 0, "cancelled chunks still count against the queue"
+    kept = batcher.submit(tagged([7, 8, 9, 10]))  # would be Overloaded if they still counted
+    model.gate.set()
+    assert collect(first + kept).tolist() == [1, 2, 7, 8, 9, 10]
+    assert model.seen == [[1, 2], [7, 8], [9, 10]]  # 3..6 never reached the model
+    assert batcher.images_dropped == 4 and batcher.queued_images() == 0
+
+
+def test_a_chunk_past_its_deadline_is_dropped_before_the_model(make_batcher):
+    model = Gated()
+    batcher = make_batcher(model, max_batch=2, max_delay_s=0)
+    first = batcher.submit(tagged([1, 2]))
+    assert model.entered.wait(HANG_GUARD_S)
+    # Already due when the model is free again: its caller has answered 503 by then.
+    late = batcher.submit(tagged([3, 4, 5]), deadline=time.monotonic())
+    on_time = batcher.submit(tagged([6, 7]), deadline=time.monotonic() + 10 * HANG_GUARD_S)
+    model.gate.set()
+    assert collect(first + on_time).tolist() == [1, 2, 6, 7]
+    for f in late:
+        with pytest.raises(CancelledError):
+            f.result(timeout=HANG_GUARD_S)
+    assert model.seen == [[1, 2], [6, 7]]
+    assert batcher.images_dropped == 3 and batcher.queued_images() == 0

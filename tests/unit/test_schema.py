@@ -7,10 +7,9 @@ import uuid
 import numpy as np
 import pytest
 
-from common.models import DeadLetter, ImageMessage, ResultMessage, validate
-from common.schema import (InvalidMessage, check_png_header, dumps, encode_png, make_dead_letter,
-                           make_image_message, make_result_message, parse_image_message,
-                           parse_result_message)
+from common.models import ImageMessage, ResultMessage, validate
+from common.schema import (InvalidMessage, check_png_header, dumps, encode_png, make_image_message,
+                           make_result_message, parse_image_message, parse_result_message)
 from tests.hostile import with_raw_field
 
 
@@ -98,7 +97,7 @@ def test_png_header_check_without_decoding():
         check_png_header(png()[:20])
 
 
-def test_result_message_and_dead_letter():
+def test_result_message():
     msg = image_msg()
     result = make_result_message(msg, prediction="dog", confidence=0.25, model="m",
                                  received_at=2.0, inferred_at=2.5)
@@ -107,13 +106,6 @@ def test_result_message_and_dead_letter():
     bad = dict(result, confidence="high")
     with pytest.raises(InvalidMessage, match="confidence"):
         parse_result_message(dumps(bad))
-    dead = make_dead_letter(source_topic="t", partition=1, offset=9, reason="r",
-                            payload=b"x" * 5000, limit=100)
-    assert dead["payload"] == "x" * 100 and dead["payload_truncated"] and dead["payload_bytes"] == 5000
-    assert {"source_topic", "partition", "offset", "reason", "payload", "failed_at"} <= set(dead)
-    json.dumps(dead)
-    assert make_dead_letter(source_topic="t", partition=0, offset=0, reason="r",
-                            payload=None)["payload"] == ""
     uuid.UUID(msg["image_id"])
 
 
@@ -142,8 +134,6 @@ def test_the_model_is_the_contract():
     result = result_msg()
     assert tuple(result) == ResultMessage.wire_fields()
     assert parse_result_message(dumps(result)) == result
-    dead = make_dead_letter(source_topic="t", partition=0, offset=0, reason="r", payload=b"x")
-    assert tuple(dead) == DeadLetter.wire_fields()
 
 
 @pytest.mark.parametrize("name", TEXT_FIELDS)
@@ -179,12 +169,6 @@ def test_lone_surrogate_in_a_result(name):
         validate(ResultMessage, {**result_msg(), name: "\ud800"})
 
 
-def test_dead_letter_of_a_surrogate_reason_is_encodable():
-    dead = make_dead_letter(source_topic="t", partition=0, offset=1, reason="bad \ud800 id", payload=None)
-    assert dead["reason"] == "bad \\ud800 id"
-    dumps(dead).decode("utf-8")
-
-
 @pytest.mark.parametrize("value, ok", [
     (2**63 - 1, True), (-2**63, True), (2**63, False), (-2**63 - 1, False), (10**30, False),
 ])
@@ -201,9 +185,6 @@ def test_int64_edges(value, ok):
             parse_result_message(raw)
         else:
             assert result_reason(raw) == f"field '{name}' is outside the signed 64-bit integer range"
-    if not ok:
-        with pytest.raises(InvalidMessage, match="field 'offset' is outside the signed 64-bit"):
-            make_dead_letter(source_topic="t", partition=0, offset=value, reason="r", payload=None)
 
 
 @pytest.mark.parametrize("text", [b"NaN", b"Infinity", b"-Infinity", b"1e999", b"-1e999",

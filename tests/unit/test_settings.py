@@ -61,3 +61,13 @@ def test_a_renamed_variable_in_the_environment_is_reported(monkeypatch):
     monkeypatch.setenv("BATCH_SIZE", "8")
     text = describe(InferenceClientSettings())
     assert "BATCH_SIZE is no longer read: use PREDICT_BATCH_IMAGES" in text
+
+
+def test_the_client_waits_longer_than_the_service_deadline():
+    """The service gives up on a request (503) before the consumer does: otherwise the
+    consumer resends a batch the service is still computing, and abandoned work piles up."""
+    from common.settings import InferenceClientSettings, ServiceSettings
+
+    client = InferenceClientSettings.model_fields["inference_timeout_s"].default
+    service = ServiceSettings.model_fields["inference_request_timeout_s"].default
+    assert client > service, (client, service)

@@ -1,0 +1,491 @@
+"""``python -m consumers.dlq``: list, show and replay the dead letters of ``iot-dlq``.
+
+  list                      one line per dead letter: offset, time, source, size, reason
+                            (--reason TEXT, --source-topic TOPIC, --since TIME; --json)
+  show OFFSET               one dead letter: why, where from, key, headers, value (text or hex)
+  replay OFFSET... | --reason TEXT | --all
+                            send the original records back to their source topic, byte for
+                            byte (key, value, headers; the dlq.* headers removed, a replay.of
+                            header added); --dry-run says what it would do
+
+OFFSET is the dead letter's offset in the DLQ topic (``PARTITION:OFFSET`` if it has several
+partitions).  TIME is unix seconds, an ISO 8601 date/time (UTC unless it says otherwise) or
+an age such as 30m, 6h, 2d.
+
+Replay is idempotent: an image already stored in MongoDB with its prediction is skipped
+(looked up by the image id of the original value, where it parses), and each replayed dead
+letter is recorded in MongoDB (MONGO_DLQ_REPLAYS_COLLECTION, default iot.dlq_replays), so a
+second replay skips it unless --force.  Settings come from the environment (KAFKA_*,
+DLQ_TOPIC, MONGO_*, see common/settings.py); flags override them.
+
+Exit status: 0 on success, 1 when a dead letter was not found or a replay failed (or Kafka or
+MongoDB cannot be reached), 2 on a usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import datetime as dt
+import json
+import logging
+import re
+import sys
+import time
+from dataclasses import dataclass
+
+from common.deadletter import DeadLetter, NotADeadLetter, read_dead_letter, replay_headers
+from common.kafka_io import client_config, make_producer
+from common.log import setup_logging
+from common.settings import DlqToolSettings, KafkaSettings, MongoSettings, describe, mask, with_flags
+
+log = logging.getLogger("consumers.dlq")
+
+
+class ToolError(RuntimeError):
+    """A failure to report in one line (exit status 1), no traceback."""
+
+
+@dataclass
+class Entry:
+    """One record of the DLQ topic: its dead letter, or why it is not one."""
+
+    partition: int
+    offset: int
+    dead: DeadLetter | None
+    error: str = ""
+
+    @property
+    def ref(self) -> str:
+        return str(self.offset) if self.partition == 0 else f"{self.partition}:{self.offset}"
+
+
+# ---------------------------------------------------------------- reading the DLQ
+
+def read_dlq(kafka: KafkaSettings, idle_ms: int, at: tuple[int, int] | None = None) -> list[Entry]:
+    """Every record of the DLQ topic, from the beginning to the end offsets asked at the start
+    (or until ``idle_ms`` without a record: tansu's end offsets are approximate); with ``at``
+    (partition, offset), only the record there (an empty list if there is none)."""
+    from kafka import KafkaConsumer, TopicPartition
+    from kafka.errors import KafkaError
+
+    try:
+        consumer = KafkaConsumer(**client_config(kafka), group_id=None, enable_auto_commit=False,
+                                 auto_offset_reset="earliest", fetch_max_wait_ms=100)
+    except KafkaError as exc:
+        raise ToolError(f"cannot reach Kafka at {kafka.kafka_bootstrap_servers}: {exc}") from None
+    try:
+        partitions = consumer.partitions_for_topic(kafka.dlq_topic)
+        if not partitions:
+            raise ToolError(f"topic {kafka.dlq_topic} does not exist at {kafka.kafka_bootstrap_servers}")
+        if at is not None and at[0] not in partitions:
+            return []
+        tps = [TopicPartition(kafka.dlq_topic, p) for p in sorted(partitions) if at is None or p == at[0]]
+        consumer.assign(tps)
+        if at is None:
+            consumer.seek_to_beginning(*tps)
+        else:
+            consumer.seek(tps[0], at[1])
+        end = consumer.end_offsets(tps)
+        entries: list[Entry] = []
+        last = time.monotonic()
+        while any(consumer.position(tp) < end[tp] for tp in tps):
+            if at is not None and entries:
+                break
+            polled = consumer.poll(timeout_ms=200)
+            for batch in polled.values():
+                for record in batch:
+                    try:
+                        entries.append(Entry(record.partition, record.offset, read_dead_letter(record)))
+                    except NotADeadLetter as exc:
+                        entries.append(Entry(record.partition, record.offset, None, str(exc)))
+            if polled:
+                last = time.monotonic()
+            elif (time.monotonic() - last) * 1000 > idle_ms:
+                log.warning("no record for %d ms before the end offsets %s: stopping there",
+                            idle_ms, {tp.partition: o for tp, o in end.items()})
+                break
+    except KafkaError as exc:
+        raise ToolError(f"reading {kafka.dlq_topic} failed: {exc}") from None
+    finally:
+        consumer.close()
+    entries.sort(key=lambda e: (e.partition, e.offset))
+    return [e for e in entries if (e.partition, e.offset) == at] if at is not None else entries
+
+
+def parse_since(text: str, now: float | None = None) -> float:
+    """Unix seconds from ``1764230400``, ``2026-11-27T07:00`` (UTC unless it says) or ``6h``."""
+    now = time.time() if now is None else now
+    age = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd])\s*", text)
+    if age:
+        return now - float(age.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[age.group(2)]
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        when = dt.datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ValueError(f"not a time: {text!r} (unix seconds, ISO 8601, or an age such as 30m, 6h, 2d)") \
+            from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.timezone.utc)
+    return when.timestamp()
+
+
+def select(entries: list[Entry], *, reason: str | None = None, source_topic: str | None = None,
+           since: float | None = None) -> list[Entry]:
+    """The entries that pass every filter given (records that are no dead letter pass none)."""
+    if reason is None and source_topic is None and since is None:
+        return entries
+    return [e for e in entries if e.dead is not None
+            and (reason is None or reason.lower() in e.dead.reason.lower())
+            and (source_topic is None or e.dead.source_topic == source_topic)
+            and (since is None or e.dead.failed_at >= since)]
+
+
+def parse_ref(text: str) -> tuple[int, int]:
+    match = re.fullmatch(r"(?:(\d+):)?(\d+)", text.strip())
+    if not match:
+        raise ValueError(f"not a dead-letter offset: {text!r} (OFFSET or PARTITION:OFFSET)")
+    return int(match.group(1) or 0), int(match.group(2))
+
+
+# ---------------------------------------------------------------- presenting
+
+def iso(ts: float) -> str:
+    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def size_text(dead: DeadLetter) -> str:
+    size = "null" if dead.value_size is None else str(dead.value_size)
+    return size if dead.kept else f"{size}*"
+
+
+def one_line(text: str, width: int | None = None) -> str:
+    text = re.sub(r"[\x00-\x1f\x7f]+", " ", text)
+    return text if width is None or len(text) <= width else text[:width - 1] + "…"
+
+
+def summary(e: Entry) -> dict:
+    if e.dead is None:
+        return {"dlq_partition": e.partition, "offset": e.offset, "error": e.error}
+    d = e.dead
+    return {"dlq_partition": e.partition, "offset": e.offset, "failed_at": d.failed_at,
+            "source_topic": d.source_topic, "source_partition": d.source_partition,
+            "source_offset": d.source_offset, "size": d.value_size,
+            "key_size": None if d.key is None else len(d.key), "headers": len(d.headers),
+            "reason": d.reason, "image_id": d.image_id(), "schema": d.schema, "replayable": d.replayable,
+            **({} if d.kept else {"not_kept": d.why_not_kept})}
+
+
+def print_table(entries: list[Entry]) -> None:
+    rows = [("OFFSET", "FAILED AT (UTC)", "SOURCE", "SIZE", "REASON")]
+    for e in entries:
+        if e.dead is None:
+            rows.append((e.ref, "-", "-", "-", f"(not a dead letter: {e.error})"))
+        else:
+            rows.append((e.ref, iso(e.dead.failed_at), e.dead.source, size_text(e.dead),
+                         one_line(e.dead.reason, 200)))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    for r in rows:
+        print(f"{r[0]:>{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:<{widths[2]}}  {r[3]:>{widths[3]}}  {r[4]}")
+    if any(e.dead is not None and not e.dead.kept for e in entries):
+        print("* the original bytes are not in the DLQ (see 'show'): not replayable")
+
+
+def preview(data: bytes | None, limit: int) -> str:
+    """Text when ``data`` is printable UTF-8, else a hex dump; at most ``limit`` bytes."""
+    if data is None:
+        return "(null)"
+    if not data:
+        return "(empty)"
+    head = data[:limit]
+    more = f"\n  ... {len(data) - limit} more bytes" if len(data) > limit else ""
+    try:
+        text = head.decode("utf-8")
+        if not re.search(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]", text):
+            return f"(text, {len(data)} bytes) {text}{more}"
+    except UnicodeDecodeError:
+        pass
+    lines = [f"(binary, {len(data)} bytes)"]
+    for i in range(0, len(head), 16):
+        chunk = head[i:i + 16]
+        lines.append(f"  {i:08x}  {chunk.hex(' '):<47}  "
+                     + "".join(chr(b) if 32 <= b < 127 else "." for b in chunk))
+    return "\n".join(lines) + more
+
+
+def b64(data: bytes | None) -> str | None:
+    return None if data is None else base64.b64encode(data).decode("ascii")
+
+
+def show(e: Entry, limit: int, as_json: bool) -> None:
+    d = e.dead
+    if as_json:
+        out = summary(e)
+        if d is not None:
+            out.update(source_timestamp_ms=d.source_timestamp_ms, key_b64=b64(d.key), value_b64=b64(d.value),
+                       headers_b64=[[k, b64(v)] for k, v in d.headers])
+        print(json.dumps(out, indent=2))
+        return
+    if d is None:
+        print(f"offset {e.ref}: not a dead letter ({e.error})")
+        return
+    print(f"dead letter   {d.dlq_topic} offset {e.ref}  (schema {d.schema})")
+    print(f"reason        {d.reason}")
+    print(f"source        {d.source}")
+    print(f"failed at     {iso(d.failed_at)} UTC ({d.failed_at})")
+    if d.source_timestamp_ms is not None:
+        print(f"produced at   {iso(d.source_timestamp_ms / 1000)} UTC")
+    if d.image_id():
+        print(f"image id      {d.image_id()}")
+    if not d.kept:
+        print(f"not kept      {d.why_not_kept}")
+        print(f"value size    {size_text(d)}")
+        return
+    print(f"key           {preview(d.key, limit)}")
+    print(f"headers       {len(d.headers)}")
+    for k, v in d.headers:
+        text = "(null)" if v is None else v.decode("utf-8", "backslashreplace")
+        print(f"  {k!r}: {one_line(text, 120)}" if v is None or text.isprintable() else f"  {k!r}: 0x{v[:64].hex()}")
+    print(f"value         {preview(d.value, limit)}")
+
+
+# ---------------------------------------------------------------- replaying
+
+@dataclass
+class Outcome:
+    entry: Entry
+    status: str  # replayed | would replay | skipped | failed
+    detail: str = ""
+    to: dict | None = None
+
+    def as_dict(self) -> dict:
+        d = self.entry.dead
+        return {"offset": self.entry.offset, "dlq_partition": self.entry.partition, "status": self.status,
+                "detail": self.detail, "source": d.source if d else None,
+                "image_id": d.image_id() if d else None, "to": self.to}
+
+
+class Replayer:
+    def __init__(self, kafka: KafkaSettings, mongo: MongoSettings):
+        from common.mongo_io import connect, images_collection
+
+        self.kafka, self.mongo = kafka, mongo
+        self.client = connect(mongo)
+        try:
+            self.client.admin.command("ping")
+        except Exception as exc:
+            raise ToolError(f"cannot reach MongoDB at {mask(mongo.mongo_uri)}: {exc}") from None
+        self.images = images_collection(self.client, mongo)
+        self.replays = self.client[mongo.mongo_database][mongo.mongo_dlq_replays_collection]
+        self.producer = None
+
+    def close(self) -> None:
+        if self.producer is not None:
+            self.producer.close()
+        self.client.close()
+
+    def verdict(self, e: Entry, force: bool) -> Outcome | None:
+        """Why ``e`` is not sent (an Outcome), or None to send it."""
+        d = e.dead
+        if d is None:
+            return Outcome(e, "skipped", f"not a dead letter: {e.error}")
+        if not d.replayable:
+            return Outcome(e, "skipped", f"not replayable: {d.why_not_kept}")
+        if d.key is None and d.value is None:
+            return Outcome(e, "failed", "neither key nor value: kafka-python cannot send such a record")
+        image_id = d.image_id()
+        if image_id and self.images.find_one({"_id": image_id, "prediction": {"$exists": True}},
+                                             {"_id": 1}) is not None:
+            return Outcome(e, "skipped", f"image {image_id} is already stored with its prediction")
+        done = self.replays.find_one({"_id": d.ref})
+        if done and done.get("fingerprint") == d.fingerprint() and not force:
+            return Outcome(e, "skipped", f"already replayed at {iso(done.get('replayed_at', 0))} UTC "
+                                         f"(use --force to replay it again)")
+        return None
+
+    def run(self, entries: list[Entry], *, dry_run: bool, force: bool) -> list[Outcome]:
+        outcomes: list[Outcome] = []
+        sends = []
+        for e in entries:
+            outcome = self.verdict(e, force)
+            if outcome is not None:
+                outcomes.append(outcome)
+            elif dry_run:
+                outcomes.append(Outcome(e, "would replay", f"to {e.dead.source_topic}"))
+            else:
+                sends.append((e, self.send(e)))
+        if sends:
+            self.producer.flush()
+        for e, future in sends:
+            outcomes.append(self.settle(e, future))
+        outcomes.sort(key=lambda o: (o.entry.partition, o.entry.offset))
+        return outcomes
+
+    def send(self, e: Entry):
+        """The send's future, or the exception that refused it at once (too large ...)."""
+        d = e.dead
+        if self.producer is None:
+            self.producer = make_producer(self.kafka)
+        try:
+            partitions = self.producer.partitions_for(d.source_topic) or set()
+            # The original partition while the topic has it (order with the records around it),
+            # else wherever the key leads.
+            partition = d.source_partition if d.source_partition in partitions else None
+            return self.producer.send(d.source_topic, key=d.key, value=d.value, headers=replay_headers(d),
+                                      partition=partition)
+        except Exception as exc:  # kafka-python raises several kinds here (too large, no metadata ...)
+            return exc
+
+    def settle(self, e: Entry, future) -> Outcome:
+        d = e.dead
+        if isinstance(future, Exception):
+            return Outcome(e, "failed", f"{type(future).__name__}: {future}")
+        try:
+            md = future.get(timeout=60)
+        except Exception as exc:
+            return Outcome(e, "failed", f"{type(exc).__name__}: {exc}")
+        to = {"topic": md.topic, "partition": md.partition, "offset": md.offset}
+        previous = self.replays.find_one({"_id": d.ref}) or {}
+        count = previous.get("replays", 0) + 1 if previous.get("fingerprint") == d.fingerprint() else 1
+        # update_one + $set, not replace_one: nx-27017 (the local stack's MongoDB) drops the
+        # filter's _id from an upserted replacement.
+        self.replays.update_one({"_id": d.ref}, {"$set": {
+            "fingerprint": d.fingerprint(), "reason": d.reason, "source_topic": d.source_topic,
+            "source_partition": d.source_partition, "source_offset": d.source_offset,
+            "image_id": d.image_id(), "replayed_at": time.time(), "replayed_to": to, "replays": count}},
+            upsert=True)
+        log.info("replayed %s (%s) to %s[%d]@%d", d.ref, d.source, md.topic, md.partition, md.offset)
+        return Outcome(e, "replayed", f"to {md.topic}[{md.partition}]@{md.offset}", to)
+
+
+# ---------------------------------------------------------------- command line
+
+def make_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--bootstrap-servers", help="Kafka brokers (default KAFKA_BOOTSTRAP_SERVERS)")
+    common.add_argument("--dlq-topic", help="the dead-letter topic (default DLQ_TOPIC, iot-dlq)")
+    common.add_argument("--idle-ms", type=int,
+                        help="stop reading after this long without a record (default DLQ_READ_IDLE_MS)")
+    common.add_argument("--json", action="store_true", help="JSON on stdout instead of text")
+    filters = argparse.ArgumentParser(add_help=False)
+    filters.add_argument("--reason", help="dead letters whose reason contains this text (any case)")
+    filters.add_argument("--source-topic", help="dead letters from this topic")
+    filters.add_argument("--since", help="dead letters from this time on (unix s, ISO 8601, or 30m/6h/2d)")
+
+    p = argparse.ArgumentParser(prog="python -m consumers.dlq", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True, metavar="{list,show,replay}")
+    sub.add_parser("list", parents=[common, filters], help="one line per dead letter")
+    s = sub.add_parser("show", parents=[common], help="one dead letter in full")
+    s.add_argument("ref", metavar="OFFSET", help="OFFSET or PARTITION:OFFSET in the DLQ topic")
+    s.add_argument("--bytes", type=int, default=512, help="preview length of key and value (default 512)")
+    s.add_argument("--value-out", metavar="FILE", help="write the original value, as is, to FILE")
+    r = sub.add_parser("replay", parents=[common, filters], help="send dead letters back to their topic")
+    r.add_argument("refs", nargs="*", metavar="OFFSET", help="the dead letters to replay")
+    r.add_argument("--all", action="store_true", help="every dead letter (that passes the filters)")
+    r.add_argument("--mongo-uri", help="MongoDB (default MONGO_URI)")
+    r.add_argument("--dry-run", action="store_true", help="say what would be replayed, send nothing")
+    r.add_argument("--force", action="store_true",
+                   help="replay dead letters already replayed (images already stored are still skipped)")
+    p.set_defaults(subparsers={"list": sub.choices["list"], "show": s, "replay": r})
+    return p
+
+
+def main(argv=None) -> int:
+    setup_logging()
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    sub = args.subparsers[args.command]  # errors come with the subcommand's usage
+    kafka = with_flags(KafkaSettings, sub, kafka_bootstrap_servers=args.bootstrap_servers,
+                       dlq_topic=args.dlq_topic)
+    tool = with_flags(DlqToolSettings, sub, dlq_read_idle_ms=args.idle_ms)
+    since = None
+    if getattr(args, "since", None) is not None:
+        try:
+            since = parse_since(args.since)
+        except ValueError as exc:
+            sub.error(str(exc))
+    try:
+        if args.command == "list":
+            log.info("%s", describe(kafka, tool))
+            return cmd_list(args, kafka, tool, since)
+        if args.command == "show":
+            try:
+                ref = parse_ref(args.ref)
+            except ValueError as exc:
+                sub.error(str(exc))
+            if args.bytes < 1:
+                sub.error("--bytes must be at least 1")
+            log.info("%s", describe(kafka, tool))
+            return cmd_show(args, kafka, tool, ref)
+        try:
+            refs = [parse_ref(r) for r in args.refs]
+        except ValueError as exc:
+            sub.error(str(exc))
+        if sum((bool(refs), args.reason is not None, args.all)) != 1:
+            sub.error("say which dead letters: OFFSET..., --reason TEXT or --all (one of them)")
+        mongo = with_flags(MongoSettings, sub, mongo_uri=args.mongo_uri)
+        log.info("%s", describe(kafka, mongo, tool))
+        return cmd_replay(args, kafka, mongo, tool, refs, since)
+    except ToolError as exc:
+        log.error("%s", exc)
+        return 1
+
+
+def cmd_list(args, kafka: KafkaSettings, tool: DlqToolSettings, since: float | None) -> int:
+    entries = select(read_dlq(kafka, tool.dlq_read_idle_ms), reason=args.reason,
+                     source_topic=args.source_topic, since=since)
+    if args.json:
+        print(json.dumps([summary(e) for e in entries], indent=2))
+    else:
+        print_table(entries)
+    return 0
+
+
+def cmd_show(args, kafka: KafkaSettings, tool: DlqToolSettings, ref: tuple[int, int]) -> int:
+    found = read_dlq(kafka, tool.dlq_read_idle_ms, at=ref)
+    if not found:
+        raise ToolError(f"no record at offset {args.ref} of {kafka.dlq_topic}")
+    e = found[0]
+    if args.value_out:
+        if e.dead is None or not e.dead.kept or e.dead.value is None:
+            raise ToolError(f"offset {args.ref} holds no original value to write")
+        with open(args.value_out, "wb") as f:
+            f.write(e.dead.value)
+    show(e, args.bytes, args.json)
+    return 0
+
+
+def cmd_replay(args, kafka: KafkaSettings, mongo: MongoSettings, tool: DlqToolSettings,
+               refs: list[tuple[int, int]], since: float | None) -> int:
+    entries = read_dlq(kafka, tool.dlq_read_idle_ms)
+    missing = []
+    if refs:
+        by_ref = {(e.partition, e.offset): e for e in entries}
+        missing = [f"{p}:{o}" if p else str(o) for p, o in refs if (p, o) not in by_ref]
+        entries = [by_ref[r] for r in dict.fromkeys(refs) if r in by_ref]
+    entries = select(entries, reason=args.reason, source_topic=args.source_topic, since=since)
+    replayer = Replayer(kafka, mongo)
+    try:
+        outcomes = replayer.run(entries, dry_run=args.dry_run, force=args.force)
+    finally:
+        replayer.close()
+    counts = {s: sum(o.status == s for o in outcomes) for s in ("replayed", "would replay", "skipped", "failed")}
+    if args.json:
+        print(json.dumps({"outcomes": [o.as_dict() for o in outcomes], "counts": counts,
+                          "missing": missing}, indent=2))
+    else:
+        for o in outcomes:
+            print(f"{o.entry.ref:>8}  {o.status:<12}  {one_line(o.detail, 200)}")
+        print(", ".join(f"{n} {s}" for s, n in counts.items()) + (f"; not found: {', '.join(missing)}"
+                                                                  if missing else ""))
+    for m in missing:
+        log.error("no record at offset %s of %s", m, kafka.dlq_topic)
+    return 1 if missing or counts["failed"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

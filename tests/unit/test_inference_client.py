@@ -1,0 +1,381 @@
+"""The inference consumer against a fake HTTP service (consumers/inference.py): the
+failure policy by cause, predictions paired by position, the start-up limit check.
+
+``FakeService`` is a requests transport adapter mounted on the client's own session, so
+the real ``InferenceClient`` builds, sends and reads every request; Kafka is the
+in-memory consumer and producer of tests/unit/test_consumer_offsets.py with its fake
+clock, so a backoff costs no time.  Nothing here compares a time or a rate.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import logging
+import threading
+import uuid
+from types import SimpleNamespace
+from urllib.parse import urlsplit
+
+import numpy as np
+import pytest
+import requests
+from PIL import Image
+from requests.adapters import BaseAdapter
+
+from common.deadletter import read_dead_letter
+from common.labels import CIFAR10_CLASSES
+from common.schema import dumps, encode_png, make_image_message
+from common.settings import InferenceClientSettings
+from consumers import batching, inference
+from tests.unit.test_consumer_offsets import (DLQ, P0, RESULTS, FakeClock, FakeConsumer, FakeProducer,
+                                              assert_liveness_polls_only, kafka_settings, oam,
+                                              stop_after_paused_polls, stop_when_drained)
+
+URL = "http://service.invalid"
+POISON, CORRUPT = 13, 7  # pixel values the fake service refuses (400) / answers with an error
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    c = FakeClock()
+    monkeypatch.setattr(batching, "time", c)
+    return c
+
+
+def b64(pixel: int) -> str:
+    return base64.b64encode(encode_png(np.full((32, 32, 3), pixel, dtype=np.uint8))).decode("ascii")
+
+
+def pixel_of(image_b64: str) -> int:
+    with Image.open(io.BytesIO(base64.b64decode(image_b64))) as img:
+        return int(np.asarray(img)[0, 0, 0])
+
+
+def label_of(pixel: int) -> str:
+    return CIFAR10_CLASSES[pixel % 10]
+
+
+def image_value(seq: int, pixel: int | None = None, image_id: str | None = None) -> bytes:
+    """A valid image message; its pixels (all ``pixel``, default ``seq``) decide the fake's
+    answer (so a default ``seq`` must not be POISON or CORRUPT)."""
+    png = encode_png(np.full((32, 32, 3), seq if pixel is None else pixel, dtype=np.uint8))
+    msg = make_image_message(png=png, device_id="dev", producer_id="prod", seq=seq, label=None,
+                             dataset="test", image_id=image_id)
+    return dumps({**msg, "sent_at": 1.0})
+
+
+def predict_body(instances: list[dict]) -> dict:
+    """What the service answers: one entry per instance, in order; the label follows the pixels."""
+    predictions = []
+    for inst in instances:
+        pixel = pixel_of(inst["image"])
+        if pixel == CORRUPT:
+            predictions.append({"image_id": inst["image_id"], "error": "corrupt PNG data (OSError)"})
+        else:
+            predictions.append({"image_id": inst["image_id"], "label": label_of(pixel),
+                                "confidence": (pixel + 1) / 256, "received_at": 1.0,
+                                "inferred_at": 2.0, "inference_ms": 1.0})
+    return {"model": "m", "predictions": predictions, "batch_size": len(instances),
+            "timing": {"decode_ms": 0.0, "inference_ms": 0.0, "total_ms": 0.0}}
+
+
+def model_body(max_request_images: int) -> dict:
+    return {"id": "m", "weights_source": "random", "input_size": 32, "classes": list(CIFAR10_CLASSES),
+            "untrained": True, "max_request_images": max_request_images, "model_batch_max_images": 64,
+            "model_batch_delay_ms": 2.0}
+
+
+class FakeService(BaseAdapter):
+    """The service behind requests' transport API.  Each request takes the next answer of
+    ``script`` (an exception to raise, ``(status, body)``, or a function of (path, body)
+    returning one), then ``then`` (default: the healthy service)."""
+
+    def __init__(self, calls: list, script=(), then=None, max_request_images: int = 128):
+        super().__init__()
+        self.calls, self.script = calls, list(script)
+        self.then = then or self.healthy
+        self.max_request_images = max_request_images
+        self.requests: list = []  # (method, path, body)
+
+    def healthy(self, path: str, body):
+        if path == "/v1/model":
+            return 200, model_body(self.max_request_images)
+        return 200, predict_body(body["instances"])
+
+    def send(self, request, stream=False, timeout=None, verify=True, cert=None, proxies=None):
+        path = urlsplit(request.url).path
+        body = json.loads(request.body) if request.body else None
+        self.requests.append((request.method, path, body))
+        if path == "/v1/predict":
+            self.calls.append(("predict", len(body["instances"])))
+        answer = self.script.pop(0) if self.script else self.then
+        if callable(answer):
+            answer = answer(path, body)
+        if isinstance(answer, BaseException):
+            raise answer
+        status, payload = answer
+        resp = requests.Response()
+        resp.status_code, resp.url, resp.request, resp.encoding = status, request.url, request, "utf-8"
+        if isinstance(payload, (dict, list)):
+            resp._content, resp.headers["Content-Type"] = json.dumps(payload).encode(), "application/json"
+        else:
+            resp._content, resp.headers["Content-Type"] = payload, "text/html"
+        return resp
+
+    def close(self):
+        pass
+
+
+def hang_guard(_consumer, poll_index):
+    """Ends a consumer that would otherwise run forever (its stop condition never came)."""
+    if poll_index >= 10_000:
+        raise RuntimeError("the consumer is still running after 10000 polls")
+
+
+class RecordingProducer(FakeProducer):
+    """FakeProducer that also keeps every record's key and headers (a dead letter's reason)."""
+
+    def __init__(self, calls):
+        super().__init__(calls)
+        self.records: list = []  # (topic, key, value, headers)
+
+    def send(self, topic, key=None, value=None, headers=None):
+        self.records.append((topic, key, value, headers))
+        return super().send(topic, key=key, value=value, headers=headers)
+
+
+@pytest.fixture
+def run_consumer(monkeypatch, clock):
+    def run(consumer, service, *, batch=8, stop_paused_polls=None):
+        producer = RecordingProducer(consumer.calls)
+        monkeypatch.setattr(inference, "make_consumer", lambda *a, **k: consumer)
+        monkeypatch.setattr(inference, "make_producer", lambda *a, **k: producer)
+        stop = threading.Event()
+        settings = InferenceClientSettings(inference_url=URL, predict_batch_images=batch, predict_batch_wait_ms=0,
+                                           retry_initial_s=0.5, retry_max_s=1.0)
+        ic = inference.InferenceConsumer(kafka_settings(), settings, stop)
+        ic.client.session.mount(URL, service)
+        consumer.hooks.append(stop_when_drained(stop) if stop_paused_polls is None
+                              else stop_after_paused_polls(stop, stop_paused_polls))
+        consumer.hooks.append(hang_guard)
+        ic.run()
+        return ic, producer
+    return run
+
+
+def published(producer, topic: str) -> list[dict]:
+    return [json.loads(value) for t, value in producer.sent if t == topic]
+
+
+def dead_letters(producer) -> list:
+    """The dead letters sent, as their readers see them (reason, source offset ...)."""
+    return [read_dead_letter(SimpleNamespace(topic=DLQ, partition=0, offset=i, key=key, value=value,
+                                             headers=headers))
+            for i, (topic, key, value, headers) in enumerate(producer.records) if topic == DLQ]
+
+
+def predict_sizes(consumer) -> list[int]:
+    return [n for name, n in consumer.calls if name == "predict"]
+
+
+def warnings_of(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+
+
+# ---------------------------------------------------------------- 1. failure policy by cause
+
+TOKEN = {"error": "missing or invalid bearer token"}
+TRANSIENT = [  # (answer, cause counted, HTTP status named in the warning)
+    pytest.param((401, TOKEN), "unauthorized", 401, id="401-token-rotation"),
+    pytest.param((403, {"error": "forbidden"}), "forbidden", 403, id="403"),
+    pytest.param((404, b"<html>404 Not Found</html>"), "not found", 404, id="404-proxy"),
+    pytest.param((408, b"<html>408 Request Timeout</html>"), "request timeout", 408, id="408"),
+    pytest.param((429, {"error": "slow down"}), "too many requests", 429, id="429"),
+    pytest.param((500, {"error": "internal server error"}), "server error", 500, id="500"),
+    pytest.param((502, b"<html>502 Bad Gateway</html>"), "server error", 502, id="502"),
+    pytest.param((503, {"error": "model is loading"}), "server error", 503, id="503"),
+    pytest.param((504, b"<html>504 Gateway Timeout</html>"), "server error", 504, id="504"),
+    pytest.param(requests.ConnectionError("connection refused"), "connection", None, id="connection"),
+    pytest.param(requests.ReadTimeout("read timed out"), "timeout", None, id="timeout"),
+]
+
+
+@pytest.mark.parametrize("answer, cause, status", TRANSIENT)
+def test_a_transient_failure_keeps_the_batch_backs_off_and_never_dead_letters(
+        clock, run_consumer, caplog, answer, cause, status):
+    c = FakeConsumer(clock, {P0: [image_value(i) for i in range(3)]})
+    service = FakeService(c.calls, [answer, answer])
+    with caplog.at_level(logging.WARNING, logger="consumers.inference"):
+        ic, producer = run_consumer(c, service)
+    assert dead_letters(producer) == [], "a transient failure dead-lettered valid images"
+    assert predict_sizes(c) == [3, 3, 3], "the same batch is sent again until the service answers"
+    assert sorted(r["seq"] for r in published(producer, RESULTS)) == [0, 1, 2]
+    names = c.names()
+    assert c.commits == [{P0: oam(3)}] and names.index("commit") > max(
+        i for i, n in enumerate(names) if n == "predict"), "committed before the batch was done"
+    assert_liveness_polls_only([p for p in c.polls if p["paused"]])  # backoff keeps the membership
+    assert ic.stats.retries_by_cause == {cause: 2}
+    warned = [w for w in warnings_of(caplog) if cause in w and (status is None or f"HTTP {status}" in w)]
+    assert len(warned) == 2, warnings_of(caplog)
+
+
+def test_a_401_that_lasts_dead_letters_nothing_and_commits_nothing(clock, run_consumer):
+    c = FakeConsumer(clock, {P0: [image_value(i) for i in range(5)]}, committed={P0: 2})
+    service = FakeService(c.calls, then=(401, TOKEN))
+    ic, producer = run_consumer(c, service, stop_paused_polls=3)
+    assert producer.sent == [] and "commit" not in c.names()
+    assert c.seeks == [(P0, 2)] and c.position(P0) == 2  # read again at the next start
+    assert ic.stats.retries_by_cause["unauthorized"] >= 1
+
+
+@pytest.mark.parametrize("status, refusal", [(400, {"error": "the fake service refuses this image"}),
+                                             (413, {"error": "the fake service refuses this image"}),
+                                             (413, b"<html>the fake service refuses this image</html>")],
+                         ids=["400", "413", "413-proxy"])
+def test_a_refused_request_is_split_until_the_refused_image_is_alone(clock, run_consumer, status, refusal):
+    values = [image_value(i, pixel=30 + i) for i in range(8)]
+    values[5] = image_value(5, pixel=POISON)
+    c = FakeConsumer(clock, {P0: values})
+
+    def refuse_poison(path, body):
+        if any(pixel_of(inst["image"]) == POISON for inst in body["instances"]):
+            return status, refusal
+        return 200, predict_body(body["instances"])
+
+    ic, producer = run_consumer(c, FakeService(c.calls, then=refuse_poison))
+    # halves, depth first, until the refused image is alone: 0-3 | 4-7 > 4-5 > 4 | 5 ; 6-7
+    assert predict_sizes(c) == [8, 4, 4, 2, 1, 1, 2]
+    results = published(producer, RESULTS)
+    assert {r["seq"]: r["prediction"] for r in results} == {i: label_of(30 + i) for i in range(8) if i != 5}
+    dead = dead_letters(producer)
+    assert [d.source_offset for d in dead] == [5]
+    assert "the fake service refuses this image" in dead[0].reason and str(status) in dead[0].reason
+    assert c.commits == [{P0: oam(8)}]
+    assert ic.stats.retries_by_cause == {}  # a refusal is not retried as such
+
+
+def test_a_400_that_is_not_the_services_answer_is_transient(clock, run_consumer, caplog):
+    """The service answers every error as JSON {"error": ...}; a 400 without it (a proxy's
+    page) says nothing about the images, so it must not dead-letter them."""
+    c = FakeConsumer(clock, {P0: [image_value(i) for i in range(3)]})
+    service = FakeService(c.calls, [(400, b"<html><body>400 Bad Request</body></html>")])
+    with caplog.at_level(logging.WARNING, logger="consumers.inference"):
+        ic, producer = run_consumer(c, service)
+    assert dead_letters(producer) == []
+    assert predict_sizes(c) == [3, 3]
+    assert sorted(r["seq"] for r in published(producer, RESULTS)) == [0, 1, 2]
+    assert c.commits == [{P0: oam(3)}]
+    assert sum(ic.stats.retries_by_cause.values()) == 1
+    assert any("HTTP 400" in w for w in warnings_of(caplog))
+
+
+INVALID_200 = [
+    pytest.param((200, b"<html>not json</html>"), id="not-json"),
+    pytest.param((200, {"model": "m", "predictions": "none"}), id="not-a-PredictResponse"),
+    pytest.param(lambda path, body: (200, {**predict_body(body["instances"]),
+                                           "predictions": predict_body(body["instances"])["predictions"][:-1]}),
+                 id="one-prediction-short"),
+    pytest.param(lambda path, body: (200, {**predict_body(body["instances"]),
+                                           "predictions": predict_body(body["instances"])["predictions"][::-1]}),
+                 id="out-of-order"),
+]
+
+
+@pytest.mark.parametrize("answer", INVALID_200)
+def test_a_200_with_an_invalid_body_is_retried_not_a_crash(clock, run_consumer, caplog, answer):
+    c = FakeConsumer(clock, {P0: [image_value(i) for i in range(3)]})
+    with caplog.at_level(logging.WARNING, logger="consumers.inference"):
+        ic, producer = run_consumer(c, FakeService(c.calls, [answer]))
+    assert dead_letters(producer) == []
+    assert predict_sizes(c) == [3, 3]
+    assert {r["seq"]: r["prediction"] for r in published(producer, RESULTS)} == {i: label_of(i) for i in range(3)}
+    assert c.commits == [{P0: oam(3)}]
+    assert ic.stats.retries_by_cause == {"invalid response": 1}
+    assert any("invalid response" in w and "HTTP 200" in w for w in warnings_of(caplog))
+
+
+def test_a_per_image_error_dead_letters_that_image_only(clock, run_consumer):
+    c = FakeConsumer(clock, {P0: [image_value(0), image_value(1, pixel=CORRUPT), image_value(2)]})
+    ic, producer = run_consumer(c, FakeService(c.calls))
+    assert predict_sizes(c) == [3]
+    dead = dead_letters(producer)
+    assert [d.source_offset for d in dead] == [1] and "corrupt PNG data" in dead[0].reason
+    assert sorted(r["seq"] for r in published(producer, RESULTS)) == [0, 2]
+    assert c.commits == [{P0: oam(3)}]
+
+
+# ---------------------------------------------------------------- 2. paired by position
+
+def test_predictions_are_paired_by_position_not_by_image_id(clock, run_consumer):
+    """Two records with one image_id in a batch: each gets the answer to its own image."""
+    twin = str(uuid.uuid4())
+    c = FakeConsumer(clock, {P0: [image_value(0, pixel=20), image_value(1, pixel=21, image_id=twin),
+                                  image_value(2, pixel=CORRUPT, image_id=twin), image_value(3, pixel=23)]})
+    ic, producer = run_consumer(c, FakeService(c.calls))
+    results = {r["seq"]: (r["image_id"], r["prediction"]) for r in published(producer, RESULTS)}
+    assert {seq: label for seq, (_id, label) in results.items()} == {0: label_of(20), 1: label_of(21),
+                                                                      3: label_of(23)}
+    assert results[1][0] == twin
+    dead = dead_letters(producer)
+    assert [d.source_offset for d in dead] == [2], "the valid twin was dead-lettered (or the bad one was not)"
+    assert c.commits == [{P0: oam(4)}]
+
+
+# ---------------------------------------------------------------- 3. the service's limit, at start
+
+class Started(Exception):
+    """main() got past its checks and began consuming."""
+
+
+@pytest.fixture
+def start_main(monkeypatch):
+    """consumers.inference.main() against ``service``; 'consuming' once it makes its consumer."""
+    def start(service, argv):
+        real_session = requests.Session
+
+        def session():
+            s = real_session()
+            s.mount(URL, service)
+            return s
+
+        def started(*_a, **_k):
+            raise Started
+
+        monkeypatch.setattr(requests, "Session", session)
+        monkeypatch.setattr(inference, "setup_logging", lambda *a, **k: None)
+        monkeypatch.setattr(inference, "stop_event", threading.Event)
+        monkeypatch.setattr(inference, "make_consumer", started)
+        for name in ("PREDICT_BATCH_IMAGES", "INFERENCE_TOKEN"):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv("RETRY_INITIAL_S", "0.001")
+        monkeypatch.setenv("RETRY_MAX_S", "0.001")
+        try:
+            return inference.main(["--inference-url", URL, *argv])
+        except Started:
+            return "consuming"
+    return start
+
+
+def test_the_consumer_refuses_to_start_with_batches_above_the_service_limit(start_main, caplog):
+    service = FakeService([], max_request_images=128)
+    with caplog.at_level(logging.ERROR, logger="consumers.inference"):
+        outcome = start_main(service, ["--batch-size", "200"])
+    assert outcome != "consuming", "started with PREDICT_BATCH_IMAGES above the service's MAX_REQUEST_IMAGES"
+    assert outcome == 2
+    assert [path for _m, path, _b in service.requests] == ["/v1/model"]
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert any("PREDICT_BATCH_IMAGES=200" in e and "MAX_REQUEST_IMAGES" in e and "128" in e for e in errors), errors
+
+
+def test_the_consumer_waits_for_the_service_then_starts_within_its_limit(start_main, caplog):
+    service = FakeService([], [requests.ConnectionError("connection refused"), (503, {"error": "model is loading"}),
+                               (401, TOKEN)], max_request_images=128)
+    with caplog.at_level(logging.WARNING, logger="consumers.inference"):
+        outcome = start_main(service, ["--batch-size", "128"])
+    assert outcome == "consuming"
+    assert [path for _m, path, _b in service.requests] == ["/v1/model"] * 4
+    warned = warnings_of(caplog)
+    assert any("connection" in w for w in warned) and any("HTTP 503" in w for w in warned) \
+        and any("HTTP 401" in w for w in warned), warned
