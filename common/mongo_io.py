@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pymongo import ASCENDING, MongoClient
+from pymongo.write_concern import WriteConcern
 
 from common.settings import MongoSettings, secret
 
@@ -13,8 +14,14 @@ def connect(s: MongoSettings):
                        socketTimeoutMS=s.mongo_socket_timeout_ms, retryWrites=False)
 
 
+def write_concern(s: MongoSettings) -> WriteConcern:
+    """MONGO_WRITE_CONCERN_W / MONGO_WRITE_JOURNAL: how durable an acknowledged write is."""
+    return WriteConcern(w=s.mongo_write_concern_w, j=s.mongo_write_journal)
+
+
 def images_collection(client, s: MongoSettings):
-    return client[s.mongo_database][s.mongo_collection]
+    """``iot.images`` with the configured write concern (the DB consumer's bulk_write)."""
+    return client[s.mongo_database][s.mongo_collection].with_options(write_concern=write_concern(s))
 
 
 def ensure_indexes(collection) -> None:

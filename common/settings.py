@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -78,6 +78,13 @@ class MongoSettings(BaseSettings):
     mongo_socket_timeout_ms: int = 30_000
     # python -m consumers.dlq records its replays here (docs/ARCHITECTURE.md, dead letters).
     mongo_dlq_replays_collection: str = "dlq_replays"
+    # Write concern of the DB consumer's writes (consumers/db.py), which commits the Kafka
+    # offsets once MongoDB acknowledged them: j=true waits for the journal, so an
+    # acknowledged write survives a mongod crash.  W: 1 (the primary); "majority" on a
+    # replica set (the VMs run a single-node one), so it survives a failover too.  w=0
+    # (unacknowledged) would break at-least-once delivery and is refused.
+    mongo_write_journal: bool = True
+    mongo_write_concern_w: Literal["majority"] | Annotated[int, Field(ge=1)] = 1
 
 
 class DbWriterSettings(BaseSettings):
@@ -107,7 +114,11 @@ class InferenceClientSettings(BaseSettings):
 
     inference_url: str = "http://127.0.0.1:8000"
     inference_token: SecretStr | None = None
-    inference_timeout_s: float = 30.0
+    # How long the consumer waits for one /v1/predict answer before it resends the batch.
+    # Rule: longer than the service's INFERENCE_REQUEST_TIMEOUT_S (60 s), so the service
+    # gives up first (503) and drops the work it gave up on; the other way round the
+    # consumer resends batches that the service keeps computing (tests/unit/test_settings.py).
+    inference_timeout_s: float = Field(90.0, gt=0)
     # Micro-batching (docs/PERFORMANCE.md): up to PREDICT_BATCH_IMAGES images per request, the
     # model's sweet spot (ResNet50 on CPU: images/s flat from 32 to 64, the most
     # images per HTTP/JSON/commit round).  PREDICT_BATCH_WAIT_MS is how long to wait for more
@@ -148,7 +159,10 @@ class ServiceSettings(BaseSettings):
     model_weights: str = "auto"  # auto | imagenet | random | path to a weights file
     model_input_size: int | None = None  # default: 224 for imagenet, 32 otherwise
     max_request_images: int = Field(128, ge=1)
-    max_request_bytes: int = 16 * 1024 * 1024
+    # Largest request body (413 above it, before anything is parsed).  None: derived from
+    # MAX_REQUEST_IMAGES (8 KiB of base64 per image, MAX_IMAGE_B64_CHARS, plus 64 KiB),
+    # so a worker's memory per request is bounded by what it may legitimately receive.
+    max_request_bytes: int | None = Field(None, ge=1024)
     inference_token: SecretStr | None = None
     # Server-side dynamic batching: requests arriving within this window are merged.
     model_batch_max_images: int = Field(64, ge=1)
@@ -163,8 +177,16 @@ class ServiceSettings(BaseSettings):
     # Backpressure: a request that would push more images than this into the
     # dynamic batcher's queue gets 503 + Retry-After (0 = unbounded).
     max_queue_images: int = Field(1024, ge=0)
-    # How long a request waits for its batches before answering 503.
+    # How long a request waits for its batches before answering 503; its chunks not run
+    # by then are dropped from the dynamic batcher's queue (inference/batcher.py).  Rule:
+    # shorter than the consumers' INFERENCE_TIMEOUT_S (90 s), so the service gives up
+    # before its client does and never computes a batch the client already resends.
     inference_request_timeout_s: float = Field(60.0, gt=0)
+
+
+def request_bytes_limit(s: "ServiceSettings") -> int:
+    """The service's body limit: MAX_REQUEST_BYTES, else derived from MAX_REQUEST_IMAGES."""
+    return s.max_request_bytes or s.max_request_images * 8 * 1024 + 64 * 1024
 
 
 class GunicornSettings(BaseSettings):

@@ -10,6 +10,33 @@ the first time a part was stored.
 Invalid image messages are skipped here: the inference consumer, which reads the
 same topic, is the one that dead-letters them (one DLQ record per bad message).
 Invalid result messages are dead-lettered here.
+
+Write errors are handled per record, so that whatever one record does it ends in
+MongoDB or in the DLQ (reason, partition, offset), never blocks its partition and
+never crashes the consumer.  Each error of a ``BulkWriteError`` names the index of its
+operation, which maps back to the Kafka record.  A *deterministic* error (the
+document itself is refused: it would fail the same way forever) dead-letters that
+record with the error's code and message; a *transient* one (the server or the
+network is not able to take writes now) is retried, alone, with backoff while the
+partitions are polled paused; the offsets are committed once every record is
+written or dead-lettered.  Writes use write concern ``w: MONGO_WRITE_CONCERN_W``
+(1; "majority" on a replica set, as on the VMs) and ``j: MONGO_WRITE_JOURNAL``
+(true), so an acknowledged write survives a mongod crash before the commit.
+
+| where the error is | error (class, or code name / code) | handling |
+|---|---|---|
+| ``writeErrors[i]`` | NotWritablePrimary 10107, NotPrimaryNoSecondaryOk 13435, NotPrimaryOrSecondary 13436, PrimarySteppedDown 189, ShutdownInProgress 91, InterruptedAtShutdown 11600, InterruptedDueToReplStateChange 11602, Interrupted 11601, HostUnreachable 6, HostNotFound 7, NetworkTimeout 89, SocketException 9001, NetworkInterfaceExceededTimeLimit 202, ExceededTimeLimit 262, MaxTimeMSExpired 50, LockTimeout 24, WriteConflict 112, TemporarilyUnavailable 365, WriteConcernFailed 64, UnknownReplWriteConcern 79, UnsatisfiableWriteConcern 100, Unauthorized 13, AuthenticationFailed 18, StaleShardVersion 63, StaleEpoch 150, StaleConfig 13388; "database is locked" (nx-27017/SQLite) | transient: that record retried |
+| ``writeErrors[i]`` | disk full: OutOfDiskSpace 14031, or a message saying so ("No space left on device", "disk is full", "Insufficient disk space", "over your space quota") | transient, logged at ERROR as "MongoDB disk full" |
+| ``writeErrors[i]`` | any other code: DocumentValidationFailure 121, DuplicateKey 11000 (``_id`` upserts cannot collide, so another unique index refused it), document too large 17419 / BSONObjectTooLarge 10334, DollarPrefixedFieldName 52, EmptyFieldName 56, DottedFieldName 57, BadValue 2, TypeMismatch 14, ImmutableField 66, ... | deterministic: that record dead-lettered |
+| ``writeConcernErrors`` | any (the writes were applied but not made as durable as asked) | transient: every record not dead-lettered retried |
+| raised before the write (client side) | ``bson.errors.BSONError`` (InvalidDocument, DocumentTooLarge, InvalidStringData), ``OverflowError`` (integer over 8 bytes), ``UnicodeError`` (lone surrogate) | deterministic: the batch is split until the record(s) that cannot be encoded are alone, then dead-lettered |
+| the whole command | any other ``PyMongoError``: AutoReconnect / ConnectionFailure / NetworkTimeout, ServerSelectionTimeoutError, NotPrimaryError, OperationFailure (auth, configuration, OutOfDiskSpace ...), ExecutionTimeout, WTimeoutError | transient: the batch retried ("MongoDB disk full" when it says so) |
+
+Decision: an unknown ``writeErrors`` code is deterministic (the server judged that
+one document; conditions of the server arrive as command errors or the codes above),
+so a new kind of refusal never blocks a partition; an unknown command-level error is
+transient (it concerns every record: dead-lettering them all would empty the topic
+into the DLQ for what is usually a configuration or an outage).
 """
 
 from __future__ import annotations
@@ -19,16 +46,64 @@ import logging
 import sys
 import time
 
+from common.deadletter import to_dead_letter
 from common.kafka_io import make_consumer, make_producer
 from common.lifecycle import Backoff, stop_event
 from common.log import setup_logging
 from common.mongo_io import connect, ensure_indexes, images_collection
-from common.schema import (InvalidMessage, dumps, make_dead_letter, parse_image_message,
-                           parse_result_message)
+from common.schema import InvalidMessage, parse_image_message, parse_result_message
 from common.settings import DbWriterSettings, KafkaSettings, MongoSettings, describe, with_flags
 from consumers.batching import ReadyMarker, all_delivered, commit, idle_wait, rewind
 
 log = logging.getLogger("consumers.db")
+
+TRANSIENT, DISK_FULL, DETERMINISTIC = "transient", "disk full", "deterministic"
+# MongoDB error codes (src/mongo/base/error_codes.yml) that say the server cannot take a
+# write now, whatever the document: the table in the module docstring.
+TRANSIENT_CODES = frozenset({
+    10107, 13435, 13436, 189, 91, 11600, 11602, 11601,  # not primary, stepping down, shutting down
+    6, 7, 89, 9001, 202, 262, 50,                       # network, time limits
+    24, 112, 365,                                       # LockTimeout, WriteConflict, TemporarilyUnavailable
+    64, 79, 100,                                        # write concern not satisfied (yet)
+    13, 18,                                             # Unauthorized, AuthenticationFailed: configuration
+    63, 150, 13388,                                     # sharding: stale routing
+})
+DISK_FULL_CODES = frozenset({14031})                    # OutOfDiskSpace
+DISK_FULL_TEXT = ("no space left on device", "disk is full", "disk full", "out of disk space",
+                  "insufficient disk space", "over your space quota", "enospc")
+TRANSIENT_TEXT = ("database is locked",)                # nx-27017 (SQLite) answers code 8 for it
+
+
+def _disk_full(code, message: str) -> bool:
+    text = message.lower()
+    return code in DISK_FULL_CODES or any(t in text for t in DISK_FULL_TEXT)
+
+
+def classify_write_error(error) -> str:
+    """TRANSIENT, DISK_FULL (transient too) or DETERMINISTIC, for one of a BulkWriteError's
+    ``writeErrors`` (the failure of one document's operation)."""
+    code, message = error.get("code"), str(error.get("errmsg") or "")
+    if _disk_full(code, message):
+        return DISK_FULL
+    if code in TRANSIENT_CODES or any(t in message.lower() for t in TRANSIENT_TEXT):
+        return TRANSIENT
+    return DETERMINISTIC
+
+
+def encoding_errors() -> tuple:
+    """What pymongo raises, before sending, for a document BSON cannot hold."""
+    from bson.errors import BSONError
+
+    return BSONError, OverflowError, UnicodeError
+
+
+def classify_exception(exc: BaseException) -> str:
+    """DETERMINISTIC for a document that cannot be encoded (one record: found by
+    splitting the batch), else (any other PyMongoError: the whole command failed)
+    DISK_FULL or TRANSIENT."""
+    if isinstance(exc, encoding_errors()):
+        return DETERMINISTIC
+    return DISK_FULL if _disk_full(getattr(exc, "code", None), str(exc)) else TRANSIENT
 
 GROUP_ID = "iot-db-writer"
 IMAGE_FIELDS = ("schema", "device_id", "producer_id", "seq", "sent_at", "label", "dataset", "format")
@@ -78,46 +153,96 @@ class DbWriter:
                 log.warning("creating indexes failed (%s); retrying", exc)
                 time.sleep(backoff.next())
 
+    def dead_letter(self, record, reason: str):
+        """Send ``record`` as it is to the DLQ with ``reason``; returns the send's future."""
+        self.dead += 1
+        log.warning("dead-letter %s[%d]@%d: %s", record.topic, record.partition, record.offset, reason)
+        key, value, headers = to_dead_letter(record, reason, max_bytes=self.kafka.dlq_max_record_bytes)
+        return self.producer.send(self.kafka.dlq_topic, key=key, value=value, headers=headers)
+
     def to_updates(self, records) -> tuple[list, list]:
+        """``[(record, UpdateOne)]`` of the valid records, and the dead letters' futures."""
         now = time.time()
         updates, futures = [], []
         for record in records:
             try:
                 if record.topic == self.kafka.results_topic:
-                    updates.append(result_update(parse_result_message(record.value), now))
+                    updates.append((record, result_update(parse_result_message(record.value), now)))
                 else:
                     msg, png = parse_image_message(record.value,
                                                    max_bytes=self.kafka.max_message_bytes)
-                    updates.append(image_update(msg, png, now))
+                    updates.append((record, image_update(msg, png, now)))
             except InvalidMessage as exc:
                 if record.topic == self.kafka.results_topic:
-                    self.dead += 1
-                    log.warning("dead-letter %s[%d]@%d: %s", record.topic, record.partition,
-                                record.offset, exc.reason)
-                    futures.append(self.producer.send(self.kafka.dlq_topic, value=dumps(
-                        make_dead_letter(source_topic=record.topic, partition=record.partition,
-                                         offset=record.offset, reason=exc.reason,
-                                         payload=record.value))))
+                    futures.append(self.dead_letter(record, exc.reason))
                 else:
                     self.skipped += 1
         return updates, futures
 
-    def write(self, updates) -> bool:
-        """bulk_write until it succeeds (retrying through a MongoDB outage); False if stopping."""
-        from pymongo.errors import PyMongoError
-
+    def write(self, updates, futures) -> bool:
+        """Write ``updates`` ``[(record, UpdateOne)]`` until each is in MongoDB or, refused for
+        what it is, dead-lettered (its future appended to ``futures``).  Transient failures
+        are retried with backoff, polling paused (through a MongoDB outage, or a full disk);
+        False if stopping first.  Upserts are idempotent, so writing one again is safe."""
         backoff = Backoff(0.5, 10)
+        pending = list(updates)
         while not self.stop.is_set():
-            try:
-                self.collection.bulk_write(updates, ordered=False)
+            pending, failure = self.attempt(pending, futures)
+            if not pending:
                 return True
-            except PyMongoError as exc:
-                # Upserts are idempotent, so replaying the whole batch is safe.
-                delay = backoff.next()
-                log.warning("MongoDB write of %d updates failed (%s); retrying in %.1f s",
-                            len(updates), str(exc)[:200], delay)
-                idle_wait(self.consumer, delay, self.stop)
+            kind, why = failure or (TRANSIENT, "unknown error")
+            delay = backoff.next()
+            if kind == DISK_FULL:
+                log.error("MongoDB disk full (%s): %d of %d updates not written, offsets not "
+                          "committed; retrying in %.1f s", why[:300], len(pending), len(updates), delay)
+            else:
+                log.warning("MongoDB write of %d of %d updates failed (%s); retrying in %.1f s",
+                            len(pending), len(updates), why[:300], delay)
+            idle_wait(self.consumer, delay, self.stop)
         return False
+
+    def attempt(self, pending, futures) -> tuple[list, tuple[str, str] | None]:
+        """One unordered bulk_write of ``pending``: what to retry, and (kind, why) of the
+        failure that makes it retried.  Refused documents are dead-lettered."""
+        from pymongo.errors import BulkWriteError, PyMongoError
+
+        try:
+            self.collection.bulk_write([op for _, op in pending], ordered=False)
+            return [], None
+        except BulkWriteError as exc:
+            retry, dead, failure = set(), set(), None
+            for error in exc.details.get("writeErrors") or []:
+                index, kind = error["index"], classify_write_error(error)
+                why = f"code {error.get('code')}: {error.get('errmsg')}"
+                if kind == DETERMINISTIC:
+                    dead.add(index)
+                    futures.append(self.reject(pending[index][0], f"MongoDB refused the document ({why})"))
+                else:
+                    retry.add(index)
+                    failure = (kind, why) if failure is None or kind == DISK_FULL else failure
+            concern = exc.details.get("writeConcernErrors") or []
+            if concern:  # applied, but not as durably as asked: write every one again
+                retry = set(range(len(pending))) - dead
+                failure = failure or (TRANSIENT, "write concern not satisfied: " + "; ".join(
+                    f"code {e.get('code')}: {e.get('errmsg')}" for e in concern))
+            return [pending[i] for i in sorted(retry)], failure
+        except encoding_errors() as exc:
+            if len(pending) == 1:
+                futures.append(self.reject(pending[0][0], "the document cannot be encoded for MongoDB "
+                                                          f"({type(exc).__name__}: {exc})"))
+                return [], None
+            # Raised before anything was sent for this batch: halve it until the record(s)
+            # that cannot be encoded are alone (the others are written on the way).
+            half = len(pending) // 2
+            retry_a, failure_a = self.attempt(pending[:half], futures)
+            retry_b, failure_b = self.attempt(pending[half:], futures)
+            return retry_a + retry_b, failure_a or failure_b
+        except PyMongoError as exc:
+            return pending, (classify_exception(exc), str(exc))
+
+    def reject(self, record, reason: str):
+        """A record MongoDB will never take: dead-lettered like an invalid result."""
+        return self.dead_letter(record, reason)
 
     def run(self) -> None:
         self.ensure_indexes()
@@ -130,18 +255,19 @@ class DbWriter:
             records = [r for batch in polled.values() for r in batch]
             if records:
                 updates, futures = self.to_updates(records)
-                ok = (not updates or self.write(updates))
+                invalid = len(futures)
+                ok = (not updates or self.write(updates, futures))
                 if futures:
                     self.producer.flush()
                     ok = ok and all_delivered(futures)
                 if ok:
                     commit(self.consumer, records)
-                    self.written += len(updates)
+                    self.written += len(updates) - (len(futures) - invalid)
                 else:
                     rewind(self.consumer, records)
             now = time.monotonic()
             if now - self.last_log > 10 and self.written:
-                log.info("written %d updates, skipped %d invalid images, dead-lettered %d results",
+                log.info("written %d updates, skipped %d invalid images, dead-lettered %d records",
                          self.written, self.skipped, self.dead)
                 self.last_log = now
         self.producer.close()
