@@ -20,6 +20,10 @@ DLQ_TOPIC, MONGO_*, see common/settings.py); flags override them.
 
 Exit status: 0 on success, 1 when a dead letter was not found or a replay failed (or Kafka or
 MongoDB cannot be reached), 2 on a usage error.
+
+(Over 400 lines on purpose: one operator's tool, its three commands, their output formats
+and the replay bookkeeping read best together; the record format itself is
+common/deadletter.py.)
 """
 
 from __future__ import annotations
