@@ -7,7 +7,7 @@ PYTHON := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-deploy.txt requirements/*.txt | cksum | cut -d' ' -f1)
 
 .PHONY: venv up down status demo test test-faults lint experiment bench serve train deploy teardown clean \
-        deploy-venv logs ssh
+        deploy-venv logs ssh deploy-rehearsal
 
 $(STAMP): requirements.txt requirements-deploy.txt $(wildcard requirements/*.txt)
 	test -x $(PYTHON) || $(PY) -m venv $(VENV)
@@ -66,6 +66,14 @@ deploy: deploy-venv ## Chameleon: lease, VMs, everything installed, the experime
 
 teardown: deploy-venv ## Chameleon: delete every cloud resource the deployment created (lease too)
 	$(DEPLOY_VENV)/bin/ansible-playbook playbooks/teardown.yaml $(ARGS)
+
+# The whole deployment against the cloud-less rehearsal (tests/rehearsal/README.md): four
+# systemd containers as VMs, a fake cloud and Blazar, tansu and nx-27017 for Kafka and
+# MongoDB; three runs of playbook_master.yaml (cold, idempotence, upgrade), teardown.
+# Root (Docker, debootstrap); slow (about an hour on 2 busy cores).  ARGS: --keep ...
+deploy-rehearsal: venv ## rehearse `make deploy` end to end without a cloud (root): results/rehearsal/summary.json
+	scripts/install-system-packages.sh
+	$(PYTHON) -m tests.rehearsal.run $(ARGS)
 
 logs:             ## follow a VM's service journals: make logs VM=inference [COMPONENT=iot-inference]
 	@test -n "$(VM)" || { echo "usage: make logs VM=<producer|inference|kafka|mongodb> [COMPONENT=<unit>]"; exit 2; }

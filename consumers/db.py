@@ -231,8 +231,9 @@ class DbWriter:
                 futures.append(self.reject(pending[0][0], "the document cannot be encoded for MongoDB "
                                                           f"({type(exc).__name__}: {exc})"))
                 return [], None
-            # Raised before anything was sent for this batch: halve it until the record(s)
-            # that cannot be encoded are alone (the others are written on the way).
+            # pymongo encodes each sub-batch as it sends it, so this one never reached the
+            # server (earlier ones did: written again, harmlessly).  Halve the batch until
+            # the record(s) that cannot be encoded are alone; the others are written on the way.
             half = len(pending) // 2
             retry_a, failure_a = self.attempt(pending[:half], futures)
             retry_b, failure_b = self.attempt(pending[half:], futures)

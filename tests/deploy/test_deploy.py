@@ -207,6 +207,14 @@ def test_mongod_conf(rendered):
     assert "change-me" not in script                               # passwords come from the env
     assert 'role: "readWrite", db: appDbName' in script
     assert 'const appDbName = "iot";' in script
+    # A one-member replica set (w: majority), with the key file authorization requires.
+    assert conf["replication"]["replSetName"] == "iot-rs"
+    assert conf["security"]["keyFile"] == "/etc/mongodb-keyfile"
+    replset = (rendered / "vm4-mongodb" / "mongodb-iot-replset.js").read_text()
+    assert 'const setName = "iot-rs";' in replset
+    assert 'const member = "10.56.0.14:27017";' in replset           # the private IP the clients reach
+    assert "rs.initiate(" in replset and "if (!hello.setName)" in replset  # once: guarded
+    assert "change-me" not in replset
 
 
 def check_unit(path: Path, exec_start: str, user: str = "iot") -> configparser.RawConfigParser:
@@ -259,7 +267,9 @@ def test_env_files(rendered):
             "IMAGES_PARTITIONS"} <= consumer.keys()
 
     db = env_file(rendered / "vm3-kafka" / "iot-db-consumer.env")
-    assert db["MONGO_URI"] == "mongodb://iot-app:change-me-mongodb-app@10.56.0.14:27017/iot?authSource=iot"
+    assert db["MONGO_URI"] == ("mongodb://iot-app:change-me-mongodb-app@10.56.0.14:27017/iot"
+                               "?authSource=iot&directConnection=true")
+    assert (db["MONGO_WRITE_CONCERN_W"], db["MONGO_WRITE_JOURNAL"]) == ("majority", "true")
     assert "INFERENCE_URL" not in db
 
     producer = env_file(rendered / "vm1-producer" / "iot-producer.env")
@@ -271,8 +281,8 @@ def test_env_files(rendered):
     secure = env_file(rendered / "vm3-kafka" / "secure-iot-inference-consumer.env")
     assert secure["KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL"
     assert secure["KAFKA_SASL_MECHANISM"] == "SCRAM-SHA-512"
-    assert secure["KAFKA_SASL_USERNAME"] == "iot-app"
-    assert secure["KAFKA_SASL_PASSWORD"] == "change-me-kafka-app"
+    assert secure["KAFKA_SASL_USERNAME"] == "iot-inference-consumer"     # its own user (test_kafka_security.py)
+    assert secure["KAFKA_SASL_PASSWORD"] == "change-me-kafka-inference-consumer"
     assert secure["KAFKA_SSL_CAFILE"] == "/etc/iot-pipeline/kafka-ca.crt"
 
 
@@ -345,8 +355,10 @@ def test_application_roles_in_check_mode(rendered):
     assert set(recap) == {"vm1-producer", "vm2-inference", "vm3-kafka"}, out[-3000:]
     for host, line in recap.items():
         assert "failed=0" in line and "unreachable=0" in line, (host, line)
-    # the env files and units would be written (shown as diffs), with the host's values
-    assert "+INFERENCE_BIND=10.56.0.12:8000" in out
+    # the units would be written (shown as diffs), with the host's values; the env files
+    # hold secrets (INFERENCE_TOKEN, passwords) and are written with no_log: never shown
+    assert "TASK [inference : Write the inference service's environment file]" in out
+    assert "+INFERENCE_BIND=" not in out and "INFERENCE_TOKEN=" not in out
     assert "-m consumers.db" in out and "-m consumers.inference" in out      # unit diffs (env files are no_log)
     assert "TASK [producer : Install the producer template unit]" in out
     assert "RUNNING HANDLER [inference : Restart iot-inference]" in out
@@ -430,13 +442,16 @@ def test_modules_are_fully_qualified():
 
 
 def test_secrets_stay_out_of_git():
-    for name in ("inventory/group_vars/all/vault.yml", "clouds.yaml", "inventory/generated/hosts.yml",
-                 "inventory/generated/pki/ca.key"):
+    for name in ("inventory/group_vars/all/vault.yml", "inventory/group_vars/all/local.yml", "clouds.yaml",
+                 ".deploy/hosts.yml", ".deploy/iot-pipeline/pki/ca.key", ".deploy/iot-pipeline/known_hosts",
+                 ".venv-deploy/bin/python"):
         result = run(["git", "check-ignore", "-q", name], env=dict(os.environ))
         assert result.returncode == 0, f"{name} is not git-ignored"
     example = yaml.safe_load(VAULT_EXAMPLE.read_text())
     assert set(example) == {"vault_mongodb_admin_password", "vault_mongodb_app_password",
-                            "vault_kafka_admin_password", "vault_kafka_app_password", "vault_inference_token"}
+                            "vault_kafka_admin_password", "vault_kafka_producer_password",
+                            "vault_kafka_inference_consumer_password", "vault_kafka_db_consumer_password",
+                            "vault_kafka_dlq_password", "vault_inference_token"}
 
 
 def test_argument_specs_match_the_defaults_and_are_written_for_people():

@@ -71,6 +71,44 @@ for unit in getty@tty1.service serial-getty@console.service console-getty.servic
     apt-daily.timer apt-daily-upgrade.timer; do
   systemctl mask "$unit" >/dev/null 2>&1 || true
 done
+# Docker bind-mounts /etc/hosts, /etc/hostname and /etc/resolv.conf: Ansible's atomic
+# rename onto them fails (EBUSY).  With CAP_SYS_ADMIN this unit turns them back into plain
+# files with the same content at boot, so the roles edit them as on a VM.
+cat > /usr/local/sbin/rehearsal-unbind-etc <<'EOF'
+#!/bin/sh
+for f in /etc/hosts /etc/hostname /etc/resolv.conf; do
+  if mountpoint -q "$f"; then
+    tmp=$(mktemp)
+    cat "$f" > "$tmp"
+    if umount "$f" 2>/dev/null; then
+      cat "$tmp" > "$f"
+      chmod 0644 "$f"
+    else
+      echo "rehearsal-unbind-etc: cannot unmount $f (no CAP_SYS_ADMIN): it stays bind-mounted" >&2
+    fi
+    rm -f "$tmp"
+  fi
+done
+exit 0
+EOF
+chmod 0755 /usr/local/sbin/rehearsal-unbind-etc
+cat > /etc/systemd/system/rehearsal-unbind-etc.service <<'EOF'
+[Unit]
+Description=Rehearsal: make Docker's /etc/hosts, /etc/hostname, /etc/resolv.conf plain files
+DefaultDependencies=no
+After=local-fs.target
+Before=sysinit.target network-pre.target ssh.service systemd-hostnamed.service
+ConditionVirtualization=container
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/usr/local/sbin/rehearsal-unbind-etc
+
+[Install]
+WantedBy=sysinit.target
+EOF
+systemctl enable rehearsal-unbind-etc.service
 # Each container gets its own machine-id at boot (systemd writes a transient one).
 : > /etc/machine-id
 rm -f /var/lib/dbus/machine-id

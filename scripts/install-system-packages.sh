@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Installs the Debian packages the cloud-less rehearsal (tests/rehearsal/) needs on the
+# CI machine: the Docker engine (the "VMs" are systemd containers), debootstrap (the
+# VM image is built from the Debian archive, no registry needed), the SSH client.
+#
+#   sudo scripts/install-system-packages.sh            # install what is missing
+#   sudo scripts/install-system-packages.sh --update   # always run apt-get update first
+#   scripts/install-system-packages.sh --check         # exit 1 if something is missing
+#
+# Idempotent: when every package is already installed it changes nothing (and does not
+# even refresh the apt lists unless --update is given).  Needs root, a Debian/Ubuntu
+# apt and access to the Debian mirrors (or a local apt proxy).
+set -euo pipefail
+
+PACKAGES=(
+  docker.io              # dockerd + containerd + runc (started by tests/rehearsal/docker.py)
+  debootstrap            # builds the bookworm "VM" image
+  debian-archive-keyring # debootstrap checks the archive's signatures
+  ca-certificates
+  openssh-client         # ssh, ssh-keygen (Ansible's connection, the per-run key pair)
+  tar
+  procps                 # pgrep/ps used by the harness's diagnostics
+)
+# Extra packages, e.g. IOT_REHEARSAL_EXTRA_PACKAGES="apt-cacher-ng"
+read -r -a EXTRA <<<"${IOT_REHEARSAL_EXTRA_PACKAGES:-}"
+PACKAGES+=("${EXTRA[@]}")
+
+mode=install
+for arg in "$@"; do
+  case "$arg" in
+    --check) mode=check ;;
+    --update) mode=update ;;
+    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+    *) echo "unknown argument: $arg" >&2; exit 2 ;;
+  esac
+done
+
+missing=()
+for pkg in "${PACKAGES[@]}"; do
+  [ -n "$pkg" ] || continue
+  status=$(dpkg-query -W -f='${db:Status-Status}' "$pkg" 2>/dev/null || true)
+  [ "$status" = installed ] || missing+=("$pkg")
+done
+
+if [ "$mode" = check ]; then
+  if [ ${#missing[@]} -gt 0 ]; then
+    echo "missing: ${missing[*]}" >&2
+    exit 1
+  fi
+  echo "all installed: ${PACKAGES[*]}"
+  exit 0
+fi
+
+if [ ${#missing[@]} -eq 0 ] && [ "$mode" != update ]; then
+  echo "install-system-packages: already installed: ${PACKAGES[*]}"
+  exit 0
+fi
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "install-system-packages: run as root (missing: ${missing[*]})" >&2
+  exit 1
+fi
+
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -q
+# The whole list; --no-upgrade leaves the installed ones as they are.
+apt-get install -y -q --no-install-recommends --no-upgrade "${PACKAGES[@]}"
+echo "install-system-packages: done (${PACKAGES[*]})"

@@ -1,0 +1,26 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Rehearsal stand-in for openstack.cloud.keypair (tests/rehearsal/README.md).
+# GNU General Public License v3.0+ (like the collection it shadows).
+
+DOCUMENTATION = r'''
+---
+module: keypair
+short_description: "Rehearsal fake of openstack.cloud.keypair"
+description:
+  - "Validates the task's arguments against the argument spec of the installed (real)
+    openstack.cloud.keypair, then emulates it against the rehearsal's fake cloud:
+    state kept in the JSON file IOT_FAKE_CLOUD_STATE."
+  - "Returns the structure documented by the real module (openstack.cloud 2.5.0)."
+author: IoT pipeline rehearsal
+'''
+
+from ansible_collections.openstack.cloud.plugins.module_utils.fake_cloud import run_module  # noqa: E402
+
+
+def main():
+    run_module("keypair")
+
+
+if __name__ == "__main__":
+    main()

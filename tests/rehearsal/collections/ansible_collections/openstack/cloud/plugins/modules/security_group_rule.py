@@ -1,0 +1,26 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Rehearsal stand-in for openstack.cloud.security_group_rule (tests/rehearsal/README.md).
+# GNU General Public License v3.0+ (like the collection it shadows).
+
+DOCUMENTATION = r'''
+---
+module: security_group_rule
+short_description: "Rehearsal fake of openstack.cloud.security_group_rule"
+description:
+  - "Validates the task's arguments against the argument spec of the installed (real)
+    openstack.cloud.security_group_rule, then emulates it against the rehearsal's fake cloud:
+    state kept in the JSON file IOT_FAKE_CLOUD_STATE."
+  - "Returns the structure documented by the real module (openstack.cloud 2.5.0)."
+author: IoT pipeline rehearsal
+'''
+
+from ansible_collections.openstack.cloud.plugins.module_utils.fake_cloud import run_module  # noqa: E402
+
+
+def main():
+    run_module("security_group_rule")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,26 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Rehearsal stand-in for openstack.cloud.server (tests/rehearsal/README.md).
+# GNU General Public License v3.0+ (like the collection it shadows).
+
+DOCUMENTATION = r'''
+---
+module: server
+short_description: "Rehearsal fake of openstack.cloud.server"
+description:
+  - "Validates the task's arguments against the argument spec of the installed (real)
+    openstack.cloud.server, then emulates it against the rehearsal's fake cloud:
+    a server: a systemd container from the rehearsal VM image on the harness's Docker network."
+  - "Returns the structure documented by the real module (openstack.cloud 2.5.0)."
+author: IoT pipeline rehearsal
+'''
+
+from ansible_collections.openstack.cloud.plugins.module_utils.fake_cloud import run_module  # noqa: E402
+
+
+def main():
+    run_module("server")
+
+
+if __name__ == "__main__":
+    main()

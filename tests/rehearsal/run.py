@@ -1,0 +1,792 @@
+"""`make deploy-rehearsal`: the whole Chameleon deployment, for real, against the cloud-less
+rehearsal (tests/rehearsal/README.md), checked end to end.
+
+    sudo .venv/bin/python -m tests.rehearsal.run [--keep] [--skip-upgrade]
+
+1. `harness up --fresh`: Docker engine, VM image, network, wheelhouse, fake cloud.
+2. Run 1 (cold), playbook_master.yaml as a user runs it, in two halves around the stages
+   the rehearsal cannot run (no route to Apache's and MongoDB's downloads):
+   provision, base, app -> [kafka, mongodb: `harness services` starts tansu and nx-27017
+   on the kafka and mongodb servers, opens their ports in the host firewall like the
+   roles do, creates the topics; the kafka and mongodb plays run in --check mode] ->
+   inference, consumers, producer, experiment (a short sweep), analyze.  Then every
+   image the experiment's producers sent must be stored with a prediction (queried on
+   nx-27017 from here) and report/latency_cdf.png must exist.
+3. Run 2 (warm): the whole playbook again (--skip-tags experiment,analyze and the two
+   servers' tags): every role must report changed=0 (the changed tasks are listed).
+4. Run 3 (upgrade): a comment added to common/__init__.py of the shipped code changes
+   the bundle; a producer sends images on the producer VM during the whole run; the
+   services must restart on the new release and every image sent must be stored with
+   a prediction.
+5. playbooks/teardown.yaml (the fake Blazar must report the lease deleted), then
+   `harness teardown` (unless --keep).
+
+The shipped code comes from a snapshot of the project's bundle files taken at the start
+(iot_app_local_source_dir), so that edits made in the checkout while the rehearsal runs
+do not count as code changes and run 3's change never touches the checkout.
+
+Writes results/rehearsal/summary.json (timings per stage, recaps, changed tasks, checks)
+and results/rehearsal/logs/ (each ansible-playbook's output and its events).  Needs root
+(Docker, debootstrap) and the project's .venv.  Exit status 0 when every check passed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import hashlib
+import io
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import threading
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):  # python tests/rehearsal/run.py
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+import yaml  # noqa: E402
+
+from tests.rehearsal import docker, harness, services  # noqa: E402
+
+log = logging.getLogger("rehearsal.run")
+
+ROOT = harness.ROOT
+HERE = harness.HERE
+RESULTS = ROOT / "results" / "rehearsal"
+LOGS = RESULTS / "logs"
+ANSIBLE_PLAYBOOK = Path(sys.executable).parent / "ansible-playbook"
+STAGES = ["provision", "base", "app", "kafka", "mongodb", "inference", "consumers", "producer",
+          "experiment", "analyze"]
+# The tags of the plays that install the real Kafka and MongoDB servers.
+SERVER_TAGS = "kafka_server,mongodb_server"
+MIRROR_PORT = 8766
+RECAP = re.compile(r"^(\S+)\s+:\s+ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)\s+"
+                   r"skipped=(\d+)\s+rescued=(\d+)\s+ignored=(\d+)", re.M)
+
+
+class Failed(AssertionError):
+    pass
+
+
+# --------------------------------------------------------------------------- helpers
+def group_defaults() -> dict:
+    return yaml.safe_load((ROOT / "inventory/group_vars/all/main.yml").read_text()) or {}
+
+
+def role_defaults(role: str) -> dict:
+    return yaml.safe_load((ROOT / "roles" / role / "defaults/main.yml").read_text()) or {}
+
+
+def play_stages() -> dict[str, str]:
+    """The name of every play of the master playbook -> its stage."""
+    out = {}
+    for stage in STAGES:
+        for play in yaml.safe_load((ROOT / "playbooks" / f"{stage}.yaml").read_text()) or []:
+            out[play["name"].strip()] = stage
+    return out
+
+
+def parse_recap(text: str) -> dict[str, dict]:
+    keys = ("ok", "changed", "unreachable", "failed", "skipped", "rescued", "ignored")
+    tail = text[text.rfind("PLAY RECAP"):] if "PLAY RECAP" in text else ""
+    return {m.group(1): dict(zip(keys, map(int, m.groups()[1:]))) for m in RECAP.finditer(tail)}
+
+
+class Playbook:
+    """One ansible-playbook run: output streamed to the console and to logs/<label>.log,
+    events (tests/rehearsal/callback_plugins) to logs/<label>.events.jsonl, stopped after
+    timeout_s (hang guard)."""
+
+    def __init__(self, label: str, argv: list[str], env: dict, timeout_s: float):
+        self.label, self.argv, self.env, self.timeout_s = label, argv, env, timeout_s
+        self.log = LOGS / f"{label}.log"
+        self.events_file = LOGS / f"{label}.events.jsonl"
+        self.rc: int | None = None
+        self.timed_out = False
+        self.seconds = 0.0
+        self.text = ""
+        self.started = 0.0
+
+    def run(self) -> Playbook:
+        self.events_file.unlink(missing_ok=True)
+        env = {**self.env, "IOT_REHEARSAL_EVENTS": str(self.events_file)}
+        log.info("[%s] + %s", self.label, " ".join(self.argv))
+        self.started = time.time()
+        t0 = time.monotonic()
+        proc = subprocess.Popen(self.argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, bufsize=1, start_new_session=True, errors="replace")
+        done = threading.Event()
+
+        def guard():
+            if done.wait(self.timeout_s):
+                return
+            self.timed_out = True
+            log.error("[%s] still running after %.0fs: stopping it", self.label, self.timeout_s)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            if not done.wait(30):
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+
+        threading.Thread(target=guard, daemon=True).start()
+        chunks = []
+        try:
+            with open(self.log, "w") as out:
+                for line in proc.stdout:
+                    out.write(line)
+                    out.flush()
+                    chunks.append(line)
+                    sys.stdout.write(f"[{self.label}] {line}")
+                    sys.stdout.flush()
+            self.rc = proc.wait()
+        finally:
+            done.set()
+        self.seconds = time.monotonic() - t0
+        self.text = "".join(chunks)
+        log.info("[%s] exit %s after %.0fs", self.label, self.rc, self.seconds)
+        return self
+
+    @property
+    def recap(self) -> dict[str, dict]:
+        return parse_recap(self.text)
+
+    @property
+    def events(self) -> list[dict]:
+        if not self.events_file.exists():
+            return []
+        return [json.loads(line) for line in self.events_file.read_text().splitlines() if line.strip()]
+
+    def stage_times(self) -> dict[str, float]:
+        """Seconds per stage: from a stage's first play start to the next stage's (or the end)."""
+        stages = play_stages()
+        plays: list[list] = []  # [stage, start, ran a task]
+        for e in self.events:
+            if e["event"] == "play":
+                plays.append([stages.get(e["play"], e["play"]), e["t"], False])
+            elif e["event"] == "result" and plays and e["task"] != "Gathering Facts" \
+                    and not e["task"].startswith("Validating arguments against arg spec"):
+                plays[-1][2] = True
+        end = self.started + self.seconds
+        out: dict[str, float] = {}
+        for i, (stage, t, ran) in enumerate(plays):
+            if ran:  # plays whose tasks the tags left out are not stages of this run
+                nxt = plays[i + 1][1] if i + 1 < len(plays) else end
+                out[stage] = round(out.get(stage, 0.0) + nxt - t, 1)
+        return out
+
+    def results(self) -> list[dict]:
+        return [e for e in self.events if e["event"] == "result"]
+
+    def changed_tasks(self) -> list[dict]:
+        return [{"role": e["role"] or f"play: {e['play']}", "task": e["task"], "host": e["host"],
+                 "handler": e["handler"], "items": e["changed_items"]}
+                for e in self.results() if e["changed"] and e["status"] == "ok"]
+
+    def summary(self) -> dict:
+        return {"rc": self.rc, "timed_out": self.timed_out, "seconds": round(self.seconds, 1),
+                "stages_s": self.stage_times(), "recap": self.recap, "log": str(self.log.relative_to(ROOT))}
+
+    def check(self) -> None:
+        if self.timed_out:
+            raise Failed(f"{self.label}: ansible-playbook did not finish within {self.timeout_s:.0f}s "
+                         f"(see {self.log})")
+        bad = {h: r for h, r in self.recap.items() if r["failed"] or r["unreachable"]}
+        if self.rc != 0 or bad or not self.recap:
+            failed = [f"{e['host']}: {e['role'] or e['play']} / {e['task']}: {e['msg']}"
+                      for e in self.results() if e["status"] in ("failed", "unreachable")]
+            raise Failed(f"{self.label}: ansible-playbook exit {self.rc}, recap {bad or self.recap}; "
+                         f"failed tasks: {failed or '-'} (see {self.log})")
+
+
+# --------------------------------------------------------------------------- the rehearsal
+class Rehearsal:
+    # Paths on the VMs: the roles' defaults (iot_app_dir, iot_app_venv, producer_output_dir,
+    # iot_app_config_dir) and the services whose restart an upgrade must show.
+    APP_DIR = "/opt/iot-pipeline/app"
+    VENV = "/opt/iot-pipeline/venv"
+    PRODUCER_OUT = "/var/lib/iot-pipeline/producer"
+    PRODUCER_ENV = "/etc/iot-pipeline/iot-producer.env"
+    UNITS = {"inference": ["iot-inference"], "consumers": ["iot-inference-consumer", "iot-db-consumer"]}
+
+    def __init__(self, args):
+        self.args = args
+        run_dir = Path(args.run_dir)
+        self.s = harness.Settings.load(run_dir) or harness.Settings(run_dir=str(run_dir))
+        self.prefix = group_defaults().get("iot_name_prefix", "iot-pipeline")
+        self.deploy_root = harness.deploy_root()
+        self.deploy_dir = self.deploy_root / self.prefix
+        self.source = self.s.dir / "source"
+        self.mirror: subprocess.Popen | None = None
+        self.stand_in: dict = {}
+        self.results_before: set[Path] = set()
+        self.summary: dict = {"ok": False, "failures": [], "timings_s": {}, "started_at": time.time(),
+                              "machine": {"cpus": os.cpu_count(), "loadavg_at_start": os.getloadavg()},
+                              "settings": {k: v for k, v in vars(args).items()}}
+        self.timings = self.summary["timings_s"]
+
+    # ------------------------------------------------------------------ plumbing
+    @contextlib.contextmanager
+    def step(self, name: str):
+        t0 = time.monotonic()
+        log.info("==== %s", name)
+        try:
+            yield
+        finally:
+            self.timings[name] = round(time.monotonic() - t0, 1)
+            log.info("==== %s: %.0fs", name, self.timings[name])
+
+    def env(self) -> dict:
+        env = {**os.environ, **harness.environment(self.s)}
+        env.update(ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0", ANSIBLE_RETRY_FILES_ENABLED="0",
+                   ANSIBLE_CALLBACK_PLUGINS=str(HERE / "callback_plugins"),
+                   ANSIBLE_CALLBACKS_ENABLED="rehearsal_events", PYTHONUNBUFFERED="1")
+        return env
+
+    def run_vars(self) -> Path:
+        """The rehearsal's own settings, beside the harness's extra-vars.yml."""
+        path = self.s.dir / "run-vars.yml"
+        values = {
+            # The snapshot the bundle is made from (see the module docstring).
+            "iot_app_local_source_dir": str(self.source),
+            # A short sweep.
+            "experiment_producers": self.args.producers,
+            "experiment_images": self.args.images,
+            "experiment_rate": self.args.rate,
+            "experiment_poll": 10,
+        }
+        path.write_text("---\n# Written by tests/rehearsal/run.py\n"
+                        + "".join(f"{k}: {json.dumps(v)}\n" for k, v in values.items()))
+        return path
+
+    def playbook(self, label: str, args: list[str], timeout_s: float,
+                 playbook: str = "playbook_master.yaml") -> Playbook:
+        argv = [str(ANSIBLE_PLAYBOOK), playbook, "-e", f"@{self.s.extra_vars_file}", "-e", f"@{self.run_vars()}",
+                *args]
+        return Playbook(label, argv, self.env(), timeout_s * self.args.timeout_factor).run()
+
+    def inventory(self) -> dict:
+        inv = yaml.safe_load((self.deploy_root / "hosts.yml").read_text())
+        groups = {g: sorted((v or {}).get("hosts") or {}) for g, v in inv["all"]["children"].items()}
+        return {"groups": groups, "vars": inv["all"]["vars"]}
+
+    def container(self, server: str) -> str:
+        """The container of a server (the fake cloud's record)."""
+        st = json.loads(self.s.state_file.read_text())
+        for rec in st.get("servers", {}).values():
+            if rec["name"] == server:
+                return rec["_container"]
+        raise Failed(f"server {server} is not in the fake cloud")
+
+    def vm(self, server: str, script: str, timeout: float = 120, check: bool = True) -> str:
+        proc = docker.docker("exec", "-i", self.container(server), "bash", "-euo", "pipefail", "-s",
+                             input=script, check=False, timeout=timeout)
+        if check and proc.returncode != 0:
+            raise Failed(f"on {server}: {script.strip()[:200]!r} failed ({proc.returncode}): {proc.stderr[-1500:]}")
+        return proc.stdout
+
+    def ssh(self, server: str, command: str, timeout: float = 120, input: str | None = None) -> str:
+        """Through the deployment's own ssh_config, as `make ssh` does."""
+        proc = subprocess.run(["ssh", "-F", str(self.deploy_dir / "ssh_config"), "-o", "BatchMode=yes", server,
+                               command], capture_output=True, text=True, timeout=timeout, input=input)
+        if proc.returncode != 0:
+            raise Failed(f"ssh {server} {command[:160]!r} failed ({proc.returncode}): {proc.stderr[-1500:]}")
+        return proc.stdout
+
+    def results_root(self) -> Path:
+        return self.deploy_dir / "results"
+
+    # ------------------------------------------------------------------ preparation
+    def prepare(self) -> None:
+        with self.step("harness up"):
+            harness.up(self.s, fresh=True)
+        # Controller artefacts of an earlier rehearsal (its results stay).
+        for stale in (self.deploy_root / "hosts.yml", self.deploy_dir / "ssh_config",
+                      self.deploy_dir / "known_hosts", self.deploy_dir / "bundle"):
+            if stale.is_dir():
+                shutil.rmtree(stale)
+            else:
+                stale.unlink(missing_ok=True)
+        # The snapshot of the project the bundle is made from: scripts/bundle.py's own files.
+        sys.path.insert(0, str(ROOT / "scripts"))
+        import bundle
+
+        shutil.rmtree(self.source, ignore_errors=True)
+        for rel in [*bundle.members(ROOT), Path("scripts/bundle.py")]:
+            (self.source / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / rel, self.source / rel)
+        self.results_before = set(self.results_root().glob("cloud-*"))
+
+    def stand_ins(self) -> dict:
+        """What the kafka and mongodb stages would leave: a broker with the topics and a
+        database, each on its server's private IP, reachable through the host firewall."""
+        inv = self.inventory()
+        kafka = inv["groups"]["kafka"][0]
+        mongodb = inv["groups"]["mongodb"][0]
+        cidr = inv["vars"]["iot_private_cidr"]
+        # The kafka and mongodb roles open their client ports to the private network (base
+        # enabled ufw with incoming traffic denied).
+        for server, port, comment in ((kafka, 9092, "kafka"), (mongodb, 27017, "mongodb")):
+            self.vm(server, f"ufw allow from {cidr} to any port {port} proto tcp comment {comment}")
+        bootstrap = services.start_tansu(self.container(kafka), self.s.network, self.s.wheel_url)
+        mongo_uri = services.start_nx27017(self.container(mongodb), self.s.network, self.s.wheel_url)
+        from common.kafka_io import ensure_topics
+        from common.settings import KafkaSettings
+
+        g = group_defaults()
+        settings = KafkaSettings(kafka_bootstrap_servers=bootstrap, images_topic=g["iot_images_topic"],
+                                 results_topic=g["iot_results_topic"], dlq_topic=g["iot_dlq_topic"],
+                                 images_partitions=g["iot_images_partitions"],
+                                 results_partitions=g["iot_results_partitions"])
+        created = ensure_topics(settings, timeout_s=120)
+        return {"kafka": kafka, "mongodb": mongodb, "bootstrap": bootstrap, "mongo_uri": mongo_uri,
+                "topics_created": created}
+
+    def start_mirror(self) -> str:
+        """Stand-ins for the two downloads the kafka and mongodb roles make in check mode
+        (Apache's archive with its .sha512, MongoDB's signing key), served on the gateway."""
+        mirror = self.s.dir / "mirror"
+        k, m = role_defaults("kafka"), role_defaults("mongodb")
+        name = f"kafka_{k['kafka_scala_version']}-{k['kafka_version']}.tgz"
+        archive = mirror / "kafka" / str(k["kafka_version"]) / name
+        archive.parent.mkdir(parents=True, exist_ok=True)
+        raw = io.BytesIO()
+        with tarfile.open(fileobj=raw, mode="w:gz") as tar:
+            data = b"Stand-in for the Kafka release archive (rehearsal, check mode only).\n"
+            info = tarfile.TarInfo(f"{name[:-4]}/README.rehearsal")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        archive.write_bytes(raw.getvalue())
+        (archive.parent / f"{name}.sha512").write_text(f"{hashlib.sha512(raw.getvalue()).hexdigest()}  {name}\n")
+        key = mirror / "mongodb" / f"server-{m['mongodb_version']}.asc"
+        key.parent.mkdir(parents=True, exist_ok=True)
+        key.write_text("-----BEGIN PGP PUBLIC KEY BLOCK-----\n(rehearsal stand-in)\n"
+                       "-----END PGP PUBLIC KEY BLOCK-----\n")
+        if self.mirror is None:
+            self.mirror = subprocess.Popen([sys.executable, "-m", "http.server", str(MIRROR_PORT), "--bind",
+                                            self.s.gateway, "--directory", str(mirror)],
+                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                           start_new_session=True)
+            services.wait_port(self.s.gateway, MIRROR_PORT, 20)
+        return f"http://{self.s.gateway}:{MIRROR_PORT}"
+
+    def check_server_plays(self) -> Playbook:
+        base = self.start_mirror()
+        version = role_defaults("mongodb")["mongodb_version"]
+        pb = self.playbook("run1-check-kafka-mongodb", [
+            "--check", "--tags", "kafka,mongodb",
+            # kafka_mirror is the kafka role's input for a mirror; mongodb_apt_key_url is
+            # computed in the mongodb role's vars/main.yml: overridden for this check only.
+            "-e", f"kafka_mirror={base}/kafka",
+            "-e", f"mongodb_apt_key_url={base}/mongodb/server-{version}.asc"], timeout_s=1800)
+        pb.check()
+        played = {e["play"] for e in pb.events if e["event"] == "play"}
+        for want in ("Install Kafka", "Install MongoDB"):
+            if want not in played:
+                raise Failed(f"check mode: play {want!r} did not run (plays: {sorted(played)})")
+        return pb
+
+    # ------------------------------------------------------------------ MongoDB checks
+    def stored(self, ids: list[str], timeout_s: float) -> tuple[int, list[str]]:
+        """(ids stored with a prediction, the missing ones), polled until all are there or timeout."""
+        import pymongo
+
+        client = pymongo.MongoClient(self.stand_in["mongo_uri"], serverSelectionTimeoutMS=10000)
+        try:
+            coll = client[group_defaults().get("iot_mongodb_database", "iot")]["images"]
+            deadline = time.monotonic() + timeout_s
+            while True:
+                complete = set()
+                for i in range(0, len(ids), 500):
+                    for doc in coll.find({"_id": {"$in": ids[i:i + 500]}}, {"_id": 1, "prediction": 1, "image": 1}):
+                        if doc.get("prediction") and doc.get("image"):
+                            complete.add(doc["_id"])
+                missing = [i for i in ids if i not in complete]
+                if not missing or time.monotonic() > deadline:
+                    return len(complete), missing
+                time.sleep(3)
+        finally:
+            client.close()
+
+    def producers_report(self, root: Path, timeout_s: float) -> dict:
+        """Every producer run under root (a producer.json and its latencies.csv): each image it
+        sent (acknowledged by the broker) must be in MongoDB with a prediction."""
+        out = {"producers": 0, "attempted": 0, "acknowledged": 0, "failed": 0}
+        ids: list[str] = []
+        sent_at: list[float] = []
+        for d in sorted(p.parent for p in root.rglob("producer.json")):
+            record = json.loads((d / "producer.json").read_text())
+            with open(d / "latencies.csv", newline="") as fh:
+                rows = list(csv.DictReader(fh))
+            failed = set(record.get("failed_images") or {})
+            out["producers"] += 1
+            out["attempted"] += int(record.get("attempted", len(rows)))
+            out["acknowledged"] += int(record.get("acknowledged", len(rows) - len(failed)))
+            out["failed"] += len(failed)
+            ids += [r["image_id"] for r in rows if r["image_id"] not in failed]
+            sent_at += [float(r["sent_at"]) for r in rows if r.get("sent_at")]
+        out["images_sent"] = len(ids)
+        out["first_sent_at"], out["last_sent_at"] = (min(sent_at), max(sent_at)) if sent_at else (None, None)
+        complete, missing = self.stored(ids, timeout_s)
+        out["stored_with_prediction"] = complete
+        out["missing_count"] = len(missing)
+        out["missing"] = missing[:50]
+        self.sent_at = sent_at
+        return out
+
+    # ------------------------------------------------------------------ run 1
+    def run1(self) -> None:
+        r1 = self.summary["run1"] = {}
+        with self.step("run 1 (cold): provision, base, app"):
+            a = self.playbook("run1-provision-base-app", ["--tags", "provision,base,app"], timeout_s=5400)
+        r1["provision_base_app"] = a.summary()
+        self.timings.update({f"  run 1 stage {k}": v for k, v in a.stage_times().items()})
+        a.check()
+        with self.step("run 1 (cold): kafka, mongodb stand-ins (harness services, ports, topics)"):
+            self.stand_in = self.stand_ins()
+        r1["stand_ins"] = self.stand_in
+        with self.step("run 1 (cold): kafka, mongodb plays in --check mode"):
+            c = self.check_server_plays()
+        r1["check_mode"] = c.summary()
+        with self.step("run 1 (cold): inference, consumers, producer, experiment, analyze"):
+            b = self.playbook("run1-inference-to-analyze",
+                              ["--tags", "inference,consumers,producer,experiment,analyze"], timeout_s=5400)
+        r1["inference_to_analyze"] = b.summary()
+        self.timings.update({f"  run 1 stage {k}": v for k, v in b.stage_times().items()})
+        b.check()
+        with self.step("run 1: images checked in MongoDB"):
+            self.verify_run1()
+
+    def verify_run1(self) -> None:
+        new = sorted(set(self.results_root().glob("cloud-*")) - self.results_before)
+        if len(new) != 1:
+            raise Failed(f"expected one new cloud-* run in {self.results_root()}, found {new}")
+        run = new[0]
+        cdf = run / "report" / "latency_cdf.png"
+        record = json.loads((run / "experiment.json").read_text())
+        report = self.producers_report(run, timeout_s=120)
+        self.summary["run1"]["experiment"] = {
+            "dir": str(run.relative_to(ROOT)), "latency_cdf": str(cdf.relative_to(ROOT)),
+            "latency_cdf_exists": cdf.is_file() and cdf.stat().st_size > 0,
+            "runs": [{"producers": r["producers"],
+                      **{k: r["summary"].get(k) for k in ("sent", "results", "stored_with_prediction", "lost",
+                                                          "duplicate_documents", "model")},
+                      "e2e_p50_ms": (r["summary"].get("e2e_ms") or {}).get("p50"),
+                      "e2e_p95_ms": (r["summary"].get("e2e_ms") or {}).get("p95")} for r in record["runs"]],
+            "images": report}
+        if not cdf.is_file() or cdf.stat().st_size == 0:
+            raise Failed(f"no {cdf}")
+        want = sum(self.args.producers) * self.args.images
+        if report["producers"] != sum(self.args.producers) or report["images_sent"] != want:
+            raise Failed(f"experiment: {report['producers']} producer runs sent {report['images_sent']} images; "
+                         f"expected {sum(self.args.producers)} runs and {want} images")
+        if report["missing_count"] or report["failed"]:
+            raise Failed(f"experiment: {report['missing_count']} image(s) sent but not stored with a "
+                         f"prediction ({report['missing'][:10]}), {report['failed']} not acknowledged")
+        shutil.copy2(cdf, RESULTS / "latency_cdf.png")
+
+    # ------------------------------------------------------------------ run 2
+    def whole_playbook(self, label: str) -> Playbook:
+        return self.playbook(label, ["--skip-tags", f"experiment,analyze,{SERVER_TAGS}"], timeout_s=3600)
+
+    def run2(self) -> None:
+        with self.step("run 2 (warm): whole playbook"):
+            pb = self.whole_playbook("run2-idempotence")
+        self.timings.update({f"  run 2 stage {k}": v for k, v in pb.stage_times().items()})
+        ran = sorted({e["role"] for e in pb.results() if e["role"] and e["status"] != "skipped"})
+        changed = pb.changed_tasks()
+        by_role = {r: 0 for r in ran}
+        for c in changed:
+            by_role[c["role"]] = by_role.get(c["role"], 0) + 1
+        self.summary["run2"] = {**pb.summary(), "roles_ran": ran, "changed_by_role": by_role,
+                                "changed_tasks": changed}
+        pb.check()
+        recap_changed = {h: r["changed"] for h, r in pb.recap.items() if r["changed"]}
+        if changed or recap_changed:
+            raise Failed("run 2 is not idempotent: " + "; ".join(
+                f"{c['role']} / {c['task']} on {c['host']}" + (f" {c['items']}" if c["items"] else "")
+                for c in changed) + f" (recap: changed {recap_changed})")
+
+    # ------------------------------------------------------------------ run 3
+    def services_state(self) -> dict:
+        """Per service: MainPID, state, the directory it runs from and the release the code
+        directory points at."""
+        inv = self.inventory()
+        out = {}
+        for group, units in self.UNITS.items():
+            for host in inv["groups"][group]:
+                for unit in units:
+                    text = self.vm(host, f"""
+pid=$(systemctl show -p MainPID --value {unit})
+echo "pid=$pid"
+echo "active=$(systemctl is-active {unit} || true)"
+echo "cwd=$(readlink -f /proc/$pid/cwd || true)"
+echo "release=$(readlink -f {self.APP_DIR})"
+echo "unit_release=$(systemctl show -p Environment --value {unit} | tr ' ' '\\n' | sed -n 's/^IOT_APP_RELEASE=//p')"
+""")
+                    out[f"{host}/{unit}"] = dict(line.split("=", 1) for line in text.split())
+        return out
+
+    def start_upgrade_producer(self, tag: str, server: str) -> None:
+        """Producer batches in a loop (a transient unit with the producer role's environment),
+        until a STOP file appears: each batch sends, then waits for all its results."""
+        d = f"{self.PRODUCER_OUT}/{tag}"
+        script = f"""#!/bin/bash
+# Written by tests/rehearsal/run.py: producer batches across the upgrade.
+i=0
+while [ ! -e {d}/STOP ]; do
+  i=$((i + 1))
+  out={d}/batch-$(printf %03d "$i")
+  mkdir -p "$out"
+  {self.VENV}/bin/python -m producer --count {self.args.upgrade_batch} --rate {self.args.upgrade_rate} \\
+    --devices 2 --producer-id {tag}-$i --out "$out" --result-timeout 1200 --no-progress > "$out/producer.log" 2>&1
+  echo "$i $?" >> {d}/status
+done
+echo done >> {d}/status
+"""
+        self.ssh(server, f"sudo install -d -o iot -g iot -m 0750 {d} && sudo tee {d}/loop.sh > /dev/null", input=script)
+        self.ssh(server, f"sudo systemd-run --unit={tag} --description='rehearsal: producer across the upgrade' "
+                         f"--uid=iot --gid=iot --working-directory={self.APP_DIR} "
+                         f"--property=EnvironmentFile={self.PRODUCER_ENV} --property=SyslogIdentifier=iot-producer "
+                         f"--setenv=PYTHONUNBUFFERED=1 --remain-after-exit -- /bin/bash {d}/loop.sh")
+
+    def stop_upgrade_producer(self, tag: str, server: str, timeout_s: float = 1800) -> Path:
+        d = f"{self.PRODUCER_OUT}/{tag}"
+        self.ssh(server, f"sudo touch {d}/STOP")
+        deadline = time.monotonic() + timeout_s
+        while True:
+            state = self.vm(server, f"systemctl show -p SubState --value {tag}.service", check=False).strip()
+            if state in ("exited", "failed", "dead", ""):
+                break
+            if time.monotonic() > deadline:
+                raise Failed(f"the upgrade producer {tag} did not finish within {timeout_s:.0f}s")
+            time.sleep(5)
+        self.vm(server, f"systemctl stop {tag}.service; systemctl reset-failed {tag}.service", check=False)
+        local = RESULTS / "upgrade-producer"
+        shutil.rmtree(local, ignore_errors=True)
+        local.mkdir(parents=True)
+        proc = subprocess.run([docker.docker_bin(), "exec", self.container(server), "tar", "-C", d, "-cf", "-", "."],
+                              capture_output=True, timeout=300, check=True)
+        with tarfile.open(fileobj=io.BytesIO(proc.stdout)) as tar:
+            tar.extractall(local, filter="data")
+        return local
+
+    def run3(self) -> None:
+        producer = self.inventory()["groups"]["producers"][0]
+        before = self.services_state()
+        tag = f"rehearsal-upgrade-{self.s.run_id}"
+        marker = self.source / "common" / "__init__.py"
+        original = marker.read_text()
+        line = f"# rehearsal upgrade {time.strftime('%Y-%m-%dT%H:%M:%S')}: a harmless code change\n"
+        r3 = self.summary["run3"] = {"code_change": f"common/__init__.py of the shipped snapshot: + {line.strip()}"}
+        pb = None
+        try:
+            marker.write_text(original + ("" if original.endswith("\n") or not original else "\n") + line)
+            with self.step("run 3 (upgrade): producer started on the producer VM"):
+                self.start_upgrade_producer(tag, producer)
+                time.sleep(15)  # images on their way before the playbook starts
+            with self.step("run 3 (upgrade): whole playbook with a code change"):
+                pb = self.whole_playbook("run3-upgrade")
+            self.timings.update({f"  run 3 stage {k}": v for k, v in pb.stage_times().items()})
+            r3.update(pb.summary())
+            time.sleep(15)  # and some after it ended
+        finally:
+            marker.write_text(original)
+            with self.step("run 3 (upgrade): producer stopped"):
+                local = self.stop_upgrade_producer(tag, producer)
+        pb.check()
+        after = self.services_state()
+        handlers = [e for e in pb.results() if e["handler"]]
+        r3["handlers"] = [{k: e[k] for k in ("role", "task", "host", "status", "changed")} for e in handlers]
+        r3["services_before"], r3["services_after"] = before, after
+        status = local / "status"
+        r3["producer_batches"] = [ln for ln in status.read_text().splitlines() if ln.strip()] if status.exists() else []
+        with self.step("run 3 (upgrade): images checked in MongoDB"):
+            report = r3["producer"] = self.producers_report(local, timeout_s=900)
+        # When the services restarted, and how many images were sent before, during, after.
+        windows = {}
+        for role, restart, ready in (("inference", "Restart iot-inference", "Wait until the model is loaded (/readyz)"),
+                                     ("consumers", "Restart the consumers", "Check that the consumers stay active")):
+            starts = [e["t"] for e in pb.events if e["event"] == "task" and e["handler"] and e["role"] == role
+                      and e["task"] == restart]
+            ends = [e["t"] for e in pb.results() if e["role"] == role and e["task"] == ready and e["status"] == "ok"]
+            if starts and ends:
+                t0, t1 = min(starts), max(ends)
+                windows[role] = {"restart_to_ready_s": round(t1 - t0, 1),
+                                 "images_sent_before": sum(1 for t in self.sent_at if t < t0),
+                                 "images_sent_during": sum(1 for t in self.sent_at if t0 <= t <= t1),
+                                 "images_sent_after": sum(1 for t in self.sent_at if t > t1)}
+        r3["restart_windows"] = windows
+        problems = []
+        for role, restart in (("inference", "Restart iot-inference"), ("consumers", "Restart the consumers")):
+            if not any(e["role"] == role and e["task"] == restart and e["status"] == "ok" for e in handlers):
+                problems.append(f"handler {role} / {restart} did not run")
+        for name, st in after.items():
+            old = before.get(name, {})
+            if st.get("active") != "active":
+                problems.append(f"{name} is {st.get('active')} after the upgrade")
+            if st.get("pid") == old.get("pid"):
+                problems.append(f"{name} was not restarted (MainPID {st.get('pid')})")
+            if st.get("release") == old.get("release"):
+                problems.append(f"{name}: the code directory still points at {st.get('release')}")
+            if st.get("cwd") != st.get("release"):
+                problems.append(f"{name} runs from {st.get('cwd')}, not the new release {st.get('release')}")
+        bad = [ln for ln in r3["producer_batches"] if ln != "done" and not ln.endswith(" 0")]
+        if bad:
+            problems.append(f"producer batches exited non-zero (batch exit): {bad}")
+        if report["missing_count"] or report["failed"] or not report["images_sent"]:
+            problems.append(f"producer: {report['images_sent']} images sent, {report['missing_count']} not stored "
+                            f"with a prediction ({report['missing'][:10]}), {report['failed']} not acknowledged")
+        for role in ("inference", "consumers"):
+            w = windows.get(role)
+            if not w or not w["images_sent_before"] or not w["images_sent_after"]:
+                problems.append(f"the producer did not send across the {role} restart: {w}")
+        if problems:
+            raise Failed("run 3: " + "; ".join(problems))
+
+    # ------------------------------------------------------------------ teardown
+    def teardown(self) -> None:
+        lease = f"{self.prefix}-lease"
+        with self.step("teardown: playbooks/teardown.yaml"):
+            # -v: the lease delete's output (blazarclient's "Deleted lease: <name>") is printed.
+            pb = self.playbook("teardown", ["-v"], timeout_s=1200, playbook="playbooks/teardown.yaml")
+        st = json.loads(self.s.state_file.read_text())
+        deletes = [c for c in st.get("calls", []) if c.get("name") == "reservation lease delete"]
+        show = subprocess.run([sys.executable, str(harness.BIN / "openstack"), "--os-cloud", self.s.cloud,
+                               "reservation", "lease", "show", lease, "-f", "json"], env=self.env(),
+                              capture_output=True, text=True, timeout=60)
+        left = docker.containers_with_label("iot-rehearsal=server")
+        td = self.summary["teardown"] = {
+            **pb.summary(), "deleted_lease_line": next((ln.strip() for ln in pb.text.splitlines() if "Deleted lease:" in ln
+                                                        and "stdout_lines" not in ln), None),
+            "lease_delete_calls": [{"rc": c.get("rc"), "error": c.get("error")} for c in deletes],
+            "lease_show_after": (show.stdout + show.stderr).strip()[:300], "leases_left": list(st.get("leases", {})),
+            "servers_left": [r["name"] for r in st.get("servers", {}).values()], "containers_left": left}
+        pb.check()
+        problems = []
+        if not any(c.get("rc") == 0 for c in deletes):
+            problems.append(f"the fake Blazar recorded no successful lease delete ({deletes})")
+        if st.get("leases") or show.returncode == 0:
+            problems.append(f"lease {lease} still exists: {td['lease_show_after']}")
+        if st.get("servers") or left:
+            problems.append(f"servers left: {td['servers_left']}, containers {left}")
+        if problems:
+            raise Failed("teardown: " + "; ".join(problems))
+
+    # ------------------------------------------------------------------ main
+    def main(self) -> int:
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        LOGS.mkdir(parents=True, exist_ok=True)
+        for old in LOGS.glob("*"):
+            old.unlink()
+        t0 = time.monotonic()
+        started = False
+        try:
+            started = True
+            self.prepare()
+            self.run1()
+            self.run2()
+            if not self.args.skip_upgrade:
+                self.run3()
+        except Failed as exc:
+            self.summary["failures"].append(str(exc))
+            log.error("FAILED: %s", exc)
+        except Exception as exc:  # noqa: BLE001 - recorded; the teardown still runs
+            self.summary["failures"].append(f"{type(exc).__name__}: {exc}")
+            log.exception("error")
+        finally:
+            if started and not self.args.keep and self.s.state_file.exists():
+                try:
+                    self.teardown()
+                except Exception as exc:  # noqa: BLE001
+                    self.summary["failures"].append(f"teardown: {exc}")
+                    log.error("teardown: %s", exc)
+            if self.mirror is not None:
+                self.mirror.terminate()
+                self.mirror.wait(10)
+            if not self.args.keep:
+                with self.step("harness teardown"):
+                    for line in harness.teardown(self.s):
+                        log.info("removed %s", line)
+            self.summary["total_s"] = round(time.monotonic() - t0, 1)
+            self.summary["finished_at"] = time.time()
+            self.summary["ok"] = not self.summary["failures"]
+            (RESULTS / "summary.json").write_text(json.dumps(self.summary, indent=1, default=str) + "\n")
+            print(render(self.summary))
+        return 0 if self.summary["ok"] else 1
+
+
+def render(s: dict) -> str:
+    """The summary for people (the JSON has everything)."""
+    lines = ["", "=" * 78, f"deploy rehearsal: {'PASSED' if s['ok'] else 'FAILED'}  (total "
+             f"{s.get('total_s', 0) / 60:.1f} min, results/rehearsal/summary.json)", "-" * 78, "timings:"]
+    width = max((len(k) for k in s["timings_s"]), default=10)
+    lines += [f"  {k.ljust(width)}  {v:8.1f} s" for k, v in s["timings_s"].items()]
+    r1 = s.get("run1", {})
+    if "check_mode" in r1:
+        lines.append(f"run 1: kafka + mongodb plays in --check mode: exit {r1['check_mode']['rc']}, "
+                     f"recap {r1['check_mode']['recap']}")
+    if "experiment" in r1:
+        e = r1["experiment"]
+        lines.append(f"run 1: experiment {e['dir']}: images sent {e['images']['images_sent']}, stored with a "
+                     f"prediction {e['images']['stored_with_prediction']}; report/latency_cdf.png "
+                     f"{'present' if e['latency_cdf_exists'] else 'MISSING'}")
+    if "run2" in s:
+        lines.append(f"run 2: changed tasks per role {s['run2']['changed_by_role']}")
+        lines += [f"  changed: {c['role']} / {c['task']} on {c['host']}" for c in s["run2"]["changed_tasks"]]
+    r3 = s.get("run3", {})
+    if "handlers" in r3:
+        restarts = sorted({f"{h['role']}: {h['task']}" for h in r3["handlers"] if "Restart" in h["task"]})
+        lines.append(f"run 3: handlers {restarts}")
+    if "producer" in r3:
+        p = r3["producer"]
+        lines.append(f"run 3: producer across the upgrade: {p['images_sent']} images sent, "
+                     f"{p['stored_with_prediction']} stored with a prediction, {p['missing_count']} missing")
+        for role, w in r3.get("restart_windows", {}).items():
+            lines.append(f"  {role} restart ({w['restart_to_ready_s']} s to ready): images sent before "
+                         f"{w['images_sent_before']}, during {w['images_sent_during']}, after {w['images_sent_after']}")
+    if "teardown" in s:
+        lines.append(f"teardown: {s['teardown'].get('deleted_lease_line')}; leases left "
+                     f"{s['teardown']['leases_left']}, servers left {s['teardown']['servers_left']}")
+    lines += [f"FAILURE: {f}" for f in s["failures"]]
+    lines.append("=" * 78)
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m tests.rehearsal.run", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--run-dir", default=str(harness.DEFAULT_RUN_DIR), help="the harness's run dir")
+    ap.add_argument("--keep", action="store_true", help="no teardown at the end (inspect the containers)")
+    ap.add_argument("--skip-upgrade", action="store_true", help="no third run")
+    ap.add_argument("--producers", type=int, nargs="+", default=[1, 2], help="experiment_producers (default 1 2)")
+    ap.add_argument("--images", type=int, default=20, help="experiment_images (default 20)")
+    ap.add_argument("--rate", type=float, default=5, help="experiment_rate (default 5)")
+    ap.add_argument("--upgrade-batch", type=int, default=40, help="images per producer batch in run 3 (default 40)")
+    ap.add_argument("--upgrade-rate", type=float, default=4, help="images/s of the producer in run 3 (default 4)")
+    ap.add_argument("--timeout-factor", type=float, default=float(os.environ.get("IOT_REHEARSAL_TIMEOUT_FACTOR", 1)),
+                    help="multiplies each ansible-playbook's hang guard (default 1: 90 min for the first run's "
+                         "halves, 60 min for the others)")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s",
+                        datefmt="%H:%M:%S")
+    logging.getLogger("kafka").setLevel(logging.WARNING)
+    if os.geteuid() != 0:
+        print("deploy rehearsal: run it as root (Docker, debootstrap): sudo make deploy-rehearsal", file=sys.stderr)
+        return 2
+    if not ANSIBLE_PLAYBOOK.exists():
+        print(f"deploy rehearsal: {ANSIBLE_PLAYBOOK} not found: run `make venv`", file=sys.stderr)
+        return 2
+    return Rehearsal(args).main()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,114 @@
+"""The deploy rehearsal (tests/rehearsal/run.py, `make deploy-rehearsal`).
+
+Without Docker, in `make test` (a few seconds): the event callback and the recap parsing
+the rehearsal judges the runs with, on a small local playbook.  The rehearsal itself (root,
+Docker, about an hour on two busy cores) runs only with IOT_REHEARSAL=1:
+
+    sudo IOT_REHEARSAL=1 .venv/bin/python -m pytest -q tests/rehearsal/test_rehearsal.py
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from tests.rehearsal import run
+
+ANSIBLE_PLAYBOOK = Path(sys.executable).parent / "ansible-playbook"
+
+
+@pytest.fixture
+def local_playbook(tmp_path):
+    """A two-play playbook on localhost with a changed task, an unchanged one, a skipped
+    one, a looped one and a handler; its output and events as the rehearsal reads them."""
+    if not ANSIBLE_PLAYBOOK.exists():
+        pytest.skip("ansible-playbook is not installed")
+    book = tmp_path / "book.yml"
+    book.write_text(textwrap.dedent(f"""\
+        - name: First play
+          hosts: localhost
+          connection: local
+          gather_facts: false
+          tasks:
+            - name: Change something
+              ansible.builtin.copy:
+                content: "x\\n"
+                dest: {tmp_path}/file
+                mode: "0644"
+              notify: Say it
+            - name: Change nothing
+              ansible.builtin.command: "true"
+              changed_when: false
+            - name: Skip
+              ansible.builtin.command: "true"
+              when: false
+            - name: Loop
+              ansible.builtin.command: echo {{{{ item }}}}
+              changed_when: item == 'b'
+              loop: [a, b]
+          handlers:
+            - name: Say it
+              ansible.builtin.debug:
+                msg: changed
+        - name: Second play
+          hosts: localhost
+          connection: local
+          gather_facts: false
+          tasks:
+            - name: Nothing
+              ansible.builtin.debug:
+                msg: hi
+        """))
+    env = {**os.environ, "ANSIBLE_CALLBACK_PLUGINS": str(run.HERE / "callback_plugins"),
+           "ANSIBLE_CALLBACKS_ENABLED": "rehearsal_events", "ANSIBLE_NOCOLOR": "1",
+           "ANSIBLE_LOCALHOST_WARNING": "0", "ANSIBLE_INVENTORY_UNPARSED_WARNING": "0"}
+    pb = run.Playbook("test-callback", [str(ANSIBLE_PLAYBOOK), "-i", "localhost,", str(book)], env, 300)
+    pb.log = tmp_path / "book.log"
+    pb.events_file = tmp_path / "book.events.jsonl"
+    return pb.run()
+
+
+def test_events_and_recap(local_playbook):
+    pb = local_playbook
+    assert pb.rc == 0 and not pb.timed_out
+    assert pb.recap == {"localhost": {"ok": 5, "changed": 2, "unreachable": 0, "failed": 0, "skipped": 1,
+                                      "rescued": 0, "ignored": 0}}
+    changed = pb.changed_tasks()
+    assert [(c["task"], c["handler"], c["items"]) for c in changed] == [
+        ("Change something", False, []), ("Loop", False, ["b"])]
+    assert [e["task"] for e in pb.results() if e["handler"]] == ["Say it"]
+    assert [e["play"] for e in pb.events if e["event"] == "play"] == ["First play", "Second play"]
+    stages = pb.stage_times()
+    assert list(stages) == ["First play", "Second play"] and all(v >= 0 for v in stages.values())
+    assert json.loads(pb.events_file.read_text().splitlines()[-1])["event"] == "stats"
+    pb.check()
+
+
+def test_recap_of_a_failure():
+    text = ("PLAY RECAP ****\nh1   : ok=3    changed=1    unreachable=0    failed=1    skipped=0    "
+            "rescued=0    ignored=0\nlocalhost : ok=1 changed=0 unreachable=0 failed=0 skipped=2 rescued=0 "
+            "ignored=0\n")
+    recap = run.parse_recap(text)
+    assert recap["h1"]["failed"] == 1 and recap["localhost"]["skipped"] == 2
+
+
+def test_every_play_of_the_master_playbook_has_a_stage():
+    stages = run.play_stages()
+    assert set(stages.values()) == set(run.STAGES)
+    assert stages["Install Kafka"] == "kafka" and stages["Install MongoDB"] == "mongodb"
+
+
+@pytest.mark.skipif(os.environ.get("IOT_REHEARSAL") != "1",
+                    reason="the whole deploy rehearsal (root, Docker, ~1 h): set IOT_REHEARSAL=1")
+def test_deploy_rehearsal():
+    assert shutil.which("docker") and shutil.which("debootstrap"), "run scripts/install-system-packages.sh"
+    proc = subprocess.run([sys.executable, "-m", "tests.rehearsal.run"], cwd=run.ROOT, timeout=4 * 3600)
+    summary = json.loads((run.RESULTS / "summary.json").read_text())
+    assert proc.returncode == 0 and summary["ok"], summary["failures"]
