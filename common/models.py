@@ -312,7 +312,7 @@ class ModelInfo(BaseModel):
     input_size: int = Field(ge=1)
     classes: list[str]
     untrained: bool = Field(description="random weights: labels are meaningless")
-    weights_sha256: str | SkipJsonSchema[None] = Field(
+    weights_sha256: str | None = Field(
         None, description="sha256 of the weights file (MODEL_WEIGHTS=<file>, e.g. from make train)")
     max_request_images: int = Field(ge=1)
     model_batch_max_images: int = Field(ge=1)

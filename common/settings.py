@@ -104,7 +104,7 @@ class DlqToolSettings(BaseSettings):
 
     # Reading the DLQ ends at the end offsets asked at the start, or after this long
     # without a record (a broker whose end offsets are approximate, as tansu's are).
-    dlq_read_idle_ms: int = Field(3000, ge=1)
+    dlq_read_idle_ms: int = Field(10_000, ge=1)
 
 
 class InferenceClientSettings(BaseSettings):

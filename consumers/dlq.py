@@ -93,9 +93,9 @@ def read_dlq(kafka: KafkaSettings, idle_ms: int, at: tuple[int, int] | None = No
         end = consumer.end_offsets(tps)
         entries: list[Entry] = []
         last = time.monotonic()
-        while any(consumer.position(tp) < end[tp] for tp in tps):
-            if at is not None and entries:
-                break
+        # One record asked for: read until it (or a later one) arrives, whatever the end
+        # offsets say (tansu's are approximate); a busy broker may take seconds to answer.
+        while (not entries) if at is not None else any(consumer.position(tp) < end[tp] for tp in tps):
             polled = consumer.poll(timeout_ms=200)
             for batch in polled.values():
                 for record in batch:
