@@ -9,6 +9,7 @@ component's.  This file is executed by the *master*: it must import nothing heav
 """
 
 import os
+import stat
 import sys
 
 # The project root, so that the settings import whatever the working directory
@@ -80,9 +81,23 @@ if _s.gunicorn_control_socket:
 else:
     control_socket_disable = True
 
+
+def _stderr_file() -> str:
+    """stderr as a file Gunicorn can open: /dev/stderr, except where stderr is a socket,
+    as in a systemd unit with StandardError=journal (the VMs), whose /dev/stderr open()
+    refuses with ENXIO ("No such device or address") and Gunicorn exits; there "-"
+    (stdout), which goes to the same journal."""
+    try:
+        if stat.S_ISSOCK(os.fstat(2).st_mode):
+            return "-"
+    except OSError:
+        return "-"
+    return "/dev/stderr" if os.path.exists("/dev/stderr") else "-"
+
+
 # Logs: everything to stderr, access log included ("-" would send it to stdout).
 errorlog = "-"
-accesslog = _s.gunicorn_accesslog or ("/dev/stderr" if os.path.exists("/dev/stderr") else "-")
+accesslog = _s.gunicorn_accesslog or _stderr_file()
 loglevel = _s.log_level.lower()
 # Client, request line, status, bytes, duration in seconds, worker pid.
 access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(L)ss pid=%(p)s'

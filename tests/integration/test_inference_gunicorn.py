@@ -141,6 +141,19 @@ def test_gunicorn_config_values_come_from_env(monkeypatch):
         runpy.run_path(str(ROOT / "inference/gunicorn.conf.py"))
 
 
+def test_access_log_when_stderr_is_the_journal():
+    """Under systemd (StandardError=journal) stderr is a socket, which open("/dev/stderr")
+    refuses (ENXIO) and Gunicorn would exit: the access log goes to "-" there."""
+    code = ("import runpy; c = runpy.run_path('inference/gunicorn.conf.py'); print(c['accesslog'])")
+    a, b = socket.socketpair()
+    with a, b:
+        out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, stderr=a.fileno(),
+                             text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == "-"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == "/dev/stderr", out.stderr[-2000:]
+
+
 def test_app_modules_do_not_import_tensorflow():
     """Only the worker's loader thread imports TF; building the app object must not."""
     code = ("import sys, inference, inference.api, inference.engine, inference.batcher, "

@@ -28,6 +28,11 @@ do not count as code changes and run 3's change never touches the checkout.
 Writes results/rehearsal/summary.json (timings per stage, recaps, changed tasks, checks)
 and results/rehearsal/logs/ (each ansible-playbook's output and its events).  Needs root
 (Docker, debootstrap) and the project's .venv.  Exit status 0 when every check passed.
+
+One module of about 800 lines on purpose: the steps share one state (the harness's
+settings, the generated inventory, the stand-ins, the summary) and read top to bottom
+in the order they run; `Playbook` (one ansible-playbook run, its recap and its events)
+is the part tests/rehearsal/test_rehearsal.py checks on its own.
 """
 
 from __future__ import annotations
@@ -173,7 +178,7 @@ class Playbook:
             if e["event"] == "play":
                 plays.append([stages.get(e["play"], e["play"]), e["t"], False])
             elif e["event"] == "result" and plays and e["task"] != "Gathering Facts" \
-                    and not e["task"].startswith("Validating arguments against arg spec"):
+                    and "Validating arguments against arg spec" not in e["task"]:
                 plays[-1][2] = True
         end = self.started + self.seconds
         out: dict[str, float] = {}
@@ -188,7 +193,7 @@ class Playbook:
 
     def changed_tasks(self) -> list[dict]:
         return [{"role": e["role"] or f"play: {e['play']}", "task": e["task"], "host": e["host"],
-                 "handler": e["handler"], "items": e["changed_items"]}
+                 "handler": e["handler"], "items": e["changed_items"], "play": e["play"]}
                 for e in self.results() if e["changed"] and e["status"] == "ok"]
 
     def summary(self) -> dict:
@@ -448,7 +453,7 @@ class Rehearsal:
         with self.step("run 1 (cold): provision, base, app"):
             a = self.playbook("run1-provision-base-app", ["--tags", "provision,base,app"], timeout_s=5400)
         r1["provision_base_app"] = a.summary()
-        self.timings.update({f"  run 1 stage {k}": v for k, v in a.stage_times().items()})
+        self.timings.update({f"run 1 stage: {k}": v for k, v in a.stage_times().items()})
         a.check()
         with self.step("run 1 (cold): kafka, mongodb stand-ins (harness services, ports, topics)"):
             self.stand_in = self.stand_ins()
@@ -460,7 +465,7 @@ class Rehearsal:
             b = self.playbook("run1-inference-to-analyze",
                               ["--tags", "inference,consumers,producer,experiment,analyze"], timeout_s=5400)
         r1["inference_to_analyze"] = b.summary()
-        self.timings.update({f"  run 1 stage {k}": v for k, v in b.stage_times().items()})
+        self.timings.update({f"run 1 stage: {k}": v for k, v in b.stage_times().items()})
         b.check()
         with self.step("run 1: images checked in MongoDB"):
             self.verify_run1()
@@ -484,6 +489,13 @@ class Rehearsal:
             "images": report}
         if not cdf.is_file() or cdf.stat().st_size == 0:
             raise Failed(f"no {cdf}")
+        # The analyze stage's report: one row per configuration, like the experiment's own.
+        with open(run / "report" / "percentiles.csv", newline="") as fh:
+            rows = sorted(r["run"] for r in csv.DictReader(fh))
+        self.summary["run1"]["experiment"]["report_runs"] = rows
+        if rows != sorted(r["dir"] for r in record["runs"]):
+            raise Failed(f"analyze: report/percentiles.csv has {rows}, not the configurations "
+                         f"{[r['dir'] for r in record['runs']]}")
         want = sum(self.args.producers) * self.args.images
         if report["producers"] != sum(self.args.producers) or report["images_sent"] != want:
             raise Failed(f"experiment: {report['producers']} producer runs sent {report['images_sent']} images; "
@@ -500,7 +512,7 @@ class Rehearsal:
     def run2(self) -> None:
         with self.step("run 2 (warm): whole playbook"):
             pb = self.whole_playbook("run2-idempotence")
-        self.timings.update({f"  run 2 stage {k}": v for k, v in pb.stage_times().items()})
+        self.timings.update({f"run 2 stage: {k}": v for k, v in pb.stage_times().items()})
         ran = sorted({e["role"] for e in pb.results() if e["role"] and e["status"] != "skipped"})
         changed = pb.changed_tasks()
         by_role = {r: 0 for r in ran}
@@ -528,7 +540,7 @@ class Rehearsal:
 pid=$(systemctl show -p MainPID --value {unit})
 echo "pid=$pid"
 echo "active=$(systemctl is-active {unit} || true)"
-echo "cwd=$(readlink -f /proc/$pid/cwd || true)"
+echo "cwd=$(runuser -u iot -- readlink -f /proc/$pid/cwd || true)"
 echo "release=$(readlink -f {self.APP_DIR})"
 echo "unit_release=$(systemctl show -p Environment --value {unit} | tr ' ' '\\n' | sed -n 's/^IOT_APP_RELEASE=//p')"
 """)
@@ -588,20 +600,23 @@ echo done >> {d}/status
         line = f"# rehearsal upgrade {time.strftime('%Y-%m-%dT%H:%M:%S')}: a harmless code change\n"
         r3 = self.summary["run3"] = {"code_change": f"common/__init__.py of the shipped snapshot: + {line.strip()}"}
         pb = None
+        producing = False
         try:
             marker.write_text(original + ("" if original.endswith("\n") or not original else "\n") + line)
             with self.step("run 3 (upgrade): producer started on the producer VM"):
                 self.start_upgrade_producer(tag, producer)
+                producing = True
                 time.sleep(15)  # images on their way before the playbook starts
             with self.step("run 3 (upgrade): whole playbook with a code change"):
                 pb = self.whole_playbook("run3-upgrade")
-            self.timings.update({f"  run 3 stage {k}": v for k, v in pb.stage_times().items()})
+            self.timings.update({f"run 3 stage: {k}": v for k, v in pb.stage_times().items()})
             r3.update(pb.summary())
             time.sleep(15)  # and some after it ended
         finally:
             marker.write_text(original)
-            with self.step("run 3 (upgrade): producer stopped"):
-                local = self.stop_upgrade_producer(tag, producer)
+            if producing:
+                with self.step("run 3 (upgrade): producer stopped"):
+                    local = self.stop_upgrade_producer(tag, producer)
         pb.check()
         after = self.services_state()
         handlers = [e for e in pb.results() if e["handler"]]
@@ -625,6 +640,10 @@ echo done >> {d}/status
                                  "images_sent_during": sum(1 for t in self.sent_at if t0 <= t <= t1),
                                  "images_sent_after": sum(1 for t in self.sent_at if t > t1)}
         r3["restart_windows"] = windows
+        # What changed in the service stages (the app stage switched the code): the unit files,
+        # which name the release, are what restart the services there.
+        r3["changed_in_service_stages"] = [f"{c['role']} / {c['task']} on {c['host']}" for c in pb.changed_tasks()
+                                           if play_stages().get(c.get("play", "")) in ("inference", "consumers")]
         problems = []
         for role, restart in (("inference", "Restart iot-inference"), ("consumers", "Restart the consumers")):
             if not any(e["role"] == role and e["task"] == restart and e["status"] == "ok" for e in handlers):

@@ -46,17 +46,23 @@ class CallbackModule(CallbackBase):
         role = getattr(task, "_role", None)
         return role.get_name(include_role_fqcn=False) if role else None
 
+    def _name(self, task) -> str:
+        """The task's name without the "<role> : " prefix Ansible prints."""
+        name = task.get_name().strip()
+        role = self._role(task)
+        return name[len(role) + 3:] if role and name.startswith(f"{role} : ") else name
+
     # ---------------------------------------------------------------- plays and tasks
     def v2_playbook_on_play_start(self, play):
         self._play = play.get_name().strip()
         self._emit(event="play", play=self._play, check_mode=bool(play.check_mode))
 
     def v2_playbook_on_task_start(self, task, is_conditional):
-        self._emit(event="task", play=self._play, role=self._role(task), task=task.get_name().strip(),
+        self._emit(event="task", play=self._play, role=self._role(task), task=self._name(task),
                    handler=False)
 
     def v2_playbook_on_handler_task_start(self, task):
-        self._emit(event="task", play=self._play, role=self._role(task), task=task.get_name().strip(),
+        self._emit(event="task", play=self._play, role=self._role(task), task=self._name(task),
                    handler=True)
 
     # ---------------------------------------------------------------- results
@@ -69,7 +75,7 @@ class CallbackModule(CallbackBase):
                 label = item.get("_ansible_item_label", item.get("item"))
                 changed_items.append(label if isinstance(label, (str, int, float)) else json.dumps(label, default=str))
         self._emit(event="result", status=status, play=self._play, role=self._role(task),
-                   task=task.get_name().strip(), handler=type(task).__name__ == "Handler",
+                   task=self._name(task), handler=type(task).__name__ == "Handler",
                    host=result._host.get_name(),
                    changed=bool(res.get("changed")), changed_items=changed_items,
                    msg=str(res.get("msg", ""))[:500] if status in ("failed", "unreachable") else "")
