@@ -208,6 +208,71 @@ def rebalance_kill(stack: Stack, note: dict) -> tuple[float, float]:
     return _extra_consumer(stack, note, signal.SIGKILL)
 
 
+def mongo_rejects_one(stack: Stack, note: dict) -> tuple[float, float]:
+    """MongoDB refuses one document of a bulk while the run's images stream through the DB
+    consumer: a unique index on (producer_id, seq) (one the pipeline never creates) and two
+    valid images of another producer with the same seq under two image ids.  The server
+    answers the second one's writes with E11000 inside a bulk_write of the run's documents:
+    the DB consumer must dead-letter exactly that record (with the server's reason), store
+    everything else of the batch and go on, never retry it for ever."""
+    from common.deadletter import read_dead_letter
+    from common.kafka_io import client_config, make_producer
+    from common.schema import dumps
+    from kafka import KafkaConsumer, TopicPartition
+    from pymongo import ASCENDING
+    from tests.hostile import valid_message
+
+    settings = stack.kafka()
+    tag = f"mongo-reject-{uuid.uuid4().hex[:6]}"
+    col = stack.collection()
+    # (seq, producer_id): the pipeline's own index is the non-unique (producer_id, seq), and
+    # nx-27017 names indexes after their keys, ignoring ``name``.
+    keys = [("seq", ASCENDING), ("producer_id", ASCENDING)]
+    col.create_index(keys, unique=True, name="fault_unique_seq_producer")
+    index = next(name for name, info in col.index_information().items()
+                 if info.get("unique") and [k for k, _ in info["key"]] == [k for k, _ in keys])
+    dlq = KafkaConsumer(**client_config(settings), group_id=None, enable_auto_commit=False,
+                        auto_offset_reset="latest", fetch_max_wait_ms=200)
+    tps = [TopicPartition(settings.dlq_topic, p) for p in dlq.partitions_for_topic(settings.dlq_topic)]
+    dlq.assign(tps)
+    for tp in tps:
+        dlq.position(tp)  # pin "latest" before anything is sent
+    first, second = (valid_message(tag, 7, seed=s, device=f"{tag}-cam") for s in (1, 2))
+    ids = {first["image_id"], second["image_id"]}
+    t0 = time.time()
+    producer = make_producer(settings)
+    try:
+        for msg in (first, second):  # one key: one partition, in this order
+            producer.send(settings.images_topic, key=msg["device_id"].encode(), value=dumps(msg))
+        producer.flush()
+        letters: list = []
+
+        def rejected() -> bool:
+            for batch in dlq.poll(timeout_ms=200).values():
+                letters.extend(d for d in map(read_dead_letter, batch) if d.image_id() in ids)
+            stored = col.count_documents({"_id": {"$in": sorted(ids)}, "prediction": {"$exists": True}})
+            return stored == 1 and any("11000" in d.reason for d in letters)
+
+        wait_for(rejected, HANG_GUARD_S, "one of the two images stored, the other dead-lettered (E11000)")
+        t1 = time.time()
+        winner = col.find_one({"_id": {"$in": sorted(ids)}}, {"_id": 1})["_id"]
+        note.update(stored=winner, dead_lettered=sorted(ids - {winner}),
+                    dead_letters=[{"topic": d.source_topic, "partition": d.source_partition,
+                                   "offset": d.source_offset, "reason": d.reason[:160]} for d in letters])
+        # Both records of the refused image (the image and its result) go to the DLQ; the
+        # stored one never does.
+        assert {d.image_id() for d in letters} == ids - {winner}, note
+    finally:
+        producer.close()
+        dlq.close()
+        try:
+            col.drop_index(index)
+        except Exception as exc:  # noqa: BLE001 - it only refuses (seq, producer_id) twins
+            say(f"could not drop the index {index}: {exc}")
+        col.database.client.close()
+    return t0, t1
+
+
 FAULTS = {f.name: f for f in [
     Fault("inference-consumer", "SIGKILL the inference consumer; the supervisor restarts it",
           "results", kill_component("inference-consumer")),
@@ -223,6 +288,8 @@ FAULTS = {f.name: f for f in [
           "results", rebalance),
     Fault("rebalance-kill", "a second inference consumer joins the group, works, then is SIGKILLed mid-batch",
           "results", rebalance_kill),
+    Fault("mongo-rejects-one", "MongoDB refuses one document of a bulk (E11000 on a unique index)",
+          "storage", mongo_rejects_one),
     Fault("inference-401-20s", "the service answers 401 for 20 s (a rotated token), then is back",
           "results", inference_401_20s),
 ]}
