@@ -68,8 +68,11 @@ def model_info(env: dict) -> dict | None:
     url = env.get("INFERENCE_URL", "").split(",")[0]
     if not url:
         return None
+    token = os.environ.get("INFERENCE_TOKEN", "")
     try:
-        return requests.get(f"{url.rstrip('/')}/v1/model", timeout=5).json()
+        r = requests.get(f"{url.rstrip('/')}/v1/model", timeout=5,
+                         headers={"Authorization": f"Bearer {token}"} if token else {})
+        return r.json() if r.ok else None
     except (requests.RequestException, ValueError):
         return None
 
@@ -137,6 +140,9 @@ def main(argv=None) -> int:
         return 1
     finally:
         record["finished_at"] = time.time()
+        if record["model"] is None:  # no service URL or token here (the producer VM): the results say
+            models = sorted({r["summary"]["model"] for r in record["runs"] if r["summary"].get("model")})
+            record["model"] = {"id": ", ".join(models), "source": "result messages"} if models else None
         (out / "experiment.json").write_text(json.dumps(record, indent=2) + "\n")
         if stack_started:
             down(d)

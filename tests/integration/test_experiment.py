@@ -35,3 +35,16 @@ def test_experiment_sweep_writes_runs_and_analysis(local_stack, tmp_path):
     for png in ("latency_cdf.png", "throughput.png", "stages.png"):
         assert (out / png).stat().st_size > 10_000, png
     assert "| run |" in proc.stdout or "run" in proc.stdout.splitlines()[0]
+
+
+def test_experiment_without_the_service_url_takes_the_model_from_the_results(local_stack, tmp_path):
+    """On the producer VM the experiment has no service URL or token: experiment.json still
+    names the model, from the result messages."""
+    out = tmp_path / "exp"
+    env = {k: v for k, v in local_stack["env"].items() if k not in ("INFERENCE_URL", "INFERENCE_TOKEN")}
+    proc = subprocess.run([sys.executable, "-m", "experiments.experiment", "--producers", "1",
+                           "--images", "5", "--rate", "10", "--pause", "0", "--out", str(out)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    model = json.loads((out / "experiment.json").read_text())["model"]
+    assert model["source"] == "result messages" and "untrained" in model["id"], model
