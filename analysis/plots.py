@@ -17,7 +17,7 @@ import numpy as np  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, PercentFormatter  # noqa: E402
 
-from analysis.stats import percentile  # noqa: E402
+from analysis.stats import find_knee, percentile  # noqa: E402
 
 DPI = 120
 SIZE = (9, 5.5)
@@ -272,16 +272,33 @@ def plot_throughput(points, out_path, by_producers: bool, title: str | None = No
             return [np.nan if v is None else v for v in values]
 
         if by_producers:
-            left.plot(pos, _series(thr), marker="o", ms=8, lw=2, color=c_thr)
+            left.plot(pos, _series(thr), marker="o", ms=8, lw=2, color=c_thr, label="stored")
         else:
             left.bar(pos, _series(thr), color=c_thr, width=0.6)
+        offered = [p.get("offered") for p in points]
+        capacity = {p.get("capacity") for p in points} - {None}
+        tops = [v for v in thr + offered + list(capacity) if v is not None]
+        if by_producers and any(v is not None for v in offered):
+            left.plot(pos, _series(offered), ls="--", lw=1.3, color="#8c8c8c", marker=".", label="offered")
+            # The knee by the rate results came back at (what experiment.json says), drawn
+            # on the throughput line.
+            knee = find_knee([{"x": x, "offered_img_s": o, "throughput_img_s": p.get("result_rate"), "y": t}
+                              for x, o, t, p in zip(pos, offered, thr, points)])
+            if knee:
+                left.plot([knee["x"]], [knee["y"] or 0], marker="o", ms=16, mfc="none",
+                          mec=PALETTE[3], mew=2, ls="none", label="knee (< 95 % of offered stored)")
+        if len(capacity) == 1:
+            cap = capacity.pop()
+            left.axhline(cap, ls=":", lw=1.5, color=PALETTE[2], label=f"measured capacity {cap:,.1f}")
+        if by_producers and left.get_legend_handles_labels()[0] and len(left.get_legend_handles_labels()[0]) > 1:
+            left.legend(loc="lower right", fontsize=9)
         for x, v in zip(pos, thr):
             if v is not None:
                 left.annotate(f"{v:,.1f}", (x, v), xytext=(0, 7), textcoords="offset points",
                               ha="center", fontsize=9)
         left.set_ylabel("Achieved throughput (images/s)")
         left.set_title("Throughput", fontsize=12)
-        left.set_ylim(bottom=0, top=max([v for v in thr if v is not None] or [1]) * 1.18)
+        left.set_ylim(bottom=0, top=max(tops or [1]) * 1.18)
 
         for key, style, lw, ms in (("p50", "--", 1.2, 5), ("p95", "-", 2.2, 8), ("p99", ":", 1.4, 5)):
             values = _series([p[key] for p in points])

@@ -32,3 +32,16 @@ def latency_summary(values: Iterable[float]) -> dict | None:
     out = {f"p{p}": percentile(ordered, p) for p in REPORTED}
     out["max"] = ordered[-1]
     return out
+
+
+KNEE_RATIO = 0.95  # a load is past the knee when less than this share of it is stored
+
+
+def find_knee(points: list[dict], ratio: float = KNEE_RATIO) -> dict | None:
+    """The first of ``points`` (dicts with ``offered_img_s`` and ``throughput_img_s``), in
+    order of offered load, whose achieved rate is below ``ratio`` of its offered rate:
+    where the pipeline stops keeping up.  None if it kept up everywhere."""
+    for p in sorted((p for p in points if p.get("offered_img_s")), key=lambda p: p["offered_img_s"]):
+        if (p.get("throughput_img_s") or 0.0) < ratio * p["offered_img_s"]:
+            return p
+    return None

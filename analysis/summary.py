@@ -45,6 +45,12 @@ def wait_stored(collection, ids: list[str], timeout_s: float = 60.0, progress=No
         time.sleep(0.5)
 
 
+def result_rate(results: list[LatencyRow]) -> float | None:
+    """(n - 1) / (last result_at - first result_at): images per second delivered."""
+    times = sorted(r.result_at for r in results)
+    return (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 and times[-1] > times[0] else None
+
+
 def summarize(rows: list[LatencyRow], docs: dict[str, dict] | None, *,
               producer_docs: int | None = None, extra: dict | None = None) -> dict:
     e2e = [r.e2e_ms for r in rows if r.e2e_ms is not None]
@@ -64,6 +70,10 @@ def summarize(rows: list[LatencyRow], docs: dict[str, dict] | None, *,
         # image sent, a missing prediction counting as wrong.
         "accuracy": accuracy_of(labelled)["overall_accuracy"] if labelled else None,
         "throughput_img_s": len(results) / span if span > 0 else None,
+        # The rate results came back at, first to last: the offered rate while the pipeline
+        # keeps up, its capacity when it does not (the knee's measure; throughput_img_s
+        # above also counts one end-to-end latency, which flatters nothing but short runs).
+        "result_rate_img_s": result_rate(results),
         "e2e_ms": latency_summary(e2e),
     }
     if docs is not None:

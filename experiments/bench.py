@@ -28,9 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import os
-import resource
 import shutil
 import sys
 import tempfile
@@ -38,22 +36,18 @@ import threading
 import time
 from pathlib import Path
 
-from analysis.stats import latency_summary
 from common.log import setup_logging
-from common.mongo_io import connect, images_collection
-from common.rundir import read_latencies
 from common.settings import (
     DbWriterSettings,
     GunicornSettings,
     InferenceClientSettings,
     KafkaSettings,
-    MongoSettings,
     ServiceSettings,
     settings_env,
 )
 from experiments.bench_report import LOAD_POINTS, plot, step_ms, table
+from experiments.capacity import load_average, ramp, run_step
 from experiments.experiment import host_facts, versions
-from experiments.fleet import run_fleet
 from experiments.model_limit import collect_limit, measure_limit, start_limit
 from stack.control import LocalStack
 
@@ -74,13 +68,6 @@ RECORDED = ("PREDICT_BATCH_IMAGES", "PREDICT_BATCH_WAIT_MS", "MODEL_BATCH_MAX_IM
 
 
 # ------------------------------------------------------------------ machine facts
-
-def load_average() -> list[float]:
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        return []
-
 
 def machine_facts() -> dict:
 
@@ -107,88 +94,9 @@ def effective_settings(env: dict) -> dict:
 
 # ------------------------------------------------------------------ stacks
 
-def _children_cpu() -> float:
-
-    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return ru.ru_utime + ru.ru_stime
-
-
 def bench_stack(name: str, env: dict, workdir: Path) -> LocalStack:
     """A stack of its own for one configuration (temporary STACK_DIR, free ports)."""
     return LocalStack(workdir / f"stack-{name}", env, name=name)
-
-
-# ------------------------------------------------------------------ one load step
-
-def stored_times(env: dict, producer_ids: list[str], expected: int, timeout_s: float) -> list[tuple]:
-    """(sent_at, prediction_stored_at) of the documents of these producers that have a
-    prediction; waits until ``expected`` are there or ``timeout_s`` passes."""
-
-    mongo = MongoSettings(mongo_uri=env["MONGO_URI"])
-    client = connect(mongo)
-    try:
-        coll = images_collection(client, mongo)
-        deadline = time.monotonic() + timeout_s
-        while True:
-            docs = list(coll.find({"producer_id": {"$in": producer_ids}},
-                                  {"_id": 0, "sent_at": 1, "prediction_stored_at": 1, "prediction": 1,
-                                   "stored_at": 1}))
-            done = [(d["sent_at"], max(d["prediction_stored_at"], d.get("stored_at") or 0))
-                    for d in docs if d.get("prediction") and d.get("prediction_stored_at")
-                    and d.get("stored_at")]
-            if len(done) >= expected or time.monotonic() > deadline:
-                return done
-            time.sleep(0.5)
-    finally:
-        client.close()
-
-
-def run_step(out: Path, env: dict, *, rate: float, duration: float, tag: str,
-             per_producer_max: float, devices: int = 4, stack: LocalStack | None = None) -> dict:
-    """Offer ``rate`` images/s for ``duration`` s; measure what was stored and the latency,
-    and the CPU each component spent per image (core-ms/img; producers included)."""
-
-    producers = max(1, math.ceil(rate / per_producer_max))
-    count = max(2, round(rate / producers * duration))
-    load_before = load_average()
-    cpu0 = stack.cpu_seconds() if stack else {}
-    children0 = _children_cpu()
-    t0 = time.time()
-    codes = run_fleet(out, producers=producers, count=count, rate=rate / producers,
-                      devices=devices, env=env, run_tag=tag,
-                      result_timeout_s=max(30.0, 3 * duration))
-    wall = time.time() - t0
-    rows = read_latencies(out / "latencies.csv") if (out / "latencies.csv").exists() else []
-    ids = sorted({r.producer_id for r in rows})
-    sent = len(rows)
-    done = stored_times(env, ids, sent, timeout_s=30.0) if sent else []
-    cpu1 = stack.cpu_seconds() if stack else {}
-    cpu = {k: cpu1[k] - cpu0.get(k, 0.0) for k in cpu1}
-    cpu["producers"] = _children_cpu() - children0
-    step = {"offered_img_s": round(rate, 2), "producers": producers, "sent": sent,
-            "results": sum(1 for r in rows if r.e2e_ms is not None),
-            "stored_with_prediction": len(done), "exit_codes": codes, "wall_s": round(wall, 1),
-            "load_average_before": load_before}
-    if rows:
-        first_sent = min(r.sent_at for r in rows)
-        last_sent = max(r.sent_at for r in rows)
-        step["send_rate_img_s"] = round(sent / (last_sent - first_sent), 2) if last_sent > first_sent else None
-    if done:
-        span = max(t for _s, t in done) - min(s for s, _t in done)
-        step["throughput_img_s"] = round(len(done) / span, 2) if span > 0 else None
-    else:
-        step["throughput_img_s"] = 0.0
-    e2e = latency_summary(r.e2e_ms for r in rows if r.e2e_ms is not None)
-    step["e2e_ms"] = {k: round(v, 1) for k, v in e2e.items()} if e2e else None
-    step["complete"] = sent > 0 and len(done) == sent
-    step["cpu_ms_per_img"] = {k: round(v * 1000 / max(1, sent), 2) for k, v in cpu.items()}
-    step["cpu_cores_busy"] = round(sum(cpu.values()) / max(1e-9, wall), 2)
-    log.info("%s: offered %.1f img/s (%d producer%s) -> %s img/s stored with prediction; "
-             "p50 %s p99 %s ms; %d/%d complete; load %s; CPU ms/img %s", tag, rate, producers,
-             "s" if producers > 1 else "", step["throughput_img_s"],
-             e2e and round(e2e["p50"]), e2e and round(e2e["p99"]), len(done), sent, load_before,
-             step["cpu_ms_per_img"])
-    return step
 
 
 def measure_stack(name: str, env: dict, workdir: Path, out: Path, **kw) -> dict:
@@ -208,19 +116,8 @@ def measure_on(stack: LocalStack, out: Path, *, start_rate: float, growth: float
         run_step(out / "warmup", stack.env, rate=max(5.0, start_rate / 2),
                  duration=warmup / max(5.0, start_rate / 2), tag=f"{name}-warmup",
                  per_producer_max=per_producer_max, stack=stack)
-    rate, best = start_rate, 0.0
-    for i in range(max_steps):
-        step = run_step(out / f"ramp-{i + 1:02d}", stack.env, rate=rate, duration=step_s,
-                        tag=f"{name}-r{i + 1}", per_producer_max=per_producer_max, stack=stack)
-        record["ramp"].append(step)
-        got = step["throughput_img_s"] or 0.0
-        gain = (got - best) / best if best else float("inf")
-        best = max(best, got)
-        # Saturated: the stored rate falls well behind the offered one (a backlog
-        # grew), or one more step of load bought less than 5 %.
-        if got < 0.85 * rate or gain < 0.05:
-            break
-        rate = rate * growth
+    best, record["ramp"] = ramp(out, stack.env, start_rate=start_rate, growth=growth, max_steps=max_steps,
+                                step_s=step_s, per_producer_max=per_producer_max, tag=name, stack=stack)
     record["max_img_s"] = best
     # The ramp's peak load is where memory peaks.  Then a fresh stack for the latency
     # points: the embedded broker keeps every message in memory and gets slower as the

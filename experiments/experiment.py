@@ -31,6 +31,8 @@ from pydantic import SecretStr
 from analysis.cli import main as analyse
 from common.log import setup_logging
 from common.settings import mask
+from analysis.stats import find_knee
+from experiments.capacity import PAST_KNEE, choose_rate, ramp
 from experiments.runner import RunFailed, run_configuration
 from stack.control import down, read_env, stack_dir, supervisor_pid, up
 
@@ -77,13 +79,47 @@ def model_info(env: dict) -> dict | None:
         return None
 
 
+def measure_rate(out: Path, env: dict, args, record: dict) -> float:
+    """A short ramp to the pipeline's capacity, then the per-producer rate of the sweep."""
+    log.info("measuring the pipeline's capacity: a ramp from %g img/s (x1.6 per %g s step) ...",
+             args.ramp_start, args.ramp_step_s)
+    capacity, steps = ramp(out / "capacity", env, start_rate=args.ramp_start, growth=1.6, max_steps=8,
+                           step_s=args.ramp_step_s, per_producer_max=80.0, tag=f"capacity-{out.name}")
+    rate = choose_rate(capacity, args.producers)
+    record["capacity"] = {
+        "img_s": capacity, "past_knee": PAST_KNEE,
+        "rule": f"rate per producer = {PAST_KNEE:g} x capacity / {max(args.producers)} producers",
+        "ramp": [{k: s.get(k) for k in ("offered_img_s", "producers", "sent", "stored_with_prediction",
+                                         "throughput_img_s", "e2e_ms", "complete")} for s in steps]}
+    record["settings"]["rate_per_producer"] = rate
+    log.info("capacity %.1f img/s -> %.2f img/s per producer: %s img/s offered", capacity, rate,
+             ", ".join(f"{n * rate:.1f}" for n in args.producers))
+    return rate
+
+
+def cdf_title(record: dict) -> str:
+    rate = record["settings"]["rate_per_producer"]
+    parts = [f"{rate:g} img/s per producer"]
+    if record["capacity"]:
+        parts.append(f"measured capacity {record['capacity']['img_s']:.1f} img/s")
+    if record["knee"]:
+        parts.append(f"knee at {record['knee']['producers']} producers")
+    return "End-to-end latency CDF: " + ", ".join(parts)
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m experiments.experiment", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--producers", type=int, nargs="+", default=[1, 2, 3, 4],
                    help="producer counts to run, one configuration each (default 1 2 3 4)")
     p.add_argument("--images", type=int, default=200, help="images per producer (default 200)")
-    p.add_argument("--rate", type=float, default=10.0, help="images/s per producer (default 10)")
+    p.add_argument("--rate", type=float, default=None,
+                   help="images/s per producer (default: chosen from the capacity a short ramp measures first, "
+                        f"so that the most producers offer {PAST_KNEE:g}x the capacity: just past the knee)")
+    p.add_argument("--ramp-step-s", type=float, default=8.0,
+                   help="seconds per step of the capacity ramp (default 8)")
+    p.add_argument("--ramp-start", type=float, default=10.0,
+                   help="first offered rate of the capacity ramp, images/s (default 10; x1.6 per step)")
     p.add_argument("--out", type=Path, help="experiment directory (default results/experiment-<time>)")
     p.add_argument("--kafka", help="bootstrap servers of a deployed stack")
     p.add_argument("--mongo", help="MongoDB URI of a deployed stack")
@@ -116,15 +152,18 @@ def main(argv=None) -> int:
                  f"{k}={mask(SecretStr(v)) if k == 'MONGO_URI' else v}" for k, v in env.items()))
     record = {"started_at": time.time(), "target": "deployed" if deployed else "local-stack",
               "settings": {"producers": args.producers, "images_per_producer": args.images,
-                           "rate_per_producer": args.rate},
-              "model": model_info(env), "versions": versions(), "host": host_facts(), "runs": []}
+                           "rate_per_producer": args.rate, "rate_from": "given" if args.rate else "capacity"},
+              "model": model_info(env), "versions": versions(), "host": host_facts(),
+              "capacity": None, "knee": None, "runs": []}
     status = 0
     try:
+        rate = args.rate or measure_rate(out, env, args, record)
         for i, n in enumerate(args.producers):
             run_dir = out / f"{n}-producer{'s' if n > 1 else ''}"
             summary = run_configuration(run_dir, env, producers=n, count=args.images,
-                                        rate=args.rate, desc=f"{n} producer{'s' if n > 1 else ''}",
-                                        extra={"experiment": out.name})
+                                        rate=rate, desc=f"{n} producer{'s' if n > 1 else ''}",
+                                        extra={"experiment": out.name, "offered_img_s": round(n * rate, 2),
+                                               "capacity_img_s": (record["capacity"] or {}).get("img_s")})
             e2e = summary.get("e2e_ms") or {}
             log.info("%d producer(s): sent %d, results %d, lost %s, p50 %s ms, p95 %s ms, %.1f img/s",
                      n, summary["sent"], summary["results"], summary["lost"],
@@ -140,6 +179,10 @@ def main(argv=None) -> int:
         return 1
     finally:
         record["finished_at"] = time.time()
+        knee = find_knee([{"producers": r["producers"], "offered_img_s": r["summary"].get("offered_img_s"),
+                           "throughput_img_s": r["summary"].get("result_rate_img_s")} for r in record["runs"]])
+        record["knee"] = knee and {**knee, "rule": "the first load whose stored rate is below 95 % of the "
+                                                   "offered rate"}
         if record["model"] is None:  # no service URL or token here (the producer VM): the results say
             models = sorted({r["summary"]["model"] for r in record["runs"] if r["summary"].get("model")})
             record["model"] = {"id": ", ".join(models), "source": "result messages"} if models else None
@@ -148,7 +191,7 @@ def main(argv=None) -> int:
             down(d)
 
     analyse_args = [str(out / r["dir"]) for r in record["runs"]] + ["--out", str(out)]
-    analyse(analyse_args + (["--log-x"] if args.log_x else []))
+    analyse(analyse_args + (["--log-x"] if args.log_x else []) + ["--title", cdf_title(record)])
     print(f"\nexperiment written to {out} (experiment.json, latency_cdf.png, percentiles.csv, "
           "stages.png, throughput.png)")
     return status

@@ -48,3 +48,27 @@ def test_experiment_without_the_service_url_takes_the_model_from_the_results(loc
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     model = json.loads((out / "experiment.json").read_text())["model"]
     assert model["source"] == "result messages" and "untrained" in model["id"], model
+
+
+def test_experiment_without_a_rate_measures_the_capacity_first(local_stack, tmp_path):
+    """No --rate: a short ramp measures the capacity, the rate is chosen from it so that the
+    most producers offer 1.15x the capacity and one producer less than it; all of it is in
+    experiment.json, in each run's summary and on the figures."""
+    out = tmp_path / "exp"
+    proc = subprocess.run([sys.executable, "-m", "experiments.experiment", "--producers", "1", "2",
+                           "--images", "20", "--pause", "0", "--ramp-step-s", "3", "--ramp-start", "20",
+                           "--out", str(out)],
+                          cwd=ROOT, env=local_stack["env"], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    record = json.loads((out / "experiment.json").read_text())
+    capacity, rate = record["capacity"]["img_s"], record["settings"]["rate_per_producer"]
+    assert capacity > 0 and record["capacity"]["ramp"] and record["settings"]["rate_from"] == "capacity"
+    assert rate == round(capacity * 1.15 / 2, 2)
+    offered = {r["producers"]: r["summary"]["offered_img_s"] for r in record["runs"]}
+    assert offered == {1: round(rate, 2), 2: round(2 * rate, 2)}
+    assert offered[1] < capacity < offered[2]  # light load first, past the capacity last
+    for r in record["runs"]:
+        assert r["summary"]["capacity_img_s"] == capacity and r["summary"]["lost"] == 0
+    if record["knee"] is not None:
+        assert record["knee"]["producers"] in offered
+    assert (out / "throughput.png").stat().st_size > 10_000

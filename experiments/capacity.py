@@ -1,0 +1,147 @@
+"""The capacity of a running pipeline, measured by a short ramp, and the rates of an
+experiment chosen from it (``make experiment``, the Ansible experiment stage, ``make bench``).
+
+* ``run_step``: offer a rate for a while (as many producers as that rate needs), then
+  measure what was stored with its prediction, the latency and the CPU per image.
+* ``ramp``: growing offered rates until the stored rate falls well behind the offered one
+  (a backlog grew) or one more step buys less than 5 %: the best stored rate is the
+  capacity.
+* ``choose_rate``: the per-producer rate of a 1..N sweep, so that N producers offer
+  ``PAST_KNEE`` times the capacity (just past the knee) and one producer offers
+  ``PAST_KNEE / N`` of it (light load).
+* ``find_knee`` (analysis.stats): the first configuration whose stored rate falls below
+  ``KNEE_RATIO`` (95 %) of its offered rate.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import resource
+import time
+from pathlib import Path
+
+from analysis.stats import KNEE_RATIO, find_knee, latency_summary  # noqa: F401 - re-exported
+from common.mongo_io import connect, images_collection
+from common.rundir import read_latencies
+from common.settings import MongoSettings
+from experiments.fleet import run_fleet
+from stack.control import LocalStack
+
+log = logging.getLogger(__name__)
+
+PAST_KNEE = 1.15  # the sweep's highest load, in units of the measured capacity
+SATURATED_RATIO = 0.85  # the ramp stops when a step stores less than this of its offer
+MIN_GAIN = 0.05  # ... or when one more step of load buys less than this
+
+
+def load_average() -> list[float]:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return []
+
+
+def _children_cpu() -> float:
+
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+def stored_times(env: dict, producer_ids: list[str], expected: int, timeout_s: float) -> list[tuple]:
+    """(sent_at, prediction_stored_at) of the documents of these producers that have a
+    prediction; waits until ``expected`` are there or ``timeout_s`` passes."""
+
+    mongo = MongoSettings(mongo_uri=env["MONGO_URI"])
+    client = connect(mongo)
+    try:
+        coll = images_collection(client, mongo)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            docs = list(coll.find({"producer_id": {"$in": producer_ids}},
+                                  {"_id": 0, "sent_at": 1, "prediction_stored_at": 1, "prediction": 1,
+                                   "stored_at": 1}))
+            done = [(d["sent_at"], max(d["prediction_stored_at"], d.get("stored_at") or 0))
+                    for d in docs if d.get("prediction") and d.get("prediction_stored_at")
+                    and d.get("stored_at")]
+            if len(done) >= expected or time.monotonic() > deadline:
+                return done
+            time.sleep(0.5)
+    finally:
+        client.close()
+
+
+def run_step(out: Path, env: dict, *, rate: float, duration: float, tag: str,
+             per_producer_max: float, devices: int = 4, stack: LocalStack | None = None) -> dict:
+    """Offer ``rate`` images/s for ``duration`` s; measure what was stored and the latency,
+    and the CPU each component spent per image (core-ms/img; producers included)."""
+
+    producers = max(1, math.ceil(rate / per_producer_max))
+    count = max(2, round(rate / producers * duration))
+    load_before = load_average()
+    cpu0 = stack.cpu_seconds() if stack else {}
+    children0 = _children_cpu()
+    t0 = time.time()
+    codes = run_fleet(out, producers=producers, count=count, rate=rate / producers,
+                      devices=devices, env=env, run_tag=tag,
+                      result_timeout_s=max(30.0, 3 * duration))
+    wall = time.time() - t0
+    rows = read_latencies(out / "latencies.csv") if (out / "latencies.csv").exists() else []
+    ids = sorted({r.producer_id for r in rows})
+    sent = len(rows)
+    done = stored_times(env, ids, sent, timeout_s=30.0) if sent else []
+    cpu1 = stack.cpu_seconds() if stack else {}
+    cpu = {k: cpu1[k] - cpu0.get(k, 0.0) for k in cpu1}
+    cpu["producers"] = _children_cpu() - children0
+    step = {"offered_img_s": round(rate, 2), "producers": producers, "sent": sent,
+            "results": sum(1 for r in rows if r.e2e_ms is not None),
+            "stored_with_prediction": len(done), "exit_codes": codes, "wall_s": round(wall, 1),
+            "load_average_before": load_before}
+    if rows:
+        first_sent = min(r.sent_at for r in rows)
+        last_sent = max(r.sent_at for r in rows)
+        step["send_rate_img_s"] = round(sent / (last_sent - first_sent), 2) if last_sent > first_sent else None
+    if done:
+        span = max(t for _s, t in done) - min(s for s, _t in done)
+        step["throughput_img_s"] = round(len(done) / span, 2) if span > 0 else None
+    else:
+        step["throughput_img_s"] = 0.0
+    e2e = latency_summary(r.e2e_ms for r in rows if r.e2e_ms is not None)
+    step["e2e_ms"] = {k: round(v, 1) for k, v in e2e.items()} if e2e else None
+    step["complete"] = sent > 0 and len(done) == sent
+    step["cpu_ms_per_img"] = {k: round(v * 1000 / max(1, sent), 2) for k, v in cpu.items()}
+    step["cpu_cores_busy"] = round(sum(cpu.values()) / max(1e-9, wall), 2)
+    log.info("%s: offered %.1f img/s (%d producer%s) -> %s img/s stored with prediction; "
+             "p50 %s p99 %s ms; %d/%d complete; load %s; CPU ms/img %s", tag, rate, producers,
+             "s" if producers > 1 else "", step["throughput_img_s"],
+             e2e and round(e2e["p50"]), e2e and round(e2e["p99"]), len(done), sent, load_before,
+             step["cpu_ms_per_img"])
+    return step
+
+
+def ramp(out: Path, env: dict, *, start_rate: float, growth: float, max_steps: int, step_s: float,
+         per_producer_max: float, tag: str, stack=None) -> tuple[float, list[dict]]:
+    """``run_step`` at ``start_rate``, ``start_rate * growth``, ... until saturated; returns
+    (the best stored rate in images/s, the steps)."""
+    rate, best, steps = start_rate, 0.0, []
+    for i in range(max_steps):
+        step = run_step(out / f"ramp-{i + 1:02d}", env, rate=rate, duration=step_s,
+                        tag=f"{tag}-r{i + 1}", per_producer_max=per_producer_max, stack=stack)
+        steps.append(step)
+        got = step["throughput_img_s"] or 0.0
+        gain = (got - best) / best if best else float("inf")
+        best = max(best, got)
+        # Saturated: the stored rate falls well behind the offered one (a backlog
+        # grew), or one more step of load bought less than 5 %.
+        if got < SATURATED_RATIO * rate or gain < MIN_GAIN:
+            break
+        rate = rate * growth
+    return best, steps
+
+
+def choose_rate(capacity_img_s: float, producers: list[int], past_knee: float = PAST_KNEE) -> float:
+    """Images/s per producer so that the most producers offer ``past_knee`` x the capacity."""
+    if capacity_img_s <= 0:
+        raise ValueError(f"no capacity measured ({capacity_img_s} img/s): is the pipeline storing anything?")
+    return round(capacity_img_s * past_knee / max(producers), 2)
