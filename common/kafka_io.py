@@ -8,10 +8,24 @@ import time
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import NewTopic
 from kafka.errors import TopicAlreadyExistsError
+from kafka.partitioner.default import murmur2
 
 from common.settings import KafkaSettings, secret
 
 log = logging.getLogger(__name__)
+
+
+# Result records carry the producer id as their key and in this header: each producer
+# reads only the partition its id hashes to and skips other producers' records there
+# by the header, without decoding them (docs/ARCHITECTURE.md, "Results").
+RESULT_PRODUCER_HEADER = "producer_id"
+
+
+def key_partition(key: bytes, partitions: list[int]) -> int:
+    """The partition Kafka's default partitioner (murmur2, as in the Java client and
+    kafka-python) puts a record with this key in."""
+    ordered = sorted(partitions)
+    return ordered[(murmur2(key) & 0x7FFFFFFF) % len(ordered)]
 
 
 def client_config(s: KafkaSettings) -> dict:

@@ -31,6 +31,10 @@ class KafkaSettings(BaseSettings):
     dlq_topic: str = "iot-dlq"
     images_partitions: int = Field(3, ge=1)
     results_partitions: int = Field(3, ge=1)
+    # A producer reads only the results partition its id hashes to (results are keyed by
+    # producer id).  True: every partition, for results published by inference consumers
+    # older than that (they keyed by device): consumers upgrade before producers.
+    results_read_all: bool = False
     # Security (the deployment's SASL/SCRAM-over-TLS switch sets these).
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     kafka_sasl_mechanism: str = "SCRAM-SHA-512"

@@ -23,7 +23,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from common.deadletter import to_dead_letter
-from common.kafka_io import make_consumer, make_producer
+from common.kafka_io import RESULT_PRODUCER_HEADER, make_consumer, make_producer
 from common.lifecycle import Backoff, stop_event
 from common.log import setup_logging
 from common.models import ModelInfo, PredictResponse
@@ -305,8 +305,10 @@ class InferenceConsumer:
                 self.dead_letter(record, f"inference failed: invalid prediction: {exc.reason}")
                 continue
             result["published_at"] = time.time()
-            self.pending.append(self.producer.send(self.kafka.results_topic, key=msg["device_id"].encode(),
-                                                   value=dumps(result)))
+            # Keyed by producer: each producer reads only its own partition of the results.
+            producer_id = msg["producer_id"].encode()
+            self.pending.append(self.producer.send(self.kafka.results_topic, key=producer_id, value=dumps(result),
+                                                   headers=[(RESULT_PRODUCER_HEADER, producer_id)]))
             self.stats.results += 1
         return True
 

@@ -21,7 +21,7 @@ from kafka import TopicPartition
 from kafka.errors import KafkaError, KafkaTimeoutError
 from tqdm import tqdm
 
-from common.kafka_io import make_consumer, make_producer
+from common.kafka_io import RESULT_PRODUCER_HEADER, key_partition, make_consumer, make_producer
 from common.rundir import write_latencies, write_stages
 from common.schema import dumps, encode_png, make_image_message
 from common.settings import KafkaSettings
@@ -82,7 +82,8 @@ class ProducerRun:
 
 
 class ResultListener(threading.Thread):
-    """Reads the results topic (no consumer group: every producer sees every result)."""
+    """Reads its own partition of the results topic (no consumer group; results are keyed
+    by producer id, common.kafka_io.key_partition)."""
 
     def __init__(self, settings: KafkaSettings, run: ProducerRun):
         super().__init__(name="result-listener", daemon=True)
@@ -113,7 +114,10 @@ class ResultListener(threading.Thread):
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"results topic {self.topic!r} does not exist")
                 time.sleep(0.2)
+        if not self.settings.results_read_all:  # only the partition this producer's results go to
+            partitions = [key_partition(self.run_state.producer_id.encode(), list(partitions))]
         tps = [TopicPartition(self.topic, p) for p in sorted(partitions)]
+        log.debug("result listener: reading %s", ", ".join(f"{tp.topic}[{tp.partition}]" for tp in tps))
         self.consumer.assign(tps)
         self.consumer.seek_to_end(*tps)
         for tp in tps:  # resolve positions now, before the first image is sent
@@ -129,14 +133,19 @@ class ResultListener(threading.Thread):
         finally:
             self.ready.set()
         mine = self.run_state.producer_id
-        # Every producer reads every result: skip other producers' without parsing them
-        # (a cheap substring test; the parsed producer_id is still checked below).
+        # Other producers' results on this partition are skipped without parsing them: by
+        # the producer_id header, or for records without one (older consumers) a cheap
+        # substring test; the parsed producer_id is still checked below.
         mine_bytes = json.dumps(mine).encode()
+        mine_header = mine.encode()
         while not self.stop_event.is_set():
             batches = self.consumer.poll(timeout_ms=100)
             now = time.time()
             for records in batches.values():
                 for record in records:
+                    header = next((v for k, v in record.headers or () if k == RESULT_PRODUCER_HEADER), None)
+                    if header is not None and header != mine_header:
+                        continue
                     if record.value is None or mine_bytes not in record.value:
                         continue
                     try:
