@@ -7,7 +7,8 @@ tests/rehearsal/wheelhouse.py) and are installed with ``pip --no-index``.  The r
 tarball and the wheelhouse are cached outside the clone (IOT_CONTAINERS_CACHE, default
 /var/cache/iot-containers); the Docker engine is the rehearsal's (tests/rehearsal/docker.py).
 
-    python -m tests.containers.images            # builds the base, app and inference images
+    python -m tests.containers.images                # iot-pipeline/{app,inference,embedded}:latest
+    python -m tests.containers.images --prune [--base]   # drops the build cache it left
 """
 
 from __future__ import annotations
@@ -160,7 +161,30 @@ def remove_images(tag: str = "test") -> None:
         docker.docker("rmi", name, check=False, timeout=120)
 
 
+def prune(base: bool = False) -> None:
+    """Removes the build cache this module left in the engine: the untagged stage images
+    (they carry the base image's label), and with base=True the base image and its tarball."""
+    docker.docker("image", "prune", "-f", "--filter", f"label={LABEL}", check=False, timeout=600)
+    if base:
+        tag = base_tag()
+        docker.docker("rmi", tag, check=False, timeout=120)
+        (CACHE_DIR / "images" / f"base-{tag.split(':')[1]}.tar").unlink(missing_ok=True)
+
+
 if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m tests.containers.images", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tag", default="latest", help="tag of the iot-pipeline/<target> images (latest)")
+    parser.add_argument("--prune", action="store_true",
+                        help="remove the build cache (untagged stages) instead of building")
+    parser.add_argument("--base", action="store_true", help="with --prune: the base image and tarball too")
+    args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     docker.ensure_engine()
-    print(build_images())
+    if args.prune:
+        prune(base=args.base)
+    else:
+        for target, name in build_images(tag=args.tag).items():
+            print(target, name)
