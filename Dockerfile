@@ -53,9 +53,11 @@ LABEL org.opencontainers.image.title="iot-image-pipeline" \
       org.opencontainers.image.licenses="MIT" \
       org.opencontainers.image.source="https://github.com/iot-image-pipeline/iot-image-pipeline"
 # A fixed unprivileged user (uid/gid 10001): give a mounted results folder to it.
+# ~/.keras holds the downloaded dataset and weights (a named volume mounted there starts
+# with this ownership).
 RUN groupadd --system --gid 10001 iot \
  && useradd --system --uid 10001 --gid iot --home-dir /home/iot --create-home --shell /usr/sbin/nologin iot \
- && install -d -o iot -g iot /app/results
+ && install -d -o iot -g iot /app/results /home/iot/.keras /home/iot/.keras/datasets /home/iot/.keras/models
 WORKDIR /app
 # The code, owned by root and read-only for the service user.  One COPY per package:
 # COPY of several directories would merge their contents.

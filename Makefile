@@ -62,7 +62,7 @@ test-containers: venv ## images + Compose pipeline end to end (root, Docker): 20
 lint: venv        ## static checks: Python (ruff, layer contract) and the Ansible tree (yamllint, ansible-lint, syntax)
 	$(VENV)/bin/ruff check common producer consumers inference analysis stack experiments tests
 	$(VENV)/bin/lint-imports
-	$(VENV)/bin/yamllint --strict playbook_master.yaml playbooks roles inventory tests/deploy
+	$(VENV)/bin/yamllint --strict playbook_master.yaml playbooks roles inventory tests/deploy compose.yaml deploy tests/containers
 	$(VENV)/bin/ansible-lint --offline --profile production playbook_master.yaml playbooks roles inventory tests/deploy
 	$(VENV)/bin/ansible-playbook --syntax-check -i tests/deploy/inventory.yml \
 	  -e @inventory/group_vars/all/vault.yml.example playbook_master.yaml playbooks/*.yaml

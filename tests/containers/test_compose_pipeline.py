@@ -109,6 +109,21 @@ def pipeline(built, tmp_path):
         assert not left, f"containers left after compose down: {left}"
 
 
+def test_images_run_unprivileged_without_tensorflow_in_app(built):
+    """The images' user is uid 10001 with a writable ~/.keras (dataset and weights cache);
+    TensorFlow is in the inference image only."""
+    probe = ("import importlib.util, os, pathlib; "
+             "print(os.getuid(), os.access(pathlib.Path.home() / '.keras' / 'datasets', os.W_OK), "
+             "importlib.util.find_spec('tensorflow') is not None)")
+    seen = {}
+    for target in ("app", "inference"):
+        out = docker.docker("run", "--rm", "--network", "none", "--entrypoint", "python", built[target],
+                            "-c", probe, timeout=300).stdout.split()
+        seen[target] = out
+    assert seen["app"] == ["10001", "True", "False"], seen
+    assert seen["inference"] == ["10001", "True", "True"], seen
+
+
 def test_compose_pipeline_stores_every_image_once(pipeline):
     compose, env = pipeline["compose"], pipeline["env"]
     # up --wait does not exist in docker-compose 1.29: depends_on conditions order the start
