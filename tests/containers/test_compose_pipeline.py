@@ -1,7 +1,8 @@
 """make test-containers: the images built from the Dockerfile on a debootstrap base, the
 pipeline's own services started from compose.yaml (Kafka and MongoDB replaced by the
 embedded servers: tests/containers/compose.test.yaml), 200 CIFAR images sent through the
-producer container, and every one found in MongoDB exactly once with its prediction.
+producer service scaled to two containers (100 each), and every one found in MongoDB exactly
+once with its prediction.
 Everything it created (containers, volumes, networks, images) is removed after.
 
 Needs root and a Docker engine (started like the rehearsal's if absent).  Where none can
@@ -33,7 +34,8 @@ log = logging.getLogger("containers.test")
 COMPOSE = shutil.which("docker-compose") or "/usr/bin/docker-compose"
 OVERRIDE = Path(__file__).resolve().parent / "compose.test.yaml"
 SAMPLE = ROOT.parent / "shared" / "data" / "cifar-10-python-sample.tar.gz"
-COUNT = 200
+PRODUCERS = 2
+COUNT = 100  # per producer
 SERVICES = ["kafka", "mongo", "kafka-init", "inference", "inference-consumer", "db-consumer"]
 
 
@@ -59,6 +61,8 @@ def engine():
         docker.ensure_engine()
     except (docker.DockerError, OSError) as exc:
         _unavailable(f"no Docker engine could be started: {exc}")
+    if not shutil.which("debootstrap") and not docker.image_exists(images.base_tag()):
+        _unavailable("debootstrap not found (the base image): run scripts/install-system-packages.sh")
 
 
 @pytest.fixture(scope="module")
@@ -133,31 +137,53 @@ def test_compose_pipeline_stores_every_image_once(pipeline):
     ps = compose("ps").stdout
     assert "inference-consumer" in ps and "db-consumer" in ps, ps
 
-    run = compose("run", "--rm", "--no-deps", "producer", check=False)
-    assert run.returncode == 0, f"producer exited {run.returncode}:\n{run.stdout[-4000:]}\n{run.stderr[-4000:]}"
+    # docker compose up --scale producer=N, as a user scales the cameras
+    compose("up", "-d", "--no-deps", "--scale", f"producer={PRODUCERS}", "producer")
+    ids = compose("ps", "-q", "producer").stdout.split()
+    assert len(ids) == PRODUCERS, ids
 
-    with open(pipeline["out"] / "latencies.csv") as f:
-        rows = list(csv.DictReader(f))
-    assert len(rows) == COUNT, f"latencies.csv has {len(rows)} rows, expected {COUNT}"
+    def states():
+        out = docker.docker("inspect", "-f", "{{.State.Status}} {{.State.ExitCode}}", *ids).stdout.split("\n")
+        return [line.split() for line in out if line.strip()]
+
+    done = eventually(lambda: all(st == "exited" for st, _ in states()), step_s=2)
+    final = states()
+    assert done, f"producers still running after the hang guard: {final}"
+    assert all(code == "0" for _, code in final), \
+        f"producer exit codes {final}:\n{compose('logs', '--no-color', '--tail', '40', 'producer').stdout[-4000:]}"
+
+    files = sorted(pipeline["out"].glob("*/latencies.csv"))
+    assert len(files) == PRODUCERS, files
+    rows = []
+    for path in files:
+        with open(path) as f:
+            mine = list(csv.DictReader(f))
+        assert len(mine) == COUNT, f"{path}: {len(mine)} rows, expected {COUNT}"
+        rows += mine
+    producer_ids = {r["producer_id"] for r in rows}
+    assert len(producer_ids) == PRODUCERS, producer_ids
+    total = COUNT * PRODUCERS
 
     client = MongoClient(f"mongodb://127.0.0.1:{env['IOTC_MONGO_PORT']}", serverSelectionTimeoutMS=10_000)
     try:
         col = client["iot"]["images"]
-        query = {"producer_id": env["IOTC_PRODUCER_ID"]}
+        query = {"producer_id": {"$in": sorted(producer_ids)}}
+        fields = {"_id": 1, "prediction": 1, "seq": 1, "producer_id": 1}
 
         def stored():
-            docs = list(col.find(query, {"_id": 1, "prediction": 1, "seq": 1}))
-            return docs if len(docs) >= COUNT and all(d.get("prediction") for d in docs) else None
+            docs = list(col.find(query, fields))
+            return docs if len(docs) >= total and all(d.get("prediction") for d in docs) else None
 
-        docs = eventually(stored) or list(col.find(query, {"_id": 1, "prediction": 1, "seq": 1}))
+        docs = eventually(stored) or list(col.find(query, fields))
         ids = [d["_id"] for d in docs]
-        assert len(ids) == COUNT, f"{len(ids)} documents for the producer, expected {COUNT}"
-        assert len(set(ids)) == COUNT, "an image was stored twice"
-        assert len({d.get("seq") for d in docs}) == COUNT, "duplicate sequence numbers"
+        assert len(ids) == total, f"{len(ids)} documents for the producers, expected {total}"
+        assert len(set(ids)) == total, "an image was stored twice"
+        per_producer = {p: {d.get("seq") for d in docs if d["producer_id"] == p} for p in producer_ids}
+        assert all(len(seqs) == COUNT for seqs in per_producer.values()), \
+            {p: len(s) for p, s in per_producer.items()}
         missing = [d["_id"] for d in docs if not d.get("prediction")]
         assert not missing, f"{len(missing)} images stored without a prediction: {missing[:5]}"
-        sent = {r["image_id"] for r in rows}
-        assert sent == set(ids), "the stored images are not the images the producer sent"
+        assert {r["image_id"] for r in rows} == set(ids), "the stored images are not the images sent"
         assert all(r["prediction"] for r in rows), "a result came back without a prediction"
     finally:
         client.close()
