@@ -44,14 +44,6 @@ RUN python3 -m venv /opt/venv \
 
 # ---------------------------------------------------------------- runtime
 FROM base AS runtime
-ARG VERSION=0.8.0
-ARG REVISION=unknown
-LABEL org.opencontainers.image.title="iot-image-pipeline" \
-      org.opencontainers.image.description="Real-time IoT image analytics: cameras -> Kafka -> batched ResNet50 inference -> MongoDB" \
-      org.opencontainers.image.version="${VERSION}" \
-      org.opencontainers.image.revision="${REVISION}" \
-      org.opencontainers.image.licenses="MIT" \
-      org.opencontainers.image.source="https://github.com/iot-image-pipeline/iot-image-pipeline"
 # A fixed unprivileged user (uid/gid 10001): give a mounted results folder to it.
 # ~/.keras holds the downloaded dataset and weights (a named volume mounted there starts
 # with this ownership).
@@ -59,8 +51,11 @@ RUN groupadd --system --gid 10001 iot \
  && useradd --system --uid 10001 --gid iot --home-dir /home/iot --create-home --shell /usr/sbin/nologin iot \
  && install -d -o iot -g iot /app/results /home/iot/.keras /home/iot/.keras/datasets /home/iot/.keras/models
 WORKDIR /app
-# The code, owned by root and read-only for the service user.  One COPY per package:
-# COPY of several directories would merge their contents.
+
+# The code, gathered in a stage of its own and copied last into each image, after the
+# virtualenv: a code change rebuilds only that layer.  Owned by root, read-only for the
+# service user.  One COPY per package: COPY of several directories merges their contents.
+FROM scratch AS code
 COPY common/ /app/common/
 COPY producer/ /app/producer/
 COPY consumers/ /app/consumers/
@@ -71,22 +66,47 @@ COPY inference/ /app/inference/
 
 FROM runtime AS app
 COPY --from=build-app /opt/venv /opt/venv
+COPY --from=code /app /app
 USER iot
 # No port: the producer and the consumers are Kafka clients.  The check: the
 # interpreter and every dependency of the components import.
 HEALTHCHECK --interval=30s --timeout=10s --start-period=10s --retries=3 \
   CMD ["python", "-c", "import common.kafka_io, common.mongo_io"]
 CMD ["python", "-m", "producer", "--no-progress"]
+# Labels last: a new REVISION changes only this metadata, not the cached layers above.
+ARG VERSION=0.8.0
+# The commit (git rev-parse HEAD) and where the source lives: pass them at build time.
+ARG REVISION=unknown
+ARG SOURCE_URL=unknown
+LABEL org.opencontainers.image.title="iot-image-pipeline-app" \
+      org.opencontainers.image.description="IoT image pipeline: producer, consumers, experiment and analysis (no TensorFlow)" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.licenses="MIT" \
+      org.opencontainers.image.source="${SOURCE_URL}"
 
 FROM runtime AS embedded
 COPY --from=build-embedded /opt/venv /opt/venv
+COPY --from=code /app /app
 USER iot
 HEALTHCHECK --interval=30s --timeout=10s --start-period=10s --retries=3 \
   CMD ["python", "-c", "import common.kafka_io, common.mongo_io"]
 CMD ["python", "-m", "stack", "status"]
+# Labels last: a new REVISION changes only this metadata, not the cached layers above.
+ARG VERSION=0.8.0
+# The commit (git rev-parse HEAD) and where the source lives: pass them at build time.
+ARG REVISION=unknown
+ARG SOURCE_URL=unknown
+LABEL org.opencontainers.image.title="iot-image-pipeline-embedded" \
+      org.opencontainers.image.description="IoT image pipeline: app plus the embedded Kafka/MongoDB stand-ins (tests)" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.licenses="MIT" \
+      org.opencontainers.image.source="${SOURCE_URL}"
 
 FROM runtime AS inference
 COPY --from=build-inference /opt/venv /opt/venv
+COPY --from=code /app /app
 USER iot
 ENV INFERENCE_BIND=0.0.0.0:8000
 EXPOSE 8000
@@ -95,3 +115,14 @@ EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=5s --start-period=120s --retries=3 \
   CMD ["python", "-c", "import os, urllib.request; port = os.environ.get('INFERENCE_BIND', '0.0.0.0:8000').rsplit(':', 1)[1]; urllib.request.urlopen(f'http://127.0.0.1:{port}/healthz', timeout=4)"]
 CMD ["gunicorn", "-c", "inference/gunicorn.conf.py", "inference:create_app()"]
+# Labels last: a new REVISION changes only this metadata, not the cached layers above.
+ARG VERSION=0.8.0
+# The commit (git rev-parse HEAD) and where the source lives: pass them at build time.
+ARG REVISION=unknown
+ARG SOURCE_URL=unknown
+LABEL org.opencontainers.image.title="iot-image-pipeline-inference" \
+      org.opencontainers.image.description="IoT image pipeline: the ResNet50 inference service (Flask, Gunicorn, TensorFlow CPU)" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.licenses="MIT" \
+      org.opencontainers.image.source="${SOURCE_URL}"

@@ -145,12 +145,15 @@ def build_images(tag: str = "test", timeout_s: float = 3600) -> dict[str, str]:
     base = ensure_base()
     wheels = ensure_wheelhouse()
     names = image_names(tag)
+    revision = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
+                              text=True).stdout.strip() or "unknown"
     with served_wheelhouse(wheels) as pip_args:
         for target, name in names.items():
             t0 = time.monotonic()
             docker.docker("build", "--network", "host", "--target", target, "-t", name,
                           "--label", LABEL, "--build-arg", f"BASE_IMAGE={base}",
-                          "--build-arg", f"PIP_ARGS={pip_args}", "-f", str(ROOT / "Dockerfile"), str(ROOT),
+                          "--build-arg", f"PIP_ARGS={pip_args}", "--build-arg", f"REVISION={revision}",
+                          "-f", str(ROOT / "Dockerfile"), str(ROOT),
                           timeout=timeout_s)
             log.info("built %s in %.0fs", name, time.monotonic() - t0)
     return names
