@@ -7,7 +7,7 @@ PYTHON := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-deploy.txt requirements/*.txt | cksum | cut -d' ' -f1)
 
 .PHONY: venv up down status demo test test-faults lint experiment bench serve train deploy teardown clean \
-        deploy-venv logs ssh deploy-rehearsal
+        deploy-venv logs ssh deploy-rehearsal test-containers
 
 $(STAMP): requirements.txt requirements-deploy.txt $(wildcard requirements/*.txt)
 	test -x $(PYTHON) || $(PY) -m venv $(VENV)
@@ -50,12 +50,19 @@ test: venv        ## unit + integration tests (starts and stops its own stack)
 test-faults: venv ## fault injection: kill each part mid-stream, 1,000 images per scenario (~6 min)
 	$(PYTHON) -m pytest -q -m faults tests/faults
 
+# The images (Dockerfile) on a debootstrap base and compose.yaml's pipeline with the embedded
+# Kafka/MongoDB stand-ins, 200 images end to end (tests/containers, docs/CONTAINERS.md).
+# Root (Docker, debootstrap); the base tarball and wheelhouse are cached in /var/cache/iot-containers.
+test-containers: venv ## images + Compose pipeline end to end (root, Docker): 200 images stored once each
+	scripts/install-system-packages.sh
+	$(PYTHON) -m pytest -q -m containers tests/containers
+
 # pip-audit needs PyPI's JSON API / OSV; offline it reports every package as
 # "not found" and skipped, so its verdict only counts where those are reachable.
 lint: venv        ## static checks: Python (ruff, layer contract) and the Ansible tree (yamllint, ansible-lint, syntax)
 	$(VENV)/bin/ruff check common producer consumers inference analysis stack experiments tests
 	$(VENV)/bin/lint-imports
-	$(VENV)/bin/yamllint --strict playbook_master.yaml playbooks roles inventory tests/deploy
+	$(VENV)/bin/yamllint --strict playbook_master.yaml playbooks roles inventory tests/deploy compose.yaml deploy tests/containers
 	$(VENV)/bin/ansible-lint --offline --profile production playbook_master.yaml playbooks roles inventory tests/deploy
 	$(VENV)/bin/ansible-playbook --syntax-check -i tests/deploy/inventory.yml \
 	  -e @inventory/group_vars/all/vault.yml.example playbook_master.yaml playbooks/*.yaml

@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
-# Installs the Debian packages the cloud-less rehearsal (tests/rehearsal/) needs on the
-# CI machine: the Docker engine (the "VMs" are systemd containers), debootstrap (the
-# VM image is built from the Debian archive, no registry needed), the SSH client.
+# Installs the Debian packages the cloud-less rehearsal (tests/rehearsal/) and the
+# container test (tests/containers/, make test-containers) need on the CI machine: the
+# Docker engine (the "VMs" are systemd containers), debootstrap (the VM and base images
+# are built from the Debian archive, no registry needed), docker-compose, the SSH client.
+# kubectl (tests/containers/test_k8s.py: `kubectl kustomize`) is not in this list:
+# Debian's kubernetes-client is 1.20 (kustomize v2, too old) and conflicts with the
+# upstream `kubectl` package (pkgs.k8s.io) that CI images carry.
 #
 #   sudo scripts/install-system-packages.sh            # install what is missing
 #   sudo scripts/install-system-packages.sh --update   # always run apt-get update first
@@ -14,7 +18,8 @@ set -euo pipefail
 
 PACKAGES=(
   docker.io              # dockerd + containerd + runc (started by tests/rehearsal/docker.py)
-  debootstrap            # builds the bookworm "VM" image
+  debootstrap            # builds the bookworm "VM" image and the containers' base image
+  docker-compose         # compose.yaml in make test-containers (1.29 reads the compose spec)
   debian-archive-keyring # debootstrap checks the archive's signatures
   ca-certificates
   openssh-client         # ssh, ssh-keygen (Ansible's connection, the per-run key pair)

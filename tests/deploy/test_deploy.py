@@ -36,7 +36,7 @@ VAULT_EXAMPLE = ROOT / "inventory" / "group_vars" / "all" / "vault.yml.example"
 PLAYBOOKS = [ROOT / "playbook_master.yaml", *sorted((ROOT / "playbooks").glob("*.yaml")),
              DEPLOY / "render_templates.yaml", DEPLOY / "check_mode.yaml"]
 STAGES = ["provision", "base", "app", "kafka", "mongodb", "inference", "consumers", "producer",
-          "experiment", "analyze"]
+          "experiment", "analyze", "k8s"]
 ROLES = sorted(p.name for p in (ROOT / "roles").iterdir() if p.is_dir())
 
 
@@ -372,6 +372,11 @@ def test_master_playbook_imports_every_stage_with_its_tag():
     for play, stage in zip(plays, STAGES):
         target = ROOT / play["ansible.builtin.import_playbook"]
         assert target == ROOT / "playbooks" / f"{stage}.yaml" and target.exists()
+        # iot_deploy_target picks the VM stages or the k8s one; provision and base are shared
+        expected = {"provision": None, "base": None,
+                    "k8s": "iot_deploy_target | default('vms') == 'k8s'"}.get(
+                        stage, "iot_deploy_target | default('vms') == 'vms'")
+        assert play.get("when") == expected, (stage, play.get("when"))
 
 
 def test_argument_specs_cover_every_default():
@@ -385,6 +390,8 @@ def test_argument_specs_cover_every_default():
             assert option["description"] and option["type"], (role, name)
         for handler_dir in ("handlers", "templates", "tasks", "meta"):
             if role in ("provision", "experiment", "base") and handler_dir == "templates":
+                continue
+            if role == "k8s" and handler_dir in ("templates", "handlers"):  # kubernetes.core only
                 continue
             assert (ROOT / "roles" / role / handler_dir).is_dir(), (role, handler_dir)
 

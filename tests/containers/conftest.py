@@ -1,0 +1,21 @@
+"""The Compose pipeline test builds images and starts containers (minutes, root): it runs
+only when selected (``pytest -m containers tests/containers``, i.e. ``make
+test-containers``) or with RUN_CONTAINERS=1, never as part of the default ``make test``.
+The static checks of compose.yaml and deploy/k8s/ in this folder are not marked and run
+in ``make test``."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+
+def pytest_collection_modifyitems(config, items):
+    if "containers" in (config.getoption("markexpr") or "") or os.environ.get("RUN_CONTAINERS"):
+        return
+    skip = pytest.mark.skip(reason="container suite: run with `make test-containers` "
+                                   "(pytest -m containers tests/containers)")
+    for item in items:
+        if item.get_closest_marker("containers"):
+            item.add_marker(skip)

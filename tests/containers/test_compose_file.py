@@ -1,0 +1,120 @@
+"""Static checks of the container recipe (in make test, no engine needed): compose.yaml
+and the test override against the compose-spec schema (check-jsonschema), the Compose
+contract the issue asks for, and the Dockerfile / .dockerignore rules."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.support import ROOT
+
+COMPOSE = ROOT / "compose.yaml"
+OVERRIDE = ROOT / "tests" / "containers" / "compose.test.yaml"
+CHECK_JSONSCHEMA = Path(sys.executable).parent / "check-jsonschema"
+
+
+def _compose() -> dict:
+    return yaml.safe_load(COMPOSE.read_text())
+
+
+def test_compose_files_match_the_compose_spec_schema():
+    proc = subprocess.run([str(CHECK_JSONSCHEMA), "--builtin-schema", "vendor.compose-spec",
+                           str(COMPOSE), str(OVERRIDE)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_schema_check_rejects_a_broken_file(tmp_path):
+    """The validator really validates: an unknown service key fails."""
+    bad = tmp_path / "compose.yaml"
+    bad.write_text("services:\n  x:\n    image: a\n    no_such_key: 1\n")
+    proc = subprocess.run([str(CHECK_JSONSCHEMA), "--builtin-schema", "vendor.compose-spec", str(bad)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+
+
+@pytest.mark.skipif(not shutil.which("docker-compose"), reason="docker-compose not installed")
+def test_docker_compose_resolves_both_files():
+    env = {"PATH": "/usr/bin:/bin", "MONGO_ROOT_PASSWORD": "x"}
+    for files in (["-f", str(COMPOSE)], ["-f", str(COMPOSE), "-f", str(OVERRIDE)]):
+        extra = {f"IOTC_{k}": "1" for k in ("KAFKA_PORT", "MONGO_PORT", "INFERENCE_PORT", "COUNT")}
+        extra.update(IOTC_DATASET_DIR="/tmp", IOTC_OUT_DIR="/tmp", IOTC_APP_IMAGE="a", IOTC_INFERENCE_IMAGE="i",
+                     IOTC_EMBEDDED_IMAGE="e", IOTC_PRODUCER_ID="p", IOTC_DATASET_NAME="d")
+        proc = subprocess.run(["docker-compose", *files, "--project-directory", str(ROOT), "config", "-q"],
+                              env={**env, **extra}, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+
+
+def test_compose_services_and_start_order():
+    services = _compose()["services"]
+    assert {"kafka", "kafka-init", "mongo", "inference", "inference-consumer", "db-consumer", "producer",
+            "experiment"} <= set(services)
+    assert services["kafka"]["image"].startswith("apache/kafka:")
+    assert "controller" in services["kafka"]["environment"]["KAFKA_PROCESS_ROLES"]  # KRaft
+    assert services["mongo"]["image"].startswith("mongo:")
+    for name in ("kafka", "mongo", "inference"):
+        assert services[name].get("healthcheck"), f"{name} has no health check"
+    assert any(v.endswith(":/data/db") for v in services["mongo"]["volumes"])
+    deps = {name: s.get("depends_on", {}) for name, s in services.items()}
+    assert deps["kafka-init"]["kafka"]["condition"] == "service_healthy"
+    assert deps["db-consumer"]["mongo"]["condition"] == "service_healthy"
+    assert deps["inference-consumer"]["inference"]["condition"] == "service_healthy"
+    for name in ("inference-consumer", "db-consumer", "producer", "experiment"):
+        assert deps[name]["kafka-init"]["condition"] == "service_completed_successfully"
+    assert services["experiment"]["profiles"] == ["experiment"]
+    assert "experiments.experiment" in services["experiment"]["command"]
+    assert any(v.endswith(":/app/results") for v in services["experiment"]["volumes"])
+    # scalable: no fixed container name, no host port on the producer or the consumers
+    for name in ("producer", "inference-consumer", "db-consumer"):
+        assert "container_name" not in services[name] and "ports" not in services[name]
+
+
+def test_partitions_cover_the_scaled_consumers():
+    text = COMPOSE.read_text()
+    default = int(re.search(r"IMAGES_PARTITIONS:-(\d+)", text).group(1))
+    assert default >= 5, "the images topic needs a partition per inference-consumer replica (up to 5)"
+    assert "--partitions $$IMAGES_PARTITIONS" in text
+
+
+def test_no_secret_in_compose():
+    text = COMPOSE.read_text()
+    assert "MONGO_ROOT_PASSWORD:?" in text, "the MongoDB password must come from the environment/.env"
+    for line in text.splitlines():
+        if re.search(r"PASSWORD\s*:", line):
+            assert "${" in line, f"literal password: {line.strip()}"
+    assert (ROOT / ".env.example").is_file()
+    ignored = subprocess.run(["git", "check-ignore", "-q", ".env"], cwd=ROOT).returncode
+    assert ignored == 0, ".env must be git-ignored"
+
+
+def test_dockerfile_rules():
+    text = (ROOT / "Dockerfile").read_text()
+    assert re.search(r"^ARG BASE_IMAGE=python:3\.11-slim-bookworm$", text, re.M)
+    stages = re.findall(r"^FROM \S+ AS (\S+)$", text, re.M)
+    assert {"app", "inference"} <= set(stages)
+    assert len(stages) >= 4, "multi-stage: build stages separate from the runtime ones"
+    assert "org.opencontainers.image.title" in text and "org.opencontainers.image.source" in text
+    blocks = re.split(r"^FROM ", text, flags=re.M)[1:]
+    by_stage = {re.match(r"\S+ AS (\S+)", b).group(1): b for b in blocks}
+    for final in ("app", "inference"):
+        assert re.search(r"^USER (?!root|0\b)\w+", by_stage[final], re.M), f"{final} runs as root"
+        assert "HEALTHCHECK" in by_stage[final], f"{final} has no HEALTHCHECK"
+    # TensorFlow only in the inference image: the app's venv never sees inference.txt
+    assert "inference.txt" not in by_stage["build-app"] and "inference.txt" in by_stage["build-inference"]
+    assert "--from=build-inference" not in by_stage["app"]
+
+
+def test_dockerignore_keeps_secrets_and_artefacts_out():
+    lines = [ln.strip() for ln in (ROOT / ".dockerignore").read_text().splitlines()]
+    assert lines[lines.index("*") if "*" in lines else 0] == "*", "an allow-list: everything ignored first"
+    allowed = {ln[1:].rstrip("/") for ln in lines if ln.startswith("!")}
+    for never in (".venv", "results", ".run", ".deploy", "clouds.yaml", "inventory", ".env", ".git"):
+        assert never not in allowed
+    for secret in ("**/clouds.yaml", "**/*.vault", "**/vault.yml", "**/.env"):
+        assert secret in lines

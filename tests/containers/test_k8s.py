@@ -1,0 +1,196 @@
+"""deploy/k8s/ (in make test, no cluster needed): every overlay builds with `kubectl
+kustomize`; the built-in kinds pass kubernetes-validate --strict; the custom resources
+(Strimzi, KEDA) pass the JSON schemas of their CRDs in ../shared/schemas/crds; and the
+manifests agree with the code (probe paths the Flask app serves, consumer groups, topic
+partitions vs KEDA's maxReplicaCount, secrets referenced, never inlined)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+
+from tests.support import ROOT
+
+K8S = ROOT / "deploy" / "k8s"
+OVERLAYS = sorted(p.name for p in (K8S / "overlays").iterdir() if p.is_dir())
+SCHEMAS = ROOT.parent / "shared" / "schemas" / "crds"
+KUBERNETES_VALIDATE = Path(sys.executable).parent / "kubernetes-validate"
+BUILTIN_GROUPS = {"v1", "apps/v1", "batch/v1", "policy/v1", "autoscaling/v2"}
+
+
+def _missing(reason: str):
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"CI=true: {reason}")
+    pytest.skip(reason)
+
+
+def _kubectl() -> str:
+    kubectl = shutil.which("kubectl")
+    if not kubectl:
+        _missing("kubectl not installed (needed for `kubectl kustomize`; see docs/CONTAINERS.md)")
+    return kubectl
+
+
+def build(overlay: str, tmp_path: Path) -> list[dict]:
+    """`kubectl kustomize` of a copy of deploy/k8s whose git-ignored mongodb.env is the example."""
+    tree = tmp_path / "k8s"
+    shutil.copytree(K8S, tree, ignore=shutil.ignore_patterns("*.env"))
+    shutil.copy(tree / "base" / "mongodb.env.example", tree / "base" / "mongodb.env")
+    proc = subprocess.run([_kubectl(), "kustomize", str(tree / "overlays" / overlay)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return [d for d in yaml.safe_load_all(proc.stdout) if d]
+
+
+@pytest.fixture(scope="module", params=OVERLAYS)
+def built(request, tmp_path_factory):
+    return request.param, build(request.param, tmp_path_factory.mktemp(request.param))
+
+
+def _by_kind(docs, kind):
+    return {d["metadata"]["name"]: d for d in docs if d["kind"] == kind}
+
+
+def test_overlays_exist():
+    assert {"local", "cloud"} <= set(OVERLAYS)
+
+
+def test_builtin_kinds_pass_kubernetes_validate_strict(built, tmp_path):
+    _, docs = built
+    builtin = [d for d in docs if d["apiVersion"] in BUILTIN_GROUPS]
+    assert len(builtin) >= 10
+    path = tmp_path / "builtin.yaml"
+    path.write_text(yaml.safe_dump_all(builtin))
+    proc = subprocess.run([str(KUBERNETES_VALIDATE), "--strict", "--quiet", str(path)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    unknown = [f"{d['apiVersion']} {d['kind']}" for d in docs
+               if d["apiVersion"] not in BUILTIN_GROUPS and d["apiVersion"].split("/")[0]
+               not in ("kafka.strimzi.io", "keda.sh")]
+    assert not unknown, f"kinds validated by neither check: {unknown}"
+
+
+def test_kubernetes_validate_rejects_an_unknown_field(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("apiVersion: v1\nkind: Service\nmetadata: {name: x}\nspec:\n  ports: [{port: 1}]\n"
+                   "  noSuchField: 1\n")
+    proc = subprocess.run([str(KUBERNETES_VALIDATE), "--strict", "--quiet", str(bad)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+
+
+def _crd_schema(doc: dict) -> dict:
+    group, version = doc["apiVersion"].split("/")
+    path = SCHEMAS / group / f"{doc['kind'].lower()}_{version}.json"
+    if not path.is_file():
+        _missing(f"CRD schema {path} not found (../shared/schemas, see its README)")
+    return json.loads(path.read_text())
+
+
+def test_custom_resources_match_their_crd_schemas(built):
+    _, docs = built
+    custom = [d for d in docs if d["apiVersion"].split("/")[0] in ("kafka.strimzi.io", "keda.sh")]
+    kinds = {d["kind"] for d in custom}
+    assert kinds == {"Kafka", "KafkaNodePool", "KafkaTopic", "KafkaUser", "ScaledObject",
+                     "TriggerAuthentication"}
+    for doc in custom:
+        errors = sorted(jsonschema.Draft7Validator(_crd_schema(doc)).iter_errors(doc), key=str)
+        assert not errors, f"{doc['kind']}/{doc['metadata']['name']}: {[e.message for e in errors][:5]}"
+
+
+def test_crd_schema_check_rejects_a_bad_resource(built):
+    _, docs = built
+    topic = json.loads(json.dumps(_by_kind(docs, "KafkaTopic")["iot-images"]))
+    topic["spec"]["partitions"] = "six"
+    assert list(jsonschema.Draft7Validator(_crd_schema(topic)).iter_errors(topic))
+
+
+def test_kraft_kafka_and_topics(built):
+    _, docs = built
+    kafka = _by_kind(docs, "Kafka")["iot-kafka"]
+    assert kafka["metadata"]["annotations"]["strimzi.io/kraft"] == "enabled"
+    assert "zookeeper" not in kafka["spec"]
+    pool = _by_kind(docs, "KafkaNodePool")["dual-role"]
+    assert set(pool["spec"]["roles"]) == {"controller", "broker"}
+    topics = _by_kind(docs, "KafkaTopic")
+    assert {"iot-images", "iot-inference", "iot-dlq"} <= set(topics)
+    scaled = _by_kind(docs, "ScaledObject")["inference-consumer"]
+    assert scaled["spec"]["maxReplicaCount"] <= topics["iot-images"]["spec"]["partitions"]
+    trigger = scaled["spec"]["triggers"][0]
+    from consumers.inference import GROUP_ID as INFERENCE_GROUP
+    assert trigger["type"] == "kafka" and trigger["metadata"]["consumerGroup"] == INFERENCE_GROUP
+    assert trigger["metadata"]["topic"] == "iot-images"
+
+
+def test_kafka_users_acls_name_the_code_groups(built):
+    _, docs = built
+    from consumers.db import GROUP_ID as DB_GROUP
+    from consumers.inference import GROUP_ID as INFERENCE_GROUP
+    users = _by_kind(docs, "KafkaUser")
+    assert set(users) == {"producer", "inference-consumer", "db-consumer"}
+
+    def groups(user):
+        return {a["resource"]["name"] for a in users[user]["spec"]["authorization"]["acls"]
+                if a["resource"]["type"] == "group"}
+    assert groups("inference-consumer") == {INFERENCE_GROUP}
+    assert groups("db-consumer") == {DB_GROUP}
+    assert groups("producer") == set()
+
+
+def test_probes_use_the_paths_the_service_serves(built):
+    _, docs = built
+    served = set(re.findall(r'@health\.get\("([^"]+)"\)', (ROOT / "inference" / "api.py").read_text()))
+    assert {"/healthz", "/readyz"} <= served
+    container = _by_kind(docs, "Deployment")["inference"]["spec"]["template"]["spec"]["containers"][0]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+        if probe in container:
+            assert container[probe]["httpGet"]["path"] in served
+
+
+def test_workloads_have_resources_pdbs_and_autoscaling(built):
+    _, docs = built
+    deployments = _by_kind(docs, "Deployment")
+    assert {"inference", "inference-consumer", "db-consumer"} <= set(deployments)
+    pdb_targets = {p["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"]
+                   for p in _by_kind(docs, "PodDisruptionBudget").values()}
+    for name, dep in deployments.items():
+        for c in dep["spec"]["template"]["spec"]["containers"]:
+            assert c["resources"]["requests"] and c["resources"]["limits"]["memory"], name
+        assert "livenessProbe" in dep["spec"]["template"]["spec"]["containers"][0], name
+        assert dep["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/name"] in pdb_targets
+    hpa = _by_kind(docs, "HorizontalPodAutoscaler")["inference"]
+    assert hpa["apiVersion"] == "autoscaling/v2" and hpa["spec"]["scaleTargetRef"]["name"] == "inference"
+    mongo = _by_kind(docs, "StatefulSet")["mongodb"]
+    assert mongo["spec"]["volumeClaimTemplates"]
+    assert _by_kind(docs, "Service")["mongodb"]["spec"]["clusterIP"] == "None"
+    job = _by_kind(docs, "Job")["producers"]
+    assert job["spec"]["completionMode"] == "Indexed" and "parallelism" in job["spec"]
+
+
+def test_secrets_are_generated_and_referenced_never_inlined(built):
+    _, docs = built
+    # the only Secrets are the generated ones; their values come from the (ignored) env file
+    secrets = {d["metadata"]["name"] for d in docs if d["kind"] == "Secret"}
+    assert any(n.startswith("mongodb-credentials-") for n in secrets)
+    for path in K8S.rglob("*.yaml"):
+        text = path.read_text()
+        assert "kind: Secret" not in text, f"{path}: a Secret written in a manifest"
+        assert not re.search(r"(?i)password\s*[:=]\s*(?!\$\()\S", text.replace("key: password", "")), path
+    text = json.dumps(docs)
+    assert "MONGO_INITDB_ROOT_PASSWORD" in text  # referenced by secretKeyRef
+    db = _by_kind(docs, "Deployment")["db-consumer"]["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e for e in db["env"]}
+    assert "valueFrom" in env["MONGO_PASSWORD"] and "$(MONGO_PASSWORD)" in env["MONGO_URI"]["value"]
+    ignored = subprocess.run(["git", "check-ignore", "-q", "deploy/k8s/base/mongodb.env"], cwd=ROOT).returncode
+    assert ignored == 0, "deploy/k8s/base/mongodb.env must be git-ignored"
