@@ -339,8 +339,9 @@ def test_ssh_config_reaches_every_vm_through_the_jump_host_with_its_own_known_ho
 
 
 def test_experiment_defaults(rendered):
+    """rate 0: the experiment measures the capacity first and picks the rate (no --rate)."""
     settings = json.loads((rendered / "vm1-producer" / "experiment.json").read_text())
-    assert settings == {"producers": [1, 2, 3, 4], "images": 200, "rate": 10}
+    assert settings == {"producers": [1, 2, 3, 4], "images": 200, "rate": 0}
 
 
 # ----------------------------------------------------------------------- check mode
