@@ -9,8 +9,10 @@ component's.  This file is executed by the *master*: it must import nothing heav
 """
 
 import os
+import shutil
 import stat
 import sys
+import tempfile
 
 # The project root, so that the settings import whatever the working directory
 # (Gunicorn puts its own cwd on sys.path, the unit's WorkingDirectory on the VMs).
@@ -101,6 +103,36 @@ accesslog = _s.gunicorn_accesslog or _stderr_file()
 loglevel = _s.log_level.lower()
 # Client, request line, status, bytes, duration in seconds, worker pid.
 access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(L)ss pid=%(p)s'
+
+
+# Prometheus multiprocess mode (inference/metrics.py): every worker writes its metrics
+# to files in PROMETHEUS_MULTIPROC_DIR, and /metrics adds them up.  Set here, in the
+# master, before any worker is forked (prometheus_client reads it at import).  A given
+# directory is emptied at start (files of an earlier run would add up with this one's);
+# without one, a private temporary directory, removed when the master exits.
+_metrics_dir_given = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+if _metrics_dir_given:
+    os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
+    for _name in os.listdir(os.environ["PROMETHEUS_MULTIPROC_DIR"]):
+        if _name.endswith(".db"):
+            os.unlink(os.path.join(os.environ["PROMETHEUS_MULTIPROC_DIR"], _name))
+else:
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="iot-inference-metrics-")
+
+
+def child_exit(server, worker):
+    """A worker is gone: its live gauges (queue depth, model ready) stop counting."""
+    try:
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)
+    except Exception as exc:  # noqa: BLE001 - metrics must never stop the master
+        server.log.warning("metrics: could not mark worker %s dead: %s", worker.pid, exc)
+
+
+def on_exit(server):
+    if not _metrics_dir_given:
+        shutil.rmtree(os.environ.get("PROMETHEUS_MULTIPROC_DIR", ""), ignore_errors=True)
 
 
 def when_ready(server):
