@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Installs the Debian packages the cloud-less rehearsal (tests/rehearsal/) needs on the
-# CI machine: the Docker engine (the "VMs" are systemd containers), debootstrap (the
-# VM image is built from the Debian archive, no registry needed), the SSH client.
+# Installs the Debian packages the tests need on the CI machine: for the cloud-less
+# rehearsal (tests/rehearsal/) the Docker engine (the "VMs" are systemd containers),
+# debootstrap (the VM image is built from the Debian archive, no registry needed), the
+# SSH client; for the observability tests Prometheus and promtool.
 #
 #   sudo scripts/install-system-packages.sh            # install what is missing
 #   sudo scripts/install-system-packages.sh --update   # always run apt-get update first
@@ -20,6 +21,7 @@ PACKAGES=(
   openssh-client         # ssh, ssh-keygen (Ansible's connection, the per-run key pair)
   tar
   procps                 # pgrep/ps used by the harness's diagnostics
+  prometheus             # prometheus + promtool: the stack's scrapes, the rules' tests (docs/OBSERVABILITY.md)
 )
 # Extra packages, e.g. IOT_REHEARSAL_EXTRA_PACKAGES="apt-cacher-ng"
 read -r -a EXTRA <<<"${IOT_REHEARSAL_EXTRA_PACKAGES:-}"
