@@ -128,6 +128,14 @@ class MetricsServer:
         log.info("metrics: waiting up to %.0f s for a last scrape of :%d", seconds, self.port)
         return self.watch.wait_for_scrape_after(seen, seconds)
 
+    def wait_first_scrape(self, seconds: float) -> bool:
+        """Wait (at most ``seconds``) until /metrics was scraped once: a batch job's counters
+        are then seen from zero, so rate() and increase() cover its whole run."""
+        if seconds <= 0:
+            return False
+        log.info("metrics: waiting up to %.0f s for a first scrape of :%d", seconds, self.port)
+        return self.watch.wait_for_scrape_after(0, seconds)
+
     def close(self) -> None:
         try:
             self.server.shutdown()

@@ -64,6 +64,8 @@ def main(argv=None) -> int:
         return 2
     run = ProducerRun(producer_id, ProducerMetrics(metrics.metrics_enabled))
     server = serve(metrics, "producer")
+    if server is not None:  # a batch job: let Prometheus see its counters at zero first
+        server.wait_first_scrape(metrics.metrics_hold_s)
     try:
         run_cameras(run, kafka=kafka, dataset=ds, count=prod.count, rate=prod.rate, devices=prod.devices,
                     result_timeout_s=prod.result_timeout_s, progress=not args.no_progress,

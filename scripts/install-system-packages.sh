@@ -2,7 +2,7 @@
 # Installs the Debian packages the tests need on the CI machine: for the cloud-less
 # rehearsal (tests/rehearsal/) the Docker engine (the "VMs" are systemd containers),
 # debootstrap (the VM image is built from the Debian archive, no registry needed), the
-# SSH client; for the observability tests Prometheus and promtool.
+# SSH client; for the observability tests Prometheus, promtool and a headless Chromium.
 #
 #   sudo scripts/install-system-packages.sh            # install what is missing
 #   sudo scripts/install-system-packages.sh --update   # always run apt-get update first
@@ -22,6 +22,8 @@ PACKAGES=(
   tar
   procps                 # pgrep/ps used by the harness's diagnostics
   prometheus             # prometheus + promtool: the stack's scrapes, the rules' tests (docs/OBSERVABILITY.md)
+  chromium               # the live dashboard's headless-browser test (tests/integration/test_dashboard.py)
+  chromium-driver
 )
 # Extra packages, e.g. IOT_REHEARSAL_EXTRA_PACKAGES="apt-cacher-ng"
 read -r -a EXTRA <<<"${IOT_REHEARSAL_EXTRA_PACKAGES:-}"

@@ -5,7 +5,8 @@ State lives under the stack directory (``.run/`` by default, ``STACK_DIR`` to mo
 
     .run/stack.env          KAFKA_BOOTSTRAP_SERVERS=, MONGO_URI=, INFERENCE_URL=, the metrics
                             ports (<COMPONENT>_METRICS_PORT=, PRODUCER_METRICS_PORT= for a
-                            producer to use), PROMETHEUS_URL= when Prometheus runs
+                            producer to use), PROMETHEUS_URL= when Prometheus runs,
+                            DASHBOARD_URL= (python -m dashboard; STACK_DASHBOARD=0: none)
     .run/prometheus/        the generated prometheus.yml (stack/monitoring.py)
     .run/pids/<name>.pid    one per component (rewritten on every restart)
     .run/logs/<name>.log    one per component, appended across restarts
@@ -194,6 +195,7 @@ class Supervisor:
         self.endpoints["PRODUCER_METRICS_PORT"] = str(producer_port)
         scrape["producer"] = [f"127.0.0.1:{producer_port}"]
         self.plan_prometheus(scrape)
+        self.plan_dashboard()
 
         for c in self.components:
             c.env = {**os.environ, **base_env, **self.endpoints, **c.env}
@@ -219,6 +221,20 @@ class Supervisor:
                            f"--storage.tsdb.path={self.dir / 'data' / 'prometheus'}",
                            "--storage.tsdb.retention.time=2d", f"--web.listen-address=127.0.0.1:{port}"],
             ready=lambda: self._http_ok(url + "/-/ready")))
+
+    def plan_dashboard(self) -> None:
+        """The live dashboard (python -m dashboard) on a free loopback port, unless
+        STACK_DASHBOARD=0: it reads the stack's MongoDB and Prometheus."""
+        if os.environ.get("STACK_DASHBOARD", "1").strip().lower() in ("0", "false", "no", "off"):
+            return
+        port = int(os.environ.get("STACK_DASHBOARD_PORT", "0")) or monitoring.free_port()
+        url = f"http://127.0.0.1:{port}"
+        self.endpoints["DASHBOARD_URL"] = url
+        env = {"DASHBOARD_BIND": f"127.0.0.1:{port}"}
+        if "PROMETHEUS_URL" in self.endpoints:
+            env["PROMETHEUS_URL"] = self.endpoints["PROMETHEUS_URL"]
+        self.components.append(Component("dashboard", [sys.executable, "-m", "dashboard"], env=env,
+                                         ready=lambda: self._http_ok(url + "/healthz")))
 
     # ------------------------------------------------------------ health checks
     @staticmethod

@@ -23,7 +23,7 @@ import requests
 from analysis.stats import percentile
 from common.metrics import LATENCY_BUCKETS_S
 from common.rundir import read_latencies
-from tests.promtool import required_binary
+from tests.binaries import required_binary
 from tests.support import HANG_GUARD_S, eventually
 
 ROOT = Path(__file__).resolve().parents[2]

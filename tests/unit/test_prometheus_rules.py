@@ -7,7 +7,7 @@ from __future__ import annotations
 import subprocess
 
 from stack.monitoring import JOBS, RULES_DIR, rule_files, scrape_config
-from tests.promtool import required_binary
+from tests.binaries import required_binary
 from tests.support import ROOT
 
 TESTS_DIR = ROOT / "monitoring" / "prometheus" / "tests"
