@@ -69,7 +69,7 @@ HERE = harness.HERE
 RESULTS = ROOT / "results" / "rehearsal"
 LOGS = RESULTS / "logs"
 ANSIBLE_PLAYBOOK = Path(sys.executable).parent / "ansible-playbook"
-STAGES = ["provision", "base", "app", "kafka", "mongodb", "inference", "consumers", "producer",
+STAGES = ["provision", "base", "app", "kafka", "mongodb", "inference", "consumers", "monitoring", "producer",
           "experiment", "analyze"]
 # The tags of the plays that install the real Kafka and MongoDB servers, Prometheus and Grafana.
 SERVER_TAGS = "kafka_server,mongodb_server,monitoring_server"
