@@ -106,18 +106,26 @@ access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(L)ss pid=%(p)s'
 
 
 # Prometheus multiprocess mode (inference/metrics.py): every worker writes its metrics
-# to files in PROMETHEUS_MULTIPROC_DIR, and /metrics adds them up.  Set here, in the
-# master, before any worker is forked (prometheus_client reads it at import).  A given
-# directory is emptied at start (files of an earlier run would add up with this one's);
+# to files in PROMETHEUS_MULTIPROC_DIR, and /metrics adds them up.  Set in on_starting, in
+# the master, once, before any worker is forked (prometheus_client reads it at import;
+# not at the top of this file, which a reload reads again and tests run in-process).  A
+# given directory is emptied (files of an earlier run would add up with this one's);
 # without one, a private temporary directory, removed when the master exits.
-_metrics_dir_given = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
-if _metrics_dir_given:
-    os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
-    for _name in os.listdir(os.environ["PROMETHEUS_MULTIPROC_DIR"]):
-        if _name.endswith(".db"):
-            os.unlink(os.path.join(os.environ["PROMETHEUS_MULTIPROC_DIR"], _name))
-else:
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="iot-inference-metrics-")
+_metrics_dir_owned = False
+
+
+def on_starting(server):
+    global _metrics_dir_owned
+    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if path:
+        os.makedirs(path, exist_ok=True)
+        for name in os.listdir(path):
+            if name.endswith(".db"):
+                os.unlink(os.path.join(path, name))
+    else:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="iot-inference-metrics-")
+        _metrics_dir_owned = True
+    server.log.info("metrics: multiprocess files in %s", os.environ["PROMETHEUS_MULTIPROC_DIR"])
 
 
 def child_exit(server, worker):
@@ -131,7 +139,7 @@ def child_exit(server, worker):
 
 
 def on_exit(server):
-    if not _metrics_dir_given:
+    if _metrics_dir_owned:
         shutil.rmtree(os.environ.get("PROMETHEUS_MULTIPROC_DIR", ""), ignore_errors=True)
 
 
