@@ -16,7 +16,7 @@ import os
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 _CONFIG = SettingsConfigDict(env_file=None, extra="forbid", case_sensitive=False)
@@ -214,6 +214,47 @@ class GunicornSettings(BaseSettings):
                        "debug", "info", "warning", "error", "critical"] = "INFO"
 
 
+class MetricsSettings(BaseSettings):
+    """Prometheus metrics of a consumer or a producer (common/metrics.py, docs/OBSERVABILITY.md).
+    The inference service serves its own on /v1's port (``/metrics``)."""
+
+    model_config = _CONFIG
+
+    # Port of the process's /metrics HTTP endpoint; 0 or empty: no endpoint (the metrics
+    # are still counted unless METRICS_ENABLED is false).
+    metrics_port: int = Field(0, ge=0, le=65535)
+    # Loopback by default: the metrics say how busy the pipeline is and nothing more, but
+    # exposing them is a deliberate choice (the VMs bind the host's address, firewalled).
+    metrics_bind: str = "127.0.0.1"
+    # Off: every metric update is skipped (to measure what the metrics cost).
+    metrics_enabled: bool = True
+    # A producer (a batch job) waits for a first scrape before sending (its counters seen
+    # at zero, so rate() covers the whole run) and keeps serving /metrics after its run
+    # until one scrape has read the final counts, each at most this long; 0: no waiting.
+    metrics_hold_s: float = Field(0.0, ge=0)
+
+    @field_validator("metrics_port", mode="before")
+    @classmethod
+    def _empty_is_off(cls, value):
+        return 0 if value is None or (isinstance(value, str) and not value.strip()) else value
+
+
+class DashboardSettings(BaseSettings):
+    """The live dashboard (``python -m dashboard``): reads MongoDB and Prometheus only."""
+
+    model_config = _CONFIG
+
+    # Loopback by default.  Any other address needs DASHBOARD_TOKEN (it refuses to start
+    # without one): the page shows the pipeline's images.
+    dashboard_bind: str = "127.0.0.1:8050"
+    # Bearer token of the dashboard (like INFERENCE_TOKEN): the page's requests carry it
+    # (given once as /?token=..., kept in an HttpOnly cookie).  None: no token.
+    dashboard_token: SecretStr | None = None
+    prometheus_url: str = "http://127.0.0.1:9090"
+    dashboard_recent_images: int = Field(12, ge=1, le=100)
+    dashboard_refresh_ms: int = Field(2000, ge=200)
+
+
 _SECRET_IN_URI = re.compile(r"(//[^:/@]+:)([^@]+)(@)")
 
 
@@ -289,4 +330,5 @@ def with_flags(cls: type[BaseSettings], parser=None, **flags: Any) -> BaseSettin
 
 
 SETTINGS_GROUPS = (KafkaSettings, MongoSettings, DbWriterSettings, DlqToolSettings, InferenceClientSettings,
-                   DatasetSettings, ProducerSettings, ServiceSettings, GunicornSettings)
+                   DatasetSettings, ProducerSettings, ServiceSettings, GunicornSettings, MetricsSettings,
+                   DashboardSettings)

@@ -50,10 +50,12 @@ from common.deadletter import to_dead_letter
 from common.kafka_io import make_consumer, make_producer
 from common.lifecycle import Backoff, stop_event
 from common.log import setup_logging
+from common.metrics import serve
 from common.mongo_io import connect, ensure_indexes, images_collection
 from common.schema import InvalidMessage, parse_image_message, parse_result_message
-from common.settings import DbWriterSettings, KafkaSettings, MongoSettings, describe, with_flags
+from common.settings import DbWriterSettings, KafkaSettings, MetricsSettings, MongoSettings, describe, with_flags
 from consumers.batching import ReadyMarker, all_delivered, commit, idle_wait, rewind
+from consumers.metrics import DbConsumerMetrics
 
 log = logging.getLogger("consumers.db")
 
@@ -130,8 +132,10 @@ def result_update(msg: dict, now: float):
 
 
 class DbWriter:
-    def __init__(self, kafka: KafkaSettings, mongo: MongoSettings, stop, max_records: int = 500):
+    def __init__(self, kafka: KafkaSettings, mongo: MongoSettings, stop, max_records: int = 500,
+                 metrics: DbConsumerMetrics | None = None):
         self.kafka, self.stop, self.max_records = kafka, stop, max_records
+        self.metrics = metrics or DbConsumerMetrics()
         self.client = connect(mongo)
         self.collection = images_collection(self.client, mongo)
         self.consumer = make_consumer(kafka, kafka.images_topic, kafka.results_topic,
@@ -141,6 +145,7 @@ class DbWriter:
                                       fetch_max_wait_ms=max(500, kafka.kafka_fetch_max_wait_ms))
         self.producer = make_producer(kafka)
         self.written = self.skipped = self.dead = 0
+        self.rejected: set[int] = set()  # id() of this poll's records MongoDB refused
         self.last_log = 0.0
 
     def ensure_indexes(self) -> None:
@@ -156,6 +161,7 @@ class DbWriter:
     def dead_letter(self, record, reason: str):
         """Send ``record`` as it is to the DLQ with ``reason``; returns the send's future."""
         self.dead += 1
+        self.metrics.dead_letter()
         log.warning("dead-letter %s[%d]@%d: %s", record.topic, record.partition, record.offset, reason)
         key, value, headers = to_dead_letter(record, reason, max_bytes=self.kafka.dlq_max_record_bytes)
         return self.producer.send(self.kafka.dlq_topic, key=key, value=value, headers=headers)
@@ -177,6 +183,7 @@ class DbWriter:
                     futures.append(self.dead_letter(record, exc.reason))
                 else:
                     self.skipped += 1
+                    self.metrics.skipped_image()
         return updates, futures
 
     def write(self, updates, futures) -> bool:
@@ -206,13 +213,18 @@ class DbWriter:
         failure that makes it retried.  Refused documents are dead-lettered."""
         from pymongo.errors import BulkWriteError, PyMongoError
 
+        started = time.perf_counter()
         try:
-            self.collection.bulk_write([op for _, op in pending], ordered=False)
+            try:
+                self.collection.bulk_write([op for _, op in pending], ordered=False)
+            finally:
+                self.metrics.bulk_write(len(pending), time.perf_counter() - started)
             return [], None
         except BulkWriteError as exc:
             retry, dead, failure = set(), set(), None
             for error in exc.details.get("writeErrors") or []:
                 index, kind = error["index"], classify_write_error(error)
+                self.metrics.write_error(kind)
                 why = f"code {error.get('code')}: {error.get('errmsg')}"
                 if kind == DETERMINISTIC:
                     dead.add(index)
@@ -222,12 +234,14 @@ class DbWriter:
                     failure = (kind, why) if failure is None or kind == DISK_FULL else failure
             concern = exc.details.get("writeConcernErrors") or []
             if concern:  # applied, but not as durably as asked: write every one again
+                self.metrics.write_error(TRANSIENT, len(concern))
                 retry = set(range(len(pending))) - dead
                 failure = failure or (TRANSIENT, "write concern not satisfied: " + "; ".join(
                     f"code {e.get('code')}: {e.get('errmsg')}" for e in concern))
             return [pending[i] for i in sorted(retry)], failure
         except encoding_errors() as exc:
             if len(pending) == 1:
+                self.metrics.write_error(DETERMINISTIC)
                 futures.append(self.reject(pending[0][0], "the document cannot be encoded for MongoDB "
                                                           f"({type(exc).__name__}: {exc})"))
                 return [], None
@@ -239,10 +253,22 @@ class DbWriter:
             retry_b, failure_b = self.attempt(pending[half:], futures)
             return retry_a + retry_b, failure_a or failure_b
         except PyMongoError as exc:
-            return pending, (classify_exception(exc), str(exc))
+            kind = classify_exception(exc)
+            self.metrics.write_error(kind)
+            return pending, (kind, str(exc))
+
+    def count_written(self, updates) -> None:
+        """Count the committed updates by source topic, less those MongoDB refused (dead-lettered)."""
+        by_topic: dict[str, int] = {}
+        for record, _op in updates:
+            if id(record) not in self.rejected:
+                by_topic[record.topic] = by_topic.get(record.topic, 0) + 1
+        for topic, n in by_topic.items():
+            self.metrics.documents("result" if topic == self.kafka.results_topic else "image", n)
 
     def reject(self, record, reason: str):
         """A record MongoDB will never take: dead-lettered like an invalid result."""
+        self.rejected.add(id(record))
         return self.dead_letter(record, reason)
 
     def run(self) -> None:
@@ -253,8 +279,10 @@ class DbWriter:
         while not self.stop.is_set():
             polled = self.consumer.poll(timeout_ms=500, max_records=self.max_records)
             ready.check(self.consumer)
+            self.metrics.update_lag(self.consumer)
             records = [r for batch in polled.values() for r in batch]
             if records:
+                self.rejected: set[int] = set()
                 updates, futures = self.to_updates(records)
                 invalid = len(futures)
                 ok = (not updates or self.write(updates, futures))
@@ -264,6 +292,7 @@ class DbWriter:
                 if ok:
                     commit(self.consumer, records)
                     self.written += len(updates) - (len(futures) - invalid)
+                    self.count_written(updates)
                 else:
                     rewind(self.consumer, records)
             now = time.monotonic()
@@ -284,10 +313,12 @@ def main(argv=None) -> int:
     p.add_argument("--max-records", type=int,
                    help="largest bulk_write (default DB_MAX_RECORDS, 500)")
     args = p.parse_args(argv)
-    kafka, mongo = KafkaSettings(), MongoSettings()
+    kafka, mongo, metrics = KafkaSettings(), MongoSettings(), MetricsSettings()
     writer = with_flags(DbWriterSettings, p, db_max_records=args.max_records)
-    log.info("%s", describe(kafka, mongo, writer))
-    DbWriter(kafka, mongo, stop_event(), writer.db_max_records).run()
+    log.info("%s", describe(kafka, mongo, writer, metrics))
+    recorder = DbConsumerMetrics(metrics.metrics_enabled)
+    serve(metrics, "DB consumer")
+    DbWriter(kafka, mongo, stop_event(), writer.db_max_records, recorder).run()
     return 0
 
 

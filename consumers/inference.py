@@ -26,11 +26,15 @@ from common.deadletter import to_dead_letter
 from common.kafka_io import RESULT_PRODUCER_HEADER, make_consumer, make_producer
 from common.lifecycle import Backoff, stop_event
 from common.log import setup_logging
+from common.metrics import serve
 from common.models import ModelInfo, PredictResponse
 from common.schema import InvalidMessage, dumps, make_result_message, parse_image_message
-from common.settings import InferenceClientSettings, KafkaSettings, describe, secret, with_flags
+from common.settings import (InferenceClientSettings, KafkaSettings, MetricsSettings, describe, secret,
+                             with_flags)
 from consumers.batching import (ReadyMarker, all_delivered, commit, gather, idle_wait, rewind,
                                 wait_polling)
+from consumers.metrics import (DLQ_IMAGE_ERROR, DLQ_INVALID_INPUT, DLQ_INVALID_PREDICTION, DLQ_SERVICE_REFUSED,
+                               InferenceConsumerMetrics)
 
 log = logging.getLogger("consumers.inference")
 
@@ -224,8 +228,10 @@ class Stats:
 
 
 class InferenceConsumer:
-    def __init__(self, kafka: KafkaSettings, client_settings: InferenceClientSettings, stop):
+    def __init__(self, kafka: KafkaSettings, client_settings: InferenceClientSettings, stop,
+                 metrics: InferenceConsumerMetrics | None = None):
         self.kafka, self.cfg, self.stop = kafka, client_settings, stop
+        self.metrics = metrics or InferenceConsumerMetrics()
         self.client = InferenceClient(client_settings)
         self.http = ThreadPoolExecutor(1, thread_name_prefix="predict")
         self.consumer = make_consumer(kafka, kafka.images_topic, group_id=GROUP_ID,
@@ -234,8 +240,10 @@ class InferenceConsumer:
         self.stats = Stats()
         self.pending: list = []  # send futures of the current batch
 
-    def dead_letter(self, record, reason: str) -> None:
+    def dead_letter(self, record, reason: str, kind: str) -> None:
+        """Send ``record`` to the DLQ with ``reason``; ``kind`` (consumers.metrics.DLQ_*) labels the count."""
         self.stats.dead += 1
+        self.metrics.dead_letter(kind)
         log.warning("dead-letter %s[%d]@%d: %s", record.topic, record.partition, record.offset, reason)
         key, value, headers = to_dead_letter(record, reason, max_bytes=self.kafka.dlq_max_record_bytes)
         self.pending.append(self.producer.send(self.kafka.dlq_topic, key=key, value=value, headers=headers))
@@ -245,13 +253,17 @@ class InferenceConsumer:
         while not self.stop.is_set():
             try:
                 # In a worker thread while this one keeps polling (see wait_polling).
-                return wait_polling(self.consumer, self.http.submit(self.client.predict, instances))
+                started = time.perf_counter()
+                response = wait_polling(self.consumer, self.http.submit(self.client.predict, instances))
+                self.metrics.predict_call(time.perf_counter() - started)
+                return response
             except ServiceUnavailable as exc:
                 # Transient whatever the status (see TRANSIENT_STATUS): the batch is kept,
                 # nothing is committed or dead-lettered.
                 delay = backoff.next()
                 self.stats.retries += 1
                 self.stats.retries_by_cause[exc.cause] += 1
+                self.metrics.retry(exc.cause)
                 log.warning("inference unavailable: %s; keeping the batch, retrying %d images in %.1f s",
                             exc, len(instances), delay)
                 idle_wait(self.consumer, delay, self.stop)
@@ -266,10 +278,11 @@ class InferenceConsumer:
             try:
                 msg, _png = parse_image_message(record.value, max_bytes=self.kafka.max_message_bytes)
             except InvalidMessage as exc:
-                self.dead_letter(record, exc.reason)
+                self.dead_letter(record, exc.reason, DLQ_INVALID_INPUT)
                 continue
             valid.append((record, msg))
         self.stats.images += len(records)
+        self.metrics.polled_batch(len(records))
         for chunk_start in range(0, len(valid), self.cfg.predict_batch_images):
             chunk = valid[chunk_start:chunk_start + self.cfg.predict_batch_images]
             if not self.infer_and_publish(chunk, received_at):
@@ -294,7 +307,7 @@ class InferenceConsumer:
         # which two records of one batch may share.
         for (record, msg), pred in zip(chunk, response["predictions"], strict=True):
             if "error" in pred:
-                self.dead_letter(record, f"inference failed: {pred['error']}")
+                self.dead_letter(record, f"inference failed: {pred['error']}", DLQ_IMAGE_ERROR)
                 continue
             try:
                 result = make_result_message(msg, prediction=pred.get("label"),
@@ -302,7 +315,8 @@ class InferenceConsumer:
                                              received_at=received_at,
                                              inferred_at=pred.get("inferred_at", time.time()))
             except InvalidMessage as exc:  # a prediction the result contract refuses
-                self.dead_letter(record, f"inference failed: invalid prediction: {exc.reason}")
+                self.dead_letter(record, f"inference failed: invalid prediction: {exc.reason}",
+                                 DLQ_INVALID_PREDICTION)
                 continue
             result["published_at"] = time.time()
             # Keyed by producer: each producer reads only its own partition of the results.
@@ -310,6 +324,7 @@ class InferenceConsumer:
             self.pending.append(self.producer.send(self.kafka.results_topic, key=producer_id, value=dumps(result),
                                                    headers=[(RESULT_PRODUCER_HEADER, producer_id)]))
             self.stats.results += 1
+            self.metrics.predicted_image()
         return True
 
     def split_refused(self, chunk, received_at: float, exc: BatchRejected) -> bool:
@@ -318,7 +333,8 @@ class InferenceConsumer:
         image it refuses is alone: only that image is dead-lettered, with the service's
         reason, and every other image of the batch gets its prediction."""
         if len(chunk) == 1:
-            self.dead_letter(chunk[0][0], f"inference service refused the image: HTTP {exc.status}: {exc.reason}")
+            self.dead_letter(chunk[0][0], f"inference service refused the image: HTTP {exc.status}: {exc.reason}",
+                             DLQ_SERVICE_REFUSED)
             return True
         half = len(chunk) // 2
         self.stats.splits += 1
@@ -334,10 +350,13 @@ class InferenceConsumer:
         while not self.stop.is_set():
             records = gather(self.consumer, self.cfg.predict_batch_images, self.cfg.predict_batch_wait_ms)
             ready.check(self.consumer)
+            self.metrics.update_lag(self.consumer)
             if not records:
                 pass
             elif self.process(records):
+                started = time.perf_counter()
                 commit(self.consumer, records)
+                self.metrics.committed(time.perf_counter() - started)
             else:
                 rewind(self.consumer, records)
             self.stats.maybe_log()
@@ -355,11 +374,13 @@ def main(argv=None) -> int:
     p.add_argument("--batch-wait-ms", type=int, help="longest wait to fill a batch")
     p.add_argument("--inference-url", help="service URL(s), comma-separated")
     args = p.parse_args(argv)
-    kafka = KafkaSettings()
+    kafka, metrics = KafkaSettings(), MetricsSettings()
     client = with_flags(InferenceClientSettings, p, predict_batch_images=args.batch_size,
                         predict_batch_wait_ms=args.batch_wait_ms, inference_url=args.inference_url)
-    log.info("%s", describe(kafka, client))
+    log.info("%s", describe(kafka, client, metrics))
     stop = stop_event()
+    recorder = InferenceConsumerMetrics(metrics.metrics_enabled)
+    serve(metrics, "inference consumer")
     # Decision: refuse to start rather than clamp.  The batch size is a measured, recorded
     # setting (the experiments report it); running another one than configured would make
     # those records lie, and a wrong configuration is best seen at deploy time.
@@ -375,7 +396,7 @@ def main(argv=None) -> int:
                   min(over.values()))
         return 2
     log.info("service limits: MAX_REQUEST_IMAGES %s", ", ".join(f"{n} at {url}" for url, n in limits.items()))
-    InferenceConsumer(kafka, client, stop).run()
+    InferenceConsumer(kafka, client, stop, recorder).run()
     return 0
 
 

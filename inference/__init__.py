@@ -15,7 +15,7 @@ from typing import Any, Mapping
 from flask import Flask
 
 from common.log import setup_logging
-from common.settings import ServiceSettings, describe, request_bytes_limit
+from common.settings import MetricsSettings, ServiceSettings, describe, request_bytes_limit
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +27,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     (tests share one model between apps)."""
     from inference import api
     from inference.engine import Engine
+    from inference.metrics import ServiceMetrics
 
     test_config = dict(test_config or {})
     if not logging.getLogger().handlers:  # under Gunicorn; pytest has its own handlers
@@ -45,10 +46,15 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.config.from_mapping({k: v for k, v in test_config.items() if k.lower() not in fields})
     app.json.sort_keys = False
 
+    metrics_settings = MetricsSettings()
+    metrics = ServiceMetrics(metrics_settings.metrics_enabled)
+    app.extensions["inference_metrics"] = metrics
     engine = app.config.get("ENGINE")
     if engine is None:
-        log.info("inference service starting; %s", describe(settings))
-        engine = Engine(settings).start()
+        log.info("inference service starting; %s", describe(settings, metrics_settings))
+        engine = Engine(settings, metrics).start()
+    elif engine.ready:
+        metrics.model_state(ready=True, failed=False)
     app.extensions["inference_engine"] = engine
 
     api.init_app(app)

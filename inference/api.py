@@ -20,6 +20,7 @@ from common.schema import IMAGE_SIZE, InvalidMessage
 from common.settings import ServiceSettings, secret
 from inference.batcher import Overloaded
 from inference.engine import READY, Engine
+from inference.metrics import exposition
 from inference.openapi import openapi_document
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,16 @@ def get_settings() -> ServiceSettings:
 def _stamp_request() -> None:
     g.received_at = time.time()
     g.t0 = time.perf_counter()
+
+
+def _count_request(response):
+    """after_request (error handlers' answers included): requests by route and status."""
+    t0 = g.get("t0")
+    if t0 is not None:
+        rule = request.url_rule.rule if request.url_rule is not None else "unmatched"
+        current_app.extensions["inference_metrics"].request(rule, response.status_code,
+                                                            time.perf_counter() - t0)
+    return response
 
 
 @v1.before_request
@@ -94,6 +105,13 @@ def readyz():
     body = NotReady(status=engine.state,
                     error="model loading failed; see the service's log" if engine.error else None)
     return _json(body, exclude_none=True), 503, {"Retry-After": "1"}
+
+
+@health.get("/metrics")
+def metrics():
+    """Prometheus exposition (every Gunicorn worker's metrics, inference/metrics.py)."""
+    body, content_type = exposition()
+    return body, 200, {"Content-Type": content_type}
 
 
 @health.get("/openapi.json")
@@ -225,6 +243,7 @@ def predict():
                     inference_ms=round(res.inference_ms, 3),
                 )
     inference_ms = (time.perf_counter() - infer_start) * 1000.0
+    current_app.extensions["inference_metrics"].predicted_images(len(arrays), len(instances) - len(arrays))
 
     return _json(PredictResponse(
         model=engine.model.id,
@@ -253,6 +272,7 @@ def _unexpected(exc: Exception):
 
 def init_app(app: Flask) -> None:
     app.before_request(_stamp_request)
+    app.after_request(_count_request)
     app.register_blueprint(health)
     app.register_blueprint(v1)
     app.register_error_handler(ApiError, _api_error)

@@ -59,7 +59,10 @@ class _Chunk:
 class DynamicBatcher:
     def __init__(self, run: Callable[[np.ndarray], np.ndarray], *, max_batch: int,
                  max_delay_s: float, max_queue: int = 0, slowdown_s: float = 0.0,
-                 name: str = "dynamic-batcher"):
+                 name: str = "dynamic-batcher", observer=None):
+        """``observer`` (inference.metrics.ServiceMetrics, optional) is told the queue depth
+        when it changes (``queue_depth(images)``) and each model call (``model_batch(images,
+        seconds)``); its methods never raise."""
         if max_batch < 1:
             raise ValueError("max_batch must be >= 1")
         self._run = run
@@ -71,6 +74,7 @@ class DynamicBatcher:
         self._queued_images = 0
         self._cond = threading.Condition()
         self._stopped = False
+        self._observer = observer
         self.batches_run = 0  # statistics, read by tests and /v1/model
         self.images_run = 0
         self.images_dropped = 0  # queued, then abandoned by their caller: never run
@@ -96,6 +100,9 @@ class DynamicBatcher:
             self._pending.extend(chunks)
             self._queued_images += len(images)
             self._cond.notify()
+            queued = self._queued_images
+        if self._observer is not None:
+            self._observer.queue_depth(queued)
         return [c.future for c in chunks]
 
     def queued_images(self) -> int:
@@ -158,6 +165,8 @@ class DynamicBatcher:
                     break
                 self._cond.wait(remaining)
             self._queued_images -= count
+            if self._observer is not None:
+                self._observer.queue_depth(self._queued_images)
             return batch
 
     def _loop(self) -> None:
@@ -202,6 +211,8 @@ class DynamicBatcher:
             return
         self.batches_run += 1
         self.images_run += len(images)
+        if self._observer is not None:
+            self._observer.model_batch(len(images), elapsed_ms / 1000.0)
         log.debug("batch of %d images (%d chunks) in %.1f ms", len(images), len(live), elapsed_ms)
         offset = 0
         for chunk in live:

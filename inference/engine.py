@@ -22,8 +22,10 @@ LOADING, READY, FAILED = "loading", "ready", "failed"
 
 
 class Engine:
-    def __init__(self, settings: ServiceSettings):
+    def __init__(self, settings: ServiceSettings, metrics=None):
+        """``metrics``: an inference.metrics.ServiceMetrics (model state, the batcher's observer)."""
         self.settings = settings
+        self.metrics = metrics
         self.state = LOADING
         self.error: str | None = None
         self.model = None  # inference.model.LoadedModel once ready
@@ -61,10 +63,12 @@ class Engine:
             self.batcher = DynamicBatcher(
                 loaded.predict, max_batch=s.model_batch_max_images,
                 max_delay_s=s.model_batch_delay_ms / 1000.0, max_queue=s.max_queue_images,
-                slowdown_s=s.inference_slowdown_s)
+                slowdown_s=s.inference_slowdown_s, observer=self.metrics)
             self.model = loaded
             self.load_seconds = time.perf_counter() - started
             self.state = READY
+            if self.metrics is not None:
+                self.metrics.model_state(ready=True, failed=False)
             level = logging.WARNING if loaded.untrained else logging.INFO
             log.log(level, "model %s ready in %.1fs (weights %s)%s", loaded.id, self.load_seconds,
                     loaded.weights_source,
@@ -72,6 +76,8 @@ class Engine:
         except Exception as exc:  # noqa: BLE001 - report through /readyz instead of dying
             self.error = f"{type(exc).__name__}: {exc}"
             self.state = FAILED
+            if self.metrics is not None:
+                self.metrics.model_state(ready=False, failed=True)
             log.exception("model loading failed: %s", self.error)
         finally:
             self._ready.set()

@@ -9,8 +9,10 @@ component's.  This file is executed by the *master*: it must import nothing heav
 """
 
 import os
+import shutil
 import stat
 import sys
+import tempfile
 
 # The project root, so that the settings import whatever the working directory
 # (Gunicorn puts its own cwd on sys.path, the unit's WorkingDirectory on the VMs).
@@ -101,6 +103,44 @@ accesslog = _s.gunicorn_accesslog or _stderr_file()
 loglevel = _s.log_level.lower()
 # Client, request line, status, bytes, duration in seconds, worker pid.
 access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(L)ss pid=%(p)s'
+
+
+# Prometheus multiprocess mode (inference/metrics.py): every worker writes its metrics
+# to files in PROMETHEUS_MULTIPROC_DIR, and /metrics adds them up.  Set in on_starting, in
+# the master, once, before any worker is forked (prometheus_client reads it at import;
+# not at the top of this file, which a reload reads again and tests run in-process).  A
+# given directory is emptied (files of an earlier run would add up with this one's);
+# without one, a private temporary directory, removed when the master exits.
+_metrics_dir_owned = False
+
+
+def on_starting(server):
+    global _metrics_dir_owned
+    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if path:
+        os.makedirs(path, exist_ok=True)
+        for name in os.listdir(path):
+            if name.endswith(".db"):
+                os.unlink(os.path.join(path, name))
+    else:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="iot-inference-metrics-")
+        _metrics_dir_owned = True
+    server.log.info("metrics: multiprocess files in %s", os.environ["PROMETHEUS_MULTIPROC_DIR"])
+
+
+def child_exit(server, worker):
+    """A worker is gone: its live gauges (queue depth, model ready) stop counting."""
+    try:
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)
+    except Exception as exc:  # noqa: BLE001 - metrics must never stop the master
+        server.log.warning("metrics: could not mark worker %s dead: %s", worker.pid, exc)
+
+
+def on_exit(server):
+    if _metrics_dir_owned:
+        shutil.rmtree(os.environ.get("PROMETHEUS_MULTIPROC_DIR", ""), ignore_errors=True)
 
 
 def when_ready(server):

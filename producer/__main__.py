@@ -15,8 +15,10 @@ from pathlib import Path
 
 from common import dataset as datasets
 from common.log import setup_logging
-from common.settings import DatasetSettings, KafkaSettings, ProducerSettings, describe, with_flags
+from common.metrics import serve
+from common.settings import DatasetSettings, KafkaSettings, MetricsSettings, ProducerSettings, describe, with_flags
 from producer.camera import ProducerRun, new_producer_id, run_cameras, write_run_files
+from producer.metrics import ProducerMetrics
 
 log = logging.getLogger("producer")
 
@@ -43,7 +45,7 @@ def main(argv=None) -> int:
     setup_logging()
     parser = make_parser()
     args = parser.parse_args(argv)
-    kafka = KafkaSettings()
+    kafka, metrics = KafkaSettings(), MetricsSettings()
     data = with_flags(DatasetSettings, parser, dataset=args.dataset, dataset_source=args.dataset_source,
                       dataset_split=args.split)
     prod = with_flags(ProducerSettings, parser, count=args.count, rate=args.rate, duration=args.duration,
@@ -53,20 +55,26 @@ def main(argv=None) -> int:
         prod = with_flags(ProducerSettings, parser, **{**prod.model_dump(),
                                                        "count": math.ceil(prod.duration * prod.rate)})
     producer_id = prod.producer_id or new_producer_id()
-    log.info("%s", describe(kafka, data, prod))
+    log.info("%s", describe(kafka, data, prod, metrics))
     try:
         ds = datasets.load(data.dataset, data.dataset_source, data.dataset_split,
                            limit=prod.count if data.dataset == "synthetic" else None)
     except datasets.DatasetUnavailable as exc:
         log.error("%s", exc)
         return 2
-    run = ProducerRun(producer_id)
+    run = ProducerRun(producer_id, ProducerMetrics(metrics.metrics_enabled))
+    server = serve(metrics, "producer")
+    if server is not None:  # a batch job: let Prometheus see its counters at zero first
+        server.wait_first_scrape(metrics.metrics_hold_s)
     try:
         run_cameras(run, kafka=kafka, dataset=ds, count=prod.count, rate=prod.rate, devices=prod.devices,
                     result_timeout_s=prod.result_timeout_s, progress=not args.no_progress,
                     progress_file=args.progress_file)
     finally:  # whatever happened, the images attempted are on record
         write_run_files(run, args.out)
+        if server is not None:  # a batch job: let one last scrape read the final counts
+            server.hold(metrics.metrics_hold_s)
+            server.close()
     counts = run.counts()
     missing = prod.count - run.results
     log.info("%s: attempted %d, acknowledged %d, failed %d, results %d, missing %d -> %s", producer_id,

@@ -25,6 +25,7 @@ from common.kafka_io import RESULT_PRODUCER_HEADER, key_partition, make_consumer
 from common.rundir import write_latencies, write_stages
 from common.schema import dumps, encode_png, make_image_message
 from common.settings import KafkaSettings
+from producer.metrics import ProducerMetrics
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,7 @@ class SentImage:
 @dataclass
 class ProducerRun:
     producer_id: str
+    metrics: ProducerMetrics = field(default_factory=ProducerMetrics, repr=False)
     sent: dict[str, SentImage] = field(default_factory=dict)  # every image attempted
     send_errors: int = 0
     acked: int = 0
@@ -158,6 +160,7 @@ class ResultListener(threading.Thread):
                         sent = self.run_state.sent.get(result.get("image_id"))
                         if sent is not None and sent.result_at is None:  # first result wins
                             sent.result, sent.result_at = result, now
+                            self.run_state.metrics.result(now - sent.message["sent_at"])
         self.consumer.close()
 
 
@@ -225,11 +228,13 @@ def run_cameras(run: ProducerRun, *, kafka: KafkaSettings, dataset, count: int, 
         with listener.lock:
             run.sent[image_id].acked = True
             run.acked += 1
+        run.metrics.image_acked()
 
     def failed(exc, image_id=None):
         with listener.lock:
             run.sent[image_id].error = f"{type(exc).__name__}: {exc}"
             run.send_errors += 1
+        run.metrics.image_failed()
         log.error("send of %s failed: %s", image_id, exc)
 
     bar = tqdm(total=count, desc=f"{producer_id} sent", unit="img", disable=not progress,
@@ -250,6 +255,7 @@ def run_cameras(run: ProducerRun, *, kafka: KafkaSettings, dataset, count: int, 
                     raise KafkaTimeoutError("no connection to the broker")
                 producer.send(kafka.images_topic, key=msg["device_id"].encode(), value=value) \
                     .add_callback(acked, image_id=image_id).add_errback(failed, image_id=image_id)
+                run.metrics.image_sent()
                 break
             except KafkaError as exc:  # metadata unavailable: the broker is away
                 if time.monotonic() > delivery_deadline or producer is None:

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Installs the Debian packages the cloud-less rehearsal (tests/rehearsal/) and the
-# container test (tests/containers/, make test-containers) need on the CI machine: the
-# Docker engine (the "VMs" are systemd containers), debootstrap (the VM and base images
-# are built from the Debian archive, no registry needed), docker-compose, the SSH client.
+# Installs the Debian packages the tests need on the CI machine: for the cloud-less
+# rehearsal (tests/rehearsal/) and the container test (tests/containers/, make
+# test-containers) the Docker engine (the "VMs" are systemd containers), debootstrap
+# (the VM and base images are built from the Debian archive, no registry needed),
+# docker-compose, the SSH client; for the observability tests Prometheus, promtool and
+# a headless Chromium.
 # kubectl (tests/containers/test_k8s.py: `kubectl kustomize`) is not in this list:
 # Debian's kubernetes-client is 1.20 (kustomize v2, too old) and conflicts with the
 # upstream `kubectl` package (pkgs.k8s.io) that CI images carry.
@@ -25,6 +27,9 @@ PACKAGES=(
   openssh-client         # ssh, ssh-keygen (Ansible's connection, the per-run key pair)
   tar
   procps                 # pgrep/ps used by the harness's diagnostics
+  prometheus             # prometheus + promtool: the stack's scrapes, the rules' tests (docs/OBSERVABILITY.md)
+  chromium               # the live dashboard's headless-browser test (tests/integration/test_dashboard.py)
+  chromium-driver
 )
 # Extra packages, e.g. IOT_REHEARSAL_EXTRA_PACKAGES="apt-cacher-ng"
 read -r -a EXTRA <<<"${IOT_REHEARSAL_EXTRA_PACKAGES:-}"

@@ -3,7 +3,11 @@ it running the way systemd does on the VMs (a component that dies is restarted).
 
 State lives under the stack directory (``.run/`` by default, ``STACK_DIR`` to move it):
 
-    .run/stack.env          KAFKA_BOOTSTRAP_SERVERS=, MONGO_URI=, INFERENCE_URL=
+    .run/stack.env          KAFKA_BOOTSTRAP_SERVERS=, MONGO_URI=, INFERENCE_URL=, the metrics
+                            ports (<COMPONENT>_METRICS_PORT=, PRODUCER_METRICS_PORT= for a
+                            producer to use), PROMETHEUS_URL= when Prometheus runs,
+                            DASHBOARD_URL= (python -m dashboard; STACK_DASHBOARD=0: none)
+    .run/prometheus/        the generated prometheus.yml (stack/monitoring.py)
     .run/pids/<name>.pid    one per component (rewritten on every restart)
     .run/logs/<name>.log    one per component, appended across restarts
     .run/hold/<name>        present while a component is deliberately kept down
@@ -33,6 +37,7 @@ from pymongo import MongoClient
 from common.kafka_io import ensure_topics
 from common.lifecycle import Backoff
 from common.settings import KafkaSettings, MongoSettings, mask, mask_uris
+from stack import monitoring
 
 log = logging.getLogger("stack")
 
@@ -173,17 +178,72 @@ class Supervisor:
         consumers = [("inference-consumer", "consumers.inference")]
         consumers += [(f"inference-consumer-{i}", "consumers.inference")
                       for i in range(2, int(os.environ.get("STACK_INFERENCE_CONSUMERS", "1")) + 1)]
+        # Every consumer serves /metrics on a port of its own (METRICS_PORT), written to
+        # stack.env as <NAME>_METRICS_PORT; PRODUCER_METRICS_PORT is kept for a producer
+        # run against the stack (the demo, the tests), which Prometheus scrapes too.
+        scrape = {"inference": [self.endpoints["INFERENCE_URL"].split("://", 1)[-1].rstrip("/")]}
         for name, module in (*consumers, ("db-consumer", "consumers.db")):
             marker = self.dir / "state" / f"{name}.joined"
+            metrics_port = monitoring.free_port()
+            self.endpoints[f"{name.upper().replace('-', '_')}_METRICS_PORT"] = str(metrics_port)
+            scrape.setdefault("db-consumer" if name == "db-consumer" else "inference-consumer", []).append(
+                f"127.0.0.1:{metrics_port}")
             self.components.append(Component(
-                name, [py, "-m", module], ready=marker.exists, env={"READY_FILE": str(marker)}))
+                name, [py, "-m", module], ready=marker.exists,
+                env={"READY_FILE": str(marker), "METRICS_PORT": str(metrics_port), "METRICS_BIND": "127.0.0.1"}))
+        producer_port = monitoring.free_port()
+        self.endpoints["PRODUCER_METRICS_PORT"] = str(producer_port)
+        scrape["producer"] = [f"127.0.0.1:{producer_port}"]
+        self.plan_prometheus(scrape)
+        self.plan_dashboard()
 
         for c in self.components:
             c.env = {**os.environ, **base_env, **self.endpoints, **c.env}
         self._kafka_settings = lambda: KafkaSettings(
             kafka_bootstrap_servers=self.endpoints["KAFKA_BOOTSTRAP_SERVERS"])
 
+    def plan_prometheus(self, scrape: dict[str, list[str]]) -> None:
+        """Prometheus on a free loopback port, scraping every component, when installed."""
+        binary = monitoring.prometheus_binary()
+        if binary is None:
+            log.info("prometheus not installed (or STACK_PROMETHEUS=0): the stack runs without it")
+            return
+        port = int(os.environ.get("STACK_PROMETHEUS_PORT", "0")) or monitoring.free_port()
+        url = f"http://127.0.0.1:{port}"
+        scrape["prometheus"] = [f"127.0.0.1:{port}"]
+        conf_dir = self.dir / "prometheus"
+        conf_dir.mkdir(parents=True, exist_ok=True)
+        (conf_dir / "prometheus.yml").write_text(monitoring.scrape_config(
+            scrape, scrape_interval=os.environ.get("STACK_SCRAPE_INTERVAL", "5s")))
+        self.endpoints["PROMETHEUS_URL"] = url
+        self.components.append(Component(
+            "prometheus", [binary, f"--config.file={conf_dir / 'prometheus.yml'}",
+                           f"--storage.tsdb.path={self.dir / 'data' / 'prometheus'}",
+                           "--storage.tsdb.retention.time=2d", f"--web.listen-address=127.0.0.1:{port}"],
+            ready=lambda: self._http_ok(url + "/-/ready")))
+
+    def plan_dashboard(self) -> None:
+        """The live dashboard (python -m dashboard) on a free loopback port, unless
+        STACK_DASHBOARD=0: it reads the stack's MongoDB and Prometheus."""
+        if os.environ.get("STACK_DASHBOARD", "1").strip().lower() in ("0", "false", "no", "off"):
+            return
+        port = int(os.environ.get("STACK_DASHBOARD_PORT", "0")) or monitoring.free_port()
+        url = f"http://127.0.0.1:{port}"
+        self.endpoints["DASHBOARD_URL"] = url
+        env = {"DASHBOARD_BIND": f"127.0.0.1:{port}"}
+        if "PROMETHEUS_URL" in self.endpoints:
+            env["PROMETHEUS_URL"] = self.endpoints["PROMETHEUS_URL"]
+        self.components.append(Component("dashboard", [sys.executable, "-m", "dashboard"], env=env,
+                                         ready=lambda: self._http_ok(url + "/healthz")))
+
     # ------------------------------------------------------------ health checks
+    @staticmethod
+    def _http_ok(url: str) -> bool:
+        try:
+            return requests.get(url, timeout=2).status_code == 200
+        except requests.RequestException:
+            return False
+
     def _kafka_ready(self) -> bool:
 
         try:

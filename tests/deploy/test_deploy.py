@@ -35,7 +35,7 @@ INVENTORY = DEPLOY / "inventory.yml"
 VAULT_EXAMPLE = ROOT / "inventory" / "group_vars" / "all" / "vault.yml.example"
 PLAYBOOKS = [ROOT / "playbook_master.yaml", *sorted((ROOT / "playbooks").glob("*.yaml")),
              DEPLOY / "render_templates.yaml", DEPLOY / "check_mode.yaml"]
-STAGES = ["provision", "base", "app", "kafka", "mongodb", "inference", "consumers", "producer",
+STAGES = ["provision", "base", "app", "kafka", "mongodb", "inference", "consumers", "monitoring", "producer",
           "experiment", "analyze", "k8s"]
 ROLES = sorted(p.name for p in (ROOT / "roles").iterdir() if p.is_dir())
 
@@ -286,6 +286,30 @@ def test_env_files(rendered):
     assert secure["KAFKA_SSL_CAFILE"] == "/etc/iot-pipeline/kafka-ca.crt"
 
 
+def test_monitoring_scrapes_every_component_from_the_inventory(rendered):
+    """The VMs' Prometheus (roles/monitoring, on the first mongodb host): one job per
+    component with the inventory's addresses, the consumers serving their metrics on the
+    ports it scrapes, a configuration promtool accepts; Grafana's password from the vault."""
+    from tests.binaries import required_binary
+
+    mon = rendered / "vm4-mongodb"
+    config = yaml.safe_load((mon / "prometheus.yml").read_text())
+    jobs = {c["job_name"]: c["static_configs"][0]["targets"] for c in config["scrape_configs"]}
+    assert jobs == {"inference": ["10.56.0.12:8000", "10.56.0.15:8000"],
+                    "inference-consumer": ["10.56.0.13:9101"], "db-consumer": ["10.56.0.13:9102"],
+                    "prometheus": ["127.0.0.1:9090"]}
+    assert config["rule_files"] == ["/etc/prometheus/rules/pipeline.yml"]
+    consumer = env_file(rendered / "vm3-kafka" / "iot-inference-consumer.env")
+    db = env_file(rendered / "vm3-kafka" / "iot-db-consumer.env")
+    assert (consumer["METRICS_PORT"], consumer["METRICS_BIND"]) == ("9101", "10.56.0.13")
+    assert (db["METRICS_PORT"], db["METRICS_BIND"]) == ("9102", "10.56.0.13")
+    assert env_file(mon / "grafana.env")["GF_SECURITY_ADMIN_PASSWORD"] == "change-me-grafana-admin"
+    assert "--web.listen-address=:9090" in (mon / "prometheus.default").read_text()
+    assert not (rendered / "vm3-kafka" / "prometheus.yml").exists()      # one monitoring host
+    out = run([required_binary("promtool"), "check", "config", "--syntax-only", str(mon / "prometheus.yml")])
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
 def test_logging_files(rendered):
     rsyslog = (rendered / "vm3-kafka" / "rsyslog-iot-pipeline.conf").read_text()
     for program in ("iot-inference", "iot-inference-consumer", "iot-db-consumer", "iot-producer"):
@@ -459,7 +483,7 @@ def test_secrets_stay_out_of_git():
     assert set(example) == {"vault_mongodb_admin_password", "vault_mongodb_app_password",
                             "vault_kafka_admin_password", "vault_kafka_producer_password",
                             "vault_kafka_inference_consumer_password", "vault_kafka_db_consumer_password",
-                            "vault_kafka_dlq_password", "vault_inference_token"}
+                            "vault_kafka_dlq_password", "vault_inference_token", "vault_grafana_admin_password"}
 
 
 def test_argument_specs_match_the_defaults_and_are_written_for_people():

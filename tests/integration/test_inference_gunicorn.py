@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import runpy
 import signal
 import socket
@@ -21,6 +22,7 @@ import pytest
 from common.labels import CIFAR10_CLASSES
 from stack.supervisor import child_pids
 from common.schema import encode_png
+from tests.support import eventually
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.integration
@@ -161,3 +163,64 @@ def test_app_modules_do_not_import_tensorflow():
             "assert 'tensorflow' not in sys.modules, 'tensorflow imported'; print('ok')")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+def metric_value(base: str, name: str, **labels) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(base + "/metrics", timeout=30) as resp:
+        text = resp.read().decode()
+    return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
+               if s.name == name and labels.items() <= s.labels.items())
+
+
+def test_metrics_add_up_every_worker_and_survive_a_dead_one(tmp_path):
+    """Two Gunicorn workers: /metrics (answered by either) sums both workers' counts
+    (multiprocess mode), a SIGKILLed worker's counts stay and its live gauges go
+    (child_exit), and the master removes its private metrics directory when it exits."""
+    port = free_port()
+    env = {**os.environ, "INFERENCE_BIND": f"127.0.0.1:{port}", "MODEL_WEIGHTS": "random",
+           "GUNICORN_WORKERS": "2", "GUNICORN_THREADS": "2", "MODEL_BATCH_MAX_IMAGES": "8", "PYTHONPATH": str(ROOT)}
+    for name in ("INFERENCE_TOKEN", "PROMETHEUS_MULTIPROC_DIR"):
+        env.pop(name, None)
+    log_path = tmp_path / "gunicorn.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "inference/gunicorn.conf.py",
+                                 "inference:create_app()"], cwd=ROOT, env=env, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        def both_ready():
+            assert proc.poll() is None, log_path.read_text()[-3000:]
+            try:
+                return len(children(proc.pid)) == 2 and metric_value(base, "iot_service_model_ready") == 1
+            except (urllib.error.URLError, ConnectionError, socket.timeout):
+                return False
+        assert eventually(both_ready), log_path.read_text()[-3000:]
+        rng = np.random.default_rng(1)
+        batch = [{"image_id": f"m{i}", "image": base64.b64encode(
+            encode_png(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))).decode()} for i in range(4)]
+        requests_sent = 0
+        while len(set(re.findall(r'"POST /v1/predict HTTP/1.1" 200 .* pid=<?(\d+)', log_path.read_text()))) < 2:
+            assert http("POST", base + "/v1/predict", {"instances": batch}, timeout=120)[0] == 200
+            requests_sent += 1
+            assert requests_sent < 500, "one worker answered every request"
+        # Whichever worker answers /metrics, it reports both workers' counts.
+        for _ in range(6):
+            assert metric_value(base, "iot_service_images_total", outcome="predicted") == 4 * requests_sent
+            assert metric_value(base, "iot_service_requests_total", handler="/v1/predict",
+                                code="200") == requests_sent
+        assert metric_value(base, "process_resident_memory_bytes") > 0
+        victim = children(proc.pid)[0]
+        os.kill(victim, signal.SIGKILL)
+        assert eventually(lambda: victim not in children(proc.pid))
+        assert metric_value(base, "iot_service_images_total", outcome="predicted") == 4 * requests_sent
+        # child_exit marked it dead: its live gauges' files (queue depth, readiness) are gone.
+        metrics_dir = Path(re.search(r"metrics: multiprocess files in (\S+)", log_path.read_text()).group(1))
+        assert eventually(lambda: not [p for p in metrics_dir.iterdir()
+                                       if "live" in p.name and p.name.endswith(f"_{victim}.db")])
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(120)
+    assert not metrics_dir.exists()
+

@@ -69,10 +69,10 @@ HERE = harness.HERE
 RESULTS = ROOT / "results" / "rehearsal"
 LOGS = RESULTS / "logs"
 ANSIBLE_PLAYBOOK = Path(sys.executable).parent / "ansible-playbook"
-STAGES = ["provision", "base", "app", "kafka", "mongodb", "inference", "consumers", "producer",
+STAGES = ["provision", "base", "app", "kafka", "mongodb", "inference", "consumers", "monitoring", "producer",
           "experiment", "analyze"]
-# The tags of the plays that install the real Kafka and MongoDB servers.
-SERVER_TAGS = "kafka_server,mongodb_server"
+# The tags of the plays that install the real Kafka and MongoDB servers, Prometheus and Grafana.
+SERVER_TAGS = "kafka_server,mongodb_server,monitoring_server"
 MIRROR_PORT = 8766
 RECAP = re.compile(r"^(\S+)\s+:\s+ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)\s+"
                    r"skipped=(\d+)\s+rescued=(\d+)\s+ignored=(\d+)", re.M)

@@ -1,0 +1,161 @@
+"""The live dashboard's Flask app: one page, two JSON endpoints it polls.
+
+    GET /              the page (static/dashboard.js draws it with the vendored uPlot)
+    GET /api/summary   throughput, live p50/p95/p99, lag, dead letters (Prometheus),
+                       images stored (MongoDB), and the last minutes as series
+    GET /api/recent    the most recent classified images: thumbnail, prediction,
+                       confidence, ground truth (MongoDB)
+    GET /healthz       liveness, no token
+
+It reads MongoDB and Prometheus and nothing else (no consumer group of its own).  With
+DASHBOARD_TOKEN set every other route wants ``Authorization: Bearer <token>`` or the
+cookie that ``/?token=<token>`` sets.
+"""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import logging
+import math
+import time
+
+import requests
+from flask import Flask, abort, jsonify, make_response, redirect, render_template, request
+
+from common.settings import DashboardSettings, MongoSettings, secret
+
+log = logging.getLogger(__name__)
+
+COOKIE = "iot_dashboard_token"
+WINDOW = "1m"
+E2E = "iot_producer_e2e_latency_seconds_bucket"
+QUERIES = {
+    "throughput": f'sum(rate(iot_db_consumer_documents_written_total{{kind="image"}}[{WINDOW}]))',
+    "predicted_rate": f"sum(rate(iot_inference_consumer_images_predicted_total[{WINDOW}]))",
+    "p50": f"histogram_quantile(0.50, sum by (le) (rate({E2E}[{WINDOW}])))",
+    "p95": f"histogram_quantile(0.95, sum by (le) (rate({E2E}[{WINDOW}])))",
+    "p99": f"histogram_quantile(0.99, sum by (le) (rate({E2E}[{WINDOW}])))",
+    "lag": 'sum({__name__=~"iot_(inference|db)_consumer_lag_records"})',
+    "dead_letters": 'sum({__name__=~"iot_(inference|db)_consumer_dead_letters_total"})',
+    "model_ready": "min(iot_service_model_ready)",
+}
+SERIES = ("throughput", "p50", "p95", "p99", "lag")
+
+
+class Prometheus:
+    def __init__(self, url: str, timeout_s: float = 5.0):
+        self.url, self.timeout_s = url.rstrip("/"), timeout_s
+        self.session = requests.Session()
+
+    def _get(self, path: str, **params) -> list:
+        resp = self.session.get(f"{self.url}{path}", params=params, timeout=self.timeout_s)
+        resp.raise_for_status()
+        body = resp.json()
+        if body.get("status") != "success":
+            raise RuntimeError(body.get("error", "query failed"))
+        return body["data"]["result"]
+
+    def instant(self, expr: str) -> float | None:
+        result = self._get("/api/v1/query", query=expr)
+        if not result:
+            return None
+        value = float(result[0]["value"][1])
+        return None if math.isnan(value) else value
+
+    def series(self, expr: str, end: float, seconds: int = 600, step: int = 5) -> list[list[float | None]]:
+        """``[[unix time, value or None], ...]`` of ``expr`` up to ``end`` (a multiple of ``step``
+        shared by every series of one answer, so that their points line up)."""
+        result = self._get("/api/v1/query_range", query=expr, start=end - seconds, end=end, step=step)
+        if not result:
+            return []
+        return [[float(t), None if v in ("NaN", "+Inf", "-Inf") else float(v)] for t, v in result[0]["values"]]
+
+
+def _thumbnail(doc: dict) -> str | None:
+    png = doc.get("image")
+    return "data:image/png;base64," + base64.b64encode(bytes(png)).decode() if png else None
+
+
+def create_app(settings: DashboardSettings | None = None, mongo: MongoSettings | None = None) -> Flask:
+    from common.mongo_io import connect
+
+    settings = settings or DashboardSettings()
+    mongo = mongo or MongoSettings()
+    app = Flask(__name__)
+    prom = Prometheus(settings.prometheus_url)
+    client = connect(mongo)
+    images = client[mongo.mongo_database][mongo.mongo_collection]
+    token = secret(settings.dashboard_token)
+
+    @app.before_request
+    def _require_token():
+        if not token or request.path == "/healthz" or request.path.startswith("/static/"):
+            return None
+        given = request.args.get("token")
+        if request.path == "/" and given is not None:
+            if not hmac.compare_digest(given.encode(), token.encode()):
+                abort(401)
+            resp = make_response(redirect("/"))
+            resp.set_cookie(COOKIE, token, httponly=True, samesite="Strict")
+            return resp
+        header = request.headers.get("Authorization", "")
+        scheme, _, bearer = header.partition(" ")
+        candidate = bearer.strip() if scheme.lower() == "bearer" else request.cookies.get(COOKIE, "")
+        if not hmac.compare_digest(candidate.encode(), token.encode()):
+            return jsonify(error="missing or invalid token"), 401, {"WWW-Authenticate": 'Bearer realm="dashboard"'}
+        return None
+
+    @app.get("/healthz")
+    def healthz():
+        return jsonify(status="ok")
+
+    @app.get("/")
+    def index():
+        return render_template("index.html", refresh_ms=settings.dashboard_refresh_ms,
+                               recent=settings.dashboard_recent_images)
+
+    @app.get("/api/summary")
+    def summary():
+        out: dict = {"time": time.time(), "errors": []}
+        for name, expr in QUERIES.items():
+            try:
+                out[name] = prom.instant(expr)
+            except Exception as exc:  # noqa: BLE001 - shown on the page, the rest still answers
+                out[name] = None
+                out["errors"].append(f"prometheus: {type(exc).__name__}")
+                log.warning("prometheus query %s failed: %s", name, exc)
+        out["series"] = {}
+        end = math.floor(time.time() / 5) * 5
+        for name in SERIES:
+            try:
+                out["series"][name] = prom.series(QUERIES[name], end)
+            except Exception as exc:  # noqa: BLE001
+                out["series"][name] = []
+                log.debug("prometheus range query %s failed: %s", name, exc)
+        try:
+            out["stored"] = images.count_documents({})
+            out["classified"] = images.count_documents({"prediction": {"$exists": True}})
+        except Exception as exc:  # noqa: BLE001
+            out["stored"] = out["classified"] = None
+            out["errors"].append(f"mongodb: {type(exc).__name__}")
+            log.warning("mongodb count failed: %s", exc)
+        return jsonify(out)
+
+    @app.get("/api/recent")
+    def recent():
+        n = min(max(request.args.get("n", settings.dashboard_recent_images, type=int), 1), 100)
+        try:
+            docs = list(images.find({"prediction": {"$exists": True}, "image": {"$exists": True}},
+                                    {"image": 1, "label": 1, "prediction": 1, "confidence": 1, "device_id": 1,
+                                     "prediction_stored_at": 1})
+                        .sort("prediction_stored_at", -1).limit(n))
+        except Exception as exc:  # noqa: BLE001
+            log.warning("mongodb query failed: %s", exc)
+            return jsonify(images=[], error=f"mongodb: {type(exc).__name__}"), 503
+        return jsonify(images=[{"image_id": str(d["_id"]), "thumbnail": _thumbnail(d), "label": d.get("label"),
+                                "prediction": d.get("prediction"), "confidence": d.get("confidence"),
+                                "device_id": d.get("device_id"), "stored_at": d.get("prediction_stored_at")}
+                               for d in docs])
+
+    return app
