@@ -52,7 +52,12 @@ def run_fleet(run_dir: Path, *, producers: int, count: int, rate: float, devices
     tag = run_tag or run_dir.name
     ids = [f"{tag}-p{i + 1}" for i in range(producers)]
     procs = []
-    for pid in ids:
+    env = {**os.environ, **(env or {})}
+    # PRODUCER_METRICS_PORTS (the local stack's pool, or the VMs' producer ports): the i-th
+    # producer serves its /metrics on the i-th port, so Prometheus and the live dashboard
+    # see the run; producers beyond the pool serve none.
+    ports = [p for p in env.get("PRODUCER_METRICS_PORTS", "").split(",") if p.strip()]
+    for i, pid in enumerate(ids):
         out = run_dir / "producers" / pid
         out.mkdir(parents=True, exist_ok=True)
         log = open(out / "producer.log", "wb")
@@ -61,7 +66,8 @@ def run_fleet(run_dir: Path, *, producers: int, count: int, rate: float, devices
              "--rate", str(rate), "--devices", str(devices), "--out", str(out),
              "--result-timeout", str(result_timeout_s), "--no-progress",
              "--progress-file", str(out / "progress.json"), *(extra_args or [])],
-            cwd=ROOT, env={**os.environ, **(env or {})}, stdout=log, stderr=subprocess.STDOUT))
+            cwd=ROOT, env={**env, **({"METRICS_PORT": ports[i].strip() if i < len(ports) else "0"} if ports else {})},
+            stdout=log, stderr=subprocess.STDOUT))
         log.close()
     while any(p.poll() is None for p in procs):
         if on_progress:

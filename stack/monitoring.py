@@ -21,6 +21,8 @@ RULES_DIR = ROOT / "monitoring" / "prometheus" / "rules"
 
 # Job names shared by the local stack's and the VMs' scrape configurations.
 JOBS = ("inference", "inference-consumer", "db-consumer", "producer", "prometheus")
+# Metrics ports reserved for producers run against the local stack (one per concurrent producer).
+PRODUCER_PORTS = 8
 
 
 def free_port() -> int:

@@ -191,9 +191,13 @@ class Supervisor:
             self.components.append(Component(
                 name, [py, "-m", module], ready=marker.exists,
                 env={"READY_FILE": str(marker), "METRICS_PORT": str(metrics_port), "METRICS_BIND": "127.0.0.1"}))
-        producer_port = monitoring.free_port()
-        self.endpoints["PRODUCER_METRICS_PORT"] = str(producer_port)
-        scrape["producer"] = [f"127.0.0.1:{producer_port}"]
+        # A pool of producer ports: the fleets of make demo / make experiment / the bench give
+        # their i-th producer the i-th (experiments.fleet); PRODUCER_METRICS_PORT is the first.
+        # A target without a running producer is just down (no alert rule looks at it).
+        producer_ports = [monitoring.free_port() for _ in range(monitoring.PRODUCER_PORTS)]
+        self.endpoints["PRODUCER_METRICS_PORT"] = str(producer_ports[0])
+        self.endpoints["PRODUCER_METRICS_PORTS"] = ",".join(map(str, producer_ports))
+        scrape["producer"] = [f"127.0.0.1:{port}" for port in producer_ports]
         self.plan_prometheus(scrape)
         self.plan_dashboard()
 

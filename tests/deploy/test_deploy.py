@@ -297,7 +297,11 @@ def test_monitoring_scrapes_every_component_from_the_inventory(rendered):
     jobs = {c["job_name"]: c["static_configs"][0]["targets"] for c in config["scrape_configs"]}
     assert jobs == {"inference": ["10.56.0.12:8000", "10.56.0.15:8000"],
                     "inference-consumer": ["10.56.0.13:9101"], "db-consumer": ["10.56.0.13:9102"],
+                    "producer": [f"10.56.0.11:{p}" for p in range(9201, 9209)],
                     "prometheus": ["127.0.0.1:9090"]}
+    producer = env_file(rendered / "vm1-producer" / "iot-producer.env")
+    assert producer["PRODUCER_METRICS_PORTS"] == ",".join(str(p) for p in range(9201, 9209))
+    assert producer["METRICS_BIND"] == "10.56.0.11"
     assert config["rule_files"] == ["/etc/prometheus/rules/pipeline.yml"]
     consumer = env_file(rendered / "vm3-kafka" / "iot-inference-consumer.env")
     db = env_file(rendered / "vm3-kafka" / "iot-db-consumer.env")
