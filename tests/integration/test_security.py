@@ -49,7 +49,7 @@ PLACEHOLDER = re.compile(
     r" | true | false | change-?me[\w-]* | example\w* | placeholder | redacted | dummy\w* | fake\w*"
     r" | test\w* | s3cret | secret | password | token | your[\w-]* | vault_\w+ | lookup\(.* | env\(.*"
     r" | os\.environ.* )$")
-PLACEHOLDER_URI_PASSWORD = re.compile(r"(?i)^(?:\*+|\{\{.*\}\}|\$\{?\w+\}?|<[^>]*>|pass(?:word)?|pw|secret|s3cret|"
+PLACEHOLDER_URI_PASSWORD = re.compile(r"(?i)^(?:\*+|\{\{.*\}\}|\$\{?\w+\}?|\$\(\w+\)|<[^>]*>|pass(?:word)?|pw|secret|s3cret|"
                                       r"change-?me[\w-]*|example|x+|\\1\*\*\*\\3|\*\*\*)$")
 
 
@@ -87,7 +87,9 @@ def test_the_scanner_finds_what_it_should():
                  "mongodb://user:***@host", "MONGO_URI=mongodb://127.0.0.1:27017",
                  "kafka_sasl_password: \"{{ kafka_password }}\"", "password = os.environ['X']",
                  "headers={'Authorization': 'Bearer ' + token}", "token: s3cret",
-                 "mongo_password: changeme"]:
+                 "mongo_password: changeme",
+                 # a Kubernetes container env var built from others (deploy/k8s/)
+                 "value: mongodb://$(MONGO_USERNAME):$(MONGO_PASSWORD)@mongodb:27017"]:
         assert not scan_text(text), text
 
 
