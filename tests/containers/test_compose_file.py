@@ -118,3 +118,39 @@ def test_dockerignore_keeps_secrets_and_artefacts_out():
         assert never not in allowed
     for secret in ("**/clouds.yaml", "**/*.vault", "**/vault.yml", "**/.env"):
         assert secret in lines
+
+
+def test_monitoring_profile():
+    """docker compose --profile monitoring: Prometheus with the pipeline's rules and a config
+    promtool accepts, scraping every component by the job names the rules and the Grafana
+    dashboard use (scaled services by DNS); Grafana with the same dashboard, no default
+    password; both on 127.0.0.1 only, neither started without the profile."""
+    from tests.binaries import required_binary
+
+    services = _compose()["services"]
+    prom, grafana = services["prometheus"], services["grafana"]
+    assert prom["profiles"] == ["monitoring"] == grafana["profiles"]
+    for s in (prom, grafana):
+        assert all(p.startswith("127.0.0.1:") for p in s["ports"]), s["ports"]
+    config_path = ROOT / "monitoring" / "prometheus" / "compose.yml"
+    assert f"./{config_path.relative_to(ROOT)}:/etc/prometheus/prometheus.yml:ro" in prom["volumes"]
+    assert "./monitoring/prometheus/rules:/etc/prometheus/rules:ro" in prom["volumes"]
+    config = yaml.safe_load(config_path.read_text())
+    jobs = {j["job_name"]: j for j in config["scrape_configs"]}
+    assert set(jobs) == {"inference", "inference-consumer", "db-consumer", "producer", "prometheus"}
+    ports = {"inference-consumer": 9101, "db-consumer": 9102, "producer": 9100}
+    for job, port in ports.items():  # by DNS, on the port the service is given
+        assert jobs[job]["dns_sd_configs"][0] == {**jobs[job]["dns_sd_configs"][0], "names": [job], "port": port}
+        assert str(services[job]["environment"]["METRICS_PORT"]) == str(port)
+    assert config["rule_files"] == ["/etc/prometheus/rules/pipeline.yml"]
+    out = subprocess.run([required_binary("promtool"), "check", "config", "--syntax-only", str(config_path)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+    # Grafana: the dashboard of the VMs, the datasource uid it expects, a password from .env
+    datasource = yaml.safe_load((ROOT / "monitoring/grafana/compose/datasources.yml").read_text())["datasources"][0]
+    dashboard = (ROOT / "monitoring/grafana/dashboards/iot-pipeline.json").read_text()
+    assert datasource["url"] == "http://prometheus:9090" and f'"uid": "{datasource["uid"]}"' in dashboard
+    assert "./monitoring/grafana/dashboards:/var/lib/grafana/dashboards/iot:ro" in grafana["volumes"]
+    assert grafana["environment"]["GF_SECURITY_ADMIN_PASSWORD"] == "${GRAFANA_ADMIN_PASSWORD:-}"
+    assert "exit 1" in grafana["entrypoint"][-1] and "exec /run.sh" in grafana["entrypoint"][-1]
+    assert "GRAFANA_ADMIN_PASSWORD=" in (ROOT / ".env.example").read_text()
