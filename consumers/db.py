@@ -113,22 +113,36 @@ RESULT_FIELDS = ("device_id", "producer_id", "seq", "sent_at", "prediction", "co
                  "model", "received_at", "inferred_at", "published_at")
 
 
-def image_update(msg: dict, png: bytes, now: float):
+def image_fields(msg: dict, png: bytes, now: float) -> tuple[str, dict, dict]:
+    """(_id, $set, $min) of an image message's document."""
     from bson import Binary
-    from pymongo import UpdateOne
 
     fields = {k: msg.get(k) for k in IMAGE_FIELDS}
     fields["image"] = Binary(png)
-    return UpdateOne({"_id": msg["image_id"]}, {"$set": fields, "$min": {"stored_at": now}},
-                     upsert=True)
+    return msg["image_id"], fields, {"stored_at": now}
 
 
-def result_update(msg: dict, now: float):
+def result_fields(msg: dict, now: float) -> tuple[str, dict, dict]:
+    """(_id, $set, $min) of a result message's document."""
+    return msg["image_id"], {k: msg.get(k) for k in RESULT_FIELDS}, {"prediction_stored_at": now}
+
+
+def merged_updates(parts) -> list[tuple[tuple, object]]:
+    """``[(records, UpdateOne)]`` from ``[(record, (_id, $set, $min))]``: one upsert per
+    image id, so that an image and its result polled together cost MongoDB one write, not
+    two (docs/PERFORMANCE.md); later records' fields win, the earliest timestamps stay.
+    Every record of an update is committed, retried or dead-lettered with it."""
     from pymongo import UpdateOne
 
-    fields = {k: msg.get(k) for k in RESULT_FIELDS}
-    return UpdateOne({"_id": msg["image_id"]},
-                     {"$set": fields, "$min": {"prediction_stored_at": now}}, upsert=True)
+    by_id: dict[str, list] = {}
+    for record, (_id, set_, min_) in parts:
+        entry = by_id.setdefault(_id, [[], {}, {}])
+        entry[0].append(record)
+        entry[1].update(set_)
+        for k, v in min_.items():
+            entry[2][k] = min(v, entry[2].get(k, v))
+    return [(tuple(records), UpdateOne({"_id": _id}, {"$set": set_, "$min": min_}, upsert=True))
+            for _id, (records, set_, min_) in by_id.items()]
 
 
 class DbWriter:
@@ -145,6 +159,7 @@ class DbWriter:
                                       fetch_max_wait_ms=max(500, kafka.kafka_fetch_max_wait_ms))
         self.producer = make_producer(kafka)
         self.written = self.skipped = self.dead = 0
+        self.writes = 0  # upserts sent: one per image id of a poll (image + result merged)
         self.rejected: set[int] = set()  # id() of this poll's records MongoDB refused
         self.last_log = 0.0
 
@@ -167,27 +182,28 @@ class DbWriter:
         return self.producer.send(self.kafka.dlq_topic, key=key, value=value, headers=headers)
 
     def to_updates(self, records) -> tuple[list, list]:
-        """``[(record, UpdateOne)]`` of the valid records, and the dead letters' futures."""
+        """``[(records, UpdateOne)]`` of the valid records (one update per image id), and
+        the dead letters' futures."""
         now = time.time()
-        updates, futures = [], []
+        parts, futures = [], []
         for record in records:
             try:
                 if record.topic == self.kafka.results_topic:
-                    updates.append((record, result_update(parse_result_message(record.value), now)))
+                    parts.append((record, result_fields(parse_result_message(record.value), now)))
                 else:
                     msg, png = parse_image_message(record.value,
                                                    max_bytes=self.kafka.max_message_bytes)
-                    updates.append((record, image_update(msg, png, now)))
+                    parts.append((record, image_fields(msg, png, now)))
             except InvalidMessage as exc:
                 if record.topic == self.kafka.results_topic:
                     futures.append(self.dead_letter(record, exc.reason))
                 else:
                     self.skipped += 1
                     self.metrics.skipped_image()
-        return updates, futures
+        return merged_updates(parts), futures
 
     def write(self, updates, futures) -> bool:
-        """Write ``updates`` ``[(record, UpdateOne)]`` until each is in MongoDB or, refused for
+        """Write ``updates`` ``[(records, UpdateOne)]`` until each is in MongoDB or, refused for
         what it is, dead-lettered (its future appended to ``futures``).  Transient failures
         are retried with backoff, polling paused (through a MongoDB outage, or a full disk);
         False if stopping first.  Upserts are idempotent, so writing one again is safe."""
@@ -228,7 +244,7 @@ class DbWriter:
                 why = f"code {error.get('code')}: {error.get('errmsg')}"
                 if kind == DETERMINISTIC:
                     dead.add(index)
-                    futures.append(self.reject(pending[index][0], f"MongoDB refused the document ({why})"))
+                    futures.extend(self.reject(pending[index][0], f"MongoDB refused the document ({why})"))
                 else:
                     retry.add(index)
                     failure = (kind, why) if failure is None or kind == DISK_FULL else failure
@@ -242,7 +258,7 @@ class DbWriter:
         except encoding_errors() as exc:
             if len(pending) == 1:
                 self.metrics.write_error(DETERMINISTIC)
-                futures.append(self.reject(pending[0][0], "the document cannot be encoded for MongoDB "
+                futures.extend(self.reject(pending[0][0], "the document cannot be encoded for MongoDB "
                                                           f"({type(exc).__name__}: {exc})"))
                 return [], None
             # pymongo encodes each sub-batch as it sends it, so this one never reached the
@@ -260,16 +276,21 @@ class DbWriter:
     def count_written(self, updates) -> None:
         """Count the committed updates by source topic, less those MongoDB refused (dead-lettered)."""
         by_topic: dict[str, int] = {}
-        for record, _op in updates:
-            if id(record) not in self.rejected:
-                by_topic[record.topic] = by_topic.get(record.topic, 0) + 1
+        for records, _op in updates:
+            for record in records:
+                if id(record) not in self.rejected:
+                    by_topic[record.topic] = by_topic.get(record.topic, 0) + 1
         for topic, n in by_topic.items():
             self.metrics.documents("result" if topic == self.kafka.results_topic else "image", n)
 
-    def reject(self, record, reason: str):
-        """A record MongoDB will never take: dead-lettered like an invalid result."""
-        self.rejected.add(id(record))
-        return self.dead_letter(record, reason)
+    def reject(self, records, reason: str) -> list:
+        """Records whose document MongoDB will never take: dead-lettered like an invalid
+        result; the sends' futures."""
+        futures = []
+        for record in records:
+            self.rejected.add(id(record))
+            futures.append(self.dead_letter(record, reason))
+        return futures
 
     def run(self) -> None:
         self.ensure_indexes()
@@ -291,14 +312,15 @@ class DbWriter:
                     ok = ok and all_delivered(futures)
                 if ok:
                     commit(self.consumer, records)
-                    self.written += len(updates) - (len(futures) - invalid)
+                    self.written += sum(len(recs) for recs, _ in updates) - (len(futures) - invalid)
+                    self.writes += len(updates)
                     self.count_written(updates)
                 else:
                     rewind(self.consumer, records)
             now = time.monotonic()
             if now - self.last_log > 10 and self.written:
-                log.info("written %d updates, skipped %d invalid images, dead-lettered %d records",
-                         self.written, self.skipped, self.dead)
+                log.info("written %d records in %d upserts, skipped %d invalid images, dead-lettered %d records",
+                         self.written, self.writes, self.skipped, self.dead)
                 self.last_log = now
         self.producer.close()
         self.consumer.close()

@@ -169,3 +169,28 @@ def test_a_value_bson_cannot_encode_dead_letters_that_record_only(clock, run_aga
     docs = stored(mongo_uri)
     assert set(docs) == {image_id_of(v) for i, v in enumerate(images + results) if i != 1}
     assert c.commits == [{P0: oam(3), R0: oam(1)}]
+
+
+def test_an_image_and_its_result_polled_together_are_one_upsert(clock, run_against, mongo_uri):
+    """One write per image where possible: the image and its result in the same poll are
+    merged into one upsert (both records committed with it); a lone image is its own."""
+    import json
+
+    from common.schema import dumps, make_result_message
+
+    image = json.loads(image_value(0))
+    result = {**make_result_message(image, prediction="cat", confidence=0.5, model="m", received_at=1.0,
+                                    inferred_at=1.0), "published_at": 1.0}
+    lone = image_value(1)
+    c = FakeConsumer(clock, {P0: [dumps(image), lone], R0: [dumps(result)]})
+    producer, listener = run_against(c)
+
+    updates = [u for command in listener.commands for u in command["updates"]]
+    assert len(updates) == 2, updates  # 3 records, 2 documents
+    assert not dead_letters(producer)
+    docs = stored(mongo_uri)
+    assert set(docs) == {image["image_id"], image_id_of(lone)}
+    pair = docs[image["image_id"]]
+    assert pair["prediction"] == "cat" and pair["seq"] == 0 and pair["dataset"] == "test"
+    assert pair["stored_at"] > 0 and pair["prediction_stored_at"] > 0
+    assert c.commits == [{P0: oam(2), R0: oam(1)}]
