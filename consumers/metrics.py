@@ -98,7 +98,7 @@ class DbConsumerMetrics(Recorder):
         self.dead = metric("counter", p + "dead_letters_total", "Records sent to the dead-letter topic")
         self.skipped = metric("counter", p + "invalid_images_total",
                               "Invalid image records skipped (the inference consumer dead-letters them)")
-        self.bulk = metric("histogram", p + "bulk_updates", "Updates per bulk_write",
+        self.bulk = metric("histogram", p + "bulk_updates", "Upserts per bulk_write (an image and its result polled together are one)",
                            buckets=BATCH_BUCKETS)
         self.write = metric("histogram", p + "write_duration_seconds", "One bulk_write (attempt)",
                             buckets=FAST_BUCKETS_S)

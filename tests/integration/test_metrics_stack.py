@@ -136,11 +136,12 @@ def test_every_component_counts_each_image_exactly_once(observed_run):
         delta(run, svc, "iot_service_model_batch_images_count") >= 1
     assert value(run["after"][svc], "iot_service_model_ready") == 1
     assert value(run["after"][svc], "iot_service_queue_images") == 0
-    # The DB consumer: N images and N results, in bulk writes that hold them all.
+    # The DB consumer: N images and N results, in bulk writes that hold them all (an image
+    # and its result polled together are one upsert: between N and 2N upserts).
     assert delta(run, db, "iot_db_consumer_documents_written_total", kind="image") == N
     assert delta(run, db, "iot_db_consumer_documents_written_total", kind="result") == N
     if delta(run, db, "iot_db_consumer_write_errors_total") == 0:
-        assert delta(run, db, "iot_db_consumer_bulk_updates_sum") == 2 * N
+        assert N <= delta(run, db, "iot_db_consumer_bulk_updates_sum") <= 2 * N
     # Each process reports its own CPU and memory (the service's: the whole Gunicorn tree).
     for job in (svc, ic, db):
         assert value(run["after"][job], "process_cpu_seconds_total") > 0, job
