@@ -208,6 +208,35 @@ def _empty(name: str) -> dict:
             "peak_rss": {}}
 
 
+def issue_figures(result: dict) -> dict:
+    """The figures docs/PERFORMANCE.md tracks, each a ratio or a cost per image of this run:
+
+    * ``efficiency``: the bare model's core-ms per image (its best batch) / the pipeline's
+      core-ms per image without the producers, at saturation (the ramp's best step);
+    * ``producer_core_ms_per_img``: the producers' whole processes per image, same step;
+    * ``p50_25pct_over_batch1``, ``p99_50pct_over_batch1``: latency at 25 / 50 % load in
+      units of this run's bare-model batch-1 time per image."""
+    limit = result["limit"] or {}
+    per = limit.get("per_batch") or {}
+    batch1_ms = (per.get(1) or {}).get("ms_per_img")
+    model_core_ms = (per.get(limit.get("best_batch")) or {}).get("core_ms_per_img")
+    ramp = result["pipeline"].get("ramp") or []
+    saturated = max(ramp, key=lambda st: st.get("throughput_img_s") or 0.0, default={})
+    cpu = saturated.get("cpu_ms_per_img") or {}
+    own = sum(v for k, v in cpu.items() if k != "producers")
+    latency = result["pipeline"].get("latency") or {}
+
+    def over(value, unit):
+        return round(value / unit, 2) if value is not None and unit else None
+
+    return {"efficiency": over(model_core_ms, own) if own else None,
+            "pipeline_core_ms_per_img": round(own, 2) if own else None,
+            "model_core_ms_per_img": model_core_ms and round(model_core_ms, 2),
+            "producer_core_ms_per_img": cpu.get("producers"),
+            "p50_25pct_over_batch1": over(step_ms(latency.get("25pct"), "p50"), batch1_ms),
+            "p99_50pct_over_batch1": over(step_ms(latency.get("50pct"), "p99"), batch1_ms)}
+
+
 def main(argv=None) -> int:
 
     args = parse_args(argv)
@@ -290,6 +319,7 @@ def main(argv=None) -> int:
         load_average_end=load_average(),
         duration_s=round(time.time() - started, 1),
     )
+    result.update(issue_figures(result))
     result["targets"] = {"ratio_to_limit": result["ratio_to_limit"] >= 0.6,
                          "ratio_to_baseline": bool(result["ratio_to_baseline"] and result["ratio_to_baseline"] >= 4),
                          "p99_ms_at_50pct": p99_50 is not None and p99_50 <= 250}

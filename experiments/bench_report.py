@@ -39,6 +39,17 @@ def table(result: dict) -> str:
               f"  ratio_to_baseline {result['ratio_to_baseline'] or float('nan'):.2f}   (target >= 4: {'met' if t['ratio_to_baseline'] else 'MISSED'})",
               f"  p99 at 50% load   {result['p99_ms_at_50pct'] if result['p99_ms_at_50pct'] is not None else float('nan'):.0f} ms "
               f"(target <= 250: {'met' if t['p99_ms_at_50pct'] else 'MISSED'})",
+              "", "  per image (issue [perf] figures; targets in docs/PERFORMANCE.md):"]
+
+    def fig(key, unit=""):
+        v = result.get(key)
+        return "-" if v is None else f"{v:.2f}{unit}"
+
+    lines += [f"    efficiency {fig('efficiency')} (bare model {fig('model_core_ms_per_img', ' core-ms')} / "
+              f"pipeline without producers {fig('pipeline_core_ms_per_img', ' core-ms')}), "
+              f"producers {fig('producer_core_ms_per_img', ' core-ms')}",
+              f"    p50 @25% = {fig('p50_25pct_over_batch1', 'x')}, p99 @50% = {fig('p99_50pct_over_batch1', 'x')} "
+              "the bare model's batch-1 time",
               "", "  peak RSS (MiB, largest process / whole tree):"]
     for name in ("pipeline", "baseline"):
         parts = [f"{c} {v['peak_rss_mib']}/{v['total_peak_rss_mib']}"
