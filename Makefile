@@ -90,8 +90,8 @@ ssh:              ## a shell on a VM: make ssh VM=inference
 	@test -n "$(VM)" || { echo "usage: make ssh VM=<producer|inference|kafka|mongodb>"; exit 2; }
 	ssh -F .deploy/$(PREFIX)/ssh_config $(PREFIX)-$(VM)
 
-bench: venv       ## throughput/latency vs the bare model and the per-message design (~6 min)
-	$(PYTHON) -m experiments.bench
+bench: venv       ## throughput/latency vs the bare model and the per-message design, 32 px and 224 px (~25 min; ARGS="--sizes 32" ~8 min)
+	$(PYTHON) -m experiments.bench $(ARGS)
 
 serve: venv       ## the inference service alone, in the foreground
 	$(PYTHON) -m gunicorn -c inference/gunicorn.conf.py 'inference:create_app()'

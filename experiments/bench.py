@@ -109,7 +109,7 @@ def measure_stack(name: str, env: dict, workdir: Path, out: Path, **kw) -> dict:
 
 def measure_on(stack: LocalStack, out: Path, *, start_rate: float, growth: float, max_steps: int,
                step_s: float, latency_s: float, per_producer_max: float, warmup: int,
-               load_points=LOAD_POINTS, fresh_for_latency: bool = True) -> dict:
+               load_points=LOAD_POINTS, fresh_for_latency: bool = True, min_samples: int = 0) -> dict:
     """Ramp the offered rate to find the maximum sustained throughput, then latency at
     25/50/75 % of it; returns the figures and the peak RSS of every component."""
     name = stack.name
@@ -136,7 +136,8 @@ def measure_on(stack: LocalStack, out: Path, *, start_rate: float, growth: float
                  per_producer_max=per_producer_max, stack=stack)
     for pct in load_points:
         r = max(1.0, best * pct / 100)
-        step = run_step(out / f"load-{pct}pct", stack.env, rate=r, duration=latency_s,
+        # At least min_samples images per point: a slow model (224 px) gets longer points.
+        step = run_step(out / f"load-{pct}pct", stack.env, rate=r, duration=max(latency_s, min_samples / r),
                         tag=f"{name}-l{pct}", per_producer_max=per_producer_max, stack=stack)
         record["latency"][f"{pct}pct"] = step
     for component, later in stack.peak_rss().items():
@@ -163,6 +164,11 @@ def parse_args(argv=None):
     p.add_argument("--per-producer", type=float, default=80.0,
                    help="highest rate one producer process is asked for (more processes beyond)")
     p.add_argument("--only", choices=["pipeline", "baseline"], help="measure one stack only")
+    p.add_argument("--sizes", type=int, nargs="+", default=None,
+                   help="model input sizes, each a full run; the first is the top level of bench.json, the "
+                        "others objects named after them (default: 32 224; smoke: 32)")
+    p.add_argument("--min-samples", type=int, default=None,
+                   help="images per latency point at least (default 1000; smoke: 0)")
     return p.parse_args(argv)
 
 
@@ -237,20 +243,17 @@ def issue_figures(result: dict) -> dict:
             "p99_50pct_over_batch1": over(step_ms(latency.get("50pct"), "p99"), batch1_ms)}
 
 
-def main(argv=None) -> int:
-
-    args = parse_args(argv)
-    setup_logging()
+def measure_size(args, size: int, run: str, out: Path) -> dict:
+    """One whole bench (limit, pipeline, baseline, figures) at model input ``size``."""
     smoke = args.smoke
-    run = time.strftime("%Y%m%d-%H%M%S") + ("-smoke" if smoke else "")
-    out = args.out or ROOT / "results" / "bench" / run
     out.mkdir(parents=True, exist_ok=True)
+    min_samples = args.min_samples if args.min_samples is not None else (0 if smoke else 1000)
     step_s = args.step_s or (2.0 if smoke else 15.0)
     latency_s = args.latency_s or (2.0 if smoke else 15.0)
     max_steps = args.max_steps or (1 if smoke else 8)
 
     common = {"MODEL_WEIGHTS": os.environ.get("MODEL_WEIGHTS", "random"),
-              "MODEL_INPUT_SIZE": os.environ.get("MODEL_INPUT_SIZE", "32"),
+              "MODEL_INPUT_SIZE": str(size),
               "GUNICORN_ACCESSLOG": os.environ.get("GUNICORN_ACCESSLOG", "/dev/null")}
     if not os.environ.get("DATASET_SOURCE") and not os.environ.get("DATASET"):
         common["DATASET"] = "synthetic"  # no download in a benchmark; same 32x32 PNGs
@@ -280,7 +283,8 @@ def main(argv=None) -> int:
 
     workdir = Path(tempfile.mkdtemp(prefix="bench-"))
     common_kw = dict(growth=args.growth, max_steps=max_steps, step_s=step_s, latency_s=latency_s,
-                     per_producer_max=args.per_producer, warmup=0 if smoke else 60)
+                     per_producer_max=args.per_producer, warmup=0 if smoke else 60,
+                     min_samples=min_samples)
     try:
         if smoke:
             smoke_run(result, env_now, batches, pipeline_env, baseline_env, workdir, out, common_kw)
@@ -323,6 +327,21 @@ def main(argv=None) -> int:
     result["targets"] = {"ratio_to_limit": result["ratio_to_limit"] >= 0.6,
                          "ratio_to_baseline": bool(result["ratio_to_baseline"] and result["ratio_to_baseline"] >= 4),
                          "p99_ms_at_50pct": p99_50 is not None and p99_50 <= 250}
+    return result
+
+
+def main(argv=None) -> int:
+
+    args = parse_args(argv)
+    setup_logging()
+    run = time.strftime("%Y%m%d-%H%M%S") + ("-smoke" if args.smoke else "")
+    out = args.out or ROOT / "results" / "bench" / run
+    sizes = args.sizes or ([32] if args.smoke else [32, 224])
+    log.info("input sizes %s, one whole run each", sizes)
+    result = measure_size(args, sizes[0], run, out)
+    for size in sizes[1:]:
+        log.info("input size %d: the same measurements (its own limit, pipeline, baseline)", size)
+        result[str(size)] = measure_size(args, size, run, out / str(size))
     (out / "bench.json").write_text(json.dumps(result, indent=2) + "\n")
     plot(result, out / "bench.png")
     latest = out.parent / "latest"
@@ -333,6 +352,9 @@ def main(argv=None) -> int:
     except OSError:
         pass
     print(table(result))
+    for size in sizes[1:]:
+        print(f"\n--- input {size} px ---")
+        print(table(result[str(size)]))
     print(f"\nwritten: {out / 'bench.json'}, {out / 'bench.png'}")
     return 0
 
