@@ -141,11 +141,14 @@ def file_sha256(path: str) -> str:
     return file_digest(path, "sha256")
 
 
-def _compile(model: tf.keras.Model, input_size: int, imagenet: bool):
+def _compile(model: tf.keras.Model, input_size: int, imagenet: bool, jit_compile: bool = False):
+    """The serving function: uint8 32x32 images in, class probabilities out.  ``jit_compile``:
+    XLA (experiments/runtime_compare.py measures it against the default; not adopted)."""
     fold = tf.constant(mapping_matrix()) if imagenet else None
 
     # One trace: the batch dimension is dynamic, so batches of any size reuse it.
-    @tf.function(input_signature=[tf.TensorSpec([None, IMAGE_SIZE, IMAGE_SIZE, 3], tf.uint8)])
+    @tf.function(input_signature=[tf.TensorSpec([None, IMAGE_SIZE, IMAGE_SIZE, 3], tf.uint8)],
+                 jit_compile=jit_compile)
     def serve(images):
         x = tf.cast(images, tf.float32)
         if input_size != IMAGE_SIZE:

@@ -1,0 +1,98 @@
+"""``python -m experiments.runtime_compare``: candidate model runtimes against the reference.
+
+The reference is the service's own serving function (inference.model, TensorFlow with
+oneDNN, TF's thread settings).  Each candidate runs the same Keras model on the same
+images (the CIFAR sample when DATASET_SOURCE is set, else random pixels): its
+predictions are compared with the reference's (max |difference| of the probabilities,
+share of identical top-1 labels) and its speed measured in interleaved rounds at batch 1
+and a larger batch (images/s, best of the rounds).  A runtime is adopted only where the
+predictions are identical within the stated tolerance and it is faster; TensorFlow stays
+the reference.  A benchmark, not a test.
+
+Candidates here: XLA (``tf.function(jit_compile=True)``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+import numpy as np
+
+
+def images(n: int) -> np.ndarray:
+    source = os.environ.get("DATASET_SOURCE")
+    if source:
+        from common.dataset import load
+
+        return np.asarray(load("cifar10", source, limit=n).images[:n], dtype=np.uint8)
+    return np.random.default_rng(0).integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+
+
+def speed(predict, x: np.ndarray, seconds: float) -> float:
+    n, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds or n < 2 * len(x):
+        predict(x)
+        n += len(x)
+    return n / (time.perf_counter() - start)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m experiments.runtime_compare", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--size", type=int, default=32, help="model input size (32 or 224)")
+    p.add_argument("--batch", type=int, default=32, help="the larger batch (default 32)")
+    p.add_argument("--images", type=int, default=256, help="images compared (default 256)")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--seconds", type=float, default=2.0, help="per round and batch size")
+    p.add_argument("--tolerance", type=float, default=1e-4, help="max |probability difference| accepted")
+    args = p.parse_args(argv)
+
+    import tensorflow as tf
+
+    from common.settings import ServiceSettings
+    from inference import model as m
+
+    s = ServiceSettings()
+    m.configure_threads(s.tf_intra_op_threads, s.tf_inter_op_threads)
+    tf.keras.utils.set_random_seed(m.RANDOM_SEED)
+    keras_model = m.build_cifar_resnet(args.size)
+    runtimes = {"tensorflow": m._compile(keras_model, args.size, imagenet=False),
+                "xla": m._compile(keras_model, args.size, imagenet=False, jit_compile=True)}
+    x = images(args.images)
+    ref = np.concatenate([runtimes["tensorflow"](x[i:i + 64]) for i in range(0, len(x), 64)])
+    report: dict = {"size": args.size, "images": len(x), "tolerance": args.tolerance, "runtimes": {}}
+    for name, predict in runtimes.items():
+        out = np.concatenate([predict(x[i:i + 64]) for i in range(0, len(x), 64)])
+        report["runtimes"][name] = {
+            "max_abs_diff": float(np.max(np.abs(out - ref))),
+            "top1_agreement": float(np.mean(out.argmax(1) == ref.argmax(1))),
+            "img_s": {1: 0.0, args.batch: 0.0}}
+        for bs in (1, args.batch):  # warm-up: trace and compile this shape
+            predict(x[:bs])
+            predict(x[:bs])
+    for _ in range(args.rounds):  # interleaved: a neighbour's burst hits every runtime alike
+        for name, predict in runtimes.items():
+            for bs in (1, args.batch):
+                r = report["runtimes"][name]["img_s"]
+                r[bs] = max(r[bs], speed(predict, x[:bs], args.seconds / args.rounds))
+    ref_speed = report["runtimes"]["tensorflow"]["img_s"]
+    for name, r in report["runtimes"].items():
+        r["speedup"] = {bs: round(v / ref_speed[bs], 3) for bs, v in r["img_s"].items()}
+        r["identical"] = r["max_abs_diff"] <= args.tolerance and r["top1_agreement"] == 1.0
+        r["adopt"] = name != "tensorflow" and r["identical"] and min(r["speedup"].values()) > 1.05
+        print(f"{name:11s} max|diff| {r['max_abs_diff']:.2e}  top-1 agreement {r['top1_agreement']:.3f}  "
+              + "  ".join(f"batch {bs}: {v:7.1f} img/s ({r['speedup'][bs]:.2f}x)" for bs, v in r["img_s"].items())
+              + ("  ADOPT" if r["adopt"] else ""))
+    try:
+        load = [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        load = []
+    print(json.dumps({**report, "load_average": load}, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
