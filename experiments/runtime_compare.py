@@ -9,7 +9,7 @@ and a larger batch (images/s, best of the rounds).  A runtime is adopted only wh
 predictions are identical within the stated tolerance and it is faster; TensorFlow stays
 the reference.  A benchmark, not a test.
 
-Candidates here: XLA (``tf.function(jit_compile=True)``).
+Candidates here: XLA (``tf.function(jit_compile=True)``), bfloat16 (mixed_bfloat16 policy).
 """
 
 from __future__ import annotations
@@ -61,6 +61,14 @@ def main(argv=None) -> int:
     keras_model = m.build_cifar_resnet(args.size)
     runtimes = {"tensorflow": m._compile(keras_model, args.size, imagenet=False),
                 "xla": m._compile(keras_model, args.size, imagenet=False, jit_compile=True)}
+    # bf16: the same weights in a model built under the mixed_bfloat16 policy (oneDNN runs
+    # its convolutions in bfloat16 where the CPU has AVX512_BF16/AMX).
+    tf.keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    bf16_model = m.build_cifar_resnet(args.size)
+    tf.keras.mixed_precision.set_global_policy("float32")
+    bf16_model.set_weights(keras_model.get_weights())
+    bf16 = m._compile(bf16_model, args.size, imagenet=False)
+    runtimes["bf16"] = lambda batch: np.asarray(bf16(batch), dtype=np.float32)
     x = images(args.images)
     ref = np.concatenate([runtimes["tensorflow"](x[i:i + 64]) for i in range(0, len(x), 64)])
     report: dict = {"size": args.size, "images": len(x), "tolerance": args.tolerance, "runtimes": {}}

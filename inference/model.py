@@ -154,7 +154,7 @@ def _compile(model: tf.keras.Model, input_size: int, imagenet: bool, jit_compile
         if input_size != IMAGE_SIZE:
             x = tf.image.resize(x, (input_size, input_size), method="bilinear")
         x = tf.keras.applications.resnet50.preprocess_input(x)
-        probs = model(x, training=False)
+        probs = tf.cast(model(x, training=False), tf.float32)  # bfloat16 models too
         if fold is not None:
             probs = tf.matmul(probs, fold)  # sum the ImageNet classes of each CIFAR class
             probs = probs / tf.maximum(tf.reduce_sum(probs, axis=1, keepdims=True), 1e-12)
@@ -167,8 +167,19 @@ def _compile(model: tf.keras.Model, input_size: int, imagenet: bool, jit_compile
 
 
 def load_model(weights: str = "auto", input_size: int | None = None, *,
-               download_timeout_s: float = 3.0) -> LoadedModel:
-    """Build ResNet50 for ``weights`` (auto | imagenet | random | path); see module docstring."""
+               download_timeout_s: float = 3.0, precision: str = "float32") -> LoadedModel:
+    """Build ResNet50 for ``weights`` (auto | imagenet | random | path); see module docstring.
+    ``precision`` bfloat16 builds it under Keras' mixed_bfloat16 policy (variables stay
+    float32, so the same weight files load); its model id ends in ``-bf16``."""
+    if precision not in ("float32", "bfloat16"):
+        raise ValueError(f"precision must be float32 or bfloat16, not {precision!r}")
+    if precision == "bfloat16":
+        tf.keras.mixed_precision.set_global_policy("mixed_bfloat16")
+        try:
+            loaded = load_model(weights, input_size, download_timeout_s=download_timeout_s)
+        finally:
+            tf.keras.mixed_precision.set_global_policy("float32")
+        return dataclasses.replace(loaded, id=loaded.id + "-bf16")
     choice = weights.strip()
     imagenet_path = None
     if choice.lower() in ("auto", "imagenet"):

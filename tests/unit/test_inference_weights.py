@@ -75,3 +75,22 @@ def test_auto_falls_back_to_untrained_with_warning(empty_cache, monkeypatch, cap
 def test_unknown_weights_value_is_an_error():
     with pytest.raises(model_mod.WeightsUnavailable, match="no such file"):
         model_mod.load_model("/no/such/weights.weights.h5")
+
+
+def test_bfloat16_serves_the_same_model_within_its_precision():
+    """MODEL_PRECISION=bfloat16: the same random weights computed in bfloat16 give the
+    float32 model's probabilities within bfloat16's precision, and say so in the id."""
+    import numpy as np
+
+    from inference import model as model_mod
+
+    f32 = model_mod.load_model("random", 32)
+    b16 = model_mod.load_model("random", 32, precision="bfloat16")
+    assert b16.id == f32.id + "-bf16" and f32.id.endswith("-32")
+    x = np.random.default_rng(1).integers(0, 256, (16, 32, 32, 3), dtype=np.uint8)
+    p32, p16 = f32.predict(x), b16.predict(x)
+    assert p16.dtype == np.float32 and p16.shape == p32.shape == (16, 10)
+    assert np.allclose(p16.sum(axis=1), 1.0, atol=1e-2)
+    assert np.max(np.abs(p16 - p32)) < 0.1  # bfloat16 keeps 8 bits of mantissa
+    with pytest.raises(ValueError, match="precision"):
+        model_mod.load_model("random", 32, precision="float16")
