@@ -84,12 +84,29 @@ def prometheus(local_stack):
     return prom
 
 
+def quiet(env: dict, window_s: float = 3.0) -> dict | None:
+    """Every component's samples, once the stack is done with earlier tests' records (the
+    session's stack is shared: the DB consumer may still be storing the last test's
+    images): two scrapes ``window_s`` apart with the same consumer counters, else None."""
+    import time
+
+    first = {job: scrape(url) for job, url in endpoints(env).items()}
+    time.sleep(window_s)
+    second = {job: scrape(url) for job, url in endpoints(env).items()}
+
+    def counters(samples):
+        return {k: v for job in ("inference-consumer", "db-consumer") for k, v in samples[job].items()
+                if k[0].startswith("iot_") and k[0].endswith(("_total", "_count", "_sum"))}
+    return second if counters(first) == counters(second) else None
+
+
 @pytest.fixture(scope="module")
 def observed_run(local_stack, prometheus, tmp_path_factory):
     """N images through the stack by a producer that serves its metrics on the port the
     stack kept for it; every component scraped before and after."""
     env = local_stack["env"]
-    before = {job: scrape(url) for job, url in endpoints(env).items()}
+    before = eventually(lambda: quiet(env))
+    assert before, "the session stack never stopped working on earlier tests' records"
     out = tmp_path_factory.mktemp("metrics-run")
     producer_url = f"http://127.0.0.1:{env['PRODUCER_METRICS_PORT']}/metrics"
     proc = subprocess.run(
