@@ -191,12 +191,13 @@ class Supervisor:
             self.components.append(Component(
                 name, [py, "-m", module], ready=marker.exists,
                 env={"READY_FILE": str(marker), "METRICS_PORT": str(metrics_port), "METRICS_BIND": "127.0.0.1"}))
-        # A pool of producer ports: the fleets of make demo / make experiment / the bench give
-        # their i-th producer the i-th (experiments.fleet); PRODUCER_METRICS_PORT is the first.
+        # PRODUCER_METRICS_PORT for a producer started by hand, and a pool for the fleets of
+        # make demo / make experiment / the bench, which give their i-th producer the i-th
+        # (experiments.fleet): distinct ports, so one's series never continues the other's.
         # A target without a running producer is just down (no alert rule looks at it).
-        producer_ports = [monitoring.free_port() for _ in range(monitoring.PRODUCER_PORTS)]
+        producer_ports = [monitoring.free_port() for _ in range(1 + monitoring.PRODUCER_PORTS)]
         self.endpoints["PRODUCER_METRICS_PORT"] = str(producer_ports[0])
-        self.endpoints["PRODUCER_METRICS_PORTS"] = ",".join(map(str, producer_ports))
+        self.endpoints["PRODUCER_METRICS_PORTS"] = ",".join(map(str, producer_ports[1:]))
         scrape["producer"] = [f"127.0.0.1:{port}" for port in producer_ports]
         self.plan_prometheus(scrape)
         self.plan_dashboard()

@@ -17,7 +17,7 @@ def test_each_producer_of_a_fleet_is_scraped(local_stack, tmp_path):
     required_binary("prometheus")
     env = local_stack["env"]
     ports = env["PRODUCER_METRICS_PORTS"].split(",")
-    assert len(ports) >= 2 and ports[0] == env["PRODUCER_METRICS_PORT"]
+    assert len(ports) >= 2 and env["PRODUCER_METRICS_PORT"] not in ports  # that one is for a producer run by hand
     config = (local_stack["dir"] / "prometheus" / "prometheus.yml").read_text()
     assert all(f"127.0.0.1:{p}" in config for p in ports)
     prom = Prometheus(env["PROMETHEUS_URL"])

@@ -127,7 +127,8 @@ def observed_run(local_stack, prometheus, tmp_path_factory):
 
     after = eventually(settled)
     assert after, "the DB consumer did not store every image and result"
-    return {"before": before, "after": after, "out": out, "stderr": proc.stderr}
+    return {"before": before, "after": after, "out": out, "stderr": proc.stderr,
+            "producer_port": env["PRODUCER_METRICS_PORT"]}
 
 
 def delta(run, job: str, name: str, **labels) -> float:
@@ -168,11 +169,13 @@ def test_every_component_counts_each_image_exactly_once(observed_run):
 def test_prometheus_scrapes_the_producers_final_counts(observed_run, prometheus):
     """The producer's counters and its e2e histogram count are N in Prometheus: the producer
     (a batch job) waited for one scrape after its run (METRICS_HOLD_S)."""
+    # This run's producer only (other tests' producers were scraped too, on other ports).
+    mine = f'{{instance="127.0.0.1:{observed_run["producer_port"]}"}}'
     for name in ("iot_producer_images_sent_total", "iot_producer_images_acknowledged_total",
                  "iot_producer_results_received_total", "iot_producer_e2e_latency_seconds_count"):
-        got = eventually(lambda name=name: prometheus.scalar(f"sum(last_over_time({name}[10m]))") == N)
-        assert got, (name, prometheus.scalar(f"sum(last_over_time({name}[10m]))"))
-    assert prometheus.scalar("sum(last_over_time(iot_producer_images_failed_total[10m]))") == 0
+        got = eventually(lambda name=name: prometheus.scalar(f"sum(last_over_time({name}{mine}[10m]))") == N)
+        assert got, (name, prometheus.scalar(f"sum(last_over_time({name}{mine}[10m]))"))
+    assert prometheus.scalar(f"sum(last_over_time(iot_producer_images_failed_total{mine}[10m]))") == 0
 
 
 def test_prometheus_scrapes_every_component_of_the_stack(observed_run, prometheus):
@@ -201,10 +204,11 @@ def test_histogram_quantile_agrees_with_the_producers_percentiles(observed_run, 
                        if r.e2e_ms is not None)
     assert len(latencies) == N
     exact = percentile(latencies, q * 100)  # nearest rank: a measured sample
+    mine = f'{{instance="127.0.0.1:{observed_run["producer_port"]}"}}'  # this run's producer only
     expr = (f"histogram_quantile({q}, sum by (le) "
-            f"(last_over_time(iot_producer_e2e_latency_seconds_bucket[10m])))")
-    assert eventually(lambda: prometheus.scalar("sum(last_over_time(iot_producer_e2e_latency_seconds_count[10m]))")
-                      == N)
+            f"(last_over_time(iot_producer_e2e_latency_seconds_bucket{mine}[10m])))")
+    assert eventually(lambda: prometheus.scalar(
+        f"sum(last_over_time(iot_producer_e2e_latency_seconds_count{mine}[10m]))") == N)
     estimate = prometheus.scalar(expr)
     lower, upper = bucket_of(exact)
     # histogram_quantile interpolates inside the bucket where the rank falls, which is the
