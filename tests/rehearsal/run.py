@@ -387,14 +387,14 @@ class Rehearsal:
         base = self.start_mirror()
         version = role_defaults("mongodb")["mongodb_version"]
         pb = self.playbook("run1-check-kafka-mongodb", [
-            "--check", "--tags", "kafka,mongodb",
+            "--check", "--tags", "kafka,mongodb,monitoring",
             # kafka_mirror is the kafka role's input for a mirror; mongodb_apt_key_url is
             # computed in the mongodb role's vars/main.yml: overridden for this check only.
             "-e", f"kafka_mirror={base}/kafka",
             "-e", f"mongodb_apt_key_url={base}/mongodb/server-{version}.asc"], timeout_s=1800)
         pb.check()
         played = {e["play"] for e in pb.events if e["event"] == "play"}
-        for want in ("Install Kafka", "Install MongoDB"):
+        for want in ("Install Kafka", "Install MongoDB", "Install Prometheus and Grafana"):
             if want not in played:
                 raise Failed(f"check mode: play {want!r} did not run (plays: {sorted(played)})")
         return pb
@@ -458,7 +458,7 @@ class Rehearsal:
         with self.step("run 1 (cold): kafka, mongodb stand-ins (harness services, ports, topics)"):
             self.stand_in = self.stand_ins()
         r1["stand_ins"] = self.stand_in
-        with self.step("run 1 (cold): kafka, mongodb plays in --check mode"):
+        with self.step("run 1 (cold): kafka, mongodb, monitoring plays in --check mode"):
             c = self.check_server_plays()
         r1["check_mode"] = c.summary()
         with self.step("run 1 (cold): inference, consumers, producer, experiment, analyze"):
@@ -751,7 +751,7 @@ def render(s: dict) -> str:
     lines += [f"  {k.ljust(width)}  {v:8.1f} s" for k, v in s["timings_s"].items()]
     r1 = s.get("run1", {})
     if "check_mode" in r1:
-        lines.append(f"run 1: kafka + mongodb plays in --check mode: exit {r1['check_mode']['rc']}, "
+        lines.append(f"run 1: kafka + mongodb + monitoring plays in --check mode: exit {r1['check_mode']['rc']}, "
                      f"recap {r1['check_mode']['recap']}")
     if "experiment" in r1:
         e = r1["experiment"]
