@@ -22,7 +22,7 @@ import resource
 import time
 from pathlib import Path
 
-from analysis.stats import KNEE_RATIO, find_knee, latency_summary  # noqa: F401 - re-exported
+from analysis.stats import latency_summary
 from common.mongo_io import connect, images_collection
 from common.rundir import read_latencies
 from common.settings import MongoSettings

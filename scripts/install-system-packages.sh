@@ -18,6 +18,10 @@
 # apt and access to the Debian mirrors (or a local apt proxy).
 set -euo pipefail
 
+# The tools the tests call, and where they come from: dockerd (docker.io), docker-compose,
+# debootstrap, prometheus and promtool (prometheus), chromium, chromedriver
+# (chromium-driver); the install below is, in effect,
+#   apt-get install docker.io debootstrap docker-compose prometheus chromium chromium-driver ...
 PACKAGES=(
   docker.io              # dockerd + containerd + runc (started by tests/rehearsal/docker.py)
   debootstrap            # builds the bookworm "VM" image and the containers' base image
