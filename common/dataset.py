@@ -5,6 +5,10 @@ or its parent), a local ``.tar.gz``, or a URL.  Empty means the official URL; th
 download is cached where Keras caches it (``~/.keras/datasets``), checked against
 the official md5 and shown with a progress bar.  Tarballs are read in place (no
 extraction).  ``synthetic`` is used only when asked for: it has no labels.
+
+``folder``: ``DATASET_SOURCE`` is a directory of JPEG/PNG files of any size (real camera
+pictures), sent as they are, never re-encoded; a file's label is the name of the
+sub-folder it is in (``cat/0001.jpg`` is a cat; files at the top have none).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from common.download import DownloadError, fetch
+from common.schema import encode_png, sniff_format
 
 log = logging.getLogger(__name__)
 
@@ -57,12 +62,56 @@ class DatasetUnavailable(RuntimeError):
 @dataclass
 class Dataset:
     name: str
-    images: np.ndarray  # N x 32 x 32 x 3 uint8
+    images: np.ndarray | None  # N x 32 x 32 x 3 uint8 (None for a folder: see ``files``)
     labels: list[str | None]
     source: str
+    files: list[Path] | None = None  # DATASET=folder: the image files, sent as they are
 
     def __len__(self) -> int:
-        return len(self.images)
+        return len(self.files) if self.files is not None else len(self.images)
+
+    def encoded(self, i: int) -> tuple[bytes, str]:
+        """Image ``i`` as a file and its format (png or jpeg): a folder's file as it is, an
+        array as a PNG (encoded now: a producer pays for its encoding per image sent)."""
+        if self.files is not None:
+            data = self.files[i].read_bytes()
+            return data, sniff_format(data) or "unknown"
+        return encode_png(self.images[i]), "png"
+
+
+FOLDER_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+
+def load_folder(source: str, max_bytes: int | None = None) -> Dataset:
+    """Every JPEG/PNG file under ``source`` (sorted), checked by its first bytes and size."""
+    if not source:
+        raise DatasetUnavailable("DATASET=folder needs DATASET_SOURCE (or --dataset-source): "
+                                 "a directory of .jpg/.jpeg/.png files")
+    root = Path(source).expanduser()
+    if not root.is_dir():
+        raise DatasetUnavailable(f"DATASET_SOURCE {source!r} is not a directory (DATASET=folder)")
+    files, labels, refused = [], [], []
+    for path in sorted(p for p in root.rglob("*") if p.suffix.lower() in FOLDER_SUFFIXES and p.is_file()):
+        with path.open("rb") as fh:
+            head = fh.read(16)
+        size = path.stat().st_size
+        if sniff_format(head) is None:
+            refused.append(f"{path.relative_to(root)}: not a PNG or JPEG file")
+        elif max_bytes is not None and size > max_bytes:
+            refused.append(f"{path.relative_to(root)}: {size} bytes, over MAX_MESSAGE_BYTES={max_bytes}")
+        else:
+            files.append(path)
+            rel = path.relative_to(root)
+            labels.append(rel.parts[0] if len(rel.parts) > 1 else None)
+    for why in refused[:10]:
+        log.warning("DATASET=folder: skipping %s", why)
+    if len(refused) > 10:
+        log.warning("DATASET=folder: %d more files skipped", len(refused) - 10)
+    if not files:
+        raise DatasetUnavailable(f"no usable .jpg/.jpeg/.png file under {root}"
+                                 + (f" ({len(refused)} skipped: {refused[0]})" if refused else ""))
+    log.info("loaded folder %s: %d images (%d labelled)", root, len(files), sum(x is not None for x in labels))
+    return Dataset("folder", None, labels, str(root), files=files)
 
 
 def keras_cache_dir() -> Path:
@@ -129,8 +178,10 @@ def _reader(archive: Archive, source: str):
 
 
 def load(name: str, source: str = "", split: str = "test", limit: int | None = None,
-         seed: int = 0) -> Dataset:
-    """Load a dataset split as uint8 images and class names."""
+         seed: int = 0, max_bytes: int | None = None) -> Dataset:
+    """Load a dataset split as uint8 images and class names (a folder: its files)."""
+    if name == "folder":
+        return load_folder(source, max_bytes)
     if name == "synthetic":
         n = limit or 1000
         rng = np.random.default_rng(seed)
@@ -138,7 +189,7 @@ def load(name: str, source: str = "", split: str = "test", limit: int | None = N
         log.warning("DATASET=synthetic: %d generated images, no labels, accuracy will be null", n)
         return Dataset("synthetic", images, [None] * n, "generated")
     if name not in ARCHIVES:
-        raise DatasetUnavailable(f"unknown DATASET {name!r}; use cifar10, cifar100 or synthetic")
+        raise DatasetUnavailable(f"unknown DATASET {name!r}; use cifar10, cifar100, synthetic or folder")
     archive = ARCHIVES[name]
     source = source or archive.url
     if source == archive.url:

@@ -46,7 +46,9 @@ from pydantic_core import PydanticCustomError
 
 from common.labels import CIFAR10_CLASSES
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 1  # results (iot-inference) and schema-1 image messages
+IMAGE_SCHEMA_V2 = 2  # image records: raw image bytes in the value, metadata in headers
+IMAGE_FORMATS = ("png", "jpeg")  # schema 2; schema 1 carries PNG only
 IMAGE_SIZE = 32  # CIFAR images are 32x32 RGB
 # Text fields are copied into the result message: unbounded, a valid image could
 # yield a result too big for the DB consumer (found by tests/integration/test_hostile.py).
@@ -62,6 +64,7 @@ INT64_MIN, INT64_MAX = -2**63, 2**63 - 1
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_RGB = 2  # IHDR colour type for truecolour without alpha
+_JPEG_SOI = b"\xff\xd8\xff"  # start of image + the first marker's 0xFF
 
 
 class InvalidMessage(ValueError):
@@ -83,6 +86,31 @@ def check_png_header(png: bytes, size: int = IMAGE_SIZE) -> None:
         raise InvalidMessage(f"image is {width}x{height}, expected {size}x{size}")
     if depth != 8 or colour != _PNG_RGB:
         raise InvalidMessage(f"image is not 8-bit RGB (bit depth {depth}, colour type {colour})")
+
+
+def check_image_magic(data: bytes, fmt: str) -> None:
+    """Raise InvalidMessage unless ``data`` starts like an image of ``fmt`` (schema 2: any size;
+    the inference service checks the dimensions against its pixel limit when it decodes)."""
+    if fmt == "png":
+        if len(data) < 33 or not data.startswith(_PNG_SIGNATURE) or data[12:16] != b"IHDR":
+            raise InvalidMessage("image is not a PNG")
+        width, height = struct.unpack(">II", data[16:24])
+        if not width or not height:
+            raise InvalidMessage(f"image is {width}x{height}")
+    elif fmt == "jpeg":
+        if len(data) < 4 or not data.startswith(_JPEG_SOI):
+            raise InvalidMessage("image is not a JPEG")
+    else:
+        raise InvalidMessage(f"unsupported image format {fmt!r}")
+
+
+def sniff_format(data: bytes) -> str | None:
+    """``png`` / ``jpeg`` by the file's first bytes, None for anything else."""
+    if data.startswith(_PNG_SIGNATURE):
+        return "png"
+    if data.startswith(_JPEG_SOI):
+        return "jpeg"
+    return None
 
 
 def decode_image_b64(text: Any) -> bytes:
@@ -145,7 +173,20 @@ def _png_format(value: str) -> str:
     return value
 
 
+def _v2_format(value: str) -> str:
+    if value not in IMAGE_FORMATS:
+        raise InvalidMessage(f"unsupported image format {value!r} (schema 2 takes png or jpeg)")
+    return value
+
+
+def _exactly_2(value: Any) -> Any:
+    if type(value) is not int:
+        raise PydanticCustomError("schema_version", "schema must be the integer 2")
+    return value
+
+
 SchemaVersion = Annotated[Literal[1], BeforeValidator(_exactly_int)]
+SchemaVersion2 = Annotated[Literal[2], BeforeValidator(_exactly_2)]
 Int64 = Annotated[int, Strict(), Field(ge=INT64_MIN, le=INT64_MAX)]
 # A finite number; JSON integers are accepted (as floats) within the int64 range.
 Number = Annotated[float, Strict(), Field(allow_inf_nan=False), BeforeValidator(_int64_if_int)]
@@ -195,21 +236,44 @@ class _WithPng(_Wire):
 
 # ---------------------------------------------------------------- Kafka messages
 
-class ImageMessage(_WithPng):
-    """Image message (topic iot-images), schema 1."""
+class ImageMeta(_Wire):
+    """What every image message says about its image, whatever its schema: both schemas
+    parse into a model of this class (:func:`common.schema.parse_image_record`), so the
+    validators, the consumers and the dead-letter reasons are the same for both."""
 
-    schema_version: SchemaVersion = Field(alias="schema")
+    schema_version: int = Field(alias="schema")
     image_id: ImageId = Field(description="UUID4; MongoDB _id")
     device_id: ShortText = Field(description="simulated camera, e.g. p-1a2b3c-cam02")
     producer_id: ShortText = Field(description="producer process")
     seq: Int64 = Field(description="per-producer sequence number")
     sent_at: Timestamp
     label: ShortText | None = Field(description="ground-truth class name (null for synthetic images)")
-    dataset: ShortText = Field(description="cifar10, cifar100, synthetic")
+    dataset: ShortText = Field(description="cifar10, cifar100, synthetic, folder")
+    format: Text
+
+    def meta(self) -> dict:
+        """The metadata fields only (no image), as the consumers pass them on."""
+        return self.model_dump(by_alias=True, include=set(ImageMeta.model_fields))
+
+
+class ImageMessage(ImageMeta, _WithPng):
+    """Image message (topic iot-images), schema 1: one JSON object, the PNG in base64."""
+
+    schema_version: SchemaVersion = Field(alias="schema")
     format: Annotated[Text, AfterValidator(_png_format)] = Field(json_schema_extra={"enum": ["png"]})
     image: Base64Png
 
     _reasons = {("image", "string_too_short"): "field 'image' must be a non-empty base64 string"}
+
+
+class ImageRecordMeta(ImageMeta):
+    """Image record (topic iot-images), schema 2: the value is the image file's bytes
+    (PNG or JPEG, any size), these fields are record headers (UTF-8 text; ``seq`` and
+    ``sent_at`` in decimal; no ``label`` header for a null label).  See
+    :func:`common.schema.parse_image_record`."""
+
+    schema_version: SchemaVersion2 = Field(alias="schema")
+    format: Annotated[Text, AfterValidator(_v2_format)] = Field(json_schema_extra={"enum": list(IMAGE_FORMATS)})
 
 
 class ResultMessage(_Wire):

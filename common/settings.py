@@ -137,9 +137,10 @@ class InferenceClientSettings(BaseSettings):
 class DatasetSettings(BaseSettings):
     model_config = _CONFIG
 
-    dataset: Literal["cifar10", "cifar100", "synthetic"] = "cifar10"
+    dataset: Literal["cifar10", "cifar100", "synthetic", "folder"] = "cifar10"
     # A directory in the official "python version" layout, a local tarball or a URL.
-    # Empty means the official URL for the chosen dataset.
+    # Empty means the official URL for the chosen dataset.  DATASET=folder: a directory of
+    # JPEG/PNG files of any size, sent as they are (label = the file's sub-folder's name).
     dataset_source: str = ""
     dataset_split: Literal["test", "train"] = "test"
 
@@ -153,6 +154,10 @@ class ProducerSettings(BaseSettings):
     duration: float | None = None
     devices: int = Field(4, ge=1)
     result_timeout_s: float = 120.0
+    # Image message schema the producer writes (common/schema.py): 2 = the image file as the
+    # record value, metadata in headers (no base64, no JSON); 1 = the JSON message of
+    # before.  Consumers read both: during an upgrade, upgrade them first, or keep 1.
+    image_schema: Literal[1, 2] = 2
 
 
 class ServiceSettings(BaseSettings):

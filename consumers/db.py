@@ -52,7 +52,7 @@ from common.lifecycle import Backoff, stop_event
 from common.log import setup_logging
 from common.metrics import serve
 from common.mongo_io import connect, ensure_indexes, images_collection
-from common.schema import InvalidMessage, parse_image_message, parse_result_message
+from common.schema import InvalidMessage, parse_image_record, parse_result_message
 from common.settings import DbWriterSettings, KafkaSettings, MetricsSettings, MongoSettings, describe, with_flags
 from consumers.batching import ReadyMarker, all_delivered, commit, idle_wait, rewind
 from consumers.metrics import DbConsumerMetrics
@@ -113,12 +113,13 @@ RESULT_FIELDS = ("device_id", "producer_id", "seq", "sent_at", "prediction", "co
                  "model", "received_at", "inferred_at", "published_at")
 
 
-def image_fields(msg: dict, png: bytes, now: float) -> tuple[str, dict, dict]:
-    """(_id, $set, $min) of an image message's document."""
+def image_fields(msg: dict, image: bytes, now: float) -> tuple[str, dict, dict]:
+    """(_id, $set, $min) of an image message's document (either schema: ``image`` is the
+    file's bytes, PNG or JPEG as ``format`` says)."""
     from bson import Binary
 
     fields = {k: msg.get(k) for k in IMAGE_FIELDS}
-    fields["image"] = Binary(png)
+    fields["image"] = Binary(image)
     return msg["image_id"], fields, {"stored_at": now}
 
 
@@ -191,9 +192,9 @@ class DbWriter:
                 if record.topic == self.kafka.results_topic:
                     parts.append((record, result_fields(parse_result_message(record.value), now)))
                 else:
-                    msg, png = parse_image_message(record.value,
-                                                   max_bytes=self.kafka.max_message_bytes)
-                    parts.append((record, image_fields(msg, png, now)))
+                    msg, image = parse_image_record(record.value, record.headers,
+                                                    max_bytes=self.kafka.max_message_bytes)
+                    parts.append((record, image_fields(msg, image, now)))
             except InvalidMessage as exc:
                 if record.topic == self.kafka.results_topic:
                     futures.append(self.dead_letter(record, exc.reason))

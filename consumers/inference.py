@@ -14,6 +14,7 @@ partitions through the consumer group; several service URLs share the batches.
 from __future__ import annotations
 
 import argparse
+import base64
 import itertools
 import logging
 import sys
@@ -28,7 +29,7 @@ from common.lifecycle import Backoff, stop_event
 from common.log import setup_logging
 from common.metrics import serve
 from common.models import ModelInfo, PredictResponse
-from common.schema import InvalidMessage, dumps, make_result_message, parse_image_message
+from common.schema import InvalidMessage, dumps, make_result_message, parse_image_record
 from common.settings import (InferenceClientSettings, KafkaSettings, MetricsSettings, describe, secret,
                              with_flags)
 from consumers.batching import (ReadyMarker, all_delivered, commit, gather, idle_wait, rewind,
@@ -276,10 +277,12 @@ class InferenceConsumer:
         valid = []
         for record in records:
             try:
-                msg, _png = parse_image_message(record.value, max_bytes=self.kafka.max_message_bytes)
+                msg, image = parse_image_record(record.value, record.headers,
+                                                max_bytes=self.kafka.max_message_bytes)
             except InvalidMessage as exc:
                 self.dead_letter(record, exc.reason, DLQ_INVALID_INPUT)
                 continue
+            msg["image"] = image  # the file's bytes (schema 1: decoded from base64)
             valid.append((record, msg))
         self.stats.images += len(records)
         self.metrics.polled_batch(len(records))
@@ -294,7 +297,8 @@ class InferenceConsumer:
     def infer_and_publish(self, chunk, received_at: float) -> bool:
         """Classify ``chunk`` (valid (record, message) pairs) and publish a result per image,
         or a dead letter for an image the service refuses; False when stopping first."""
-        instances = [{"image_id": m["image_id"], "image": m["image"]} for _r, m in chunk]
+        instances = [{"image_id": m["image_id"], "image": base64.b64encode(m["image"]).decode("ascii")}
+                     for _r, m in chunk]
         try:
             response = self.predict_with_retry(instances)
         except BatchRejected as exc:

@@ -73,8 +73,9 @@ class Prometheus:
 
 
 def _thumbnail(doc: dict) -> str | None:
-    png = doc.get("image")
-    return "data:image/png;base64," + base64.b64encode(bytes(png)).decode() if png else None
+    image = doc.get("image")
+    mime = "image/jpeg" if doc.get("format") == "jpeg" else "image/png"
+    return f"data:{mime};base64," + base64.b64encode(bytes(image)).decode() if image else None
 
 
 def create_app(settings: DashboardSettings | None = None, mongo: MongoSettings | None = None) -> Flask:
@@ -147,7 +148,7 @@ def create_app(settings: DashboardSettings | None = None, mongo: MongoSettings |
         n = min(max(request.args.get("n", settings.dashboard_recent_images, type=int), 1), 100)
         try:
             docs = list(images.find({"prediction": {"$exists": True}, "image": {"$exists": True}},
-                                    {"image": 1, "label": 1, "prediction": 1, "confidence": 1, "device_id": 1,
+                                    {"image": 1, "format": 1, "label": 1, "prediction": 1, "confidence": 1, "device_id": 1,
                                      "prediction_stored_at": 1})
                         .sort("prediction_stored_at", -1).limit(n))
         except Exception as exc:  # noqa: BLE001

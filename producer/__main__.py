@@ -31,8 +31,11 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, help="seconds to send for; sets count = duration x rate")
     p.add_argument("--devices", type=int, help="simulated cameras (Kafka keys), default 4")
     p.add_argument("--producer-id", help="id stamped on every message (default: random)")
-    p.add_argument("--dataset", choices=["cifar10", "cifar100", "synthetic"])
-    p.add_argument("--dataset-source", help="directory, tarball or URL of the official archive")
+    p.add_argument("--dataset", choices=["cifar10", "cifar100", "synthetic", "folder"])
+    p.add_argument("--dataset-source", help="directory, tarball or URL of the official archive; "
+                                            "for --dataset folder a directory of JPEG/PNG files")
+    p.add_argument("--image-schema", type=int, choices=[1, 2],
+                   help="image message schema: 2 (default) raw image + headers, 1 the JSON message")
     p.add_argument("--split", choices=["test", "train"])
     p.add_argument("--result-timeout", type=float, help="seconds to wait for the last results")
     p.add_argument("--out", type=Path, default=Path("."), help="directory for latencies.csv")
@@ -50,15 +53,20 @@ def main(argv=None) -> int:
                       dataset_split=args.split)
     prod = with_flags(ProducerSettings, parser, count=args.count, rate=args.rate, duration=args.duration,
                       devices=args.devices, producer_id=args.producer_id,
-                      result_timeout_s=args.result_timeout)
+                      result_timeout_s=args.result_timeout, image_schema=args.image_schema)
     if prod.duration is not None:
         prod = with_flags(ProducerSettings, parser, **{**prod.model_dump(),
                                                        "count": math.ceil(prod.duration * prod.rate)})
     producer_id = prod.producer_id or new_producer_id()
     log.info("%s", describe(kafka, data, prod, metrics))
+    if data.dataset == "folder" and prod.image_schema != 2:
+        log.error("DATASET=folder sends the files as they are, which needs IMAGE_SCHEMA=2 "
+                  "(schema 1 carries 32x32 PNG only)")
+        return 2
     try:
         ds = datasets.load(data.dataset, data.dataset_source, data.dataset_split,
-                           limit=prod.count if data.dataset == "synthetic" else None)
+                           limit=prod.count if data.dataset == "synthetic" else None,
+                           max_bytes=kafka.max_message_bytes)
     except datasets.DatasetUnavailable as exc:
         log.error("%s", exc)
         return 2
@@ -69,7 +77,7 @@ def main(argv=None) -> int:
     try:
         run_cameras(run, kafka=kafka, dataset=ds, count=prod.count, rate=prod.rate, devices=prod.devices,
                     result_timeout_s=prod.result_timeout_s, progress=not args.no_progress,
-                    progress_file=args.progress_file)
+                    progress_file=args.progress_file, image_schema=prod.image_schema)
     finally:  # whatever happened, the images attempted are on record
         write_run_files(run, args.out)
         if server is not None:  # a batch job: let one last scrape read the final counts

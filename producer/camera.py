@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from common.kafka_io import RESULT_PRODUCER_HEADER, key_partition, make_consumer, make_producer
 from common.rundir import write_latencies, write_stages
-from common.schema import dumps, encode_png, make_image_message
+from common.schema import SCHEMA_VERSION, dumps, image_record, make_image_message
 from common.settings import KafkaSettings
 from producer.metrics import ProducerMetrics
 
@@ -182,16 +182,27 @@ def write_progress(path: Path | None, run: ProducerRun, count: int, done: bool =
     tmp.replace(path)
 
 
-def _messages(dataset, producer_id: str, count: int, devices: int):
-    """The run's image messages, encoded one at a time as they are sent (PNG of a 32x32
-    image: well under a millisecond), so memory does not grow with the run's length."""
+def _messages(dataset, producer_id: str, count: int, devices: int, schema: int = 2):
+    """The run's ``(message, image file)`` pairs, each image encoded (CIFAR: a 32x32 PNG, well
+    under a millisecond) or read (a folder's file) as it is sent, so memory does not grow
+    with the run's length."""
     # Each producer starts at its own place in the dataset, so that concurrent
     # producers do not all send the same first images.
     start = zlib.crc32(producer_id.encode()) % len(dataset)
     for seq in range(count):
         i = (start + seq) % len(dataset)
-        yield make_image_message(png=encode_png(dataset.images[i]), device_id=f"{producer_id}-cam{seq % devices:02d}",
-                                 producer_id=producer_id, seq=seq, label=dataset.labels[i], dataset=dataset.name)
+        image, fmt = dataset.encoded(i)
+        yield make_image_message(png=image, format=fmt, device_id=f"{producer_id}-cam{seq % devices:02d}",
+                                 producer_id=producer_id, seq=seq, label=dataset.labels[i],
+                                 dataset=dataset.name, schema=schema), image
+
+
+def encode_record(msg: dict, image: bytes, schema: int) -> tuple[bytes, list | None]:
+    """``(value, headers)`` to send for a stamped message: schema 2 the image file with the
+    metadata in headers, schema 1 the JSON message (``image`` in base64 inside)."""
+    if schema == SCHEMA_VERSION:
+        return dumps(msg), None
+    return image_record(msg, image)
 
 
 def _connect(kafka: KafkaSettings, deadline: float):
@@ -211,10 +222,10 @@ def _connect(kafka: KafkaSettings, deadline: float):
 
 def run_cameras(run: ProducerRun, *, kafka: KafkaSettings, dataset, count: int, rate: float,
                 devices: int, result_timeout_s: float, progress: bool = True,
-                progress_file: Path | None = None) -> ProducerRun:
+                progress_file: Path | None = None, image_schema: int = 2) -> ProducerRun:
     """Send ``count`` images at ``rate`` images/s and wait for their results, recording
     everything into ``run`` as it happens (the caller writes the run files even if this
-    raises)."""
+    raises).  ``image_schema``: the image messages' schema (IMAGE_SCHEMA, common/schema.py)."""
     producer_id = run.producer_id
     listener = ResultListener(kafka, run)
     listener.start()
@@ -240,12 +251,12 @@ def run_cameras(run: ProducerRun, *, kafka: KafkaSettings, dataset, count: int, 
     bar = tqdm(total=count, desc=f"{producer_id} sent", unit="img", disable=not progress,
                mininterval=0.5)
     run.started_at = start = time.time()
-    for seq, msg in enumerate(_messages(dataset, producer_id, count, devices)):
+    for seq, (msg, image) in enumerate(_messages(dataset, producer_id, count, devices, image_schema)):
         delay = start + seq / rate - time.time()
         if delay > 0:
             time.sleep(delay)
         msg["sent_at"] = time.time()
-        value = dumps(msg)
+        value, headers = encode_record(msg, image, image_schema)
         image_id = msg["image_id"]
         with listener.lock:
             run.sent[image_id] = SentImage({k: v for k, v in msg.items() if k != "image"})
@@ -253,7 +264,7 @@ def run_cameras(run: ProducerRun, *, kafka: KafkaSettings, dataset, count: int, 
             try:
                 if producer is None:
                     raise KafkaTimeoutError("no connection to the broker")
-                producer.send(kafka.images_topic, key=msg["device_id"].encode(), value=value) \
+                producer.send(kafka.images_topic, key=msg["device_id"].encode(), value=value, headers=headers) \
                     .add_callback(acked, image_id=image_id).add_errback(failed, image_id=image_id)
                 run.metrics.image_sent()
                 break

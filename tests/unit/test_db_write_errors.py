@@ -218,17 +218,17 @@ def test_a_write_concern_error_retries_the_whole_batch_and_dead_letters_nothing(
 # ------------------------------------------------------------- errors before the write
 
 def poison(monkeypatch, bad: dict):
-    """Make parse_image_message hand the DB consumer a value BSON cannot encode for the
+    """Make parse_image_record hand the DB consumer a value BSON cannot encode for the
     images whose seq is a key of ``bad`` (a gap in the schema's checks, simulated)."""
     from consumers import db
 
-    real = db.parse_image_message
+    real = db.parse_image_record
 
-    def parse(value, **kwargs):
-        msg, png = real(value, **kwargs)
+    def parse(value, headers=None, **kwargs):
+        msg, png = real(value, headers, **kwargs)
         return ({**msg, **bad[msg["seq"]]} if msg["seq"] in bad else msg), png
 
-    monkeypatch.setattr(db, "parse_image_message", parse)
+    monkeypatch.setattr(db, "parse_image_record", parse)
 
 
 UNENCODABLE = {1: {"label": "\ud800"},        # UnicodeEncodeError: a lone surrogate
