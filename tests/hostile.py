@@ -17,7 +17,7 @@ import numpy as np
 from hypothesis import strategies as st
 
 from common.models import ImageMessage
-from common.schema import dumps, encode_png, make_image_message
+from common.schema import dumps, encode_png, image_record, make_image_message
 
 JSON_SCALARS = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False),
                          st.text(max_size=40))
@@ -146,3 +146,58 @@ def hostile_messages(tag: str) -> st.SearchStrategy[bytes | None]:
 
 def new_tag() -> str:
     return "h" + uuid.uuid4().hex[:8]
+
+
+# ------------------------------------------------------------------ schema 2: headers + file
+
+V2_HEADERS = ("schema", "image_id", "device_id", "producer_id", "seq", "sent_at", "label", "dataset", "format")
+HEADER_VALUES = st.one_of(
+    st.binary(max_size=40), st.none(),
+    st.sampled_from([b"2", b"1", b"-1", b"02", b"2.0", b"nan", b"inf", b"1e999", b"99999999999999999999",
+                     b"\xff\xfe", b"\xed\xa0\x80", b"", b"png", b"jpeg", b"gif", b"A" * 300]),
+    st.text(max_size=20).map(lambda t: t.encode("utf-8", "surrogatepass")))
+
+
+def valid_record(tag: str, seq: int = 0, image: bytes | None = None, fmt: str = "png"):
+    """``(value, headers)`` of a valid schema-2 record."""
+    image = image if image is not None else encode_png(
+        np.random.default_rng(seq).integers(0, 256, (32, 32, 3), dtype=np.uint8))
+    msg = make_image_message(png=image, format=fmt, device_id=f"{tag}-cam", producer_id=tag, seq=seq,
+                             label=None, dataset="synthetic", schema=2)
+    msg["sent_at"] = time.time()
+    return image_record(msg, image)
+
+
+def _v2_header_edit(tag: str):
+    """A valid record with one header replaced, dropped or repeated."""
+    def edit(t):
+        seq, name, value, how = t
+        image, headers = valid_record(tag, seq)
+        if how == "drop":
+            headers = [(k, v) for k, v in headers if k != name]
+        elif how == "repeat":
+            headers = headers + [(name, value)]
+        else:
+            headers = [(k, value if k == name else v) for k, v in headers]
+            if name not in dict(headers):
+                headers.append((name, value))
+        return image, headers
+    return st.tuples(st.integers(0, 10**6), st.sampled_from(V2_HEADERS), HEADER_VALUES,
+                     st.sampled_from(["replace", "drop", "repeat"])).map(edit)
+
+
+def _v2_image_edit(tag: str):
+    """Valid headers around a wrong image: any of the wrong images, either format claimed."""
+    def edit(t):
+        seq, image, fmt = t
+        _img, headers = valid_record(tag, seq)
+        return image, [(k, fmt if k == "format" else v) for k, v in headers]
+    return st.tuples(st.integers(0, 10**6), st.one_of(wrong_images, st.none()),
+                     st.sampled_from([b"png", b"jpeg"])).map(edit)
+
+
+def hostile_records(tag: str) -> st.SearchStrategy[tuple[bytes | None, list]]:
+    """``(value, headers)`` of one schema-2 record for the images topic."""
+    return st.one_of(_v2_header_edit(tag), _v2_image_edit(tag),
+                     st.tuples(st.binary(max_size=300),
+                               st.lists(st.tuples(st.sampled_from(V2_HEADERS), HEADER_VALUES), max_size=12)))

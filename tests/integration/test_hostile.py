@@ -21,10 +21,11 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from common.deadletter import DeadLetter, read_dead_letter
-from common.schema import (InvalidMessage, check_png_header, dumps, make_result_message,
+from common.models import check_image_magic
+from common.schema import (InvalidMessage, check_png_header, dumps, make_result_message, parse_image_record,
                            parse_image_message, parse_result_message)
 from tests.support import HANG_GUARD_S, eventually
-from tests.hostile import (JSON_VALUES, hostile_messages, new_tag, png_bytes, valid_message,
+from tests.hostile import (JSON_VALUES, hostile_messages, hostile_records, new_tag, valid_record, png_bytes, valid_message,
                            wrong_images)
 
 UNIT = settings(max_examples=300, deadline=None)
@@ -49,6 +50,21 @@ def test_parse_image_message_raises_only_invalid_message(raw):
         check_png_header(png)
         assert msg["schema"] == 1 and type(msg["schema"]) is int
         # ... and its result is one the DB consumer accepts (no valid image may end half-written)
+        result = make_result_message(msg, prediction="cat", confidence=0.5, model="m" * 64,
+                                     received_at=1.0, inferred_at=1.0)
+        result["published_at"] = 1.0
+        parse_result_message(dumps(result))
+
+
+@UNIT
+@given(hostile_records("unit"))
+def test_parse_image_record_raises_only_invalid_message(record):
+    value, headers = record
+    result = _only_invalid_message(parse_image_record, value, headers)
+    if result is not None:  # accepted: then its fields are valid and the bytes look like the format
+        msg, image = result
+        assert msg["schema"] == 2 and msg["format"] in ("png", "jpeg") and image is value
+        check_image_magic(image, msg["format"])
         result = make_result_message(msg, prediction="cat", confidence=0.5, model="m" * 64,
                                      received_at=1.0, inferred_at=1.0)
         result["published_at"] = 1.0
@@ -162,8 +178,10 @@ def hostile_env(local_stack):
                                  for n, p in pids.items())}, indent=2) + "\n")
 
 
-def _send(h, value, key: bytes):
-    md = h["producer"].send(h["settings"].images_topic, key=key, value=value).get(timeout=30)
+def _send(h, value, key: bytes, headers=None):
+    # kafka-python cannot send a null header value: an absent header stands for it.
+    headers = [(k, v) for k, v in headers or () if v is not None] or None
+    md = h["producer"].send(h["settings"].images_topic, key=key, value=value, headers=headers).get(timeout=30)
     return (md.topic, md.partition, md.offset)
 
 
@@ -226,6 +244,53 @@ def test_hostile_messages_end_in_the_dlq_and_valid_ones_flow(hostile_env, data):
         else:  # it was valid after all: then the validator agrees
             parse_image_message(value)
     assert _settled(h, after_at, after["image_id"]) == "stored" or _wait_stored(h, after_at, after)
+    _consumers_alive(h)
+
+
+@pytest.mark.integration
+@settings(max_examples=6, deadline=None, suppress_health_check=list(HealthCheck),
+          phases=[Phase.explicit, Phase.reuse, Phase.generate])
+@given(data=st.data())
+def test_hostile_schema_2_records_end_in_the_dlq_and_valid_ones_flow(hostile_env, data):
+    """Schema 2 (headers + the image file): every hostile record is dead-lettered with its
+    headers kept byte for byte, or, valid after all, stored with its prediction; a valid
+    record sent after them (a 640x480 JPEG) still flows."""
+    h = hostile_env
+    tag = new_tag()
+    records = data.draw(st.lists(hostile_records(tag), min_size=4, max_size=10), label="records")
+    sent = []
+    for value, headers in records:
+        headers = [(k, v) for k, v in headers if v is not None]
+        sent.append((_send(h, value, f"{tag}-cam".encode(), headers), value, headers))
+    after_value, after_headers = valid_record(tag, 10**7, png_bytes(640, 480, fmt="JPEG"), "jpeg")
+    after_at = _send(h, after_value, f"{tag}-cam".encode(), after_headers)
+    after_id = dict(after_headers)["image_id"].decode()
+    h["producer"].flush()
+    h["tried"].extend(w for w, _v, _h in sent)
+
+    def image_id(value, headers):
+        try:
+            return parse_image_record(value, headers)[0]["image_id"]
+        except InvalidMessage:
+            return None
+
+    deadline = time.monotonic() + HANG_GUARD_S
+    pending = {where: (value, headers) for where, value, headers in sent}
+    while pending and time.monotonic() < deadline:
+        for where, (value, headers) in list(pending.items()):
+            if _settled(h, where, image_id(value, headers)):
+                pending.pop(where)
+        time.sleep(0.3)
+    assert not pending, f"never dead-lettered nor stored: {list(pending.items())[:3]}"
+    for where, value, headers in sent:
+        dead = h["dlq"].get(where)
+        if dead:
+            assert dead.reason and (dead.value, dead.headers) == (value, headers)
+        else:
+            parse_image_record(value, headers)
+    assert _settled(h, after_at, after_id) == "stored" or _wait_stored(h, after_at, {"image_id": after_id})
+    doc = h["col"].find_one({"_id": after_id})
+    assert doc["format"] == "jpeg" and bytes(doc["image"]) == after_value and doc["schema"] == 2
     _consumers_alive(h)
 
 
