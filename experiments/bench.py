@@ -109,7 +109,8 @@ def measure_stack(name: str, env: dict, workdir: Path, out: Path, **kw) -> dict:
 
 def measure_on(stack: LocalStack, out: Path, *, start_rate: float, growth: float, max_steps: int,
                step_s: float, latency_s: float, per_producer_max: float, warmup: int,
-               load_points=LOAD_POINTS, fresh_for_latency: bool = True, min_samples: int = 0) -> dict:
+               load_points=LOAD_POINTS, fresh_for_latency: bool = True, min_samples: int = 0,
+               image_cost: bool = False) -> dict:
     """Ramp the offered rate to find the maximum sustained throughput, then latency at
     25/50/75 % of it; returns the figures and the peak RSS of every component."""
     name = stack.name
@@ -140,11 +141,46 @@ def measure_on(stack: LocalStack, out: Path, *, start_rate: float, growth: float
         step = run_step(out / f"load-{pct}pct", stack.env, rate=r, duration=max(latency_s, min_samples / r),
                         tag=f"{name}-l{pct}", per_producer_max=per_producer_max, stack=stack)
         record["latency"][f"{pct}pct"] = step
+    if image_cost:
+        record["image_cost"] = measure_image_cost(stack, out / "image-cost", rate=max(2.0, best * 0.25),
+                                                  duration=latency_s, per_producer_max=per_producer_max)
     for component, later in stack.peak_rss().items():
         earlier = record["peak_rss"].get(component)
         if earlier is None or (later["peak_rss_mib"] or 0) > (earlier["peak_rss_mib"] or 0):
             record["peak_rss"][component] = later
     return record
+
+
+def measure_image_cost(stack: LocalStack, out: Path, *, rate: float, duration: float,
+                       per_producer_max: float, rounds: int = 2) -> dict:
+    """CPU per image of a 640x480 camera JPEG (DATASET=folder, experiments/camera_images.py)
+    beside the 32 px PNG, on the same stack at the same offered rate, in interleaved steps:
+    core-ms per image of each component, and the ratio of the totals."""
+    from experiments.camera_images import write_folder
+
+    folder = out / "jpeg640"
+    write_folder(folder, count=64)
+    kinds = {"png32": {}, "jpeg640": {"DATASET": "folder", "DATASET_SOURCE": str(folder)}}
+    steps: dict[str, list] = {k: [] for k in kinds}
+    for i in range(rounds):
+        for kind, env in kinds.items():
+            steps[kind].append(run_step(out / f"{kind}-{i + 1}", {**stack.env, **env}, rate=rate, duration=duration,
+                                        tag=f"{stack.name}-{kind}{i + 1}", per_producer_max=per_producer_max,
+                                        stack=stack))
+    figures: dict = {"offered_img_s": round(rate, 2), "rounds": rounds,
+                     "jpeg_bytes": sum(p.stat().st_size for p in folder.rglob("*.jpg")) // 64}
+    for kind, runs in steps.items():
+        components = sorted({c for st in runs for c in st.get("cpu_ms_per_img") or {}})
+        per = {c: round(sum((st.get("cpu_ms_per_img") or {}).get(c, 0.0) for st in runs) / len(runs), 2)
+               for c in components}
+        figures[kind] = {"cpu_ms_per_img": per, "total_core_ms_per_img": round(sum(per.values()), 2),
+                         "complete": all(st.get("complete") for st in runs),
+                         "p50_ms": step_ms(runs[-1], "p50")}
+    png, jpeg = figures["png32"]["total_core_ms_per_img"], figures["jpeg640"]["total_core_ms_per_img"]
+    figures["jpeg640_over_png32"] = round(jpeg / png, 2) if png else None
+    log.info("image cost at %.1f img/s: 32 px PNG %.2f core-ms/img, 640x480 JPEG %.2f (x%s)", rate, png, jpeg,
+             figures["jpeg640_over_png32"])
+    return figures
 
 
 # ------------------------------------------------------------------ main
@@ -198,7 +234,8 @@ def smoke_run(result, env_now, batches, pipeline_env, baseline_env, workdir, out
         result["limit"] = collect_limit(proc)
         for st in stacks:
             result[st.name] = measure_on(st, out / st.name, start_rate=10.0 if st.name == "pipeline" else 5.0,
-                                         load_points=(50,), fresh_for_latency=False, **kw)
+                                         load_points=(50,), fresh_for_latency=False,
+                                         image_cost=st.name == "pipeline", **kw)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -293,7 +330,8 @@ def measure_size(args, size: int, run: str, out: Path) -> dict:
                 log.info("2/3 pipeline: batched settings, ramping the offered rate")
                 result["pipeline"] = measure_stack(
                     "pipeline", pipeline_env, workdir, out / "pipeline",
-                    start_rate=args.start_rate or max(10.0, 0.15 * limit["best_img_s"]), **common_kw)
+                    start_rate=args.start_rate or max(10.0, 0.15 * limit["best_img_s"]),
+                    image_cost=True, **common_kw)
             else:
                 result["pipeline"] = _empty("pipeline")
             if args.only != "pipeline":
@@ -324,6 +362,8 @@ def measure_size(args, size: int, run: str, out: Path) -> dict:
         duration_s=round(time.time() - started, 1),
     )
     result.update(issue_figures(result))
+    cost = result["pipeline"].get("image_cost") or {}
+    result["jpeg640_over_png32"] = cost.get("jpeg640_over_png32")
     result["targets"] = {"ratio_to_limit": result["ratio_to_limit"] >= 0.6,
                          "ratio_to_baseline": bool(result["ratio_to_baseline"] and result["ratio_to_baseline"] >= 4),
                          "p99_ms_at_50pct": p99_50 is not None and p99_50 <= 250}

@@ -49,8 +49,16 @@ def table(result: dict) -> str:
               f"pipeline without producers {fig('pipeline_core_ms_per_img', ' core-ms')}), "
               f"producers {fig('producer_core_ms_per_img', ' core-ms')}",
               f"    p50 @25% = {fig('p50_25pct_over_batch1', 'x')}, p99 @50% = {fig('p99_50pct_over_batch1', 'x')} "
-              "the bare model's batch-1 time",
-              "", "  peak RSS (MiB, largest process / whole tree):"]
+              "the bare model's batch-1 time"]
+    cost = result["pipeline"].get("image_cost")
+    if cost:
+        def parts(kind):
+            return ", ".join(f"{c} {v:.2f}" for c, v in cost[kind]["cpu_ms_per_img"].items())
+        lines += [f"    camera JPEG 640x480 ({cost['jpeg_bytes'] // 1024} KB) vs 32 px PNG at {cost['offered_img_s']} img/s: "
+                  f"{cost['jpeg640']['total_core_ms_per_img']:.2f} vs {cost['png32']['total_core_ms_per_img']:.2f} "
+                  f"core-ms/img (x{cost['jpeg640_over_png32']})",
+                  f"      png32   {parts('png32')}", f"      jpeg640 {parts('jpeg640')}"]
+    lines += ["", "  peak RSS (MiB, largest process / whole tree):"]
     for name in ("pipeline", "baseline"):
         parts = [f"{c} {v['peak_rss_mib']}/{v['total_peak_rss_mib']}"
                  for c, v in result[name].get("peak_rss", {}).items()]

@@ -62,6 +62,11 @@ def test_bench_smoke_writes_files_and_keys(tmp_path, cifar_archive):
         assert rec["ramp"] and "50pct" in rec["latency"]
         assert {"inference", "kafka", "mongo", "inference-consumer", "db-consumer"} <= set(rec["peak_rss"])
         assert rec["latency"]["50pct"]["stored_with_prediction"] == rec["latency"]["50pct"]["sent"]
+    # The camera JPEG beside the PNG: every image of both kinds stored with its prediction.
+    cost = result["pipeline"]["image_cost"]
+    assert cost["png32"]["complete"] and cost["jpeg640"]["complete"]
+    assert cost["jpeg640"]["total_core_ms_per_img"] > 0 and result["jpeg640_over_png32"] > 0
+    assert "camera JPEG 640x480" in proc.stdout
     assert result["settings"]["baseline"]["PREDICT_BATCH_IMAGES"] == "1"
     assert "ratio_to_limit" in proc.stdout and "peak RSS" in proc.stdout
     # Nothing left running: no process still names a stack directory of the run
