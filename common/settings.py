@@ -157,7 +157,7 @@ class ProducerSettings(BaseSettings):
     # Image message schema the producer writes (common/schema.py): 2 = the image file as the
     # record value, metadata in headers (no base64, no JSON); 1 = the JSON message of
     # before.  Consumers read both: during an upgrade, upgrade them first, or keep 1.
-    image_schema: Literal[1, 2] = 2
+    image_schema: int = Field(2, ge=1, le=2)
 
 
 class ServiceSettings(BaseSettings):
