@@ -57,14 +57,14 @@ def default_threads(intra: int = 0) -> int:
 def serving_graph(model: tf.keras.Model, input_size: int, fold: np.ndarray | None = None) -> Callable:
     """float32 pixels N x S x S x 3 (0..255) -> float32 probabilities, the graph the other
     engines convert (float input so that a resize before it needs no rounding)."""
-    fold_t = tf.constant(fold, tf.float32) if fold is not None else None
-
+    # The fold is made a constant inside the trace: one captured from outside would become
+    # an input of the converted graph (tf2onnx).
     @tf.function(input_signature=[tf.TensorSpec([None, input_size, input_size, 3], tf.float32, name="pixels")])
     def serve(pixels):
         x = tf.keras.applications.resnet50.preprocess_input(pixels)
         probs = tf.cast(model(x, training=False), tf.float32)
-        if fold_t is not None:
-            probs = tf.matmul(probs, fold_t)
+        if fold is not None:
+            probs = tf.matmul(probs, tf.constant(fold, tf.float32))
             probs = probs / tf.maximum(tf.reduce_sum(probs, axis=1, keepdims=True), 1e-12)
         return probs
 
@@ -134,9 +134,17 @@ def engine_predict(engine: str, model: tf.keras.Model, input_size: int, fold: np
     raise ValueError(f"MODEL_ENGINE must be one of {', '.join(ENGINES)}, not {engine!r}")
 
 
-def with_engine(loaded, model: tf.keras.Model, engine: str, fold: np.ndarray | None = None, threads: int = 0):
-    """``loaded`` (an inference.model.LoadedModel) with its predict run by ``engine``; id + suffix."""
+def with_engine(loaded, engine: str, threads: int | None = None):
+    """``loaded`` (an inference.model.LoadedModel from its TensorFlow serving function) with
+    its predict run by ``engine`` from the same Keras model; the id gains the engine's suffix.
+    ``threads``: default TensorFlow's intra-op setting (TF_INTRA_OP_THREADS), else the CPUs."""
     if engine == "tensorflow":
         return loaded
+    from inference.imagenet_cifar import mapping_matrix
+
+    model = loaded.predict.keras_model
+    fold = np.asarray(mapping_matrix(), dtype=np.float32) if loaded.predict.imagenet else None
+    if threads is None:
+        threads = tf.config.threading.get_intra_op_parallelism_threads()
     predict = engine_predict(engine, model, loaded.input_size, fold, threads)
     return dataclasses.replace(loaded, id=loaded.id + SUFFIX[engine], predict=predict)
