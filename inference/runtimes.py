@@ -10,6 +10,9 @@ the preprocessing is the service's, inside the converted graph.
 
 * ``onnxruntime``: tf2onnx converts the graph (opset 17), ONNX Runtime's CPU provider
   runs it (``pip install -r requirements/runtime-onnxruntime.txt``); model id ``...-ort``.
+  Measured only, not recommended: the conversion peaks at ~7-9 GiB of RSS (tf2onnx 1.17,
+  ResNet50; ``keras.Model.export(format="onnx")`` uses it too) and the worker keeps several
+  GiB of it, against ~1 GiB with OpenVINO, which is also faster.
 * ``openvino``: ``openvino.convert_model`` of the graph, the CPU plugin runs it with
   ``INFERENCE_PRECISION_HINT=f32`` (its default on AVX512_BF16/AMX CPUs is bfloat16,
   whose probabilities differ by ~1e-2) (``requirements/runtime-openvino.txt``); ``...-ov``.
@@ -22,12 +25,15 @@ them against TensorFlow; docs/PERFORMANCE.md has the figures and the verdicts.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import threading
 from typing import Callable
 
 import numpy as np
 import tensorflow as tf
+
+log = logging.getLogger(__name__)
 
 ENGINES = ("tensorflow", "onnxruntime", "openvino")
 SUFFIX = {"tensorflow": "", "onnxruntime": "-ort", "openvino": "-ov"}
@@ -91,6 +97,8 @@ def onnxruntime_predict(model: tf.keras.Model, input_size: int, fold: np.ndarray
         import tf2onnx
     except ImportError as exc:
         raise EngineUnavailable(f"onnxruntime engine: {exc} (pip install -r requirements/runtime-onnxruntime.txt)") from None
+    log.warning("MODEL_ENGINE=onnxruntime: converting with tf2onnx (peaks at ~7-9 GiB of memory "
+                "for ResNet50; docs/PERFORMANCE.md)")
     serve = serving_graph(model, input_size, fold)
     proto, _ = tf2onnx.convert.from_function(serve, input_signature=serve.input_signature, opset=ONNX_OPSET)
     options = ort.SessionOptions()
