@@ -168,7 +168,7 @@ class ServiceSettings(BaseSettings):
     # The runtime that runs the model: tensorflow (the reference), or the same Keras model
     # converted at load by ONNX Runtime / OpenVINO (inference/runtimes.py; optional packages:
     # requirements/runtime-<engine>.txt; float32 only; docs/PERFORMANCE.md has the figures:
-    # openvino 1.5-2.5x at 224 px with TF's labels; onnxruntime's conversion needs ~7-9 GiB).
+    # openvino 1.5-2.8x at 224 px with TF's labels; onnxruntime's conversion needs ~7-9 GiB).
     model_engine: Literal["tensorflow", "onnxruntime", "openvino"] = "tensorflow"
     max_request_images: int = Field(128, ge=1)
     # Largest request body (413 above it, before anything is parsed).  None: derived from
