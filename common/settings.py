@@ -170,6 +170,11 @@ class ServiceSettings(BaseSettings):
     # bfloat16: the same weights computed in bfloat16 (oneDNN on AVX512_BF16/AMX CPUs);
     # 1.31x at batch 16 at 224 px here, predictions within ~1e-2 (docs/PERFORMANCE.md).
     model_precision: Literal["float32", "bfloat16"] = "float32"
+    # The runtime that runs the model: tensorflow (the reference), or the same Keras model
+    # converted at load by ONNX Runtime / OpenVINO (inference/runtimes.py; optional packages:
+    # requirements/runtime-<engine>.txt; float32 only; docs/PERFORMANCE.md has the figures:
+    # openvino 1.5-2.8x at 224 px with TF's labels; onnxruntime's conversion needs ~7-9 GiB).
+    model_engine: Literal["tensorflow", "onnxruntime", "openvino"] = "tensorflow"
     max_request_images: int = Field(128, ge=1)
     # Largest request body (413 above it, before anything is parsed).  None: derived from
     # MAX_REQUEST_IMAGES (8 KiB of base64 per image, MAX_IMAGE_B64_CHARS, plus 64 KiB),

@@ -9,7 +9,11 @@ and a larger batch (images/s, best of the rounds).  A runtime is adopted only wh
 predictions are identical within the stated tolerance and it is faster; TensorFlow stays
 the reference.  A benchmark, not a test.
 
-Candidates here: XLA (``tf.function(jit_compile=True)``), bfloat16 (mixed_bfloat16 policy).
+Candidates here: XLA (``tf.function(jit_compile=True)``), bfloat16 (mixed_bfloat16 policy),
+and, where their packages are installed (else reported "not installed" and skipped), the
+same Keras model converted by inference.runtimes: ONNX Runtime (tf2onnx; ``onnxruntime``),
+OpenVINO in float32 (``openvino``) and at the CPU plugin's default precision, bfloat16 on
+AVX512_BF16/AMX CPUs (``openvino_bf16``); each with the thread count TensorFlow uses.
 """
 
 from __future__ import annotations
@@ -39,16 +43,37 @@ def speed(predict, x: np.ndarray, seconds: float) -> float:
     return n / (time.perf_counter() - start)
 
 
+def converted(keras_model, size: int, intra_threads: int) -> dict:
+    """The inference.runtimes engines built from ``keras_model`` (same weights), those installed."""
+    from inference import runtimes as rt
+
+    out = {}
+    for name, engine, build in (
+            ("onnxruntime", "onnxruntime", lambda t: rt.onnxruntime_predict(keras_model, size, threads=t)),
+            ("openvino", "openvino", lambda t: rt.openvino_predict(keras_model, size, threads=t)),
+            ("openvino_bf16", "openvino", lambda t: rt.openvino_predict(keras_model, size, threads=t,
+                                                                        precision="bf16"))):
+        if not rt.available(engine):
+            print(f"{name}: not installed (pip install -r requirements/runtime-{engine}.txt), skipped")
+            continue
+        start = time.perf_counter()
+        out[name] = build(intra_threads)
+        print(f"{name}: converted in {time.perf_counter() - start:.1f} s")
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m experiments.runtime_compare", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--size", type=int, default=32, help="model input size (32 or 224)")
-    p.add_argument("--batch", type=int, default=32, help="the larger batch (default 32)")
+    p.add_argument("--batch", default="32",
+                   help="the larger batch sizes, comma-separated (default 32), e.g. 16,64")
     p.add_argument("--images", type=int, default=256, help="images compared (default 256)")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--seconds", type=float, default=2.0, help="per round and batch size")
     p.add_argument("--tolerance", type=float, default=1e-4, help="max |probability difference| accepted")
     args = p.parse_args(argv)
+    batches = (1, *sorted({int(b) for b in str(args.batch).split(",") if b.strip()} - {1}))
 
     import tensorflow as tf
 
@@ -69,6 +94,7 @@ def main(argv=None) -> int:
     bf16_model.set_weights(keras_model.get_weights())
     bf16 = m._compile(bf16_model, args.size, imagenet=False)
     runtimes["bf16"] = lambda batch: np.asarray(bf16(batch), dtype=np.float32)
+    runtimes.update(converted(keras_model, args.size, s.tf_intra_op_threads))
     x = images(args.images)
     ref = np.concatenate([runtimes["tensorflow"](x[i:i + 64]) for i in range(0, len(x), 64)])
     report: dict = {"size": args.size, "images": len(x), "tolerance": args.tolerance, "runtimes": {}}
@@ -77,13 +103,13 @@ def main(argv=None) -> int:
         report["runtimes"][name] = {
             "max_abs_diff": float(np.max(np.abs(out - ref))),
             "top1_agreement": float(np.mean(out.argmax(1) == ref.argmax(1))),
-            "img_s": {1: 0.0, args.batch: 0.0}}
-        for bs in (1, args.batch):  # warm-up: trace and compile this shape
+            "img_s": {bs: 0.0 for bs in batches}}
+        for bs in batches:  # warm-up: trace and compile this shape
             predict(x[:bs])
             predict(x[:bs])
     for _ in range(args.rounds):  # interleaved: a neighbour's burst hits every runtime alike
         for name, predict in runtimes.items():
-            for bs in (1, args.batch):
+            for bs in batches:
                 r = report["runtimes"][name]["img_s"]
                 r[bs] = max(r[bs], speed(predict, x[:bs], args.seconds / args.rounds))
     ref_speed = report["runtimes"]["tensorflow"]["img_s"]
@@ -91,7 +117,7 @@ def main(argv=None) -> int:
         r["speedup"] = {bs: round(v / ref_speed[bs], 3) for bs, v in r["img_s"].items()}
         r["identical"] = r["max_abs_diff"] <= args.tolerance and r["top1_agreement"] == 1.0
         r["adopt"] = name != "tensorflow" and r["identical"] and min(r["speedup"].values()) > 1.05
-        print(f"{name:11s} max|diff| {r['max_abs_diff']:.2e}  top-1 agreement {r['top1_agreement']:.3f}  "
+        print(f"{name:13s} max|diff| {r['max_abs_diff']:.2e}  top-1 agreement {r['top1_agreement']:.3f}  "
               + "  ".join(f"batch {bs}: {v:7.1f} img/s ({r['speedup'][bs]:.2f}x)" for bs, v in r["img_s"].items())
               + ("  ADOPT" if r["adopt"] else ""))
     try:

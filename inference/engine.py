@@ -56,7 +56,7 @@ class Engine:
             model_mod.configure_threads(s.tf_intra_op_threads, s.tf_inter_op_threads)
             loaded = model_mod.load_model(s.model_weights, s.model_input_size,
                                           download_timeout_s=s.weights_download_timeout_s,
-                                          precision=s.model_precision)
+                                          precision=s.model_precision, engine=s.model_engine)
             # Warm-up: the first call traces the tf.function and lets oneDNN build its
             # kernels; do a single image and a full dynamic batch before reporting ready.
             for n in sorted({1, s.model_batch_max_images}):

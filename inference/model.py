@@ -163,14 +163,25 @@ def _compile(model: tf.keras.Model, input_size: int, imagenet: bool, jit_compile
     def predict(images: np.ndarray) -> np.ndarray:
         return serve(tf.convert_to_tensor(images, dtype=tf.uint8)).numpy()
 
+    predict.keras_model, predict.imagenet = model, imagenet  # for inference.runtimes
     return predict
 
 
 def load_model(weights: str = "auto", input_size: int | None = None, *,
-               download_timeout_s: float = 3.0, precision: str = "float32") -> LoadedModel:
+               download_timeout_s: float = 3.0, precision: str = "float32",
+               engine: str = "tensorflow") -> LoadedModel:
     """Build ResNet50 for ``weights`` (auto | imagenet | random | path); see module docstring.
     ``precision`` bfloat16 builds it under Keras' mixed_bfloat16 policy (variables stay
-    float32, so the same weight files load); its model id ends in ``-bf16``."""
+    float32, so the same weight files load); its model id ends in ``-bf16``.  ``engine``
+    (MODEL_ENGINE) onnxruntime | openvino: the same model converted and run by that runtime
+    (inference.runtimes; float32 only); its id ends in ``-ort`` / ``-ov``."""
+    if engine != "tensorflow":
+        from inference import runtimes
+
+        if engine not in runtimes.ENGINES or precision != "float32":
+            raise ValueError(f"engine must be one of {runtimes.ENGINES} (with precision float32), "
+                             f"not {engine!r} with {precision!r}")
+        return runtimes.with_engine(load_model(weights, input_size, download_timeout_s=download_timeout_s), engine)
     if precision not in ("float32", "bfloat16"):
         raise ValueError(f"precision must be float32 or bfloat16, not {precision!r}")
     if precision == "bfloat16":
