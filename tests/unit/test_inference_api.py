@@ -614,6 +614,17 @@ def test_multipart_limits(engine):
     assert r.status_code == 400 and r.is_json
 
 
+def test_the_clients_multipart_body_is_what_the_service_reads(client):
+    from consumers.inference import encode_multipart
+
+    items = [("a", png(0), "image/png"), ("b\r\n--x", jpeg_bytes((64, 48)), "image/jpeg"), ("é", png(1), "image/png")]
+    body, content_type = encode_multipart(items)
+    r = client.post("/v1/predict", data=body, content_type=content_type)
+    assert r.status_code == 200, r.json
+    assert [p["image_id"] for p in r.json["predictions"]] == ["a", "b\r\n--x", "é"]
+    assert all("label" in p for p in r.json["predictions"])
+
+
 @pytest.mark.parametrize("content_type", ["text/plain", "application/octet-stream", "image/png",
                                           "application/x-www-form-urlencoded", None])
 def test_other_content_types_are_415(client, content_type):
