@@ -162,6 +162,13 @@ def _compile(model: tf.keras.Model, input_size: int, imagenet: bool, jit_compile
         return probs
 
     def predict(images: np.ndarray) -> np.ndarray:
+        # Checked here, not left to the input signature: TensorFlow (2.x) takes the
+        # tf.function's lock before it checks the arguments and never releases it when they
+        # do not match, so one wrong-size call would hang every later model call.
+        shape = np.shape(images)
+        if len(shape) != 4 or tuple(shape[1:]) != (input_size, input_size, 3):
+            raise ValueError(f"images must be N x {input_size} x {input_size} x 3 (the model's input size), "
+                             f"not {' x '.join(map(str, shape))}")
         return serve(tf.convert_to_tensor(images, dtype=tf.uint8)).numpy()
 
     return predict

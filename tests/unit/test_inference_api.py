@@ -567,6 +567,29 @@ def test_multipart_greyscale_palette_and_rgba_are_converted(client, engine):
     np.testing.assert_allclose([p["confidence"] for p in preds], direct.max(axis=1), rtol=0, atol=1e-5)
 
 
+def test_a_model_of_another_input_size_gets_resized_images():
+    """MODEL_INPUT_SIZE=48: the serving function takes 48x48 images (no resize in the graph),
+    the service resizes every image to 48 while decoding, 32x32 PNGs included."""
+    from inference.api import ImageLimits, decode_image
+
+    app = create_app({"TESTING": True, "MODEL_WEIGHTS": "random", "MODEL_INPUT_SIZE": 48,
+                      "MODEL_BATCH_MAX_IMAGES": 2})
+    engine = app.extensions["inference_engine"]
+    assert engine.wait_ready(180), engine.error
+    assert engine.model.input_size == 48 and engine.model.id == "resnet50-untrained-48"
+    # the serving function takes exactly 48x48 (and a wrong call leaves it usable: the check
+    # comes before TensorFlow's, which would keep the function's lock, inference/model.py)
+    with pytest.raises(ValueError, match="N x 48 x 48 x 3"):
+        engine.model.predict(np.zeros((1, 32, 32, 3), dtype=np.uint8))
+    photo = jpeg_bytes((640, 480))
+    r = post_parts(app.test_client(), [("png", png(0), "image/png"), ("jpeg", photo, "image/jpeg")])
+    assert r.status_code == 200, r.json
+    arrays = [decode_image(png(0), ImageLimits(size=48)), decode_image(photo, ImageLimits(size=48))]
+    direct = engine.model.predict(np.stack(arrays))
+    np.testing.assert_allclose([p["confidence"] for p in r.json["predictions"]], direct.max(axis=1),
+                               rtol=0, atol=1e-5)
+
+
 def test_decode_image_resizes_to_the_models_input_size():
     from inference.api import ImageLimits, decode_image
 
