@@ -211,7 +211,7 @@ def _split_multipart(body: bytes, boundary: str, max_parts: int,
             raise RequestEntityTooLarge()
         head, data = body[pos + 2:head_end], body[head_end + 4:end]
         pos = end + len(delimiter)
-        disposition, content_type = None, ""
+        disposition, content_type, charset = None, "", ""
         for line in head.split(b"\r\n"):
             name, colon, value = line.partition(b":")
             if not colon:
@@ -220,9 +220,10 @@ def _split_multipart(body: bytes, boundary: str, max_parts: int,
             if name == b"content-disposition":
                 disposition = parse_options_header(value.decode("utf-8", "replace").strip())
             elif name == b"content-type":
-                content_type = parse_options_header(value.decode("utf-8", "replace").strip())[0].lower()
-        if disposition is None or disposition[0].lower() != "form-data":
-            return None
+                content_type, params = parse_options_header(value.decode("utf-8", "replace").strip())
+                content_type, charset = content_type.lower(), params.get("charset", "").lower()
+        if disposition is None or disposition[0].lower() != "form-data" or charset not in ("", "utf-8"):
+            return None  # (a text part in another charset: Werkzeug decodes it)
         field, is_file = disposition[1].get("name"), "filename" in disposition[1]
         if not is_file and len(data) > max_text:
             raise RequestEntityTooLarge()

@@ -660,7 +660,8 @@ def _werkzeug_parts(body: bytes, content_type: str):
 
 PART = st.tuples(st.sampled_from(["image_id", "image", "other"]), st.booleans(),
                  st.one_of(st.binary(max_size=40), st.sampled_from([b"", b"\r\n", b"--b", b"\r\n--b", b"\r\n\r\n"])),
-                 st.sampled_from([None, "image/png", "IMAGE/JPEG; q=1", "text/plain; charset=utf-8"]))
+                 st.sampled_from([None, "image/png", "IMAGE/JPEG; q=1", "text/plain; charset=utf-8",
+                                  "text/plain; charset=iso-8859-1"]))
 
 
 @settings(max_examples=300, deadline=None)
@@ -682,7 +683,7 @@ def test_the_fast_multipart_split_agrees_with_werkzeug(parts, preamble, epilogue
     split = _split_multipart(body, "b", 1000, 500_000)
     if split is not None:
         assert split == _werkzeug_parts(body, "multipart/form-data; boundary=b")
-    elif not preamble and cut in (0, 8):
+    elif not preamble and cut in (0, 8) and not any(c and "8859" in c for *_, c in parts):
         assert False, "a plain body must be split"
 
 
