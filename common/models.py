@@ -54,9 +54,10 @@ MAX_TEXT_CHARS = 256
 MAX_IMAGE_MESSAGE_BYTES = 256 * 1024  # KafkaSettings.max_message_bytes
 MAX_RESULT_MESSAGE_BYTES = 64 * 1024
 DEFAULT_MAX_REQUEST_IMAGES = 128  # ServiceSettings.max_request_images
-# Longest base64 text of one image, checked before anything is decoded: 8 KiB of base64
-# is a 6 KiB PNG, twice the largest 32x32 RGB PNG (3 KiB of pixels + headers).  With it
-# a request's size is bounded by its image count (ServiceSettings.request_bytes_limit).
+# Longest base64 text of one Kafka image message's image, checked before anything is
+# decoded: 8 KiB of base64 is a 6 KiB PNG, twice the largest 32x32 RGB PNG (3 KiB of
+# pixels + headers).  (The HTTP service's JSON instances have their own limit, the base64
+# of MAX_IMAGE_BYTES: instance_model.)
 MAX_IMAGE_B64_CHARS = 8 * 1024
 # The HTTP service (/v1/predict) takes PNG and JPEG images of any size: one image's bytes
 # are at most ServiceSettings.max_image_bytes (MAX_IMAGE_BYTES), its pixels at most

@@ -3,8 +3,10 @@
 Generated from the pydantic models of :mod:`common.models` that the service validates
 requests with and builds its responses from: ``components/schemas`` holds one schema
 per model (``model_json_schema``), the operations refer to them.  The ``/v1/predict``
-request's batch limit is the service's MAX_REQUEST_IMAGES, so the document is built per
-service (``openapi_document(settings.max_batch)``).
+request's limits are the service's MAX_REQUEST_IMAGES and MAX_IMAGE_BYTES, so the document
+is built per service (``openapi_document(settings.max_request_images,
+settings.max_image_bytes)``).  Its multipart/form-data request has no pydantic model
+(Werkzeug or inference.api's split parses it): :func:`multipart_request` writes its schema.
 
 pydantic writes JSON Schema 2020-12; :func:`to_openapi30` turns the few constructs
 OpenAPI 3.0 spells differently (``null`` in a union -> ``nullable``, ``const`` ->
