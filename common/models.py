@@ -56,10 +56,23 @@ MAX_TEXT_CHARS = 256
 MAX_IMAGE_MESSAGE_BYTES = 256 * 1024  # KafkaSettings.max_message_bytes
 MAX_RESULT_MESSAGE_BYTES = 64 * 1024
 DEFAULT_MAX_REQUEST_IMAGES = 128  # ServiceSettings.max_request_images
-# Longest base64 text of one image, checked before anything is decoded: 8 KiB of base64
-# is a 6 KiB PNG, twice the largest 32x32 RGB PNG (3 KiB of pixels + headers).  With it
-# a request's size is bounded by its image count (ServiceSettings.request_bytes_limit).
+# Longest base64 text of one Kafka image message's image, checked before anything is
+# decoded: 8 KiB of base64 is a 6 KiB PNG, twice the largest 32x32 RGB PNG (3 KiB of
+# pixels + headers).  (The HTTP service's JSON instances have their own limit, the base64
+# of MAX_IMAGE_BYTES: instance_model.)
 MAX_IMAGE_B64_CHARS = 8 * 1024
+# The HTTP service (/v1/predict) takes PNG and JPEG images of any size: one image's bytes
+# are at most ServiceSettings.max_image_bytes (MAX_IMAGE_BYTES), its pixels at most
+# max_image_pixels (MAX_IMAGE_PIXELS, checked from the header before decoding).
+DEFAULT_MAX_IMAGE_BYTES = 1024 * 1024
+DEFAULT_MAX_IMAGE_PIXELS = 4096 * 4096
+
+
+def b64_chars(n_bytes: int) -> int:
+    """Length of the base64 text of ``n_bytes`` bytes (padded)."""
+    return 4 * ((n_bytes + 2) // 3)
+
+
 INT64_MIN, INT64_MAX = -2**63, 2**63 - 1
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -311,18 +324,45 @@ class LegacyDeadLetter(_Wire):
 
 # ---------------------------------------------------------------- HTTP: /v1/predict request
 
-class Instance(_WithPng):
-    """One image to classify."""
+class _HttpInstance(_Wire):
+    """One image to classify (JSON style): base64 decoded once every field is valid; the
+    image itself (PNG or JPEG, its size) is judged by the service's decoder."""
 
-    image_id: Annotated[str, Strict(), Field(min_length=1), AfterValidator(_valid_unicode)]
-    image: Base64Png
+    _data: bytes = PrivateAttr(b"")
 
-    _reasons = {
+    @model_validator(mode="after")
+    def _decode_b64(self):
+        self._data = decode_image_b64(self.image)  # type: ignore[attr-defined]
+        return self
+
+    @property
+    def data(self) -> bytes:
+        return self._data
+
+
+@functools.lru_cache(maxsize=None)
+def instance_model(max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES) -> type[_HttpInstance]:
+    """The JSON instance of a service whose MAX_IMAGE_BYTES is ``max_image_bytes``: the base64
+    text is refused by its length (``b64_chars``) before anything is decoded."""
+    image = Annotated[str, Strict(), Field(
+        min_length=1, max_length=b64_chars(max_image_bytes), json_schema_extra={"format": "byte"},
+        description=f"base64 of a PNG or JPEG image (RGB, greyscale, palette or RGBA; at most "
+                    f"{max_image_bytes} bytes, MAX_IMAGE_BYTES, and MAX_IMAGE_PIXELS pixels), "
+                    f"resized by the service to the model's input size")]
+    model = create_model(
+        "Instance", __base__=_HttpInstance, __doc__="One image to classify.",
+        image_id=(Annotated[str, Strict(), Field(min_length=1), AfterValidator(_valid_unicode)], ...),
+        image=(image, ...))
+    model._reasons = {
         **{("image_id", t): "field 'image_id' must be a non-empty string"
            for t in ("missing", "string_type", "string_too_short")},
         **{("image", t): "field 'image' must be a non-empty base64 string"
            for t in ("missing", "string_type", "string_too_short")},
     }
+    return model
+
+
+Instance = instance_model()
 
 
 def _json_object(value: Any) -> dict:
@@ -334,16 +374,24 @@ def _json_object(value: Any) -> dict:
 # An instance must be a JSON object for the request to be well formed; its fields are
 # validated one instance at a time (a bad image gets an error entry, not a 400), so the
 # request keeps the object as is and documents it as an Instance.
-InstanceObject = Annotated[dict, PlainValidator(_json_object, json_schema_input_type=Instance)]
+@functools.lru_cache(maxsize=None)
+def _instance_object(max_image_bytes: int):
+    return Annotated[dict, PlainValidator(_json_object, json_schema_input_type=instance_model(max_image_bytes))]
+
+
+InstanceObject = _instance_object(DEFAULT_MAX_IMAGE_BYTES)
 
 
 @functools.lru_cache(maxsize=None)
-def predict_request_model(max_batch: int = DEFAULT_MAX_REQUEST_IMAGES) -> type[BaseModel]:
-    """The /v1/predict request body for a service whose MAX_REQUEST_IMAGES is ``max_batch``: the
-    limit is part of the model, so the service enforces the limit the document states."""
+def predict_request_model(max_batch: int = DEFAULT_MAX_REQUEST_IMAGES,
+                          max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES) -> type[BaseModel]:
+    """The /v1/predict JSON request body for a service whose MAX_REQUEST_IMAGES is ``max_batch``
+    (and MAX_IMAGE_BYTES ``max_image_bytes``): the limits are part of the model, so the service
+    enforces the limits the document states."""
     return create_model(
         "PredictRequest", __doc__="A batch of images, classified in order.",
-        instances=(Annotated[list[InstanceObject], Field(min_length=1, max_length=max_batch)], ...))
+        instances=(Annotated[list[_instance_object(max_image_bytes)],
+                             Field(min_length=1, max_length=max_batch)], ...))
 
 
 PredictRequest = predict_request_model()

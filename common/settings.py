@@ -176,9 +176,16 @@ class ServiceSettings(BaseSettings):
     # openvino 1.5-2.8x at 224 px with TF's labels; onnxruntime's conversion needs ~7-9 GiB).
     model_engine: Literal["tensorflow", "onnxruntime", "openvino"] = "tensorflow"
     max_request_images: int = Field(128, ge=1)
-    # Largest request body (413 above it, before anything is parsed).  None: derived from
-    # MAX_REQUEST_IMAGES (8 KiB of base64 per image, MAX_IMAGE_B64_CHARS, plus 64 KiB),
-    # so a worker's memory per request is bounded by what it may legitimately receive.
+    # One image of /v1/predict (PNG or JPEG, any width and height): at most this many bytes
+    # (the file, base64 aside) and this many pixels, read from the header before anything is
+    # decoded (a decompression bomb gets a per-image error).  4096x4096 by default.
+    max_image_bytes: int = Field(1024 * 1024, ge=1024)
+    max_image_pixels: int = Field(4096 * 4096, ge=1)
+    # Largest request body (413 above it, before anything is parsed).  None: derived
+    # (request_bytes_limit): MAX_REQUEST_IMAGES x (the base64 of MAX_IMAGE_BYTES + 1 KiB of
+    # id and framing) + 64 KiB, capped at 64 MiB, so a worker's memory per request is bounded
+    # by what it may legitimately receive.  With the defaults the cap decides: 64 MiB holds
+    # 47 images of 1 MiB in JSON (63 in multipart), 128 of up to 370 KiB; set it to raise it.
     max_request_bytes: int | None = Field(None, ge=1024)
     inference_token: SecretStr | None = None
     # Server-side dynamic batching: requests arriving within this window are merged.
@@ -201,9 +208,16 @@ class ServiceSettings(BaseSettings):
     inference_request_timeout_s: float = Field(60.0, gt=0)
 
 
+REQUEST_BYTES_CAP = 64 * 1024 * 1024
+
+
 def request_bytes_limit(s: "ServiceSettings") -> int:
-    """The service's body limit: MAX_REQUEST_BYTES, else derived from MAX_REQUEST_IMAGES."""
-    return s.max_request_bytes or s.max_request_images * 8 * 1024 + 64 * 1024
+    """The service's body limit: MAX_REQUEST_BYTES, else derived from MAX_REQUEST_IMAGES and
+    MAX_IMAGE_BYTES (base64: 4/3 of it, plus 1 KiB per image), capped at 64 MiB."""
+    if s.max_request_bytes:
+        return s.max_request_bytes
+    per_image = 4 * ((s.max_image_bytes + 2) // 3) + 1024
+    return min(s.max_request_images * per_image + 64 * 1024, REQUEST_BYTES_CAP)
 
 
 class GunicornSettings(BaseSettings):

@@ -17,6 +17,7 @@ import argparse
 import base64
 import itertools
 import logging
+import secrets
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -96,6 +97,36 @@ def _first_problems(exc) -> str:
                      for e in exc.errors(include_url=False)[:2])[:300]
 
 
+IMAGE_CONTENT_TYPES = {"image/png": b".png", "image/jpeg": b".jpg"}
+
+
+def encode_multipart(items: list[tuple[str, bytes, str]]) -> tuple[bytes, str]:
+    """The multipart/form-data body of /v1/predict for (image_id, image bytes, content type)
+    triples, and its Content-Type: per image, in order, an ``image_id`` text part then an
+    ``image`` file part.  Built by hand (one join; about 10x cheaper than urllib3's
+    encode_multipart_formdata for 64 images of 3 KB, experiments/decode_cost.py) with a random
+    boundary that occurs in no image and no id.  ValueError for a content type other than
+    image/png or image/jpeg, or an id that is not valid Unicode (a lone surrogate)."""
+    ids = [image_id.encode("utf-8") for image_id, _, _ in items]  # UnicodeEncodeError is a ValueError
+    for _, _, content_type in items:
+        if content_type not in IMAGE_CONTENT_TYPES:
+            raise ValueError(f"content type {content_type!r}: image/png or image/jpeg")
+    while True:
+        boundary = secrets.token_hex(16).encode("ascii")
+        if not any(boundary in data for _, data, _ in items) and not any(boundary in i for i in ids):
+            break
+    dash = b"--" + boundary
+    id_head = dash + b'\r\nContent-Disposition: form-data; name="image_id"\r\n\r\n'
+    chunks = []
+    for image_id, (_, data, content_type) in zip(ids, items):
+        chunks += [id_head, image_id, b"\r\n", dash,
+                   b'\r\nContent-Disposition: form-data; name="image"; filename="image',
+                   IMAGE_CONTENT_TYPES[content_type], b'"\r\nContent-Type: ', content_type.encode("ascii"),
+                   b"\r\n\r\n", data, b"\r\n"]
+    chunks.append(dash + b"--\r\n")
+    return b"".join(chunks), "multipart/form-data; boundary=" + boundary.decode("ascii")
+
+
 class InferenceClient:
     """POSTs batches to /v1/predict, spreading them round-robin over the service URLs."""
 
@@ -135,8 +166,18 @@ class InferenceClient:
 
         Raises ServiceUnavailable (transient: retry the same batch later) or BatchRejected
         (400/413: the service refused this request)."""
+        return self._predict([inst["image_id"] for inst in instances], json={"instances": instances})
+
+    def predict_files(self, items: list[tuple[str, bytes, str]]) -> dict:
+        """The same as :meth:`predict` for (image_id, image bytes, content type "image/png" or
+        "image/jpeg") triples, sent as one multipart/form-data request (no base64, no JSON):
+        ``predictions[i]`` answers ``items[i]``; the same errors, the same checks."""
+        body, content_type = encode_multipart(items)
+        return self._predict([item[0] for item in items], data=body, headers={"Content-Type": content_type})
+
+    def _predict(self, image_ids: list[str], **request) -> dict:
         url = next(self._next)
-        resp = self._call("POST", url, "/v1/predict", json={"instances": instances})
+        resp = self._call("POST", url, "/v1/predict", **request)
         if resp.status_code in REFUSED_STATUS:
             reason = _service_error(resp)
             if reason is None and resp.status_code == 400:
@@ -145,12 +186,12 @@ class InferenceClient:
                 raise ServiceUnavailable("400 not from the service", 400, url, _snippet(resp))
             raise BatchRejected(resp.status_code, url, reason or _snippet(resp))
         self._raise_unless_200(resp, url)
-        return self._predictions(resp, url, instances)
+        return self._predictions(resp, url, image_ids)
 
     @staticmethod
-    def _predictions(resp, url: str, instances: list[dict]) -> dict:
+    def _predictions(resp, url: str, image_ids: list[str]) -> dict:
         """A 200's body, checked.  A body that is not a PredictResponse, or whose predictions
-        cannot be paired with the instances (a wrong count, an entry for another image), is
+        cannot be paired with the images sent (a wrong count, an entry for another image), is
         transient, not a reason to dead-letter: the images are not at fault, and the answer
         of another try (or of another service URL) will be right.  It is a service bug or
         a damaged response; retrying keeps every image and says so in the log."""
@@ -161,14 +202,14 @@ class InferenceClient:
         except ValidationError as exc:
             raise ServiceUnavailable("invalid response", 200, url,
                                      f"not a PredictResponse: {_first_problems(exc)}") from None
-        if len(body.predictions) != len(instances):
+        if len(body.predictions) != len(image_ids):
             raise ServiceUnavailable("invalid response", 200, url,
-                                     f"{len(body.predictions)} predictions for {len(instances)} instances")
-        for i, (pred, inst) in enumerate(zip(body.predictions, instances)):
-            if pred.image_id is not None and pred.image_id != inst["image_id"]:
+                                     f"{len(body.predictions)} predictions for {len(image_ids)} instances")
+        for i, (pred, image_id) in enumerate(zip(body.predictions, image_ids)):
+            if pred.image_id is not None and pred.image_id != image_id:
                 raise ServiceUnavailable("invalid response", 200, url,
                                          f"predictions[{i}] is for image {pred.image_id!r}, instances[{i}] "
-                                         f"is {inst['image_id']!r}: not in the order of the instances")
+                                         f"is {image_id!r}: not in the order of the instances")
         return body.model_dump(mode="json")
 
     def model_info(self, url: str) -> dict:

@@ -34,7 +34,10 @@ def limit_worker(batches: list[int], seconds: float) -> None:
     loaded = model_mod.load_model("random", s.model_input_size or 32)
     rng = np.random.default_rng(0)
     out = {"model": loaded.id, "batches": {}, "rounds": LIMIT_ROUNDS}
-    inputs = {bs: rng.integers(0, 256, (bs, 32, 32, 3), dtype=np.uint8) for bs in batches}
+    # Images of the model's input size, as the service feeds it (it resizes while decoding,
+    # inference.api.decode_image, outside the model call measured here).
+    size = loaded.input_size
+    inputs = {bs: rng.integers(0, 256, (bs, size, size, 3), dtype=np.uint8) for bs in batches}
     for x in inputs.values():
         loaded.predict(x)
         loaded.predict(x)  # warm-up: trace + oneDNN kernels for this shape

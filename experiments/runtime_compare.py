@@ -26,13 +26,23 @@ import time
 import numpy as np
 
 
-def images(n: int) -> np.ndarray:
+def images(n: int, size: int = 32) -> np.ndarray:
+    """``n`` 32x32 images (the CIFAR sample or random pixels) resized to the model's input
+    ``size`` as the service resizes them (inference.api.decode_image: PIL, bilinear), before
+    any clock runs: the serving function takes images of its input size."""
     source = os.environ.get("DATASET_SOURCE")
     if source:
         from common.dataset import load
 
-        return np.asarray(load("cifar10", source, limit=n).images[:n], dtype=np.uint8)
-    return np.random.default_rng(0).integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+        x = np.asarray(load("cifar10", source, limit=n).images[:n], dtype=np.uint8)
+    else:
+        x = np.random.default_rng(0).integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+    if size == 32:
+        return x
+    from PIL import Image
+
+    return np.stack([np.asarray(Image.fromarray(img).resize((size, size), Image.Resampling.BILINEAR))
+                     for img in x])
 
 
 def speed(predict, x: np.ndarray, seconds: float) -> float:
@@ -95,7 +105,7 @@ def main(argv=None) -> int:
     bf16 = m._compile(bf16_model, args.size, imagenet=False)
     runtimes["bf16"] = lambda batch: np.asarray(bf16(batch), dtype=np.float32)
     runtimes.update(converted(keras_model, args.size, s.tf_intra_op_threads))
-    x = images(args.images)
+    x = images(args.images, args.size)
     ref = np.concatenate([runtimes["tensorflow"](x[i:i + 64]) for i in range(0, len(x), 64)])
     report: dict = {"size": args.size, "images": len(x), "tolerance": args.tolerance, "runtimes": {}}
     for name, predict in runtimes.items():

@@ -42,6 +42,12 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         SETTINGS=settings,
         # Werkzeug answers 413 for bodies over this, before the JSON is parsed.
         MAX_CONTENT_LENGTH=request_bytes_limit(settings),
+        # multipart/form-data: 413 for more parts than two per allowed image (+ slack), or a
+        # text part (an image_id) over 500 kB (Flask's default, kept: Werkzeug also applies it
+        # to its parser's buffer, which holds up to a 64 KiB read plus a part's tail); image
+        # file parts are bounded by the body.
+        MAX_FORM_PARTS=2 * settings.max_request_images + 16,
+        MAX_FORM_MEMORY_SIZE=500_000,
     )
     app.config.from_mapping({k: v for k, v in test_config.items() if k.lower() not in fields})
     app.json.sort_keys = False

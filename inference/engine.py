@@ -60,7 +60,7 @@ class Engine:
             # Warm-up: the first call traces the tf.function and lets oneDNN build its
             # kernels; do a single image and a full dynamic batch before reporting ready.
             for n in sorted({1, s.model_batch_max_images}):
-                loaded.predict(np.zeros((n, 32, 32, 3), dtype=np.uint8))
+                loaded.predict(np.zeros((n, loaded.input_size, loaded.input_size, 3), dtype=np.uint8))
             self.batcher = DynamicBatcher(
                 loaded.predict, max_batch=s.model_batch_max_images,
                 max_delay_s=s.model_batch_delay_ms / 1000.0, max_queue=s.max_queue_images,

@@ -55,7 +55,8 @@ class LoadedModel:
     weights_source: str
     input_size: int
     untrained: bool
-    # uint8 N x 32 x 32 x 3 -> float32 N x 10 CIFAR-10 probabilities
+    # uint8 N x input_size x input_size x 3 -> float32 N x 10 CIFAR-10 probabilities (the
+    # service resizes its images to input_size before; inference.api.decode_image)
     predict: Callable[[np.ndarray], np.ndarray]
     classes: tuple[str, ...] = CIFAR10_CLASSES
     # sha256 of the weights file (trained weights: MODEL_WEIGHTS=<file>), else None
@@ -142,17 +143,17 @@ def file_sha256(path: str) -> str:
 
 
 def _compile(model: tf.keras.Model, input_size: int, imagenet: bool, jit_compile: bool = False):
-    """The serving function: uint8 32x32 images in, class probabilities out.  ``jit_compile``:
-    XLA (experiments/runtime_compare.py measures it against the default; not adopted)."""
+    """The serving function: uint8 images of the model's input size (N x input_size x
+    input_size x 3) in, class probabilities out; no resize in the graph (the service resizes
+    while decoding, inference.api.decode_image).  ``jit_compile``: XLA
+    (experiments/runtime_compare.py measures it against the default; not adopted)."""
     fold = tf.constant(mapping_matrix()) if imagenet else None
 
     # One trace: the batch dimension is dynamic, so batches of any size reuse it.
-    @tf.function(input_signature=[tf.TensorSpec([None, IMAGE_SIZE, IMAGE_SIZE, 3], tf.uint8)],
+    @tf.function(input_signature=[tf.TensorSpec([None, input_size, input_size, 3], tf.uint8)],
                  jit_compile=jit_compile)
     def serve(images):
         x = tf.cast(images, tf.float32)
-        if input_size != IMAGE_SIZE:
-            x = tf.image.resize(x, (input_size, input_size), method="bilinear")
         x = tf.keras.applications.resnet50.preprocess_input(x)
         probs = tf.cast(model(x, training=False), tf.float32)  # bfloat16 models too
         if fold is not None:
@@ -161,6 +162,13 @@ def _compile(model: tf.keras.Model, input_size: int, imagenet: bool, jit_compile
         return probs
 
     def predict(images: np.ndarray) -> np.ndarray:
+        # Checked here, not left to the input signature: TensorFlow (2.x) takes the
+        # tf.function's lock before it checks the arguments and never releases it when they
+        # do not match, so one wrong-size call would hang every later model call.
+        shape = np.shape(images)
+        if len(shape) != 4 or tuple(shape[1:]) != (input_size, input_size, 3):
+            raise ValueError(f"images must be N x {input_size} x {input_size} x 3 (the model's input size), "
+                             f"not {' x '.join(map(str, shape))}")
         return serve(tf.convert_to_tensor(images, dtype=tf.uint8)).numpy()
 
     predict.keras_model, predict.imagenet = model, imagenet  # for inference.runtimes

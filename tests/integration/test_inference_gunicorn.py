@@ -124,6 +124,35 @@ def test_real_gunicorn_serves_and_master_has_no_tensorflow(gunicorn):
     assert '"POST /v1/predict HTTP/1.1" 200' in log_text  # access log on stderr
 
 
+def test_the_clients_predict_files_against_real_gunicorn(gunicorn):
+    """InferenceClient.predict_files (multipart) and predict (JSON) through the real Gunicorn:
+    the same answers for the same images, per-image errors in place, refusals as BatchRejected."""
+    import io
+
+    from PIL import Image
+
+    from common.settings import InferenceClientSettings
+    from consumers.inference import BatchRejected, InferenceClient
+
+    _proc, base, _log = gunicorn
+    rng = np.random.default_rng(1)
+    photo = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (480, 640, 3), dtype=np.uint8)).save(photo, format="JPEG")
+    items = [(f"f{i}", encode_png(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)), "image/png")
+             for i in range(6)]
+    items.insert(2, ("photo", photo.getvalue(), "image/jpeg"))
+    items.insert(4, ("broken", b"\x89PNG\r\n\x1a\n" + b"\0" * 40, "image/png"))
+    client = InferenceClient(InferenceClientSettings(inference_url=base))
+    body = client.predict_files(items)
+    preds = body["predictions"]
+    assert [p["image_id"] for p in preds] == [i for i, _, _ in items]
+    assert "error" in preds[4] and all("label" in p for k, p in enumerate(preds) if k != 4)
+    as_json = client.predict([{"image_id": i, "image": base64.b64encode(d).decode()} for i, d, _ in items])
+    assert [p.get("label") for p in as_json["predictions"]] == [p.get("label") for p in preds]
+    with pytest.raises(BatchRejected, match="MAX_REQUEST_IMAGES"):
+        client.predict_files(items * 17)  # 136 images, over 128
+
+
 def test_gunicorn_config_values_come_from_env(monkeypatch):
     monkeypatch.setenv("INFERENCE_BIND", "127.0.0.1:9")
     monkeypatch.setenv("GUNICORN_WORKERS", "3")

@@ -87,6 +87,25 @@ def model_body(max_request_images: int) -> dict:
             "model_batch_delay_ms": 2.0}
 
 
+def parse_body(request):
+    """A JSON body, or a multipart one (predict_files) as the same ``{"instances": [...]}``
+    (base64 images, plus each part's content type), read by Werkzeug as the service reads it."""
+    if not request.body:
+        return None
+    content_type = request.headers.get("Content-Type", "")
+    if not content_type.startswith("multipart/form-data"):
+        return json.loads(request.body)
+    from werkzeug.formparser import parse_form_data
+
+    _, form, files = parse_form_data({"REQUEST_METHOD": "POST", "CONTENT_TYPE": content_type,
+                                      "CONTENT_LENGTH": str(len(request.body)),
+                                      "wsgi.input": io.BytesIO(request.body)})
+    ids, images = form.getlist("image_id"), files.getlist("image")
+    assert len(ids) == len(images) and set(form) <= {"image_id"} and set(files) <= {"image"}
+    return {"instances": [{"image_id": i, "image": base64.b64encode(f.read()).decode(), "content_type": f.mimetype}
+                          for i, f in zip(ids, images)]}
+
+
 class FakeService(BaseAdapter):
     """The service behind requests' transport API.  Each request takes the next answer of
     ``script`` (an exception to raise, ``(status, body)``, or a function of (path, body)
@@ -106,7 +125,7 @@ class FakeService(BaseAdapter):
 
     def send(self, request, stream=False, timeout=None, verify=True, cert=None, proxies=None):
         path = urlsplit(request.url).path
-        body = json.loads(request.body) if request.body else None
+        body = parse_body(request)
         self.requests.append((request.method, path, body))
         if path == "/v1/predict":
             self.calls.append(("predict", len(body["instances"])))
@@ -379,3 +398,62 @@ def test_the_consumer_waits_for_the_service_then_starts_within_its_limit(start_m
     warned = warnings_of(caplog)
     assert any("connection" in w for w in warned) and any("HTTP 503" in w for w in warned) \
         and any("HTTP 401" in w for w in warned), warned
+
+
+# ---------------------------------------------------------------- predict_files (multipart)
+
+def png_of(pixel: int) -> bytes:
+    return encode_png(np.full((32, 32, 3), pixel, dtype=np.uint8))
+
+
+def files_client(service) -> inference.InferenceClient:
+    client = inference.InferenceClient(InferenceClientSettings(inference_url=URL))
+    client.session.mount(URL, service)
+    return client
+
+
+def test_predict_files_sends_one_multipart_request_answered_in_order():
+    calls: list = []
+    service = FakeService(calls)
+    items = [(f"id-{k}", png_of(k), "image/png") for k in (3, 1, 2)] + [("j", png_of(4), "image/jpeg")]
+    body = files_client(service).predict_files(items)
+    assert calls == [("predict", 4)]
+    method, path, sent = service.requests[0]
+    assert (method, path) == ("POST", "/v1/predict")
+    assert [(i["image_id"], pixel_of(i["image"]), i["content_type"]) for i in sent["instances"]] == \
+        [("id-3", 3, "image/png"), ("id-1", 1, "image/png"), ("id-2", 2, "image/png"), ("j", 4, "image/jpeg")]
+    assert [p["label"] for p in body["predictions"]] == [label_of(k) for k in (3, 1, 2, 4)]
+
+
+@pytest.mark.parametrize("answer, error, fragment", [
+    ((400, {"error": "2 'image_id' parts and 1 'image' file parts"}), inference.BatchRejected, "'image_id' parts"),
+    ((413, {"error": "too large"}), inference.BatchRejected, "too large"),
+    ((413, b"<html>413</html>"), inference.BatchRejected, "413"),
+    ((400, b"<html>400 Bad Request</html>"), inference.ServiceUnavailable, "400 not from the service"),
+    ((415, {"error": "unsupported content type"}), inference.ServiceUnavailable, "unexpected status"),
+    ((503, {"error": "model is loading"}), inference.ServiceUnavailable, "server error"),
+    (requests.ConnectionError("refused"), inference.ServiceUnavailable, "connection"),
+    *[pytest.param(a.values[0], inference.ServiceUnavailable, "invalid response", id=a.id) for a in INVALID_200],
+])
+def test_predict_files_handles_errors_as_predict_does(answer, error, fragment):
+    items = [(f"id-{k}", png_of(k), "image/png") for k in range(3)]
+    for method in ("predict_files", "predict"):
+        client = files_client(FakeService([], [answer]))
+        with pytest.raises(error, match=fragment):
+            if method == "predict_files":
+                client.predict_files(items)
+            else:
+                client.predict([{"image_id": i, "image": base64.b64encode(d).decode()} for i, d, _ in items])
+
+
+def test_encode_multipart_boundary_and_arguments(monkeypatch):
+    data = b"\x89PNG...0123456789abcdef0123456789abcdef..."
+    tokens = iter(["0123456789abcdef0123456789abcdef", "fedcba9876543210fedcba9876543210"])
+    monkeypatch.setattr(inference.secrets, "token_hex", lambda n: next(tokens))
+    body, content_type = inference.encode_multipart([("a", data, "image/png")])
+    assert content_type == "multipart/form-data; boundary=fedcba9876543210fedcba9876543210"  # the 1st was in the data
+    assert body.endswith(b"--fedcba9876543210fedcba9876543210--\r\n") and data in body
+    with pytest.raises(ValueError, match="image/png or image/jpeg"):
+        inference.encode_multipart([("a", data, "image/gif")])
+    with pytest.raises(ValueError):
+        inference.encode_multipart([("\ud800", data, "image/png")])

@@ -322,7 +322,7 @@ def test_served_openapi_is_generated_from_the_models():
     # what the hand-written document had: paths, status codes, security
     assert {p: sorted(ops[next(iter(ops))]["responses"]) for p, ops in doc["paths"].items()} == {
         "/healthz": ["200"], "/readyz": ["200", "503"], "/v1/model": ["200", "401", "503"],
-        "/v1/predict": ["200", "400", "401", "413", "503"]}
+        "/v1/predict": ["200", "400", "401", "413", "415", "503"]}
     assert doc["components"]["securitySchemes"] == {"bearerAuth": {"type": "http", "scheme": "bearer"}}
     assert predict["security"] == [{}, {"bearerAuth": []}]
     assert doc["openapi"] == "3.0.3"
