@@ -14,7 +14,6 @@ partitions through the consumer group; several service URLs share the batches.
 from __future__ import annotations
 
 import argparse
-import base64
 import itertools
 import logging
 import secrets
@@ -30,7 +29,7 @@ from common.lifecycle import Backoff, stop_event
 from common.log import setup_logging
 from common.metrics import serve
 from common.models import ModelInfo, PredictResponse
-from common.schema import InvalidMessage, dumps, make_result_message, parse_image_record
+from common.schema import CONTENT_TYPES, InvalidMessage, dumps, make_result_message, parse_image_record
 from common.settings import (InferenceClientSettings, KafkaSettings, MetricsSettings, describe, secret,
                              with_flags)
 from consumers.batching import (ReadyMarker, all_delivered, commit, gather, idle_wait, rewind,
@@ -290,13 +289,13 @@ class InferenceConsumer:
         key, value, headers = to_dead_letter(record, reason, max_bytes=self.kafka.dlq_max_record_bytes)
         self.pending.append(self.producer.send(self.kafka.dlq_topic, key=key, value=value, headers=headers))
 
-    def predict_with_retry(self, instances: list[dict]) -> dict | None:
+    def predict_with_retry(self, items: list[tuple[str, bytes, str]]) -> dict | None:
         backoff = Backoff(self.cfg.retry_initial_s, self.cfg.retry_max_s)
         while not self.stop.is_set():
             try:
                 # In a worker thread while this one keeps polling (see wait_polling).
                 started = time.perf_counter()
-                response = wait_polling(self.consumer, self.http.submit(self.client.predict, instances))
+                response = wait_polling(self.consumer, self.http.submit(self.client.predict_files, items))
                 self.metrics.predict_call(time.perf_counter() - started)
                 return response
             except ServiceUnavailable as exc:
@@ -307,7 +306,7 @@ class InferenceConsumer:
                 self.stats.retries_by_cause[exc.cause] += 1
                 self.metrics.retry(exc.cause)
                 log.warning("inference unavailable: %s; keeping the batch, retrying %d images in %.1f s",
-                            exc, len(instances), delay)
+                            exc, len(items), delay)
                 idle_wait(self.consumer, delay, self.stop)
         return None
 
@@ -338,10 +337,10 @@ class InferenceConsumer:
     def infer_and_publish(self, chunk, received_at: float) -> bool:
         """Classify ``chunk`` (valid (record, message) pairs) and publish a result per image,
         or a dead letter for an image the service refuses; False when stopping first."""
-        instances = [{"image_id": m["image_id"], "image": base64.b64encode(m["image"]).decode("ascii")}
-                     for _r, m in chunk]
+        # One multipart request of the image files as they came (no base64, no JSON).
+        items = [(m["image_id"], m["image"], CONTENT_TYPES[m["format"]]) for _r, m in chunk]
         try:
-            response = self.predict_with_retry(instances)
+            response = self.predict_with_retry(items)
         except BatchRejected as exc:
             return self.split_refused(chunk, received_at, exc)
         if response is None:  # stopping

@@ -599,15 +599,15 @@ def run_inference(monkeypatch, clock):
         monkeypatch.setattr(inference, "make_producer", lambda *a, **k: producer)
         failures = [predict_failures]
 
-        def predict(self, instances):
-            consumer.calls.append(("predict", len(instances)))
+        def predict_files(self, items):
+            consumer.calls.append(("predict", len(items)))
             if failures[0]:
                 failures[0] -= 1
                 raise inference.ServiceUnavailable("HTTP 503")
             return {"model": "m", "predictions": [
-                {"image_id": i["image_id"], "label": "cat", "confidence": 0.5} for i in instances]}
+                {"image_id": image_id, "label": "cat", "confidence": 0.5} for image_id, _img, _type in items]}
 
-        monkeypatch.setattr(inference.InferenceClient, "predict", predict)
+        monkeypatch.setattr(inference.InferenceClient, "predict_files", predict_files)
         stop = threading.Event()
         settings = InferenceClientSettings(inference_url="http://service.invalid", predict_batch_images=8,
                                            predict_batch_wait_ms=0, retry_initial_s=0.5, retry_max_s=1.0)
