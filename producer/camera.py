@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kafka import TopicPartition
+from pydantic_core import from_json
 from kafka.errors import KafkaError, KafkaTimeoutError
 from tqdm import tqdm
 
@@ -151,7 +152,7 @@ class ResultListener(threading.Thread):
                     if record.value is None or mine_bytes not in record.value:
                         continue
                     try:
-                        result = json.loads(record.value)
+                        result = from_json(record.value)  # pydantic-core's parser
                     except (TypeError, ValueError):
                         continue
                     if not isinstance(result, dict) or result.get("producer_id") != mine:
