@@ -147,8 +147,8 @@ def main(argv=None) -> int:
         if up(d, timeout_s=float(os.environ.get("STACK_UP_TIMEOUT_S", 420))) != 0:
             return 1
         env = read_env(d / "stack.env")
-    log.info("experiment: producers %s x %d images at %g img/s -> %s\n  %s", args.producers,
-             args.images, args.rate, out, "\n  ".join(
+    log.info("experiment: producers %s x %d images at %s -> %s\n  %s", args.producers, args.images,
+             f"{args.rate:g} img/s" if args.rate else "a rate chosen from the measured capacity", out, "\n  ".join(
                  f"{k}={mask(SecretStr(v)) if k == 'MONGO_URI' else v}" for k, v in env.items()))
     record = {"started_at": time.time(), "target": "deployed" if deployed else "local-stack",
               "settings": {"producers": args.producers, "images_per_producer": args.images,

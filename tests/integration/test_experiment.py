@@ -60,6 +60,7 @@ def test_experiment_without_a_rate_measures_the_capacity_first(local_stack, tmp_
                            "--out", str(out)],
                           cwd=ROOT, env=local_stack["env"], capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "Logging error" not in proc.stderr, proc.stderr[-3000:]  # a log call that cannot format
     record = json.loads((out / "experiment.json").read_text())
     capacity, rate = record["capacity"]["img_s"], record["settings"]["rate_per_producer"]
     assert capacity > 0 and record["capacity"]["ramp"] and record["settings"]["rate_from"] == "capacity"
