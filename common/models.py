@@ -165,11 +165,14 @@ def _int64_if_int(value: Any, info: ValidationInfo) -> Any:
     return value
 
 
-def _exactly_int(value: Any) -> Any:
-    # Literal[1] alone would take true and 1.0 (they compare equal to 1).
-    if type(value) is not int:
-        raise PydanticCustomError("schema_version", "schema must be the integer 1")
-    return value
+def _exactly_int(version: int):
+    """A before-validator for ``schema``: Literal[N] alone would take true and N.0 (they
+    compare equal to N)."""
+    def check(value: Any) -> Any:
+        if type(value) is not int:
+            raise PydanticCustomError("schema_version", f"schema must be the integer {version}")
+        return value
+    return check
 
 
 def _uuid(value: str, info: ValidationInfo) -> str:
@@ -192,14 +195,8 @@ def _v2_format(value: str) -> str:
     return value
 
 
-def _exactly_2(value: Any) -> Any:
-    if type(value) is not int:
-        raise PydanticCustomError("schema_version", "schema must be the integer 2")
-    return value
-
-
-SchemaVersion = Annotated[Literal[1], BeforeValidator(_exactly_int)]
-SchemaVersion2 = Annotated[Literal[2], BeforeValidator(_exactly_2)]
+SchemaVersion = Annotated[Literal[1], BeforeValidator(_exactly_int(1))]
+SchemaVersion2 = Annotated[Literal[2], BeforeValidator(_exactly_int(2))]
 Int64 = Annotated[int, Strict(), Field(ge=INT64_MIN, le=INT64_MAX)]
 # A finite number; JSON integers are accepted (as floats) within the int64 range.
 Number = Annotated[float, Strict(), Field(allow_inf_nan=False), BeforeValidator(_int64_if_int)]

@@ -22,7 +22,7 @@ from werkzeug.http import parse_options_header
 from common.models import (DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS, Error, Health, InstanceError,
                            ModelInfo, NotReady, Prediction, PredictResponse, Ready, Timing, instance_model,
                            predict_request_model, reason_of)
-from common.schema import IMAGE_SIZE, InvalidMessage
+from common.schema import CONTENT_TYPES, IMAGE_SIZE, InvalidMessage
 from common.settings import ServiceSettings, secret
 from inference.batcher import Overloaded
 from inference.engine import READY, Engine
@@ -39,7 +39,7 @@ Image.MAX_IMAGE_PIXELS = None
 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
 
 IMAGE_FORMATS = ("PNG", "JPEG")
-IMAGE_CONTENT_TYPES = ("image/png", "image/jpeg")
+IMAGE_CONTENT_TYPES = tuple(CONTENT_TYPES.values())  # the contract's formats (common/schema.py)
 
 health = Blueprint("health", __name__)
 v1 = Blueprint("v1", __name__, url_prefix="/v1")
