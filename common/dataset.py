@@ -92,16 +92,16 @@ def load_folder(source: str, max_bytes: int | None = None) -> Dataset:
         raise DatasetUnavailable(f"DATASET_SOURCE {source!r} is not a directory (DATASET=folder)")
     files, labels, refused = [], [], []
     for path in sorted(p for p in root.rglob("*") if p.suffix.lower() in FOLDER_SUFFIXES and p.is_file()):
+        rel = path.relative_to(root)
         with path.open("rb") as fh:
             head = fh.read(16)
         size = path.stat().st_size
         if sniff_format(head) is None:
-            refused.append(f"{path.relative_to(root)}: not a PNG or JPEG file")
+            refused.append(f"{rel}: not a PNG or JPEG file")
         elif max_bytes is not None and size > max_bytes:
-            refused.append(f"{path.relative_to(root)}: {size} bytes, over MAX_MESSAGE_BYTES={max_bytes}")
+            refused.append(f"{rel}: {size} bytes, over MAX_MESSAGE_BYTES={max_bytes}")
         else:
             files.append(path)
-            rel = path.relative_to(root)
             labels.append(rel.parts[0] if len(rel.parts) > 1 else None)
     for why in refused[:10]:
         log.warning("DATASET=folder: skipping %s", why)

@@ -159,7 +159,7 @@ def measure_image_cost(stack: LocalStack, out: Path, *, rate: float, duration: f
     from experiments.camera_images import write_folder
 
     folder = out / "jpeg640"
-    write_folder(folder, count=64)
+    jpegs = write_folder(folder, count=64)
     kinds = {"png32": {}, "jpeg640": {"DATASET": "folder", "DATASET_SOURCE": str(folder)}}
     steps: dict[str, list] = {k: [] for k in kinds}
     for i in range(rounds):
@@ -168,7 +168,7 @@ def measure_image_cost(stack: LocalStack, out: Path, *, rate: float, duration: f
                                         tag=f"{stack.name}-{kind}{i + 1}", per_producer_max=per_producer_max,
                                         stack=stack))
     figures: dict = {"offered_img_s": round(rate, 2), "rounds": rounds,
-                     "jpeg_bytes": sum(p.stat().st_size for p in folder.rglob("*.jpg")) // 64}
+                     "jpeg_bytes": sum(p.stat().st_size for p in jpegs) // len(jpegs)}
     for kind, runs in steps.items():
         components = sorted({c for st in runs for c in st.get("cpu_ms_per_img") or {}})
         per = {c: round(sum((st.get("cpu_ms_per_img") or {}).get(c, 0.0) for st in runs) / len(runs), 2)

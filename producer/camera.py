@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kafka import TopicPartition
-from pydantic_core import from_json
 from kafka.errors import KafkaError, KafkaTimeoutError
+from pydantic_core import from_json
 from tqdm import tqdm
 
 from common.kafka_io import RESULT_PRODUCER_HEADER, key_partition, make_consumer, make_producer
