@@ -14,6 +14,7 @@ import threading
 import time
 import uuid
 import zlib
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +30,9 @@ from common.settings import KafkaSettings
 from producer.metrics import ProducerMetrics
 
 log = logging.getLogger(__name__)
+
+PROGRESS_E2E_SAMPLES = 2000  # end-to-end times in the progress file (the latest ones)
+PROGRESS_EVERY_S = 0.5  # how often the progress file is rewritten while sending
 
 
 @dataclass
@@ -51,10 +55,17 @@ class ProducerRun:
     acked: int = 0
     started_at: float = 0.0
     finished_sending_at: float = 0.0
+    results: int = 0  # images whose result came back (counted as they arrive, not recounted)
+    # The latest end-to-end times in arrival order, for a supervisor's live percentiles.
+    recent_e2e_ms: deque = field(default_factory=lambda: deque(maxlen=PROGRESS_E2E_SAMPLES), repr=False)
 
-    @property
-    def results(self) -> int:
-        return sum(1 for s in self.sent.values() if s.result_at is not None)
+    def got_result(self, sent: "SentImage", result: dict, now: float) -> float:
+        """Record ``result`` for ``sent`` (the caller holds the lock); returns e2e in s."""
+        sent.result, sent.result_at = result, now
+        e2e_s = now - sent.message["sent_at"]
+        self.results += 1
+        self.recent_e2e_ms.append(e2e_s * 1000)
+        return e2e_s
 
     def counts(self) -> dict:
         """attempted / acknowledged by the broker / failed (delivery gave up) / results."""
@@ -160,8 +171,7 @@ class ResultListener(threading.Thread):
                     with self.lock:
                         sent = self.run_state.sent.get(result.get("image_id"))
                         if sent is not None and sent.result_at is None:  # first result wins
-                            sent.result, sent.result_at = result, now
-                            self.run_state.metrics.result(now - sent.message["sent_at"])
+                            self.run_state.metrics.result(self.run_state.got_result(sent, result, now))
         self.consumer.close()
 
 
@@ -171,15 +181,16 @@ def new_producer_id() -> str:
 
 def write_progress(path: Path | None, run: ProducerRun, count: int, done: bool = False) -> None:
     """A small JSON file a supervising process (the experiment runner) can watch.
-    ``sent`` counts the images the broker acknowledged, not the attempts."""
+    ``sent`` counts the images the broker acknowledged, not the attempts; ``e2e_ms`` the
+    latest end-to-end times (PROGRESS_E2E_SAMPLES), in arrival order.  Its cost does not
+    grow with the run (it was a sort of every result so far, every 20 images)."""
     if path is None:
         return
-    e2e = sorted((s.result_at - s.message["sent_at"]) * 1000
-                 for s in list(run.sent.values()) if s.result_at)
+    progress = {"producer_id": run.producer_id, "count": count, "sent": run.acked, "attempted": len(run.sent),
+                "failed": run.send_errors, "results": run.results, "done": done,
+                "e2e_ms": [round(v, 3) for v in list(run.recent_e2e_ms)]}
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"producer_id": run.producer_id, "count": count,
-                               "sent": run.acked, "attempted": len(run.sent), "failed": run.send_errors,
-                               "results": len(e2e), "done": done, "e2e_ms": e2e[-2000:]}))
+    tmp.write_text(json.dumps(progress))
     tmp.replace(path)
 
 
@@ -252,6 +263,7 @@ def run_cameras(run: ProducerRun, *, kafka: KafkaSettings, dataset, count: int, 
     bar = tqdm(total=count, desc=f"{producer_id} sent", unit="img", disable=not progress,
                mininterval=0.5)
     run.started_at = start = time.time()
+    next_progress = time.monotonic()
     for seq, (msg, image) in enumerate(_messages(dataset, producer_id, count, devices, image_schema)):
         delay = start + seq / rate - time.time()
         if delay > 0:
@@ -278,7 +290,8 @@ def run_cameras(run: ProducerRun, *, kafka: KafkaSettings, dataset, count: int, 
         if producer is not None and time.monotonic() <= delivery_deadline:
             delivery_deadline = time.monotonic() + kafka.kafka_delivery_timeout_s
         bar.update(1)
-        if seq % 20 == 0:
+        if time.monotonic() >= next_progress:
+            next_progress = time.monotonic() + PROGRESS_EVERY_S
             bar.set_postfix(results=run.results, refresh=False)
             write_progress(progress_file, run, count)
     if producer is not None:

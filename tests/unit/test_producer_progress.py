@@ -1,0 +1,40 @@
+"""The producer's run state and progress file (what experiments.fleet reads while a run goes on)."""
+
+import json
+
+from producer.camera import PROGRESS_E2E_SAMPLES, ProducerRun, SentImage, write_progress
+
+
+def _meta(image_id: str, sent_at: float) -> dict:
+    return {"image_id": image_id, "sent_at": sent_at, "device_id": "p-test-cam00", "producer_id": "p-test",
+            "seq": 0, "label": None}
+
+
+def _run_with_results(n: int) -> ProducerRun:
+    run = ProducerRun("p-test")
+    for i in range(n):
+        sent = SentImage(_meta(f"i{i}", 100.0 + i))
+        run.sent[f"i{i}"] = sent
+        run.got_result(sent, {"image_id": f"i{i}"}, now=100.0 + i + (i % 7) / 1000)
+    run.sent["lost"] = SentImage(_meta("lost", 1.0))
+    return run
+
+
+def test_results_are_counted_as_they_arrive():
+    run = _run_with_results(5)
+    assert run.results == 5
+    assert run.counts()["results"] == 5
+    assert run.counts()["attempted"] == 6
+    assert [r["e2e_ms"] is not None for r in run.latency_rows()].count(True) == 5
+
+
+def test_progress_keeps_the_latest_times_in_arrival_order(tmp_path):
+    n = PROGRESS_E2E_SAMPLES + 300
+    run = _run_with_results(n)
+    path = tmp_path / "progress.json"
+    write_progress(path, run, count=n + 1, done=True)
+    p = json.loads(path.read_text())
+    assert (p["results"], p["attempted"], p["done"]) == (n, n + 1, True)
+    assert len(p["e2e_ms"]) == PROGRESS_E2E_SAMPLES
+    # the latest results, not the largest: image i took (i % 7) ms
+    assert p["e2e_ms"] == [float(i % 7) for i in range(300, n)]
