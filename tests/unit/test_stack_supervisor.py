@@ -6,7 +6,7 @@ import stat
 import subprocess
 import sys
 
-from stack.supervisor import Component, Supervisor
+from stack.supervisor import EMBEDDED_FETCH_MAX_WAIT_MS, Component, Supervisor
 
 
 def _dead(argv=(sys.executable, "-c", "raise SystemExit(3)")) -> subprocess.Popen:
@@ -60,3 +60,31 @@ def test_status_masks_passwords_and_shows_a_failure(tmp_path):
                          env={"STACK_DIR": str(tmp_path), "PATH": "/usr/bin:/bin"}, timeout=120)
     assert "s3cret" not in out.stdout + out.stderr
     assert "mongodb://app:***@db:27017/iot" in out.stdout and "not restarted" in out.stdout
+
+
+def _planned_env(tmp_path, monkeypatch, **env) -> dict:
+    for key in ("KAFKA_BOOTSTRAP_SERVERS", "MONGO_URI", "INFERENCE_URL", "KAFKA_FETCH_MAX_WAIT_MS"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("STACK_PROMETHEUS", "0")
+    monkeypatch.setenv("STACK_DASHBOARD", "0")
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    sup = Supervisor(tmp_path)
+    sup.plan()
+    return {c.name: c.env for c in sup.components} | {"stack.env": sup.endpoints}
+
+
+def test_the_embedded_broker_gets_a_short_fetch_wait_everywhere(tmp_path, monkeypatch):
+    # tansu holds a fetch for half its max wait even when records arrive (supervisor.py)
+    planned = _planned_env(tmp_path, monkeypatch)
+    assert planned["stack.env"]["KAFKA_FETCH_MAX_WAIT_MS"] == str(EMBEDDED_FETCH_MAX_WAIT_MS)
+    assert planned["inference-consumer"]["KAFKA_FETCH_MAX_WAIT_MS"] == str(EMBEDDED_FETCH_MAX_WAIT_MS)
+
+
+def test_a_chosen_fetch_wait_or_an_external_broker_keeps_its_own(tmp_path, monkeypatch):
+    planned = _planned_env(tmp_path, monkeypatch, KAFKA_FETCH_MAX_WAIT_MS="250")
+    assert "KAFKA_FETCH_MAX_WAIT_MS" not in planned["stack.env"]
+    assert planned["db-consumer"]["KAFKA_FETCH_MAX_WAIT_MS"] == "250"
+    planned = _planned_env(tmp_path / "ext", monkeypatch, KAFKA_BOOTSTRAP_SERVERS="kafka:9092")
+    assert "KAFKA_FETCH_MAX_WAIT_MS" not in planned["stack.env"]
+    assert "KAFKA_FETCH_MAX_WAIT_MS" not in planned["db-consumer"]
