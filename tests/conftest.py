@@ -16,6 +16,15 @@ ROOT = Path(__file__).resolve().parent.parent
 SHARED_SAMPLE = ROOT.parent / "shared" / "data" / "cifar-10-python-sample.tar.gz"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _dataset_cache(tmp_path_factory):
+    """The tests' dataset split cache (common/dataset.py) in a temporary directory, not the
+    user's ~/.cache; producers started by the tests inherit it."""
+    with pytest.MonkeyPatch.context() as m:
+        m.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg-cache")))
+        yield
+
+
 @pytest.fixture(scope="session")
 def cifar_archive(tmp_path_factory) -> Path:
     """The real CIFAR-10 sample when the checkout has ../shared/data, else a generated one."""

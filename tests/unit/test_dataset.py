@@ -69,3 +69,34 @@ def test_synthetic_only_when_asked_and_unlabelled():
     assert len(data) == 5 and data.labels == [None] * 5
     with pytest.raises(ds.DatasetUnavailable):
         ds.load("imagenet")
+
+
+def test_a_split_read_from_a_tarball_is_cached_as_arrays(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    archive = make_cifar_archive(tmp_path / "a.tar.gz", per_batch=4)
+    assert len(ds.load("cifar10", str(archive), "train", limit=6)) == 6
+    assert not list(ds.split_cache_dir().glob("*.npz")), "a partial read must not be cached"
+    first = ds.load("cifar10", str(archive), "test")
+    assert len(list(ds.split_cache_dir().glob("cifar10-test-*.npz"))) == 1
+
+    def no_archive(self, member):
+        raise AssertionError(f"read {member} from the archive although it is cached")
+
+    with monkeypatch.context() as m:
+        m.setattr(ds._TarReader, "read", no_archive)
+        again = ds.load("cifar10", str(archive), "test")
+        assert np.array_equal(again.images, first.images) and again.labels == first.labels
+        assert len(ds.load("cifar10", str(archive), "test", limit=2)) == 2
+    # a changed archive is read again (the key is its path, size and mtime)
+    make_cifar_archive(archive, per_batch=5)
+    assert len(ds.load("cifar10", str(archive), "test")) == 5
+
+
+def test_a_damaged_cache_is_read_from_the_archive_again(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    archive = make_cifar_archive(tmp_path / "a.tar.gz", per_batch=3)
+    first = ds.load("cifar10", str(archive), "test")
+    (cached,) = ds.split_cache_dir().glob("*.npz")
+    cached.write_bytes(b"not an npz")
+    again = ds.load("cifar10", str(archive), "test")
+    assert np.array_equal(again.images, first.images) and again.labels == first.labels
