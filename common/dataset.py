@@ -26,7 +26,6 @@ from pathlib import Path
 
 import numpy as np
 
-from common.download import DownloadError, fetch
 from common.schema import encode_png, sniff_format
 
 log = logging.getLogger(__name__)
@@ -124,6 +123,10 @@ def keras_cache_dir() -> Path:
 
 def download(url: str, dest: Path, md5: str | None, timeout: float = 30.0) -> Path:
     """Download ``url`` to ``dest`` with a progress bar; verify md5 when known."""
+    # Imported here: urllib.request and http.client are 40 ms of every producer's start,
+    # and a producer reading a local archive or folder never downloads.
+    from common.download import DownloadError, fetch
+
     try:
         return fetch(url, dest, md5=md5, timeout_s=timeout)
     except DownloadError as exc:

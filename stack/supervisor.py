@@ -48,10 +48,12 @@ DEFAULT_PORTS = {"kafka": 9092, "mongo": 27017, "inference": 8000}
 # The embedded broker (tansu) holds a fetch for about half of its max wait even when
 # records arrive meanwhile (measured with kafka-python and librdkafka alike: delivery p50
 # 27 ms at a 100 ms wait, 121 ms at 500, 5.5 ms at 20); Apache Kafka answers as soon as
-# there is data.  So with the embedded broker every client of the stack gets a short wait
-# (unless KAFKA_FETCH_MAX_WAIT_MS is set): at 25 % load a result's way back to its
-# producer went from 24 to 6 ms (p50), for ~100 empty fetches/s per idle consumer.
-EMBEDDED_FETCH_MAX_WAIT_MS = 20
+# there is data.  So with the embedded broker every client of the stack gets a shorter
+# wait (unless KAFKA_FETCH_MAX_WAIT_MS is set).  At 25 % load a result's way back to its
+# producer took 24 ms (p50) at 100 and 6 ms at 20, but at 20 each idle consumer fetches
+# ~100 times/s and a producer's result listener cost +0.6 core-ms per image (kafka-python
+# spends ~0.5 ms of CPU per fetch); 40 is the middle (docs/PERFORMANCE.md).
+EMBEDDED_FETCH_MAX_WAIT_MS = 40
 
 
 def stack_dir() -> Path:
