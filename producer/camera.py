@@ -264,9 +264,16 @@ def run_cameras(run: ProducerRun, *, kafka: KafkaSettings, dataset, count: int, 
                mininterval=0.5)
     run.started_at = start = time.time()
     next_progress = time.monotonic()
+    # Images due within one linger window are handed over together: kafka-python holds a
+    # record until its batch's linger ends anyway, so they leave in the same requests as
+    # with exact pacing, and the loop wakes once per window instead of once per image.  A
+    # wake-up costs far more CPU than the work after it on a busy 2-core VM (measured:
+    # encoding and stamping an image 0.20 core-ms back to back, 0.67 after a 12.5 ms sleep).
+    # sent_at is stamped at the hand-over, so an image sent early is timed from then.
+    window_s = kafka.kafka_linger_ms / 1000
     for seq, (msg, image) in enumerate(_messages(dataset, producer_id, count, devices, image_schema)):
         delay = start + seq / rate - time.time()
-        if delay > 0:
+        if delay > window_s:
             time.sleep(delay)
         msg["sent_at"] = time.time()
         value, headers = encode_record(msg, image, image_schema)
