@@ -23,9 +23,10 @@ from kafka.errors import KafkaError, KafkaTimeoutError
 from pydantic_core import from_json
 from tqdm import tqdm
 
+from common.dataset import DatasetUnavailable
 from common.kafka_io import RESULT_PRODUCER_HEADER, key_partition, make_consumer, make_producer
 from common.rundir import write_latencies, write_stages
-from common.schema import SCHEMA_VERSION, dumps, image_record, make_image_message
+from common.schema import SCHEMA_VERSION, InvalidMessage, dumps, image_record, make_image_message
 from common.settings import KafkaSettings
 from producer.metrics import ProducerMetrics
 
@@ -197,16 +198,32 @@ def write_progress(path: Path | None, run: ProducerRun, count: int, done: bool =
 def _messages(dataset, producer_id: str, count: int, devices: int, schema: int = 2):
     """The run's ``(message, image file)`` pairs, each image encoded (CIFAR: a 32x32 PNG, well
     under a millisecond) or read (a folder's file) as it is sent, so memory does not grow
-    with the run's length."""
+    with the run's length.  A folder's file that can no longer be read or is no longer an
+    image (replaced since the folder was loaded) is skipped with a warning and the next
+    one sent instead; only when no file of the folder can be sent does the run stop."""
     # Each producer starts at its own place in the dataset, so that concurrent
     # producers do not all send the same first images.
     start = zlib.crc32(producer_id.encode()) % len(dataset)
-    for seq in range(count):
-        i = (start + seq) % len(dataset)
-        image, fmt = dataset.encoded(i)
-        yield make_image_message(png=image, format=fmt, device_id=f"{producer_id}-cam{seq % devices:02d}",
-                                 producer_id=producer_id, seq=seq, label=dataset.labels[i],
-                                 dataset=dataset.name, schema=schema), image
+    seq, i, failed_in_a_row = 0, start, 0
+    while seq < count:
+        idx = i % len(dataset)
+        i += 1
+        try:
+            image, fmt = dataset.encoded(idx)
+            msg = make_image_message(png=image, format=fmt, device_id=f"{producer_id}-cam{seq % devices:02d}",
+                                     producer_id=producer_id, seq=seq, label=dataset.labels[idx],
+                                     dataset=dataset.name, schema=schema)
+        except (OSError, InvalidMessage) as exc:
+            failed_in_a_row += 1
+            log.warning("skipping image %d of the dataset (%s): %s", idx,
+                        dataset.files[idx] if dataset.files is not None else dataset.name, exc)
+            if failed_in_a_row >= len(dataset):
+                raise DatasetUnavailable(f"no image of {dataset.source} can be sent any more "
+                                         f"(the last: {exc})") from None
+            continue
+        failed_in_a_row = 0
+        yield msg, image
+        seq += 1
 
 
 def encode_record(msg: dict, image: bytes, schema: int) -> tuple[bytes, list | None]:
@@ -271,36 +288,39 @@ def run_cameras(run: ProducerRun, *, kafka: KafkaSettings, dataset, count: int, 
     # encoding and stamping an image 0.20 core-ms back to back, 0.67 after a 12.5 ms sleep).
     # sent_at is stamped at the hand-over, so an image sent early is timed from then.
     window_s = kafka.kafka_linger_ms / 1000
-    for seq, (msg, image) in enumerate(_messages(dataset, producer_id, count, devices, image_schema)):
-        delay = start + seq / rate - time.time()
-        if delay > window_s:
-            time.sleep(delay)
-        msg["sent_at"] = time.time()
-        value, headers = encode_record(msg, image, image_schema)
-        image_id = msg["image_id"]
-        with listener.lock:
-            run.sent[image_id] = SentImage({k: v for k, v in msg.items() if k != "image"})
-        while True:
-            try:
-                if producer is None:
-                    raise KafkaTimeoutError("no connection to the broker")
-                producer.send(kafka.images_topic, key=msg["device_id"].encode(), value=value, headers=headers) \
-                    .add_callback(acked, image_id=image_id).add_errback(failed, image_id=image_id)
-                run.metrics.image_sent()
-                break
-            except KafkaError as exc:  # metadata unavailable: the broker is away
-                if time.monotonic() > delivery_deadline or producer is None:
-                    failed(exc, image_id=image_id)
+    try:
+        for seq, (msg, image) in enumerate(_messages(dataset, producer_id, count, devices, image_schema)):
+            delay = start + seq / rate - time.time()
+            if delay > window_s:
+                time.sleep(delay)
+            msg["sent_at"] = time.time()
+            value, headers = encode_record(msg, image, image_schema)
+            image_id = msg["image_id"]
+            with listener.lock:
+                run.sent[image_id] = SentImage({k: v for k, v in msg.items() if k != "image"})
+            while True:
+                try:
+                    if producer is None:
+                        raise KafkaTimeoutError("no connection to the broker")
+                    producer.send(kafka.images_topic, key=msg["device_id"].encode(), value=value, headers=headers) \
+                        .add_callback(acked, image_id=image_id).add_errback(failed, image_id=image_id)
+                    run.metrics.image_sent()
                     break
-                log.warning("send of %s: %s; retrying", image_id, exc)
-                time.sleep(1.0)
-        if producer is not None and time.monotonic() <= delivery_deadline:
-            delivery_deadline = time.monotonic() + kafka.kafka_delivery_timeout_s
-        bar.update(1)
-        if time.monotonic() >= next_progress:
-            next_progress = time.monotonic() + PROGRESS_EVERY_S
-            bar.set_postfix(results=run.results, refresh=False)
-            write_progress(progress_file, run, count)
+                except KafkaError as exc:  # metadata unavailable: the broker is away
+                    if time.monotonic() > delivery_deadline or producer is None:
+                        failed(exc, image_id=image_id)
+                        break
+                    log.warning("send of %s: %s; retrying", image_id, exc)
+                    time.sleep(1.0)
+            if producer is not None and time.monotonic() <= delivery_deadline:
+                delivery_deadline = time.monotonic() + kafka.kafka_delivery_timeout_s
+            bar.update(1)
+            if time.monotonic() >= next_progress:
+                next_progress = time.monotonic() + PROGRESS_EVERY_S
+                bar.set_postfix(results=run.results, refresh=False)
+                write_progress(progress_file, run, count)
+    except DatasetUnavailable as exc:  # every file of a folder gone: send no more, keep what was sent
+        log.error("%s; stopping after %d of %d images", exc, len(run.sent), count)
     if producer is not None:
         try:
             producer.flush(timeout=kafka.kafka_delivery_timeout_s)
@@ -313,7 +333,7 @@ def run_cameras(run: ProducerRun, *, kafka: KafkaSettings, dataset, count: int, 
     deadline = time.monotonic() + result_timeout_s
     with tqdm(total=count, initial=run.results, desc=f"{producer_id} results", unit="img",
               disable=not progress, mininterval=0.5) as wait_bar:
-        while run.results < count - run.send_errors and time.monotonic() < deadline:
+        while run.results < len(run.sent) - run.send_errors and time.monotonic() < deadline:
             time.sleep(0.1)
             wait_bar.update(run.results - wait_bar.n)
             write_progress(progress_file, run, count)

@@ -38,3 +38,43 @@ def test_progress_keeps_the_latest_times_in_arrival_order(tmp_path):
     assert len(p["e2e_ms"]) == PROGRESS_E2E_SAMPLES
     # the latest results, not the largest: image i took (i % 7) ms
     assert p["e2e_ms"] == [float(i % 7) for i in range(300, n)]
+
+
+def _folder(tmp_path, n: int):
+    import io
+
+    from PIL import Image
+
+    from common.dataset import load_folder
+    for i in range(n):
+        buf = io.BytesIO()
+        Image.new("RGB", (8, 8), (i * 40, 0, 0)).save(buf, format="PNG")
+        (tmp_path / "cat").mkdir(exist_ok=True)
+        (tmp_path / "cat" / f"{i}.png").write_bytes(buf.getvalue())
+    return load_folder(str(tmp_path))
+
+
+def test_a_folder_file_replaced_or_removed_after_loading_is_skipped(tmp_path, caplog):
+    from producer.camera import _messages
+
+    ds = _folder(tmp_path, 4)
+    ds.files[1].write_bytes(b"not an image any more")
+    ds.files[2].unlink()
+    out = list(_messages(ds, "p-folder", count=5, devices=2))
+    assert [m["seq"] for m, _img in out] == [0, 1, 2, 3, 4]  # count images still, seq unbroken
+    assert all(img.startswith(b"\x89PNG") for _m, img in out)
+    assert {m["label"] for m, _img in out} == {"cat"}
+    assert "skipping image" in caplog.text and "1.png" in caplog.text and "2.png" in caplog.text
+
+
+def test_a_folder_with_no_sendable_file_left_stops_the_run_clearly(tmp_path):
+    import pytest
+
+    from common.dataset import DatasetUnavailable
+    from producer.camera import _messages
+
+    ds = _folder(tmp_path, 2)
+    for f in ds.files:
+        f.unlink()
+    with pytest.raises(DatasetUnavailable, match="no image of .* can be sent any more"):
+        list(_messages(ds, "p-folder", count=3, devices=1))
