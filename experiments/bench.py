@@ -379,12 +379,13 @@ TARGETS = {
 
 
 def check_targets(result: dict, size: int) -> dict:
-    """figure -> {"target": ">= 0.8", "value": ..., "met": bool} for this input size's targets."""
+    """figure -> {"target": ">= 0.8", "bound": 0.8, "value": ..., "met": bool} for this input
+    size's targets."""
     out = {}
     for key, (op, bound) in TARGETS.get(size, TARGETS[32]).items():
         value = result.get(key)
         met = value is not None and (value >= bound if op == ">=" else value <= bound)
-        out[key] = {"target": f"{op} {bound:g}", "value": value, "met": bool(met)}
+        out[key] = {"target": f"{op} {bound:g}", "bound": bound, "value": value, "met": bool(met)}
     return out
 
 

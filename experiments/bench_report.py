@@ -102,7 +102,7 @@ def plot(result: dict, path: Path) -> None:
                           ("p99_50pct_over_batch1", "p99 target at 50 %", "--")):
         target = (result.get("targets") or {}).get(key)
         if target:
-            times = float(target["target"].split()[-1])
+            times = target["bound"]
             ax2.axhline(times * batch1_ms, color="#D55E00", linestyle=ls, linewidth=1,
                         label=f"{what}: {times:g}× batch-1 = {times * batch1_ms:.0f} ms")
     ax2.set(xlabel="offered images/s (25/50/75 % of max)", ylabel="end-to-end latency, ms",

@@ -11,7 +11,8 @@ def test_each_figure_is_checked_in_its_direction():
     assert {k: v["met"] for k, v in got.items()} == {
         "efficiency": True, "ratio_to_limit": False, "producer_core_ms_per_img": True,
         "p50_25pct_over_batch1": False, "p99_50pct_over_batch1": False, "ratio_to_baseline": True}
-    assert got["efficiency"]["target"] == ">= 0.8" and got["p99_50pct_over_batch1"]["value"] is None
+    assert got["efficiency"]["target"] == ">= 0.8" and got["efficiency"]["bound"] == 0.8
+    assert got["p99_50pct_over_batch1"]["value"] is None
 
 
 def test_the_large_input_has_its_own_ratio_to_limit():
