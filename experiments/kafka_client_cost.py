@@ -4,8 +4,9 @@
 
 Starts a local stack of its own (broker, MongoDB, consumers; no Prometheus) and, for each
 round, runs the same loop in a fresh process per client: encode a 32 px PNG, build the
-schema-2 record (common.schema), hand it to the client at ``--rate`` with the producers'
-settings (acks=all, linger, murmur2 keys), wait for every acknowledgement.  Prints the
+schema-2 record (common.schema), hand it to the client at ``--rate`` (kafka-python through
+common.kafka_io.make_producer, as the producers do; librdkafka with acks=all, the same
+linger and murmur2 keys), wait for every acknowledgement.  Prints the
 loop's CPU per image and the whole process's (start included), and the same loop with no
 client at all.  librdkafka is the optional ``confluent-kafka`` package: ``pip install
 confluent-kafka`` (skipped with a note when absent).  docs/PERFORMANCE.md quotes a run.
@@ -37,10 +38,11 @@ def _loop(client: str, bootstrap: str, topic: str, rate: float, count: int, ling
 
     acked = [0]
     if client == "kafka-python":
-        from kafka import KafkaProducer
+        from common.kafka_io import make_producer
+        from common.settings import KafkaSettings
 
-        producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=linger_ms,
-                                 max_in_flight_requests_per_connection=5)
+        # The producers' own client (common.kafka_io): the same acks, batch size and retries.
+        producer = make_producer(KafkaSettings(kafka_bootstrap_servers=bootstrap, kafka_linger_ms=linger_ms))
 
         def ok(_metadata):
             acked[0] += 1
