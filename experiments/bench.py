@@ -46,7 +46,7 @@ from common.settings import (
     settings_env,
 )
 from experiments.bench_report import LOAD_POINTS, plot, step_ms, table
-from experiments.capacity import load_average, ramp, run_step
+from experiments.capacity import PER_PRODUCER_MAX, load_average, ramp, run_step
 from experiments.experiment import host_facts, versions
 from experiments.model_limit import collect_limit, measure_limit, start_limit
 from stack.control import LocalStack
@@ -197,8 +197,9 @@ def parse_args(argv=None):
                    help="first offered rate of the pipeline ramp (default 40%% of the limit)")
     p.add_argument("--growth", type=float, default=1.35, help="rate factor between ramp steps")
     p.add_argument("--max-steps", type=int, help="most ramp steps per stack (default 8)")
-    p.add_argument("--per-producer", type=float, default=80.0,
-                   help="highest rate one producer process is asked for (more processes beyond)")
+    p.add_argument("--per-producer", type=float, default=PER_PRODUCER_MAX,
+                   help="highest rate one producer process is asked for (more processes beyond; "
+                        f"default {PER_PRODUCER_MAX:g})")
     p.add_argument("--only", choices=["pipeline", "baseline"], help="measure one stack only")
     p.add_argument("--sizes", type=int, nargs="+", default=None,
                    help="model input sizes, each a full run; the first is the top level of bench.json, the "

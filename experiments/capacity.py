@@ -34,6 +34,13 @@ log = logging.getLogger(__name__)
 PAST_KNEE = 1.15  # the sweep's highest load, in units of the measured capacity
 SATURATED_RATIO = 0.85  # the ramp stops when a step stores less than this of its offer
 MIN_GAIN = 0.05  # ... or when one more step of load buys less than this
+# The highest rate one producer process is asked for in a ramp (more processes beyond).
+# A load generator should cost as little as it can on the machine it measures: each
+# process pays its start and kafka-python's per-request wake-ups, so one process at
+# 300 img/s spent 0.84-0.90 core-ms per image where four at 75 spent 2.1-2.5 (the same
+# stack, interleaved; docs/PERFORMANCE.md, levers).  One Python producer keeps pace
+# well past the 32 px pipeline's capacity on 2 cores.
+PER_PRODUCER_MAX = 400.0
 
 
 def load_average() -> list[float]:
@@ -49,25 +56,42 @@ def _children_cpu() -> float:
     return ru.ru_utime + ru.ru_stime
 
 
-def stored_times(env: dict, producer_ids: list[str], expected: int, timeout_s: float) -> list[tuple]:
+def stored_times(env: dict, producer_ids: list[str], expected: int, timeout_s: float,
+                 stack: LocalStack | None = None) -> tuple[list[tuple], float]:
     """(sent_at, prediction_stored_at) of the documents of these producers that have a
-    prediction; waits until ``expected`` are there or ``timeout_s`` passes."""
+    prediction, waiting until ``expected`` are there or ``timeout_s`` passes; and the
+    MongoDB CPU seconds these queries cost (0.0 without ``stack``).
+
+    The queries are the benchmark's, not the pipeline's: with the embedded MongoDB one
+    find of a 4,500-image step costs ~0.3 s of its CPU, and a saturated step that
+    drains a backlog needs several.  Their cost is measured by repeating the last find
+    once the pipeline is idle, so that the step's CPU per image can leave it out."""
 
     mongo = MongoSettings(mongo_uri=env["MONGO_URI"])
     client = connect(mongo)
+    query = {"producer_id": {"$in": producer_ids}}
+    fields = {"_id": 0, "sent_at": 1, "prediction_stored_at": 1, "prediction": 1, "stored_at": 1}
     try:
         coll = images_collection(client, mongo)
         deadline = time.monotonic() + timeout_s
+        finds = 0
+        delay = 0.25
         while True:
-            docs = list(coll.find({"producer_id": {"$in": producer_ids}},
-                                  {"_id": 0, "sent_at": 1, "prediction_stored_at": 1, "prediction": 1,
-                                   "stored_at": 1}))
+            docs = list(coll.find(query, fields))
+            finds += 1
             done = [(d["sent_at"], max(d["prediction_stored_at"], d.get("stored_at") or 0))
                     for d in docs if d.get("prediction") and d.get("prediction_stored_at")
                     and d.get("stored_at")]
             if len(done) >= expected or time.monotonic() > deadline:
-                return done
-            time.sleep(0.5)
+                break
+            time.sleep(delay)
+            delay = min(2.0, delay * 1.5)
+        query_cpu = 0.0
+        if stack is not None:
+            before = stack.cpu_seconds().get("mongo", 0.0)
+            list(coll.find(query, fields))
+            query_cpu = (stack.cpu_seconds().get("mongo", 0.0) - before) * (finds + 1)  # this one too
+        return done, query_cpu
     finally:
         client.close()
 
@@ -90,14 +114,16 @@ def run_step(out: Path, env: dict, *, rate: float, duration: float, tag: str,
     rows = read_latencies(out / "latencies.csv") if (out / "latencies.csv").exists() else []
     ids = sorted({r.producer_id for r in rows})
     sent = len(rows)
-    done = stored_times(env, ids, sent, timeout_s=30.0) if sent else []
+    done, query_cpu = stored_times(env, ids, sent, timeout_s=30.0, stack=stack) if sent else ([], 0.0)
     cpu1 = stack.cpu_seconds() if stack else {}
     cpu = {k: cpu1[k] - cpu0.get(k, 0.0) for k in cpu1}
+    if "mongo" in cpu:  # the benchmark's own queries (stored_times) are not the pipeline's work
+        cpu["mongo"] = max(0.0, cpu["mongo"] - query_cpu)
     cpu["producers"] = _children_cpu() - children0
     step = {"offered_img_s": round(rate, 2), "producers": producers, "sent": sent,
             "results": sum(1 for r in rows if r.e2e_ms is not None),
             "stored_with_prediction": len(done), "exit_codes": codes, "wall_s": round(wall, 1),
-            "load_average_before": load_before}
+            "load_average_before": load_before, "query_cpu_s_left_out": round(query_cpu, 3)}
     if rows:
         first_sent = min(r.sent_at for r in rows)
         last_sent = max(r.sent_at for r in rows)

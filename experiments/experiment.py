@@ -32,7 +32,7 @@ from analysis.cli import main as analyse
 from common.log import setup_logging
 from common.settings import mask
 from analysis.stats import find_knee
-from experiments.capacity import PAST_KNEE, choose_rate, ramp
+from experiments.capacity import PAST_KNEE, PER_PRODUCER_MAX, choose_rate, ramp
 from experiments.runner import RunFailed, run_configuration
 from stack.control import down, read_env, stack_dir, supervisor_pid, up
 
@@ -84,7 +84,7 @@ def measure_rate(out: Path, env: dict, args, record: dict) -> float:
     log.info("measuring the pipeline's capacity: a ramp from %g img/s (x1.6 per %g s step) ...",
              args.ramp_start, args.ramp_step_s)
     capacity, steps = ramp(out / "capacity", env, start_rate=args.ramp_start, growth=1.6, max_steps=8,
-                           step_s=args.ramp_step_s, per_producer_max=80.0, tag=f"capacity-{out.name}")
+                           step_s=args.ramp_step_s, per_producer_max=PER_PRODUCER_MAX, tag=f"capacity-{out.name}")
     rate = choose_rate(capacity, args.producers)
     record["capacity"] = {
         "img_s": capacity, "past_knee": PAST_KNEE,
