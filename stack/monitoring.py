@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -23,12 +22,6 @@ RULES_DIR = ROOT / "monitoring" / "prometheus" / "rules"
 JOBS = ("inference", "inference-consumer", "db-consumer", "producer", "prometheus")
 # Metrics ports reserved for producers run against the local stack (one per concurrent producer).
 PRODUCER_PORTS = 8
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def prometheus_binary() -> str | None:

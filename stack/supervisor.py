@@ -24,7 +24,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -40,6 +39,7 @@ from common.kafka_io import ensure_topics
 from common.lifecycle import Backoff
 from common.settings import KafkaSettings, MongoSettings, mask, mask_uris
 from stack import monitoring
+from stack.ports import free_port, port_free
 
 log = logging.getLogger("stack")
 
@@ -60,24 +60,12 @@ def stack_dir() -> Path:
     return Path(os.environ.get("STACK_DIR", ROOT / ".run")).resolve()
 
 
-def port_free(port: int) -> bool:
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-            return True
-        except OSError:
-            return False
-
-
 def pick_port(name: str) -> int:
     """The conventional port if it is free (or STACK_<NAME>_PORT), else any free port."""
     wanted = int(os.environ.get(f"STACK_{name.upper()}_PORT", DEFAULT_PORTS[name]))
     if wanted and port_free(wanted):
         return wanted
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_port()
 
 
 def tansu_binary() -> Path:
@@ -197,7 +185,7 @@ class Supervisor:
         scrape = {"inference": [self.endpoints["INFERENCE_URL"].split("://", 1)[-1].rstrip("/")]}
         for name, module in (*consumers, ("db-consumer", "consumers.db")):
             marker = self.dir / "state" / f"{name}.joined"
-            metrics_port = monitoring.free_port()
+            metrics_port = free_port()
             self.endpoints[f"{name.upper().replace('-', '_')}_METRICS_PORT"] = str(metrics_port)
             scrape.setdefault("db-consumer" if name == "db-consumer" else "inference-consumer", []).append(
                 f"127.0.0.1:{metrics_port}")
@@ -208,7 +196,7 @@ class Supervisor:
         # make demo / make experiment / the bench, which give their i-th producer the i-th
         # (experiments.fleet): distinct ports, so one's series never continues the other's.
         # A target without a running producer is just down (no alert rule looks at it).
-        producer_ports = [monitoring.free_port() for _ in range(1 + monitoring.PRODUCER_PORTS)]
+        producer_ports = [free_port() for _ in range(1 + monitoring.PRODUCER_PORTS)]
         self.endpoints["PRODUCER_METRICS_PORT"] = str(producer_ports[0])
         self.endpoints["PRODUCER_METRICS_PORTS"] = ",".join(map(str, producer_ports[1:]))
         scrape["producer"] = [f"127.0.0.1:{port}" for port in producer_ports]
@@ -226,7 +214,7 @@ class Supervisor:
         if binary is None:
             log.info("prometheus not installed (or STACK_PROMETHEUS=0): the stack runs without it")
             return
-        port = int(os.environ.get("STACK_PROMETHEUS_PORT", "0")) or monitoring.free_port()
+        port = int(os.environ.get("STACK_PROMETHEUS_PORT", "0")) or free_port()
         url = f"http://127.0.0.1:{port}"
         scrape["prometheus"] = [f"127.0.0.1:{port}"]
         conf_dir = self.dir / "prometheus"
@@ -245,7 +233,7 @@ class Supervisor:
         STACK_DASHBOARD=0: it reads the stack's MongoDB and Prometheus."""
         if os.environ.get("STACK_DASHBOARD", "1").strip().lower() in ("0", "false", "no", "off"):
             return
-        port = int(os.environ.get("STACK_DASHBOARD_PORT", "0")) or monitoring.free_port()
+        port = int(os.environ.get("STACK_DASHBOARD_PORT", "0")) or free_port()
         url = f"http://127.0.0.1:{port}"
         self.endpoints["DASHBOARD_URL"] = url
         env = {"DASHBOARD_BIND": f"127.0.0.1:{port}"}

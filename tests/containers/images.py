@@ -19,7 +19,6 @@ import hashlib
 import logging
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -27,6 +26,7 @@ from pathlib import Path
 
 from tests.rehearsal import docker, wheelhouse
 from tests.rehearsal.image import MIRROR, SUITE, _run
+from stack.ports import port_free as _port_free, free_port as _free_port
 
 log = logging.getLogger("containers.images")
 
@@ -104,21 +104,6 @@ def ensure_wheelhouse() -> Path:
                 except OSError:
                     shutil.copy2(whl, target)
     return wheelhouse.download(REQUIREMENTS, dest=WHEELHOUSE)
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-            return True
-        except OSError:
-            return False
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextlib.contextmanager

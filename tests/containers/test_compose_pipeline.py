@@ -16,7 +16,6 @@ import csv
 import logging
 import os
 import shutil
-import socket
 import subprocess
 import uuid
 from pathlib import Path
@@ -27,6 +26,7 @@ from pymongo import MongoClient
 from tests.containers import images
 from tests.rehearsal import docker
 from tests.support import HANG_GUARD_S, ROOT, eventually
+from stack.ports import free_port as _free_port
 
 pytestmark = pytest.mark.containers
 log = logging.getLogger("containers.test")
@@ -43,12 +43,6 @@ def _unavailable(reason: str):
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(f"CI=true: the container test cannot run: {reason}")
     pytest.skip(reason)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ import requests
 from stack.control import LocalStack
 from stack.supervisor import child_pids
 from tests.support import HANG_GUARD_S, ROOT
+from stack.ports import free_port  # noqa: F401 - tests/faults/run.py imports it from here
 
 SAMPLE = ROOT.parent / "shared" / "data" / "cifar-10-python-sample.tar.gz"
 PY = sys.executable
@@ -29,12 +29,6 @@ PY = sys.executable
 
 def say(msg: str) -> None:
     print(f"[faults {time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 children = child_pids  # Gunicorn's workers

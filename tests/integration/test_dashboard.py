@@ -121,7 +121,7 @@ def test_the_dashboard_shows_the_run(local_stack, browser, tmp_path):
 def test_the_dashboard_wants_its_token_when_it_has_one(local_stack, tmp_path):
     """DASHBOARD_TOKEN set: the API answers 401 without it, 200 with the bearer or the
     cookie that /?token= sets; a non-loopback bind without a token refuses to start."""
-    from stack.monitoring import free_port
+    from stack.ports import free_port
 
     env = {**local_stack["env"], "DASHBOARD_TOKEN": "s3cret-dash"}
     refused = subprocess.run([sys.executable, "-m", "dashboard", "--bind", "0.0.0.0:1"], cwd=ROOT,

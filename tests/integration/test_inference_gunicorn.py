@@ -23,15 +23,10 @@ from common.labels import CIFAR10_CLASSES
 from stack.supervisor import child_pids
 from common.schema import encode_png
 from tests.support import eventually
+from stack.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.integration
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 children = child_pids

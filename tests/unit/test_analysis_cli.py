@@ -16,6 +16,7 @@ import pytest
 from analysis.cli import main
 from common.rundir import write_latencies
 from analysis.runs import load_mongo_run, load_run
+from stack.ports import free_port as _free_port
 
 REPO = Path(__file__).resolve().parents[2]
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
@@ -266,12 +267,6 @@ def test_untrained_flag_from_summary(tmp_path):
 
 
 # ------------------------------------------------------------------ MongoDB
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.fixture
 def mongo_uri(tmp_path):

@@ -54,7 +54,7 @@ def test_latency_buckets_resolve_percentiles_between_10_ms_and_10_s():
 
 def test_serve_answers_metrics_and_holds_for_a_last_scrape():
     from common.metrics import ScrapeWatch  # noqa: F401 - the endpoint counts scrapes through it
-    from stack.monitoring import free_port
+    from stack.ports import free_port
 
     counter = metric("counter", "iot_test_things_total", "things")
     counter.inc(3)
