@@ -272,3 +272,41 @@ def test_rehearsal_smoke(tmp_path):
                            "smoke", "--timings", str(tmp_path / "timings.json")], cwd=harness.ROOT,
                           capture_output=True, text=True, timeout=3600)
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-6000:]
+
+
+@pytest.mark.skipif(not ANSIBLE_PLAYBOOK.exists(), reason="ansible-playbook not installed next to this Python")
+def test_teardown_releases_the_floating_ip_a_lease_end_left(cloud):
+    """When a lease ends, Blazar deletes its servers and the jump host's floating IP stays
+    allocated, with no server to delete it through: playbooks/teardown.yaml releases it by
+    the id provisioning recorded, and is still fine when it is already gone."""
+    fake = harness.load_fake_cloud()
+    deploy_dir = cloud["dir"] / "deploy" / "iot-pipeline"
+    deploy_dir.mkdir(parents=True)
+    st = state(cloud)
+    fip = {"id": fake.new_id(), "floating_ip_address": "172.30.0.50", "fixed_ip_address": None, "port_id": None,
+           "status": "DOWN", "_server_id": None}
+    other = {"id": fake.new_id(), "floating_ip_address": "172.30.0.51", "fixed_ip_address": None, "port_id": None,
+             "status": "DOWN", "_server_id": None}
+    st["floating_ips"] = {fip["id"]: fip, other["id"]: other}  # another project member's address
+    cloud["state"].write_text(json.dumps(st))
+    record = deploy_dir / "floating_ip.json"
+
+    def teardown():
+        record.write_text(json.dumps({"id": fip["id"], "address": fip["floating_ip_address"]}))
+        env = {**cloud["env"], "ANSIBLE_INVENTORY": f"{harness.ROOT / 'inventory'},{cloud['dir'] / 'hosts.yml'}"}
+        proc = subprocess.run(
+            [str(ANSIBLE_PLAYBOOK), "playbooks/teardown.yaml", "-e", "provision_cloud=rehearsal",
+             "-e", f"provision_openstack_cli={BIN}", "-e", f"iot_deploy_dir={deploy_dir}",
+             "-e", "provision_reservation=none"],
+            cwd=harness.ROOT, env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+        return state(cloud)
+
+    after = teardown()
+    assert list(after["floating_ips"]) == [other["id"]]  # ours released, nothing else touched
+    assert not record.exists()
+    again = teardown()  # the address is gone already (deleted with its server, or by hand)
+    assert list(again["floating_ips"]) == [other["id"]]
+    deletes = [c for c in again["calls"] if c["name"] == "floating ip delete"]
+    assert [c["rc"] for c in deletes] == [0, 1]
+    assert "No FloatingIP found for " + fip["id"] in deletes[1]["error"]
