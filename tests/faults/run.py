@@ -46,8 +46,9 @@ sys.path.insert(0, str(ROOT))
 
 from analysis.summary import close_run  # noqa: E402
 from experiments.fleet import producer_log_tail, run_fleet  # noqa: E402
+from stack.ports import free_port  # noqa: E402
 from tests.faults.scenarios import (FAULTS, HANG_GUARD_S, PY, Stack, check_documents,  # noqa: E402
-                                    count_result_messages, free_port, http_ready, longest_stall,
+                                    count_result_messages, http_ready, longest_stall,
                                     read_csv, say, wait_for)
 
 # ------------------------------------------------------------------ running

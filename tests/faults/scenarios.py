@@ -21,7 +21,6 @@ import requests
 from stack.control import LocalStack
 from stack.supervisor import child_pids
 from tests.support import HANG_GUARD_S, ROOT
-from stack.ports import free_port  # noqa: F401 - tests/faults/run.py imports it from here
 
 SAMPLE = ROOT.parent / "shared" / "data" / "cifar-10-python-sample.tar.gz"
 PY = sys.executable
