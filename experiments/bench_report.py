@@ -76,8 +76,9 @@ def plot(result: dict, path: Path) -> None:
     lim = result["limit"]
     for i, name in enumerate(("pipeline", "baseline")):
         rec = result[name]
-        xs = [s["offered_img_s"] for s in rec["ramp"]]
-        ys = [s["throughput_img_s"] or 0 for s in rec["ramp"]]
+        # By offered rate: the ramp's refinement steps come after the step that saturated.
+        points = sorted((s["offered_img_s"], s["throughput_img_s"] or 0) for s in rec["ramp"])
+        xs, ys = [x for x, _ in points], [y for _, y in points]
         ax1.plot(xs, ys, "o-", color=PALETTE[i], label=f"{name} (max {rec['max_img_s']:.0f} img/s)")
         for key, style in (("p50", "s:"), ("p99", "o-")):
             vals = [(rec["latency"][f"{p}pct"]["offered_img_s"], step_ms(rec["latency"][f"{p}pct"], key))

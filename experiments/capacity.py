@@ -4,8 +4,9 @@ experiment chosen from it (``make experiment``, the Ansible experiment stage, ``
 * ``run_step``: offer a rate for a while (as many producers as that rate needs), then
   measure what was stored with its prediction, the latency and the CPU per image.
 * ``ramp``: growing offered rates until the stored rate falls well behind the offered one
-  (a backlog grew) or one more step buys less than 5 %: the best stored rate is the
-  capacity.
+  (a backlog grew) or one more step buys less than 5 %, then two steps that bisect the
+  last factor (between the highest offer kept up with and the lowest that was not): the
+  best stored rate is the capacity.
 * ``choose_rate``: the per-producer rate of a 1..N sweep, so that N producers offer
   ``PAST_KNEE`` times the capacity (just past the knee) and one producer offers
   ``PAST_KNEE / N`` of it (light load).
@@ -22,7 +23,7 @@ import resource
 import time
 from pathlib import Path
 
-from analysis.stats import latency_summary
+from analysis.stats import KNEE_RATIO, latency_summary
 from common.mongo_io import connect, images_collection
 from common.rundir import read_latencies
 from common.settings import MongoSettings
@@ -34,6 +35,7 @@ log = logging.getLogger(__name__)
 PAST_KNEE = 1.15  # the sweep's highest load, in units of the measured capacity
 SATURATED_RATIO = 0.85  # the ramp stops when a step stores less than this of its offer
 MIN_GAIN = 0.05  # ... or when one more step of load buys less than this
+REFINE_STEPS = 2  # then steps between the last offer kept up with and the first that was not
 # The highest rate one producer process is asked for in a ramp (more processes beyond).
 # A load generator should cost as little as it can on the machine it measures: each
 # process pays its start and kafka-python's per-request wake-ups, so one process at
@@ -147,15 +149,25 @@ def run_step(out: Path, env: dict, *, rate: float, duration: float, tag: str,
 
 
 def ramp(out: Path, env: dict, *, start_rate: float, growth: float, max_steps: int, step_s: float,
-         per_producer_max: float, tag: str, stack=None) -> tuple[float, list[dict]]:
-    """``run_step`` at ``start_rate``, ``start_rate * growth``, ... until saturated; returns
-    (the best stored rate in images/s, the steps)."""
+         per_producer_max: float, tag: str, stack=None, refine_steps: int = REFINE_STEPS) -> tuple[float, list[dict]]:
+    """``run_step`` at ``start_rate``, ``start_rate * growth``, ... until saturated, then up to
+    ``refine_steps`` steps between the highest offer that was kept up with and the lowest
+    that was not (each at their geometric mean); returns (the best stored rate in
+    images/s, the steps in the order run).
+
+    The refinement narrows the capacity from one ``growth`` factor (1.35-1.6) to a few
+    per cent: with the growth alone the best step could sit up to a whole factor below
+    the load the pipeline still keeps up with."""
     rate, best, steps = start_rate, 0.0, []
-    for i in range(max_steps):
-        step = run_step(out / f"ramp-{i + 1:02d}", env, rate=rate, duration=step_s,
-                        tag=f"{tag}-r{i + 1}", per_producer_max=per_producer_max, stack=stack)
+
+    def step_at(rate: float, label: str) -> float:
+        step = run_step(out / f"ramp-{len(steps) + 1:02d}", env, rate=rate, duration=step_s,
+                        tag=f"{tag}-{label}", per_producer_max=per_producer_max, stack=stack)
         steps.append(step)
-        got = step["throughput_img_s"] or 0.0
+        return step["throughput_img_s"] or 0.0
+
+    for i in range(max_steps):
+        got = step_at(rate, f"r{i + 1}")
         gain = (got - best) / best if best else float("inf")
         best = max(best, got)
         # Saturated: the stored rate falls well behind the offered one (a backlog
@@ -163,6 +175,19 @@ def ramp(out: Path, env: dict, *, start_rate: float, growth: float, max_steps: i
         if got < SATURATED_RATIO * rate or gain < MIN_GAIN:
             break
         rate = rate * growth
+    kept = [s["offered_img_s"] for s in steps if (s["throughput_img_s"] or 0) >= KNEE_RATIO * s["offered_img_s"]]
+    missed = [s["offered_img_s"] for s in steps if (s["throughput_img_s"] or 0) < KNEE_RATIO * s["offered_img_s"]]
+    low, high = max(kept, default=None), min(missed, default=None)
+    for j in range(refine_steps if low is not None and high is not None and low < high else 0):
+        rate = math.sqrt(low * high)
+        if rate < low * (1 + MIN_GAIN):
+            break  # narrower than the noise of one step
+        got = step_at(rate, f"refine{j + 1}")
+        best = max(best, got)
+        if got >= KNEE_RATIO * rate:
+            low = rate
+        else:
+            high = rate
     return best, steps
 
 

@@ -81,7 +81,8 @@ def model_info(env: dict) -> dict | None:
 
 def measure_rate(out: Path, env: dict, args, record: dict) -> float:
     """A short ramp to the pipeline's capacity, then the per-producer rate of the sweep."""
-    log.info("measuring the pipeline's capacity: a ramp from %g img/s (x1.6 per %g s step) ...",
+    log.info("measuring the pipeline's capacity: a ramp from %g img/s (x1.6 per %g s step, then two steps "
+             "that bisect the last factor) ...",
              args.ramp_start, args.ramp_step_s)
     capacity, steps = ramp(out / "capacity", env, start_rate=args.ramp_start, growth=1.6, max_steps=8,
                            step_s=args.ramp_step_s, per_producer_max=PER_PRODUCER_MAX, tag=f"capacity-{out.name}")
