@@ -126,8 +126,9 @@ class InferenceClientSettings(BaseSettings):
     # Micro-batching (docs/PERFORMANCE.md): up to PREDICT_BATCH_IMAGES images per request, the
     # model's sweet spot (ResNet50 on CPU: images/s flat from 32 to 64, the most
     # images per HTTP/JSON/commit round).  PREDICT_BATCH_WAIT_MS is how long to wait for more
-    # after the first: short, because batches grow by themselves under load (images
-    # pile up while the model runs the previous batch); 50 ms doubled p99 at half load.
+    # after the first, counted from when the first was produced (its record's CreateTime,
+    # consumers.batching.gather): short, because batches grow by themselves under load
+    # (images pile up while the model runs the previous batch); 50 ms doubled p99 at half load.
     predict_batch_images: int = Field(64, ge=1)
     predict_batch_wait_ms: int = Field(10, ge=0)
     retry_initial_s: float = 0.5

@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import logging
 import time
+from time import time as wall_time  # the producers' clock (unit tests replace ``time``)
 
 log = logging.getLogger(__name__)
 
 
 def gather(consumer, max_records: int, wait_ms: int, idle_timeout_ms: int = 500) -> list:
-    """Up to ``max_records`` records: wait for the first, then at most ``wait_ms`` more."""
+    """Up to ``max_records`` records: wait for the first, then at most ``wait_ms`` more.
+
+    ``wait_ms`` counts from when the oldest record was produced (its CreateTime), not from
+    when this poll got it: records that already waited while the previous batch was
+    processed are not held for another ``wait_ms``.  Never longer than ``wait_ms`` from
+    the first poll that returned records (a producer's clock ahead of ours, or records
+    without a timestamp)."""
     records: list = []
     deadline = None
     while len(records) < max_records:
@@ -25,8 +32,15 @@ def gather(consumer, max_records: int, wait_ms: int, idle_timeout_ms: int = 500)
         if not records:
             return records
         if deadline is None:
-            deadline = time.monotonic() + wait_ms / 1000
+            deadline = time.monotonic() + max(0.0, wait_ms / 1000 - waited_s(records))
     return records
+
+
+def waited_s(records) -> float:
+    """How long the oldest of ``records`` has existed, by its producer's timestamp
+    (CreateTime, ms since the epoch); 0 when none has one."""
+    stamps = [r.timestamp for r in records if r.timestamp and r.timestamp > 0 and r.timestamp_type == 0]
+    return max(0.0, wall_time() - min(stamps) / 1000) if stamps else 0.0
 
 
 def idle_wait(consumer, seconds: float, stop) -> None:

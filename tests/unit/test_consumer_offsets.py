@@ -89,6 +89,7 @@ class FakeConsumer:
         self.calls: list = []   # (name, detail) in order; the fakes of other dependencies append too
         self.commit_error: Exception | None = None
         self.closed = False
+        self.created_ms: dict = {}  # (partition, offset) -> the record's CreateTime (ms); 0 when absent
 
     # -- the KafkaConsumer API
     def poll(self, timeout_ms=0, max_records=None, update_offsets=True):
@@ -102,7 +103,8 @@ class FakeConsumer:
             pos = self._position[tp]
             n = min(self.visible.get(tp, 0) - pos, limit - taken)
             if n > 0:
-                out[tp] = [ConsumerRecord(tp.topic, tp.partition, -1, o, 0, 0, None, self.logs[tp][o],
+                out[tp] = [ConsumerRecord(tp.topic, tp.partition, -1, o, self.created_ms.get((tp, o), 0), 0, None,
+                                          self.logs[tp][o],
                                           [], None, -1, len(self.logs[tp][o]), -1)
                            for o in range(pos, pos + n)]
                 self._position[tp] = pos + n
@@ -240,6 +242,27 @@ def test_gather_waits_at_most_wait_ms_after_the_first_record(clock):
     assert [p["timeout_ms"] for p in c.polls] == [500, 250, 125]
     assert clock.ms == 64_375
     assert c.position(P0) == 2
+
+
+def test_gather_counts_wait_ms_from_when_the_oldest_record_was_produced(clock, monkeypatch):
+    monkeypatch.setattr(batching, "wall_time", lambda: 1_000.0)
+    c = FakeConsumer(clock, {P0: values(5)})
+    c.visible[P0] = 2
+    c.created_ms = {(P0, 0): 999_875, (P0, 1): 999_950, (P0, 3): 999_000, (P0, 4): 1_005_000}
+
+    def timeouts(max_records=8):
+        before = len(c.polls)
+        batch = batching.gather(c, max_records=max_records, wait_ms=250, idle_timeout_ms=500)
+        return keys(batch), [p["timeout_ms"] for p in c.polls[before:]]
+
+    # The oldest was produced 125 ms ago: 125 ms more, not 250.
+    assert timeouts() == (span(P0, 0, 2), [500, 125])
+    c.arrive(P0)  # no timestamp: the whole wait_ms
+    assert timeouts() == (span(P0, 2, 3), [500, 250])
+    c.arrive(P0)  # a second old: its batch goes at once
+    assert timeouts() == (span(P0, 3, 4), [500])
+    c.arrive(P0)  # a producer clock ahead of ours never lengthens the wait
+    assert timeouts() == (span(P0, 4, 5), [500, 250])
 
 
 def test_gather_with_zero_wait_returns_what_the_first_poll_brought(clock):
