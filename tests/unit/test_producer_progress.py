@@ -78,3 +78,23 @@ def test_a_folder_with_no_sendable_file_left_stops_the_run_clearly(tmp_path):
         f.unlink()
     with pytest.raises(DatasetUnavailable, match="no image of .* can be sent any more"):
         list(_messages(ds, "p-folder", count=3, devices=1))
+
+
+def test_ahead_of_schedule_the_producer_flushes_for_at_most_the_sleep_and_survives_a_silent_broker():
+    from kafka.errors import KafkaTimeoutError
+
+    from producer.camera import flush_before_sleep
+
+    class Producer:
+        def __init__(self, answers: bool):
+            self.answers, self.timeouts = answers, []
+
+        def flush(self, timeout=None):
+            self.timeouts.append(timeout)
+            if not self.answers:
+                raise KafkaTimeoutError("Timeout waiting for future")
+
+    quick, silent = Producer(True), Producer(False)
+    flush_before_sleep(quick, 0.04)
+    flush_before_sleep(silent, 0.05)  # the records stay queued; the run goes on
+    assert quick.timeouts == [0.04] and silent.timeouts == [0.05]
