@@ -155,9 +155,10 @@ def ramp(out: Path, env: dict, *, start_rate: float, growth: float, max_steps: i
     that was not (each at their geometric mean); returns (the best stored rate in
     images/s, the steps in the order run).
 
-    The refinement narrows the capacity from one ``growth`` factor (1.35-1.6) to a few
-    per cent: with the growth alone the best step could sit up to a whole factor below
-    the load the pipeline still keeps up with."""
+    The refinement narrows the knee (the highest load still kept up with) from one
+    ``growth`` factor (1.35-1.6) to a few per cent, and a step there may store more than
+    the overloaded step did (a backlog costs).  The capacity is the best stored rate over
+    all the steps, overloaded ones included."""
     rate, best, steps = start_rate, 0.0, []
 
     def step_at(rate: float, label: str) -> float:
