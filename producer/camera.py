@@ -243,7 +243,7 @@ def flush_before_sleep(producer, delay_s: float) -> None:
     the send callbacks still govern them)."""
     try:
         producer.flush(timeout=delay_s)
-    except KafkaTimeoutError:
+    except KafkaError:  # KafkaTimeoutError: not acknowledged yet; a failed send has its errback
         pass
 
 
