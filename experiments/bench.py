@@ -120,9 +120,12 @@ def measure_on(stack: LocalStack, out: Path, *, start_rate: float, growth: float
         run_step(out / "warmup", stack.env, rate=max(5.0, start_rate / 2),
                  duration=warmup / max(5.0, start_rate / 2), tag=f"{name}-warmup",
                  per_producer_max=per_producer_max, stack=stack)
-    best, record["ramp"] = ramp(out, stack.env, start_rate=start_rate, growth=growth, max_steps=max_steps,
-                                step_s=step_s, per_producer_max=per_producer_max, tag=name, stack=stack)
+    best, record["ramp"], knee_between = ramp(out, stack.env, start_rate=start_rate, growth=growth,
+                                              max_steps=max_steps, step_s=step_s,
+                                              per_producer_max=per_producer_max, tag=name, stack=stack)
     record["max_img_s"] = best
+    # highest offer kept up with (95 % stored), lowest not: img/s, or None
+    record["knee_between_img_s"] = list(knee_between) if knee_between else None
     # The ramp's peak load is where memory peaks.  Then a fresh stack for the latency
     # points: the embedded broker keeps every message in memory and gets slower as the
     # ramp's overload steps fill it (its CPU per image grew 4x on this machine), which

@@ -5,8 +5,8 @@ experiment chosen from it (``make experiment``, the Ansible experiment stage, ``
   measure what was stored with its prediction, the latency and the CPU per image.
 * ``ramp``: growing offered rates until the stored rate falls well behind the offered one
   (a backlog grew) or one more step buys less than 5 %, then two steps that bisect the
-  last factor (between the highest offer kept up with and the lowest that was not): the
-  best stored rate is the capacity.
+  range between the highest offer kept up with and the lowest that was not (where the
+  knee lies): the best stored rate is the capacity.
 * ``choose_rate``: the per-producer rate of a 1..N sweep, so that N producers offer
   ``PAST_KNEE`` times the capacity (just past the knee) and one producer offers
   ``PAST_KNEE / N`` of it (light load).
@@ -22,6 +22,7 @@ import os
 import resource
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 from analysis.stats import KNEE_RATIO, latency_summary
 from common.mongo_io import connect, images_collection
@@ -35,7 +36,7 @@ log = logging.getLogger(__name__)
 PAST_KNEE = 1.15  # the sweep's highest load, in units of the measured capacity
 SATURATED_RATIO = 0.85  # the ramp stops when a step stores less than this of its offer
 MIN_GAIN = 0.05  # ... or when one more step of load buys less than this
-REFINE_STEPS = 2  # then steps between the last offer kept up with and the first that was not
+REFINE_STEPS = 2  # then steps between the highest offer kept up with and the lowest that was not
 # The highest rate one producer process is asked for in a ramp (more processes beyond).
 # A load generator should cost as little as it can on the machine it measures: each
 # process pays its start and kafka-python's per-request wake-ups, so one process at
@@ -148,12 +149,17 @@ def run_step(out: Path, env: dict, *, rate: float, duration: float, tag: str,
     return step
 
 
+class Ramp(NamedTuple):
+    best: float  # the best stored rate of any step, images/s: the capacity
+    steps: list  # run_step's records, in the order run
+    knee_between: tuple | None  # (highest offer kept up with, lowest not), images/s; None: not bracketed
+
+
 def ramp(out: Path, env: dict, *, start_rate: float, growth: float, max_steps: int, step_s: float,
-         per_producer_max: float, tag: str, stack=None, refine_steps: int = REFINE_STEPS) -> tuple[float, list[dict]]:
+         per_producer_max: float, tag: str, stack=None, refine_steps: int = REFINE_STEPS) -> Ramp:
     """``run_step`` at ``start_rate``, ``start_rate * growth``, ... until saturated, then up to
-    ``refine_steps`` steps between the highest offer that was kept up with and the lowest
-    that was not (each at their geometric mean); returns (the best stored rate in
-    images/s, the steps in the order run).
+    ``refine_steps`` steps between the highest offer that was kept up with (``KNEE_RATIO``
+    of it stored) and the lowest that was not, each at their geometric mean.
 
     The refinement narrows the knee (the highest load still kept up with) from one
     ``growth`` factor (1.35-1.6) to a few per cent, and a step there may store more than
@@ -189,7 +195,8 @@ def ramp(out: Path, env: dict, *, start_rate: float, growth: float, max_steps: i
             low = rate
         else:
             high = rate
-    return best, steps
+    knee = (round(low, 2), round(high, 2)) if low is not None and high is not None and low < high else None
+    return Ramp(best, steps, knee)
 
 
 def choose_rate(capacity_img_s: float, producers: list[int], past_knee: float = PAST_KNEE) -> float:

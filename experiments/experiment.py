@@ -82,13 +82,15 @@ def model_info(env: dict) -> dict | None:
 def measure_rate(out: Path, env: dict, args, record: dict) -> float:
     """A short ramp to the pipeline's capacity, then the per-producer rate of the sweep."""
     log.info("measuring the pipeline's capacity: a ramp from %g img/s (x1.6 per %g s step, then two steps "
-             "that bisect the last factor) ...",
+             "between the highest load kept up with and the lowest not) ...",
              args.ramp_start, args.ramp_step_s)
-    capacity, steps = ramp(out / "capacity", env, start_rate=args.ramp_start, growth=1.6, max_steps=8,
+    capacity, steps, knee_between = ramp(out / "capacity", env, start_rate=args.ramp_start, growth=1.6, max_steps=8,
                            step_s=args.ramp_step_s, per_producer_max=PER_PRODUCER_MAX, tag=f"capacity-{out.name}")
     rate = choose_rate(capacity, args.producers)
     record["capacity"] = {
         "img_s": capacity, "past_knee": PAST_KNEE,
+        # the ramp's own bracket of the knee: highest offer kept up with, lowest not (img/s)
+        "knee_between_img_s": list(knee_between) if knee_between else None,
         "rule": f"rate per producer = {PAST_KNEE:g} x capacity / {max(args.producers)} producers",
         "ramp": [{k: s.get(k) for k in ("offered_img_s", "producers", "sent", "stored_with_prediction",
                                          "throughput_img_s", "e2e_ms", "complete")} for s in steps]}

@@ -234,17 +234,21 @@ def encode_record(msg: dict, image: bytes, schema: int) -> tuple[bytes, list | N
     return image_record(msg, image)
 
 
-def flush_before_sleep(producer, delay_s: float) -> None:
+def flush_before_sleep(producer, delay_s: float) -> bool:
     """Send the records handed over so far now instead of after their batch's linger, when
     the loop is about to sleep ``delay_s`` anyway (ahead of schedule): at light load the
     linger would add its whole length to every image's time (all of a window's images are
-    handed over together) and batch nothing more.  Waits at most ``delay_s`` for the acks; a
-    broker that does not answer by then keeps the records queued (the delivery timeout and
-    the send callbacks still govern them)."""
+    handed over together) and batch nothing more.  True when every record was acknowledged.
+
+    kafka-python applies the timeout to each unacknowledged batch in turn, so a broker
+    that does not answer can hold this for several ``delay_s``: after a False the caller
+    does not flush again until an acknowledgement arrives.  Records not acknowledged stay
+    queued (the delivery timeout and the send callbacks still govern them)."""
     try:
         producer.flush(timeout=delay_s)
+        return True
     except KafkaError:  # KafkaTimeoutError: not acknowledged yet; a failed send has its errback
-        pass
+        return False
 
 
 def _connect(kafka: KafkaSettings, deadline: float):
@@ -303,12 +307,14 @@ def run_cameras(run: ProducerRun, *, kafka: KafkaSettings, dataset, count: int, 
     # Ahead of schedule, the window's records are flushed before the sleep (below), so
     # they do not also wait out the linger; behind it, the linger batches them as before.
     window_s = kafka.kafka_linger_ms / 1000
+    flush_after_acks = 0  # flush before a sleep once this many images are acknowledged
     try:
         for seq, (msg, image) in enumerate(_messages(dataset, producer_id, count, devices, image_schema)):
             delay = start + seq / rate - time.time()
             if delay > window_s:
-                if producer is not None:
-                    flush_before_sleep(producer, delay)
+                if producer is not None and run.acked >= flush_after_acks:
+                    if not flush_before_sleep(producer, delay):
+                        flush_after_acks = run.acked + 1  # the broker is slow or away: wait for an ack
                     delay = start + seq / rate - time.time()
                 if delay > 0:
                     time.sleep(delay)

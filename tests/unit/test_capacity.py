@@ -49,19 +49,21 @@ def ramp(tmp_path, **kw):
     return run_ramp(tmp_path, {}, **{**args, **kw})
 
 
-def test_the_ramp_bisects_the_last_factor_and_finds_the_capacity_within_a_few_per_cent(monkeypatch, tmp_path):
+def test_the_ramp_bisects_where_the_knee_lies_and_finds_the_capacity_closer(monkeypatch, tmp_path):
     offered = fake_pipeline(monkeypatch, capacity=380.0)
-    best, steps = ramp(tmp_path)
+    best, steps, knee = ramp(tmp_path)
     # 100, 160, 256 kept up with; 409.6 stored 342 (< 0.85 x 409.6: saturated); then
     # sqrt(256 x 409.6) = 323.8 and sqrt(323.8 x 409.6) = 364.2, both kept up with.
     assert [round(r, 1) for r in offered] == [100.0, 160.0, 256.0, 409.6, 323.8, 364.2]
     assert best == pytest.approx(364.2, abs=0.1) and len(steps) == 6
-    growth_only, _ = ramp(tmp_path, refine_steps=0)
+    assert knee == (364.19, 409.6)  # the knee (380) is bracketed within 12 %
+    growth_only, _, knee = ramp(tmp_path, refine_steps=0)
+    assert knee == (256.0, 409.6)
     assert growth_only == pytest.approx(342.0)
     assert abs(best - 380) < abs(growth_only - 380) / 2  # the capacity found is far closer
 
 
 def test_the_ramp_does_not_refine_when_no_step_fell_behind(monkeypatch, tmp_path):
     offered = fake_pipeline(monkeypatch, capacity=10_000.0)
-    best, steps = ramp(tmp_path, max_steps=3)
-    assert offered == [100.0, 160.0, 256.0] and best == 256.0
+    best, steps, knee = ramp(tmp_path, max_steps=3)
+    assert offered == [100.0, 160.0, 256.0] and best == 256.0 and knee is None

@@ -80,21 +80,23 @@ def test_a_folder_with_no_sendable_file_left_stops_the_run_clearly(tmp_path):
         list(_messages(ds, "p-folder", count=3, devices=1))
 
 
-def test_ahead_of_schedule_the_producer_flushes_for_at_most_the_sleep_and_survives_a_silent_broker():
-    from kafka.errors import KafkaTimeoutError
+def test_ahead_of_schedule_the_producer_flushes_and_says_whether_the_broker_acknowledged():
+    from kafka.errors import KafkaTimeoutError, UnknownError
 
     from producer.camera import flush_before_sleep
 
     class Producer:
-        def __init__(self, answers: bool):
-            self.answers, self.timeouts = answers, []
+        def __init__(self, error=None):
+            self.error, self.timeouts = error, []
 
         def flush(self, timeout=None):
             self.timeouts.append(timeout)
-            if not self.answers:
-                raise KafkaTimeoutError("Timeout waiting for future")
+            if self.error is not None:
+                raise self.error
 
-    quick, silent = Producer(True), Producer(False)
-    flush_before_sleep(quick, 0.04)
-    flush_before_sleep(silent, 0.05)  # the records stay queued; the run goes on
+    quick, silent, odd = Producer(), Producer(KafkaTimeoutError("Timeout waiting for future")), \
+        Producer(UnknownError("Future not done"))
+    assert flush_before_sleep(quick, 0.04) is True
+    assert flush_before_sleep(silent, 0.05) is False  # the records stay queued; the run goes on
+    assert flush_before_sleep(odd, 0.05) is False
     assert quick.timeouts == [0.04] and silent.timeouts == [0.05]
