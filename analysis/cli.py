@@ -150,8 +150,9 @@ def analyse(runs: list[Run], out: Path, *, log_x: bool = False, title: str | Non
                "throughput": row["throughput_img_s"],
                "p50": row["p50_ms"], "p95": row["p95_ms"], "p99": row["p99_ms"],
                # written by python -m experiments.experiment (the offered load, the capacity
-               # its ramp measured); absent in other runs
+               # its ramp measured and the knee it bracketed); absent in other runs
                "offered": run.summary.get("offered_img_s"), "capacity": run.summary.get("capacity_img_s"),
+               "knee_between": run.summary.get("ramp_knee_between_img_s"),
                "result_rate": run.summary.get("result_rate_img_s")}
               for run, row in zip(runs, rows)]
     if by_producers and len({p["x"] for p in points}) < len(points):

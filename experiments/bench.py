@@ -125,7 +125,7 @@ def measure_on(stack: LocalStack, out: Path, *, start_rate: float, growth: float
                                               per_producer_max=per_producer_max, tag=name, stack=stack)
     record["max_img_s"] = best
     # highest offer kept up with (95 % stored), lowest not: img/s, or None
-    record["knee_between_img_s"] = list(knee_between) if knee_between else None
+    record["knee_between_img_s"] = knee_between
     # The ramp's peak load is where memory peaks.  Then a fresh stack for the latency
     # points: the embedded broker keeps every message in memory and gets slower as the
     # ramp's overload steps fill it (its CPU per image grew 4x on this machine), which

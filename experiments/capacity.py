@@ -7,8 +7,10 @@ experiment chosen from it (``make experiment``, the Ansible experiment stage, ``
   (a backlog grew) or one more step buys less than 5 %, then two steps that bisect the
   range between the highest offer kept up with and the lowest that was not (where the
   knee lies): the best stored rate is the capacity.
+* ``sweep_basis``: the load the sweep is sized from: the knee the ramp bracketed (the
+  geometric mean of the bracket), else the capacity.
 * ``choose_rate``: the per-producer rate of a 1..N sweep, so that N producers offer
-  ``PAST_KNEE`` times the capacity (just past the knee) and one producer offers
+  ``PAST_KNEE`` times that load (just past the knee) and one producer offers
   ``PAST_KNEE / N`` of it (light load).
 * ``find_knee`` (analysis.stats): the first configuration whose stored rate falls below
   ``KNEE_RATIO`` (95 %) of its offered rate.
@@ -33,7 +35,7 @@ from stack.control import LocalStack
 
 log = logging.getLogger(__name__)
 
-PAST_KNEE = 1.15  # the sweep's highest load, in units of the measured capacity
+PAST_KNEE = 1.15  # the sweep's highest load, in units of the knee's load (sweep_basis)
 SATURATED_RATIO = 0.85  # the ramp stops when a step stores less than this of its offer
 MIN_GAIN = 0.05  # ... or when one more step of load buys less than this
 REFINE_STEPS = 2  # then steps between the highest offer kept up with and the lowest that was not
@@ -199,8 +201,25 @@ def ramp(out: Path, env: dict, *, start_rate: float, growth: float, max_steps: i
     return Ramp(best, steps, knee)
 
 
-def choose_rate(capacity_img_s: float, producers: list[int], past_knee: float = PAST_KNEE) -> float:
-    """Images/s per producer so that the most producers offer ``past_knee`` x the capacity."""
-    if capacity_img_s <= 0:
-        raise ValueError(f"no capacity measured ({capacity_img_s} img/s): is the pipeline storing anything?")
-    return round(capacity_img_s * past_knee / max(producers), 2)
+def sweep_basis(r: Ramp) -> tuple[float, str]:
+    """The load (images/s offered) a sweep is sized from, and what it is.
+
+    The knee, where the ramp bracketed it: the geometric mean of the highest offer kept
+    up with and the lowest that was not.  Else the capacity (the best stored rate).
+    The capacity overstates the load the pipeline keeps up with: an overloaded short
+    step stores in larger batches than a steady load forms, and a backlog is drained
+    after its offer ends (224 px, 2 cores: capacity 16.7 img/s from the ramp's
+    overloaded step; knee between 12.6 and 14.2; the sweep's 3 and 4 producers stored
+    12.5-13.1).  Sized from the capacity, the sweep's top was 1.5x the knee."""
+    if r.knee_between:
+        low, high = r.knee_between
+        return round(math.sqrt(low * high), 2), "knee"
+    return r.best, "capacity"
+
+
+def choose_rate(basis_img_s: float, producers: list[int], past_knee: float = PAST_KNEE) -> float:
+    """Images/s per producer so that the most producers offer ``past_knee`` x ``basis_img_s``
+    (``sweep_basis``: the knee's load, or the capacity)."""
+    if basis_img_s <= 0:
+        raise ValueError(f"no capacity measured ({basis_img_s} img/s): is the pipeline storing anything?")
+    return round(basis_img_s * past_knee / max(producers), 2)

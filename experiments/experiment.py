@@ -32,7 +32,7 @@ from analysis.cli import main as analyse
 from common.log import setup_logging
 from common.settings import mask
 from analysis.stats import find_knee
-from experiments.capacity import PAST_KNEE, PER_PRODUCER_MAX, choose_rate, ramp
+from experiments.capacity import PAST_KNEE, PER_PRODUCER_MAX, choose_rate, ramp, sweep_basis
 from experiments.runner import RunFailed, run_configuration
 from stack.control import down, read_env, stack_dir, supervisor_pid, up
 
@@ -80,23 +80,30 @@ def model_info(env: dict) -> dict | None:
 
 
 def measure_rate(out: Path, env: dict, args, record: dict) -> float:
-    """A short ramp to the pipeline's capacity, then the per-producer rate of the sweep."""
+    """A short ramp to the pipeline's capacity and its knee, then the per-producer rate of
+    the sweep (``sweep_basis``, ``choose_rate``)."""
     log.info("measuring the pipeline's capacity: a ramp from %g img/s (x1.6 per %g s step, then two steps "
              "between the highest load kept up with and the lowest not) ...",
              args.ramp_start, args.ramp_step_s)
-    capacity, steps, knee_between = ramp(out / "capacity", env, start_rate=args.ramp_start, growth=1.6, max_steps=8,
-                           step_s=args.ramp_step_s, per_producer_max=PER_PRODUCER_MAX, tag=f"capacity-{out.name}")
-    rate = choose_rate(capacity, args.producers)
+    measured = ramp(out / "capacity", env, start_rate=args.ramp_start, growth=1.6, max_steps=8,
+                    step_s=args.ramp_step_s, per_producer_max=PER_PRODUCER_MAX, tag=f"capacity-{out.name}")
+    basis, basis_from = sweep_basis(measured)
+    rate = choose_rate(basis, args.producers)
     record["capacity"] = {
-        "img_s": capacity, "past_knee": PAST_KNEE,
+        "img_s": measured.best, "past_knee": PAST_KNEE,
         # the ramp's own bracket of the knee: highest offer kept up with, lowest not (img/s)
-        "knee_between_img_s": list(knee_between) if knee_between else None,
-        "rule": f"rate per producer = {PAST_KNEE:g} x capacity / {max(args.producers)} producers",
+        "knee_between_img_s": measured.knee_between,
+        "sized_from": basis_from, "sized_from_img_s": basis,
+        "rule": (f"rate per producer = {PAST_KNEE:g} x {basis_from} ({basis:g} img/s"
+                 + (", the geometric mean of the ramp's bracket" if basis_from == "knee" else "")
+                 + f") / {max(args.producers)} producers"),
         "ramp": [{k: s.get(k) for k in ("offered_img_s", "producers", "sent", "stored_with_prediction",
-                                         "throughput_img_s", "e2e_ms", "complete")} for s in steps]}
+                                         "throughput_img_s", "e2e_ms", "complete")} for s in measured.steps]}
     record["settings"]["rate_per_producer"] = rate
-    log.info("capacity %.1f img/s -> %.2f img/s per producer: %s img/s offered", capacity, rate,
-             ", ".join(f"{n * rate:.1f}" for n in args.producers))
+    log.info("capacity %.1f img/s, knee between %s img/s offered -> sized from the %s (%.1f img/s): "
+             "%.2f img/s per producer: %s img/s offered", measured.best,
+             " and ".join(f"{v:g}" for v in measured.knee_between) if measured.knee_between else "(not bracketed)",
+             basis_from, basis, rate, ", ".join(f"{n * rate:.1f}" for n in args.producers))
     return rate
 
 
@@ -105,6 +112,9 @@ def cdf_title(record: dict) -> str:
     parts = [f"{rate:g} img/s per producer"]
     if record["capacity"]:
         parts.append(f"measured capacity {record['capacity']['img_s']:.1f} img/s")
+        if record["capacity"].get("knee_between_img_s"):
+            low, high = record["capacity"]["knee_between_img_s"]
+            parts.append(f"ramp's knee {low:g}-{high:g} img/s")
     if record["knee"]:
         parts.append(f"knee at {record['knee']['producers']} producers")
     return "End-to-end latency CDF: " + ", ".join(parts)
@@ -117,8 +127,9 @@ def parse_args(argv=None):
                    help="producer counts to run, one configuration each (default 1 2 3 4)")
     p.add_argument("--images", type=int, default=200, help="images per producer (default 200)")
     p.add_argument("--rate", type=float, default=None,
-                   help="images/s per producer (default: chosen from the capacity a short ramp measures first, "
-                        f"so that the most producers offer {PAST_KNEE:g}x the capacity: just past the knee)")
+                   help="images/s per producer (default: chosen from a short ramp run first, so that the most "
+                        f"producers offer {PAST_KNEE:g}x the load at the knee it brackets, or its "
+                        "capacity where it brackets none: just past the knee)")
     p.add_argument("--ramp-step-s", type=float, default=8.0,
                    help="seconds per step of the capacity ramp (default 8)")
     p.add_argument("--ramp-start", type=float, default=10.0,
@@ -166,7 +177,9 @@ def main(argv=None) -> int:
             summary = run_configuration(run_dir, env, producers=n, count=args.images,
                                         rate=rate, desc=f"{n} producer{'s' if n > 1 else ''}",
                                         extra={"experiment": out.name, "offered_img_s": round(n * rate, 2),
-                                               "capacity_img_s": (record["capacity"] or {}).get("img_s")})
+                                               "capacity_img_s": (record["capacity"] or {}).get("img_s"),
+                                               "ramp_knee_between_img_s": (record["capacity"] or {}).get(
+                                                   "knee_between_img_s")})
             e2e = summary.get("e2e_ms") or {}
             log.info("%d producer(s): sent %d, results %d, lost %s, p50 %s ms, p95 %s ms, %.1f img/s",
                      n, summary["sent"], summary["results"], summary["lost"],

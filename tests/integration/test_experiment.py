@@ -51,9 +51,10 @@ def test_experiment_without_the_service_url_takes_the_model_from_the_results(loc
 
 
 def test_experiment_without_a_rate_measures_the_capacity_first(local_stack, tmp_path):
-    """No --rate: a short ramp measures the capacity, the rate is chosen from it so that the
-    most producers offer 1.15x the capacity and one producer less than it; all of it is in
-    experiment.json, in each run's summary and on the figures."""
+    """No --rate: a short ramp measures the capacity and brackets the knee, the rate is chosen
+    so that the most producers offer 1.15x the knee's load (the capacity where nothing was
+    bracketed) and one producer less than it; all of it is in experiment.json, in each
+    run's summary and on the figures."""
     out = tmp_path / "exp"
     proc = subprocess.run([sys.executable, "-m", "experiments.experiment", "--producers", "1", "2",
                            "--images", "20", "--pause", "0", "--ramp-step-s", "3", "--ramp-start", "20",
@@ -62,14 +63,22 @@ def test_experiment_without_a_rate_measures_the_capacity_first(local_stack, tmp_
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert "Logging error" not in proc.stderr, proc.stderr[-3000:]  # a log call that cannot format
     record = json.loads((out / "experiment.json").read_text())
-    capacity, rate = record["capacity"]["img_s"], record["settings"]["rate_per_producer"]
-    assert capacity > 0 and record["capacity"]["ramp"] and record["settings"]["rate_from"] == "capacity"
-    assert rate == round(capacity * 1.15 / 2, 2)
+    measured, rate = record["capacity"], record["settings"]["rate_per_producer"]
+    capacity, knee_between = measured["img_s"], measured["knee_between_img_s"]
+    assert capacity > 0 and measured["ramp"] and record["settings"]["rate_from"] == "capacity"
+    if knee_between:
+        low, high = knee_between
+        assert measured["sized_from"] == "knee" and low < measured["sized_from_img_s"] < high
+    else:
+        assert measured["sized_from"] == "capacity" and measured["sized_from_img_s"] == capacity
+    basis = measured["sized_from_img_s"]
+    assert rate == round(basis * 1.15 / 2, 2)
     offered = {r["producers"]: r["summary"]["offered_img_s"] for r in record["runs"]}
     assert offered == {1: round(rate, 2), 2: round(2 * rate, 2)}
-    assert offered[1] < capacity < offered[2]  # light load first, past the capacity last
+    assert offered[1] < basis < offered[2]  # light load first, just past the knee last
     for r in record["runs"]:
         assert r["summary"]["capacity_img_s"] == capacity and r["summary"]["lost"] == 0
+        assert r["summary"]["ramp_knee_between_img_s"] == knee_between
     if record["knee"] is not None:
         assert record["knee"]["producers"] in offered
     assert (out / "throughput.png").stat().st_size > 10_000

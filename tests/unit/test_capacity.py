@@ -1,4 +1,4 @@
-"""The sweep's rate from a measured capacity, and the knee of a sweep."""
+"""The sweep's rate from a measured capacity or knee, the capacity ramp, and the knee of a sweep."""
 
 import pytest
 
@@ -67,3 +67,15 @@ def test_the_ramp_does_not_refine_when_no_step_fell_behind(monkeypatch, tmp_path
     offered = fake_pipeline(monkeypatch, capacity=10_000.0)
     best, steps, knee = ramp(tmp_path, max_steps=3)
     assert offered == [100.0, 160.0, 256.0] and best == 256.0 and knee is None
+
+
+def test_the_sweep_is_sized_from_the_knee_where_the_ramp_bracketed_it():
+    from experiments.capacity import Ramp, sweep_basis
+
+    # 224 px on 2 cores (docs/PERFORMANCE.md): the overloaded step stored 16.7 img/s,
+    # the knee lay between 12.6 and 14.2 offered
+    basis, source = sweep_basis(Ramp(16.7, [], (12.6, 14.2)))
+    assert source == "knee" and basis == pytest.approx((12.6 * 14.2) ** 0.5, abs=0.01)
+    rate = choose_rate(basis, [1, 2, 3, 4])
+    assert 3 * rate < 14.2 and 12.6 < 4 * rate < 16.7  # the top just past the knee, below the capacity
+    assert sweep_basis(Ramp(256.0, [], None)) == (256.0, "capacity")  # nothing bracketed
