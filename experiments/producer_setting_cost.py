@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 import statistics
 import sys
 import tempfile
@@ -65,16 +66,19 @@ def main(argv=None) -> int:
     for i in range(args.rounds):
         order += ["a", "b"] if i % 2 == 0 else ["b", "a"]
     steps: dict[str, list] = {"a": [], "b": []}
-    with LocalStack(tmp / "stack", env, name="setting-cost") as stack:
-        kw = dict(duration=args.seconds, per_producer_max=args.rate / args.producers, stack=stack)
-        run_step(tmp / "warm", stack.env, rate=args.rate, tag="warm-up", **kw)  # the model's first batches
-        for i, name in enumerate(order):
-            step = run_step(tmp / f"r{i}-{name}", {**stack.env, **getattr(args, name)}, rate=args.rate,
-                            tag=f"r{i}-{name}", **kw)
-            if not step["complete"]:
-                log.warning("round %d (%s): %d of %d images stored with a prediction", i, name,
-                            step["stored_with_prediction"], step["sent"])
-            steps[name].append(step)
+    try:
+        with LocalStack(tmp / "stack", env, name="setting-cost") as stack:
+            kw = dict(duration=args.seconds, per_producer_max=args.rate / args.producers, stack=stack)
+            run_step(tmp / "warm", stack.env, rate=args.rate, tag="warm-up", **kw)  # the model's first batches
+            for i, name in enumerate(order):
+                step = run_step(tmp / f"r{i}-{name}", {**stack.env, **getattr(args, name)}, rate=args.rate,
+                                tag=f"r{i}-{name}", **kw)
+                if not step["complete"]:
+                    log.warning("round %d (%s): %d of %d images stored with a prediction", i, name,
+                                step["stored_with_prediction"], step["sent"])
+                steps[name].append(step)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # the rounds' run directories; the JSON below keeps the figures
 
     def median(name: str, get) -> float:
         return round(statistics.median(get(s) for s in steps[name]), 3)
