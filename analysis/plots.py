@@ -279,8 +279,9 @@ def plot_throughput(points, out_path, by_producers: bool, title: str | None = No
             left.bar(pos, _series(thr), color=c_thr, width=0.6)
         offered = [p.get("offered") for p in points]
         capacity = {p.get("capacity") for p in points} - {None}
-        tops = [v for v in thr + offered + list(capacity) + [(p.get("knee_between") or [None, None])[1]
-                                                             for p in points] if v is not None]
+        # the capacity ramp's bracket of the knee, in offered images/s
+        brackets = {tuple(p["knee_between"]) for p in points if p.get("knee_between")}
+        tops = [v for v in thr + offered + list(capacity) + [high for _low, high in brackets] if v is not None]
         if by_producers and any(v is not None for v in offered):
             left.plot(pos, _series(offered), ls="--", lw=1.3, color="#8c8c8c", marker=".", label="offered")
             # The knee by the rate results came back at (what experiment.json says), drawn
@@ -293,8 +294,7 @@ def plot_throughput(points, out_path, by_producers: bool, title: str | None = No
         if len(capacity) == 1:
             cap = capacity.pop()
             left.axhline(cap, ls=":", lw=1.5, color=PALETTE[2], label=f"measured capacity {cap:,.1f}")
-        brackets = {tuple(p["knee_between"]) for p in points if p.get("knee_between")}
-        if len(brackets) == 1:  # the ramp's bracket of the knee, in offered images/s
+        if len(brackets) == 1:
             low, high = brackets.pop()
             left.axhspan(low, high, color=PALETTE[2], alpha=0.15, lw=0,
                          label=f"ramp's knee: {low:,.1f}-{high:,.1f} offered")

@@ -172,14 +172,14 @@ def main(argv=None) -> int:
     status = 0
     try:
         rate = args.rate or measure_rate(out, env, args, record)
+        ramp_record = record["capacity"] or {}  # the ramp's figures; none with --rate
         for i, n in enumerate(args.producers):
             run_dir = out / f"{n}-producer{'s' if n > 1 else ''}"
             summary = run_configuration(run_dir, env, producers=n, count=args.images,
                                         rate=rate, desc=f"{n} producer{'s' if n > 1 else ''}",
                                         extra={"experiment": out.name, "offered_img_s": round(n * rate, 2),
-                                               "capacity_img_s": (record["capacity"] or {}).get("img_s"),
-                                               "ramp_knee_between_img_s": (record["capacity"] or {}).get(
-                                                   "knee_between_img_s")})
+                                               "capacity_img_s": ramp_record.get("img_s"),
+                                               "ramp_knee_between_img_s": ramp_record.get("knee_between_img_s")})
             e2e = summary.get("e2e_ms") or {}
             log.info("%d producer(s): sent %d, results %d, lost %s, p50 %s ms, p95 %s ms, %.1f img/s",
                      n, summary["sent"], summary["results"], summary["lost"],

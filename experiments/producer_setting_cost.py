@@ -90,7 +90,7 @@ def main(argv=None) -> int:
     summary = {label: {"a": median("a", get), "b": median("b", get),
                        "a_rounds": [round(get(s), 3) for s in steps["a"]],
                        "b_rounds": [round(get(s), 3) for s in steps["b"]]} for label, get in rows}
-    record = {"args": {**vars(args)}, "load_average_end": load_average(), "summary": summary, "steps": steps}
+    record = {"args": vars(args), "load_average_end": load_average(), "summary": summary, "steps": steps}
     out = ROOT / "results" / "producer-setting-cost"
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{time.strftime('%Y%m%d-%H%M%S')}.json"
