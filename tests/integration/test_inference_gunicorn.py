@@ -163,7 +163,7 @@ def test_gunicorn_config_values_come_from_env(monkeypatch):
     assert conf["bind"] == "127.0.0.1:8000" and conf["workers"] == 1 and conf["threads"] == 8
     assert conf["control_socket_disable"] is True  # no shared ~/.gunicorn/gunicorn.ctl
     monkeypatch.setenv("GUNICORN_WORKERS", "0")  # validated like every other setting
-    with pytest.raises(ValueError, match="gunicorn_workers"):
+    with pytest.raises(ValueError, match="GUNICORN_WORKERS"):
         runpy.run_path(str(ROOT / "inference/gunicorn.conf.py"))
 
 

@@ -353,5 +353,5 @@ def test_write_concern_settings(monkeypatch):
     monkeypatch.setenv("MONGO_WRITE_JOURNAL", "false")
     assert write_concern(MongoSettings()).document == {"w": 2, "j": False}
     for bad in (0, "0", "most"):  # w=0 is unacknowledged: no commit could wait for it
-        with pytest.raises(ValueError, match="mongo_write_concern_w"):
+        with pytest.raises(ValueError, match="MONGO_WRITE_CONCERN_W"):
             with_flags(MongoSettings, mongo_write_concern_w=bad)

@@ -166,7 +166,7 @@ def test_cli_usage_errors_exit_2(capsys):
 
     for argv, text in [(["replay"], "say which dead letters"), (["replay", "1", "--all"], "say which"),
                        (["list", "--since", "soon"], "not a time"), (["show", "x"], "not a dead-letter offset"),
-                       (["list", "--idle-ms", "0"], "invalid setting: dlq_read_idle_ms=0")]:
+                       (["list", "--idle-ms", "0"], "invalid setting: DLQ_READ_IDLE_MS=0")]:
         with pytest.raises(SystemExit) as exc:
             main(argv)
         assert exc.value.code == 2 and text in capsys.readouterr().err, argv

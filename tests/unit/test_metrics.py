@@ -40,9 +40,9 @@ def test_metrics_port_empty_or_zero_is_off(monkeypatch, raw, port):
 
 
 def test_bad_metrics_settings_are_errors():
-    with pytest.raises(ValueError, match="metrics_port"):
+    with pytest.raises(ValueError, match="METRICS_PORT"):
         with_flags(MetricsSettings, metrics_port=70000)
-    with pytest.raises(ValueError, match="metrics_hold_s"):
+    with pytest.raises(ValueError, match="METRICS_HOLD_S"):
         with_flags(MetricsSettings, metrics_hold_s=-1)
 
 

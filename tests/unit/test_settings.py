@@ -1,7 +1,14 @@
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 from pydantic import SecretStr
 
-from common.settings import KafkaSettings, MongoSettings, describe, mask
+from common.settings import (REPLACED, SETTINGS_GROUPS, DashboardSettings, KafkaSettings, MongoSettings,
+                             ProjectSettings, SettingsError, StackSettings, describe, mask, with_flags)
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_environment_and_flags(monkeypatch):
@@ -26,22 +33,17 @@ def test_flags_are_validated_like_the_environment():
     from common.settings import InferenceClientSettings, with_flags
 
     assert with_flags(InferenceClientSettings, predict_batch_images=8, predict_batch_wait_ms=None).predict_batch_images == 8
-    with pytest.raises(ValueError, match="predict_batch_images=0"):
+    with pytest.raises(ValueError, match="invalid setting: PREDICT_BATCH_IMAGES=0"):
         with_flags(InferenceClientSettings, predict_batch_images=0)
 
 
-@pytest.mark.parametrize("argv, field", [(["consumers.inference", "--batch-size", "0"], "predict_batch_images"),
-                                         (["consumers.db", "--max-records", "0"], "db_max_records"),
-                                         (["producer", "--rate", "0"], "rate")])
-def test_cli_rejects_an_invalid_flag_with_a_clear_error(argv, field):
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    proc = subprocess.run([sys.executable, "-m", *argv], cwd=Path(__file__).resolve().parents[2],
-                          capture_output=True, text=True, timeout=120)
+@pytest.mark.parametrize("argv, variable", [(["consumers.inference", "--batch-size", "0"], "PREDICT_BATCH_IMAGES"),
+                                            (["consumers.db", "--max-records", "0"], "DB_MAX_RECORDS"),
+                                            (["producer", "--rate", "0"], "RATE")])
+def test_cli_rejects_an_invalid_flag_with_a_clear_error(argv, variable):
+    proc = subprocess.run([sys.executable, "-m", *argv], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr[-2000:]
-    assert f"invalid setting: {field}=0" in proc.stderr
+    assert f"invalid setting: {variable}=0" in proc.stderr
 
 
 def test_settings_env_is_typed_and_checked():
@@ -51,16 +53,51 @@ def test_settings_env_is_typed_and_checked():
                                                                       "DB_MAX_RECORDS": "2"}
     with pytest.raises(ValueError, match="no such setting"):
         settings_env(batch_size=1)
-    with pytest.raises(ValueError, match="predict_batch_images=0"):
+    with pytest.raises(ValueError, match="PREDICT_BATCH_IMAGES=0"):
         settings_env(predict_batch_images=0)
 
 
-def test_a_renamed_variable_in_the_environment_is_reported(monkeypatch):
-    from common.settings import InferenceClientSettings, describe
+@pytest.mark.parametrize("old, new", sorted(REPLACED.items()))
+def test_a_removed_name_is_an_error_naming_its_replacement(monkeypatch, old, new):
+    """The class that reads the replacement refuses to load; the others do not care."""
+    owner = next(g for g in SETTINGS_GROUPS if new.lower() in g.model_fields)
+    for name in (old, old.lower()):  # case-insensitive, like the settings themselves
+        monkeypatch.setenv(name, "8")
+        with pytest.raises(SettingsError, match=f"{old} is no longer read: set {new} instead"):
+            owner()
+        assert DashboardSettings().dashboard_refresh_ms == 2000 and StackSettings().stack_dir is None
+        monkeypatch.delenv(name)
 
-    monkeypatch.setenv("BATCH_SIZE", "8")
-    text = describe(InferenceClientSettings())
-    assert "BATCH_SIZE is no longer read: use PREDICT_BATCH_IMAGES" in text
+
+def test_a_bad_value_names_the_environment_variable(monkeypatch):
+    monkeypatch.setenv("IMAGES_PARTITIONS", "many")
+    with pytest.raises(SettingsError, match="invalid setting: IMAGES_PARTITIONS='many': Input should be a valid integer"):
+        KafkaSettings()
+    monkeypatch.delenv("IMAGES_PARTITIONS")
+    monkeypatch.setenv("MONGO_WRITE_CONCERN_W", "0")
+    with pytest.raises(SettingsError, match=r"MONGO_WRITE_CONCERN_W='0': Input should be 'majority' or .*equal to 1"):
+        MongoSettings()
+
+
+def test_a_secret_is_masked_in_an_error(monkeypatch):
+    monkeypatch.setenv("DASHBOARD_REFRESH_MS", "1")
+    with pytest.raises(SettingsError) as exc:
+        with_flags(DashboardSettings, dashboard_token=["hunter2"])
+    assert "hunter2" not in str(exc.value) and "DASHBOARD_TOKEN=***" in str(exc.value)
+    assert "DASHBOARD_REFRESH_MS='1'" in str(exc.value)
+
+
+def test_every_setting_is_described_and_declared_once():
+    """Every field tells people what it does; a variable read by several classes means one thing."""
+    seen: dict[str, tuple] = {}
+    for group in SETTINGS_GROUPS:
+        assert issubclass(group, ProjectSettings) and group.__doc__, group
+        for name, field in group.model_fields.items():
+            assert field.description and len(field.description) > 10, f"{group.__name__}.{name}"
+            first = seen.setdefault(name, (group.__name__, field.default))
+            assert first[1] == field.default, f"{name}: {first} against {group.__name__}"
+    for old, new in REPLACED.items():
+        assert old.lower() not in seen and new.lower() in seen, (old, new)
 
 
 def test_the_client_waits_longer_than_the_service_deadline():
