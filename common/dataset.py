@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from common.schema import encode_png, sniff_format
+from common.settings import CacheSettings
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +119,8 @@ def load_folder(source: str, max_bytes: int | None = None) -> Dataset:
 
 
 def keras_cache_dir() -> Path:
-    return Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "datasets"
+    """Where downloaded archives are kept: Keras' own cache (KERAS_HOME)."""
+    return Path(CacheSettings().keras_home or Path.home() / ".keras") / "datasets"
 
 
 def download(url: str, dest: Path, md5: str | None, timeout: float = 30.0) -> Path:
@@ -140,7 +142,7 @@ def download(url: str, dest: Path, md5: str | None, timeout: float = 30.0) -> Pa
 
 def split_cache_dir() -> Path:
     """Where splits read from a tarball are kept as arrays (``XDG_CACHE_HOME``)."""
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "iot-pipeline" / "datasets"
+    return Path(CacheSettings().xdg_cache_home or Path.home() / ".cache") / "iot-pipeline" / "datasets"
 
 
 def _split_cache_file(name: str, split: str, archive_path: Path) -> Path | None:

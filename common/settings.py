@@ -4,7 +4,8 @@ Each component composes the groups it needs and lets its CLI flags override them
 :func:`with_flags`, which validates flags exactly like the environment (``--batch-size 0``
 is an error, not a batch of nothing).  Environment variable names are the field names in
 upper case (``KAFKA_BOOTSTRAP_SERVERS``, ``MONGO_URI`` ...), which is also what
-``.run/stack.env`` and the Ansible environment files write.
+``.run/stack.env`` and the Ansible environment files write.  No product module reads
+``os.environ`` for a setting; it is written only to compose a child process's environment.
 
 The groups live in three modules, all imported from here: the pipeline's (this module),
 the servers' (:mod:`common.settings_service`: the inference service, Gunicorn, the

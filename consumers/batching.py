@@ -157,9 +157,9 @@ class ReadyMarker:
     """
 
     def __init__(self):
-        import os
+        from common.settings import StackPlumbingSettings
 
-        self.path = os.environ.get("READY_FILE")
+        self.path = StackPlumbingSettings().ready_file
         self.done = not self.path
 
     def check(self, consumer) -> None:

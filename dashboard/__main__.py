@@ -34,7 +34,7 @@ def main(argv=None) -> int:
     p.add_argument("--prometheus-url", help="default PROMETHEUS_URL")
     args = p.parse_args(argv)
     settings = with_flags(DashboardSettings, p, dashboard_bind=args.bind, prometheus_url=args.prometheus_url)
-    mongo = MongoSettings()
+    mongo = with_flags(MongoSettings, p)
     host, _, port = settings.dashboard_bind.rpartition(":")
     if not port.isdigit():
         p.error(f"invalid setting: DASHBOARD_BIND={settings.dashboard_bind!r}: expected host:port")

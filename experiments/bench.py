@@ -37,14 +37,8 @@ import time
 from pathlib import Path
 
 from common.log import setup_logging
-from common.settings import (
-    DbWriterSettings,
-    GunicornSettings,
-    InferenceClientSettings,
-    KafkaSettings,
-    ServiceSettings,
-    settings_env,
-)
+from common.settings import (DatasetSettings, DbWriterSettings, GunicornSettings, InferenceClientSettings,
+                             KafkaSettings, ServiceSettings, given, settings_env, with_flags)
 from experiments.bench_report import LOAD_POINTS, plot, step_ms, table
 from experiments.capacity import PER_PRODUCER_MAX, load_average, ramp, run_step
 from experiments.experiment import host_facts, versions
@@ -209,7 +203,14 @@ def parse_args(argv=None):
                         "others objects named after them (default: 32 224; smoke: 32)")
     p.add_argument("--min-samples", type=int, default=None,
                    help="images per latency point at least (default 1000; smoke: 0)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    # The benchmark's own defaults where the environment gives none: random weights, no
+    # access log, synthetic images (no download; the same 32x32 PNGs).
+    service, gunicorn, data = (with_flags(g, p) for g in (ServiceSettings, GunicornSettings, DatasetSettings))
+    args.service_env = {"MODEL_WEIGHTS": given(service, "model_weights") or "random",
+                        "GUNICORN_ACCESSLOG": given(gunicorn, "gunicorn_accesslog") or "/dev/null",
+                        **({} if given(data, "dataset_source") or given(data, "dataset") else {"DATASET": "synthetic"})}
+    return args
 
 
 def smoke_run(result, env_now, batches, pipeline_env, baseline_env, workdir, out, kw) -> None:
@@ -293,11 +294,7 @@ def measure_size(args, size: int, run: str, out: Path) -> dict:
     latency_s = args.latency_s or (2.0 if smoke else 15.0)
     max_steps = args.max_steps or (1 if smoke else 8)
 
-    common = {"MODEL_WEIGHTS": os.environ.get("MODEL_WEIGHTS", "random"),
-              "MODEL_INPUT_SIZE": str(size),
-              "GUNICORN_ACCESSLOG": os.environ.get("GUNICORN_ACCESSLOG", "/dev/null")}
-    if not os.environ.get("DATASET_SOURCE") and not os.environ.get("DATASET"):
-        common["DATASET"] = "synthetic"  # no download in a benchmark; same 32x32 PNGs
+    common = {**args.service_env, "MODEL_INPUT_SIZE": str(size)}
     pipeline_env = {**common}
     baseline_env = {**common, **BASELINE_ENV}
     started = time.time()

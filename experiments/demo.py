@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 import time
 from pathlib import Path
@@ -19,7 +18,7 @@ from pathlib import Path
 from analysis.summary import format_table
 from common import dataset as datasets
 from common.log import setup_logging
-from common.settings import DatasetSettings
+from common.settings import DatasetSettings, DemoSettings, StackSettings, with_flags
 from experiments.runner import RunFailed, run_configuration
 from stack.control import down, read_env, stack_dir, supervisor_pid, up
 from stack.supervisor import ROOT
@@ -49,11 +48,13 @@ def main(argv=None) -> int:
     setup_logging()
     p = argparse.ArgumentParser(prog="python -m experiments.demo", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--count", type=int, default=int(os.environ.get("DEMO_COUNT", 300)))
-    p.add_argument("--rate", type=float, default=float(os.environ.get("DEMO_RATE", 20)))
+    p.add_argument("--count", type=int, help="images to send (default DEMO_COUNT, 300)")
+    p.add_argument("--rate", type=float, help="images per second (default DEMO_RATE, 20)")
     p.add_argument("--results", type=Path, default=ROOT / "results")
     p.add_argument("--keep-up", action="store_true", help="leave the stack running afterwards")
     args = p.parse_args(argv)
+    demo = with_flags(DemoSettings, p, demo_count=args.count, demo_rate=args.rate)
+    stack = with_flags(StackSettings, p)
 
     try:
         check_dataset()
@@ -62,13 +63,13 @@ def main(argv=None) -> int:
         return 2
     d = stack_dir()
     started_here = supervisor_pid(d) is None
-    if up(d, timeout_s=float(os.environ.get("STACK_UP_TIMEOUT_S", 420))) != 0:
+    if up(d, timeout_s=stack.stack_up_timeout_s) != 0:
         return 1
     try:
         env = read_env(d / "stack.env")
         run_dir = args.results / time.strftime("demo-%Y%m%d-%H%M%S")
-        summary = run_configuration(run_dir, env, producers=1, count=args.count,
-                                    rate=args.rate, desc="demo")
+        summary = run_configuration(run_dir, env, producers=1, count=demo.demo_count,
+                                    rate=demo.demo_rate, desc="demo")
         point_latest(args.results, run_dir)
     except RunFailed as exc:
         print(f"demo failed: {exc}", file=sys.stderr)

@@ -30,7 +30,8 @@ from pydantic import SecretStr
 
 from analysis.cli import main as analyse
 from common.log import setup_logging
-from common.settings import mask
+from common.settings import (InferenceClientSettings, KafkaSettings, MongoSettings, StackSettings, given, mask,
+                             secret, with_flags)
 from analysis.stats import find_knee
 from experiments.capacity import PAST_KNEE, PER_PRODUCER_MAX, choose_rate, ramp, sweep_basis
 from experiments.runner import RunFailed, run_configuration
@@ -65,12 +66,10 @@ def versions() -> dict:
     return out
 
 
-def model_info(env: dict) -> dict | None:
-
+def model_info(env: dict, token: str | None) -> dict | None:
     url = env.get("INFERENCE_URL", "").split(",")[0]
     if not url:
         return None
-    token = os.environ.get("INFERENCE_TOKEN", "")
     try:
         r = requests.get(f"{url.rstrip('/')}/v1/model", timeout=5,
                          headers={"Authorization": f"Bearer {token}"} if token else {})
@@ -120,7 +119,7 @@ def cdf_title(record: dict) -> str:
     return "End-to-end latency CDF: " + ", ".join(parts)
 
 
-def parse_args(argv=None):
+def make_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m experiments.experiment", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--producers", type=int, nargs="+", default=[1, 2, 3, 4],
@@ -140,25 +139,30 @@ def parse_args(argv=None):
     p.add_argument("--inference-url", help="service URL of a deployed stack (for the model id)")
     p.add_argument("--pause", type=float, default=2.0, help="seconds between configurations")
     p.add_argument("--log-x", action="store_true", help="log-scaled x axis in the CDF")
-    return p.parse_args(argv)
+    return p
 
 
 def main(argv=None) -> int:
     setup_logging()
-    args = parse_args(argv)
+    p = make_parser()
+    args = p.parse_args(argv)
+    # A deployed stack's addresses, from the flags or the environment (set at all: deployed).
+    kafka = with_flags(KafkaSettings, p, kafka_bootstrap_servers=args.kafka)
+    mongo = with_flags(MongoSettings, p, mongo_uri=args.mongo)
+    client = with_flags(InferenceClientSettings, p, inference_url=args.inference_url)
+    stack = with_flags(StackSettings, p)
     out = args.out or ROOT / "results" / time.strftime("experiment-%Y%m%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=True)
-    env = {k: v for k, v in {"KAFKA_BOOTSTRAP_SERVERS": args.kafka or os.environ.get("KAFKA_BOOTSTRAP_SERVERS"),
-                             "MONGO_URI": args.mongo or os.environ.get("MONGO_URI"),
-                             "INFERENCE_URL": args.inference_url or os.environ.get("INFERENCE_URL")
-                             }.items() if v}
+    mongo_uri = given(mongo, "mongo_uri")
+    env = {k: v for k, v in {"KAFKA_BOOTSTRAP_SERVERS": given(kafka, "kafka_bootstrap_servers"),
+                             "MONGO_URI": mongo_uri and mongo_uri.get_secret_value(),
+                             "INFERENCE_URL": given(client, "inference_url")}.items() if v}
     deployed = "KAFKA_BOOTSTRAP_SERVERS" in env and "MONGO_URI" in env
     stack_started = False
     if not deployed:
-
         d = stack_dir()
         stack_started = supervisor_pid(d) is None
-        if up(d, timeout_s=float(os.environ.get("STACK_UP_TIMEOUT_S", 420))) != 0:
+        if up(d, timeout_s=stack.stack_up_timeout_s) != 0:
             return 1
         env = read_env(d / "stack.env")
     log.info("experiment: producers %s x %d images at %s -> %s\n  %s", args.producers, args.images,
@@ -167,7 +171,7 @@ def main(argv=None) -> int:
     record = {"started_at": time.time(), "target": "deployed" if deployed else "local-stack",
               "settings": {"producers": args.producers, "images_per_producer": args.images,
                            "rate_per_producer": args.rate, "rate_from": "given" if args.rate else "capacity"},
-              "model": model_info(env), "versions": versions(), "host": host_facts(),
+              "model": model_info(env, secret(client.inference_token)), "versions": versions(), "host": host_facts(),
               "capacity": None, "knee": None, "runs": []}
     status = 0
     try:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common.rundir import merge_csv
+from common.settings import FleetSettings, with_flags
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -52,11 +53,11 @@ def run_fleet(run_dir: Path, *, producers: int, count: int, rate: float, devices
     tag = run_tag or run_dir.name
     ids = [f"{tag}-p{i + 1}" for i in range(producers)]
     procs = []
+    # PRODUCER_METRICS_PORTS (the local stack's pool in ``env``, else the VMs' producer ports
+    # in the environment): the i-th producer serves its /metrics on the i-th port, so
+    # Prometheus and the live dashboard see the run; producers beyond the pool serve none.
+    ports = with_flags(FleetSettings, producer_metrics_ports=(env or {}).get("PRODUCER_METRICS_PORTS")).ports()
     env = {**os.environ, **(env or {})}
-    # PRODUCER_METRICS_PORTS (the local stack's pool, or the VMs' producer ports): the i-th
-    # producer serves its /metrics on the i-th port, so Prometheus and the live dashboard
-    # see the run; producers beyond the pool serve none.
-    ports = [p for p in env.get("PRODUCER_METRICS_PORTS", "").split(",") if p.strip()]
     for i, pid in enumerate(ids):
         out = run_dir / "producers" / pid
         out.mkdir(parents=True, exist_ok=True)
@@ -66,7 +67,7 @@ def run_fleet(run_dir: Path, *, producers: int, count: int, rate: float, devices
              "--rate", str(rate), "--devices", str(devices), "--out", str(out),
              "--result-timeout", str(result_timeout_s), "--no-progress",
              "--progress-file", str(out / "progress.json"), *(extra_args or [])],
-            cwd=ROOT, env={**env, **({"METRICS_PORT": ports[i].strip() if i < len(ports) else "0"} if ports else {})},
+            cwd=ROOT, env={**env, **({"METRICS_PORT": str(ports[i]) if i < len(ports) else "0"} if ports else {})},
             stdout=log, stderr=subprocess.STDOUT))
         log.close()
     while any(p.poll() is None for p in procs):

@@ -4,8 +4,10 @@
 
 Every value is a setting (common.settings.GunicornSettings: INFERENCE_BIND,
 GUNICORN_WORKERS, ...), read from the environment and validated like every other
-component's.  This file is executed by the *master*: it must import nothing heavy
-(no TensorFlow, not even the app); pydantic is light.
+component's.  The workers' settings (ServiceSettings, MetricsSettings, LogSettings) are
+checked here too, so a bad value stops the master with one message naming the variable
+instead of every worker failing to boot.  This file is executed by the *master*: it must
+import nothing heavy (no TensorFlow, not even the app); pydantic is light.
 """
 
 import os
@@ -18,9 +20,15 @@ import tempfile
 # (Gunicorn puts its own cwd on sys.path, the unit's WorkingDirectory on the VMs).
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from common.settings import GunicornSettings  # noqa: E402
+from common.settings import (GunicornSettings, LogSettings, MetricsSettings, ServiceSettings,  # noqa: E402
+                             SettingsError)
 
-_s = GunicornSettings()
+try:
+    _s = GunicornSettings()
+    ServiceSettings(), MetricsSettings(), LogSettings()
+except SettingsError as exc:
+    # SystemExit passes through Gunicorn's loading of this file: the message, status 1.
+    sys.exit(f"inference service: {exc}")
 
 
 # Where to listen.  Loopback by default: the service has no TLS and the bearer token
@@ -112,20 +120,23 @@ access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(L)ss pid=%(p)s'
 # given directory is emptied (files of an earlier run would add up with this one's);
 # without one, a private temporary directory, removed when the master exits.
 _metrics_dir_owned = False
+_metrics_dir = ""
 
 
 def on_starting(server):
-    global _metrics_dir_owned
-    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    global _metrics_dir_owned, _metrics_dir
+    path = GunicornSettings().prometheus_multiproc_dir
     if path:
         os.makedirs(path, exist_ok=True)
         for name in os.listdir(path):
             if name.endswith(".db"):
                 os.unlink(os.path.join(path, name))
     else:
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="iot-inference-metrics-")
+        path = tempfile.mkdtemp(prefix="iot-inference-metrics-")
         _metrics_dir_owned = True
-    server.log.info("metrics: multiprocess files in %s", os.environ["PROMETHEUS_MULTIPROC_DIR"])
+    # The workers' environment: they inherit the master's, and prometheus_client reads it there.
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = _metrics_dir = path
+    server.log.info("metrics: multiprocess files in %s", path)
 
 
 def child_exit(server, worker):
@@ -140,7 +151,7 @@ def child_exit(server, worker):
 
 def on_exit(server):
     if _metrics_dir_owned:
-        shutil.rmtree(os.environ.get("PROMETHEUS_MULTIPROC_DIR", ""), ignore_errors=True)
+        shutil.rmtree(_metrics_dir, ignore_errors=True)
 
 
 def when_ready(server):

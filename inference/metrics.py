@@ -19,12 +19,14 @@ import logging
 import os
 
 from common.metrics import BATCH_BUCKETS, LATENCY_BUCKETS_S, Recorder, guarded, metric
+from common.settings import GunicornSettings
 
 log = logging.getLogger(__name__)
 
 
 def multiprocess_dir() -> str | None:
-    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+    """The workers' metric files' directory: gunicorn.conf.py sets it for them."""
+    return GunicornSettings().prometheus_multiproc_dir or None
 
 
 class ServiceMetrics(Recorder):

@@ -34,6 +34,7 @@ import tensorflow as tf
 
 from common.download import DownloadError, fetch, file_digest
 from common.labels import CIFAR10_CLASSES
+from common.settings import CacheSettings
 from inference.imagenet_cifar import mapping_matrix
 
 log = logging.getLogger(__name__)
@@ -82,7 +83,7 @@ def build_cifar_resnet(input_size: int = IMAGE_SIZE) -> tf.keras.Model:
 
 def _keras_cache_dirs() -> list[str]:
     # Keras' get_file uses $KERAS_HOME or ~/.keras, falling back to /tmp/.keras.
-    homes = [os.environ.get("KERAS_HOME"), os.path.expanduser("~/.keras"), "/tmp/.keras"]
+    homes = [CacheSettings().keras_home, os.path.expanduser("~/.keras"), "/tmp/.keras"]
     return [os.path.join(h, "models") for h in homes if h]
 
 

@@ -20,6 +20,7 @@ import sys
 import time
 
 from common.log import setup_logging
+from common.settings import DatasetSettings, with_flags
 from inference.cifar import load_cifar10
 
 log = logging.getLogger("inference.train")
@@ -27,7 +28,7 @@ log = logging.getLogger("inference.train")
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m inference.train", description=__doc__.split("\n\n")[0])
-    p.add_argument("--dataset-source", default=os.environ.get("DATASET_SOURCE", ""),
+    p.add_argument("--dataset-source",
                    help="cifar-10-python.tar.gz or a cifar-10-batches-py directory (env DATASET_SOURCE)")
     p.add_argument("--out", required=True, help="weights file to write; must end in .weights.h5")
     p.add_argument("--epochs", type=int, default=1)
@@ -44,6 +45,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "faster for a handful of steps, slower for real training")
     p.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2), help="Keras progress output")
     args = p.parse_args(argv)
+    args.dataset_source = with_flags(DatasetSettings, p, dataset_source=args.dataset_source).dataset_source
     if not args.dataset_source:
         p.error("--dataset-source is required (or set DATASET_SOURCE)")
     if not args.out.endswith(".weights.h5"):

@@ -48,7 +48,7 @@ def main(argv=None) -> int:
     setup_logging()
     parser = make_parser()
     args = parser.parse_args(argv)
-    kafka, metrics = KafkaSettings(), MetricsSettings()
+    kafka, metrics = with_flags(KafkaSettings, parser), with_flags(MetricsSettings, parser)
     data = with_flags(DatasetSettings, parser, dataset=args.dataset, dataset_source=args.dataset_source,
                       dataset_split=args.split)
     prod = with_flags(ProducerSettings, parser, count=args.count, rate=args.rate, duration=args.duration,

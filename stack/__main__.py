@@ -15,6 +15,7 @@ import signal
 import sys
 
 from common.log import setup_logging
+from common.settings import SettingsError, StackSettings, check_replaced, with_flags
 from stack.control import down, hold, release, signal_component, stack_dir, status, up
 from stack.supervisor import Supervisor
 
@@ -28,6 +29,12 @@ def main(argv=None) -> int:
     p.add_argument("--timeout", type=float, default=360, help="seconds to wait for 'up'")
     p.add_argument("--signal", default=None, help="signal for kill/pause (KILL, TERM, STOP ...)")
     args = p.parse_args(argv)
+    with_flags(StackSettings, p)  # a bad STACK_* value: usage and the message, status 2
+    if args.command in ("up", "supervise"):  # the supervisor hands this environment to every component
+        try:
+            check_replaced()
+        except SettingsError as exc:
+            p.error(str(exc))
     d = stack_dir()
     if args.command == "supervise":
         return Supervisor(d).run()

@@ -11,9 +11,10 @@ Prometheus is optional: the stack starts it when the ``prometheus`` binary is in
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
+
+from common.settings import StackSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 RULES_DIR = ROOT / "monitoring" / "prometheus" / "rules"
@@ -26,9 +27,10 @@ PRODUCER_PORTS = 8
 
 def prometheus_binary() -> str | None:
     """The ``prometheus`` executable when the stack should start one, else None."""
-    if os.environ.get("STACK_PROMETHEUS", "1").strip().lower() in ("0", "false", "no", "off"):
+    s = StackSettings()
+    if not s.stack_prometheus:
         return None
-    return os.environ.get("PROMETHEUS_BINARY") or shutil.which("prometheus")
+    return s.prometheus_binary or shutil.which("prometheus")
 
 
 def rule_files() -> list[Path]:

@@ -37,14 +37,14 @@ from pymongo import MongoClient
 
 from common.kafka_io import ensure_topics
 from common.lifecycle import Backoff
-from common.settings import KafkaSettings, MongoSettings, mask, mask_uris
+from common.settings import (InferenceClientSettings, KafkaSettings, MongoSettings, StackSettings, check_replaced,
+                             given, mask, mask_uris)
 from stack import monitoring
 from stack.ports import free_port, port_free
 
 log = logging.getLogger("stack")
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_PORTS = {"kafka": 9092, "mongo": 27017, "inference": 8000}
 # The embedded broker (tansu) holds a fetch for about half of its max wait even when
 # records arrive meanwhile (measured with kafka-python and librdkafka alike: delivery p50
 # 27 ms at a 100 ms wait, 121 ms at 500, 5.5 ms at 20); Apache Kafka answers as soon as
@@ -57,12 +57,12 @@ EMBEDDED_FETCH_MAX_WAIT_MS = 40
 
 
 def stack_dir() -> Path:
-    return Path(os.environ.get("STACK_DIR", ROOT / ".run")).resolve()
+    return Path(StackSettings().stack_dir or ROOT / ".run").resolve()
 
 
 def pick_port(name: str) -> int:
-    """The conventional port if it is free (or STACK_<NAME>_PORT), else any free port."""
-    wanted = int(os.environ.get(f"STACK_{name.upper()}_PORT", DEFAULT_PORTS[name]))
+    """STACK_<NAME>_PORT (by default the conventional port) if it is free, else any free port."""
+    wanted = getattr(StackSettings(), f"stack_{name}_port")
     if wanted and port_free(wanted):
         return wanted
     return free_port()
@@ -125,11 +125,13 @@ class Supervisor:
 
     # ------------------------------------------------------------ plan
     def plan(self) -> None:
-
         py = sys.executable
         base_env = {"PYTHONUNBUFFERED": "1"}
+        check_replaced()  # the environment is passed on to every component: no old name in it
+        # An address given in the environment means that external server.
+        stack, kafka, mongo, inference = StackSettings(), KafkaSettings(), MongoSettings(), InferenceClientSettings()
 
-        kafka_external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+        kafka_external = given(kafka, "kafka_bootstrap_servers")
         if kafka_external:
             self.endpoints["KAFKA_BOOTSTRAP_SERVERS"] = kafka_external
             log.info("using external Kafka at %s", kafka_external)
@@ -144,13 +146,13 @@ class Supervisor:
                 no_restart="the embedded broker keeps topics, messages and committed offsets in "
                            "memory only (tansu 0.6 offers no local persistent storage), so a restart "
                            "would silently lose them"))
-            if not os.environ.get("KAFKA_FETCH_MAX_WAIT_MS"):
+            if given(kafka, "kafka_fetch_max_wait_ms") is None:
                 self.endpoints["KAFKA_FETCH_MAX_WAIT_MS"] = str(EMBEDDED_FETCH_MAX_WAIT_MS)
 
-        mongo_external = os.environ.get("MONGO_URI")
+        mongo_external = given(mongo, "mongo_uri")
         if mongo_external:
-            self.endpoints["MONGO_URI"] = mongo_external
-            log.info("using external MongoDB at %s", mask(MongoSettings().mongo_uri))
+            self.endpoints["MONGO_URI"] = mongo_external.get_secret_value()
+            log.info("using external MongoDB at %s", mask(mongo_external))
         else:
             port = pick_port("mongo")
             self.endpoints["MONGO_URI"] = f"mongodb://127.0.0.1:{port}"
@@ -161,7 +163,7 @@ class Supervisor:
                           "--pid-file", str(self.dir / "data" / "nx-27017.pid")],
                 ready=self._mongo_ready))
 
-        inference_external = os.environ.get("INFERENCE_URL")
+        inference_external = given(inference, "inference_url")
         if inference_external:
             self.endpoints["INFERENCE_URL"] = inference_external
         else:
@@ -171,14 +173,14 @@ class Supervisor:
                 "inference", [py, "-m", "gunicorn", "-c", "inference/gunicorn.conf.py",
                               "inference:create_app()"],
                 ready=self._inference_ready, env={"INFERENCE_BIND": f"127.0.0.1:{port}"},
-                ready_timeout_s=float(os.environ.get("STACK_INFERENCE_READY_S", 300))))
+                ready_timeout_s=stack.stack_inference_ready_s))
 
         # STACK_INFERENCE_CONSUMERS > 1 adds inference-consumer-2, -3 ... to the same
         # group: while one waits for its /v1/predict answer another gathers and sends,
         # and the service's dynamic batcher merges their requests (docs/PERFORMANCE.md).
         consumers = [("inference-consumer", "consumers.inference")]
         consumers += [(f"inference-consumer-{i}", "consumers.inference")
-                      for i in range(2, int(os.environ.get("STACK_INFERENCE_CONSUMERS", "1")) + 1)]
+                      for i in range(2, stack.stack_inference_consumers + 1)]
         # Every consumer serves /metrics on a port of its own (METRICS_PORT), written to
         # stack.env as <NAME>_METRICS_PORT; PRODUCER_METRICS_PORT is kept for a producer
         # run against the stack (the demo, the tests), which Prometheus scrapes too.
@@ -200,27 +202,26 @@ class Supervisor:
         self.endpoints["PRODUCER_METRICS_PORT"] = str(producer_ports[0])
         self.endpoints["PRODUCER_METRICS_PORTS"] = ",".join(map(str, producer_ports[1:]))
         scrape["producer"] = [f"127.0.0.1:{port}" for port in producer_ports]
-        self.plan_prometheus(scrape)
-        self.plan_dashboard()
+        self.plan_prometheus(scrape, stack)
+        self.plan_dashboard(stack)
 
         for c in self.components:
             c.env = {**os.environ, **base_env, **self.endpoints, **c.env}
-        self._kafka_settings = lambda: KafkaSettings(
-            kafka_bootstrap_servers=self.endpoints["KAFKA_BOOTSTRAP_SERVERS"])
+        self._kafka = kafka.model_copy(update={"kafka_bootstrap_servers": self.endpoints["KAFKA_BOOTSTRAP_SERVERS"]})
 
-    def plan_prometheus(self, scrape: dict[str, list[str]]) -> None:
+    def plan_prometheus(self, scrape: dict[str, list[str]], stack: StackSettings) -> None:
         """Prometheus on a free loopback port, scraping every component, when installed."""
         binary = monitoring.prometheus_binary()
         if binary is None:
             log.info("prometheus not installed (or STACK_PROMETHEUS=0): the stack runs without it")
             return
-        port = int(os.environ.get("STACK_PROMETHEUS_PORT", "0")) or free_port()
+        port = stack.stack_prometheus_port or free_port()
         url = f"http://127.0.0.1:{port}"
         scrape["prometheus"] = [f"127.0.0.1:{port}"]
         conf_dir = self.dir / "prometheus"
         conf_dir.mkdir(parents=True, exist_ok=True)
         (conf_dir / "prometheus.yml").write_text(monitoring.scrape_config(
-            scrape, scrape_interval=os.environ.get("STACK_SCRAPE_INTERVAL", "5s")))
+            scrape, scrape_interval=stack.stack_scrape_interval))
         self.endpoints["PROMETHEUS_URL"] = url
         self.components.append(Component(
             "prometheus", [binary, f"--config.file={conf_dir / 'prometheus.yml'}",
@@ -228,12 +229,12 @@ class Supervisor:
                            "--storage.tsdb.retention.time=2d", f"--web.listen-address=127.0.0.1:{port}"],
             ready=lambda: self._http_ok(url + "/-/ready")))
 
-    def plan_dashboard(self) -> None:
+    def plan_dashboard(self, stack: StackSettings) -> None:
         """The live dashboard (python -m dashboard) on a free loopback port, unless
         STACK_DASHBOARD=0: it reads the stack's MongoDB and Prometheus."""
-        if os.environ.get("STACK_DASHBOARD", "1").strip().lower() in ("0", "false", "no", "off"):
+        if not stack.stack_dashboard:
             return
-        port = int(os.environ.get("STACK_DASHBOARD_PORT", "0")) or free_port()
+        port = stack.stack_dashboard_port or free_port()
         url = f"http://127.0.0.1:{port}"
         self.endpoints["DASHBOARD_URL"] = url
         env = {"DASHBOARD_BIND": f"127.0.0.1:{port}"}
@@ -251,9 +252,8 @@ class Supervisor:
             return False
 
     def _kafka_ready(self) -> bool:
-
         try:
-            created = ensure_topics(self._kafka_settings(), timeout_s=2)
+            created = ensure_topics(self._kafka, timeout_s=2)
         except Exception as exc:
             log.debug("kafka not ready: %s", exc)
             return False
@@ -262,7 +262,6 @@ class Supervisor:
         return True
 
     def _mongo_ready(self) -> bool:
-
         try:
             with MongoClient(self.endpoints["MONGO_URI"], serverSelectionTimeoutMS=1000) as client:
                 client.admin.command("ping")
@@ -271,11 +270,7 @@ class Supervisor:
             return False
 
     def _inference_ready(self) -> bool:
-
-        try:
-            return requests.get(self.endpoints["INFERENCE_URL"] + "/readyz", timeout=2).status_code == 200
-        except requests.RequestException:
-            return False
+        return self._http_ok(self.endpoints["INFERENCE_URL"] + "/readyz")
 
     # ------------------------------------------------------------ processes
     def pid_file(self, c: Component) -> Path:

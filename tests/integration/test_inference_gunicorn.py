@@ -162,8 +162,12 @@ def test_gunicorn_config_values_come_from_env(monkeypatch):
     conf = runpy.run_path(str(ROOT / "inference/gunicorn.conf.py"))
     assert conf["bind"] == "127.0.0.1:8000" and conf["workers"] == 1 and conf["threads"] == 8
     assert conf["control_socket_disable"] is True  # no shared ~/.gunicorn/gunicorn.ctl
-    monkeypatch.setenv("GUNICORN_WORKERS", "0")  # validated like every other setting
-    with pytest.raises(ValueError, match="GUNICORN_WORKERS"):
+    monkeypatch.setenv("GUNICORN_WORKERS", "0")  # validated like every other setting: one line, no traceback
+    with pytest.raises(SystemExit, match="inference service: invalid setting: GUNICORN_WORKERS='0'"):
+        runpy.run_path(str(ROOT / "inference/gunicorn.conf.py"))
+    monkeypatch.setenv("GUNICORN_WORKERS", "1")  # the workers' settings are checked in the master too
+    monkeypatch.setenv("MAX_BATCH", "64")
+    with pytest.raises(SystemExit, match="MAX_BATCH is no longer read: set MAX_REQUEST_IMAGES instead"):
         runpy.run_path(str(ROOT / "inference/gunicorn.conf.py"))
 
 

@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -58,15 +59,38 @@ def test_settings_env_is_typed_and_checked():
 
 
 @pytest.mark.parametrize("old, new", sorted(REPLACED.items()))
-def test_a_removed_name_is_an_error_naming_its_replacement(monkeypatch, old, new):
-    """The class that reads the replacement refuses to load; the others do not care."""
+def test_a_removed_name_is_an_error_naming_its_replacement(monkeypatch, tmp_path, old, new):
+    """The class that reads the replacement refuses to load, and so does the stack's
+    supervisor, which hands its environment to every component; the others do not care."""
+    from stack.supervisor import Supervisor
+
     owner = next(g for g in SETTINGS_GROUPS if new.lower() in g.model_fields)
     for name in (old, old.lower()):  # case-insensitive, like the settings themselves
         monkeypatch.setenv(name, "8")
         with pytest.raises(SettingsError, match=f"{old} is no longer read: set {new} instead"):
             owner()
+        with pytest.raises(SettingsError, match=f"{old} is no longer read"):
+            Supervisor(tmp_path).plan()
         assert DashboardSettings().dashboard_refresh_ms == 2000 and StackSettings().stack_dir is None
         monkeypatch.delenv(name)
+
+
+def test_the_stack_refuses_a_removed_name_before_it_starts(tmp_path):
+    env = {**os.environ, "MAX_BATCH": "64", "STACK_DIR": str(tmp_path)}
+    proc = subprocess.run([sys.executable, "-m", "stack", "up"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "MAX_BATCH is no longer read: set MAX_REQUEST_IMAGES instead" in proc.stderr
+    assert not (tmp_path / "supervisor.pid").exists()
+
+
+def test_a_removed_name_stops_a_component_at_start():
+    env = {**os.environ, "KAFKA_BATCH_SIZE": "1000"}
+    proc = subprocess.run([sys.executable, "-m", "producer", "--count", "1"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "KAFKA_BATCH_SIZE is no longer read: set KAFKA_PRODUCER_BATCH_BYTES instead" in proc.stderr
+    assert "Traceback" not in proc.stderr
 
 
 def test_a_bad_value_names_the_environment_variable(monkeypatch):
@@ -87,6 +111,22 @@ def test_a_secret_is_masked_in_an_error(monkeypatch):
     assert "DASHBOARD_REFRESH_MS='1'" in str(exc.value)
 
 
+def test_a_bad_environment_value_exits_cleanly():
+    env = {**os.environ, "STACK_INFERENCE_CONSUMERS": "0", "LOG_LEVEL": "info"}
+    proc = subprocess.run([sys.executable, "-m", "stack", "status"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert "invalid setting: STACK_INFERENCE_CONSUMERS='0'" in proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "stack", "status"], cwd=ROOT, env={**env, "LOG_LEVEL": "loud"},
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "invalid setting: LOG_LEVEL='loud'" in proc.stderr, proc.stderr[-2000:]
+    # A group loaded without the parser: the message alone (common/log.py's hook), status 1.
+    proc = subprocess.run([sys.executable, "-m", "consumers.db"], cwd=ROOT, env={**env, "IMAGES_PARTITIONS": "x"},
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert "invalid setting: IMAGES_PARTITIONS='x'" in proc.stderr
+
+
 def test_every_setting_is_described_and_declared_once():
     """Every field tells people what it does; a variable read by several classes means one thing."""
     seen: dict[str, tuple] = {}
@@ -98,6 +138,31 @@ def test_every_setting_is_described_and_declared_once():
             assert first[1] == field.default, f"{name}: {first} against {group.__name__}"
     for old, new in REPLACED.items():
         assert old.lower() not in seen and new.lower() in seen, (old, new)
+
+
+# Where a process composes a child's environment it copies or writes os.environ; reading a
+# setting from it is what the settings classes are for.
+PRODUCT = ("common", "producer", "consumers", "inference", "stack", "analysis", "experiments", "dashboard")
+STUDY_SCRIPTS = {"experiments/runtime_compare.py"}  # measurement scripts outside the product's settings
+
+
+def _raw_reads(path):
+    import ast
+
+    tree = ast.parse(path.read_text())
+    for node in ast.walk(tree):
+        text = ast.unparse(node) if isinstance(node, (ast.Call, ast.Subscript)) else ""
+        if isinstance(node, ast.Call) and text.startswith(("os.getenv(", "os.environ.get(", "environ.get(")):
+            yield node.lineno, text
+        elif isinstance(node, ast.Subscript) and isinstance(node.ctx, ast.Load) and text.startswith("os.environ["):
+            yield node.lineno, text
+
+
+def test_no_product_module_reads_a_setting_from_the_environment():
+    found = [f"{path.relative_to(ROOT)}:{line}: {text}"
+             for package in PRODUCT for path in sorted((ROOT / package).rglob("*.py"))
+             if str(path.relative_to(ROOT)) not in STUDY_SCRIPTS for line, text in _raw_reads(path)]
+    assert not found, "read these through common.settings:\n" + "\n".join(found)
 
 
 def test_the_client_waits_longer_than_the_service_deadline():
