@@ -10,7 +10,8 @@ upper case (``KAFKA_BOOTSTRAP_SERVERS``, ``MONGO_URI`` ...), which is also what
 The groups live in three modules, all imported from here: the pipeline's (this module),
 the servers' (:mod:`common.settings_service`: the inference service, Gunicorn, the
 dashboard) and the local stack's and experiments' (:mod:`common.settings_stack`).  The
-shared machinery is :mod:`common.settings_base`.
+shared machinery is :mod:`common.settings_base`.  docs/SETTINGS.md lists every variable,
+generated from the fields' descriptions (``python -m common.settings_doc``).
 
 Every entry point prints its effective settings at start through :func:`describe`, with
 secrets masked.

@@ -2,7 +2,8 @@
 
 A settings class derives from :class:`ProjectSettings`.  Its variables are its field names
 in upper case (no prefix, no aliases: :func:`env_name`), and every field carries a
-``description`` for people.  Loading a class is where a component checks its
+``description`` for people: docs/SETTINGS.md is generated from them
+(``python -m common.settings_doc``).  Loading a class is where a component checks its
 environment: a bad value, or a variable still set under a name in :data:`REPLACED`,
 raises :class:`SettingsError`, whose message names the variable as users type it.
 Entry points load their groups through :func:`with_flags` with their argparse parser,
