@@ -11,7 +11,7 @@
 # default is the official slim image.  Offline (tests/containers/images.py) it is a
 # debootstrap-made bookworm and PIP_ARGS points pip at a local wheelhouse.
 # Classic builder compatible (no BuildKit-only syntax).  Settings are environment
-# variables exactly as on the VMs (common/settings.py); none is baked in except the
+# variables exactly as on the VMs (docs/SETTINGS.md); none is baked in except the
 # listen address of the inference service.
 ARG BASE_IMAGE=python:3.11-slim-bookworm
 
