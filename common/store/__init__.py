@@ -5,10 +5,10 @@ store (``common.store.mongodb``); only the adapters import a database client."""
 from __future__ import annotations
 
 from common.store.base import (IMAGE, IMAGE_FIELDS, PREDICTION, PREDICTION_STORED_AT, RESULT_FIELDS,
-                               STORED, STORED_AT, TIMESTAMPS, Refused, Sink, Stored, StoreError,
+                               SENT_AT, STORED, STORED_AT, TIMESTAMPS, Refused, Sink, Stored, StoreError,
                                StoreReader, Transient, Upsert, WriteOutcome, image_upsert, result_upsert)
 
-__all__ = ["IMAGE", "IMAGE_FIELDS", "PREDICTION", "PREDICTION_STORED_AT", "RESULT_FIELDS", "STORED",
+__all__ = ["IMAGE", "IMAGE_FIELDS", "PREDICTION", "PREDICTION_STORED_AT", "RESULT_FIELDS", "SENT_AT", "STORED",
            "STORED_AT", "TIMESTAMPS", "Refused", "Sink", "Stored", "StoreError", "StoreReader", "Transient",
            "Upsert", "WriteOutcome", "image_upsert", "open_reader", "open_sink", "result_upsert"]
 

@@ -25,6 +25,7 @@ RESULT_FIELDS = ("device_id", "producer_id", "seq", "sent_at", "prediction", "co
 STORED_AT = "stored_at"  # first time the image was stored
 PREDICTION_STORED_AT = "prediction_stored_at"  # first time its prediction was stored
 PREDICTION = "prediction"
+SENT_AT = "sent_at"
 # Every timestamp a document can hold (unix seconds), in pipeline order.
 TIMESTAMPS = ("sent_at", "received_at", "inferred_at", "published_at", STORED_AT, PREDICTION_STORED_AT)
 
