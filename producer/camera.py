@@ -20,13 +20,13 @@ from pathlib import Path
 
 from kafka import TopicPartition
 from kafka.errors import KafkaError, KafkaTimeoutError
-from pydantic_core import from_json
 from tqdm import tqdm
 
 from common.dataset import DatasetUnavailable
 from common.kafka_io import RESULT_PRODUCER_HEADER, key_partition, make_consumer, make_producer
 from common.rundir import write_latencies, write_stages
-from common.schema import SCHEMA_VERSION, InvalidMessage, dumps, image_record, make_image_message
+from common.schema import (SCHEMA_VERSION, InvalidMessage, dumps, image_record, make_image_message,
+                           parse_result_message)
 from common.settings import KafkaSettings
 from producer.metrics import ProducerMetrics
 
@@ -164,10 +164,10 @@ class ResultListener(threading.Thread):
                     if record.value is None or mine_bytes not in record.value:
                         continue
                     try:
-                        result = from_json(record.value)  # pydantic-core's parser
-                    except (TypeError, ValueError):
-                        continue
-                    if not isinstance(result, dict) or result.get("producer_id") != mine:
+                        result = parse_result_message(record.value)  # the contract's result, validated
+                    except InvalidMessage:
+                        continue  # the DB consumer dead-letters it; a producer only times its own
+                    if result["producer_id"] != mine:
                         continue
                     with self.lock:
                         sent = self.run_state.sent.get(result.get("image_id"))
