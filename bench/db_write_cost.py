@@ -1,4 +1,4 @@
-"""``python -m experiments.db_write_cost --mongo URI``: what one upsert per image saves.
+"""``python -m bench.db_write_cost --mongo URI``: what one upsert per image saves.
 
 The DB consumer merges an image and its result polled together into one upsert
 (consumers.db.merged_updates).  This writes N (image, result) pairs both ways, in
@@ -41,7 +41,7 @@ def merged(parts) -> list:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m experiments.db_write_cost", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m bench.db_write_cost", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--mongo", required=True, help="MongoDB URI (a scratch database is used)")
     p.add_argument("--images", type=int, default=1500, help="pairs per round (default 1500)")
