@@ -28,7 +28,7 @@ from typing import NamedTuple
 
 from analysis.stats import KNEE_RATIO, latency_summary
 from common.mongo_io import connect, images_collection
-from common.rundir import read_latencies
+from common.rundir import RunDir
 from common.settings import MongoSettings
 from experiments.fleet import run_fleet
 from stack.control import LocalStack
@@ -116,7 +116,8 @@ def run_step(out: Path, env: dict, *, rate: float, duration: float, tag: str,
                       devices=devices, env=env, run_tag=tag,
                       result_timeout_s=max(30.0, 3 * duration))
     wall = time.time() - t0
-    rows = read_latencies(out / "latencies.csv") if (out / "latencies.csv").exists() else []
+    run = RunDir(out)
+    rows = run.latencies() if run.latencies_csv.exists() else []
     ids = sorted({r.producer_id for r in rows})
     sent = len(rows)
     done, query_cpu = stored_times(env, ids, sent, timeout_s=30.0, stack=stack) if sent else ([], 0.0)
