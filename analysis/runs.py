@@ -1,17 +1,17 @@
 """Loading runs: a run directory (``latencies.csv`` + optional ``summary.json`` and
-``stages.csv``) or a pseudo-run read straight from MongoDB.
+``stages.csv``, read through ``common.rundir.RunDir``) or a pseudo-run read straight
+from MongoDB.
 
 Only ``latencies.csv`` is required; everything else adds what it can.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common.rundir import LatencyFileError, LatencyRow, read_latencies, read_stages
+from common.rundir import LatencyFileError, LatencyRow, RunDir
 from common.settings import MongoSettings
 from common.store import TIMESTAMPS, StoreError, open_reader
 
@@ -34,7 +34,7 @@ _STORE_FIELDS = ("producer_id", "device_id", "seq", "label", "prediction", "mode
 
 
 class AnalysisInputError(ValueError):
-    """An input other than latencies.csv (summary.json, stages.csv, MongoDB) is unusable."""
+    """MongoDB is unusable as an input (a run directory's files raise RunFileError)."""
 
 
 @dataclass
@@ -119,18 +119,6 @@ class Run:
 
 # ------------------------------------------------------------------ run directories
 
-def read_summary(path: Path) -> dict:
-    if not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text())
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise AnalysisInputError(f"{path}: invalid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise AnalysisInputError(f"{path}: expected a JSON object")
-    return data
-
-
 def _stages_from_rows(rows: list[LatencyRow]) -> dict[str, dict[str, float]]:
     return {r.image_id: {"sent_at": r.sent_at, "result_at": r.result_at}
             for r in rows if r.result_at is not None}
@@ -142,11 +130,9 @@ def load_run(path: Path, name: str | None = None) -> Run:
     run_dir = path.parent if path.is_file() else path
     if not run_dir.exists():
         raise LatencyFileError(f"{run_dir}: no such run directory")
-    rows = read_latencies(run_dir / "latencies.csv")
-    summary = read_summary(run_dir / "summary.json")
-    stages = read_stages(run_dir / "stages.csv")
-    return Run(name=name or run_dir.resolve().name, rows=rows, summary=summary,
-               stages=stages, path=run_dir)
+    files = RunDir(run_dir)
+    return Run(name=name or run_dir.resolve().name, rows=files.latencies(), summary=files.summary(),
+               stages=files.stages(), path=run_dir)
 
 
 def unique_names(paths: list[Path]) -> list[str]:

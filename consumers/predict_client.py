@@ -77,7 +77,7 @@ def encode_multipart(items: list[tuple[str, bytes, str]]) -> tuple[bytes, str]:
     """The multipart/form-data body of /v1/predict for (image_id, image bytes, content type)
     triples, and its Content-Type: per image, in order, an ``image_id`` text part then an
     ``image`` file part.  Built by hand (one join; about 10x cheaper than urllib3's
-    encode_multipart_formdata for 64 images of 3 KB, experiments/decode_cost.py) with a random
+    encode_multipart_formdata for 64 images of 3 KB, bench/decode_cost.py) with a random
     boundary that occurs in no image and no id.  ValueError for a content type other than
     image/png or image/jpeg, or an id that is not valid Unicode (a lone surrogate)."""
     ids = [image_id.encode("utf-8") for image_id, _, _ in items]  # UnicodeEncodeError is a ValueError

@@ -97,7 +97,7 @@ def effective_settings(env: dict) -> dict:
 def bench_stack(name: str, env: dict, workdir: Path) -> LocalStack:
     """A stack of its own for one configuration (temporary STACK_DIR, free ports), without
     Prometheus and the dashboard: the benchmark measures the pipeline, not its monitoring
-    (what the metrics themselves cost: python -m experiments.metrics_cost)."""
+    (what the metrics themselves cost: python -m bench.metrics_cost)."""
     return LocalStack(workdir / f"stack-{name}", {"STACK_PROMETHEUS": "0", "STACK_DASHBOARD": "0", **env},
                       name=name)
 

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from analysis.stats import KNEE_RATIO, latency_summary
-from common.rundir import read_latencies
+from common.rundir import RunDir
 from common.store import PREDICTION, PREDICTION_STORED_AT, SENT_AT, STORED_AT, open_reader
 from common.settings import MongoSettings
 from experiments.fleet import run_fleet
@@ -112,7 +112,8 @@ def run_step(out: Path, env: dict, *, rate: float, duration: float, tag: str,
                       devices=devices, env=env, run_tag=tag,
                       result_timeout_s=max(30.0, 3 * duration))
     wall = time.time() - t0
-    rows = read_latencies(out / "latencies.csv") if (out / "latencies.csv").exists() else []
+    run = RunDir(out)
+    rows = run.latencies() if run.latencies_csv.exists() else []
     ids = sorted({r.producer_id for r in rows})
     sent = len(rows)
     done, query_cpu = stored_times(env, ids, sent, timeout_s=30.0, stack=stack) if sent else ([], 0.0)

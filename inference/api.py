@@ -189,7 +189,7 @@ def _split_multipart(body: bytes, boundary: str, max_parts: int,
     """The 'image_id' text parts and 'image' file parts (data, media type) of a multipart body
     in its plain form (what clients write: no preamble, CRLF line ends, headers in every
     part), by finding its delimiters: a fraction of Werkzeug's general parser's time (64
-    32x32 PNGs: 140 -> 75 us per image for the whole request, experiments/decode_cost.py).
+    32x32 PNGs: 140 -> 75 us per image for the whole request, bench/decode_cost.py).
     None for any other form: Werkzeug parses it then.  Werkzeug's
     rules: a part is a file when its Content-Disposition has a filename; 413 over
     ``max_parts`` parts or a text part over ``max_text`` bytes."""

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from common.dataset import DatasetUnavailable
 from common.kafka_io import RESULT_PRODUCER_HEADER, key_partition, make_consumer, make_producer
-from common.rundir import write_latencies, write_stages
+from common.rundir import RunDir
 from common.schema import (SCHEMA_VERSION, InvalidMessage, dumps, image_record, make_image_message,
                            parse_result_message)
 from common.settings import KafkaSettings
@@ -374,8 +374,9 @@ def run_cameras(run: ProducerRun, *, kafka: KafkaSettings, dataset, count: int, 
 def write_run_files(run: ProducerRun, out_dir: Path) -> None:
     """latencies.csv and stages.csv (every image attempted: one the broker never
     acknowledged has no result and counts as lost), and producer.json with the counts."""
-    write_latencies(out_dir / "latencies.csv", run.latency_rows())
-    write_stages(out_dir / "stages.csv", run.stage_rows())
+    files = RunDir(out_dir)
+    files.write_latencies(run.latency_rows())
+    files.write_stages(run.stage_rows())
     failed = {image_id: s.error for image_id, s in run.sent.items() if s.error}
     (out_dir / "producer.json").write_text(json.dumps(
         {"producer_id": run.producer_id, **run.counts(), "failed_images": failed}, indent=1) + "\n")

@@ -50,3 +50,18 @@ def make_cifar_archive(path: Path, per_batch: int = 20) -> Path:
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
     return path
+
+
+def mongo_connect(mongo):
+    """A plain pymongo client for a MongoSettings: the tests read MongoDB themselves, never
+    through the store reader they are checking (common.store)."""
+    from pymongo import MongoClient
+
+    from common.settings import secret
+
+    return MongoClient(secret(mongo.mongo_uri), serverSelectionTimeoutMS=mongo.mongo_timeout_ms, retryWrites=False)
+
+
+def mongo_images(client, mongo):
+    """The images collection of ``client`` that a MongoSettings names."""
+    return client[mongo.mongo_database][mongo.mongo_collection]

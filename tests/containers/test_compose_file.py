@@ -114,8 +114,10 @@ def test_dockerignore_keeps_secrets_and_artefacts_out():
     lines = [ln.strip() for ln in (ROOT / ".dockerignore").read_text().splitlines()]
     assert lines[lines.index("*") if "*" in lines else 0] == "*", "an allow-list: everything ignored first"
     allowed = {ln[1:].rstrip("/") for ln in lines if ln.startswith("!")}
-    for never in (".venv", "results", ".run", ".deploy", "clouds.yaml", "inventory", ".env", ".git"):
+    for never in (".venv", "results", ".run", ".deploy", "clouds.yaml", "inventory", ".env", ".git", "bench"):
         assert never not in allowed
+    # The one-off cost studies (bench/) are not the product: neither sent nor copied.
+    assert not re.search(r"^COPY\s+(\S+\s+)*bench/", (ROOT / "Dockerfile").read_text(), re.M)
     for secret in ("**/clouds.yaml", "**/*.vault", "**/vault.yml", "**/.env"):
         assert secret in lines
 

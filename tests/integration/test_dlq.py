@@ -28,7 +28,7 @@ def kafka(env) -> KafkaSettings:
 
 
 def mongo_db(env):
-    from common.mongo_io import connect
+    from tests.support import mongo_connect as connect
 
     mongo = MongoSettings(mongo_uri=env["MONGO_URI"])
     return connect(mongo)[mongo.mongo_database]

@@ -6,8 +6,6 @@ comparison tests skip, and the engine fails at load with a message naming the fi
 
 from __future__ import annotations
 
-import sys
-
 import numpy as np
 import pytest
 
@@ -21,21 +19,6 @@ def test_model_engine_setting(monkeypatch):
     monkeypatch.setenv("MODEL_ENGINE", "tensorrt")
     with pytest.raises(ValueError):
         ServiceSettings()
-
-
-def test_runtime_compare_imports_without_the_runtimes(monkeypatch):
-    """The measurement tool imports, and reports an engine as not installed, without them."""
-    pytest.importorskip("tensorflow")
-    from inference import runtimes
-
-    for name in ("onnxruntime", "tf2onnx", "openvino"):
-        monkeypatch.setitem(sys.modules, name, None)  # import -> ImportError
-    import experiments.runtime_compare  # noqa: F401
-
-    with pytest.raises(runtimes.EngineUnavailable, match="requirements/runtime-openvino.txt"):
-        runtimes.openvino_predict(None, 32)
-    with pytest.raises(runtimes.EngineUnavailable, match="requirements/runtime-onnxruntime.txt"):
-        runtimes.onnxruntime_predict(None, 32)
 
 
 def test_load_model_rejects_an_unknown_engine_or_bfloat16():

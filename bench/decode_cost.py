@@ -1,4 +1,4 @@
-"""``python -m experiments.decode_cost``: what real camera images cost the service, and the wire.
+"""``python -m bench.decode_cost``: what real camera images cost the service, and the wire.
 
 Prints, per image (best of several timeit rounds, so a neighbour's burst on a shared
 machine does not count):
@@ -154,7 +154,7 @@ def client_costs(n: int = 64, size: int = 3000) -> dict:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m experiments.decode_cost", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m bench.decode_cost", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--json", action="store_true", help="also print the figures as one JSON line")
     args = p.parse_args(argv)
