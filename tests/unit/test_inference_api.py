@@ -21,8 +21,9 @@ from PIL import Image
 
 from common.labels import CIFAR10_CLASSES
 from common.schema import encode_png
+from tests.binaries import required_module
 
-tf_test = pytest.importorskip("tensorflow")
+required_module("tensorflow")
 
 from inference import create_app  # noqa: E402
 
