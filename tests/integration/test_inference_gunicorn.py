@@ -182,8 +182,8 @@ def test_access_log_when_stderr_is_the_journal():
 
 def test_app_modules_do_not_import_tensorflow():
     """Only the worker's loader thread imports TF; building the app object must not."""
-    code = ("import sys, inference, inference.api, inference.engine, inference.batcher, "
-            "inference.openapi, inference.imagenet_cifar; from inference.engine import Engine; "
+    code = ("import sys, inference, inference.api, inference.serving, inference.batcher, "
+            "inference.openapi, inference.imagenet_cifar; from inference.serving import ModelHost; "
             "assert 'tensorflow' not in sys.modules, 'tensorflow imported'; print('ok')")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
