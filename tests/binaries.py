@@ -28,6 +28,7 @@ def under_ci() -> bool:
 
 def unavailable(message: str) -> NoReturn:
     """Skip with ``message``; under CI=true fail with it.  For what the project installs."""
+    __tracebackhide__ = True  # the skip or failure is reported at the test's line
     if under_ci():
         pytest.fail(f"{message}; CI=true requires it")
     pytest.skip(message, allow_module_level=True)
@@ -35,6 +36,7 @@ def unavailable(message: str) -> NoReturn:
 
 def required_binary(name: str, package: str = "prometheus") -> str:
     """The path of a tool from a Debian package that scripts/install-system-packages.sh installs."""
+    __tracebackhide__ = True  # the skip or failure is reported at the test's line
     path = shutil.which(name)
     if path:
         return path
@@ -45,6 +47,7 @@ def required_binary(name: str, package: str = "prometheus") -> str:
 def venv_tool(name: str) -> str:
     """The path of a command a Python requirement installs (ansible-playbook, nx-27017, ...):
     next to this interpreter, else on PATH."""
+    __tracebackhide__ = True  # the skip or failure is reported at the test's line
     path = VENV_BIN / name
     if path.exists():
         return str(path)
@@ -56,6 +59,7 @@ def venv_tool(name: str) -> str:
 
 def required_module(name: str) -> ModuleType:
     """pytest.importorskip for a package requirements.txt installs (tensorflow, yaml, ...)."""
+    __tracebackhide__ = True  # the skip or failure is reported at the test's line
     try:
         return importlib.import_module(name)
     except ImportError as exc:
