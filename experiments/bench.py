@@ -19,8 +19,9 @@ RSS (VmHWM) of every component's process tree is read before each stack stops.
 ``--smoke`` runs a tiny version (seconds per step) that only proves the machinery
 and the output files; it says nothing about performance.  A benchmark is not a test.
 
-(About 400 lines: the ramp, the latency points and the two stacks of one run; the model's
-limit is experiments/model_limit.py and the table and figure experiments/bench_report.py.)
+This module runs the configurations (the ramp, the latency points, the two stacks of one
+run); the model's limit is experiments/model_limit.py, the table and figure
+experiments/bench_report.py.
 """
 
 from __future__ import annotations

@@ -207,7 +207,7 @@ def sweep_basis(r: Ramp) -> tuple[float, str]:
     step stores in larger batches than a steady load forms, and a backlog is drained
     after its offer ends (224 px, 2 cores: capacity 16.7 img/s from the ramp's
     overloaded step; knee between 12.6 and 14.2; the sweep's 3 and 4 producers stored
-    12.5-13.1).  Sized from the capacity, the sweep's top was 1.4x the knee."""
+    12.5-13.1).  A sweep sized from that capacity would put its top at 1.4x the knee."""
     if r.knee_between:
         low, high = r.knee_between
         return round(math.sqrt(low * high), 2), "knee"

@@ -1,7 +1,7 @@
 """ResNet50 loading and the compiled predict function.
 
 Importing this module imports TensorFlow, so only the worker's loader thread
-(``inference.engine``) and ``inference.train`` import it - never the Gunicorn
+(``inference.serving``) and ``inference.train`` import it - never the Gunicorn
 master, never ``inference/__init__``.
 
 ``MODEL_WEIGHTS``:

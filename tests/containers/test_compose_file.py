@@ -5,14 +5,13 @@ contract the issue asks for, and the Dockerfile / .dockerignore rules."""
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import yaml
 
+from tests.binaries import required_binary
 from tests.support import ROOT
 
 COMPOSE = ROOT / "compose.yaml"
@@ -39,14 +38,14 @@ def test_schema_check_rejects_a_broken_file(tmp_path):
     assert proc.returncode != 0
 
 
-@pytest.mark.skipif(not shutil.which("docker-compose"), reason="docker-compose not installed")
 def test_docker_compose_resolves_both_files():
+    compose = required_binary("docker-compose", "docker-compose")
     env = {"PATH": "/usr/bin:/bin", "MONGO_ROOT_PASSWORD": "x"}
     for files in (["-f", str(COMPOSE)], ["-f", str(COMPOSE), "-f", str(OVERRIDE)]):
         extra = {f"IOTC_{k}": "1" for k in ("KAFKA_PORT", "MONGO_PORT", "INFERENCE_PORT", "COUNT")}
         extra.update(IOTC_DATASET_DIR="/tmp", IOTC_OUT_DIR="/tmp", IOTC_APP_IMAGE="a", IOTC_INFERENCE_IMAGE="i",
                      IOTC_EMBEDDED_IMAGE="e", IOTC_PRODUCER_ID="p", IOTC_DATASET_NAME="d")
-        proc = subprocess.run(["docker-compose", *files, "--project-directory", str(ROOT), "config", "-q"],
+        proc = subprocess.run([compose, *files, "--project-directory", str(ROOT), "config", "-q"],
                               env={**env, **extra}, capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0, proc.stderr
 
@@ -127,8 +126,6 @@ def test_monitoring_profile():
     promtool accepts, scraping every component by the job names the rules and the Grafana
     dashboard use (scaled services by DNS); Grafana with the same dashboard, no default
     password; both on 127.0.0.1 only, neither started without the profile."""
-    from tests.binaries import required_binary
-
     services = _compose()["services"]
     prom, grafana = services["prometheus"], services["grafana"]
     assert prom["profiles"] == ["monitoring"] == grafana["profiles"]

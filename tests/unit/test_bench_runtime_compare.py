@@ -7,10 +7,12 @@ import sys
 
 import pytest
 
+from tests.binaries import required_module
+
 
 def test_runtime_compare_imports_without_the_runtimes(monkeypatch):
     """The measurement tool imports, and reports an engine as not installed, without them."""
-    pytest.importorskip("tensorflow")
+    required_module("tensorflow")
     from inference import runtimes
 
     for name in ("onnxruntime", "tf2onnx", "openvino"):

@@ -15,19 +15,17 @@ Kafka is the fake consumer/producer of tests/fakes.py; only nx-27017 runs.
 from __future__ import annotations
 
 import functools
-import shutil
 import socket
 import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 from pymongo import ASCENDING, MongoClient, monitoring
 
 from common.settings import MongoSettings
 from common.store import mongodb
+from tests.binaries import venv_tool
 from tests.fakes import (P0, R0, FakeConsumer, RecordingProducer, dead_letters, image_value, kafka_settings, oam,
                          result_value, stop_after_paused_polls, stop_when_drained)
 from tests.support import HANG_GUARD_S
@@ -37,11 +35,7 @@ from tests.unit.test_db_write_errors import GUARD_PAUSED_POLLS, image_id_of, ori
 @pytest.fixture
 def mongo_uri(tmp_path):
     """A fresh nx-27017 server on a free port, stopped after the test."""
-    server = Path(sys.executable).parent / "nx-27017"
-    if not server.exists():
-        server = shutil.which("nx-27017")
-        if server is None:
-            pytest.skip("nx-27017 (MongoDB wire-protocol server) not installed")
+    server = venv_tool("nx-27017")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
