@@ -60,7 +60,7 @@ test-containers: venv ## images + Compose pipeline end to end (root, Docker): 20
 # pip-audit needs PyPI's JSON API / OSV; offline it reports every package as
 # "not found" and skipped, so its verdict only counts where those are reachable.
 lint: venv        ## static checks: Python (ruff, layer contract) and the Ansible tree (yamllint, ansible-lint, syntax)
-	$(VENV)/bin/ruff check common producer consumers inference analysis stack experiments dashboard tests
+	$(VENV)/bin/ruff check common producer consumers inference analysis stack experiments dashboard bench tests
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/yamllint --strict playbook_master.yaml playbooks roles inventory tests/deploy compose.yaml deploy tests/containers
 	$(VENV)/bin/ansible-lint --offline --profile production playbook_master.yaml playbooks roles inventory tests/deploy

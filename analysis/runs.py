@@ -1,18 +1,19 @@
 """Loading runs: a run directory (``latencies.csv`` + optional ``summary.json`` and
-``stages.csv``) or a pseudo-run read straight from MongoDB.
+``stages.csv``, read through ``common.rundir.RunDir``) or a pseudo-run read straight
+from MongoDB.
 
 Only ``latencies.csv`` is required; everything else adds what it can.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common.rundir import LatencyFileError, LatencyRow, read_latencies, read_stages
+from common.rundir import LatencyFileError, LatencyRow, RunDir
+from common.settings import MongoSettings
+from common.store import TIMESTAMPS, StoreError, open_reader
 
 # (label, start timestamp, end timestamp).  The first four are consecutive
 # segments of the result path (they add up to e2e for one image); the last two
@@ -29,13 +30,11 @@ RESULT_PATH = STAGES[:4]
 
 MONGO_DATABASE = "iot"
 MONGO_COLLECTION = "images"
-_MONGO_FIELDS = ("producer_id", "device_id", "seq", "sent_at", "stored_at", "label",
-                 "prediction", "model", "received_at", "inferred_at", "published_at",
-                 "prediction_stored_at")
+_STORE_FIELDS = ("producer_id", "device_id", "seq", "label", "prediction", "model") + TIMESTAMPS
 
 
 class AnalysisInputError(ValueError):
-    """An input other than latencies.csv (summary.json, stages.csv, MongoDB) is unusable."""
+    """MongoDB is unusable as an input (a run directory's files raise RunFileError)."""
 
 
 @dataclass
@@ -120,18 +119,6 @@ class Run:
 
 # ------------------------------------------------------------------ run directories
 
-def read_summary(path: Path) -> dict:
-    if not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text())
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise AnalysisInputError(f"{path}: invalid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise AnalysisInputError(f"{path}: expected a JSON object")
-    return data
-
-
 def _stages_from_rows(rows: list[LatencyRow]) -> dict[str, dict[str, float]]:
     return {r.image_id: {"sent_at": r.sent_at, "result_at": r.result_at}
             for r in rows if r.result_at is not None}
@@ -143,11 +130,9 @@ def load_run(path: Path, name: str | None = None) -> Run:
     run_dir = path.parent if path.is_file() else path
     if not run_dir.exists():
         raise LatencyFileError(f"{run_dir}: no such run directory")
-    rows = read_latencies(run_dir / "latencies.csv")
-    summary = read_summary(run_dir / "summary.json")
-    stages = read_stages(run_dir / "stages.csv")
-    return Run(name=name or run_dir.resolve().name, rows=rows, summary=summary,
-               stages=stages, path=run_dir)
+    files = RunDir(run_dir)
+    return Run(name=name or run_dir.resolve().name, rows=files.latencies(), summary=files.summary(),
+               stages=files.stages(), path=run_dir)
 
 
 def unique_names(paths: list[Path]) -> list[str]:
@@ -161,21 +146,11 @@ def unique_names(paths: list[Path]) -> list[str]:
     return names
 
 
-# ------------------------------------------------------------------ MongoDB
+# ------------------------------------------------------------------ the store
 
-def redact_uri(uri: str) -> str:
-    """The URI with any password replaced, for messages."""
-    return re.sub(r"(//[^:/@]+:)[^@]*@", r"\1***@", uri)
-
-
-def _mongo_collection(uri: str, database: str, collection: str, timeout_ms: int = 5000):
-    from pymongo import MongoClient
-
-    lowered = uri.lower()  # timeouts given in the URI win over the defaults
-    options = {name: timeout_ms for name in ("serverSelectionTimeoutMS", "connectTimeoutMS")
-               if name.lower() not in lowered}
-    client = MongoClient(uri, retryWrites=False, **options)
-    return client, client[database][collection]
+def _reader(uri: str, database: str, collection: str, timeout_ms: int):
+    return open_reader(MongoSettings(mongo_uri=uri, mongo_database=database, mongo_collection=collection,
+                                     mongo_timeout_ms=timeout_ms))
 
 
 def _num(value) -> float | None:
@@ -187,8 +162,7 @@ def _num(value) -> float | None:
 
 def _doc_times(doc: dict) -> dict[str, float]:
     times = {}
-    for name in ("sent_at", "received_at", "inferred_at", "published_at", "stored_at",
-                 "prediction_stored_at"):
+    for name in TIMESTAMPS:
         value = _num(doc.get(name))
         if value is not None:
             times[name] = value
@@ -199,20 +173,13 @@ def load_mongo_run(uri: str, *, producer_ids: list[str] | None = None, name: str
                    database: str = MONGO_DATABASE, collection: str = MONGO_COLLECTION,
                    timeout_ms: int = 5000) -> Run:
     """A pseudo-run from the ``images`` collection: latency = stored_at - sent_at (ms)."""
-    from pymongo.errors import PyMongoError
-
-    query: dict = {}
-    if producer_ids:
-        query["producer_id"] = {"$in": list(producer_ids)}
+    store = _reader(uri, database, collection, timeout_ms)
     try:
-        client, coll = _mongo_collection(uri, database, collection, timeout_ms)
-        try:
-            docs = list(coll.find(query, {f: 1 for f in _MONGO_FIELDS}))
-        finally:
-            client.close()
-    except PyMongoError as exc:
-        raise AnalysisInputError(
-            f"MongoDB {redact_uri(uri)} ({database}.{collection}): {exc}") from None
+        docs = list(store.by_producers(producer_ids or None, _STORE_FIELDS))
+    except StoreError as exc:
+        raise AnalysisInputError(str(exc)) from None
+    finally:
+        store.close()
     rows: list[LatencyRow] = []
     stages: dict[str, dict[str, float]] = {}
     for doc in docs:
@@ -225,15 +192,15 @@ def load_mongo_run(uri: str, *, producer_ids: list[str] | None = None, name: str
             e2e = None  # clock trouble; do not invent a latency
         seq = doc.get("seq")
         rows.append(LatencyRow(
-            image_id=str(doc["_id"]), device_id=str(doc.get("device_id") or ""),
+            image_id=str(doc["image_id"]), device_id=str(doc.get("device_id") or ""),
             producer_id=str(doc.get("producer_id") or ""),
             seq=int(seq) if isinstance(seq, (int, float)) and not isinstance(seq, bool) else 0,
             sent_at=sent, result_at=stored, e2e_ms=e2e,
             label=doc.get("label") or None, prediction=doc.get("prediction") or None,
             model=doc.get("model") or None))
-        stages[str(doc["_id"])] = times
+        stages[str(doc["image_id"])] = times
     rows.sort(key=lambda r: (r.sent_at, r.producer_id, r.seq))
-    return Run(name=name, rows=rows, stages=stages, source=f"MongoDB {redact_uri(uri)}")
+    return Run(name=name, rows=rows, stages=stages, source=f"{store.name} {store.where}")
 
 
 def add_mongo_stages(runs: list[Run], uri: str, *, database: str = MONGO_DATABASE,
@@ -242,27 +209,19 @@ def add_mongo_stages(runs: list[Run], uri: str, *, database: str = MONGO_DATABAS
 
     Timestamps already known (stages.csv, latencies.csv) win over MongoDB's.
     """
-    from pymongo.errors import PyMongoError
-
     matched = 0
+    store = _reader(uri, database, collection, timeout_ms)
     try:
-        client, coll = _mongo_collection(uri, database, collection, timeout_ms)
-        try:
-            for run in runs:
-                ids = [r.image_id for r in run.rows]
-                for start in range(0, len(ids), 1000):
-                    chunk = ids[start:start + 1000]
-                    for doc in coll.find({"_id": {"$in": chunk}}, {f: 1 for f in _MONGO_FIELDS}):
-                        times = _doc_times(doc)
-                        known = run.stages.setdefault(str(doc["_id"]), {})
-                        for key, value in times.items():
-                            known.setdefault(key, value)
-                        matched += 1
-        finally:
-            client.close()
-    except PyMongoError as exc:
-        raise AnalysisInputError(
-            f"MongoDB {redact_uri(uri)} ({database}.{collection}): {exc}") from None
+        for run in runs:
+            for doc in store.by_ids([r.image_id for r in run.rows], _STORE_FIELDS):
+                known = run.stages.setdefault(str(doc["image_id"]), {})
+                for key, value in _doc_times(doc).items():
+                    known.setdefault(key, value)
+                matched += 1
+    except StoreError as exc:
+        raise AnalysisInputError(str(exc)) from None
+    finally:
+        store.close()
     return matched
 
 

@@ -1,48 +1,22 @@
-"""Close a run: wait until MongoDB holds every image, then write ``summary.json``.
+"""What summary.json says about a run, and closing a run with it.
 
-Used by ``make demo`` and by the experiment runner, so a run directory has the
-same files wherever it was made.  "Lost" means: sent by a producer but not in
-MongoDB with a prediction.  MongoDB's ``_id`` is the image id, so a document can
-never be duplicated; ``duplicate_documents`` counts documents of the run beyond
-the images sent (it must be 0).
+``summarize`` makes the summary from a run's latencies.csv rows and MongoDB's documents
+of them; ``close_run`` closes a run directory with it (``common.rundir.RunDir.close``:
+wait until MongoDB holds every image, join ``stored_at``, write summary.json), so a run
+directory has the same files wherever it was made (``make demo``, the experiment, the
+fault suite).  "Lost" means: sent by a producer but not in MongoDB with a prediction.
+MongoDB's ``_id`` is the image id, so a document can never be duplicated;
+``duplicate_documents`` counts documents of the run beyond the images sent (it must be 0).
 """
 
 from __future__ import annotations
 
-import json
-import logging
-import time
+from functools import partial
 from pathlib import Path
 
 from analysis.report import accuracy_of
 from analysis.stats import latency_summary
-from common.rundir import LatencyRow, add_stored_at, read_latencies
-
-log = logging.getLogger(__name__)
-
-
-
-def _stored(collection, ids: list[str]) -> dict[str, dict]:
-    found = {}
-    for start in range(0, len(ids), 1000):
-        chunk = ids[start:start + 1000]
-        for doc in collection.find({"_id": {"$in": chunk}},
-                                   {"_id": 1, "prediction": 1, "stored_at": 1, "image": 1}):
-            found[doc["_id"]] = doc
-    return found
-
-
-def wait_stored(collection, ids: list[str], timeout_s: float = 60.0, progress=None) -> dict[str, dict]:
-    """Poll MongoDB until every id is stored with a prediction (or the timeout)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        docs = _stored(collection, ids)
-        complete = sum(1 for d in docs.values() if d.get("prediction") and d.get("image"))
-        if progress:
-            progress(len(docs), complete)
-        if complete == len(ids) or time.monotonic() > deadline:
-            return docs
-        time.sleep(0.5)
+from common.rundir import LatencyRow, RunDir
 
 
 def result_rate(results: list[LatencyRow]) -> float | None:
@@ -53,6 +27,9 @@ def result_rate(results: list[LatencyRow]) -> float | None:
 
 def summarize(rows: list[LatencyRow], docs: dict[str, dict] | None, *,
               producer_docs: int | None = None, extra: dict | None = None) -> dict:
+    """summary.json's object: counts, model, accuracy, rates and e2e percentiles of ``rows``;
+    with ``docs`` (image id -> MongoDB document) what was stored, and then with
+    ``producer_docs`` (documents of the run's producers) the duplicates; ``extra`` last."""
     e2e = [r.e2e_ms for r in rows if r.e2e_ms is not None]
     models = sorted({r.model for r in rows if r.model})
     model = models[0] if len(models) == 1 else (",".join(models) or None)
@@ -86,21 +63,12 @@ def summarize(rows: list[LatencyRow], docs: dict[str, dict] | None, *,
     return summary
 
 
-def close_run(run_dir: Path, collection, *, timeout_s: float = 60.0, extra: dict | None = None,
+def close_run(run_dir: Path | RunDir, store, *, timeout_s: float = 60.0, extra: dict | None = None,
               progress=None) -> dict:
-    """Wait for MongoDB, write summary.json (and stored_at into stages.csv); return the summary."""
-    rows = read_latencies(run_dir / "latencies.csv")
-    ids = [r.image_id for r in rows]
-    docs = None
-    producer_docs = None
-    if collection is not None:
-        docs = wait_stored(collection, ids, timeout_s, progress)
-        producers = sorted({r.producer_id for r in rows})
-        producer_docs = collection.count_documents({"producer_id": {"$in": producers}})
-        add_stored_at(run_dir, docs)
-    summary = summarize(rows, docs, producer_docs=producer_docs, extra=extra)
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    return summary
+    """Wait for MongoDB, write summary.json (``extra`` added to it) and stored_at into
+    stages.csv; return the summary.  ``store`` (a common.store.StoreReader) None: no store, its fields None."""
+    run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    return run.close(store, partial(summarize, extra=extra), timeout_s=timeout_s, progress=progress)
 
 
 def format_table(summary: dict) -> str:

@@ -6,10 +6,9 @@ followed by a block of ``dlq.*`` headers that says why and where from.  Nothing 
 decoded, truncated or re-encoded, so any record (binary, not UTF-8, any size the broker
 took) can be replayed exactly.
 
-Both consumers write dead letters through :func:`to_dead_letter`; tests and tools read
-them through :func:`read_dead_letter` (never by parsing headers by hand), which also
-reads the schema-1 JSON dead letters written before this format (not replayable: they
-kept only the first 4 KiB of the payload, as text).
+Both consumers write dead letters through :func:`to_dead_letter` (the consume loop, for
+both); tests and tools read them through :func:`read_dead_letter` (never by parsing
+headers by hand).  ``dlq.schema`` is the version of this header block.
 """
 
 from __future__ import annotations
@@ -19,7 +18,7 @@ import json
 import time
 from dataclasses import dataclass, field
 
-SCHEMA = 2  # schema 1 was the JSON dead letter (common.models.LegacyDeadLetter)
+SCHEMA = 2  # the dlq.* block's version (1 was a JSON dead letter that is no longer read)
 PREFIX = "dlq."
 REPLAY_OF = "replay.of"  # header a replayed record carries: "<dlq topic>:<partition>:<offset>"
 MAX_REASON_CHARS = 1024  # keeps the dlq.* block at a few hundred bytes whatever a reason quotes
@@ -180,7 +179,8 @@ def read_dead_letter(record) -> DeadLetter:
              "dlq_offset": getattr(record, "offset", None)}
     start = max((i for i, (k, _v) in enumerate(headers) if k == H_SCHEMA), default=None)
     if start is None:
-        return _read_legacy(record, where)
+        raise NotADeadLetter(f"no {H_SCHEMA} header (a dead letter of version 1, JSON, is not read: "
+                             "docs/UPGRADING.md)")
     block = {k: v or b"" for k, v in headers[start:]}
     if block[H_SCHEMA] != b"%d" % SCHEMA:
         raise NotADeadLetter(f"unknown dead-letter schema {block[H_SCHEMA][:20]!r} (expected {SCHEMA})")
@@ -209,21 +209,6 @@ def read_dead_letter(record) -> DeadLetter:
     value = None if H_VALUE_NULL in block else record.value
     return DeadLetter(**common, key=record.key, value=value, headers=original,
                       value_size=None if value is None else len(value))
-
-
-def _read_legacy(record, where: dict) -> DeadLetter:
-    from common.models import InvalidMessage, LegacyDeadLetter, validate_json
-
-    try:
-        old = validate_json(LegacyDeadLetter, record.value, max_bytes=1 << 20)
-    except InvalidMessage as exc:
-        raise NotADeadLetter(f"no {H_SCHEMA} header and not a schema-1 JSON dead letter "
-                             f"({exc.reason})") from None
-    return DeadLetter(reason=old.reason, source_topic=old.source_topic, source_partition=old.partition,
-                      source_offset=old.offset, failed_at=old.failed_at, key=record.key, value=None,
-                      schema=1, value_size=old.payload_bytes, kept=False,
-                      why_not_kept="schema-1 dead letter: it kept only the first 4096 bytes, as text: "
-                      + old.payload[:200], **where)
 
 
 def replay_headers(dead: DeadLetter) -> list[tuple[str, bytes]]:

@@ -5,8 +5,7 @@ One set of models drives both sides of every interface:
 * Kafka messages: :class:`ImageMessage` (``iot-images``), :class:`ResultMessage`
   (``iot-inference``).  ``common.schema`` wraps them in the functions the producers and
   consumers call (``parse_image_message`` ...).  Dead letters (``iot-dlq``) are the original
-  records plus ``dlq.*`` headers (``common.deadletter``); :class:`LegacyDeadLetter` is the
-  JSON dead letter written before, still read there.
+  records plus ``dlq.*`` headers (``common.deadletter``).
 * HTTP bodies of the inference service: :func:`predict_request_model` (the
   ``/v1/predict`` request, its batch limit included) and the responses
   (:class:`PredictResponse`, :class:`ModelInfo` ...).  ``inference.openapi`` generates
@@ -24,8 +23,6 @@ deeper than 200 levels as invalid JSON: a hostile ``[[[[...`` is an error, never
 Every rejection becomes :class:`InvalidMessage` with one readable reason (see
 :func:`reason_of`), which is what a dead letter carries.
 
-(Over 400 lines on purpose: the whole contract, Kafka and HTTP, in one module that a
-reader can check against docs/ARCHITECTURE.md in one place.)
 """
 
 from __future__ import annotations
@@ -211,7 +208,7 @@ Base64Png = Annotated[str, Strict(), Field(min_length=1, max_length=MAX_IMAGE_B6
 
 
 class _Wire(BaseModel):
-    """Common behaviour: unknown fields are ignored (as before), ``schema`` by alias."""
+    """Common behaviour: unknown fields are ignored (a newer producer may add some), ``schema`` by alias."""
 
     model_config = ConfigDict(extra="ignore", validate_by_name=True, validate_by_alias=True,
                               serialize_by_alias=True)
@@ -302,21 +299,6 @@ class ResultMessage(_Wire):
     received_at: Timestamp = Field(description="the inference consumer polled the image")
     inferred_at: Timestamp = Field(description="the model's output was ready (service clock)")
     published_at: Timestamp = Field(description="the result was handed to the Kafka producer")
-
-
-class LegacyDeadLetter(_Wire):
-    """The schema-1 JSON dead letter (topic iot-dlq), no longer written: dead letters are now the
-    original records plus dlq.* headers (common.deadletter, which still reads this one)."""
-
-    schema_version: SchemaVersion = Field(alias="schema")
-    source_topic: Text
-    partition: Int64
-    offset: Int64
-    reason: Text = Field(description="human-readable")
-    payload: Text = Field(description="the original bytes decoded as UTF-8 with replacement, first 4096")
-    payload_bytes: Annotated[Int64, Field(ge=0)]
-    payload_truncated: Annotated[bool, Strict()]
-    failed_at: Timestamp
 
 
 # ---------------------------------------------------------------- HTTP: /v1/predict request

@@ -1,4 +1,4 @@
-"""The run-directory format, owned here and nowhere else.
+"""Run directories: their format and every read and write of them, here and nowhere else.
 
 A run directory is what one measured run leaves behind, wherever it was made (the
 demo, the experiment, the benchmark, the fault suite, a producer VM)::
@@ -8,17 +8,28 @@ demo, the experiment, the benchmark, the fault suite, a producer VM)::
     <run>/summary.json          written when the run is closed against MongoDB
     <run>/producers/<id>/       per-producer files, merged into the two CSVs above
 
-The producer writes the CSVs, the orchestration merges them (``merge_csv``) and joins
-MongoDB's ``stored_at`` in (``add_stored_at``), and the analysis reads them
-(``read_latencies``, ``read_stages``).  Timestamps are unix seconds (floats).
+``RunDir`` is one of them through its life: ``RunDir.create`` makes it and
+``add_producer`` a producer's own directory; each producer writes its CSVs there
+(``write_latencies``, ``write_stages``); ``merge_producers`` joins them into the run's;
+``close`` waits until MongoDB holds every image, joins MongoDB's ``stored_at`` into
+stages.csv and writes summary.json; ``latencies``, ``stages`` and ``summary`` read them
+back, latencies.csv once per ``RunDir`` (closing and drawing a run share the rows).
+What summary.json says is the analysis's (``analysis.summary.summarize``, passed to
+``close``): this module owns the files, not the figures.  Timestamps are unix seconds
+(floats).
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import math
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+from common.store import IMAGE, PREDICTION, STORED_AT, StoreReader
 
 COLUMNS = ("image_id", "device_id", "producer_id", "seq", "sent_at", "result_at",
            "e2e_ms", "label", "prediction", "model")
@@ -26,6 +37,7 @@ STAGE_COLUMNS = ("image_id", "sent_at", "received_at", "inferred_at", "published
                  "result_at", "stored_at")
 # Written by the analysis of a MongoDB pseudo-run, read like the others.
 OPTIONAL_STAGE_COLUMNS = ("prediction_stored_at",)
+LATENCIES, STAGES, SUMMARY, PRODUCERS = "latencies.csv", "stages.csv", "summary.json", "producers"
 
 
 class RunFileError(ValueError):
@@ -168,9 +180,21 @@ def merge_csv(parts: list[Path], out: Path) -> None:
             dst.writelines(lines[1:])
 
 
-def add_stored_at(run_dir: Path, docs: dict[str, dict]) -> None:
+def read_summary(path: Path) -> dict:
+    """summary.json -> its object; {} if absent."""
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise RunFileError(f"{path}: invalid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise RunFileError(f"{path}: expected a JSON object")
+    return data
+
+
+def _add_stored_at(path: Path, docs: dict[str, dict]) -> None:
     """Fill stages.csv's stored_at column from MongoDB documents (image id -> document)."""
-    path = run_dir / "stages.csv"
     if not path.exists():
         return
     with open(path, newline="") as fh:
@@ -185,3 +209,128 @@ def add_stored_at(run_dir: Path, docs: dict[str, dict]) -> None:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0].keys()))
         writer.writeheader()
         writer.writerows(rows)
+
+
+def wait_stored(store: StoreReader, ids: list[str], timeout_s: float = 60.0, progress=None) -> dict[str, dict]:
+    """Poll the store until every id is stored with a prediction (or the timeout); returns
+    image id -> document (``image_id``, ``prediction``, ``stored_at``, ``image``) of those found.
+    ``progress(stored, complete)`` is called after each poll."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        docs = {d["image_id"]: d for d in store.by_ids(ids, (PREDICTION, STORED_AT, IMAGE))}
+        complete = sum(1 for d in docs.values() if d.get("prediction") and d.get("image"))
+        if progress:
+            progress(len(docs), complete)
+        if complete == len(ids) or time.monotonic() > deadline:
+            return docs
+        time.sleep(0.5)
+
+
+# summarize(rows, docs, producer_docs=...) -> summary.json's object: the rows of
+# latencies.csv, MongoDB's documents of them (None: not closed against MongoDB) and the
+# number of documents of the run's producers (None likewise).
+Summarize = Callable[..., dict]
+
+
+class RunDir:
+    """One run directory: where its files are, writing them, and reading them back.
+
+    ``latencies()`` reads latencies.csv once and keeps the rows (``merge_producers``,
+    which rewrites the file, forgets them); ``stages()`` and ``summary()`` read their
+    file at each call, as ``close`` rewrites both."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self._rows: list[LatencyRow] | None = None
+
+    @classmethod
+    def create(cls, path: Path | str) -> RunDir:
+        """The run directory at ``path``, made (with its parents) if it is not there."""
+        run = cls(path)
+        run.path.mkdir(parents=True, exist_ok=True)
+        return run
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    @property
+    def latencies_csv(self) -> Path:
+        return self.path / LATENCIES
+
+    @property
+    def stages_csv(self) -> Path:
+        return self.path / STAGES
+
+    @property
+    def summary_json(self) -> Path:
+        return self.path / SUMMARY
+
+    # ------------------------------------------------------------ producers
+
+    def producer_dir(self, producer_id: str) -> Path:
+        """``producers/<id>/``: one producer's CSVs (merged later), its log and progress."""
+        return self.path / PRODUCERS / producer_id
+
+    def add_producer(self, producer_id: str) -> Path:
+        """``producer_dir``, made."""
+        out = self.producer_dir(producer_id)
+        out.mkdir(parents=True, exist_ok=True)
+        return out
+
+    def producer_dirs(self) -> list[Path]:
+        """Every producer's directory, sorted by id."""
+        root = self.path / PRODUCERS
+        return sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+
+    def merge_producers(self, producer_ids: list[str]) -> None:
+        """latencies.csv and stages.csv from these producers' own (those that wrote one)."""
+        parts = [self.producer_dir(pid) for pid in producer_ids]
+        for name in (LATENCIES, STAGES):
+            merge_csv([p / name for p in parts], self.path / name)
+        self._rows = None
+
+    # ------------------------------------------------------------ writing
+
+    def write_latencies(self, rows: list[dict]) -> None:
+        write_latencies(self.latencies_csv, rows)
+        self._rows = None
+
+    def write_stages(self, rows: list[dict]) -> None:
+        write_stages(self.stages_csv, rows)
+
+    def write_summary(self, summary: dict) -> None:
+        self.summary_json.write_text(json.dumps(summary, indent=2) + "\n")
+
+    def close(self, store: StoreReader | None, summarize: Summarize, *, timeout_s: float = 60.0,
+              progress=None) -> dict:
+        """Close the run: wait until the store holds every image sent (``wait_stored``; no
+        waiting when ``store`` is None), fill stages.csv's ``stored_at`` from it,
+        write summary.json from ``summarize``; returns the summary."""
+        rows = self.latencies()
+        docs = producer_docs = None
+        if store is not None:
+            docs = wait_stored(store, [r.image_id for r in rows], timeout_s, progress)
+            producer_docs = store.count(producer_ids=sorted({r.producer_id for r in rows}))
+            _add_stored_at(self.stages_csv, docs)
+        summary = summarize(rows, docs, producer_docs=producer_docs)
+        self.write_summary(summary)
+        return summary
+
+    # ------------------------------------------------------------ reading
+
+    def sent_anything(self) -> bool:
+        """Whether latencies.csv holds anything (a run whose producers all failed to
+        start leaves an empty file)."""
+        return self.latencies_csv.is_file() and self.latencies_csv.stat().st_size > 0
+
+    def latencies(self) -> list[LatencyRow]:
+        """latencies.csv's rows (read_latencies), read on the first call only."""
+        if self._rows is None:
+            self._rows = read_latencies(self.latencies_csv)
+        return self._rows
+
+    def stages(self) -> dict[str, dict[str, float]]:
+        return read_stages(self.stages_csv)
+
+    def summary(self) -> dict:
+        return read_summary(self.summary_json)

@@ -21,154 +21,27 @@ DLQ_TOPIC, MONGO_*, see common/settings.py); flags override them.
 Exit status: 0 on success, 1 when a dead letter was not found or a replay failed (or Kafka or
 MongoDB cannot be reached), 2 on a usage error.
 
-(Over 400 lines on purpose: one operator's tool, its three commands, their output formats
-and the replay bookkeeping read best together; the record format itself is
-common/deadletter.py.)
+The record format is common/deadletter.py; reading the topic is consumers/dlq_entries.py,
+replaying consumers/replay.py.
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
-import datetime as dt
 import json
 import logging
 import re
 import sys
-import time
-from dataclasses import dataclass
 
-from common.deadletter import DeadLetter, NotADeadLetter, read_dead_letter, replay_headers
-from common.kafka_io import client_config, make_producer
 from common.log import setup_logging
-from common.settings import DlqToolSettings, KafkaSettings, MongoSettings, describe, mask, with_flags
+from common.settings import DlqToolSettings, KafkaSettings, MongoSettings, describe, with_flags
+from common.store import open_reader
+from consumers.dlq_entries import (Entry, ToolError, iso, one_line, parse_ref, parse_since, read_dlq,  # noqa: F401
+                                   select, size_text)
+from consumers.replay import Replayer
 
 log = logging.getLogger("consumers.dlq")
-
-
-class ToolError(RuntimeError):
-    """A failure to report in one line (exit status 1), no traceback."""
-
-
-@dataclass
-class Entry:
-    """One record of the DLQ topic: its dead letter, or why it is not one."""
-
-    partition: int
-    offset: int
-    dead: DeadLetter | None
-    error: str = ""
-
-    @property
-    def ref(self) -> str:
-        return str(self.offset) if self.partition == 0 else f"{self.partition}:{self.offset}"
-
-
-# ---------------------------------------------------------------- reading the DLQ
-
-def read_dlq(kafka: KafkaSettings, idle_ms: int, at: tuple[int, int] | None = None) -> list[Entry]:
-    """Every record of the DLQ topic, from the beginning to the end offsets asked at the start
-    (or until ``idle_ms`` without a record: tansu's end offsets are approximate); with ``at``
-    (partition, offset), only the record there (an empty list if there is none)."""
-    from kafka import KafkaConsumer, TopicPartition
-    from kafka.errors import KafkaError
-
-    try:
-        consumer = KafkaConsumer(**client_config(kafka), group_id=None, enable_auto_commit=False,
-                                 auto_offset_reset="earliest", fetch_max_wait_ms=100)
-    except KafkaError as exc:
-        raise ToolError(f"cannot reach Kafka at {kafka.kafka_bootstrap_servers}: {exc}") from None
-    try:
-        partitions = consumer.partitions_for_topic(kafka.dlq_topic)
-        if not partitions:
-            raise ToolError(f"topic {kafka.dlq_topic} does not exist at {kafka.kafka_bootstrap_servers}")
-        if at is not None and at[0] not in partitions:
-            return []
-        tps = [TopicPartition(kafka.dlq_topic, p) for p in sorted(partitions) if at is None or p == at[0]]
-        consumer.assign(tps)
-        if at is None:
-            consumer.seek_to_beginning(*tps)
-        else:
-            consumer.seek(tps[0], at[1])
-        end = consumer.end_offsets(tps)
-        entries: list[Entry] = []
-        last = time.monotonic()
-        # One record asked for: read until it (or a later one) arrives, whatever the end
-        # offsets say (tansu's are approximate); a busy broker may take seconds to answer.
-        while (not entries) if at is not None else any(consumer.position(tp) < end[tp] for tp in tps):
-            polled = consumer.poll(timeout_ms=200)
-            for batch in polled.values():
-                for record in batch:
-                    try:
-                        entries.append(Entry(record.partition, record.offset, read_dead_letter(record)))
-                    except NotADeadLetter as exc:
-                        entries.append(Entry(record.partition, record.offset, None, str(exc)))
-            if polled:
-                last = time.monotonic()
-            elif (time.monotonic() - last) * 1000 > idle_ms:
-                log.warning("no record for %d ms before the end offsets %s: stopping there",
-                            idle_ms, {tp.partition: o for tp, o in end.items()})
-                break
-    except KafkaError as exc:
-        raise ToolError(f"reading {kafka.dlq_topic} failed: {exc}") from None
-    finally:
-        consumer.close()
-    entries.sort(key=lambda e: (e.partition, e.offset))
-    return [e for e in entries if (e.partition, e.offset) == at] if at is not None else entries
-
-
-def parse_since(text: str, now: float | None = None) -> float:
-    """Unix seconds from ``1764230400``, ``2026-11-27T07:00`` (UTC unless it says) or ``6h``."""
-    now = time.time() if now is None else now
-    age = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd])\s*", text)
-    if age:
-        return now - float(age.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[age.group(2)]
-    try:
-        return float(text)
-    except ValueError:
-        pass
-    try:
-        when = dt.datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise ValueError(f"not a time: {text!r} (unix seconds, ISO 8601, or an age such as 30m, 6h, 2d)") \
-            from None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.timezone.utc)
-    return when.timestamp()
-
-
-def select(entries: list[Entry], *, reason: str | None = None, source_topic: str | None = None,
-           since: float | None = None) -> list[Entry]:
-    """The entries that pass every filter given (records that are no dead letter pass none)."""
-    if reason is None and source_topic is None and since is None:
-        return entries
-    return [e for e in entries if e.dead is not None
-            and (reason is None or reason.lower() in e.dead.reason.lower())
-            and (source_topic is None or e.dead.source_topic == source_topic)
-            and (since is None or e.dead.failed_at >= since)]
-
-
-def parse_ref(text: str) -> tuple[int, int]:
-    match = re.fullmatch(r"(?:(\d+):)?(\d+)", text.strip())
-    if not match:
-        raise ValueError(f"not a dead-letter offset: {text!r} (OFFSET or PARTITION:OFFSET)")
-    return int(match.group(1) or 0), int(match.group(2))
-
-
-# ---------------------------------------------------------------- presenting
-
-def iso(ts: float) -> str:
-    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
-
-
-def size_text(dead: DeadLetter) -> str:
-    size = "null" if dead.value_size is None else str(dead.value_size)
-    return size if dead.kept else f"{size}*"
-
-
-def one_line(text: str, width: int | None = None) -> str:
-    text = re.sub(r"[\x00-\x1f\x7f]+", " ", text)
-    return text if width is None or len(text) <= width else text[:width - 1] + "…"
 
 
 def summary(e: Entry) -> dict:
@@ -254,115 +127,6 @@ def show(e: Entry, limit: int, as_json: bool) -> None:
         text = "(null)" if v is None else v.decode("utf-8", "backslashreplace")
         print(f"  {k!r}: {one_line(text, 120)}" if v is None or text.isprintable() else f"  {k!r}: 0x{v[:64].hex()}")
     print(f"value         {preview(d.value, limit)}")
-
-
-# ---------------------------------------------------------------- replaying
-
-@dataclass
-class Outcome:
-    entry: Entry
-    status: str  # replayed | would replay | skipped | failed
-    detail: str = ""
-    to: dict | None = None
-
-    def as_dict(self) -> dict:
-        d = self.entry.dead
-        return {"offset": self.entry.offset, "dlq_partition": self.entry.partition, "status": self.status,
-                "detail": self.detail, "source": d.source if d else None,
-                "image_id": d.image_id() if d else None, "to": self.to}
-
-
-class Replayer:
-    def __init__(self, kafka: KafkaSettings, mongo: MongoSettings):
-        from common.mongo_io import connect, images_collection
-
-        self.kafka, self.mongo = kafka, mongo
-        self.client = connect(mongo)
-        try:
-            self.client.admin.command("ping")
-        except Exception as exc:
-            raise ToolError(f"cannot reach MongoDB at {mask(mongo.mongo_uri)}: {exc}") from None
-        self.images = images_collection(self.client, mongo)
-        self.replays = self.client[mongo.mongo_database][mongo.mongo_dlq_replays_collection]
-        self.producer = None
-
-    def close(self) -> None:
-        if self.producer is not None:
-            self.producer.close()
-        self.client.close()
-
-    def verdict(self, e: Entry, force: bool) -> Outcome | None:
-        """Why ``e`` is not sent (an Outcome), or None to send it."""
-        d = e.dead
-        if d is None:
-            return Outcome(e, "skipped", f"not a dead letter: {e.error}")
-        if not d.replayable:
-            return Outcome(e, "skipped", f"not replayable: {d.why_not_kept}")
-        if d.key is None and d.value is None:
-            return Outcome(e, "failed", "neither key nor value: kafka-python cannot send such a record")
-        image_id = d.image_id()
-        if image_id and self.images.find_one({"_id": image_id, "prediction": {"$exists": True}},
-                                             {"_id": 1}) is not None:
-            return Outcome(e, "skipped", f"image {image_id} is already stored with its prediction")
-        done = self.replays.find_one({"_id": d.ref})
-        if done and done.get("fingerprint") == d.fingerprint() and not force:
-            return Outcome(e, "skipped", f"already replayed at {iso(done.get('replayed_at', 0))} UTC "
-                                         f"(use --force to replay it again)")
-        return None
-
-    def run(self, entries: list[Entry], *, dry_run: bool, force: bool) -> list[Outcome]:
-        outcomes: list[Outcome] = []
-        sends = []
-        for e in entries:
-            outcome = self.verdict(e, force)
-            if outcome is not None:
-                outcomes.append(outcome)
-            elif dry_run:
-                outcomes.append(Outcome(e, "would replay", f"to {e.dead.source_topic}"))
-            else:
-                sends.append((e, self.send(e)))
-        if sends:
-            self.producer.flush()
-        for e, future in sends:
-            outcomes.append(self.settle(e, future))
-        outcomes.sort(key=lambda o: (o.entry.partition, o.entry.offset))
-        return outcomes
-
-    def send(self, e: Entry):
-        """The send's future, or the exception that refused it at once (too large ...)."""
-        d = e.dead
-        if self.producer is None:
-            self.producer = make_producer(self.kafka)
-        try:
-            partitions = self.producer.partitions_for(d.source_topic) or set()
-            # The original partition while the topic has it (order with the records around it),
-            # else wherever the key leads.
-            partition = d.source_partition if d.source_partition in partitions else None
-            return self.producer.send(d.source_topic, key=d.key, value=d.value, headers=replay_headers(d),
-                                      partition=partition)
-        except Exception as exc:  # kafka-python raises several kinds here (too large, no metadata ...)
-            return exc
-
-    def settle(self, e: Entry, future) -> Outcome:
-        d = e.dead
-        if isinstance(future, Exception):
-            return Outcome(e, "failed", f"{type(future).__name__}: {future}")
-        try:
-            md = future.get(timeout=60)
-        except Exception as exc:
-            return Outcome(e, "failed", f"{type(exc).__name__}: {exc}")
-        to = {"topic": md.topic, "partition": md.partition, "offset": md.offset}
-        previous = self.replays.find_one({"_id": d.ref}) or {}
-        count = previous.get("replays", 0) + 1 if previous.get("fingerprint") == d.fingerprint() else 1
-        # update_one + $set, not replace_one: nx-27017 (the local stack's MongoDB) drops the
-        # filter's _id from an upserted replacement.
-        self.replays.update_one({"_id": d.ref}, {"$set": {
-            "fingerprint": d.fingerprint(), "reason": d.reason, "source_topic": d.source_topic,
-            "source_partition": d.source_partition, "source_offset": d.source_offset,
-            "image_id": d.image_id(), "replayed_at": time.time(), "replayed_to": to, "replays": count}},
-            upsert=True)
-        log.info("replayed %s (%s) to %s[%d]@%d", d.ref, d.source, md.topic, md.partition, md.offset)
-        return Outcome(e, "replayed", f"to {md.topic}[{md.partition}]@{md.offset}", to)
 
 
 # ---------------------------------------------------------------- command line
@@ -472,7 +236,7 @@ def cmd_replay(args, kafka: KafkaSettings, mongo: MongoSettings, tool: DlqToolSe
         missing = [f"{p}:{o}" if p else str(o) for p, o in refs if (p, o) not in by_ref]
         entries = [by_ref[r] for r in dict.fromkeys(refs) if r in by_ref]
     entries = select(entries, reason=args.reason, source_topic=args.source_topic, since=since)
-    replayer = Replayer(kafka, mongo)
+    replayer = Replayer(kafka, open_reader(mongo))
     try:
         outcomes = replayer.run(entries, dry_run=args.dry_run, force=args.force)
     finally:

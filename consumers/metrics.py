@@ -116,8 +116,11 @@ class DbConsumerMetrics(Recorder):
         self.errors.labels(kind=kind.replace(" ", "_")).inc(n)
 
     @guarded
-    def dead_letter(self) -> None:
+    def dead_letter(self, kind: str = "") -> None:
         self.dead.inc()
+
+    def committed(self, seconds: float) -> None:
+        """The DB consumer keeps no commit histogram: its commits are off the latency path."""
 
     @guarded
     def skipped_image(self) -> None:

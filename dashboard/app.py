@@ -24,6 +24,7 @@ import requests
 from flask import Flask, abort, jsonify, make_response, redirect, render_template, request
 
 from common.settings import DashboardSettings, MongoSettings, secret
+from common.store import open_reader
 
 log = logging.getLogger(__name__)
 
@@ -79,14 +80,11 @@ def _thumbnail(doc: dict) -> str | None:
 
 
 def create_app(settings: DashboardSettings | None = None, mongo: MongoSettings | None = None) -> Flask:
-    from common.mongo_io import connect
-
     settings = settings or DashboardSettings()
-    mongo = mongo or MongoSettings()
     app = Flask(__name__)
     prom = Prometheus(settings.prometheus_url)
-    client = connect(mongo)
-    images = client[mongo.mongo_database][mongo.mongo_collection]
+    store = open_reader(mongo)
+    source = store.name.lower()
     token = secret(settings.dashboard_token)
 
     @app.before_request
@@ -135,26 +133,24 @@ def create_app(settings: DashboardSettings | None = None, mongo: MongoSettings |
                 out["series"][name] = []
                 log.debug("prometheus range query %s failed: %s", name, exc)
         try:
-            out["stored"] = images.count_documents({})
-            out["classified"] = images.count_documents({"prediction": {"$exists": True}})
+            out["stored"] = store.count()
+            out["classified"] = store.count(with_prediction=True)
         except Exception as exc:  # noqa: BLE001
             out["stored"] = out["classified"] = None
-            out["errors"].append(f"mongodb: {type(exc).__name__}")
-            log.warning("mongodb count failed: %s", exc)
+            out["errors"].append(f"{source}: {type(exc).__name__}")
+            log.warning("%s count failed: %s", source, exc)
         return jsonify(out)
 
     @app.get("/api/recent")
     def recent():
         n = min(max(request.args.get("n", settings.dashboard_recent_images, type=int), 1), 100)
         try:
-            docs = list(images.find({"prediction": {"$exists": True}, "image": {"$exists": True}},
-                                    {"image": 1, "format": 1, "label": 1, "prediction": 1, "confidence": 1, "device_id": 1,
-                                     "prediction_stored_at": 1})
-                        .sort("prediction_stored_at", -1).limit(n))
+            docs = store.latest(n, ("image", "format", "label", "prediction", "confidence", "device_id",
+                                    "prediction_stored_at"))
         except Exception as exc:  # noqa: BLE001
-            log.warning("mongodb query failed: %s", exc)
-            return jsonify(images=[], error=f"mongodb: {type(exc).__name__}"), 503
-        return jsonify(images=[{"image_id": str(d["_id"]), "thumbnail": _thumbnail(d), "label": d.get("label"),
+            log.warning("%s query failed: %s", source, exc)
+            return jsonify(images=[], error=f"{source}: {type(exc).__name__}"), 503
+        return jsonify(images=[{"image_id": str(d["image_id"]), "thumbnail": _thumbnail(d), "label": d.get("label"),
                                 "prediction": d.get("prediction"), "confidence": d.get("confidence"),
                                 "device_id": d.get("device_id"), "stored_at": d.get("prediction_stored_at")}
                                for d in docs])

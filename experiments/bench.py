@@ -19,8 +19,9 @@ RSS (VmHWM) of every component's process tree is read before each stack stops.
 ``--smoke`` runs a tiny version (seconds per step) that only proves the machinery
 and the output files; it says nothing about performance.  A benchmark is not a test.
 
-(About 400 lines: the ramp, the latency points and the two stacks of one run; the model's
-limit is experiments/model_limit.py and the table and figure experiments/bench_report.py.)
+This module runs the configurations (the ramp, the latency points, the two stacks of one
+run); the model's limit is experiments/model_limit.py, the table and figure
+experiments/bench_report.py.
 """
 
 from __future__ import annotations
@@ -91,7 +92,7 @@ def effective_settings(env: dict) -> dict:
 def bench_stack(name: str, env: dict, workdir: Path) -> LocalStack:
     """A stack of its own for one configuration (temporary STACK_DIR, free ports), without
     Prometheus and the dashboard: the benchmark measures the pipeline, not its monitoring
-    (what the metrics themselves cost: python -m experiments.metrics_cost)."""
+    (what the metrics themselves cost: python -m bench.metrics_cost)."""
     return LocalStack(workdir / f"stack-{name}", {"STACK_PROMETHEUS": "0", "STACK_DASHBOARD": "0", **env},
                       name=name)
 

@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import NamedTuple
 
 from analysis.stats import KNEE_RATIO, latency_summary
-from common.mongo_io import connect, images_collection
-from common.rundir import read_latencies
+from common.rundir import RunDir
+from common.store import PREDICTION, PREDICTION_STORED_AT, SENT_AT, STORED_AT, open_reader
 from common.settings import MongoSettings
 from experiments.fleet import run_fleet
 from stack.control import LocalStack
@@ -72,21 +72,17 @@ def stored_times(env: dict, producer_ids: list[str], expected: int, timeout_s: f
     drains a backlog needs several.  Their cost is measured by repeating the last find
     once the pipeline is idle, so that the step's CPU per image can leave it out."""
 
-    mongo = MongoSettings(mongo_uri=env["MONGO_URI"])
-    client = connect(mongo)
-    query = {"producer_id": {"$in": producer_ids}}
-    fields = {"_id": 0, "sent_at": 1, "prediction_stored_at": 1, "prediction": 1, "stored_at": 1}
+    store = open_reader(MongoSettings(mongo_uri=env["MONGO_URI"]))
+    fields = (SENT_AT, PREDICTION_STORED_AT, PREDICTION, STORED_AT)
     try:
-        coll = images_collection(client, mongo)
         deadline = time.monotonic() + timeout_s
         finds = 0
         delay = 0.25
         while True:
-            docs = list(coll.find(query, fields))
+            docs = list(store.by_producers(producer_ids, fields))
             finds += 1
-            done = [(d["sent_at"], max(d["prediction_stored_at"], d.get("stored_at") or 0))
-                    for d in docs if d.get("prediction") and d.get("prediction_stored_at")
-                    and d.get("stored_at")]
+            done = [(d[SENT_AT], max(d[PREDICTION_STORED_AT], d.get(STORED_AT) or 0))
+                    for d in docs if d.get(PREDICTION) and d.get(PREDICTION_STORED_AT) and d.get(STORED_AT)]
             if len(done) >= expected or time.monotonic() > deadline:
                 break
             time.sleep(delay)
@@ -94,11 +90,11 @@ def stored_times(env: dict, producer_ids: list[str], expected: int, timeout_s: f
         query_cpu = 0.0
         if stack is not None:
             before = stack.cpu_seconds().get("mongo", 0.0)
-            list(coll.find(query, fields))
+            list(store.by_producers(producer_ids, fields))
             query_cpu = (stack.cpu_seconds().get("mongo", 0.0) - before) * (finds + 1)  # this one too
         return done, query_cpu
     finally:
-        client.close()
+        store.close()
 
 
 def run_step(out: Path, env: dict, *, rate: float, duration: float, tag: str,
@@ -116,7 +112,8 @@ def run_step(out: Path, env: dict, *, rate: float, duration: float, tag: str,
                       devices=devices, env=env, run_tag=tag,
                       result_timeout_s=max(30.0, 3 * duration))
     wall = time.time() - t0
-    rows = read_latencies(out / "latencies.csv") if (out / "latencies.csv").exists() else []
+    run = RunDir(out)
+    rows = run.latencies() if run.latencies_csv.exists() else []
     ids = sorted({r.producer_id for r in rows})
     sent = len(rows)
     done, query_cpu = stored_times(env, ids, sent, timeout_s=30.0, stack=stack) if sent else ([], 0.0)
@@ -210,7 +207,7 @@ def sweep_basis(r: Ramp) -> tuple[float, str]:
     step stores in larger batches than a steady load forms, and a backlog is drained
     after its offer ends (224 px, 2 cores: capacity 16.7 img/s from the ramp's
     overloaded step; knee between 12.6 and 14.2; the sweep's 3 and 4 producers stored
-    12.5-13.1).  Sized from the capacity, the sweep's top was 1.4x the knee."""
+    12.5-13.1).  A sweep sized from that capacity would put its top at 1.4x the knee."""
     if r.knee_between:
         low, high = r.knee_between
         return round(math.sqrt(low * high), 2), "knee"

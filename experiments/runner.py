@@ -2,7 +2,8 @@
 
 Shared by ``make demo`` (one producer) and the experiment runner (1..N), so their
 run directories have the same files: latencies.csv, stages.csv, summary.json and
-latency_cdf.png.
+latency_cdf.png.  The files are ``common.rundir.RunDir``'s; closing the run and drawing
+its CDF share one read of latencies.csv.
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ from tqdm import tqdm
 from analysis.plots import plot_cdf
 from analysis.stats import percentile
 from analysis.summary import close_run
-from common.mongo_io import connect, images_collection
-from common.rundir import read_latencies
+from common.rundir import RunDir
 from common.settings import MongoSettings
+from common.store import open_reader
 from experiments.fleet import producer_log_tail, run_fleet
 
 log = logging.getLogger(__name__)
@@ -42,24 +43,22 @@ def run_configuration(run_dir: Path, env: dict, *, producers: int, count: int, r
                           on_progress=show)
     if any(codes):
         log.warning("a producer exited with %s:\n%s", codes, producer_log_tail(run_dir))
-    if not (run_dir / "latencies.csv").stat().st_size:
+    run = RunDir(run_dir)
+    if not run.sent_anything():
         raise RunFailed(f"no producer sent anything:\n{producer_log_tail(run_dir)}")
-    mongo = MongoSettings(mongo_uri=env["MONGO_URI"])
-    client = connect(mongo)
+    store = open_reader(MongoSettings(mongo_uri=env["MONGO_URI"]))
     try:
         with tqdm(total=total, desc=f"{desc} stored", unit="img") as bar:
-            summary = close_run(run_dir, images_collection(client, mongo),
+            summary = close_run(run, store,
                                 extra={"producers": producers, "rate": rate,
                                        "images_per_producer": count, **(extra or {})},
                                 progress=lambda stored, complete: bar.update(complete - bar.n))
     finally:
-        client.close()
-    e2e = [r.e2e_ms for r in read_latencies(run_dir / "latencies.csv") if r.e2e_ms is not None]
+        store.close()
+    e2e = [r.e2e_ms for r in run.latencies() if r.e2e_ms is not None]  # the rows close_run read
     if e2e:
         plot_cdf([(f"{producers} producer{'s' if producers > 1 else ''}", e2e)],
                  run_dir / "latency_cdf.png",
                  title=f"End-to-end latency, {summary['sent']} images at {rate:g} img/s"
                        f" per producer ({summary['model']})")
     return summary
-
-

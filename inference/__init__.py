@@ -23,11 +23,11 @@ log = logging.getLogger(__name__)
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     """Create the app.  ``test_config`` keys are Flask config keys; those that name a
     ``ServiceSettings`` field (``MODEL_WEIGHTS``, ``MAX_REQUEST_IMAGES`` ...) override the
-    environment.  ``ENGINE`` may pass an already loaded :class:`inference.engine.Engine`
+    environment.  ``MODEL_HOST`` may pass an already loaded :class:`inference.serving.ModelHost`
     (tests share one model between apps)."""
     from inference import api
-    from inference.engine import Engine
     from inference.metrics import ServiceMetrics
+    from inference.serving import ModelHost
 
     test_config = dict(test_config or {})
     if not logging.getLogger().handlers:  # under Gunicorn; pytest has its own handlers
@@ -55,13 +55,13 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     metrics_settings = MetricsSettings()
     metrics = ServiceMetrics(metrics_settings.metrics_enabled)
     app.extensions["inference_metrics"] = metrics
-    engine = app.config.get("ENGINE")
-    if engine is None:
+    model_host = app.config.get("MODEL_HOST")
+    if model_host is None:
         log.info("inference service starting; %s", describe(settings, metrics_settings))
-        engine = Engine(settings, metrics).start()
-    elif engine.ready:
+        model_host = ModelHost(settings, metrics).start()
+    elif model_host.ready:
         metrics.model_state(ready=True, failed=False)
-    app.extensions["inference_engine"] = engine
+    app.extensions["model_host"] = model_host
 
     api.init_app(app)
     return app

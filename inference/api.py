@@ -25,9 +25,9 @@ from common.models import (DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS, Er
 from common.schema import CONTENT_TYPES, IMAGE_SIZE, InvalidMessage
 from common.settings import ServiceSettings, secret
 from inference.batcher import Overloaded
-from inference.engine import READY, Engine
 from inference.metrics import exposition
 from inference.openapi import openapi_document
+from inference.serving import READY, ModelHost
 
 log = logging.getLogger(__name__)
 
@@ -55,10 +55,10 @@ class ApiError(Exception):
 
 # ------------------------------------------------------------ per-request resources
 
-def get_engine() -> Engine:
-    if "engine" not in g:
-        g.engine = current_app.extensions["inference_engine"]
-    return g.engine
+def get_model_host() -> ModelHost:
+    if "model_host" not in g:
+        g.model_host = current_app.extensions["model_host"]
+    return g.model_host
 
 
 def get_settings() -> ServiceSettings:
@@ -91,12 +91,13 @@ def _require_token() -> None:
         raise ApiError(401, "missing or invalid bearer token", {"WWW-Authenticate": 'Bearer realm="inference"'})
 
 
-def _require_ready() -> Engine:
-    engine = get_engine()
-    if engine.state != READY:
-        message = "model is loading" if engine.error is None else f"model failed to load: {engine.error}"
+def _require_ready() -> ModelHost:
+    model_host = get_model_host()
+    if model_host.state != READY:
+        message = ("model is loading" if model_host.error is None
+                   else f"model failed to load: {model_host.error}")
         raise ApiError(503, message, {"Retry-After": "1"})
-    return engine
+    return model_host
 
 
 # ------------------------------------------------------------ health
@@ -113,13 +114,13 @@ def healthz():
 
 @health.get("/readyz")
 def readyz():
-    engine = get_engine()
-    if engine.state == READY:
-        return _json(Ready(status="ready", model=engine.model.id))
+    model_host = get_model_host()
+    if model_host.state == READY:
+        return _json(Ready(status="ready", model=model_host.model.id))
     # The failure's detail (paths, exception text) goes to the service's log, not to an
     # unauthenticated endpoint.
-    body = NotReady(status=engine.state,
-                    error="model loading failed; see the service's log" if engine.error else None)
+    body = NotReady(status=model_host.state,
+                    error="model loading failed; see the service's log" if model_host.error else None)
     return _json(body, exclude_none=True), 503, {"Retry-After": "1"}
 
 
@@ -140,14 +141,14 @@ def openapi():
 
 @v1.get("/model")
 def model_info():
-    engine = _require_ready()
-    m = engine.model
+    model_host = _require_ready()
+    m = model_host.model
     return _json(ModelInfo(id=m.id, weights_source=m.weights_source, input_size=m.input_size,
                            classes=list(m.classes), untrained=m.untrained,
                            weights_sha256=m.weights_sha256,
                            max_request_images=get_settings().max_request_images,
-                           model_batch_max_images=engine.batcher.max_batch,
-                           model_batch_delay_ms=engine.batcher.max_delay_s * 1000.0))
+                           model_batch_max_images=model_host.batcher.max_batch,
+                           model_batch_delay_ms=model_host.batcher.max_delay_s * 1000.0))
 
 
 def _request_error(exc: ValidationError, max_batch: int) -> str:
@@ -189,7 +190,7 @@ def _split_multipart(body: bytes, boundary: str, max_parts: int,
     """The 'image_id' text parts and 'image' file parts (data, media type) of a multipart body
     in its plain form (what clients write: no preamble, CRLF line ends, headers in every
     part), by finding its delimiters: a fraction of Werkzeug's general parser's time (64
-    32x32 PNGs: 140 -> 75 us per image for the whole request, experiments/decode_cost.py).
+    32x32 PNGs: 140 -> 75 us per image for the whole request, bench/decode_cost.py).
     None for any other form: Werkzeug parses it then.  Werkzeug's
     rules: a part is a file when its Content-Disposition has a filename; 413 over
     ``max_parts`` parts or a text part over ``max_text`` bytes."""
@@ -340,8 +341,8 @@ def predict():
     image that cannot be decoded, an InstanceError.  Image ids are echoed, never used to match:
     two instances may carry the same id and still get their own answers."""
     settings = get_settings()
-    engine = _require_ready()
-    limits = ImageLimits(engine.model.input_size, settings.max_image_bytes, settings.max_image_pixels)
+    model_host = _require_ready()
+    limits = ImageLimits(model_host.model.input_size, settings.max_image_bytes, settings.max_image_pixels)
     mimetype = request.mimetype
     if mimetype == "multipart/form-data":
         parts = _parse_parts(settings.max_request_images)
@@ -372,7 +373,7 @@ def predict():
         # the service gives up first, and what it gave up on is never run (below).
         deadline = time.monotonic() + settings.inference_request_timeout_s
         try:
-            futures = engine.batcher.submit(np.stack(arrays), deadline=deadline)
+            futures = model_host.batcher.submit(np.stack(arrays), deadline=deadline)
         except Overloaded as exc:
             raise ApiError(503, f"overloaded: {exc}", {"Retry-After": "1"}) from None
         try:
@@ -389,7 +390,7 @@ def predict():
             # for the futures already done.
             for f in futures:
                 f.cancel()
-        classes = engine.model.classes
+        classes = model_host.model.classes
         rows = iter(slots)
         for res in results:
             probs = np.nan_to_num(res.probs.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
@@ -408,7 +409,7 @@ def predict():
     current_app.extensions["inference_metrics"].predicted_images(len(arrays), len(ids) - len(arrays))
 
     return _json(PredictResponse(
-        model=engine.model.id,
+        model=model_host.model.id,
         predictions=predictions,
         batch_size=len(ids),
         timing=Timing(decode_ms=round(decode_ms, 3), inference_ms=round(inference_ms, 3),

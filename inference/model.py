@@ -1,7 +1,7 @@
 """ResNet50 loading and the compiled predict function.
 
 Importing this module imports TensorFlow, so only the worker's loader thread
-(``inference.engine``) and ``inference.train`` import it - never the Gunicorn
+(``inference.serving``) and ``inference.train`` import it - never the Gunicorn
 master, never ``inference/__init__``.
 
 ``MODEL_WEIGHTS``:
@@ -147,7 +147,7 @@ def _compile(model: tf.keras.Model, input_size: int, imagenet: bool, jit_compile
     """The serving function: uint8 images of the model's input size (N x input_size x
     input_size x 3) in, class probabilities out; no resize in the graph (the service resizes
     while decoding, inference.api.decode_image).  ``jit_compile``: XLA
-    (experiments/runtime_compare.py measures it against the default; not adopted)."""
+    (bench/runtime_compare.py measures it against the default; not adopted)."""
     fold = tf.constant(mapping_matrix()) if imagenet else None
 
     # One trace: the batch dimension is dynamic, so batches of any size reuse it.

@@ -18,7 +18,7 @@ the preprocessing is the service's, inside the converted graph.
   whose probabilities differ by ~1e-2) (``requirements/runtime-openvino.txt``); ``...-ov``.
 
 Threads: both use the number TensorFlow would (``TF_INTRA_OP_THREADS``, else the CPUs
-this process may run on), one inter-op thread.  experiments/runtime_compare.py measures
+this process may run on), one inter-op thread.  bench/runtime_compare.py measures
 them against TensorFlow; docs/PERFORMANCE.md has the figures and the verdicts.
 """
 

@@ -20,13 +20,13 @@ from pathlib import Path
 
 from kafka import TopicPartition
 from kafka.errors import KafkaError, KafkaTimeoutError
-from pydantic_core import from_json
 from tqdm import tqdm
 
 from common.dataset import DatasetUnavailable
 from common.kafka_io import RESULT_PRODUCER_HEADER, key_partition, make_consumer, make_producer
-from common.rundir import write_latencies, write_stages
-from common.schema import SCHEMA_VERSION, InvalidMessage, dumps, image_record, make_image_message
+from common.rundir import RunDir
+from common.schema import (SCHEMA_VERSION, InvalidMessage, dumps, image_record, make_image_message,
+                           parse_result_message)
 from common.settings import KafkaSettings
 from producer.metrics import ProducerMetrics
 
@@ -164,10 +164,10 @@ class ResultListener(threading.Thread):
                     if record.value is None or mine_bytes not in record.value:
                         continue
                     try:
-                        result = from_json(record.value)  # pydantic-core's parser
-                    except (TypeError, ValueError):
-                        continue
-                    if not isinstance(result, dict) or result.get("producer_id") != mine:
+                        result = parse_result_message(record.value)  # the contract's result, validated
+                    except InvalidMessage:
+                        continue  # the DB consumer dead-letters it; a producer only times its own
+                    if result["producer_id"] != mine:
                         continue
                     with self.lock:
                         sent = self.run_state.sent.get(result.get("image_id"))
@@ -184,7 +184,8 @@ def write_progress(path: Path | None, run: ProducerRun, count: int, done: bool =
     """A small JSON file a supervising process (the experiment runner) can watch.
     ``sent`` counts the images the broker acknowledged, not the attempts; ``e2e_ms`` the
     latest end-to-end times (PROGRESS_E2E_SAMPLES), in arrival order.  Its cost does not
-    grow with the run (it was a sort of every result so far, every 20 images)."""
+    grow with the run: those times are kept as they arrive (ProducerRun.recent_e2e_ms, a
+    bounded deque), so writing the file sorts or scans nothing."""
     if path is None:
         return
     progress = {"producer_id": run.producer_id, "count": count, "sent": run.acked, "attempted": len(run.sent),
@@ -305,7 +306,8 @@ def run_cameras(run: ProducerRun, *, kafka: KafkaSettings, dataset, count: int, 
     # encoding and stamping an image 0.20 core-ms back to back, 0.67 after a 12.5 ms sleep).
     # sent_at is stamped at the hand-over, so an image sent early is timed from then.
     # Ahead of schedule, the window's records are flushed before the sleep (below), so
-    # they do not also wait out the linger; behind it, the linger batches them as before.
+    # they do not also wait out the linger; behind schedule there is no sleep to shorten,
+    # and the linger batches them.
     window_s = kafka.kafka_linger_ms / 1000
     flush_after_acks = 0  # flush before a sleep once this many images are acknowledged
     try:
@@ -374,8 +376,9 @@ def run_cameras(run: ProducerRun, *, kafka: KafkaSettings, dataset, count: int, 
 def write_run_files(run: ProducerRun, out_dir: Path) -> None:
     """latencies.csv and stages.csv (every image attempted: one the broker never
     acknowledged has no result and counts as lost), and producer.json with the counts."""
-    write_latencies(out_dir / "latencies.csv", run.latency_rows())
-    write_stages(out_dir / "stages.csv", run.stage_rows())
+    files = RunDir(out_dir)
+    files.write_latencies(run.latency_rows())
+    files.write_stages(run.stage_rows())
     failed = {image_id: s.error for image_id, s in run.sent.items() if s.error}
     (out_dir / "producer.json").write_text(json.dumps(
         {"producer_id": run.producer_id, **run.counts(), "failed_images": failed}, indent=1) + "\n")

@@ -22,6 +22,8 @@ import tarfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+# What the VMs run.  Not bench/ (one-off cost studies, docs/PERFORMANCE.md) nor tests/:
+# they stay in the checkout.
 PACKAGES = ("common", "producer", "consumers", "inference", "stack", "experiments", "analysis")
 FILES = ("pyproject.toml", "requirements.txt", "requirements-deploy.txt", "README.md")
 FOLDERS = ("requirements",)

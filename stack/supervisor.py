@@ -33,12 +33,12 @@ from typing import Callable
 
 import psutil
 import requests
-from pymongo import MongoClient
 
 from common.kafka_io import ensure_topics
 from common.lifecycle import Backoff
 from common.settings import (InferenceClientSettings, KafkaSettings, MongoSettings, StackSettings, check_replaced,
                              given, mask, mask_uris)
+from common.store import open_reader
 from stack import monitoring
 from stack.ports import free_port, port_free
 
@@ -263,8 +263,11 @@ class Supervisor:
 
     def _mongo_ready(self) -> bool:
         try:
-            with MongoClient(self.endpoints["MONGO_URI"], serverSelectionTimeoutMS=1000) as client:
-                client.admin.command("ping")
+            store = open_reader(MongoSettings(mongo_uri=self.endpoints["MONGO_URI"], mongo_timeout_ms=1000))
+            try:
+                store.ping()
+            finally:
+                store.close()
             return True
         except Exception:
             return False

@@ -33,6 +33,27 @@ def eventually(probe: Callable[[], T], timeout_s: float = HANG_GUARD_S, step_s: 
         time.sleep(step_s)
 
 
+class SkippedSleep:
+    """A stand-in for the ``time`` module of a module under test (monkeypatch it in): ``sleep``
+    returns at once and records what it was asked for, and ``perf_counter`` moves on by the
+    time skipped, so a duration the module measures around its sleep includes it exactly,
+    on a machine of any speed and without the test waiting."""
+
+    def __init__(self):
+        self.slept: list[float] = []
+        self._skipped_s = 0.0
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self._skipped_s += seconds
+
+    def perf_counter(self) -> float:
+        return time.perf_counter() + self._skipped_s
+
+    def __getattr__(self, name: str):
+        return getattr(time, name)
+
+
 def make_cifar_archive(path: Path, per_batch: int = 20) -> Path:
     """A tiny archive in the official CIFAR-10 'python version' layout (random pixels)."""
     rng = np.random.default_rng(1)
@@ -50,3 +71,18 @@ def make_cifar_archive(path: Path, per_batch: int = 20) -> Path:
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
     return path
+
+
+def mongo_connect(mongo):
+    """A plain pymongo client for a MongoSettings: the tests read MongoDB themselves, never
+    through the store reader they are checking (common.store)."""
+    from pymongo import MongoClient
+
+    from common.settings import secret
+
+    return MongoClient(secret(mongo.mongo_uri), serverSelectionTimeoutMS=mongo.mongo_timeout_ms, retryWrites=False)
+
+
+def mongo_images(client, mongo):
+    """The images collection of ``client`` that a MongoSettings names."""
+    return client[mongo.mongo_database][mongo.mongo_collection]

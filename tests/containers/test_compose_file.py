@@ -5,14 +5,13 @@ contract the issue asks for, and the Dockerfile / .dockerignore rules."""
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import yaml
 
+from tests.binaries import required_binary
 from tests.support import ROOT
 
 COMPOSE = ROOT / "compose.yaml"
@@ -39,14 +38,14 @@ def test_schema_check_rejects_a_broken_file(tmp_path):
     assert proc.returncode != 0
 
 
-@pytest.mark.skipif(not shutil.which("docker-compose"), reason="docker-compose not installed")
 def test_docker_compose_resolves_both_files():
+    compose = required_binary("docker-compose", "docker-compose")
     env = {"PATH": "/usr/bin:/bin", "MONGO_ROOT_PASSWORD": "x"}
     for files in (["-f", str(COMPOSE)], ["-f", str(COMPOSE), "-f", str(OVERRIDE)]):
         extra = {f"IOTC_{k}": "1" for k in ("KAFKA_PORT", "MONGO_PORT", "INFERENCE_PORT", "COUNT")}
         extra.update(IOTC_DATASET_DIR="/tmp", IOTC_OUT_DIR="/tmp", IOTC_APP_IMAGE="a", IOTC_INFERENCE_IMAGE="i",
                      IOTC_EMBEDDED_IMAGE="e", IOTC_PRODUCER_ID="p", IOTC_DATASET_NAME="d")
-        proc = subprocess.run(["docker-compose", *files, "--project-directory", str(ROOT), "config", "-q"],
+        proc = subprocess.run([compose, *files, "--project-directory", str(ROOT), "config", "-q"],
                               env={**env, **extra}, capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0, proc.stderr
 
@@ -114,8 +113,10 @@ def test_dockerignore_keeps_secrets_and_artefacts_out():
     lines = [ln.strip() for ln in (ROOT / ".dockerignore").read_text().splitlines()]
     assert lines[lines.index("*") if "*" in lines else 0] == "*", "an allow-list: everything ignored first"
     allowed = {ln[1:].rstrip("/") for ln in lines if ln.startswith("!")}
-    for never in (".venv", "results", ".run", ".deploy", "clouds.yaml", "inventory", ".env", ".git"):
+    for never in (".venv", "results", ".run", ".deploy", "clouds.yaml", "inventory", ".env", ".git", "bench"):
         assert never not in allowed
+    # The one-off cost studies (bench/) are not the product: neither sent nor copied.
+    assert not re.search(r"^COPY\s+(\S+\s+)*bench/", (ROOT / "Dockerfile").read_text(), re.M)
     for secret in ("**/clouds.yaml", "**/*.vault", "**/vault.yml", "**/.env"):
         assert secret in lines
 
@@ -125,8 +126,6 @@ def test_monitoring_profile():
     promtool accepts, scraping every component by the job names the rules and the Grafana
     dashboard use (scaled services by DNS); Grafana with the same dashboard, no default
     password; both on 127.0.0.1 only, neither started without the profile."""
-    from tests.binaries import required_binary
-
     services = _compose()["services"]
     prom, grafana = services["prometheus"], services["grafana"]
     assert prom["profiles"] == ["monitoring"] == grafana["profiles"]

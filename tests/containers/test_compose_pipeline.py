@@ -25,6 +25,7 @@ from pymongo import MongoClient
 
 from tests.containers import images
 from tests.rehearsal import docker
+from tests.binaries import unavailable
 from tests.support import HANG_GUARD_S, ROOT, eventually
 from stack.ports import free_port as _free_port
 
@@ -39,24 +40,18 @@ COUNT = 100  # per producer
 SERVICES = ["kafka", "mongo", "kafka-init", "inference", "inference-consumer", "db-consumer"]
 
 
-def _unavailable(reason: str):
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"CI=true: the container test cannot run: {reason}")
-    pytest.skip(reason)
-
-
 @pytest.fixture(scope="module")
 def engine():
     if os.geteuid() != 0:
-        _unavailable("needs root (Docker engine, debootstrap): sudo make test-containers")
+        unavailable("needs root (Docker engine, debootstrap): sudo make test-containers")
     if not Path(COMPOSE).exists():
-        _unavailable("docker-compose not found: run scripts/install-system-packages.sh")
+        unavailable("docker-compose not found: run scripts/install-system-packages.sh")
     try:
         docker.ensure_engine()
     except (docker.DockerError, OSError) as exc:
-        _unavailable(f"no Docker engine could be started: {exc}")
+        unavailable(f"no Docker engine could be started: {exc}")
     if not shutil.which("debootstrap") and not docker.image_exists(images.base_tag()):
-        _unavailable("debootstrap not found (the base image): run scripts/install-system-packages.sh")
+        unavailable("debootstrap not found (the base image): run scripts/install-system-packages.sh")
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ partitions vs KEDA's maxReplicaCount, secrets referenced, never inlined)."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -18,6 +17,7 @@ import jsonschema
 import pytest
 import yaml
 
+from tests.binaries import unavailable
 from tests.support import ROOT
 
 K8S = ROOT / "deploy" / "k8s"
@@ -27,16 +27,10 @@ KUBERNETES_VALIDATE = Path(sys.executable).parent / "kubernetes-validate"
 BUILTIN_GROUPS = {"v1", "apps/v1", "batch/v1", "policy/v1", "autoscaling/v2"}
 
 
-def _missing(reason: str):
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"CI=true: {reason}")
-    pytest.skip(reason)
-
-
 def _kubectl() -> str:
     kubectl = shutil.which("kubectl")
     if not kubectl:
-        _missing("kubectl not installed (needed for `kubectl kustomize`; see docs/CONTAINERS.md)")
+        unavailable("kubectl not installed (needed for `kubectl kustomize`; see docs/CONTAINERS.md)")
     return kubectl
 
 
@@ -92,7 +86,7 @@ def _crd_schema(doc: dict) -> dict:
     group, version = doc["apiVersion"].split("/")
     path = SCHEMAS / group / f"{doc['kind'].lower()}_{version}.json"
     if not path.is_file():
-        _missing(f"CRD schema {path} not found (../shared/schemas, see its README)")
+        unavailable(f"CRD schema {path} not found (../shared/schemas, see its README)")
     return json.loads(path.read_text())
 
 

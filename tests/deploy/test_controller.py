@@ -31,6 +31,10 @@ def _project(tmp_path):
         (tmp_path / pkg / "__pycache__" / "x.cpython-311.pyc").write_bytes(b"\0")
     (tmp_path / "requirements").mkdir()
     (tmp_path / "requirements" / "core.txt").write_text("numpy==2.4.6\n")
+    # The one-off cost studies sit beside the product in the checkout; not shipped.
+    (tmp_path / "bench").mkdir()
+    for f in ("__init__.py", "decode_cost.py", "README.md"):
+        (tmp_path / "bench" / f).write_text(f"# {f}\n")
     for f in ("pyproject.toml", "requirements.txt", "requirements-deploy.txt", "README.md"):
         (tmp_path / f).write_text(f"{f}\n")
     secrets = ["clouds.yaml", "inventory/group_vars/all/vault.yml", "inventory/group_vars/all/local.yml",
@@ -52,6 +56,7 @@ def test_the_bundle_holds_the_project_and_nothing_else(tmp_path):
     assert {"pyproject.toml", "requirements/core.txt", "requirements-deploy.txt"} <= names
     assert not names & set(secrets), names & set(secrets)
     assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
+    assert "bench" not in bundle.PACKAGES and not [n for n in names if n.split("/")[0] == "bench"]
 
 
 def test_the_bundle_is_reproducible_and_works_without_git(tmp_path, capsys):

@@ -18,7 +18,6 @@ import configparser
 import json
 import os
 import re
-import shutil
 import stat
 import subprocess
 import sys
@@ -26,7 +25,9 @@ from pathlib import Path
 
 import pytest
 
-yaml = pytest.importorskip("yaml")
+from tests.binaries import required_binary, required_module, venv_tool
+
+yaml = required_module("yaml")
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -41,13 +42,7 @@ ROLES = sorted(p.name for p in (ROOT / "roles").iterdir() if p.is_dir())
 
 
 def tool(name: str) -> str:
-    path = BIN / name
-    if path.exists():
-        return str(path)
-    found = shutil.which(name)
-    if not found:
-        pytest.skip(f"{name} is not installed (pip install -r requirements-deploy.txt)")
-    return found
+    return venv_tool(name)  # requirements-deploy.txt, part of make venv's requirements.txt
 
 
 def ansible_env(**extra: str) -> dict[str, str]:
@@ -350,14 +345,13 @@ def test_provisioned_inventory_parses(rendered):
 def test_ssh_config_reaches_every_vm_through_the_jump_host_with_its_own_known_hosts(rendered):
     """Parsed by OpenSSH itself (ssh -G): the jump host by its floating IP, the others by their
     private IP through it, each with the deployment's known_hosts (removed on teardown)."""
-    if not shutil.which("ssh"):
-        pytest.skip("no OpenSSH client")
+    ssh = required_binary("ssh", "openssh-client")
     deploy = rendered / "vm1-producer" / "fresh-clone" / ".deploy" / "iot-pipeline"
     want = {"iot-pipeline-producer": ("129.114.27.10", None), "iot-pipeline-inference": ("10.56.0.12", "iot-pipeline-producer"),
             "iot-pipeline-kafka": ("10.56.0.13", "iot-pipeline-producer"),
             "iot-pipeline-mongodb": ("10.56.0.14", "iot-pipeline-producer")}
     for name, (hostname, jump) in want.items():
-        out = run(["ssh", "-G", "-F", str(deploy / "ssh_config"), name])
+        out = run([ssh, "-G", "-F", str(deploy / "ssh_config"), name])
         assert out.returncode == 0, out.stderr
         opts = dict(line.split(" ", 1) for line in out.stdout.splitlines() if " " in line)
         assert opts["hostname"] == hostname and opts["user"] == "cc"

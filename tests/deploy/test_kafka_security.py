@@ -23,7 +23,6 @@ import inspect
 import json
 import os
 import re
-import shutil
 import stat
 import subprocess
 import sys
@@ -31,7 +30,9 @@ from pathlib import Path
 
 import pytest
 
-yaml = pytest.importorskip("yaml")
+from tests.binaries import required_module, venv_tool
+
+yaml = required_module("yaml")
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -47,13 +48,7 @@ THREE_BROKERS = ["vm3-kafka", "vm2-inference", "vm4-mongodb"]
 
 
 def tool(name: str) -> str:
-    path = BIN / name
-    if path.exists():
-        return str(path)
-    found = shutil.which(name)
-    if not found:
-        pytest.skip(f"{name} is not installed (pip install -r requirements-deploy.txt)")
-    return found
+    return venv_tool(name)  # requirements-deploy.txt, part of make venv's requirements.txt
 
 
 def ansible_env(**extra: str) -> dict[str, str]:

@@ -128,8 +128,12 @@ class FaultSuite:
     def _close(self, name: str, run_dir: Path, producer_id: str, box: dict, extra: dict) -> dict:
         if "error" in box:
             raise box["error"]
+        store = self.stack.store()
+        try:
+            summary = close_run(run_dir, store, timeout_s=HANG_GUARD_S, extra=extra)
+        finally:
+            store.close()
         col = self.stack.collection()
-        summary = close_run(run_dir, col, timeout_s=HANG_GUARD_S, extra=extra)
         sent_ids = {r["image_id"] for r in read_csv(run_dir / "latencies.csv")}
         docs = check_documents(col, producer_id, sent_ids)
         col.database.client.close()

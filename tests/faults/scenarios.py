@@ -87,11 +87,18 @@ class Stack(LocalStack):
         self.stop()
 
     def collection(self):
-        from common.mongo_io import connect, images_collection
+        from tests.support import mongo_connect as connect, mongo_images as images_collection
         from common.settings import MongoSettings
 
         mongo = MongoSettings(mongo_uri=self.env["MONGO_URI"], mongo_timeout_ms=3000)
         return images_collection(connect(mongo), mongo)
+
+    def store(self):
+        """The store reader closing a run goes through (the loss check reads MongoDB itself)."""
+        from common.settings import MongoSettings
+        from common.store import open_reader
+
+        return open_reader(MongoSettings(mongo_uri=self.env["MONGO_URI"], mongo_timeout_ms=3000))
 
     def kafka(self):
         from common.settings import KafkaSettings

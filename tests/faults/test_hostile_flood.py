@@ -92,7 +92,7 @@ class DlqIndex(threading.Thread):
 
 def test_hostile_flood_no_crash_no_stall_nothing_unaccounted(stack):
     from common.kafka_io import make_producer
-    from common.mongo_io import connect, images_collection
+    from tests.support import mongo_connect as connect, mongo_images as images_collection
     from common.settings import KafkaSettings, MongoSettings
 
     rng = random.Random(20261127)

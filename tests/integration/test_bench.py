@@ -27,9 +27,21 @@ KEYS = ("limit_batch1_img_s", "limit_best_img_s", "pipeline_max_img_s", "baselin
         "efficiency", "producer_core_ms_per_img", "p50_25pct_over_batch1", "p99_50pct_over_batch1")
 
 
-def test_baseline_is_batching_off():
-    assert BASELINE_ENV["PREDICT_BATCH_IMAGES"] == "1" and BASELINE_ENV["MODEL_BATCH_MAX_IMAGES"] == "1"
-    assert BASELINE_ENV["DB_MAX_RECORDS"] == "1" and BASELINE_ENV["PREDICT_BATCH_WAIT_MS"] == "0"
+def test_baseline_is_batching_off(monkeypatch):
+    """The components started with BASELINE_ENV over an environment that batches read batches
+    of one image everywhere: the consumer's requests, the service's model calls, the writes."""
+    from common.settings import DbWriterSettings, InferenceClientSettings, ServiceSettings
+
+    for name in ("PREDICT_BATCH_IMAGES", "MODEL_BATCH_MAX_IMAGES", "DB_MAX_RECORDS"):
+        monkeypatch.setenv(name, "64")
+    monkeypatch.setenv("PREDICT_BATCH_WAIT_MS", "50")
+    monkeypatch.setenv("MODEL_BATCH_DELAY_MS", "5")
+    for name, value in BASELINE_ENV.items():
+        monkeypatch.setenv(name, value)
+    client, service = InferenceClientSettings(), ServiceSettings()
+    assert (client.predict_batch_images, client.predict_batch_wait_ms) == (1, 0)
+    assert (service.model_batch_max_images, service.model_batch_delay_ms) == (1, 0)
+    assert DbWriterSettings().db_max_records == 1
 
 
 def test_peak_rss_reads_pid_files(tmp_path):

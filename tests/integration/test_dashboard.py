@@ -26,7 +26,7 @@ pytestmark = pytest.mark.integration
 
 
 def collection(env):
-    from common.mongo_io import connect, images_collection
+    from tests.support import mongo_connect as connect, mongo_images as images_collection
 
     mongo = MongoSettings(mongo_uri=env["MONGO_URI"])
     return images_collection(connect(mongo), mongo)

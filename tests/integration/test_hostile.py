@@ -150,7 +150,7 @@ class DlqReader(threading.Thread):
 @pytest.fixture(scope="module")
 def hostile_env(local_stack):
     from common.kafka_io import make_producer
-    from common.mongo_io import connect, images_collection
+    from tests.support import mongo_connect as connect, mongo_images as images_collection
     from common.settings import MongoSettings
 
     env = local_stack["env"]

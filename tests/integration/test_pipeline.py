@@ -30,10 +30,16 @@ def kafka(env) -> KafkaSettings:
 
 
 def collection(env):
-    from common.mongo_io import connect, images_collection
+    from tests.support import mongo_connect as connect, mongo_images as images_collection
 
     mongo = MongoSettings(mongo_uri=env["MONGO_URI"])
     return images_collection(connect(mongo), mongo)
+
+
+def store(env):
+    from common.store import open_reader
+
+    return open_reader(MongoSettings(mongo_uri=env["MONGO_URI"]))
 
 
 def run_producer(env, out: Path, *args: str) -> subprocess.CompletedProcess:
@@ -48,7 +54,7 @@ def test_every_image_is_classified_and_stored_once(local_stack, tmp_path):
                         "--producer-id", "it-flow")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "effective settings" in proc.stderr and "KAFKA_BOOTSTRAP_SERVERS=" in proc.stderr
-    summary = close_run(tmp_path, collection(env), timeout_s=HANG_GUARD_S)
+    summary = close_run(tmp_path, store(env), timeout_s=HANG_GUARD_S)
     assert summary["sent"] == 60 and summary["results"] == 60
     assert summary["stored_with_prediction"] == 60 and summary["lost"] == 0
     assert summary["duplicate_documents"] == 0
@@ -182,7 +188,7 @@ def test_supervisor_restarts_a_killed_component(local_stack, tmp_path):
     assert new != old and os.path.exists(f"/proc/{new}")
     proc = run_producer(env, tmp_path, "--count", "20", "--rate", "40", "--producer-id", "it-restart")
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert close_run(tmp_path, collection(env), timeout_s=HANG_GUARD_S)["lost"] == 0
+    assert close_run(tmp_path, store(env), timeout_s=HANG_GUARD_S)["lost"] == 0
 
 
 def test_demo_command_writes_the_run_directory(local_stack, tmp_path):

@@ -198,9 +198,9 @@ def test_entry_points_mask_secrets_in_their_logs(module, extra):
 
 def test_inference_service_masks_its_token(monkeypatch, caplog):
     from inference import create_app
-    from inference.engine import Engine
+    from inference.serving import ModelHost
 
-    monkeypatch.setattr(Engine, "start", lambda self: self)  # no model: only the startup log
+    monkeypatch.setattr(ModelHost, "start", lambda self: self)  # no model: only the startup log
     monkeypatch.setenv("INFERENCE_TOKEN", SECRETS["INFERENCE_TOKEN"])
     with caplog.at_level(logging.INFO):
         create_app({"TESTING": True})

@@ -14,14 +14,13 @@ import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
+from tests.binaries import venv_tool
 from tests.rehearsal import harness
 
 BIN = harness.BIN / "openstack"
-ANSIBLE_PLAYBOOK = Path(sys.executable).parent / "ansible-playbook"
 # Chameleon (and the fake) limit a lease to 7 days.
 END = (datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=2)).strftime("%Y-%m-%d %H:%M")
 
@@ -223,14 +222,13 @@ PLAYBOOK = """
 """
 
 
-@pytest.mark.skipif(not ANSIBLE_PLAYBOOK.exists(), reason="ansible-playbook not installed next to this Python")
 def test_fake_modules_through_ansible(cloud):
     key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBhJ0B5fYzdd1m7qyo2P8pXhR9o5w7Uq2hJ5n6Tq8p3a test"
     other = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFq3cH4y0m3Jq4vQmW1pQ2mTqzQxqZlKk2m3VhYwGq1b other"
     book = cloud["dir"] / "fakes.yml"
     book.write_text(PLAYBOOK.replace("PUBKEY", key).replace("OTHERKEY", other))
     out = cloud["dir"] / "results.json"
-    proc = subprocess.run([str(ANSIBLE_PLAYBOOK), str(book), "-e", f"out={out}"], cwd=cloud["dir"],
+    proc = subprocess.run([venv_tool("ansible-playbook"), str(book), "-e", f"out={out}"], cwd=cloud["dir"],
                           env=cloud["env"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     r = json.loads(out.read_text())
@@ -274,7 +272,6 @@ def test_rehearsal_smoke(tmp_path):
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-6000:]
 
 
-@pytest.mark.skipif(not ANSIBLE_PLAYBOOK.exists(), reason="ansible-playbook not installed next to this Python")
 def test_teardown_releases_the_floating_ip_a_lease_end_left(cloud):
     """When a lease ends, Blazar deletes its servers and the jump host's floating IP stays
     allocated, with no server to delete it through: playbooks/teardown.yaml releases it by
@@ -295,7 +292,7 @@ def test_teardown_releases_the_floating_ip_a_lease_end_left(cloud):
         record.write_text(json.dumps({"id": fip["id"], "address": fip["floating_ip_address"]}))
         env = {**cloud["env"], "ANSIBLE_INVENTORY": f"{harness.ROOT / 'inventory'},{cloud['dir'] / 'hosts.yml'}"}
         proc = subprocess.run(
-            [str(ANSIBLE_PLAYBOOK), "playbooks/teardown.yaml", "-e", "provision_cloud=rehearsal",
+            [venv_tool("ansible-playbook"), "playbooks/teardown.yaml", "-e", "provision_cloud=rehearsal",
              "-e", f"provision_openstack_cli={BIN}", "-e", f"iot_deploy_dir={deploy_dir}",
              "-e", "provision_reservation=none"],
             cwd=harness.ROOT, env=env, capture_output=True, text=True, timeout=600)

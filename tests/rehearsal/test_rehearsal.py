@@ -15,21 +15,18 @@ import shutil
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 
+from tests.binaries import venv_tool
 from tests.rehearsal import run
 
-ANSIBLE_PLAYBOOK = Path(sys.executable).parent / "ansible-playbook"
 
 
 @pytest.fixture
 def local_playbook(tmp_path):
     """A two-play playbook on localhost with a changed task, an unchanged one, a skipped
     one, a looped one and a handler; its output and events as the rehearsal reads them."""
-    if not ANSIBLE_PLAYBOOK.exists():
-        pytest.skip("ansible-playbook is not installed")
     book = tmp_path / "book.yml"
     book.write_text(textwrap.dedent(f"""\
         - name: First play
@@ -69,7 +66,7 @@ def local_playbook(tmp_path):
     env = {**os.environ, "ANSIBLE_CALLBACK_PLUGINS": str(run.HERE / "callback_plugins"),
            "ANSIBLE_CALLBACKS_ENABLED": "rehearsal_events", "ANSIBLE_NOCOLOR": "1",
            "ANSIBLE_LOCALHOST_WARNING": "0", "ANSIBLE_INVENTORY_UNPARSED_WARNING": "0"}
-    pb = run.Playbook("test-callback", [str(ANSIBLE_PLAYBOOK), "-i", "localhost,", str(book)], env, 300)
+    pb = run.Playbook("test-callback", [venv_tool("ansible-playbook"), "-i", "localhost,", str(book)], env, 300)
     pb.log = tmp_path / "book.log"
     pb.events_file = tmp_path / "book.events.jsonl"
     return pb.run()

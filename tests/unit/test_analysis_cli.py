@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import shutil
 import socket
 import subprocess
 import sys
@@ -17,6 +16,7 @@ from analysis.cli import main
 from common.rundir import write_latencies
 from analysis.runs import load_mongo_run, load_run
 from stack.ports import free_port as _free_port
+from tests.binaries import venv_tool
 
 REPO = Path(__file__).resolve().parents[2]
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
@@ -270,26 +270,23 @@ def test_untrained_flag_from_summary(tmp_path):
 
 @pytest.fixture
 def mongo_uri(tmp_path):
-    server = Path(sys.executable).parent / "nx-27017"
-    if not server.exists():
-        server = shutil.which("nx-27017")
-        if server is None:
-            pytest.skip("nx-27017 (MongoDB wire-protocol server) not installed")
+    server = venv_tool("nx-27017")  # the MongoDB wire-protocol server of requirements/stack.txt
     port = _free_port()
     d = tmp_path / "mongo"
     d.mkdir()
-    proc = subprocess.Popen([str(server), "--db", str(d / "m.db"), "-p", str(port),
+    proc = subprocess.Popen([server, "--db", str(d / "m.db"), "-p", str(port),
                              "--log-file", str(d / "nx.log"), "--pid-file", str(d / "nx.pid")],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 120  # a hang guard: it listens within a second when idle
         while True:
             try:
                 socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
                 break
             except OSError:
                 if proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.skip("nx-27017 did not start")
+                    log = d / "nx.log"
+                    pytest.fail(f"nx-27017 did not start: {log.read_text()[-2000:] if log.exists() else 'no log'}")
                 time.sleep(0.1)
         yield f"mongodb://127.0.0.1:{port}"
     finally:

@@ -9,42 +9,33 @@
   end in the DLQ with their reason, partition and offset; the rest ends in MongoDB and
   everything is committed.
 
-Kafka is the fake consumer/producer of test_consumer_offsets.py; only nx-27017 runs.
+Kafka is the fake consumer/producer of tests/fakes.py; only nx-27017 runs.
 """
 
 from __future__ import annotations
 
 import functools
-import shutil
 import socket
 import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 from pymongo import ASCENDING, MongoClient, monitoring
 
-from common import mongo_io
 from common.settings import MongoSettings
+from common.store import mongodb
+from tests.binaries import venv_tool
+from tests.fakes import (P0, R0, FakeConsumer, RecordingProducer, dead_letters, image_value, kafka_settings, oam,
+                         result_value, stop_after_paused_polls, stop_when_drained)
 from tests.support import HANG_GUARD_S
-from tests.unit.test_consumer_offsets import (P0, R0, FakeConsumer, clock, image_value, kafka_settings, oam,
-                                              result_value, stop_after_paused_polls, stop_when_drained)
-from tests.unit.test_db_write_errors import (GUARD_PAUSED_POLLS, RecordingProducer, dead_letters, image_id_of,
-                                             origin, poison)
-
-__all__ = ["clock"]  # the fake-clock fixture of the Kafka fakes
+from tests.unit.test_db_write_errors import GUARD_PAUSED_POLLS, image_id_of, origin, poison
 
 
 @pytest.fixture
 def mongo_uri(tmp_path):
     """A fresh nx-27017 server on a free port, stopped after the test."""
-    server = Path(sys.executable).parent / "nx-27017"
-    if not server.exists():
-        server = shutil.which("nx-27017")
-        if server is None:
-            pytest.skip("nx-27017 (MongoDB wire-protocol server) not installed")
+    server = venv_tool("nx-27017")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -96,19 +87,22 @@ def run_against(monkeypatch, clock, mongo_uri):
     from consumers import db
 
     listener = UpdateCommands()
-    monkeypatch.setattr(mongo_io, "MongoClient", functools.partial(MongoClient, event_listeners=[listener]))
+    monkeypatch.setattr(mongodb, "MongoClient", functools.partial(MongoClient, event_listeners=[listener]))
 
     def run(consumer, before=None):
         producer = RecordingProducer(consumer.calls)
         monkeypatch.setattr(db, "make_consumer", lambda *a, **k: consumer)
         monkeypatch.setattr(db, "make_producer", lambda *a, **k: producer)
         stop = threading.Event()
-        writer = db.DbWriter(kafka_settings(), MongoSettings(mongo_uri=mongo_uri), stop)
+        sink = mongodb.MongoSink.open(MongoSettings(mongo_uri=mongo_uri))
+        writer, loop = db.make_loop(kafka_settings(), sink, stop)
         if before is not None:
-            before(writer.collection)
+            before(sink.collection)
         consumer.hooks.append(stop_when_drained(stop))
         consumer.hooks.append(stop_after_paused_polls(stop, GUARD_PAUSED_POLLS))
-        writer.run()
+        writer.prepare(stop)
+        loop.run()
+        sink.close()
         return producer, listener
     return run
 
@@ -161,7 +155,7 @@ def test_a_value_bson_cannot_encode_dead_letters_that_record_only(clock, run_aga
     poison(monkeypatch, {1: {"sent_at": 2 ** 70}})
     images, results = [image_value(i) for i in range(3)], [result_value(0)]
     c = FakeConsumer(clock, {P0: images, R0: results})
-    producer, _ = run_against(c)  # on the old code the OverflowError escaped run()
+    producer, _ = run_against(c)  # the OverflowError never escapes the loop
 
     letters = dead_letters(producer)
     assert [origin(d) for d in letters] == [(P0.topic, 0, 1)]

@@ -18,22 +18,19 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from types import SimpleNamespace
 
 import bson
 import pytest
 from pymongo.errors import AutoReconnect, BulkWriteError, NetworkTimeout, NotPrimaryError, OperationFailure
 
-from common.deadletter import read_dead_letter
 from common.settings import MongoSettings
-from tests.unit.test_consumer_offsets import (DLQ, P0, R0, FakeConsumer, FakeMongoClient, FakeProducer,
-                                              clock, image_value, kafka_settings, oam, result_value,
-                                              stop_after_paused_polls, stop_when_drained)
+from common.store import Refused, Stored, Transient, Upsert
+from common.store.mongodb import MongoSink, classify_write_error, write_concern
+from tests.fakes import (P0, R0, FakeConsumer, RecordingProducer, dead_letters, image_value, kafka_settings, oam,
+                         result_value, stop_after_paused_polls, stop_when_drained)
 
-__all__ = ["clock"]  # the fake-clock fixture, used by every test here
-
-# Ends a loop that retries forever (the old behaviour) so that its test fails on its
-# assertions instead of hanging; far more paused polls than any retry here makes.
+# Ends a loop that would retry forever so that its test fails on its assertions instead
+# of hanging; far more paused polls than any retry here makes.
 GUARD_PAUSED_POLLS = 500
 
 
@@ -97,41 +94,20 @@ class ScriptedCollection:
 def db_writer(monkeypatch, clock):
     from consumers import db
 
-    def make(consumer, collection, mongo=None, max_records=500):
+    def make(consumer, collection, max_records=500):
         producer = RecordingProducer(consumer.calls)
         monkeypatch.setattr(db, "make_consumer", lambda *a, **k: consumer)
         monkeypatch.setattr(db, "make_producer", lambda *a, **k: producer)
-        monkeypatch.setattr(db, "connect", lambda *a, **k: FakeMongoClient())
-        monkeypatch.setattr(db, "images_collection", lambda *a, **k: collection)
         stop = threading.Event()
-        writer = db.DbWriter(kafka_settings(), mongo or MongoSettings(), stop, max_records)
+        _writer, loop = db.make_loop(kafka_settings(), MongoSink(collection), stop, max_records)
         consumer.hooks.append(stop_when_drained(stop))
         consumer.hooks.append(stop_after_paused_polls(stop, GUARD_PAUSED_POLLS))
-        return writer, producer
+        return loop, producer
     return make
 
 
 def last(names: list, name: str) -> int:
     return len(names) - 1 - names[::-1].index(name)
-
-
-class RecordingProducer(FakeProducer):
-    """FakeProducer that also keeps each record's key and headers (a dead letter's reason
-    and origin may be in either), as the DLQ topic would."""
-
-    def __init__(self, calls):
-        super().__init__(calls)
-        self.records: list = []
-
-    def send(self, topic, key=None, value=None, headers=None):
-        self.records.append(SimpleNamespace(topic=topic, partition=0, offset=len(self.records), key=key,
-                                            value=value, headers=list(headers or [])))
-        return super().send(topic, key=key, value=value, headers=headers)
-
-
-def dead_letters(producer) -> list:
-    """The dead letters sent, read as the DLQ's readers read them (common.deadletter)."""
-    return [read_dead_letter(r) for r in producer.records if r.topic == DLQ]
 
 
 def origin(d) -> tuple:
@@ -242,7 +218,7 @@ def test_a_value_bson_cannot_encode_dead_letters_that_record_only(clock, db_writ
     c = FakeConsumer(clock, {P0: images, R0: results})
     collection = ScriptedCollection(c.calls, encode=True)
     writer, producer = db_writer(c, collection)
-    writer.run()  # on the old code the encoding error escaped run(): a crash, then a restart loop
+    writer.run()  # the encoding error never escapes run() (it would crash the consumer, then loop on restart)
 
     letters = sorted(dead_letters(producer), key=origin)
     assert [origin(d) for d in letters] == [(P0.topic, 0, 1), (P0.topic, 0, 3), (P0.topic, 0, 4)]
@@ -304,7 +280,7 @@ def test_a_full_disk_stops_commits_is_logged_and_loses_nothing(clock, db_writer,
 # ------------------------------------------------------------------ the classification
 
 @pytest.mark.parametrize("code, errmsg, kind", [
-    *[(code, msg, "deterministic") for code, msg in DETERMINISTIC],
+    *[(code, msg, "refused") for code, msg in DETERMINISTIC],
     (10107, "not primary", "transient"),
     (13435, "not primary and secondaryOk=false", "transient"),
     (11602, "operation was interrupted because of a replica set state change", "transient"),
@@ -319,9 +295,15 @@ def test_a_full_disk_stops_commits_is_logged_and_loses_nothing(clock, db_writer,
     (8000, "you are over your space quota", "disk full"),
 ])
 def test_write_error_classification(code, errmsg, kind):
-    from consumers.db import classify_write_error
-
     assert classify_write_error({"index": 0, "code": code, "errmsg": errmsg}) == kind
+
+
+class Raising:
+    def __init__(self, exc):
+        self.exc = exc
+
+    def bulk_write(self, ops, ordered=True):
+        raise self.exc
 
 
 @pytest.mark.parametrize("exc, kind", [
@@ -330,20 +312,28 @@ def test_write_error_classification(code, errmsg, kind):
     (NotPrimaryError("not primary", {"code": 10107}), "transient"),
     (OperationFailure("not authorized on iot to execute command", 13), "transient"),
     (OperationFailure("Insufficient disk space", 14031), "disk full"),
-    (bson.errors.InvalidDocument("cannot encode object"), "deterministic"),
-    (OverflowError("MongoDB can only handle up to 8-byte ints"), "deterministic"),
-    (UnicodeEncodeError("utf-8", "\ud800", 0, 1, "surrogates not allowed"), "deterministic"),
+    (bson.errors.InvalidDocument("cannot encode object"), "refused"),
+    (OverflowError("MongoDB can only handle up to 8-byte ints"), "refused"),
+    (UnicodeEncodeError("utf-8", "\ud800", 0, 1, "surrogates not allowed"), "refused"),
 ])
-def test_exception_classification(exc, kind):
-    from consumers.db import classify_exception
-
-    assert classify_exception(exc) == kind
+def test_what_the_sink_makes_of_an_exception(exc, kind):
+    """A command-level failure is one Transient for the whole batch; a document that cannot
+    be encoded is refused (alone: a batch of one)."""
+    outcomes = MongoSink(Raising(exc)).write([Upsert("a", {"x": 1})])
+    assert len(outcomes) == 1
+    outcome = outcomes[0]
+    if kind == "refused":
+        assert isinstance(outcome, Refused) and type(exc).__name__ in outcome.reason
+    else:
+        assert isinstance(outcome, Transient) and outcome.kind == kind and not isinstance(outcome, Stored)
+    two = MongoSink(Raising(exc)).write([Upsert("a", {"x": 1}), Upsert("b", {"x": 2})])
+    if kind != "refused":
+        assert two[0] is two[1]  # one failure of the whole write, counted once
 
 
 # ------------------------------------------------------------------ the write concern settings
 
 def test_write_concern_settings(monkeypatch):
-    from common.mongo_io import write_concern
     from common.settings import with_flags
 
     assert write_concern(MongoSettings()).document == {"w": 1, "j": True}

@@ -15,7 +15,6 @@ import json
 import logging
 import threading
 import uuid
-from types import SimpleNamespace
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -24,24 +23,15 @@ import requests
 from PIL import Image
 from requests.adapters import BaseAdapter
 
-from common.deadletter import read_dead_letter
 from common.labels import CIFAR10_CLASSES
 from common.schema import dumps, encode_png, make_image_message
 from common.settings import InferenceClientSettings
-from consumers import batching, inference
-from tests.unit.test_consumer_offsets import (DLQ, P0, RESULTS, FakeClock, FakeConsumer, FakeProducer,
-                                              assert_liveness_polls_only, kafka_settings, oam,
-                                              stop_after_paused_polls, stop_when_drained)
+from consumers import inference, predict_client
+from tests.fakes import (P0, RESULTS, FakeConsumer, RecordingProducer, assert_liveness_polls_only,
+                         dead_letters, kafka_settings, oam, stop_after_paused_polls, stop_when_drained)
 
 URL = "http://service.invalid"
 POISON, CORRUPT = 13, 7  # pixel values the fake service refuses (400) / answers with an error
-
-
-@pytest.fixture
-def clock(monkeypatch):
-    c = FakeClock()
-    monkeypatch.setattr(batching, "time", c)
-    return c
 
 
 def b64(pixel: int) -> str:
@@ -153,18 +143,6 @@ def hang_guard(_consumer, poll_index):
         raise RuntimeError("the consumer is still running after 10000 polls")
 
 
-class RecordingProducer(FakeProducer):
-    """FakeProducer that also keeps every record's key and headers (a dead letter's reason)."""
-
-    def __init__(self, calls):
-        super().__init__(calls)
-        self.records: list = []  # (topic, key, value, headers)
-
-    def send(self, topic, key=None, value=None, headers=None):
-        self.records.append((topic, key, value, headers))
-        return super().send(topic, key=key, value=value, headers=headers)
-
-
 @pytest.fixture
 def run_consumer(monkeypatch, clock):
     def run(consumer, service, *, batch=8, stop_paused_polls=None):
@@ -174,25 +152,18 @@ def run_consumer(monkeypatch, clock):
         stop = threading.Event()
         settings = InferenceClientSettings(inference_url=URL, predict_batch_images=batch, predict_batch_wait_ms=0,
                                            retry_initial_s=0.5, retry_max_s=1.0)
-        ic = inference.InferenceConsumer(kafka_settings(), settings, stop)
+        ic, loop = inference.make_loop(kafka_settings(), settings, stop)
         ic.client.session.mount(URL, service)
         consumer.hooks.append(stop_when_drained(stop) if stop_paused_polls is None
                               else stop_after_paused_polls(stop, stop_paused_polls))
         consumer.hooks.append(hang_guard)
-        ic.run()
+        loop.run()
         return ic, producer
     return run
 
 
 def published(producer, topic: str) -> list[dict]:
     return [json.loads(value) for t, value in producer.sent if t == topic]
-
-
-def dead_letters(producer) -> list:
-    """The dead letters sent, as their readers see them (reason, source offset ...)."""
-    return [read_dead_letter(SimpleNamespace(topic=DLQ, partition=0, offset=i, key=key, value=value,
-                                             headers=headers))
-            for i, (topic, key, value, headers) in enumerate(producer.records) if topic == DLQ]
 
 
 def predict_sizes(consumer) -> list[int]:
@@ -449,7 +420,7 @@ def test_predict_files_handles_errors_as_predict_does(answer, error, fragment):
 def test_encode_multipart_boundary_and_arguments(monkeypatch):
     data = b"\x89PNG...0123456789abcdef0123456789abcdef..."
     tokens = iter(["0123456789abcdef0123456789abcdef", "fedcba9876543210fedcba9876543210"])
-    monkeypatch.setattr(inference.secrets, "token_hex", lambda n: next(tokens))
+    monkeypatch.setattr(predict_client.secrets, "token_hex", lambda n: next(tokens))
     body, content_type = inference.encode_multipart([("a", data, "image/png")])
     assert content_type == "multipart/form-data; boundary=fedcba9876543210fedcba9876543210"  # the 1st was in the data
     assert body.endswith(b"--fedcba9876543210fedcba9876543210--\r\n") and data in body

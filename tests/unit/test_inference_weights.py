@@ -8,7 +8,9 @@ import urllib.request
 
 import pytest
 
-pytest.importorskip("tensorflow")
+from tests.binaries import required_module
+
+required_module("tensorflow")
 
 from inference import model as model_mod  # noqa: E402
 

@@ -6,12 +6,11 @@ comparison tests skip, and the engine fails at load with a message naming the fi
 
 from __future__ import annotations
 
-import sys
-
 import numpy as np
 import pytest
 
 from common.settings import ServiceSettings
+from tests.binaries import required_module
 
 
 def test_model_engine_setting(monkeypatch):
@@ -23,23 +22,8 @@ def test_model_engine_setting(monkeypatch):
         ServiceSettings()
 
 
-def test_runtime_compare_imports_without_the_runtimes(monkeypatch):
-    """The measurement tool imports, and reports an engine as not installed, without them."""
-    pytest.importorskip("tensorflow")
-    from inference import runtimes
-
-    for name in ("onnxruntime", "tf2onnx", "openvino"):
-        monkeypatch.setitem(sys.modules, name, None)  # import -> ImportError
-    import experiments.runtime_compare  # noqa: F401
-
-    with pytest.raises(runtimes.EngineUnavailable, match="requirements/runtime-openvino.txt"):
-        runtimes.openvino_predict(None, 32)
-    with pytest.raises(runtimes.EngineUnavailable, match="requirements/runtime-onnxruntime.txt"):
-        runtimes.onnxruntime_predict(None, 32)
-
-
 def test_load_model_rejects_an_unknown_engine_or_bfloat16():
-    pytest.importorskip("tensorflow")
+    required_module("tensorflow")
     from inference import model as model_mod
 
     with pytest.raises(ValueError, match="engine"):
@@ -53,9 +37,9 @@ def test_load_model_rejects_an_unknown_engine_or_bfloat16():
 def test_engine_serves_the_tensorflow_labels(engine, packages, cifar_archive):
     """The same random weights, converted: the same top-1 labels on CIFAR images and the
     probabilities within 1e-4 of TensorFlow's (float32 both; measured ~3e-6)."""
-    pytest.importorskip("tensorflow")
+    required_module("tensorflow")
     for package in packages:
-        pytest.importorskip(package)
+        pytest.importorskip(package, reason=f"optional, not in make venv: requirements/runtime-{engine}.txt")
     from common.dataset import load
     from inference import model as model_mod
 
@@ -76,9 +60,9 @@ def test_engine_serves_the_tensorflow_labels(engine, packages, cifar_archive):
 def test_engine_folds_imagenet_classes_like_tensorflow(engine, packages):
     """ImageNet weights: the fold to the 10 CIFAR classes is in the converted graph (a small
     1000-class stand-in model for ResNet50)."""
-    tf = pytest.importorskip("tensorflow")
+    tf = required_module("tensorflow")
     for package in packages:
-        pytest.importorskip(package)
+        pytest.importorskip(package, reason=f"optional, not in make venv: requirements/runtime-{engine}.txt")
     from inference import model as model_mod
     from inference import runtimes
 

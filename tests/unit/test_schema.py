@@ -266,9 +266,9 @@ def test_make_image_message_refuses_what_consumers_would_refuse():
 def _served(max_batch=None):
     from common.settings import ServiceSettings
     from inference import create_app
-    from inference.engine import Engine
+    from inference.serving import ModelHost
 
-    config = {"TESTING": True, "ENGINE": Engine(ServiceSettings(model_weights="random"))}  # never started
+    config = {"TESTING": True, "MODEL_HOST": ModelHost(ServiceSettings(model_weights="random"))}  # never started
     if max_batch:
         config["MAX_REQUEST_IMAGES"] = max_batch
     r = create_app(config).test_client().get("/openapi.json")

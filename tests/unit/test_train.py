@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from inference.cifar import load_cifar10
+from tests.binaries import required_module
 
 
 def test_reader_gives_class_indices(cifar_archive):
@@ -21,7 +22,7 @@ def test_reader_gives_class_indices(cifar_archive):
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_train_smoke_then_serve(cifar_archive, tmp_path):
-    pytest.importorskip("tensorflow")
+    required_module("tensorflow")
     from inference import train
     from inference.model import file_sha256, load_model
 

@@ -1,4 +1,4 @@
-"""``python -m experiments.decode_cost``: what real camera images cost the service, and the wire.
+"""``python -m bench.decode_cost``: what real camera images cost the service, and the wire.
 
 Prints, per image (best of several timeit rounds, so a neighbour's burst on a shared
 machine does not count):
@@ -87,17 +87,17 @@ class _StubModel:
 
 
 def stub_app():
-    """The service's app (inference.create_app) on a ready engine whose model is a stub."""
+    """The service's app (inference.create_app) on a ready ModelHost whose model is a stub."""
     from common.settings import ServiceSettings
     from inference import create_app
     from inference.batcher import DynamicBatcher
-    from inference.engine import READY, Engine
+    from inference.serving import READY, ModelHost
 
-    engine = Engine(ServiceSettings(model_weights="random"))  # never started: no TensorFlow
-    engine.model = _StubModel()
-    engine.batcher = DynamicBatcher(engine.model.predict, max_batch=64, max_delay_s=0.0)
-    engine.state = READY
-    return create_app({"TESTING": True, "ENGINE": engine})
+    model_host = ModelHost(ServiceSettings(model_weights="random"))  # never started: no TensorFlow
+    model_host.model = _StubModel()
+    model_host.batcher = DynamicBatcher(model_host.model.predict, max_batch=64, max_delay_s=0.0)
+    model_host.state = READY
+    return create_app({"TESTING": True, "MODEL_HOST": model_host})
 
 
 def request_costs(n: int = 64) -> dict:
@@ -154,7 +154,7 @@ def client_costs(n: int = 64, size: int = 3000) -> dict:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m experiments.decode_cost", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m bench.decode_cost", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--json", action="store_true", help="also print the figures as one JSON line")
     args = p.parse_args(argv)

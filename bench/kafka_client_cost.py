@@ -1,6 +1,6 @@
 """CPU per image of a producer's send path with kafka-python and with librdkafka, side by side.
 
-    python -m experiments.kafka_client_cost [--rate 80] [--images 1200] [--rounds 2]
+    python -m bench.kafka_client_cost [--rate 80] [--images 1200] [--rounds 2]
 
 Starts a local stack of its own (broker, MongoDB, consumers; no Prometheus) and, for each
 round, runs the same loop in a fresh process per client: encode a 32 px PNG, build the
@@ -96,7 +96,7 @@ def _loop(client: str, bootstrap: str, topic: str, rate: float, count: int, ling
 
 def measure(client: str, bootstrap: str, args) -> dict | None:
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    proc = subprocess.run([sys.executable, "-m", "experiments.kafka_client_cost", "--child", client,
+    proc = subprocess.run([sys.executable, "-m", "bench.kafka_client_cost", "--child", client,
                            "--bootstrap", bootstrap, "--rate", str(args.rate), "--images", str(args.images),
                            "--linger-ms", str(args.linger_ms)],
                           capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent)
@@ -111,7 +111,7 @@ def measure(client: str, bootstrap: str, args) -> dict | None:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m experiments.kafka_client_cost", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m bench.kafka_client_cost", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rate", type=float, default=80.0, help="images/s (the bench's per-producer maximum)")
     p.add_argument("--images", type=int, default=1200, help="images per measured process")

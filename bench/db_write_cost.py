@@ -1,7 +1,7 @@
-"""``python -m experiments.db_write_cost --mongo URI``: what one upsert per image saves.
+"""``python -m bench.db_write_cost --mongo URI``: what one upsert per image saves.
 
 The DB consumer merges an image and its result polled together into one upsert
-(consumers.db.merged_updates).  This writes N (image, result) pairs both ways, in
+(consumers.db.merged).  This writes N (image, result) pairs both ways, in
 interleaved rounds, bulk_write by 500 like the consumer, and prints the MongoDB wall
 time per stored image (image + prediction) and the ratio.  A benchmark, not a test;
 against the local stack: ``make up`` then ``--mongo "$MONGO_URI"`` from .run/stack.env.
@@ -15,9 +15,11 @@ import statistics
 import time
 import uuid
 
-from pymongo import MongoClient, UpdateOne
+from pymongo import MongoClient
 
-from consumers.db import image_fields, merged_updates, result_fields
+from common.store import image_upsert, result_upsert
+from common.store.mongodb import update_of
+from consumers.db import merged as merge
 
 
 def pairs(n: int) -> list:
@@ -28,20 +30,20 @@ def pairs(n: int) -> list:
                  "seq": i, "sent_at": 1.0, "label": "cat", "dataset": "cifar10", "format": "png"}
         result = {**image, "prediction": "cat", "confidence": 0.5, "model": "m", "received_at": 1.0,
                   "inferred_at": 1.0, "published_at": 1.0}
-        parts += [(None, image_fields(image, png, time.time())), (None, result_fields(result, time.time()))]
+        parts += [(None, image_upsert(image, png, time.time())), (None, result_upsert(result, time.time()))]
     return parts
 
 
 def separate(parts) -> list:
-    return [UpdateOne({"_id": i}, {"$set": s, "$min": m}, upsert=True) for _, (i, s, m) in parts]
+    return [update_of(upsert) for _, upsert in parts]
 
 
 def merged(parts) -> list:
-    return [op for _, op in merged_updates(parts)]
+    return [update_of(upsert) for _, upsert in merge(parts)]
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m experiments.db_write_cost", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m bench.db_write_cost", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--mongo", required=True, help="MongoDB URI (a scratch database is used)")
     p.add_argument("--images", type=int, default=1500, help="pairs per round (default 1500)")

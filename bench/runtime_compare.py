@@ -1,4 +1,4 @@
-"""``python -m experiments.runtime_compare``: candidate model runtimes against the reference.
+"""``python -m bench.runtime_compare``: candidate model runtimes against the reference.
 
 The reference is the service's own serving function (inference.model, TensorFlow with
 oneDNN, TF's thread settings).  Each candidate runs the same Keras model on the same
@@ -73,7 +73,7 @@ def converted(keras_model, size: int, intra_threads: int) -> dict:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m experiments.runtime_compare", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m bench.runtime_compare", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--size", type=int, default=32, help="model input size (32 or 224)")
     p.add_argument("--batch", default="32",

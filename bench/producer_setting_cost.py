@@ -1,7 +1,7 @@
-"""``python -m experiments.producer_setting_cost``: what a producer-side setting costs, in
+"""``python -m bench.producer_setting_cost``: what a producer-side setting costs, in
 CPU milliseconds (core-ms) per image of every component, A against B on one stack.
 
-    python -m experiments.producer_setting_cost --a RESULTS_READ_ALL=false --b RESULTS_READ_ALL=true \\
+    python -m bench.producer_setting_cost --a RESULTS_READ_ALL=false --b RESULTS_READ_ALL=true \\
         --producers 4 --rate 100 --seconds 15 --rounds 3 --dataset-source ../shared/data/...
 
 One local stack (temp ``STACK_DIR``, free ports, random weights, without Prometheus and
@@ -43,7 +43,7 @@ def assignment(text: str) -> dict:
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="python -m experiments.producer_setting_cost", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m bench.producer_setting_cost", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--a", type=assignment, required=True, help="the producers' settings of A: NAME=value[,...]")
     p.add_argument("--b", type=assignment, required=True, help="the producers' settings of B: NAME=value[,...]")

@@ -1,4 +1,4 @@
-"""``python -m experiments.metrics_cost``: what the Prometheus metrics cost, in CPU
+"""``python -m bench.metrics_cost``: what the Prometheus metrics cost, in CPU
 milliseconds (core-ms) per image, with METRICS_ENABLED=true against false.
 
 Two local stacks run side by side (temp ``STACK_DIR``s, free ports, random weights,
@@ -52,7 +52,7 @@ def run_round(stack: LocalStack, images: int, rate: float, out: Path, tag: str) 
 
 def main(argv=None) -> int:
     setup_logging()
-    p = argparse.ArgumentParser(prog="python -m experiments.metrics_cost", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m bench.metrics_cost", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rounds", type=int, default=3, help="rounds per configuration (default 3)")
     p.add_argument("--images", type=int, default=300, help="images per round (default 300)")

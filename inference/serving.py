@@ -1,4 +1,10 @@
-"""The per-worker inference engine: loads the model in a background thread, then batches.
+"""The model a Gunicorn worker serves (``ModelHost``): loaded in a background thread after
+the fork, then fed by the dynamic batcher.  The Flask app finds it in
+``app.extensions["model_host"]``.
+
+Not to be confused with ``MODEL_ENGINE`` (``inference/runtimes.py``), the runtime that runs
+the model (TensorFlow, ONNX Runtime, OpenVINO): a ModelHost holds whatever model that engine
+built, one per worker process.
 
 Nothing here imports TensorFlow at module level: ``inference.model`` is imported by
 the loader thread, which runs in the Gunicorn *worker* after the fork (the master
@@ -21,7 +27,10 @@ log = logging.getLogger(__name__)
 LOADING, READY, FAILED = "loading", "ready", "failed"
 
 
-class Engine:
+class ModelHost:
+    """This worker's model and its dynamic batcher, with the state /readyz reports:
+    ``loading`` until the loader thread is done, then ``ready`` or ``failed``."""
+
     def __init__(self, settings: ServiceSettings, metrics=None):
         """``metrics``: an inference.metrics.ServiceMetrics (model state, the batcher's observer)."""
         self.settings = settings
@@ -34,7 +43,7 @@ class Engine:
         self._ready = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def start(self) -> "Engine":
+    def start(self) -> "ModelHost":
         self._thread = threading.Thread(target=self._load, name="model-loader", daemon=True)
         self._thread.start()
         return self

@@ -1,10 +1,10 @@
-"""The A/B settings of ``python -m experiments.producer_setting_cost``."""
+"""The A/B settings of ``python -m bench.producer_setting_cost``."""
 
 import argparse
 
 import pytest
 
-from experiments.producer_setting_cost import assignment, parse_args
+from bench.producer_setting_cost import assignment, parse_args
 
 
 def test_settings_parse_into_the_producers_environment():

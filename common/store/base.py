@@ -1,0 +1,132 @@
+"""What the pipeline asks of a store: the Sink the DB writer writes through, and the
+reader that everything else reads stored images back with.
+
+A store holds one document (row) per image, keyed by the image id.  Its fields come
+from two messages that arrive in either order and any number of times: the image
+(``IMAGE_FIELDS`` and the image file itself) and its result (``RESULT_FIELDS``).  The
+writer hands the sink :class:`Upsert` records; the two halves touch disjoint fields,
+and ``first`` timestamps (``stored_at``, ``prediction_stored_at``) keep their earliest
+value, so any order and any redelivery end in the same complete document.
+
+Adapters (``common.store.mongodb``; others beside it) are the only modules that import
+a database client.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator, Protocol
+
+# The stored document's fields, by the message that brings them.
+IMAGE_FIELDS = ("schema", "device_id", "producer_id", "seq", "sent_at", "label", "dataset", "format")
+IMAGE = "image"  # the image file's bytes (PNG or JPEG, as ``format`` says)
+RESULT_FIELDS = ("device_id", "producer_id", "seq", "sent_at", "prediction", "confidence",
+                 "model", "received_at", "inferred_at", "published_at")
+STORED_AT = "stored_at"  # first time the image was stored
+PREDICTION_STORED_AT = "prediction_stored_at"  # first time its prediction was stored
+PREDICTION = "prediction"
+SENT_AT = "sent_at"
+# Every timestamp a document can hold (unix seconds), in pipeline order.
+TIMESTAMPS = ("sent_at", "received_at", "inferred_at", "published_at", STORED_AT, PREDICTION_STORED_AT)
+
+
+@dataclass
+class Upsert:
+    """One image's document, or the part of it one or more records bring: ``fields`` are
+    set (later records win), ``first`` timestamps keep their earliest value."""
+
+    image_id: str
+    fields: dict = field(default_factory=dict)
+    first: dict = field(default_factory=dict)
+
+    def merge(self, other: "Upsert") -> None:
+        self.fields.update(other.fields)
+        for k, v in other.first.items():
+            self.first[k] = min(v, self.first.get(k, v))
+
+
+def image_upsert(msg: dict, image: bytes, now: float) -> Upsert:
+    """The image half of a document, from a parsed image message and its file's bytes."""
+    fields = {k: msg.get(k) for k in IMAGE_FIELDS}
+    fields[IMAGE] = image
+    return Upsert(msg["image_id"], fields, {STORED_AT: now})
+
+
+def result_upsert(msg: dict, now: float) -> Upsert:
+    """The result half of a document, from a parsed result message."""
+    return Upsert(msg["image_id"], {k: msg.get(k) for k in RESULT_FIELDS}, {PREDICTION_STORED_AT: now})
+
+
+# ---------------------------------------------------------------- write outcomes
+
+@dataclass(frozen=True)
+class Stored:
+    """The write is durable: the record may be committed."""
+
+
+@dataclass(frozen=True)
+class Refused:
+    """The store will never take this document (it would fail the same way forever): the
+    record goes to the dead-letter topic with ``reason``; the rest of the batch goes on."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class Transient:
+    """The store cannot take the write now (down, restarting, full): retried with backoff,
+    nothing committed.  ``kind`` is ``transient`` or ``disk full`` (logged as an error)."""
+
+    reason: str
+    kind: str = "transient"
+
+
+STORED = Stored()
+WriteOutcome = Stored | Refused | Transient
+DISK_FULL = "disk full"
+
+
+class Sink(Protocol):
+    """Where the DB writer puts documents.  ``write`` returns one outcome per upsert, in
+    order; a failure of the whole write returns the same :class:`Transient` object for
+    every upsert (the writer counts it once)."""
+
+    name: str
+
+    def prepare(self) -> None:
+        """Create what the documents need (indexes, tables); raises while the store is down."""
+
+    def write(self, batch: list[Upsert]) -> list[WriteOutcome]: ...
+
+    def close(self) -> None: ...
+
+
+class StoreReader(Protocol):
+    """Reading stored images back: the end-of-run check, the analysis, the dashboard and
+    the dead-letter replay tool.  Documents are dicts with ``image_id`` and the fields
+    asked for; a field the document lacks is absent.  Errors are :class:`StoreError`."""
+
+    name: str
+    where: str  # the store's location for messages, without credentials
+
+    def ping(self) -> None: ...
+
+    def by_ids(self, image_ids: Iterable[str], fields: Iterable[str]) -> Iterator[dict]: ...
+
+    def by_producers(self, producer_ids: Iterable[str] | None, fields: Iterable[str]) -> Iterator[dict]: ...
+
+    def count(self, *, producer_ids: Iterable[str] | None = None, with_prediction: bool = False) -> int: ...
+
+    def latest(self, n: int, fields: Iterable[str]) -> list[dict]:
+        """The ``n`` most recently stored images that have a prediction and an image."""
+
+    def replay_record(self, ref: str) -> dict | None:
+        """The dead-letter replay tool's record of a replayed dead letter (None: never replayed)."""
+
+    def record_replay(self, ref: str, record: dict) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class StoreError(RuntimeError):
+    """The store could not be read (down, refused the credentials, a bad query)."""
