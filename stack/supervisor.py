@@ -27,6 +27,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -127,10 +128,8 @@ class Supervisor:
     def plan(self) -> None:
         py = sys.executable
         base_env = {"PYTHONUNBUFFERED": "1"}
-        check_replaced()  # the environment is passed on to every component: no old name in it
-        # An address given in the environment means that external server.
+        check_replaced()  # this environment goes to every component: no removed name in it
         stack, kafka, mongo, inference = StackSettings(), KafkaSettings(), MongoSettings(), InferenceClientSettings()
-
         kafka_external = given(kafka, "kafka_bootstrap_servers")
         if kafka_external:
             self.endpoints["KAFKA_BOOTSTRAP_SERVERS"] = kafka_external
@@ -263,11 +262,9 @@ class Supervisor:
 
     def _mongo_ready(self) -> bool:
         try:
-            store = open_reader(MongoSettings(mongo_uri=self.endpoints["MONGO_URI"], mongo_timeout_ms=1000))
-            try:
+            with closing(open_reader(MongoSettings(mongo_uri=self.endpoints["MONGO_URI"],
+                                                   mongo_timeout_ms=1000))) as store:
                 store.ping()
-            finally:
-                store.close()
             return True
         except Exception:
             return False
