@@ -182,7 +182,7 @@ def main(argv=None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--max-records", type=int, help="largest write (default DB_MAX_RECORDS, 500)")
     args = p.parse_args(argv)
-    kafka, mongo, metrics = KafkaSettings(), MongoSettings(), MetricsSettings()
+    kafka, mongo, metrics = (with_flags(cls, p) for cls in (KafkaSettings, MongoSettings, MetricsSettings))
     writer = with_flags(DbWriterSettings, p, db_max_records=args.max_records)
     log.info("%s", describe(kafka, mongo, writer, metrics))
     recorder = DbConsumerMetrics(metrics.metrics_enabled)

@@ -204,7 +204,7 @@ def main(argv=None) -> int:
     p.add_argument("--batch-wait-ms", type=int, help="longest wait to fill a batch")
     p.add_argument("--inference-url", help="service URL(s), comma-separated")
     args = p.parse_args(argv)
-    kafka, metrics = KafkaSettings(), MetricsSettings()
+    kafka, metrics = with_flags(KafkaSettings, p), with_flags(MetricsSettings, p)
     client = with_flags(InferenceClientSettings, p, predict_batch_images=args.batch_size,
                         predict_batch_wait_ms=args.batch_wait_ms, inference_url=args.inference_url)
     log.info("%s", describe(kafka, client, metrics))
