@@ -120,8 +120,14 @@ def test_a_bad_environment_value_exits_cleanly():
     proc = subprocess.run([sys.executable, "-m", "stack", "status"], cwd=ROOT, env={**env, "LOG_LEVEL": "loud"},
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "invalid setting: LOG_LEVEL='loud'" in proc.stderr, proc.stderr[-2000:]
-    # A group loaded without the parser: the message alone (common/log.py's hook), status 1.
+    # A consumer reads its groups with its parser: usage and status 2.
     proc = subprocess.run([sys.executable, "-m", "consumers.db"], cwd=ROOT, env={**env, "IMAGES_PARTITIONS": "x"},
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert "invalid setting: IMAGES_PARTITIONS='x'" in proc.stderr and "usage:" in proc.stderr
+    # A group loaded without a parser: the message alone (common/log.py's hook), status 1.
+    code = "from common.log import setup_logging; setup_logging(); from common.settings import KafkaSettings; KafkaSettings()"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**env, "IMAGES_PARTITIONS": "x"},
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert "invalid setting: IMAGES_PARTITIONS='x'" in proc.stderr
