@@ -13,24 +13,26 @@ from pathlib import Path
 
 from common.rundir import LatencyFileError, LatencyRow, RunDir
 from common.settings import MongoSettings
-from common.store import TIMESTAMPS, StoreError, open_reader
+from common.store import StoreError, open_reader
+from common.wire import (DEVICE_ID, IMAGE_ID, INFERRED_AT, LABEL, MODEL, PREDICTION, PREDICTION_STORED_AT,
+                         PRODUCER_ID, PUBLISHED_AT, RECEIVED_AT, RESULT_AT, SENT_AT, SEQ, STORED_AT, TIMESTAMPS)
 
 # (label, start timestamp, end timestamp).  The first four are consecutive
 # segments of the result path (they add up to e2e for one image); the last two
 # run in parallel with it (the storage consumer's view).
 STAGES = (
-    ("producer → inference consumer", "sent_at", "received_at"),
-    ("inference (received → inferred)", "received_at", "inferred_at"),
-    ("publish result (inferred → published)", "inferred_at", "published_at"),
-    ("result → producer (published → received)", "published_at", "result_at"),
-    ("image → stored in MongoDB", "sent_at", "stored_at"),
-    ("image → prediction stored in MongoDB", "sent_at", "prediction_stored_at"),
+    ("producer → inference consumer", SENT_AT, RECEIVED_AT),
+    ("inference (received → inferred)", RECEIVED_AT, INFERRED_AT),
+    ("publish result (inferred → published)", INFERRED_AT, PUBLISHED_AT),
+    ("result → producer (published → received)", PUBLISHED_AT, RESULT_AT),
+    ("image → stored", SENT_AT, STORED_AT),
+    ("image → prediction stored", SENT_AT, PREDICTION_STORED_AT),
 )
 RESULT_PATH = STAGES[:4]
 
 MONGO_DATABASE = "iot"
 MONGO_COLLECTION = "images"
-_STORE_FIELDS = ("producer_id", "device_id", "seq", "label", "prediction", "model") + TIMESTAMPS
+_STORE_FIELDS = (PRODUCER_ID, DEVICE_ID, SEQ, LABEL, PREDICTION, MODEL) + TIMESTAMPS
 
 
 class AnalysisInputError(ValueError):
@@ -120,7 +122,7 @@ class Run:
 # ------------------------------------------------------------------ run directories
 
 def _stages_from_rows(rows: list[LatencyRow]) -> dict[str, dict[str, float]]:
-    return {r.image_id: {"sent_at": r.sent_at, "result_at": r.result_at}
+    return {r.image_id: {SENT_AT: r.sent_at, RESULT_AT: r.result_at}
             for r in rows if r.result_at is not None}
 
 
@@ -184,21 +186,21 @@ def load_mongo_run(uri: str, *, producer_ids: list[str] | None = None, name: str
     stages: dict[str, dict[str, float]] = {}
     for doc in docs:
         times = _doc_times(doc)
-        sent, stored = times.get("sent_at"), times.get("stored_at")
+        sent, stored = times.get(SENT_AT), times.get(STORED_AT)
         if sent is None:
             continue
         e2e = (stored - sent) * 1000 if stored is not None else None
         if e2e is not None and e2e < 0:
             e2e = None  # clock trouble; do not invent a latency
-        seq = doc.get("seq")
+        seq = doc.get(SEQ)
         rows.append(LatencyRow(
-            image_id=str(doc["image_id"]), device_id=str(doc.get("device_id") or ""),
-            producer_id=str(doc.get("producer_id") or ""),
+            image_id=str(doc[IMAGE_ID]), device_id=str(doc.get(DEVICE_ID) or ""),
+            producer_id=str(doc.get(PRODUCER_ID) or ""),
             seq=int(seq) if isinstance(seq, (int, float)) and not isinstance(seq, bool) else 0,
             sent_at=sent, result_at=stored, e2e_ms=e2e,
-            label=doc.get("label") or None, prediction=doc.get("prediction") or None,
-            model=doc.get("model") or None))
-        stages[str(doc["image_id"])] = times
+            label=doc.get(LABEL) or None, prediction=doc.get(PREDICTION) or None,
+            model=doc.get(MODEL) or None))
+        stages[str(doc[IMAGE_ID])] = times
     rows.sort(key=lambda r: (r.sent_at, r.producer_id, r.seq))
     return Run(name=name, rows=rows, stages=stages, source=f"{store.name} {store.where}")
 
@@ -214,7 +216,7 @@ def add_mongo_stages(runs: list[Run], uri: str, *, database: str = MONGO_DATABAS
     try:
         for run in runs:
             for doc in store.by_ids([r.image_id for r in run.rows], _STORE_FIELDS):
-                known = run.stages.setdefault(str(doc["image_id"]), {})
+                known = run.stages.setdefault(str(doc[IMAGE_ID]), {})
                 for key, value in _doc_times(doc).items():
                     known.setdefault(key, value)
                 matched += 1

@@ -17,6 +17,7 @@ from pathlib import Path
 from analysis.report import accuracy_of
 from analysis.stats import latency_summary
 from common.rundir import LatencyRow, RunDir
+from common.wire import IMAGE, PREDICTION
 
 
 def result_rate(results: list[LatencyRow]) -> float | None:
@@ -54,8 +55,8 @@ def summarize(rows: list[LatencyRow], docs: dict[str, dict] | None, *,
         "e2e_ms": latency_summary(e2e),
     }
     if docs is not None:
-        complete = sum(1 for d in docs.values() if d.get("prediction") and d.get("image"))
-        summary.update(stored=sum(1 for d in docs.values() if d.get("image")),
+        complete = sum(1 for d in docs.values() if d.get(PREDICTION) and d.get(IMAGE))
+        summary.update(stored=sum(1 for d in docs.values() if d.get(IMAGE)),
                        stored_with_prediction=complete, lost=len(rows) - complete)
         if producer_docs is not None:
             summary["duplicate_documents"] = max(0, producer_docs - len(rows))
@@ -77,7 +78,7 @@ def format_table(summary: dict) -> str:
     rows = [
         ("images sent", summary["sent"]),
         ("results received", summary["results"]),
-        ("stored in MongoDB", summary["stored"]),
+        ("stored", summary["stored"]),
         ("stored with prediction", summary["stored_with_prediction"]),
         ("lost", summary["lost"]),
         ("model", summary["model"] + ("  (UNTRAINED: labels are not meaningful)"

@@ -84,7 +84,7 @@ def _loop(client: str, bootstrap: str, topic: str, rate: float, count: int, ling
         if delay > window:
             time.sleep(delay)
         png = encode_png(images[seq % len(images)])
-        msg = make_image_message(png=png, format="png", device_id=f"cost-cam{seq % 4:02d}", producer_id="cost",
+        msg = make_image_message(image=png, format="png", device_id=f"cost-cam{seq % 4:02d}", producer_id="cost",
                                  seq=seq, label=None, dataset="synthetic", schema=2)
         msg["sent_at"] = time.time()
         value, headers = image_record(msg, png)

@@ -28,6 +28,7 @@ import numpy as np
 
 from common.schema import encode_png, sniff_format
 from common.settings import CacheSettings
+from common.wire import FILE_SUFFIXES, IMAGE_FORMATS, PNG
 
 log = logging.getLogger(__name__)
 
@@ -80,10 +81,10 @@ class Dataset:
         if self.files is not None:
             data = self.files[i].read_bytes()
             return data, sniff_format(data) or "unknown"
-        return encode_png(self.images[i]), "png"
+        return encode_png(self.images[i]), PNG
 
 
-FOLDER_SUFFIXES = (".jpg", ".jpeg", ".png")
+FOLDER_SUFFIXES = tuple(suffix for f in IMAGE_FORMATS for suffix in FILE_SUFFIXES[f])
 
 
 def load_folder(source: str, max_bytes: int | None = None) -> Dataset:

@@ -18,23 +18,22 @@ import json
 import time
 from dataclasses import dataclass, field
 
-SCHEMA = 2  # the dlq.* block's version (1 was a JSON dead letter that is no longer read)
-PREFIX = "dlq."
-REPLAY_OF = "replay.of"  # header a replayed record carries: "<dlq topic>:<partition>:<offset>"
+from common.wire import (DLQ_PREFIX, DLQ_SCHEMA, H_DLQ_FAILED_AT, H_DLQ_NULL_HEADERS, H_DLQ_OFFSET, H_DLQ_OMITTED,
+                         H_DLQ_PARTITION, H_DLQ_REASON, H_DLQ_SCHEMA, H_DLQ_TIMESTAMP, H_DLQ_TOPIC, H_DLQ_VALUE_NULL,
+                         H_DLQ_VALUE_SHA256, IMAGE_ID, REPLAY_OF)
+
+SCHEMA, PREFIX = DLQ_SCHEMA, DLQ_PREFIX
 MAX_REASON_CHARS = 1024  # keeps the dlq.* block at a few hundred bytes whatever a reason quotes
 
-# The dlq.* block, in the order it is written.  dlq.schema comes first: the *last*
-# dlq.schema header of a record starts the block, so an original header that happens
-# to be called dlq.something stays an original header.
+# The dlq.* block's headers (common.wire), in the order they are written.  dlq.schema
+# comes first: the *last* dlq.schema header of a record starts the block, so an original
+# header that happens to be called dlq.something stays an original header.
 H_SCHEMA, H_REASON, H_TOPIC, H_PARTITION, H_OFFSET, H_TIMESTAMP, H_FAILED_AT = (
-    "dlq.schema", "dlq.reason", "dlq.source_topic", "dlq.partition", "dlq.offset",
-    "dlq.source_timestamp", "dlq.failed_at")
+    H_DLQ_SCHEMA, H_DLQ_REASON, H_DLQ_TOPIC, H_DLQ_PARTITION, H_DLQ_OFFSET, H_DLQ_TIMESTAMP, H_DLQ_FAILED_AT)
 # Only when needed: kafka-python cannot send what these stand for.
-H_VALUE_NULL = "dlq.value_null"  # "1": the original value was null (and so was the key)
-H_NULL_HEADERS = "dlq.null_headers"  # "0,3": original headers whose value was null
+H_VALUE_NULL, H_NULL_HEADERS = H_DLQ_VALUE_NULL, H_DLQ_NULL_HEADERS
 # Only in a dead letter over the size limit: the original key, value and headers were dropped.
-H_OMITTED = "dlq.omitted"  # the original value's size in bytes
-H_VALUE_SHA256 = "dlq.value_sha256"
+H_OMITTED, H_VALUE_SHA256 = H_DLQ_OMITTED, H_DLQ_VALUE_SHA256
 
 Header = tuple[str, "bytes | None"]
 
@@ -86,7 +85,7 @@ class DeadLetter:
             obj = json.loads(self.value)
         except (ValueError, RecursionError):
             return None
-        image_id = obj.get("image_id") if isinstance(obj, dict) else None
+        image_id = obj.get(IMAGE_ID) if isinstance(obj, dict) else None
         if not isinstance(image_id, str):
             return None
         try:

@@ -15,12 +15,6 @@ from common.settings import KafkaSettings, secret
 log = logging.getLogger(__name__)
 
 
-# Result records carry the producer id as their key and in this header: each producer
-# reads only the partition its id hashes to and skips other producers' records there
-# by the header, without decoding them (docs/ARCHITECTURE.md, "Results").
-RESULT_PRODUCER_HEADER = "producer_id"
-
-
 def key_partition(key: bytes, partitions: list[int]) -> int:
     """The partition Kafka's default partitioner (murmur2, as in the Java client and
     kafka-python) puts a record with this key in."""

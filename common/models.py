@@ -1,16 +1,11 @@
-"""The wire contract as typed pydantic v2 models (see docs/ARCHITECTURE.md).
+"""The Kafka messages of the wire contract as typed pydantic v2 models (docs/ARCHITECTURE.md).
 
-One set of models drives both sides of every interface:
-
-* Kafka messages: :class:`ImageMessage` (``iot-images``), :class:`ResultMessage`
-  (``iot-inference``).  ``common.schema`` wraps them in the functions the producers and
-  consumers call (``parse_image_message`` ...).  Dead letters (``iot-dlq``) are the original
-  records plus ``dlq.*`` headers (``common.deadletter``).
-* HTTP bodies of the inference service: :func:`predict_request_model` (the
-  ``/v1/predict`` request, its batch limit included) and the responses
-  (:class:`PredictResponse`, :class:`ModelInfo` ...).  ``inference.openapi`` generates
-  the served OpenAPI document from these models, so the document cannot drift from
-  what the service accepts.
+:class:`ImageMessage` (``iot-images``, schema 1), :class:`ImageRecordMeta` (schema 2's
+headers) and :class:`ResultMessage` (``iot-inference``); their names and limits are
+:mod:`common.wire`'s.  ``common.schema`` wraps them in the functions the producers and
+consumers call (``parse_image_record`` ...).  Dead letters (``iot-dlq``) are the original
+records plus ``dlq.*`` headers (``common.deadletter``); the inference service's HTTP
+bodies are :mod:`common.http_models`, built on the field types here.
 
 Input is validated strictly: a JSON ``true`` is not an integer, ``"1.5"`` is not a
 number, integers must fit a signed 64-bit integer (BSON's largest), numbers must be
@@ -22,55 +17,22 @@ deeper than 200 levels as invalid JSON: a hostile ``[[[[...`` is an error, never
 
 Every rejection becomes :class:`InvalidMessage` with one readable reason (see
 :func:`reason_of`), which is what a dead letter carries.
-
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import functools
 import json
 import struct
 import uuid
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PlainValidator,
-                      PrivateAttr, Strict, ValidationError, ValidationInfo, create_model,
-                      model_validator)
-from pydantic.json_schema import SkipJsonSchema
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, Strict, ValidationError, ValidationInfo, model_validator)
 from pydantic_core import PydanticCustomError
 
-from common.labels import CIFAR10_CLASSES
-
-SCHEMA_VERSION = 1  # results (iot-inference) and schema-1 image messages
-IMAGE_SCHEMA_V2 = 2  # image records: raw image bytes in the value, metadata in headers
-IMAGE_FORMATS = ("png", "jpeg")  # schema 2; schema 1 carries PNG only
-IMAGE_SIZE = 32  # CIFAR images are 32x32 RGB
-# Text fields are copied into the result message: unbounded, a valid image could
-# yield a result too big for the DB consumer (found by tests/integration/test_hostile.py).
-MAX_TEXT_CHARS = 256
-MAX_IMAGE_MESSAGE_BYTES = 256 * 1024  # KafkaSettings.max_message_bytes
-MAX_RESULT_MESSAGE_BYTES = 64 * 1024
-DEFAULT_MAX_REQUEST_IMAGES = 128  # ServiceSettings.max_request_images
-# Longest base64 text of one Kafka image message's image, checked before anything is
-# decoded: 8 KiB of base64 is a 6 KiB PNG, twice the largest 32x32 RGB PNG (3 KiB of
-# pixels + headers).  (The HTTP service's JSON instances have their own limit, the base64
-# of MAX_IMAGE_BYTES: instance_model.)
-MAX_IMAGE_B64_CHARS = 8 * 1024
-# The HTTP service (/v1/predict) takes PNG and JPEG images of any size: one image's bytes
-# are at most ServiceSettings.max_image_bytes (MAX_IMAGE_BYTES), its pixels at most
-# max_image_pixels (MAX_IMAGE_PIXELS, checked from the header before decoding).
-DEFAULT_MAX_IMAGE_BYTES = 1024 * 1024
-DEFAULT_MAX_IMAGE_PIXELS = 4096 * 4096
-
-
-def b64_chars(n_bytes: int) -> int:
-    """Length of the base64 text of ``n_bytes`` bytes (padded)."""
-    return 4 * ((n_bytes + 2) // 3)
-
-
-INT64_MIN, INT64_MAX = -2**63, 2**63 - 1
+from common.wire import (IMAGE, IMAGE_FORMATS, JPEG, PNG, IMAGE_SCHEMA_HEADERS, IMAGE_SCHEMA_JSON, IMAGE_SIZE, INT64_MAX, INT64_MIN,
+                         MAX_IMAGE_B64_CHARS, MAX_TEXT_CHARS, RESULT_SCHEMA, SCHEMA)
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_RGB = 2  # IHDR colour type for truecolour without alpha
@@ -101,13 +63,13 @@ def check_png_header(png: bytes, size: int = IMAGE_SIZE) -> None:
 def check_image_magic(data: bytes, fmt: str) -> None:
     """Raise InvalidMessage unless ``data`` starts like an image of ``fmt`` (schema 2: any size;
     the inference service checks the dimensions against its pixel limit when it decodes)."""
-    if fmt == "png":
+    if fmt == PNG:
         if len(data) < 33 or not data.startswith(_PNG_SIGNATURE) or data[12:16] != b"IHDR":
             raise InvalidMessage("image is not a PNG")
         width, height = struct.unpack(">II", data[16:24])
         if not width or not height:
             raise InvalidMessage(f"image is {width}x{height}")
-    elif fmt == "jpeg":
+    elif fmt == JPEG:
         if len(data) < 4 or not data.startswith(_JPEG_SOI):
             raise InvalidMessage("image is not a JPEG")
     else:
@@ -117,9 +79,9 @@ def check_image_magic(data: bytes, fmt: str) -> None:
 def sniff_format(data: bytes) -> str | None:
     """``png`` / ``jpeg`` by the file's first bytes, None for anything else."""
     if data.startswith(_PNG_SIGNATURE):
-        return "png"
+        return PNG
     if data.startswith(_JPEG_SOI):
-        return "jpeg"
+        return JPEG
     return None
 
 
@@ -181,19 +143,19 @@ def _uuid(value: str, info: ValidationInfo) -> str:
 
 
 def _png_format(value: str) -> str:
-    if value != "png":
+    if value != PNG:
         raise InvalidMessage(f"unsupported image format {value!r}")
     return value
 
 
 def _v2_format(value: str) -> str:
     if value not in IMAGE_FORMATS:
-        raise InvalidMessage(f"unsupported image format {value!r} (schema 2 takes png or jpeg)")
+        raise InvalidMessage(f"unsupported image format {value!r} (schema 2 takes {' or '.join(IMAGE_FORMATS)})")
     return value
 
 
-SchemaVersion = Annotated[Literal[1], BeforeValidator(_exactly_int(1))]
-SchemaVersion2 = Annotated[Literal[2], BeforeValidator(_exactly_int(2))]
+def _schema_version(version: int):
+    return Annotated[Literal[version], BeforeValidator(_exactly_int(version))]
 Int64 = Annotated[int, Strict(), Field(ge=INT64_MIN, le=INT64_MAX)]
 # A finite number; JSON integers are accepted (as floats) within the int64 range.
 Number = Annotated[float, Strict(), Field(allow_inf_nan=False), BeforeValidator(_int64_if_int)]
@@ -248,7 +210,7 @@ class ImageMeta(_Wire):
     parse into a model of this class (:func:`common.schema.parse_image_record`), so the
     validators, the consumers and the dead-letter reasons are the same for both."""
 
-    schema_version: int = Field(alias="schema")
+    schema_version: int = Field(alias=SCHEMA)
     image_id: ImageId = Field(description="UUID4; MongoDB _id")
     device_id: ShortText = Field(description="simulated camera, e.g. p-1a2b3c-cam02")
     producer_id: ShortText = Field(description="producer process")
@@ -266,11 +228,12 @@ class ImageMeta(_Wire):
 class ImageMessage(ImageMeta, _WithPng):
     """Image message (topic iot-images), schema 1: one JSON object, the PNG in base64."""
 
-    schema_version: SchemaVersion = Field(alias="schema")
-    format: Annotated[Text, AfterValidator(_png_format)] = Field(json_schema_extra={"enum": ["png"]})
+    version: ClassVar[int] = IMAGE_SCHEMA_JSON
+    schema_version: _schema_version(IMAGE_SCHEMA_JSON) = Field(alias=SCHEMA)
+    format: Annotated[Text, AfterValidator(_png_format)] = Field(json_schema_extra={"enum": [PNG]})
     image: Base64Png
 
-    _reasons = {("image", "string_too_short"): "field 'image' must be a non-empty base64 string"}
+    _reasons = {(IMAGE, "string_too_short"): "field 'image' must be a non-empty base64 string"}
 
 
 class ImageRecordMeta(ImageMeta):
@@ -279,14 +242,16 @@ class ImageRecordMeta(ImageMeta):
     ``sent_at`` in decimal; no ``label`` header for a null label).  See
     :func:`common.schema.parse_image_record`."""
 
-    schema_version: SchemaVersion2 = Field(alias="schema")
+    version: ClassVar[int] = IMAGE_SCHEMA_HEADERS
+    schema_version: _schema_version(IMAGE_SCHEMA_HEADERS) = Field(alias=SCHEMA)
     format: Annotated[Text, AfterValidator(_v2_format)] = Field(json_schema_extra={"enum": list(IMAGE_FORMATS)})
 
 
 class ResultMessage(_Wire):
     """Result message (topic iot-inference), schema 1: the image's fields plus the prediction."""
 
-    schema_version: SchemaVersion = Field(alias="schema")
+    version: ClassVar[int] = RESULT_SCHEMA
+    schema_version: _schema_version(RESULT_SCHEMA) = Field(alias=SCHEMA)
     image_id: ImageId
     device_id: ShortText
     producer_id: ShortText
@@ -299,144 +264,6 @@ class ResultMessage(_Wire):
     received_at: Timestamp = Field(description="the inference consumer polled the image")
     inferred_at: Timestamp = Field(description="the model's output was ready (service clock)")
     published_at: Timestamp = Field(description="the result was handed to the Kafka producer")
-
-
-# ---------------------------------------------------------------- HTTP: /v1/predict request
-
-class _HttpInstance(_Wire):
-    """One image to classify (JSON style): base64 decoded once every field is valid; the
-    image itself (PNG or JPEG, its size) is judged by the service's decoder."""
-
-    _data: bytes = PrivateAttr(b"")
-
-    @model_validator(mode="after")
-    def _decode_b64(self):
-        self._data = decode_image_b64(self.image)  # type: ignore[attr-defined]
-        return self
-
-    @property
-    def data(self) -> bytes:
-        return self._data
-
-
-@functools.lru_cache(maxsize=None)
-def instance_model(max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES) -> type[_HttpInstance]:
-    """The JSON instance of a service whose MAX_IMAGE_BYTES is ``max_image_bytes``: the base64
-    text is refused by its length (``b64_chars``) before anything is decoded."""
-    image = Annotated[str, Strict(), Field(
-        min_length=1, max_length=b64_chars(max_image_bytes), json_schema_extra={"format": "byte"},
-        description=f"base64 of a PNG or JPEG image (RGB, greyscale, palette or RGBA; at most "
-                    f"{max_image_bytes} bytes, MAX_IMAGE_BYTES, and MAX_IMAGE_PIXELS pixels), "
-                    f"resized by the service to the model's input size")]
-    model = create_model(
-        "Instance", __base__=_HttpInstance, __doc__="One image to classify.",
-        image_id=(Annotated[str, Strict(), Field(min_length=1), AfterValidator(_valid_unicode)], ...),
-        image=(image, ...))
-    model._reasons = {
-        **{("image_id", t): "field 'image_id' must be a non-empty string"
-           for t in ("missing", "string_type", "string_too_short")},
-        **{("image", t): "field 'image' must be a non-empty base64 string"
-           for t in ("missing", "string_type", "string_too_short")},
-    }
-    return model
-
-
-Instance = instance_model()
-
-
-def _json_object(value: Any) -> dict:
-    if not isinstance(value, dict):
-        raise PydanticCustomError("dict_type", "Input should be an object")
-    return value
-
-
-# An instance must be a JSON object for the request to be well formed; its fields are
-# validated one instance at a time (a bad image gets an error entry, not a 400), so the
-# request keeps the object as is and documents it as an Instance.
-@functools.lru_cache(maxsize=None)
-def _instance_object(max_image_bytes: int):
-    return Annotated[dict, PlainValidator(_json_object, json_schema_input_type=instance_model(max_image_bytes))]
-
-
-InstanceObject = _instance_object(DEFAULT_MAX_IMAGE_BYTES)
-
-
-@functools.lru_cache(maxsize=None)
-def predict_request_model(max_batch: int = DEFAULT_MAX_REQUEST_IMAGES,
-                          max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES) -> type[BaseModel]:
-    """The /v1/predict JSON request body for a service whose MAX_REQUEST_IMAGES is ``max_batch``
-    (and MAX_IMAGE_BYTES ``max_image_bytes``): the limits are part of the model, so the service
-    enforces the limits the document states."""
-    return create_model(
-        "PredictRequest", __doc__="A batch of images, classified in order.",
-        instances=(Annotated[list[_instance_object(max_image_bytes)],
-                             Field(min_length=1, max_length=max_batch)], ...))
-
-
-PredictRequest = predict_request_model()
-
-
-# ---------------------------------------------------------------- HTTP: responses
-
-class Error(BaseModel):
-    error: str
-
-
-class Health(BaseModel):
-    status: Literal["ok"]
-
-
-class Ready(BaseModel):
-    status: Literal["ready"]
-    model: str
-
-
-class NotReady(BaseModel):
-    status: Literal["loading", "failed"]
-    # Absent while loading (dumped with exclude_none).
-    error: str | SkipJsonSchema[None] = None
-
-
-class ModelInfo(BaseModel):
-    id: str = Field(json_schema_extra={"example": "resnet50-imagenet-224"})
-    weights_source: str
-    input_size: int = Field(ge=1)
-    classes: list[str]
-    untrained: bool = Field(description="random weights: labels are meaningless")
-    weights_sha256: str | None = Field(
-        None, description="sha256 of the weights file (MODEL_WEIGHTS=<file>, e.g. from make train)")
-    max_request_images: int = Field(ge=1)
-    model_batch_max_images: int = Field(ge=1)
-    model_batch_delay_ms: float = Field(ge=0)
-
-
-class Prediction(BaseModel):
-    image_id: str
-    label: Literal[CIFAR10_CLASSES]
-    confidence: float = Field(ge=0, le=1)
-    received_at: float = Field(description="unix time the request arrived")
-    inferred_at: float = Field(description="unix time the model output was ready")
-    inference_ms: float = Field(ge=0, description="duration of the model call that classified it")
-
-
-class InstanceError(BaseModel):
-    image_id: str | None = Field(description="the instance's image_id when it was a string")
-    error: str
-
-
-class Timing(BaseModel):
-    decode_ms: float = Field(ge=0)
-    inference_ms: float = Field(ge=0)
-    total_ms: float = Field(ge=0)
-
-
-class PredictResponse(BaseModel):
-    model: str
-    predictions: list[Prediction | InstanceError] = Field(description=(
-        "exactly one entry per instance, in the order of the request's instances: predictions[i] "
-        "answers instances[i] (image ids are echoed, never used to match: they may repeat)"))
-    batch_size: int = Field(ge=1)
-    timing: Timing
 
 
 # ---------------------------------------------------------------- validation -> InvalidMessage
@@ -457,9 +284,9 @@ def _reason(err: dict, model: type[BaseModel]) -> str:
     if isinstance(ctx.get("error"), InvalidMessage):  # our own checks name their field
         return ctx["error"].reason
     name = _where(loc)
-    if loc[:1] == ("schema",):
+    if loc[:1] == (SCHEMA,):
         value = None if typ == "missing" else err["input"]
-        return f"unknown schema version {value!r} (expected {SCHEMA_VERSION})"
+        return f"unknown schema version {value!r} (expected {getattr(model, 'version', '?')})"
     special = getattr(model, "_reasons", {}).get((name, typ))
     if special:
         return special
@@ -489,7 +316,7 @@ def _rank(err: dict) -> int:
     """Which error a message is rejected for: the schema version first (a message of
     another version is not judged by this one's rules), then missing and mistyped
     fields, then bad values, then the image itself (checked once all fields are valid)."""
-    if err["loc"][:1] == ("schema",):
+    if err["loc"][:1] == (SCHEMA,):
         return 0
     if not err["loc"]:
         return 0 if err["type"] in ("json_invalid", "model_type") else 3

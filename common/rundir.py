@@ -29,14 +29,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from common.store import IMAGE, PREDICTION, STORED_AT, StoreReader
+from common.store import StoreReader
+from common.wire import (DEVICE_ID, E2E_MS, IMAGE, IMAGE_ID, LABEL, LATENCY_COLUMNS, MODEL, OPTIONAL_STAGE_COLUMNS,
+                         PREDICTION, PRODUCER_ID, RESULT_AT, SENT_AT, SEQ, STAGE_COLUMNS, STORED_AT)
 
-COLUMNS = ("image_id", "device_id", "producer_id", "seq", "sent_at", "result_at",
-           "e2e_ms", "label", "prediction", "model")
-STAGE_COLUMNS = ("image_id", "sent_at", "received_at", "inferred_at", "published_at",
-                 "result_at", "stored_at")
-# Written by the analysis of a MongoDB pseudo-run, read like the others.
-OPTIONAL_STAGE_COLUMNS = ("prediction_stored_at",)
+COLUMNS = LATENCY_COLUMNS  # latencies.csv; stages.csv has STAGE_COLUMNS (+ OPTIONAL_STAGE_COLUMNS when read)
 LATENCIES, STAGES, SUMMARY, PRODUCERS = "latencies.csv", "stages.csv", "summary.json", "producers"
 
 
@@ -102,20 +99,20 @@ def read_latencies(path: Path) -> list[LatencyRow]:
                     f"{path}:{line_no}: expected {len(header)} fields, found {len(fields)}")
             get = {name: fields[i] for name, i in index.items()}
             try:
-                sent_at = float(get["sent_at"])
-                result_at = float(get["result_at"]) if get["result_at"] else None
-                e2e_ms = float(get["e2e_ms"]) if get["e2e_ms"] else None
-                seq = int(get["seq"])
+                sent_at = float(get[SENT_AT])
+                result_at = float(get[RESULT_AT]) if get[RESULT_AT] else None
+                e2e_ms = float(get[E2E_MS]) if get[E2E_MS] else None
+                seq = int(get[SEQ])
             except ValueError as exc:
                 raise LatencyFileError(f"{path}:{line_no}: {exc}") from None
             if not math.isfinite(sent_at) or (e2e_ms is not None and
                                               (not math.isfinite(e2e_ms) or e2e_ms < 0)):
                 raise LatencyFileError(f"{path}:{line_no}: timestamps must be finite, e2e_ms >= 0")
-            if not get["image_id"]:
+            if not get[IMAGE_ID]:
                 raise LatencyFileError(f"{path}:{line_no}: empty image_id")
-            rows.append(LatencyRow(get["image_id"], get["device_id"], get["producer_id"], seq,
-                                   sent_at, result_at, e2e_ms, _opt(get["label"]),
-                                   _opt(get["prediction"]), _opt(get["model"])))
+            rows.append(LatencyRow(get[IMAGE_ID], get[DEVICE_ID], get[PRODUCER_ID], seq,
+                                   sent_at, result_at, e2e_ms, _opt(get[LABEL]),
+                                   _opt(get[PREDICTION]), _opt(get[MODEL])))
     return rows
 
 
@@ -145,9 +142,9 @@ def read_stages(path: Path) -> dict[str, dict[str, float]]:
         header = next(reader, None)
         if header is None:
             return {}
-        if "image_id" not in header:
+        if IMAGE_ID not in header:
             raise RunFileError(f"{path}:1: header lacks column image_id")
-        known = [c for c in header if c != "image_id" and (c in STAGE_COLUMNS or c in OPTIONAL_STAGE_COLUMNS)]
+        known = [c for c in header if c != IMAGE_ID and (c in STAGE_COLUMNS or c in OPTIONAL_STAGE_COLUMNS)]
         for line_no, fields in enumerate(reader, start=2):
             if not fields:
                 continue
@@ -159,7 +156,7 @@ def read_stages(path: Path) -> dict[str, dict[str, float]]:
                 value = _float_or_none(record[col], f"{path}:{line_no}: column {col}")
                 if value is not None:
                     times[col] = value
-            out[record["image_id"]] = times
+            out[record[IMAGE_ID]] = times
     return out
 
 
@@ -202,9 +199,9 @@ def _add_stored_at(path: Path, docs: dict[str, dict]) -> None:
     if not rows:
         return
     for row in rows:
-        doc = docs.get(row["image_id"])
-        if doc and doc.get("stored_at"):
-            row["stored_at"] = doc["stored_at"]
+        doc = docs.get(row[IMAGE_ID])
+        if doc and doc.get(STORED_AT):
+            row[STORED_AT] = doc[STORED_AT]
     with open(path, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0].keys()))
         writer.writeheader()
@@ -217,8 +214,8 @@ def wait_stored(store: StoreReader, ids: list[str], timeout_s: float = 60.0, pro
     ``progress(stored, complete)`` is called after each poll."""
     deadline = time.monotonic() + timeout_s
     while True:
-        docs = {d["image_id"]: d for d in store.by_ids(ids, (PREDICTION, STORED_AT, IMAGE))}
-        complete = sum(1 for d in docs.values() if d.get("prediction") and d.get("image"))
+        docs = {d[IMAGE_ID]: d for d in store.by_ids(ids, (PREDICTION, STORED_AT, IMAGE))}
+        complete = sum(1 for d in docs.values() if d.get(PREDICTION) and d.get(IMAGE))
         if progress:
             progress(len(docs), complete)
         if complete == len(ids) or time.monotonic() > deadline:

@@ -30,17 +30,19 @@ import uuid
 
 from pydantic_core import to_json
 
-from common.models import (IMAGE_FORMATS, IMAGE_SCHEMA_V2, IMAGE_SIZE, MAX_IMAGE_MESSAGE_BYTES,
-                           MAX_RESULT_MESSAGE_BYTES, MAX_TEXT_CHARS, SCHEMA_VERSION, ImageMessage,
+from common.wire import (CONFIDENCE, CONTENT_TYPES, DATASET, DEVICE_ID, FORMAT, IMAGE, IMAGE_FORMATS, IMAGE_HEADERS,
+                         IMAGE_ID, IMAGE_SCHEMA_HEADERS, IMAGE_SCHEMA_JSON, IMAGE_SCHEMAS, IMAGE_SIZE, INFERRED_AT,
+                         LABEL, MAX_IMAGE_MESSAGE_BYTES, PNG, MAX_RESULT_MESSAGE_BYTES, MAX_TEXT_CHARS, MODEL,
+                         PREDICTION, PRODUCER_ID, PUBLISHED_AT, RECEIVED_AT, RESULT_SCHEMA, SCHEMA, SENT_AT, SEQ)
+
+from common.models import (ImageMessage,
                            ImageRecordMeta, InvalidMessage, ResultMessage, check_image_magic,
                            check_png_header, decode_image_b64, sniff_format, validate, validate_json)
 
-__all__ = ["IMAGE_FORMATS", "IMAGE_SCHEMA_V2", "IMAGE_SIZE", "MAX_TEXT_CHARS", "SCHEMA_VERSION",
-           "InvalidMessage", "check_png_header", "decode_image_b64", "dumps", "encode_png", "image_record",
-           "make_image_message", "make_result_message", "parse_image_message", "parse_image_record",
-           "parse_result_message", "sniff_format", "CONTENT_TYPES"]
-
-CONTENT_TYPES = {"png": "image/png", "jpeg": "image/jpeg"}
+__all__ = ["CONTENT_TYPES", "IMAGE_FORMATS", "IMAGE_SCHEMA_HEADERS", "IMAGE_SCHEMA_JSON", "IMAGE_SIZE",
+           "MAX_TEXT_CHARS", "RESULT_SCHEMA", "InvalidMessage", "check_png_header", "decode_image_b64", "dumps",
+           "encode_png", "image_record", "make_image_message", "make_result_message", "parse_image_message",
+           "parse_image_record", "parse_result_message", "sniff_format"]
 
 # A message is built before it is stamped (``sent_at``, ``published_at`` are set right
 # before the send); it is validated with this stand-in for the missing stamp.
@@ -58,26 +60,26 @@ def encode_png(pixels) -> bytes:
     return buf.getvalue()
 
 
-def make_image_message(*, png: bytes, device_id: str, producer_id: str, seq: int,
+def make_image_message(*, image: bytes, device_id: str, producer_id: str, seq: int,
                        label: str | None, dataset: str, image_id: str | None = None,
-                       schema: int = SCHEMA_VERSION, format: str = "png") -> dict:
+                       schema: int = IMAGE_SCHEMA_JSON, format: str = PNG) -> dict:
     """A new image message's fields; ``sent_at`` is stamped by the producer right before sending.
 
-    Schema 1: the JSON message, ``image`` in base64 (``png`` must be a 32x32 RGB PNG).
-    Schema 2: the metadata only (no ``image``); ``png`` is the image file, PNG or JPEG as
+    Schema 1: the JSON message, ``image`` in base64 (``image`` must be a 32x32 RGB PNG).
+    Schema 2: the metadata only (no ``image``); ``image`` is the image file, PNG or JPEG as
     ``format`` says, and :func:`image_record` makes the record.  Raises InvalidMessage if
     the message would not pass :func:`parse_image_message` / :func:`parse_image_record`."""
-    fields = {"image_id": image_id or str(uuid.uuid4()), "device_id": device_id, "producer_id": producer_id,
-              "seq": seq, "sent_at": _UNSTAMPED, "label": label, "dataset": dataset}
-    if schema == IMAGE_SCHEMA_V2:
-        msg = validate(ImageRecordMeta, {"schema": IMAGE_SCHEMA_V2, **fields, "format": format}).wire()
-        check_image_magic(png, msg["format"])
-    elif schema == SCHEMA_VERSION:
-        msg = validate(ImageMessage, {"schema": SCHEMA_VERSION, **fields, "format": format,
-                                      "image": base64.b64encode(png).decode("ascii")}).wire()
+    fields = {IMAGE_ID: image_id or str(uuid.uuid4()), DEVICE_ID: device_id, PRODUCER_ID: producer_id,
+              SEQ: seq, SENT_AT: _UNSTAMPED, LABEL: label, DATASET: dataset, FORMAT: format}
+    if schema == IMAGE_SCHEMA_HEADERS:
+        msg = validate(ImageRecordMeta, {SCHEMA: IMAGE_SCHEMA_HEADERS, **fields}).wire()
+        check_image_magic(image, msg[FORMAT])
+    elif schema == IMAGE_SCHEMA_JSON:
+        msg = validate(ImageMessage, {SCHEMA: IMAGE_SCHEMA_JSON, **fields,
+                                      IMAGE: base64.b64encode(image).decode("ascii")}).wire()
     else:
-        raise InvalidMessage(f"unknown schema version {schema!r} (image messages are 1 or 2)")
-    msg["sent_at"] = None
+        raise InvalidMessage(f"unknown schema version {schema!r} (image messages are {_SCHEMAS_TEXT})")
+    msg[SENT_AT] = None
     return msg
 
 
@@ -90,8 +92,9 @@ def parse_image_message(raw: bytes | None, *,
 
 # ---------------------------------------------------------------- schema 2: image records
 
-_V2_TEXT = ("image_id", "device_id", "producer_id", "label", "dataset", "format")
-_V2_FIELDS = ("schema", "seq", "sent_at") + _V2_TEXT
+_SCHEMAS_TEXT = " or ".join(map(str, IMAGE_SCHEMAS))
+_HEADER_NUMBERS = (SCHEMA, SEQ, SENT_AT)
+_HEADER_TEXT = tuple(h for h in IMAGE_HEADERS if h not in _HEADER_NUMBERS)
 _INT = re.compile(rb"-?[0-9]{1,20}")
 _NUMBER = re.compile(rb"-?[0-9]{1,20}(\.[0-9]{1,20})?([eE][-+]?[0-9]{1,3})?")
 
@@ -100,8 +103,9 @@ def image_record(msg: dict, image: bytes) -> tuple[bytes, list[tuple[str, bytes]
     """``(value, headers)`` of a schema-2 image record for ``msg`` (from
     :func:`make_image_message` with ``schema=2``, ``sent_at`` stamped): the value is the
     image file as it is, every field a header (no ``label`` header for a null label)."""
-    headers = [("schema", b"2"), ("seq", str(msg["seq"]).encode()), ("sent_at", repr(float(msg["sent_at"])).encode())]
-    headers += [(k, msg[k].encode()) for k in _V2_TEXT if msg.get(k) is not None]
+    headers = [(SCHEMA, b"%d" % IMAGE_SCHEMA_HEADERS), (SEQ, str(msg[SEQ]).encode()),
+               (SENT_AT, repr(float(msg[SENT_AT])).encode())]
+    headers += [(k, msg[k].encode()) for k in _HEADER_TEXT if msg.get(k) is not None]
     return image, headers
 
 
@@ -110,19 +114,19 @@ def _header_fields(headers) -> dict:
     a replayed record carries ``replay.of``)."""
     fields: dict = {}
     for key, value in headers:
-        if key not in _V2_FIELDS:
+        if key not in IMAGE_HEADERS:
             continue
         if key in fields:
             raise InvalidMessage(f"header '{key}' appears more than once")
         if value is None:
             continue
-        if key in ("schema", "seq"):
+        if key in (SCHEMA, SEQ):
             if not _INT.fullmatch(value):
                 raise InvalidMessage(f"header '{key}' is not a decimal integer")
             fields[key] = int(value)
-        elif key == "sent_at":
+        elif key == SENT_AT:
             if not _NUMBER.fullmatch(value):
-                raise InvalidMessage("header 'sent_at' is not a decimal number")
+                raise InvalidMessage(f"header '{SENT_AT}' is not a decimal number")
             fields[key] = float(value)
         else:
             try:
@@ -134,7 +138,7 @@ def _header_fields(headers) -> dict:
 
 def is_image_record(headers) -> bool:
     """A schema-2 record (it has a ``schema`` header); schema 1 records have no headers."""
-    return any(k == "schema" for k, _v in headers or ())
+    return any(k == SCHEMA for k, _v in headers or ())
 
 
 def parse_image_record(value: bytes | None, headers=None, *,
@@ -145,18 +149,18 @@ def parse_image_record(value: bytes | None, headers=None, *,
     if not is_image_record(headers):
         return parse_image_message(value, max_bytes=max_bytes)
     fields = _header_fields(headers)
-    if fields.get("schema") != IMAGE_SCHEMA_V2:
-        raise InvalidMessage(f"unknown schema version {fields.get('schema')!r} (expected 1 or 2)")
+    if fields.get(SCHEMA) != IMAGE_SCHEMA_HEADERS:
+        raise InvalidMessage(f"unknown schema version {fields.get(SCHEMA)!r} (expected {_SCHEMAS_TEXT})")
     if value is None:
         raise InvalidMessage("empty message (null value)")
     if len(value) > max_bytes:
         raise InvalidMessage(f"message is {len(value)} bytes, over the {max_bytes}-byte limit")
-    fields.setdefault("label", None)
+    fields.setdefault(LABEL, None)
     try:
         msg = validate(ImageRecordMeta, fields).wire()
     except InvalidMessage as exc:  # the fields are headers here
         raise InvalidMessage(exc.reason.replace("field '", "header '", 1)) from None
-    check_image_magic(value, msg["format"])
+    check_image_magic(value, msg[FORMAT])
     return msg, value
 
 
@@ -172,21 +176,11 @@ def make_result_message(image: dict, *, prediction: str, confidence: float, mode
     """The result for a parsed image message; ``published_at`` is stamped right before
     the send.  Raises InvalidMessage if the result would not pass :func:`parse_result_message`."""
     msg = validate(ResultMessage, {
-        "schema": SCHEMA_VERSION,
-        "image_id": image["image_id"],
-        "device_id": image["device_id"],
-        "producer_id": image["producer_id"],
-        "seq": image["seq"],
-        "sent_at": image["sent_at"],
-        "label": image.get("label"),
-        "prediction": prediction,
-        "confidence": confidence,
-        "model": model,
-        "received_at": received_at,
-        "inferred_at": inferred_at,
-        "published_at": _UNSTAMPED,
+        SCHEMA: RESULT_SCHEMA, **{k: image.get(k) for k in (IMAGE_ID, DEVICE_ID, PRODUCER_ID, SEQ, SENT_AT, LABEL)},
+        PREDICTION: prediction, CONFIDENCE: confidence, MODEL: model, RECEIVED_AT: received_at,
+        INFERRED_AT: inferred_at, PUBLISHED_AT: _UNSTAMPED,
     }).wire()
-    msg["published_at"] = None
+    msg[PUBLISHED_AT] = None
     return msg
 
 

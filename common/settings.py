@@ -28,6 +28,7 @@ from common.settings_base import (REPLACED, ProjectSettings, SettingsError, desc
 from common.settings_service import REQUEST_BYTES_CAP, DashboardSettings, GunicornSettings, ServiceSettings, \
     request_bytes_limit
 from common.settings_stack import DemoSettings, FleetSettings, StackPlumbingSettings, StackSettings
+from common.wire import MAX_IMAGE_MESSAGE_BYTES
 
 __all__ = ["REPLACED", "REQUEST_BYTES_CAP", "SETTINGS_GROUPS", "CacheSettings", "DashboardSettings",
            "DatasetSettings", "DbWriterSettings", "DemoSettings", "DlqToolSettings", "FleetSettings",
@@ -79,7 +80,7 @@ class KafkaSettings(ProjectSettings):
     kafka_delivery_timeout_s: float = Field(120.0, gt=0, description=(
         "How long a producer keeps trying to deliver an image (broker away, leader moving) before it "
         "counts the image as failed."))
-    max_message_bytes: int = Field(256 * 1024, description=(
+    max_message_bytes: int = Field(MAX_IMAGE_MESSAGE_BYTES, description=(
         "Largest message a consumer tries to decode (bigger ones are dead-lettered), and the largest "
         "image file a producer sends."))
     dlq_max_record_bytes: int = Field(1024 * 1024, ge=4096, description=(

@@ -12,6 +12,7 @@ from typing import Annotated, Literal
 from pydantic import BeforeValidator, Field, SecretStr
 
 from common.settings_base import ProjectSettings, level_name
+from common.wire import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_REQUEST_IMAGES, b64_chars
 
 
 class ServiceSettings(ProjectSettings):
@@ -30,11 +31,11 @@ class ServiceSettings(ProjectSettings):
     model_engine: Literal["tensorflow", "onnxruntime", "openvino"] = Field("tensorflow", description=(
         "Runtime of the model: tensorflow, or the same Keras model converted at load by ONNX Runtime or "
         "OpenVINO (optional packages: requirements/runtime-<engine>.txt; float32 only)."))
-    max_request_images: int = Field(128, ge=1, description="Most images one /v1/predict request may carry.")
-    max_image_bytes: int = Field(1024 * 1024, ge=1024, description=(
+    max_request_images: int = Field(DEFAULT_MAX_REQUEST_IMAGES, ge=1, description="Most images one /v1/predict request may carry.")
+    max_image_bytes: int = Field(DEFAULT_MAX_IMAGE_BYTES, ge=1024, description=(
         "Largest image of a request (PNG or JPEG, the file, base64 aside); read from the header before "
         "anything is decoded."))
-    max_image_pixels: int = Field(4096 * 4096, ge=1, description=(
+    max_image_pixels: int = Field(DEFAULT_MAX_IMAGE_PIXELS, ge=1, description=(
         "Most pixels of one image (a decompression bomb gets a per-image error)."))
     # With the defaults the cap decides: 64 MiB holds 47 images of 1 MiB in JSON (63 in
     # multipart), 128 of up to 370 KiB.
@@ -72,7 +73,7 @@ def request_bytes_limit(s: ServiceSettings) -> int:
     memory per request is bounded by what it may legitimately receive."""
     if s.max_request_bytes:
         return s.max_request_bytes
-    per_image = 4 * ((s.max_image_bytes + 2) // 3) + 1024
+    per_image = b64_chars(s.max_image_bytes) + 1024
     return min(s.max_request_images * per_image + 64 * 1024, REQUEST_BYTES_CAP)
 
 

@@ -26,11 +26,12 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from common.kafka_io import RESULT_PRODUCER_HEADER, make_consumer, make_producer
+from common.kafka_io import make_consumer, make_producer
 from common.lifecycle import stop_event
 from common.log import setup_logging
 from common.metrics import serve
-from common.schema import CONTENT_TYPES, InvalidMessage, dumps, make_result_message, parse_image_record
+from common.schema import InvalidMessage, dumps, make_result_message, parse_image_record
+from common.wire import CONTENT_TYPES, FORMAT, IMAGE, IMAGE_ID, PRODUCER_ID, PUBLISHED_AT, RESULT_PRODUCER_HEADER
 from common.settings import InferenceClientSettings, KafkaSettings, MetricsSettings, describe, with_flags
 from consumers.loop import ConsumeLoop, DeadLetter, Done, Output, Retry
 from consumers.metrics import (DLQ_IMAGE_ERROR, DLQ_INVALID_INPUT, DLQ_INVALID_PREDICTION, DLQ_SERVICE_REFUSED,
@@ -91,7 +92,7 @@ class InferenceHandler:
             except InvalidMessage as exc:
                 outcomes[i] = self.dead(exc.reason, DLQ_INVALID_INPUT)
                 continue
-            msg["image"] = image  # the file's bytes (schema 1: decoded from base64)
+            msg[IMAGE] = image  # the file's bytes (schema 1: decoded from base64)
             valid.append((i, msg))
         if loop.attempt == 0:
             self.stats.images += len(records)
@@ -114,7 +115,7 @@ class InferenceHandler:
         """Classify ``chunk`` ((index, message) pairs) into ``outcomes``: a result per image, or a
         dead letter for an image the service refuses.  Raises ServiceUnavailable."""
         # One multipart request of the image files as they came (no base64, no JSON).
-        items = [(m["image_id"], m["image"], CONTENT_TYPES[m["format"]]) for _i, m in chunk]
+        items = [(m[IMAGE_ID], m[IMAGE], CONTENT_TYPES[m[FORMAT]]) for _i, m in chunk]
         started = time.perf_counter()
         try:
             response = loop.wait(self.http.submit(self.client.predict_files, items))
@@ -138,9 +139,9 @@ class InferenceHandler:
                 outcomes[i] = self.dead(f"inference failed: invalid prediction: {exc.reason}",
                                         DLQ_INVALID_PREDICTION)
                 continue
-            result["published_at"] = time.time()
+            result[PUBLISHED_AT] = time.time()
             # Keyed by producer: each producer reads only its own partition of the results.
-            producer_id = msg["producer_id"].encode()
+            producer_id = msg[PRODUCER_ID].encode()
             outcomes[i] = Done((Output(self.kafka.results_topic, dumps(result), producer_id,
                                        ((RESULT_PRODUCER_HEADER, producer_id),)),))
             self.stats.results += 1

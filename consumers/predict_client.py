@@ -10,8 +10,9 @@ import logging
 import secrets
 
 from common.lifecycle import Backoff
-from common.models import ModelInfo, PredictResponse
+from common.http_models import ModelInfo, PredictResponse
 from common.settings import InferenceClientSettings, secret
+from common.wire import CONTENT_TYPES, FILE_SUFFIXES, IMAGE_FORMATS
 
 log = logging.getLogger("consumers.inference")
 
@@ -70,7 +71,8 @@ def _first_problems(exc) -> str:
                      for e in exc.errors(include_url=False)[:2])[:300]
 
 
-IMAGE_CONTENT_TYPES = {"image/png": b".png", "image/jpeg": b".jpg"}
+# The file part of each image: its content type and the suffix of its (nominal) file name.
+IMAGE_CONTENT_TYPES = {CONTENT_TYPES[f]: FILE_SUFFIXES[f][0].encode() for f in IMAGE_FORMATS}
 
 
 def encode_multipart(items: list[tuple[str, bytes, str]]) -> tuple[bytes, str]:

@@ -25,6 +25,8 @@ from flask import Flask, abort, jsonify, make_response, redirect, render_templat
 
 from common.settings import DashboardSettings, MongoSettings, secret
 from common.store import open_reader
+from common.wire import (CONFIDENCE, CONTENT_TYPES, DEVICE_ID, FORMAT, IMAGE, IMAGE_ID, LABEL, PNG, PREDICTION,
+                         PREDICTION_STORED_AT)
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +76,8 @@ class Prometheus:
 
 
 def _thumbnail(doc: dict) -> str | None:
-    image = doc.get("image")
-    mime = "image/jpeg" if doc.get("format") == "jpeg" else "image/png"
+    image = doc.get(IMAGE)
+    mime = CONTENT_TYPES.get(doc.get(FORMAT), CONTENT_TYPES[PNG])
     return f"data:{mime};base64," + base64.b64encode(bytes(image)).decode() if image else None
 
 
@@ -145,14 +147,13 @@ def create_app(settings: DashboardSettings | None = None, mongo: MongoSettings |
     def recent():
         n = min(max(request.args.get("n", settings.dashboard_recent_images, type=int), 1), 100)
         try:
-            docs = store.latest(n, ("image", "format", "label", "prediction", "confidence", "device_id",
-                                    "prediction_stored_at"))
+            docs = store.latest(n, (IMAGE, FORMAT, LABEL, PREDICTION, CONFIDENCE, DEVICE_ID, PREDICTION_STORED_AT))
         except Exception as exc:  # noqa: BLE001
             log.warning("%s query failed: %s", source, exc)
             return jsonify(images=[], error=f"{source}: {type(exc).__name__}"), 503
-        return jsonify(images=[{"image_id": str(d["image_id"]), "thumbnail": _thumbnail(d), "label": d.get("label"),
-                                "prediction": d.get("prediction"), "confidence": d.get("confidence"),
-                                "device_id": d.get("device_id"), "stored_at": d.get("prediction_stored_at")}
+        return jsonify(images=[{"image_id": str(d[IMAGE_ID]), "thumbnail": _thumbnail(d), "label": d.get(LABEL),
+                                "prediction": d.get(PREDICTION), "confidence": d.get(CONFIDENCE),
+                                "device_id": d.get(DEVICE_ID), "stored_at": d.get(PREDICTION_STORED_AT)}
                                for d in docs])
 
     return app

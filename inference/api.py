@@ -19,10 +19,11 @@ from pydantic import ValidationError
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.http import parse_options_header
 
-from common.models import (DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS, Error, Health, InstanceError,
-                           ModelInfo, NotReady, Prediction, PredictResponse, Ready, Timing, instance_model,
-                           predict_request_model, reason_of)
-from common.schema import CONTENT_TYPES, IMAGE_SIZE, InvalidMessage
+from common.http_models import (Error, Health, InstanceError, ModelInfo, NotReady, Prediction, PredictResponse, Ready,
+                                Timing, instance_model, predict_request_model)
+from common.models import reason_of
+from common.schema import InvalidMessage
+from common.wire import CONTENT_TYPES, DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS, IMAGE_FORMATS, IMAGE_SIZE
 from common.settings import ServiceSettings, secret
 from inference.batcher import Overloaded
 from inference.metrics import exposition
@@ -38,8 +39,8 @@ log = logging.getLogger(__name__)
 Image.MAX_IMAGE_PIXELS = None
 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
 
-IMAGE_FORMATS = ("PNG", "JPEG")
-IMAGE_CONTENT_TYPES = tuple(CONTENT_TYPES.values())  # the contract's formats (common/schema.py)
+PIL_FORMATS = tuple(f.upper() for f in IMAGE_FORMATS)  # PIL's names of the contract's formats
+IMAGE_CONTENT_TYPES = tuple(CONTENT_TYPES.values())
 
 health = Blueprint("health", __name__)
 v1 = Blueprint("v1", __name__, url_prefix="/v1")
@@ -284,7 +285,7 @@ def decode_image(data: bytes, limits: ImageLimits = DEFAULT_LIMITS) -> np.ndarra
                              "(MAX_IMAGE_BYTES)")
     size = limits.size
     try:
-        with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as img:  # lazy: the header only
+        with Image.open(io.BytesIO(data), formats=PIL_FORMATS) as img:  # lazy: the header only
             width, height = img.size
             if width * height > limits.max_pixels:
                 raise InvalidMessage(f"image is {width}x{height} ({width * height:,} pixels), over the "

@@ -35,11 +35,11 @@ import tensorflow as tf
 from common.download import DownloadError, fetch, file_digest
 from common.labels import CIFAR10_CLASSES
 from common.settings import CacheSettings
+from common.wire import IMAGE_SIZE
 from inference.imagenet_cifar import mapping_matrix
 
 log = logging.getLogger(__name__)
 
-IMAGE_SIZE = 32
 RANDOM_SEED = 0
 IMAGENET_FILE = "resnet50_weights_tf_dim_ordering_tf_kernels.h5"
 IMAGENET_URL = "https://storage.googleapis.com/tensorflow/keras-applications/resnet/" + IMAGENET_FILE

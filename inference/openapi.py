@@ -1,6 +1,6 @@
 """OpenAPI 3 description of the inference service (served at /openapi.json).
 
-Generated from the pydantic models of :mod:`common.models` that the service validates
+Generated from the pydantic models of :mod:`common.http_models` that the service validates
 requests with and builds its responses from: ``components/schemas`` holds one schema
 per model (``model_json_schema``), the operations refer to them.  The ``/v1/predict``
 request's limits are the service's MAX_REQUEST_IMAGES and MAX_IMAGE_BYTES, so the document
@@ -20,8 +20,8 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from common.models import (DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_REQUEST_IMAGES, Error, Health, ModelInfo, NotReady,
-                           PredictResponse, Ready, predict_request_model)
+from common.http_models import Error, Health, ModelInfo, NotReady, PredictResponse, Ready, predict_request_model
+from common.wire import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_REQUEST_IMAGES
 
 REF_TEMPLATE = "#/components/schemas/{model}"
 

@@ -23,10 +23,12 @@ from kafka.errors import KafkaError, KafkaTimeoutError
 from tqdm import tqdm
 
 from common.dataset import DatasetUnavailable
-from common.kafka_io import RESULT_PRODUCER_HEADER, key_partition, make_consumer, make_producer
+from common.kafka_io import key_partition, make_consumer, make_producer
 from common.rundir import RunDir
-from common.schema import (SCHEMA_VERSION, InvalidMessage, dumps, image_record, make_image_message,
+from common.schema import (IMAGE_SCHEMA_JSON, InvalidMessage, dumps, image_record, make_image_message,
                            parse_result_message)
+from common.wire import (DEVICE_ID, E2E_MS, IMAGE, IMAGE_ID, INFERRED_AT, LABEL, MODEL, PREDICTION, PRODUCER_ID,
+                         PUBLISHED_AT, RECEIVED_AT, RESULT_AT, RESULT_PRODUCER_HEADER, SENT_AT, SEQ, STORED_AT)
 from common.settings import KafkaSettings
 from producer.metrics import ProducerMetrics
 
@@ -63,7 +65,7 @@ class ProducerRun:
     def got_result(self, sent: "SentImage", result: dict, now: float) -> float:
         """Record ``result`` for ``sent`` (the caller holds the lock); returns e2e in s."""
         sent.result, sent.result_at = result, now
-        e2e_s = now - sent.message["sent_at"]
+        e2e_s = now - sent.message[SENT_AT]
         self.results += 1
         self.recent_e2e_ms.append(e2e_s * 1000)
         return e2e_s
@@ -78,21 +80,19 @@ class ProducerRun:
         for s in self.sent.values():
             m, r = s.message, s.result or {}
             rows.append({
-                "image_id": m["image_id"], "device_id": m["device_id"],
-                "producer_id": m["producer_id"], "seq": m["seq"], "sent_at": f"{m['sent_at']:.6f}",
-                "result_at": f"{s.result_at:.6f}" if s.result_at else None,
-                "e2e_ms": f"{(s.result_at - m['sent_at']) * 1000:.3f}" if s.result_at else None,
-                "label": m["label"], "prediction": r.get("prediction"), "model": r.get("model")})
+                **{k: m[k] for k in (IMAGE_ID, DEVICE_ID, PRODUCER_ID, SEQ, LABEL)}, SENT_AT: f"{m[SENT_AT]:.6f}",
+                RESULT_AT: f"{s.result_at:.6f}" if s.result_at else None,
+                E2E_MS: f"{(s.result_at - m[SENT_AT]) * 1000:.3f}" if s.result_at else None,
+                PREDICTION: r.get(PREDICTION), MODEL: r.get(MODEL)})
         return rows
 
     def stage_rows(self) -> list[dict]:
         rows = []
         for s in self.sent.values():
             r = s.result or {}
-            rows.append({"image_id": s.message["image_id"], "sent_at": s.message["sent_at"],
-                         "received_at": r.get("received_at"), "inferred_at": r.get("inferred_at"),
-                         "published_at": r.get("published_at"), "result_at": s.result_at,
-                         "stored_at": None})
+            rows.append({IMAGE_ID: s.message[IMAGE_ID], SENT_AT: s.message[SENT_AT],
+                         **{k: r.get(k) for k in (RECEIVED_AT, INFERRED_AT, PUBLISHED_AT)},
+                         RESULT_AT: s.result_at, STORED_AT: None})
         return rows
 
 
@@ -167,10 +167,10 @@ class ResultListener(threading.Thread):
                         result = parse_result_message(record.value)  # the contract's result, validated
                     except InvalidMessage:
                         continue  # the DB consumer dead-letters it; a producer only times its own
-                    if result["producer_id"] != mine:
+                    if result[PRODUCER_ID] != mine:
                         continue
                     with self.lock:
-                        sent = self.run_state.sent.get(result.get("image_id"))
+                        sent = self.run_state.sent.get(result.get(IMAGE_ID))
                         if sent is not None and sent.result_at is None:  # first result wins
                             self.run_state.metrics.result(self.run_state.got_result(sent, result, now))
         self.consumer.close()
@@ -211,7 +211,7 @@ def _messages(dataset, producer_id: str, count: int, devices: int, schema: int =
         i += 1
         try:
             image, fmt = dataset.encoded(idx)
-            msg = make_image_message(png=image, format=fmt, device_id=f"{producer_id}-cam{seq % devices:02d}",
+            msg = make_image_message(image=image, format=fmt, device_id=f"{producer_id}-cam{seq % devices:02d}",
                                      producer_id=producer_id, seq=seq, label=dataset.labels[idx],
                                      dataset=dataset.name, schema=schema)
         except (OSError, InvalidMessage) as exc:
@@ -230,7 +230,7 @@ def _messages(dataset, producer_id: str, count: int, devices: int, schema: int =
 def encode_record(msg: dict, image: bytes, schema: int) -> tuple[bytes, list | None]:
     """``(value, headers)`` to send for a stamped message: schema 2 the image file with the
     metadata in headers, schema 1 the JSON message (``image`` in base64 inside)."""
-    if schema == SCHEMA_VERSION:
+    if schema == IMAGE_SCHEMA_JSON:
         return dumps(msg), None
     return image_record(msg, image)
 
@@ -320,16 +320,16 @@ def run_cameras(run: ProducerRun, *, kafka: KafkaSettings, dataset, count: int, 
                     delay = start + seq / rate - time.time()
                 if delay > 0:
                     time.sleep(delay)
-            msg["sent_at"] = time.time()
+            msg[SENT_AT] = time.time()
             value, headers = encode_record(msg, image, image_schema)
-            image_id = msg["image_id"]
+            image_id = msg[IMAGE_ID]
             with listener.lock:
-                run.sent[image_id] = SentImage({k: v for k, v in msg.items() if k != "image"})
+                run.sent[image_id] = SentImage({k: v for k, v in msg.items() if k != IMAGE})
             while True:
                 try:
                     if producer is None:
                         raise KafkaTimeoutError("no connection to the broker")
-                    producer.send(kafka.images_topic, key=msg["device_id"].encode(), value=value, headers=headers) \
+                    producer.send(kafka.images_topic, key=msg[DEVICE_ID].encode(), value=value, headers=headers) \
                         .add_callback(acked, image_id=image_id).add_errback(failed, image_id=image_id)
                     run.metrics.image_sent()
                     break

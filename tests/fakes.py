@@ -201,13 +201,13 @@ PNG = encode_png(np.zeros((32, 32, 3), dtype=np.uint8))
 
 
 def image_value(seq: int) -> bytes:
-    msg = make_image_message(png=PNG, device_id="dev", producer_id="prod", seq=seq, label=None,
+    msg = make_image_message(image=PNG, device_id="dev", producer_id="prod", seq=seq, label=None,
                              dataset="test")
     return dumps({**msg, "sent_at": 1.0})
 
 
 def result_value(seq: int) -> bytes:
-    image = {**make_image_message(png=PNG, device_id="dev", producer_id="prod", seq=seq, label=None,
+    image = {**make_image_message(image=PNG, device_id="dev", producer_id="prod", seq=seq, label=None,
                                   dataset="test"), "sent_at": 1.0}
     result = make_result_message(image, prediction="cat", confidence=0.5, model="m",
                                  received_at=1.0, inferred_at=1.0)

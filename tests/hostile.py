@@ -50,7 +50,7 @@ def valid_message(tag: str, seq: int = 0, *, seed: int | None = None, image_id: 
                   device: str | None = None) -> dict:
     pixels = np.random.default_rng(seq if seed is None else seed).integers(0, 256, (32, 32, 3),
                                                                            dtype=np.uint8)
-    msg = make_image_message(png=encode_png(pixels), device_id=device or f"{tag}-cam",
+    msg = make_image_message(image=encode_png(pixels), device_id=device or f"{tag}-cam",
                              producer_id=tag, seq=seq, label=None, dataset="synthetic",
                              image_id=image_id)
     msg["sent_at"] = time.time()
@@ -162,7 +162,7 @@ def valid_record(tag: str, seq: int = 0, image: bytes | None = None, fmt: str = 
     """``(value, headers)`` of a valid schema-2 record."""
     image = image if image is not None else encode_png(
         np.random.default_rng(seq).integers(0, 256, (32, 32, 3), dtype=np.uint8))
-    msg = make_image_message(png=image, format=fmt, device_id=f"{tag}-cam", producer_id=tag, seq=seq,
+    msg = make_image_message(image=image, format=fmt, device_id=f"{tag}-cam", producer_id=tag, seq=seq,
                              label=None, dataset="synthetic", schema=2)
     msg["sent_at"] = time.time()
     return image_record(msg, image)

@@ -1,16 +1,19 @@
 """The image store behind one interface (:mod:`common.store.base`): the DB writer's
 :class:`Sink` and the :class:`StoreReader` everything else reads with.  MongoDB is the
-store (``common.store.mongodb``); only the adapters import a database client."""
+store (``common.store.mongodb``); only the adapters import a database client.  The
+stored document's field names are the wire contract's (``common.wire``), re-exported here."""
 
 from __future__ import annotations
 
-from common.store.base import (IMAGE, IMAGE_FIELDS, PREDICTION, PREDICTION_STORED_AT, RESULT_FIELDS,
-                               SENT_AT, STORED, STORED_AT, TIMESTAMPS, Refused, Sink, Stored, StoreError,
-                               StoreReader, Transient, Upsert, WriteOutcome, image_upsert, result_upsert)
+from common.store.base import (DISK_FULL, STORED, Refused, Sink, Stored, StoreError, StoreReader, Transient,
+                               Upsert, WriteOutcome, image_upsert, result_upsert)
+from common.wire import (DOCUMENT_IMAGE_FIELDS, DOCUMENT_RESULT_FIELDS, IMAGE, IMAGE_ID, PREDICTION,
+                         PREDICTION_STORED_AT, SENT_AT, STORED_AT, TIMESTAMPS)
 
-__all__ = ["IMAGE", "IMAGE_FIELDS", "PREDICTION", "PREDICTION_STORED_AT", "RESULT_FIELDS", "SENT_AT", "STORED",
-           "STORED_AT", "TIMESTAMPS", "Refused", "Sink", "Stored", "StoreError", "StoreReader", "Transient",
-           "Upsert", "WriteOutcome", "image_upsert", "open_reader", "open_sink", "result_upsert"]
+__all__ = ["DISK_FULL", "DOCUMENT_IMAGE_FIELDS", "DOCUMENT_RESULT_FIELDS", "IMAGE", "IMAGE_ID", "PREDICTION",
+           "PREDICTION_STORED_AT", "SENT_AT", "STORED", "STORED_AT", "TIMESTAMPS", "Refused", "Sink", "Stored",
+           "StoreError", "StoreReader", "Transient", "Upsert", "WriteOutcome", "image_upsert", "open_reader",
+           "open_sink", "result_upsert"]
 
 
 def open_sink(mongo=None) -> Sink:

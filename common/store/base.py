@@ -1,9 +1,10 @@
 """What the pipeline asks of a store: the Sink the DB writer writes through, and the
 reader that everything else reads stored images back with.
 
-A store holds one document (row) per image, keyed by the image id.  Its fields come
-from two messages that arrive in either order and any number of times: the image
-(``IMAGE_FIELDS`` and the image file itself) and its result (``RESULT_FIELDS``).  The
+A store holds one document (row) per image, keyed by the image id.  Its fields
+(``common.wire``) come from two messages that arrive in either order and any number of
+times: the image (``DOCUMENT_IMAGE_FIELDS`` and the image file itself) and its result
+(``DOCUMENT_RESULT_FIELDS``).  The
 writer hands the sink :class:`Upsert` records; the two halves touch disjoint fields,
 and ``first`` timestamps (``stored_at``, ``prediction_stored_at``) keep their earliest
 value, so any order and any redelivery end in the same complete document.
@@ -17,18 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Protocol
 
-# The stored document's fields, by the message that brings them.
-IMAGE_FIELDS = ("schema", "device_id", "producer_id", "seq", "sent_at", "label", "dataset", "format")
-IMAGE = "image"  # the image file's bytes (PNG or JPEG, as ``format`` says)
-RESULT_FIELDS = ("device_id", "producer_id", "seq", "sent_at", "prediction", "confidence",
-                 "model", "received_at", "inferred_at", "published_at")
-STORED_AT = "stored_at"  # first time the image was stored
-PREDICTION_STORED_AT = "prediction_stored_at"  # first time its prediction was stored
-PREDICTION = "prediction"
-SENT_AT = "sent_at"
-# Every timestamp a document can hold (unix seconds), in pipeline order.
-TIMESTAMPS = ("sent_at", "received_at", "inferred_at", "published_at", STORED_AT, PREDICTION_STORED_AT)
-
+from common.wire import (DOCUMENT_IMAGE_FIELDS, DOCUMENT_RESULT_FIELDS, IMAGE, IMAGE_ID, PREDICTION_STORED_AT,
+                         STORED_AT)
 
 @dataclass
 class Upsert:
@@ -47,14 +38,14 @@ class Upsert:
 
 def image_upsert(msg: dict, image: bytes, now: float) -> Upsert:
     """The image half of a document, from a parsed image message and its file's bytes."""
-    fields = {k: msg.get(k) for k in IMAGE_FIELDS}
+    fields = {k: msg.get(k) for k in DOCUMENT_IMAGE_FIELDS}
     fields[IMAGE] = image
-    return Upsert(msg["image_id"], fields, {STORED_AT: now})
+    return Upsert(msg[IMAGE_ID], fields, {STORED_AT: now})
 
 
 def result_upsert(msg: dict, now: float) -> Upsert:
     """The result half of a document, from a parsed result message."""
-    return Upsert(msg["image_id"], {k: msg.get(k) for k in RESULT_FIELDS}, {PREDICTION_STORED_AT: now})
+    return Upsert(msg[IMAGE_ID], {k: msg.get(k) for k in DOCUMENT_RESULT_FIELDS}, {PREDICTION_STORED_AT: now})
 
 
 # ---------------------------------------------------------------- write outcomes
@@ -103,7 +94,7 @@ class Sink(Protocol):
 
 class StoreReader(Protocol):
     """Reading stored images back: the end-of-run check, the analysis, the dashboard and
-    the dead-letter replay tool.  Documents are dicts with ``image_id`` and the fields
+    the dead-letter replay tool.  Documents are dicts with ``IMAGE_ID`` and the fields
     asked for; a field the document lacks is absent.  Errors are :class:`StoreError`."""
 
     name: str

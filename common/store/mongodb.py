@@ -36,8 +36,9 @@ from pymongo.errors import BulkWriteError, PyMongoError
 from pymongo.write_concern import WriteConcern
 
 from common.settings import MongoSettings, secret
-from common.store.base import (DISK_FULL, IMAGE, PREDICTION, PREDICTION_STORED_AT, STORED, Refused,
-                               StoreError, Transient, Upsert, WriteOutcome)
+from common.store.base import DISK_FULL, STORED, Refused, StoreError, Transient, Upsert, WriteOutcome
+from common.wire import (DEVICE_ID, IMAGE, IMAGE_ID, PREDICTION, PREDICTION_STORED_AT, PRODUCER_ID, SENT_AT,
+                         SEQ)
 
 TRANSIENT = "transient"
 # MongoDB error codes (src/mongo/base/error_codes.yml) that say the server cannot take a
@@ -109,8 +110,8 @@ class MongoSink:
 
     def prepare(self) -> None:
         """``_id`` is the image id (unique by construction); these indexes serve the reports."""
-        self.collection.create_index([("producer_id", ASCENDING), ("seq", ASCENDING)])
-        self.collection.create_index([("device_id", ASCENDING), ("sent_at", ASCENDING)])
+        self.collection.create_index([(PRODUCER_ID, ASCENDING), (SEQ, ASCENDING)])
+        self.collection.create_index([(DEVICE_ID, ASCENDING), (SENT_AT, ASCENDING)])
         self.collection.create_index([(PREDICTION, ASCENDING)])
 
     def write(self, batch: list[Upsert]) -> list[WriteOutcome]:
@@ -169,7 +170,7 @@ class MongoReader:
 
     @staticmethod
     def _doc(d: dict) -> dict:
-        d["image_id"] = d.pop("_id")
+        d[IMAGE_ID] = d.pop("_id")
         if isinstance(d.get(IMAGE), Binary):
             d[IMAGE] = bytes(d[IMAGE])
         return d
@@ -184,11 +185,11 @@ class MongoReader:
             yield from map(self._doc, self._run(lambda q=query: list(self.images.find(q, projection))))
 
     def by_producers(self, producer_ids: Iterable[str] | None, fields: Iterable[str]) -> Iterator[dict]:
-        query = {} if producer_ids is None else {"producer_id": {"$in": list(producer_ids)}}
+        query = {} if producer_ids is None else {PRODUCER_ID: {"$in": list(producer_ids)}}
         yield from map(self._doc, self._run(lambda: list(self.images.find(query, {f: 1 for f in fields}))))
 
     def count(self, *, producer_ids: Iterable[str] | None = None, with_prediction: bool = False) -> int:
-        query: dict = {} if producer_ids is None else {"producer_id": {"$in": list(producer_ids)}}
+        query: dict = {} if producer_ids is None else {PRODUCER_ID: {"$in": list(producer_ids)}}
         if with_prediction:
             query[PREDICTION] = {"$exists": True}
         return self._run(lambda: self.images.count_documents(query))

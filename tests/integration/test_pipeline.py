@@ -104,7 +104,7 @@ def read_dead_letters(settings: KafkaSettings, want, timeout_s: float = HANG_GUA
 
 
 def valid_image(producer_id: str, seq: int) -> dict:
-    msg = make_image_message(png=encode_png(np.full((32, 32, 3), seq, np.uint8)),
+    msg = make_image_message(image=encode_png(np.full((32, 32, 3), seq, np.uint8)),
                              device_id=f"{producer_id}-cam", producer_id=producer_id, seq=seq,
                              label=None, dataset="synthetic")
     msg["sent_at"] = time.time()

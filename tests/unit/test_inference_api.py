@@ -160,7 +160,7 @@ def test_openapi_document(client, model_host):
 
 
 def test_responses_conform_to_the_models(client):
-    from common.models import Health, ModelInfo, PredictResponse, Ready
+    from common.http_models import Health, ModelInfo, PredictResponse, Ready
 
     Health.model_validate(client.get("/healthz").json, strict=True)
     Ready.model_validate(client.get("/readyz").json, strict=True)
@@ -356,7 +356,7 @@ def test_the_body_limit_follows_the_image_limit(model_host):
     """No MAX_REQUEST_BYTES: the limit is, per allowed image, the base64 of MAX_IMAGE_BYTES plus
     1 KiB, plus 64 KiB, capped at 64 MiB, so a request of empty or oversized instances cannot
     cost a worker more than what it may legitimately receive."""
-    from common.models import b64_chars
+    from common.wire import b64_chars
     from common.settings import REQUEST_BYTES_CAP, ServiceSettings, request_bytes_limit
 
     assert b64_chars(3) == 4 and b64_chars(4) == 8 and b64_chars(1024 * 1024) == 1398104
@@ -373,13 +373,14 @@ def test_the_body_limit_follows_the_image_limit(model_host):
 
 
 def test_an_oversized_image_is_refused_before_it_is_decoded(model_host, monkeypatch):
-    import common.models as models
+    import common.http_models as models
+    from common.wire import b64_chars
 
     decoded = []
     real = models.decode_image_b64
     monkeypatch.setattr(models, "decode_image_b64", lambda text: decoded.append(len(text)) or real(text))
     c = make_client(model_host, MAX_IMAGE_BYTES=6000)
-    limit = models.b64_chars(6000)
+    limit = b64_chars(6000)
     huge = {"image_id": "x", "image": "A" * (limit + 4)}
     r = c.post("/v1/predict", json={"instances": [huge, instances(1)[0]]})
     assert r.status_code == 200  # a per-image error; the other image is classified

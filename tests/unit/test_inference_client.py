@@ -51,7 +51,7 @@ def image_value(seq: int, pixel: int | None = None, image_id: str | None = None)
     """A valid image message; its pixels (all ``pixel``, default ``seq``) decide the fake's
     answer (so a default ``seq`` must not be POISON or CORRUPT)."""
     png = encode_png(np.full((32, 32, 3), seq if pixel is None else pixel, dtype=np.uint8))
-    msg = make_image_message(png=png, device_id="dev", producer_id="prod", seq=seq, label=None,
+    msg = make_image_message(image=png, device_id="dev", producer_id="prod", seq=seq, label=None,
                              dataset="test", image_id=image_id)
     return dumps({**msg, "sent_at": 1.0})
 

@@ -24,7 +24,7 @@ def png(shape=(32, 32, 3)):
 
 
 def image_msg(**overrides):
-    msg = make_image_message(png=encode_png(np.full((32, 32, 3), 7, np.uint8)), device_id="cam1",
+    msg = make_image_message(image=encode_png(np.full((32, 32, 3), 7, np.uint8)), device_id="cam1",
                              producer_id="p1", seq=3, label="cat", dataset="cifar10")
     msg["sent_at"] = 1.5
     msg.update(overrides)
@@ -153,7 +153,7 @@ def test_a_valid_surrogate_pair_is_text():
 def test_lone_surrogate_refused_when_building_messages(name):
     """Python side (no JSON parser in the way): the models refuse it too, so a producer
     cannot send a message whose key or BSON encoding would crash later."""
-    kwargs = dict(png=encode_png(np.zeros((32, 32, 3), np.uint8)), device_id="cam1", producer_id="p1",
+    kwargs = dict(image=encode_png(np.zeros((32, 32, 3), np.uint8)), device_id="cam1", producer_id="p1",
                   seq=1, label="cat", dataset="cifar10")
     with pytest.raises(InvalidMessage, match=f"field '{name}' is not valid Unicode"):
         make_image_message(**{**kwargs, name: "x\ud800"})
@@ -251,13 +251,13 @@ def test_the_earliest_problem_class_is_reported():
 
 def test_make_image_message_refuses_what_consumers_would_refuse():
     with pytest.raises(InvalidMessage, match="field 'producer_id' is longer than 256"):
-        make_image_message(png=encode_png(np.zeros((32, 32, 3), np.uint8)), device_id="c",
+        make_image_message(image=encode_png(np.zeros((32, 32, 3), np.uint8)), device_id="c",
                            producer_id="p" * 257, seq=1, label=None, dataset="d")
     with pytest.raises(InvalidMessage, match="not a PNG"):
-        make_image_message(png=b"GIF89a" + bytes(40), device_id="c", producer_id="p", seq=1,
+        make_image_message(image=b"GIF89a" + bytes(40), device_id="c", producer_id="p", seq=1,
                            label=None, dataset="d")
     with pytest.raises(InvalidMessage, match="field 'seq' has the wrong type"):
-        make_image_message(png=encode_png(np.zeros((32, 32, 3), np.uint8)), device_id="c",
+        make_image_message(image=encode_png(np.zeros((32, 32, 3), np.uint8)), device_id="c",
                            producer_id="p", seq=True, label=None, dataset="d")
 
 

@@ -26,7 +26,7 @@ PNG = encode_png(np.full((32, 32, 3), 7, np.uint8))
 
 
 def record(image=PNG, fmt="png", **overrides):
-    msg = make_image_message(png=image, format=fmt, device_id="cam1", producer_id="p1", seq=3,
+    msg = make_image_message(image=image, format=fmt, device_id="cam1", producer_id="p1", seq=3,
                              label="cat", dataset="cifar10", schema=2)
     msg["sent_at"] = 1700000000.123456
     msg.update(overrides)
@@ -54,7 +54,7 @@ def test_schema_2_round_trips_png_and_jpeg_of_any_size():
 
 
 def test_both_schemas_give_the_same_fields_and_bytes():
-    msg1 = make_image_message(png=PNG, device_id="cam1", producer_id="p1", seq=3, label="cat",
+    msg1 = make_image_message(image=PNG, device_id="cam1", producer_id="p1", seq=3, label="cat",
                               dataset="cifar10", image_id="6d1f1e3c-51b8-4d5e-9a43-6d1b6f0f6c01")
     msg1["sent_at"] = 1.5
     v1, png1 = parse_image_record(dumps(msg1), None)
@@ -110,21 +110,21 @@ def test_bad_values_have_reasons():
 
 
 def test_schema_1_messages_are_still_read_and_checked_as_before():
-    msg = make_image_message(png=PNG, device_id="cam1", producer_id="p1", seq=3, label="cat", dataset="cifar10")
+    msg = make_image_message(image=PNG, device_id="cam1", producer_id="p1", seq=3, label="cat", dataset="cifar10")
     msg["sent_at"] = 1.5
     parsed, png = parse_image_record(dumps(msg), [])
     assert parsed["schema"] == 1 and png == PNG
     with pytest.raises(InvalidMessage, match="expected 32x32"):  # schema 1 stays a 32x32 PNG
-        make_image_message(png=encode_png(np.zeros((64, 64, 3), np.uint8)), device_id="c", producer_id="p",
+        make_image_message(image=encode_png(np.zeros((64, 64, 3), np.uint8)), device_id="c", producer_id="p",
                            seq=0, label=None, dataset="x")
 
 
 def test_building_a_record_refuses_what_consumers_would_refuse():
     with pytest.raises(InvalidMessage, match="not a JPEG"):
-        make_image_message(png=PNG, format="jpeg", device_id="c", producer_id="p", seq=0, label=None,
+        make_image_message(image=PNG, format="jpeg", device_id="c", producer_id="p", seq=0, label=None,
                            dataset="x", schema=2)
     with pytest.raises(InvalidMessage, match="unknown schema version 3"):
-        make_image_message(png=PNG, device_id="c", producer_id="p", seq=0, label=None, dataset="x", schema=3)
+        make_image_message(image=PNG, device_id="c", producer_id="p", seq=0, label=None, dataset="x", schema=3)
 
 
 # ------------------------------------------------------------------ DATASET=folder
