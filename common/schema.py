@@ -27,6 +27,7 @@ import base64
 import io
 import re
 import uuid
+from typing import NamedTuple
 
 from pydantic_core import to_json
 
@@ -39,7 +40,7 @@ from common.models import (ImageMessage,
                            ImageRecordMeta, InvalidMessage, ResultMessage, check_image_magic,
                            check_png_header, decode_image_b64, sniff_format, validate, validate_json)
 
-__all__ = ["CONTENT_TYPES", "IMAGE_FORMATS", "IMAGE_SCHEMA_HEADERS", "IMAGE_SCHEMA_JSON", "IMAGE_SIZE",
+__all__ = ["CONTENT_TYPES", "IMAGE_FORMATS", "IMAGE_SCHEMA_HEADERS", "IMAGE_SCHEMA_JSON", "IMAGE_SIZE", "ImageRecord",
            "MAX_TEXT_CHARS", "RESULT_SCHEMA", "InvalidMessage", "check_png_header", "decode_image_b64", "dumps",
            "encode_png", "image_record", "make_image_message", "make_result_message", "parse_image_message",
            "parse_image_record", "parse_result_message", "sniff_format"]
@@ -83,11 +84,19 @@ def make_image_message(*, image: bytes, device_id: str, producer_id: str, seq: i
     return msg
 
 
-def parse_image_message(raw: bytes | None, *,
-                        max_bytes: int = MAX_IMAGE_MESSAGE_BYTES) -> tuple[dict, bytes]:
-    """Validate a schema-1 image message; returns (message, png bytes) or raises InvalidMessage."""
+class ImageRecord(NamedTuple):
+    """A valid image message of either schema: its metadata (``IMAGE_META_FIELDS``, and
+    schema 1's base64 ``image``) and the image file's bytes (PNG or JPEG, as ``meta[FORMAT]``
+    says)."""
+
+    meta: dict
+    image: bytes
+
+
+def parse_image_message(raw: bytes | None, *, max_bytes: int = MAX_IMAGE_MESSAGE_BYTES) -> ImageRecord:
+    """Validate a schema-1 image message, or raise InvalidMessage."""
     msg = validate_json(ImageMessage, raw, max_bytes=max_bytes)
-    return msg.wire(), msg.png
+    return ImageRecord(msg.wire(), msg.png)
 
 
 # ---------------------------------------------------------------- schema 2: image records
@@ -142,10 +151,8 @@ def is_image_record(headers) -> bool:
 
 
 def parse_image_record(value: bytes | None, headers=None, *,
-                       max_bytes: int = MAX_IMAGE_MESSAGE_BYTES) -> tuple[dict, bytes]:
-    """Validate an image record of either schema; returns (message, image bytes) or raises
-    InvalidMessage.  The message holds the metadata fields (schema 1's ``image`` too), the
-    image bytes are the PNG or JPEG file (``message["format"]``)."""
+                       max_bytes: int = MAX_IMAGE_MESSAGE_BYTES) -> ImageRecord:
+    """Validate an image record of either schema, or raise InvalidMessage."""
     if not is_image_record(headers):
         return parse_image_message(value, max_bytes=max_bytes)
     fields = _header_fields(headers)
@@ -161,14 +168,14 @@ def parse_image_record(value: bytes | None, headers=None, *,
     except InvalidMessage as exc:  # the fields are headers here
         raise InvalidMessage(exc.reason.replace("field '", "header '", 1)) from None
     check_image_magic(value, msg[FORMAT])
-    return msg, value
+    return ImageRecord(msg, value)
 
 
 # ---------------------------------------------------------------- results
 
-def parse_result_message(raw: bytes | None, *, max_bytes: int = MAX_RESULT_MESSAGE_BYTES) -> dict:
-    """Validate a result message; returns the message or raises InvalidMessage."""
-    return validate_json(ResultMessage, raw, max_bytes=max_bytes).wire()
+def parse_result_message(raw: bytes | None, *, max_bytes: int = MAX_RESULT_MESSAGE_BYTES) -> ResultMessage:
+    """Validate a result message (typed: ``result.prediction`` ...), or raise InvalidMessage."""
+    return validate_json(ResultMessage, raw, max_bytes=max_bytes)
 
 
 def make_result_message(image: dict, *, prediction: str, confidence: float, model: str,

@@ -25,6 +25,7 @@ from tqdm import tqdm
 from common.dataset import DatasetUnavailable
 from common.kafka_io import key_partition, make_consumer, make_producer
 from common.rundir import RunDir
+from common.models import ResultMessage
 from common.schema import (IMAGE_SCHEMA_JSON, InvalidMessage, dumps, image_record, make_image_message,
                            parse_result_message)
 from common.wire import (DEVICE_ID, E2E_MS, IMAGE, IMAGE_ID, INFERRED_AT, LABEL, MODEL, PREDICTION, PRODUCER_ID,
@@ -43,7 +44,7 @@ class SentImage:
     # The message's metadata only: the image bytes are dropped once sent, so a long run
     # holds a few hundred bytes per image, not the images.
     message: dict
-    result: dict | None = None
+    result: ResultMessage | None = None
     result_at: float | None = None
     acked: bool = False
     error: str | None = None
@@ -62,7 +63,7 @@ class ProducerRun:
     # The latest end-to-end times in arrival order, for a supervisor's live percentiles.
     recent_e2e_ms: deque = field(default_factory=lambda: deque(maxlen=PROGRESS_E2E_SAMPLES), repr=False)
 
-    def got_result(self, sent: "SentImage", result: dict, now: float) -> float:
+    def got_result(self, sent: "SentImage", result: ResultMessage, now: float) -> float:
         """Record ``result`` for ``sent`` (the caller holds the lock); returns e2e in s."""
         sent.result, sent.result_at = result, now
         e2e_s = now - sent.message[SENT_AT]
@@ -78,20 +79,20 @@ class ProducerRun:
     def latency_rows(self) -> list[dict]:
         rows = []
         for s in self.sent.values():
-            m, r = s.message, s.result or {}
+            m, r = s.message, s.result
             rows.append({
                 **{k: m[k] for k in (IMAGE_ID, DEVICE_ID, PRODUCER_ID, SEQ, LABEL)}, SENT_AT: f"{m[SENT_AT]:.6f}",
                 RESULT_AT: f"{s.result_at:.6f}" if s.result_at else None,
                 E2E_MS: f"{(s.result_at - m[SENT_AT]) * 1000:.3f}" if s.result_at else None,
-                PREDICTION: r.get(PREDICTION), MODEL: r.get(MODEL)})
+                PREDICTION: getattr(r, PREDICTION, None), MODEL: getattr(r, MODEL, None)})
         return rows
 
     def stage_rows(self) -> list[dict]:
         rows = []
         for s in self.sent.values():
-            r = s.result or {}
+            r = s.result
             rows.append({IMAGE_ID: s.message[IMAGE_ID], SENT_AT: s.message[SENT_AT],
-                         **{k: r.get(k) for k in (RECEIVED_AT, INFERRED_AT, PUBLISHED_AT)},
+                         **{k: getattr(r, k, None) for k in (RECEIVED_AT, INFERRED_AT, PUBLISHED_AT)},
                          RESULT_AT: s.result_at, STORED_AT: None})
         return rows
 
@@ -167,10 +168,10 @@ class ResultListener(threading.Thread):
                         result = parse_result_message(record.value)  # the contract's result, validated
                     except InvalidMessage:
                         continue  # the DB consumer dead-letters it; a producer only times its own
-                    if result[PRODUCER_ID] != mine:
+                    if result.producer_id != mine:
                         continue
                     with self.lock:
-                        sent = self.run_state.sent.get(result.get(IMAGE_ID))
+                        sent = self.run_state.sent.get(result.image_id)
                         if sent is not None and sent.result_at is None:  # first result wins
                             self.run_state.metrics.result(self.run_state.got_result(sent, result, now))
         self.consumer.close()

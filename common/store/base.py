@@ -43,9 +43,11 @@ def image_upsert(msg: dict, image: bytes, now: float) -> Upsert:
     return Upsert(msg[IMAGE_ID], fields, {STORED_AT: now})
 
 
-def result_upsert(msg: dict, now: float) -> Upsert:
-    """The result half of a document, from a parsed result message."""
-    return Upsert(msg[IMAGE_ID], {k: msg.get(k) for k in DOCUMENT_RESULT_FIELDS}, {PREDICTION_STORED_AT: now})
+def result_upsert(result, now: float) -> Upsert:
+    """The result half of a document, from a parsed result message (common.models.ResultMessage,
+    whose attributes are the wire's field names)."""
+    return Upsert(result.image_id, {k: getattr(result, k) for k in DOCUMENT_RESULT_FIELDS},
+                  {PREDICTION_STORED_AT: now})
 
 
 # ---------------------------------------------------------------- write outcomes

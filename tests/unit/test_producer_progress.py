@@ -1,6 +1,7 @@
 """The producer's run state and progress file (what experiments.fleet reads while a run goes on)."""
 
 import json
+from types import SimpleNamespace
 
 from producer.camera import PROGRESS_E2E_SAMPLES, ProducerRun, SentImage, write_progress
 
@@ -15,7 +16,7 @@ def _run_with_results(n: int) -> ProducerRun:
     for i in range(n):
         sent = SentImage(_meta(f"i{i}", 100.0 + i))
         run.sent[f"i{i}"] = sent
-        run.got_result(sent, {"image_id": f"i{i}"}, now=100.0 + i + (i % 7) / 1000)
+        run.got_result(sent, SimpleNamespace(image_id=f"i{i}"), now=100.0 + i + (i % 7) / 1000)
     run.sent["lost"] = SentImage(_meta("lost", 1.0))
     return run
 

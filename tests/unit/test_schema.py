@@ -102,7 +102,7 @@ def test_result_message():
     result = make_result_message(msg, prediction="dog", confidence=0.25, model="m",
                                  received_at=2.0, inferred_at=2.5)
     result["published_at"] = 2.6
-    assert parse_result_message(dumps(result))["prediction"] == "dog"
+    assert parse_result_message(dumps(result)).prediction == "dog"
     bad = dict(result, confidence="high")
     with pytest.raises(InvalidMessage, match="confidence"):
         parse_result_message(dumps(bad))
@@ -129,11 +129,15 @@ def result_reason(raw):
 
 
 def test_the_model_is_the_contract():
+    from common.wire import IMAGE, IMAGE_META_FIELDS, RESULT_MESSAGE_FIELDS
+
     assert ImageMessage.wire_fields() == ("schema", "image_id", "device_id", "producer_id", "seq",
                                           "sent_at", "label", "dataset", "format", "image")
+    assert ImageMessage.wire_fields() == IMAGE_META_FIELDS + (IMAGE,)
+    assert ResultMessage.wire_fields() == RESULT_MESSAGE_FIELDS
     result = result_msg()
     assert tuple(result) == ResultMessage.wire_fields()
-    assert parse_result_message(dumps(result)) == result
+    assert parse_result_message(dumps(result)).wire() == result
 
 
 @pytest.mark.parametrize("name", TEXT_FIELDS)
