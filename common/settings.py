@@ -23,14 +23,14 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, SecretStr, field_validator
 
-from common.settings_base import (REPLACED, ProjectSettings, SettingsError, describe, env_name, given, level_name, mask,
+from common.settings_base import (REPLACED, RETIRED, ProjectSettings, SettingsError, describe, env_name, given, level_name, mask,
                                   mask_uris, check_replaced, secret, with_flags)
 from common.settings_service import REQUEST_BYTES_CAP, DashboardSettings, GunicornSettings, ServiceSettings, \
     request_bytes_limit
 from common.settings_stack import DemoSettings, FleetSettings, StackPlumbingSettings, StackSettings
 from common.wire import MAX_IMAGE_MESSAGE_BYTES
 
-__all__ = ["REPLACED", "REQUEST_BYTES_CAP", "SETTINGS_GROUPS", "CacheSettings", "DashboardSettings",
+__all__ = ["REPLACED", "RETIRED", "REQUEST_BYTES_CAP", "SETTINGS_GROUPS", "CacheSettings", "DashboardSettings",
            "DatasetSettings", "DbWriterSettings", "DemoSettings", "DlqToolSettings", "FleetSettings",
            "GunicornSettings", "InferenceClientSettings", "KafkaSettings", "LogSettings", "MetricsSettings",
            "MongoSettings", "ProducerSettings", "ProjectSettings", "ServiceSettings", "SettingsError",
@@ -49,10 +49,6 @@ class KafkaSettings(ProjectSettings):
     images_partitions: int = Field(3, ge=1, description=(
         "Partitions the images topic is created with: the most inference consumers that share the work."))
     results_partitions: int = Field(3, ge=1, description="Partitions the results topic is created with.")
-    results_read_all: bool = Field(False, description=(
-        "False: a producer reads only the results partition its id hashes to (results are keyed by "
-        "producer id). True: every partition, for results published by inference consumers that keyed "
-        "them by device (older releases): consumers upgrade before producers."))
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
         "PLAINTEXT", description="Kafka security protocol (the deployment's SASL/SCRAM-over-TLS switch sets it).")
     kafka_sasl_mechanism: str = Field("SCRAM-SHA-512", description="SASL mechanism, with SASL_* protocols.")

@@ -32,6 +32,12 @@ REPLACED: dict[str, str] = {
     "DYNAMIC_BATCH_MAX": "MODEL_BATCH_MAX_IMAGES",
     "DYNAMIC_BATCH_DELAY_MS": "MODEL_BATCH_DELAY_MS",
 }
+# Variables no longer read with nothing to set instead: why, and the variable of the
+# class that refuses them (the class that read them).
+RETIRED: dict[str, tuple[str, str]] = {
+    "RESULTS_READ_ALL": ("RESULTS_PARTITIONS", "a producer reads only the results partition its id hashes to "
+                         "(results are keyed by producer id): upgrade the inference consumers first"),
+}
 
 
 class SettingsError(ValueError):
@@ -55,15 +61,19 @@ def env_name(field: str) -> str:
     return field.upper()
 
 
-def check_replaced(names: Mapping[str, str] = REPLACED, environ: Mapping[str, str] | None = None) -> None:
+def check_replaced(names: Mapping[str, str] | None = None, environ: Mapping[str, str] | None = None) -> None:
     """Raise :class:`SettingsError` when an old name of ``names`` (old -> new) is set in
     ``environ`` (default: this process's).  Case-insensitive, like the settings themselves:
     ``batch_size`` was read as BATCH_SIZE.  Every settings class checks the old names of its
     own variables; a process that hands its environment to every component (the local
-    stack's supervisor) checks them all."""
+    stack's supervisor) checks them all (``names`` None: REPLACED and RETIRED)."""
+    if names is None:
+        names = {**REPLACED, **{old: owner for old, (owner, _why) in RETIRED.items()}}
     present = {key.upper() for key in (os.environ if environ is None else environ)}
     problems = [f"removed setting: {old} is no longer read: set {new} instead (docs/UPGRADING.md)"
-                for old, new in names.items() if old in present]
+                for old, new in names.items() if old in present and old not in RETIRED]
+    problems += [f"removed setting: {old} is no longer read: {RETIRED[old][1]} (docs/UPGRADING.md)"
+                 for old in names if old in present and old in RETIRED]
     if problems:
         raise SettingsError("; ".join(problems))
 
@@ -86,7 +96,8 @@ class ProjectSettings(BaseSettings):
     def replaced_names(cls) -> dict[str, str]:
         """The old names (old -> new) that loading this class refuses: those of its variables."""
         own = {env_name(f) for f in cls.model_fields}
-        return {old: new for old, new in REPLACED.items() if new in own}
+        retired = {old: owner for old, (owner, _why) in RETIRED.items()}
+        return {old: new for old, new in {**REPLACED, **retired}.items() if new in own}
 
 
 def _problems(exc: ValidationError, cls: type[BaseSettings]) -> str:

@@ -19,7 +19,7 @@ from annotated_types import Ge, Gt, Le, Lt
 from pydantic import SecretStr
 from pydantic.fields import FieldInfo
 
-from common.settings import REPLACED, SETTINGS_GROUPS, env_name
+from common.settings import REPLACED, RETIRED, SETTINGS_GROUPS, env_name
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "SETTINGS.md"
 COMMAND = "python -m common.settings_doc"
@@ -92,6 +92,7 @@ def render() -> str:
              "(docs/UPGRADING.md).", "",
              "| Removed | Set instead |", "|---|---|"]
     lines += [f"| `{old}` | `{new}` |" for old, new in REPLACED.items()]
+    lines += [f"| `{old}` | nothing: {why} |" for old, (_owner, why) in RETIRED.items()]
     lines.append("")
     for cls in SETTINGS_GROUPS:
         lines += section(cls)

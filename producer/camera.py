@@ -130,8 +130,8 @@ class ResultListener(threading.Thread):
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"results topic {self.topic!r} does not exist")
                 time.sleep(0.2)
-        if not self.settings.results_read_all:  # only the partition this producer's results go to
-            partitions = [key_partition(self.run_state.producer_id.encode(), list(partitions))]
+        # Only the partition this producer's results go to (results are keyed by producer id).
+        partitions = [key_partition(self.run_state.producer_id.encode(), list(partitions))]
         tps = [TopicPartition(self.topic, p) for p in sorted(partitions)]
         log.debug("result listener: reading %s", ", ".join(f"{tp.topic}[{tp.partition}]" for tp in tps))
         self.consumer.assign(tps)
@@ -149,10 +149,8 @@ class ResultListener(threading.Thread):
         finally:
             self.ready.set()
         mine = self.run_state.producer_id
-        # Other producers' results on this partition are skipped without parsing them: by
-        # the producer_id header, or for records without one (older consumers) a cheap
-        # substring test; the parsed producer_id is still checked below.
-        mine_bytes = json.dumps(mine).encode()
+        # Other producers' results on this partition are skipped by the producer_id header,
+        # without parsing them; the parsed producer_id is still checked below.
         mine_header = mine.encode()
         while not self.stop_event.is_set():
             batches = self.consumer.poll(timeout_ms=100)
@@ -160,9 +158,7 @@ class ResultListener(threading.Thread):
             for records in batches.values():
                 for record in records:
                     header = next((v for k, v in record.headers or () if k == RESULT_PRODUCER_HEADER), None)
-                    if header is not None and header != mine_header:
-                        continue
-                    if record.value is None or mine_bytes not in record.value:
+                    if header != mine_header:
                         continue
                     try:
                         result = parse_result_message(record.value)  # the contract's result, validated
