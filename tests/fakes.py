@@ -16,6 +16,7 @@ its whole timeout, a poll that returns records lasts ``fetch_ms``.  Nothing slee
 
 from __future__ import annotations
 
+import json
 from types import SimpleNamespace
 
 import numpy as np
@@ -275,3 +276,32 @@ class RecordingProducer(FakeProducer):
 def dead_letters(producer: RecordingProducer) -> list:
     """The dead letters sent, read as the DLQ's readers read them (common.deadletter)."""
     return [read_dead_letter(r) for r in producer.records if r.topic == DLQ]
+
+
+# Ends a consumer loop that would retry forever so that its test fails on its assertions
+# instead of hanging; far more paused polls than any retry of these tests makes.
+GUARD_PAUSED_POLLS = 500
+
+
+def image_id_of(value: bytes) -> str:
+    """The image id of a schema-1 image (or result) message value."""
+    return json.loads(value)["image_id"]
+
+
+def origin(d) -> tuple:
+    """Where a dead letter came from: (topic, partition, offset)."""
+    return d.source_topic, d.source_partition, d.source_offset
+
+
+def poison(monkeypatch, bad: dict):
+    """Make parse_image_record hand the DB consumer a value BSON cannot encode for the
+    images whose seq is a key of ``bad`` (a gap in the schema's checks, simulated)."""
+    from consumers import db
+
+    real = db.parse_image_record
+
+    def parse(value, headers=None, **kwargs):
+        msg, png = real(value, headers, **kwargs)
+        return ({**msg, **bad[msg["seq"]]} if msg["seq"] in bad else msg), png
+
+    monkeypatch.setattr(db, "parse_image_record", parse)

@@ -86,3 +86,21 @@ def mongo_connect(mongo):
 def mongo_images(client, mongo):
     """The images collection of ``client`` that a MongoSettings names."""
     return client[mongo.mongo_database][mongo.mongo_collection]
+
+
+class Prometheus:
+    """The HTTP query API of a real Prometheus."""
+
+    def __init__(self, url: str):
+        self.url = url
+
+    def query(self, expr: str) -> list[dict]:
+        import requests
+
+        body = requests.get(f"{self.url}/api/v1/query", params={"query": expr}, timeout=30).json()
+        assert body["status"] == "success", (expr, body)
+        return body["data"]["result"]
+
+    def scalar(self, expr: str) -> float | None:
+        result = self.query(expr)
+        return float(result[0]["value"][1]) if result else None

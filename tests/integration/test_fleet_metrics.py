@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from experiments.fleet import run_fleet
-from tests.integration.test_metrics_stack import Prometheus
+from tests.support import Prometheus
 from tests.binaries import required_binary
 from tests.support import HANG_GUARD_S, eventually
 

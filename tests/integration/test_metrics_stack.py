@@ -24,7 +24,7 @@ from analysis.stats import percentile
 from common.metrics import LATENCY_BUCKETS_S
 from common.rundir import read_latencies
 from tests.binaries import required_binary
-from tests.support import HANG_GUARD_S, eventually
+from tests.support import HANG_GUARD_S, Prometheus, eventually
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "monitoring" / "grafana" / "dashboards" / "iot-pipeline.json"
@@ -51,20 +51,6 @@ def endpoints(env: dict) -> dict[str, str]:
     return {"inference": env["INFERENCE_URL"].rstrip("/") + "/metrics",
             "inference-consumer": f"http://127.0.0.1:{env['INFERENCE_CONSUMER_METRICS_PORT']}/metrics",
             "db-consumer": f"http://127.0.0.1:{env['DB_CONSUMER_METRICS_PORT']}/metrics"}
-
-
-class Prometheus:
-    def __init__(self, url: str):
-        self.url = url
-
-    def query(self, expr: str) -> list[dict]:
-        body = requests.get(f"{self.url}/api/v1/query", params={"query": expr}, timeout=30).json()
-        assert body["status"] == "success", (expr, body)
-        return body["data"]["result"]
-
-    def scalar(self, expr: str) -> float | None:
-        result = self.query(expr)
-        return float(result[0]["value"][1]) if result else None
 
 
 @pytest.fixture(scope="module")

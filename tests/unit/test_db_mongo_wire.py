@@ -26,10 +26,10 @@ from pymongo import ASCENDING, MongoClient, monitoring
 from common.settings import MongoSettings
 from common.store import mongodb
 from tests.binaries import venv_tool
-from tests.fakes import (P0, R0, FakeConsumer, RecordingProducer, dead_letters, image_value, kafka_settings, oam,
-                         result_value, stop_after_paused_polls, stop_when_drained)
+from tests.fakes import (GUARD_PAUSED_POLLS, P0, R0, FakeConsumer, RecordingProducer, dead_letters,
+                         image_id_of, image_value, kafka_settings, oam, origin, poison, result_value,
+                         stop_after_paused_polls, stop_when_drained)
 from tests.support import HANG_GUARD_S
-from tests.unit.test_db_write_errors import GUARD_PAUSED_POLLS, image_id_of, origin, poison
 
 
 @pytest.fixture

@@ -15,7 +15,6 @@ against the real nx-27017 server: tests/unit/test_db_mongo_wire.py.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 
@@ -26,17 +25,9 @@ from pymongo.errors import AutoReconnect, BulkWriteError, NetworkTimeout, NotPri
 from common.settings import MongoSettings
 from common.store import Refused, Stored, Transient, Upsert
 from common.store.mongodb import MongoSink, classify_write_error, write_concern
-from tests.fakes import (P0, R0, FakeConsumer, RecordingProducer, dead_letters, image_value, kafka_settings, oam,
-                         result_value, stop_after_paused_polls, stop_when_drained)
-
-# Ends a loop that would retry forever so that its test fails on its assertions instead
-# of hanging; far more paused polls than any retry here makes.
-GUARD_PAUSED_POLLS = 500
-
-
-def image_id_of(value: bytes) -> str:
-    return json.loads(value)["image_id"]
-
+from tests.fakes import (GUARD_PAUSED_POLLS, P0, R0, FakeConsumer, RecordingProducer, dead_letters,
+                         image_id_of, image_value, kafka_settings, oam, origin, poison, result_value,
+                         stop_after_paused_polls, stop_when_drained)
 
 def op_id(op) -> str:
     return op._filter["_id"]
@@ -108,10 +99,6 @@ def db_writer(monkeypatch, clock):
 
 def last(names: list, name: str) -> int:
     return len(names) - 1 - names[::-1].index(name)
-
-
-def origin(d) -> tuple:
-    return d.source_topic, d.source_partition, d.source_offset
 
 
 def batch_of(n_images: int, n_results: int = 0):
@@ -192,20 +179,6 @@ def test_a_write_concern_error_retries_the_whole_batch_and_dead_letters_nothing(
 
 
 # ------------------------------------------------------------- errors before the write
-
-def poison(monkeypatch, bad: dict):
-    """Make parse_image_record hand the DB consumer a value BSON cannot encode for the
-    images whose seq is a key of ``bad`` (a gap in the schema's checks, simulated)."""
-    from consumers import db
-
-    real = db.parse_image_record
-
-    def parse(value, headers=None, **kwargs):
-        msg, png = real(value, headers, **kwargs)
-        return ({**msg, **bad[msg["seq"]]} if msg["seq"] in bad else msg), png
-
-    monkeypatch.setattr(db, "parse_image_record", parse)
-
 
 UNENCODABLE = {1: {"label": "\ud800"},        # UnicodeEncodeError: a lone surrogate
                3: {"sent_at": 2 ** 70},        # OverflowError: more than 8 bytes
