@@ -20,8 +20,8 @@ RSS (VmHWM) of every component's process tree is read before each stack stops.
 and the output files; it says nothing about performance.  A benchmark is not a test.
 
 This module runs the configurations (the ramp, the latency points, the two stacks of one
-run); the model's limit is experiments/model_limit.py, the table and figure
-experiments/bench_report.py.
+run); the model's limit is experiments/model_limit.py; the figures, the targets, the table
+and bench.png are experiments/bench_report.py.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from pathlib import Path
 from common.log import setup_logging
 from common.settings import (DatasetSettings, DbWriterSettings, GunicornSettings, InferenceClientSettings,
                              KafkaSettings, ServiceSettings, given, settings_env, with_flags)
-from experiments.bench_report import LOAD_POINTS, plot, step_ms, table
+from experiments.bench_report import LOAD_POINTS, check_targets, issue_figures, plot, step_ms, table
 from experiments.capacity import PER_PRODUCER_MAX, load_average, ramp, run_step
 from experiments.experiment import host_facts, versions
 from experiments.model_limit import collect_limit, measure_limit, start_limit
@@ -65,7 +65,6 @@ RECORDED = ("PREDICT_BATCH_IMAGES", "PREDICT_BATCH_WAIT_MS", "MODEL_BATCH_MAX_IM
 # ------------------------------------------------------------------ machine facts
 
 def machine_facts() -> dict:
-
     cpu = None
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -257,35 +256,6 @@ def _empty(name: str) -> dict:
             "peak_rss": {}}
 
 
-def issue_figures(result: dict) -> dict:
-    """The figures docs/PERFORMANCE.md tracks, each a ratio or a cost per image of this run:
-
-    * ``efficiency``: the bare model's core-ms per image (its best batch) / the pipeline's
-      core-ms per image without the producers, at saturation (the ramp's best step);
-    * ``producer_core_ms_per_img``: the producers' whole processes per image, same step;
-    * ``p50_25pct_over_batch1``, ``p99_50pct_over_batch1``: latency at 25 / 50 % load in
-      units of this run's bare-model batch-1 time per image."""
-    limit = result["limit"] or {}
-    per = limit.get("per_batch") or {}
-    batch1_ms = (per.get(1) or {}).get("ms_per_img")
-    model_core_ms = (per.get(limit.get("best_batch")) or {}).get("core_ms_per_img")
-    ramp = result["pipeline"].get("ramp") or []
-    saturated = max(ramp, key=lambda st: st.get("throughput_img_s") or 0.0, default={})
-    cpu = saturated.get("cpu_ms_per_img") or {}
-    own = sum(v for k, v in cpu.items() if k != "producers")
-    latency = result["pipeline"].get("latency") or {}
-
-    def over(value, unit):
-        return round(value / unit, 2) if value is not None and unit else None
-
-    return {"efficiency": over(model_core_ms, own) if own else None,
-            "pipeline_core_ms_per_img": round(own, 2) if own else None,
-            "model_core_ms_per_img": model_core_ms and round(model_core_ms, 2),
-            "producer_core_ms_per_img": cpu.get("producers"),
-            "p50_25pct_over_batch1": over(step_ms(latency.get("25pct"), "p50"), batch1_ms),
-            "p99_50pct_over_batch1": over(step_ms(latency.get("50pct"), "p99"), batch1_ms)}
-
-
 def measure_size(args, size: int, run: str, out: Path) -> dict:
     """One whole bench (limit, pipeline, baseline, figures) at model input ``size``."""
     smoke = args.smoke
@@ -344,7 +314,6 @@ def measure_size(args, size: int, run: str, out: Path) -> dict:
             else:
                 result["baseline"] = _empty("baseline")
     finally:
-
         shutil.rmtree(workdir, ignore_errors=True)
 
     limit = result["limit"]
@@ -370,29 +339,7 @@ def measure_size(args, size: int, run: str, out: Path) -> dict:
     return result
 
 
-# The [perf] issue's targets (docs/PERFORMANCE.md), each a ratio or a cost per image from
-# one run: figure -> (">=" or "<=", bound).  At 224 px only ratio_to_limit has one.
-TARGETS = {
-    32: {"efficiency": (">=", 0.8), "ratio_to_limit": (">=", 0.55), "producer_core_ms_per_img": ("<=", 0.7),
-         "p50_25pct_over_batch1": ("<=", 5.0), "p99_50pct_over_batch1": ("<=", 12.0),
-         "ratio_to_baseline": (">=", 5.0)},
-    224: {"ratio_to_limit": (">=", 0.85)},
-}
-
-
-def check_targets(result: dict, size: int) -> dict:
-    """figure -> {"target": ">= 0.8", "bound": 0.8, "value": ..., "met": bool} for this input
-    size's targets."""
-    out = {}
-    for key, (op, bound) in TARGETS.get(size, TARGETS[32]).items():
-        value = result.get(key)
-        met = value is not None and (value >= bound if op == ">=" else value <= bound)
-        out[key] = {"target": f"{op} {bound:g}", "bound": bound, "value": value, "met": bool(met)}
-    return out
-
-
 def main(argv=None) -> int:
-
     args = parse_args(argv)
     setup_logging()
     run = time.strftime("%Y%m%d-%H%M%S") + ("-smoke" if args.smoke else "")
