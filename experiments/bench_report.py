@@ -116,12 +116,7 @@ def table(result: dict) -> str:
 
 
 def plot(result: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from analysis.plots import PALETTE
+    from analysis.style import PALETTE, plt  # the Agg backend selected
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 5))
     lim = result["limit"]
