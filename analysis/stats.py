@@ -1,6 +1,6 @@
 """Exact percentiles of latency samples.
 
-Definition (documented in docs/ARCHITECTURE.md and the README): the *nearest-rank*
+Definition (documented in docs/ARCHITECTURE.md and docs/USAGE.md): the *nearest-rank*
 percentile.  For n sorted samples x[1] <= ... <= x[n], the p-th percentile is
 x[k] with k = ceil(p/100 * n) (k = 1 for p = 0).  It is always one of the measured
 samples, never an interpolation, so "p95 = 212 ms" means at least 95 % of the
