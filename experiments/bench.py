@@ -44,6 +44,7 @@ from experiments.bench_report import LOAD_POINTS, check_targets, issue_figures, 
 from experiments.capacity import PER_PRODUCER_MAX, load_average, ramp, run_step
 from experiments.experiment import host_facts, versions
 from experiments.model_limit import collect_limit, measure_limit, start_limit
+from experiments.runner import point_latest
 from stack.control import LocalStack
 
 log = logging.getLogger(__name__)
@@ -60,20 +61,6 @@ RECORDED = ("PREDICT_BATCH_IMAGES", "PREDICT_BATCH_WAIT_MS", "MODEL_BATCH_MAX_IM
             "DB_MAX_RECORDS", "TF_INTRA_OP_THREADS", "TF_INTER_OP_THREADS", "GUNICORN_WORKERS",
             "GUNICORN_THREADS", "KAFKA_LINGER_MS", "KAFKA_PRODUCER_BATCH_BYTES", "KAFKA_FETCH_MAX_WAIT_MS", "MODEL_WEIGHTS",
             "MODEL_INPUT_SIZE", "IMAGES_PARTITIONS")
-
-
-# ------------------------------------------------------------------ machine facts
-
-def machine_facts() -> dict:
-    cpu = None
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {**host_facts(), "cpu_model": cpu, "versions": versions()}
 
 
 def effective_settings(env: dict) -> dict:
@@ -213,27 +200,32 @@ def parse_args(argv=None):
     return args
 
 
+def _at_once(calls) -> list[Exception]:
+    """Run each of ``calls`` in a thread of its own, wait for them all; what they raised."""
+    errors: list[Exception] = []
+
+    def run(call):
+        try:
+            call()
+        except Exception as exc:  # noqa: BLE001 - returned to the caller
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(call,)) for call in calls]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return errors
+
+
 def smoke_run(result, env_now, batches, pipeline_env, baseline_env, workdir, out, kw) -> None:
     """Smoke mode: everything at once to be quick (the numbers mean nothing): the limit
     process and both stacks start concurrently, then one short step and the 50 %
     point on each stack, then both stop."""
-
     proc = start_limit(env_now, batches, 0.3)
     stacks = [bench_stack("pipeline", pipeline_env, workdir), bench_stack("baseline", baseline_env, workdir)]
-    errors: list = []
-
-    def start(st):
-        try:
-            st.start()
-        except Exception as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=start, args=(st,)) for st in stacks]
     try:
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        errors = _at_once([st.start for st in stacks])
         if errors:
             raise errors[0]
         result["limit"] = collect_limit(proc)
@@ -244,11 +236,8 @@ def smoke_run(result, env_now, batches, pipeline_env, baseline_env, workdir, out
     finally:
         if proc.poll() is None:
             proc.kill()
-        stoppers = [threading.Thread(target=st.stop) for st in stacks]
-        for t in stoppers:
-            t.start()
-        for t in stoppers:
-            t.join()
+        for exc in _at_once([st.stop for st in stacks]):
+            log.warning("stopping a stack failed: %s", exc)
 
 
 def _empty(name: str) -> dict:
@@ -270,7 +259,7 @@ def measure_size(args, size: int, run: str, out: Path) -> dict:
     baseline_env = {**common, **BASELINE_ENV}
     started = time.time()
     result: dict = {"run": run, "smoke": smoke, "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
-                    "machine": machine_facts(), "load_average_start": load_average(),
+                    "machine": {**host_facts(), "versions": versions()}, "load_average_start": load_average(),
                     "command": "python -m experiments.bench" + (" --smoke" if smoke else ""),
                     "input_size": int(common["MODEL_INPUT_SIZE"])}
     env_now = {**os.environ, **pipeline_env}
@@ -352,13 +341,7 @@ def main(argv=None) -> int:
         result[str(size)] = measure_size(args, size, run, out / str(size))
     (out / "bench.json").write_text(json.dumps(result, indent=2) + "\n")
     plot(result, out / "bench.png")
-    latest = out.parent / "latest"
-    try:
-        if latest.is_symlink() or not latest.exists():
-            latest.unlink(missing_ok=True)
-            latest.symlink_to(out.name)
-    except OSError:
-        pass
+    point_latest(out)
     print(table(result))
     for size in sizes[1:]:
         print(f"\n--- input {size} px ---")

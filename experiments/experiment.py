@@ -42,17 +42,24 @@ log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def host_facts() -> dict:
-    mem_kb = None
+def _proc_value(path: str, key: str) -> str | None:
+    """The value of ``key`` in a ``key: value`` file of /proc (None where it cannot be read)."""
     try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                mem_kb = int(line.split()[1])
+        for line in Path(path).read_text().splitlines():
+            name, _, value = line.partition(":")
+            if name.strip() == key:
+                return value.strip()
     except OSError:
         pass
+    return None
+
+
+def host_facts() -> dict:
+    mem_kb = (_proc_value("/proc/meminfo", "MemTotal") or "").split(" ")[0]
     return {"hostname": platform.node(), "platform": platform.platform(),
             "python": platform.python_version(), "cpu_count": os.cpu_count(),
-            "memory_gib": round(mem_kb / 2**20, 1) if mem_kb else None}
+            "cpu_model": _proc_value("/proc/cpuinfo", "model name"),
+            "memory_gib": round(int(mem_kb) / 2**20, 1) if mem_kb.isdigit() else None}
 
 
 def versions() -> dict:

@@ -28,6 +28,18 @@ class RunFailed(RuntimeError):
     pass
 
 
+def point_latest(run_dir: Path) -> None:
+    """``latest`` beside ``run_dir`` names it (a symlink; a real file or directory of that
+    name is left alone)."""
+    latest = run_dir.parent / "latest"
+    try:
+        if latest.is_symlink() or not latest.exists():
+            latest.unlink(missing_ok=True)
+            latest.symlink_to(run_dir.name)
+    except OSError as exc:
+        log.warning("%s not pointed at %s: %s", latest, run_dir.name, exc)
+
+
 def run_configuration(run_dir: Path, env: dict, *, producers: int, count: int, rate: float,
                       desc: str, extra: dict | None = None) -> dict:
     """Run a fleet, close the run against MongoDB, draw its CDF; returns the summary."""
