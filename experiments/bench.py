@@ -1,23 +1,9 @@
 """``make bench`` / ``python -m experiments.bench``: the pipeline against the model's limit
-and against the per-message design, in one run on one machine.
-
-1. **Limit**: bare ResNet50 forward passes in one process (same input size, same TF
-   thread settings as the service), batch 1 and the best of 8/16/32/64; each the best
-   of 3 interleaved 2 s rounds (a ceiling, measured on a shared machine).
-2. **Pipeline**: a fresh local stack (temp ``STACK_DIR``, free ports) with the
-   default, batched settings, driven by producers at increasing offered rates until
-   the throughput stops growing (< 5 % gain) or falls well behind the offered rate;
-   throughput = images stored in MongoDB *with their prediction* / (last
-   ``prediction_stored_at`` - first ``sent_at``).  Then p50/p95/p99 end-to-end
-   latency (producer's clock, send to result) at 25/50/75 % of that maximum.
-3. **Baseline**: the same code with batching off (``PREDICT_BATCH_IMAGES=1``,
-   ``PREDICT_BATCH_WAIT_MS=0``, ``MODEL_BATCH_MAX_IMAGES=1``, ``DB_MAX_RECORDS=1``: one HTTP request,
-   one MongoDB write and one commit per message): the same figures.
-
-Writes ``results/bench/<run>/bench.json`` and ``bench.png``, prints a table.  Peak
-RSS (VmHWM) of every component's process tree is read before each stack stops.
-``--smoke`` runs a tiny version (seconds per step) that only proves the machinery
-and the output files; it says nothing about performance.  A benchmark is not a test.
+and against the per-message design (batching off: one request, one write, one commit per
+message), in one run on one machine, at each input size.  The method, the output
+(``results/bench/<run>/bench.json``, ``bench.png``, a table) and the figures:
+docs/PERFORMANCE.md.  ``--smoke`` runs a tiny version (seconds per step) that only proves
+the machinery and the output files; it says nothing about performance.
 
 This module runs the configurations (the ramp, the latency points, the two stacks of one
 run); the model's limit is experiments/model_limit.py; the figures, the targets, the table

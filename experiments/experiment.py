@@ -1,16 +1,12 @@
 """``make experiment`` / ``python -m experiments.experiment``: latency for 1..N producers.
 
-For each producer count in ``--producers`` it runs that many producers at once
-(each ``--images`` images at ``--rate`` images/s), waits until every result is back
-and every image is stored, and writes one run directory per configuration
-(``<out>/<N>-producers/``: latencies.csv, stages.csv, summary.json,
-latency_cdf.png), an ``experiment.json`` describing the sweep, and the analysis of
-all of them (``python -m analysis``) into ``<out>/``.
-
-Runs on the local stack by default (started if needed, stopped after if it was
-started here).  With ``KAFKA_BOOTSTRAP_SERVERS`` and ``MONGO_URI`` set (or
-``--kafka`` / ``--mongo``), it measures that deployed stack instead; the Ansible
-experiment playbook runs exactly this on the producer VM.
+For each producer count in ``--producers`` it runs that many producers at once, waits
+until every result is back and every image is stored, and writes one run directory per
+configuration (``<out>/<N>-producers/``), ``experiment.json`` and the analysis of all of
+them into ``<out>/``.  On the local stack by default (started if needed, stopped after if
+started here); with ``KAFKA_BOOTSTRAP_SERVERS`` and ``MONGO_URI`` set (or ``--kafka`` /
+``--mongo``) on that deployed stack: the Ansible experiment stage runs exactly this
+(docs/USAGE.md, "Measuring latency").
 """
 
 from __future__ import annotations

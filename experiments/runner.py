@@ -1,9 +1,6 @@
-"""Run one measured configuration: N producers at once, then close the run.
-
-Shared by ``make demo`` (one producer) and the experiment runner (1..N), so their
-run directories have the same files: latencies.csv, stages.csv, summary.json and
-latency_cdf.png.  The files are ``common.rundir.RunDir``'s; closing the run and drawing
-its CDF share one read of latencies.csv.
+"""Run one measured configuration: N producers at once, then close the run and draw its
+CDF (one read of latencies.csv).  Shared by ``make demo`` (one producer) and the
+experiment (1..N), so their run directories have the same files.
 """
 
 from __future__ import annotations
