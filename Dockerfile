@@ -71,7 +71,7 @@ USER iot
 # No port: the producer and the consumers are Kafka clients.  The check: the
 # interpreter and every dependency of the components import.
 HEALTHCHECK --interval=30s --timeout=10s --start-period=10s --retries=3 \
-  CMD ["python", "-c", "import common.kafka_io, common.mongo_io"]
+  CMD ["python", "-c", "import common.kafka_io, common.store.mongodb"]
 CMD ["python", "-m", "producer", "--no-progress"]
 # Labels last: a new REVISION changes only this metadata, not the cached layers above.
 ARG VERSION=0.8.0
@@ -90,7 +90,7 @@ COPY --from=build-embedded /opt/venv /opt/venv
 COPY --from=code /app /app
 USER iot
 HEALTHCHECK --interval=30s --timeout=10s --start-period=10s --retries=3 \
-  CMD ["python", "-c", "import common.kafka_io, common.mongo_io"]
+  CMD ["python", "-c", "import common.kafka_io, common.store.mongodb"]
 CMD ["python", "-m", "stack", "status"]
 # Labels last: a new REVISION changes only this metadata, not the cached layers above.
 ARG VERSION=0.8.0

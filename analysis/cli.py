@@ -1,9 +1,9 @@
-"""``python -m analysis RUN_DIR... --out OUT_DIR``: latency report over run directories.
+"""``python -m analysis RUN_DIR... --out OUT_DIR``: latency report over pipeline runs.
 
-Inputs per run directory: ``latencies.csv`` (required), ``summary.json`` and
-``stages.csv`` (optional).  ``--from-mongo URI`` adds a pseudo-run read straight
-from MongoDB (latency = stored_at - sent_at); ``--mongo URI`` fills in stage
-timestamps for the run directories' images from MongoDB.
+Each RUN_DIR needs only latencies.csv; summary.json, stages.csv and MongoDB add what
+they can.  ``--from-mongo URI`` adds a pseudo-run read straight from MongoDB (latency =
+stored_at - sent_at); ``--mongo URI`` fills in stage timestamps of the run directories'
+images from MongoDB.
 
 Outputs in OUT_DIR:
   percentiles.csv   run,count,p50_ms,p90_ms,p95_ms,p99_ms,max_ms,throughput_img_s
@@ -13,14 +13,10 @@ Outputs in OUT_DIR:
   throughput.png    images/s and p95 against producer count (or run)
   accuracy.json, confusion.png   when images carry ground-truth labels
 
-Percentiles are exact *nearest-rank* percentiles (analysis/stats.py): for n
-sorted samples x[1] <= ... <= x[n] the p-th percentile is x[ceil(p/100 * n)],
-always a measured sample, never interpolated.  Throughput comes from
-summary.json's ``throughput_img_s`` when present, else results / (last
-result_at - first sent_at).
-
-Exit status: 0 on success, 2 on unusable input (the message names the file and
-line), no traceback.
+Percentiles are exact nearest-rank: for n sorted samples x[1..n] the p-th percentile is
+x[ceil(p/100*n)], always a measured sample, never interpolated (analysis/stats.py).
+Throughput: summary.json's throughput_img_s, else results / (last result_at - first
+sent_at).  Exit status 2 on unusable input (the message names the file and line).
 """
 
 from __future__ import annotations
@@ -30,35 +26,13 @@ import json
 import sys
 from pathlib import Path
 
-from analysis.report import (
-    accuracy_of,
-    labelled_pairs,
-    markdown_table,
-    percentile_row,
-    run_accuracy,
-    write_percentiles_csv,
-)
-from analysis.runs import (
-    MONGO_COLLECTION,
-    MONGO_DATABASE,
-    RESULT_PATH,
-    STAGES,
-    AnalysisInputError,
-    Run,
-    add_mongo_stages,
-    load_mongo_run,
-    load_run,
-    unique_names,
-    with_row_stages,
-)
+from analysis.report import accuracy_of, labelled_pairs, markdown_table, percentile_row, run_accuracy, \
+    write_percentiles_csv
+from analysis.runs import (MONGO_COLLECTION, MONGO_DATABASE, RESULT_PATH, STAGES, AnalysisInputError, Run,
+                           add_mongo_stages, load_mongo_run, load_run, unique_names, with_row_stages)
 from common.rundir import LatencyFileError
 
 EPILOG = """\
-percentiles: exact nearest-rank -- for n sorted samples x[1..n] the p-th
-percentile is x[ceil(p/100*n)], always a measured sample (analysis/stats.py).
-throughput: summary.json throughput_img_s, else results / (last result_at -
-first sent_at).
-
 examples:
   python -m analysis results/run-1p results/run-4p results/run-8p --out results/report
   python -m analysis results/demo --out results/demo/report --log-x
@@ -67,13 +41,8 @@ examples:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m analysis",
-        description="Latency report over pipeline runs: percentiles (CSV + Markdown table "
-                    "on stdout), latency CDF, stage breakdown, throughput and accuracy "
-                    "figures.  Each RUN_DIR needs only latencies.csv; summary.json, "
-                    "stages.csv and MongoDB add what they can.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m analysis", description=__doc__, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="*", metavar="RUN_DIR",
                         help="run directory holding latencies.csv (or the latencies.csv itself)")
     parser.add_argument("--out", required=True, type=Path, metavar="OUT_DIR",
@@ -99,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _note(text: str) -> None:
     print(f"note: {text}", file=sys.stderr)
 
+
 def load_runs(args) -> list[Run]:
     paths = [Path(p) for p in args.runs]
     runs = [load_run(p, name) for p, name in zip(paths, unique_names(paths))]
@@ -117,6 +87,8 @@ def load_runs(args) -> list[Run]:
     if len(runs) > 1 and all(r.producers is not None for r in runs):
         runs.sort(key=lambda r: r.producers)
     return runs
+
+
 def analyse(runs: list[Run], out: Path, *, log_x: bool = False, title: str | None = None) -> dict:
     """Write every output for ``runs`` into ``out``; returns {"files": [...], "rows": [...]}."""
     from analysis import plots  # matplotlib only when figures are drawn
@@ -193,6 +165,8 @@ def analyse(runs: list[Run], out: Path, *, log_x: bool = False, title: str | Non
     else:
         _note("no ground-truth labels: accuracy.json and confusion.png skipped")
     return {"files": files, "rows": rows}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -207,10 +181,7 @@ def main(argv: list[str] | None = None) -> int:
             raise AnalysisInputError(f"MongoDB: no images with sent_at{filters} "
                                      f"in {args.mongo_db}.{args.mongo_collection}")
         result = analyse(runs, args.out, log_x=args.log_x, title=args.title)
-    except (LatencyFileError, AnalysisInputError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:
+    except (LatencyFileError, AnalysisInputError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     sys.stdout.write(markdown_table(result["rows"]))

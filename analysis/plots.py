@@ -1,6 +1,6 @@
 """Figures: latency CDF, where the time goes (stages), throughput, confusion matrix.
 
-Every function writes one PNG (Agg backend, 120 dpi) and returns its path.
+Every function writes one PNG (analysis/style.py: Agg backend, 120 dpi) and returns its path.
 """
 
 from __future__ import annotations
@@ -8,71 +8,15 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.lines import Line2D
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, PercentFormatter
 
-matplotlib.use("Agg")
+from analysis.stats import find_knee, percentile
+from analysis.style import PALETTE, SIZE, STAGE_PALETTE, STYLE, colour, fmt_ms, plain_number, save
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.lines import Line2D  # noqa: E402
-from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, PercentFormatter  # noqa: E402
-
-from analysis.stats import find_knee, percentile  # noqa: E402
-
-DPI = 120
-SIZE = (9, 5.5)
-# Okabe-Ito: distinguishable for colour-blind readers, and in greyscale print.
-PALETTE = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9",
-           "#F0E442", "#000000")
-# Stages get their own muted colours so they never read as runs.
-STAGE_PALETTE = ("#7F6BB0", "#4BA3A3", "#A0A0A0", "#B8862E", "#D47FA6", "#5E7CA0")
 MARKED = ((50, "o"), (95, "s"), (99, "^"))
-_STYLE = {
-    "axes.spines.top": False,
-    "axes.spines.right": False,
-    "axes.titlesize": 13,
-    "axes.titleweight": "bold",
-    "axes.labelsize": 11,
-    "legend.fontsize": 9,
-    "legend.framealpha": 0.92,
-    "grid.color": "#d0d0d0",
-    "grid.linewidth": 0.7,
-    "font.size": 10,
-    "axes.axisbelow": True,
-}
-
-
-def colour(i: int) -> str:
-    if i < len(PALETTE):
-        return PALETTE[i]
-    return matplotlib.colormaps["tab20"](i % 20)
-
-
-def fmt_ms(value: float) -> str:
-    """Compact milliseconds: 0.42, 4.2, 42, 420, 4,200."""
-    if value is None or not math.isfinite(value):
-        return "–"
-    if abs(value) >= 100:
-        return f"{value:,.0f}"
-    if abs(value) >= 10:
-        return f"{value:.1f}"
-    return f"{value:.2f}"
-
-
-def _plain_number(value, _pos=None) -> str:
-    if value <= 0:
-        return ""
-    if value >= 1:
-        return f"{value:,.0f}"
-    return f"{value:g}"
-
-
-def _save(fig, out_path) -> Path:
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_path, dpi=DPI, bbox_inches="tight", facecolor="white")
-    plt.close(fig)
-    return out_path
 
 
 # ------------------------------------------------------------------ CDF
@@ -85,7 +29,7 @@ def plot_cdf(runs, out_path, log_x: bool = False, title: str | None = None) -> P
     """
     runs = [(label, sorted(v for v in values if v is not None)) for label, values in runs]
     annotate = sum(1 for _, v in runs if v) <= 2
-    with plt.rc_context(_STYLE):
+    with plt.rc_context(STYLE):
         fig, ax = plt.subplots(figsize=SIZE)
         for y, name in ((0.5, "p50"), (0.95, "p95"), (0.99, "p99")):
             ax.axhline(y, color="#9a9a9a", lw=0.8, ls=":", zorder=1)
@@ -139,7 +83,7 @@ def plot_cdf(runs, out_path, log_x: bool = False, title: str | None = None) -> P
             subs = ((1.0, 2.0, 3.0, 5.0, 7.0) if decades < 1.2 else
                     (1.0, 2.0, 5.0) if decades < 3 else (1.0,))
             ax.xaxis.set_major_locator(LogLocator(base=10, subs=subs))
-            ax.xaxis.set_major_formatter(FuncFormatter(_plain_number))
+            ax.xaxis.set_major_formatter(FuncFormatter(plain_number))
             ax.xaxis.set_minor_formatter(FuncFormatter(lambda *_: ""))
         elif all_values:
             ax.set_xlim(left=0, right=max(all_values) * 1.12 if max(all_values) > 0 else 1)
@@ -153,7 +97,7 @@ def plot_cdf(runs, out_path, log_x: bool = False, title: str | None = None) -> P
         labels += [f"p{p}" for p, _ in MARKED]
         ax.legend(handles, labels, loc="best", ncol=1)
         fig.tight_layout()
-        return _save(fig, out_path)
+        return save(fig, out_path)
 
 
 # ------------------------------------------------------------------ stages
@@ -176,7 +120,7 @@ def plot_stages(runs, out_path, stage_order, result_path, title: str | None = No
     stage_colours = {s: STAGE_PALETTE[i % len(STAGE_PALETTE)] for i, s in enumerate(stage_order)}
     top_h = 0.5 * n_runs + 1.6 if path_stages else 0
     bottom_h = len(stages) * (0.26 * n_runs + 0.4) + 1.3
-    with plt.rc_context(_STYLE):
+    with plt.rc_context(STYLE):
         if path_stages:
             fig, (top, bottom) = plt.subplots(
                 2, 1, figsize=(10, top_h + bottom_h),
@@ -250,7 +194,7 @@ def plot_stages(runs, out_path, stage_order, result_path, title: str | None = No
             bottom.legend(handles, [label for label, _ in runs], loc="lower right")
         fig.suptitle(title or "Where the time goes", fontsize=14, fontweight="bold")
         fig.tight_layout()
-        return _save(fig, out_path)
+        return save(fig, out_path)
 
 
 # ------------------------------------------------------------------ throughput
@@ -263,7 +207,7 @@ def plot_throughput(points, out_path, by_producers: bool, title: str | None = No
     ``offered``, ``capacity`` (img/s) and ``knee_between`` ([low, high] offered img/s: the
     capacity ramp's bracket of the knee), from ``python -m experiments.experiment``.
     """
-    with plt.rc_context(_STYLE):
+    with plt.rc_context(STYLE):
         fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.8))
         xs = [p["x"] for p in points]
         pos = xs if by_producers else list(range(len(points)))
@@ -347,7 +291,7 @@ def plot_throughput(points, out_path, by_producers: bool, title: str | None = No
                                else "Throughput and p95 latency per run"),
                      fontsize=13, fontweight="bold")
         fig.tight_layout()
-        return _save(fig, out_path)
+        return save(fig, out_path)
 
 
 # ------------------------------------------------------------------ confusion
@@ -364,7 +308,7 @@ def plot_confusion(acc: dict, out_path, title: str | None = None) -> Path:
     share = np.divide(matrix, row_totals, out=np.zeros_like(matrix), where=row_totals > 0)
     n = len(classes)
     side = max(6.5, min(11, 0.62 * n + 3.5))
-    with plt.rc_context(_STYLE):
+    with plt.rc_context(STYLE):
         fig, ax = plt.subplots(figsize=(side + 1.4, side))
         im = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
         for i in range(n):
@@ -401,4 +345,4 @@ def plot_confusion(acc: dict, out_path, title: str | None = None) -> Path:
         else:
             ax.set_title(f"{headline}\n{sub}", fontsize=12)
         fig.tight_layout()
-        return _save(fig, out_path)
+        return save(fig, out_path)

@@ -7,6 +7,7 @@ Only ``latencies.csv`` is required; everything else adds what it can.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -150,9 +151,17 @@ def unique_names(paths: list[Path]) -> list[str]:
 
 # ------------------------------------------------------------------ the store
 
+@contextlib.contextmanager
 def _reader(uri: str, database: str, collection: str, timeout_ms: int):
-    return open_reader(MongoSettings(mongo_uri=uri, mongo_database=database, mongo_collection=collection,
-                                     mongo_timeout_ms=timeout_ms))
+    """The store, closed after; its errors as AnalysisInputError."""
+    store = open_reader(MongoSettings(mongo_uri=uri, mongo_database=database, mongo_collection=collection,
+                                      mongo_timeout_ms=timeout_ms))
+    try:
+        yield store
+    except StoreError as exc:
+        raise AnalysisInputError(str(exc)) from None
+    finally:
+        store.close()
 
 
 def _num(value) -> float | None:
@@ -175,13 +184,8 @@ def load_mongo_run(uri: str, *, producer_ids: list[str] | None = None, name: str
                    database: str = MONGO_DATABASE, collection: str = MONGO_COLLECTION,
                    timeout_ms: int = 5000) -> Run:
     """A pseudo-run from the ``images`` collection: latency = stored_at - sent_at (ms)."""
-    store = _reader(uri, database, collection, timeout_ms)
-    try:
+    with _reader(uri, database, collection, timeout_ms) as store:
         docs = list(store.by_producers(producer_ids or None, _STORE_FIELDS))
-    except StoreError as exc:
-        raise AnalysisInputError(str(exc)) from None
-    finally:
-        store.close()
     rows: list[LatencyRow] = []
     stages: dict[str, dict[str, float]] = {}
     for doc in docs:
@@ -212,18 +216,13 @@ def add_mongo_stages(runs: list[Run], uri: str, *, database: str = MONGO_DATABAS
     Timestamps already known (stages.csv, latencies.csv) win over MongoDB's.
     """
     matched = 0
-    store = _reader(uri, database, collection, timeout_ms)
-    try:
+    with _reader(uri, database, collection, timeout_ms) as store:
         for run in runs:
             for doc in store.by_ids([r.image_id for r in run.rows], _STORE_FIELDS):
                 known = run.stages.setdefault(str(doc[IMAGE_ID]), {})
                 for key, value in _doc_times(doc).items():
                     known.setdefault(key, value)
                 matched += 1
-    except StoreError as exc:
-        raise AnalysisInputError(str(exc)) from None
-    finally:
-        store.close()
     return matched
 
 

@@ -1,10 +1,7 @@
-"""Exact percentiles of latency samples.
-
-Definition (documented in docs/ARCHITECTURE.md and the README): the *nearest-rank*
-percentile.  For n sorted samples x[1] <= ... <= x[n], the p-th percentile is
-x[k] with k = ceil(p/100 * n) (k = 1 for p = 0).  It is always one of the measured
-samples, never an interpolation, so "p95 = 212 ms" means at least 95 % of the
-images took at most 212 ms and one image took exactly that.
+"""Exact percentiles of latency samples: *nearest-rank* (docs/ARCHITECTURE.md, "Run
+directory").  For n sorted samples x[1] <= ... <= x[n] the p-th percentile is x[k] with
+k = ceil(p/100 * n) (k = 1 for p = 0): always one of the measured samples, never an
+interpolation, so "p95 = 212 ms" means at least 95 % of the images took at most 212 ms.
 """
 
 from __future__ import annotations

@@ -1,12 +1,7 @@
-"""What summary.json says about a run, and closing a run with it.
-
-``summarize`` makes the summary from a run's latencies.csv rows and MongoDB's documents
-of them; ``close_run`` closes a run directory with it (``common.rundir.RunDir.close``:
-wait until MongoDB holds every image, join ``stored_at``, write summary.json), so a run
-directory has the same files wherever it was made (``make demo``, the experiment, the
-fault suite).  "Lost" means: sent by a producer but not in MongoDB with a prediction.
-MongoDB's ``_id`` is the image id, so a document can never be duplicated;
-``duplicate_documents`` counts documents of the run beyond the images sent (it must be 0).
+"""What summary.json says about a run (docs/ARCHITECTURE.md, "Run directory"), and closing
+a run with it: ``close_run`` waits until MongoDB holds every image, joins ``stored_at`` and
+writes summary.json (``common.rundir.RunDir.close``), so a run directory has the same
+files wherever it was made (``make demo``, the experiment, the fault suite).
 """
 
 from __future__ import annotations

@@ -1,19 +1,10 @@
-"""Prometheus metrics shared by every component (docs/OBSERVABILITY.md lists them all).
+"""Prometheus metrics shared by every component (docs/OBSERVABILITY.md lists them, their
+buckets and the failure rule).
 
 Each component defines its metrics at module level (one registry per process, the
 prometheus_client default) and updates them through :class:`Recorder` methods wrapped
-by :func:`guarded`: a metric that fails (a bug, a full multiprocess directory) is
-logged once and skipped, never raised into the consumer's loop.  ``METRICS_ENABLED=false``
-turns every update into a no-op (what the metrics cost is measured that way).
-
-:func:`serve` starts the process's ``/metrics`` endpoint on ``METRICS_BIND:METRICS_PORT``
-(port 0: none).  The inference service serves its metrics from its Flask app instead
-(Gunicorn multiprocess mode, ``inference/metrics.py``).
-
-Buckets are chosen for the pipeline's latencies and sizes (base units: seconds, images):
-``LATENCY_BUCKETS_S`` is fine enough between 10 ms and 10 s to read p50/p95/p99 of the
-end-to-end latency to within about 15 % of the value; ``BATCH_BUCKETS`` are the batch
-sizes in images.
+by :func:`guarded`.  :func:`serve` starts a process's ``/metrics`` endpoint; the
+inference service serves its own from its Flask app (``inference/metrics.py``).
 """
 
 from __future__ import annotations

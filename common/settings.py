@@ -1,20 +1,9 @@
-"""Typed settings for every component, read from the environment: the one place they live.
+"""Typed settings for every component, read from the environment: the one place they live
+(docs/ARCHITECTURE.md, "Settings"; every variable: docs/SETTINGS.md).
 
-Each component composes the groups it needs and lets its CLI flags override them through
-:func:`with_flags`, which validates flags exactly like the environment (``--batch-size 0``
-is an error, not a batch of nothing).  Environment variable names are the field names in
-upper case (``KAFKA_BOOTSTRAP_SERVERS``, ``MONGO_URI`` ...), which is also what
-``.run/stack.env`` and the Ansible environment files write.  No product module reads
-``os.environ`` for a setting; it is written only to compose a child process's environment.
-
-The groups live in three modules, all imported from here: the pipeline's (this module),
-the servers' (:mod:`common.settings_service`: the inference service, Gunicorn, the
-dashboard) and the local stack's and experiments' (:mod:`common.settings_stack`).  The
-shared machinery is :mod:`common.settings_base`.  docs/SETTINGS.md lists every variable,
-generated from the fields' descriptions (``python -m common.settings_doc``).
-
-Every entry point prints its effective settings at start through :func:`describe`, with
-secrets masked.
+The pipeline's groups are here, the servers' in :mod:`common.settings_service`, the local
+stack's and the experiments' in :mod:`common.settings_stack`, the shared machinery in
+:mod:`common.settings_base`; import them all from here.
 """
 
 from __future__ import annotations

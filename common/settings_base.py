@@ -1,13 +1,9 @@
 """What every settings class shares: loading, errors, printing (``common.settings`` re-exports it).
 
-A settings class derives from :class:`ProjectSettings`.  Its variables are its field names
-in upper case (no prefix, no aliases: :func:`env_name`), and every field carries a
-``description`` for people: docs/SETTINGS.md is generated from them
-(``python -m common.settings_doc``).  Loading a class is where a component checks its
-environment: a bad value, or a variable still set under a name in :data:`REPLACED`,
-raises :class:`SettingsError`, whose message names the variable as users type it.
-Entry points load their groups through :func:`with_flags` with their argparse parser,
-which turns that error into usage + message and exit status 2 instead of a traceback.
+A class derives from :class:`ProjectSettings`; its variables are its field names in upper
+case (:func:`env_name`).  Loading it refuses a bad value or a name in :data:`REPLACED`
+with :class:`SettingsError`, naming the variable; :func:`with_flags` turns that into
+usage + message and exit status 2 (docs/ARCHITECTURE.md, "Settings").
 """
 
 from __future__ import annotations

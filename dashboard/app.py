@@ -1,15 +1,8 @@
-"""The live dashboard's Flask app: one page, two JSON endpoints it polls.
-
-    GET /              the page (static/dashboard.js draws it with the vendored uPlot)
-    GET /api/summary   throughput, live p50/p95/p99, lag, dead letters (Prometheus),
-                       images stored (MongoDB), and the last minutes as series
-    GET /api/recent    the most recent classified images: thumbnail, prediction,
-                       confidence, ground truth (MongoDB)
-    GET /healthz       liveness, no token
-
-It reads MongoDB and Prometheus and nothing else (no consumer group of its own).  With
-DASHBOARD_TOKEN set every other route wants ``Authorization: Bearer <token>`` or the
-cookie that ``/?token=<token>`` sets.
+"""The live dashboard's Flask app: the page (``/``, static/dashboard.js with the vendored
+uPlot), the two JSON endpoints it polls (``/api/summary``: Prometheus and the stored
+count; ``/api/recent``: the latest classified images) and ``/healthz``
+(docs/OBSERVABILITY.md).  With DASHBOARD_TOKEN set every other route wants
+``Authorization: Bearer <token>`` or the cookie that ``/?token=<token>`` sets.
 """
 
 from __future__ import annotations

@@ -1,27 +1,13 @@
 """``make bench`` / ``python -m experiments.bench``: the pipeline against the model's limit
-and against the per-message design, in one run on one machine.
-
-1. **Limit**: bare ResNet50 forward passes in one process (same input size, same TF
-   thread settings as the service), batch 1 and the best of 8/16/32/64; each the best
-   of 3 interleaved 2 s rounds (a ceiling, measured on a shared machine).
-2. **Pipeline**: a fresh local stack (temp ``STACK_DIR``, free ports) with the
-   default, batched settings, driven by producers at increasing offered rates until
-   the throughput stops growing (< 5 % gain) or falls well behind the offered rate;
-   throughput = images stored in MongoDB *with their prediction* / (last
-   ``prediction_stored_at`` - first ``sent_at``).  Then p50/p95/p99 end-to-end
-   latency (producer's clock, send to result) at 25/50/75 % of that maximum.
-3. **Baseline**: the same code with batching off (``PREDICT_BATCH_IMAGES=1``,
-   ``PREDICT_BATCH_WAIT_MS=0``, ``MODEL_BATCH_MAX_IMAGES=1``, ``DB_MAX_RECORDS=1``: one HTTP request,
-   one MongoDB write and one commit per message): the same figures.
-
-Writes ``results/bench/<run>/bench.json`` and ``bench.png``, prints a table.  Peak
-RSS (VmHWM) of every component's process tree is read before each stack stops.
-``--smoke`` runs a tiny version (seconds per step) that only proves the machinery
-and the output files; it says nothing about performance.  A benchmark is not a test.
+and against the per-message design (batching off: one request, one write, one commit per
+message), in one run on one machine, at each input size.  The method, the output
+(``results/bench/<run>/bench.json``, ``bench.png``, a table) and the figures:
+docs/PERFORMANCE.md.  ``--smoke`` runs a tiny version (seconds per step) that only proves
+the machinery and the output files; it says nothing about performance.
 
 This module runs the configurations (the ramp, the latency points, the two stacks of one
-run); the model's limit is experiments/model_limit.py, the table and figure
-experiments/bench_report.py.
+run); the model's limit is experiments/model_limit.py; the figures, the targets, the table
+and bench.png are experiments/bench_report.py.
 """
 
 from __future__ import annotations
@@ -40,10 +26,11 @@ from pathlib import Path
 from common.log import setup_logging
 from common.settings import (DatasetSettings, DbWriterSettings, GunicornSettings, InferenceClientSettings,
                              KafkaSettings, ServiceSettings, given, settings_env, with_flags)
-from experiments.bench_report import LOAD_POINTS, plot, step_ms, table
+from experiments.bench_report import LOAD_POINTS, check_targets, issue_figures, plot, step_ms, table
 from experiments.capacity import PER_PRODUCER_MAX, load_average, ramp, run_step
 from experiments.experiment import host_facts, versions
 from experiments.model_limit import collect_limit, measure_limit, start_limit
+from experiments.runner import point_latest
 from stack.control import LocalStack
 
 log = logging.getLogger(__name__)
@@ -60,21 +47,6 @@ RECORDED = ("PREDICT_BATCH_IMAGES", "PREDICT_BATCH_WAIT_MS", "MODEL_BATCH_MAX_IM
             "DB_MAX_RECORDS", "TF_INTRA_OP_THREADS", "TF_INTER_OP_THREADS", "GUNICORN_WORKERS",
             "GUNICORN_THREADS", "KAFKA_LINGER_MS", "KAFKA_PRODUCER_BATCH_BYTES", "KAFKA_FETCH_MAX_WAIT_MS", "MODEL_WEIGHTS",
             "MODEL_INPUT_SIZE", "IMAGES_PARTITIONS")
-
-
-# ------------------------------------------------------------------ machine facts
-
-def machine_facts() -> dict:
-
-    cpu = None
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {**host_facts(), "cpu_model": cpu, "versions": versions()}
 
 
 def effective_settings(env: dict) -> dict:
@@ -214,27 +186,32 @@ def parse_args(argv=None):
     return args
 
 
+def _at_once(calls) -> list[Exception]:
+    """Run each of ``calls`` in a thread of its own, wait for them all; what they raised."""
+    errors: list[Exception] = []
+
+    def run(call):
+        try:
+            call()
+        except Exception as exc:  # noqa: BLE001 - returned to the caller
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(call,)) for call in calls]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return errors
+
+
 def smoke_run(result, env_now, batches, pipeline_env, baseline_env, workdir, out, kw) -> None:
     """Smoke mode: everything at once to be quick (the numbers mean nothing): the limit
     process and both stacks start concurrently, then one short step and the 50 %
     point on each stack, then both stop."""
-
     proc = start_limit(env_now, batches, 0.3)
     stacks = [bench_stack("pipeline", pipeline_env, workdir), bench_stack("baseline", baseline_env, workdir)]
-    errors: list = []
-
-    def start(st):
-        try:
-            st.start()
-        except Exception as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=start, args=(st,)) for st in stacks]
     try:
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        errors = _at_once([st.start for st in stacks])
         if errors:
             raise errors[0]
         result["limit"] = collect_limit(proc)
@@ -245,45 +222,13 @@ def smoke_run(result, env_now, batches, pipeline_env, baseline_env, workdir, out
     finally:
         if proc.poll() is None:
             proc.kill()
-        stoppers = [threading.Thread(target=st.stop) for st in stacks]
-        for t in stoppers:
-            t.start()
-        for t in stoppers:
-            t.join()
+        for exc in _at_once([st.stop for st in stacks]):
+            log.warning("stopping a stack failed: %s", exc)
 
 
 def _empty(name: str) -> dict:
     return {"name": name, "skipped": True, "max_img_s": 0.0, "ramp": [], "latency": {},
             "peak_rss": {}}
-
-
-def issue_figures(result: dict) -> dict:
-    """The figures docs/PERFORMANCE.md tracks, each a ratio or a cost per image of this run:
-
-    * ``efficiency``: the bare model's core-ms per image (its best batch) / the pipeline's
-      core-ms per image without the producers, at saturation (the ramp's best step);
-    * ``producer_core_ms_per_img``: the producers' whole processes per image, same step;
-    * ``p50_25pct_over_batch1``, ``p99_50pct_over_batch1``: latency at 25 / 50 % load in
-      units of this run's bare-model batch-1 time per image."""
-    limit = result["limit"] or {}
-    per = limit.get("per_batch") or {}
-    batch1_ms = (per.get(1) or {}).get("ms_per_img")
-    model_core_ms = (per.get(limit.get("best_batch")) or {}).get("core_ms_per_img")
-    ramp = result["pipeline"].get("ramp") or []
-    saturated = max(ramp, key=lambda st: st.get("throughput_img_s") or 0.0, default={})
-    cpu = saturated.get("cpu_ms_per_img") or {}
-    own = sum(v for k, v in cpu.items() if k != "producers")
-    latency = result["pipeline"].get("latency") or {}
-
-    def over(value, unit):
-        return round(value / unit, 2) if value is not None and unit else None
-
-    return {"efficiency": over(model_core_ms, own) if own else None,
-            "pipeline_core_ms_per_img": round(own, 2) if own else None,
-            "model_core_ms_per_img": model_core_ms and round(model_core_ms, 2),
-            "producer_core_ms_per_img": cpu.get("producers"),
-            "p50_25pct_over_batch1": over(step_ms(latency.get("25pct"), "p50"), batch1_ms),
-            "p99_50pct_over_batch1": over(step_ms(latency.get("50pct"), "p99"), batch1_ms)}
 
 
 def measure_size(args, size: int, run: str, out: Path) -> dict:
@@ -300,7 +245,7 @@ def measure_size(args, size: int, run: str, out: Path) -> dict:
     baseline_env = {**common, **BASELINE_ENV}
     started = time.time()
     result: dict = {"run": run, "smoke": smoke, "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
-                    "machine": machine_facts(), "load_average_start": load_average(),
+                    "machine": {**host_facts(), "versions": versions()}, "load_average_start": load_average(),
                     "command": "python -m experiments.bench" + (" --smoke" if smoke else ""),
                     "input_size": int(common["MODEL_INPUT_SIZE"])}
     env_now = {**os.environ, **pipeline_env}
@@ -344,7 +289,6 @@ def measure_size(args, size: int, run: str, out: Path) -> dict:
             else:
                 result["baseline"] = _empty("baseline")
     finally:
-
         shutil.rmtree(workdir, ignore_errors=True)
 
     limit = result["limit"]
@@ -370,29 +314,7 @@ def measure_size(args, size: int, run: str, out: Path) -> dict:
     return result
 
 
-# The [perf] issue's targets (docs/PERFORMANCE.md), each a ratio or a cost per image from
-# one run: figure -> (">=" or "<=", bound).  At 224 px only ratio_to_limit has one.
-TARGETS = {
-    32: {"efficiency": (">=", 0.8), "ratio_to_limit": (">=", 0.55), "producer_core_ms_per_img": ("<=", 0.7),
-         "p50_25pct_over_batch1": ("<=", 5.0), "p99_50pct_over_batch1": ("<=", 12.0),
-         "ratio_to_baseline": (">=", 5.0)},
-    224: {"ratio_to_limit": (">=", 0.85)},
-}
-
-
-def check_targets(result: dict, size: int) -> dict:
-    """figure -> {"target": ">= 0.8", "bound": 0.8, "value": ..., "met": bool} for this input
-    size's targets."""
-    out = {}
-    for key, (op, bound) in TARGETS.get(size, TARGETS[32]).items():
-        value = result.get(key)
-        met = value is not None and (value >= bound if op == ">=" else value <= bound)
-        out[key] = {"target": f"{op} {bound:g}", "bound": bound, "value": value, "met": bool(met)}
-    return out
-
-
 def main(argv=None) -> int:
-
     args = parse_args(argv)
     setup_logging()
     run = time.strftime("%Y%m%d-%H%M%S") + ("-smoke" if args.smoke else "")
@@ -405,13 +327,7 @@ def main(argv=None) -> int:
         result[str(size)] = measure_size(args, size, run, out / str(size))
     (out / "bench.json").write_text(json.dumps(result, indent=2) + "\n")
     plot(result, out / "bench.png")
-    latest = out.parent / "latest"
-    try:
-        if latest.is_symlink() or not latest.exists():
-            latest.unlink(missing_ok=True)
-            latest.symlink_to(out.name)
-    except OSError:
-        pass
+    point_latest(out)
     print(table(result))
     for size in sizes[1:]:
         print(f"\n--- input {size} px ---")

@@ -1,4 +1,5 @@
-"""The benchmark's table (stdout) and figure (bench.png) from its result dict."""
+"""The benchmark's result dict read: the figures the [perf] issue tracks and its targets, the
+table (stdout) and the figure (bench.png)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,56 @@ LOAD_POINTS = (25, 50, 75)
 def step_ms(step: dict, key: str):
     e2e = (step or {}).get("e2e_ms") or {}
     return e2e.get(key)
+
+
+def issue_figures(result: dict) -> dict:
+    """The figures docs/PERFORMANCE.md tracks, each a ratio or a cost per image of this run:
+
+    * ``efficiency``: the bare model's core-ms per image (its best batch) / the pipeline's
+      core-ms per image without the producers, at saturation (the ramp's best step);
+    * ``producer_core_ms_per_img``: the producers' whole processes per image, same step;
+    * ``p50_25pct_over_batch1``, ``p99_50pct_over_batch1``: latency at 25 / 50 % load in
+      units of this run's bare-model batch-1 time per image."""
+    limit = result["limit"] or {}
+    per = limit.get("per_batch") or {}
+    batch1_ms = (per.get(1) or {}).get("ms_per_img")
+    model_core_ms = (per.get(limit.get("best_batch")) or {}).get("core_ms_per_img")
+    ramp = result["pipeline"].get("ramp") or []
+    saturated = max(ramp, key=lambda st: st.get("throughput_img_s") or 0.0, default={})
+    cpu = saturated.get("cpu_ms_per_img") or {}
+    own = sum(v for k, v in cpu.items() if k != "producers")
+    latency = result["pipeline"].get("latency") or {}
+
+    def over(value, unit):
+        return round(value / unit, 2) if value is not None and unit else None
+
+    return {"efficiency": over(model_core_ms, own) if own else None,
+            "pipeline_core_ms_per_img": round(own, 2) if own else None,
+            "model_core_ms_per_img": model_core_ms and round(model_core_ms, 2),
+            "producer_core_ms_per_img": cpu.get("producers"),
+            "p50_25pct_over_batch1": over(step_ms(latency.get("25pct"), "p50"), batch1_ms),
+            "p99_50pct_over_batch1": over(step_ms(latency.get("50pct"), "p99"), batch1_ms)}
+
+
+# The [perf] issue's targets (docs/PERFORMANCE.md), each a ratio or a cost per image from
+# one run: figure -> (">=" or "<=", bound).  At 224 px only ratio_to_limit has one.
+TARGETS = {
+    32: {"efficiency": (">=", 0.8), "ratio_to_limit": (">=", 0.55), "producer_core_ms_per_img": ("<=", 0.7),
+         "p50_25pct_over_batch1": ("<=", 5.0), "p99_50pct_over_batch1": ("<=", 12.0),
+         "ratio_to_baseline": (">=", 5.0)},
+    224: {"ratio_to_limit": (">=", 0.85)},
+}
+
+
+def check_targets(result: dict, size: int) -> dict:
+    """figure -> {"target": ">= 0.8", "bound": 0.8, "value": ..., "met": bool} for this input
+    size's targets."""
+    out = {}
+    for key, (op, bound) in TARGETS.get(size, TARGETS[32]).items():
+        value = result.get(key)
+        met = value is not None and (value >= bound if op == ">=" else value <= bound)
+        out[key] = {"target": f"{op} {bound:g}", "bound": bound, "value": value, "met": bool(met)}
+    return out
 
 
 def table(result: dict) -> str:
@@ -65,12 +116,7 @@ def table(result: dict) -> str:
 
 
 def plot(result: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from analysis.plots import PALETTE
+    from analysis.style import PALETTE, plt  # the Agg backend selected
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 5))
     lim = result["limit"]

@@ -1,19 +1,7 @@
 """The capacity of a running pipeline, measured by a short ramp, and the rates of an
 experiment chosen from it (``make experiment``, the Ansible experiment stage, ``make bench``).
-
-* ``run_step``: offer a rate for a while (as many producers as that rate needs), then
-  measure what was stored with its prediction, the latency and the CPU per image.
-* ``ramp``: growing offered rates until the stored rate falls well behind the offered one
-  (a backlog grew) or one more step buys less than 5 %, then two steps that bisect the
-  range between the highest offer kept up with and the lowest that was not (where the
-  knee lies): the best stored rate is the capacity.
-* ``sweep_basis``: the load the sweep is sized from: the knee the ramp bracketed (the
-  geometric mean of the bracket), else the capacity.
-* ``choose_rate``: the per-producer rate of a 1..N sweep, so that N producers offer
-  ``PAST_KNEE`` times that load (just past the knee) and one producer offers
-  ``PAST_KNEE / N`` of it (light load).
-* ``find_knee`` (analysis.stats): the first configuration whose stored rate falls below
-  ``KNEE_RATIO`` (95 %) of its offered rate.
+The method and its figures: docs/PERFORMANCE.md (the benchmark's pipeline step, and why a
+sweep is sized from the knee).
 """
 
 from __future__ import annotations
@@ -39,12 +27,9 @@ PAST_KNEE = 1.15  # the sweep's highest load, in units of the knee's load (sweep
 SATURATED_RATIO = 0.85  # the ramp stops when a step stores less than this of its offer
 MIN_GAIN = 0.05  # ... or when one more step of load buys less than this
 REFINE_STEPS = 2  # then steps between the highest offer kept up with and the lowest that was not
-# The highest rate one producer process is asked for in a ramp (more processes beyond).
-# A load generator should cost as little as it can on the machine it measures: each
-# process pays its start and kafka-python's per-request wake-ups, so one process at
-# 300 img/s spent 0.84-0.90 core-ms per image where four at 75 spent 2.1-2.5 (the same
-# stack, interleaved; docs/PERFORMANCE.md, levers).  One Python producer keeps pace
-# well past the 32 px pipeline's capacity on 2 cores.
+# The highest rate one producer process is asked for in a ramp (more processes beyond):
+# a load generator should cost as little as it can on the machine it measures, and each
+# process pays its start and kafka-python's wake-ups (docs/PERFORMANCE.md, levers).
 PER_PRODUCER_MAX = 400.0
 
 
@@ -56,7 +41,6 @@ def load_average() -> list[float]:
 
 
 def _children_cpu() -> float:
-
     ru = resource.getrusage(resource.RUSAGE_CHILDREN)
     return ru.ru_utime + ru.ru_stime
 
@@ -65,13 +49,9 @@ def stored_times(env: dict, producer_ids: list[str], expected: int, timeout_s: f
                  stack: LocalStack | None = None) -> tuple[list[tuple], float]:
     """(sent_at, prediction_stored_at) of the documents of these producers that have a
     prediction, waiting until ``expected`` are there or ``timeout_s`` passes; and the
-    MongoDB CPU seconds these queries cost (0.0 without ``stack``).
-
-    The queries are the benchmark's, not the pipeline's: with the embedded MongoDB one
-    find of a 4,500-image step costs ~0.3 s of its CPU, and a saturated step that
-    drains a backlog needs several.  Their cost is measured by repeating the last find
-    once the pipeline is idle, so that the step's CPU per image can leave it out."""
-
+    MongoDB CPU seconds these queries cost (0.0 without ``stack``), measured by repeating
+    the last find once the pipeline is idle: they are the benchmark's work, not the
+    pipeline's, and a step's CPU per image leaves them out."""
     store = open_reader(MongoSettings(mongo_uri=env["MONGO_URI"]))
     fields = (SENT_AT, PREDICTION_STORED_AT, PREDICTION, STORED_AT)
     try:
@@ -101,7 +81,6 @@ def run_step(out: Path, env: dict, *, rate: float, duration: float, tag: str,
              per_producer_max: float, devices: int = 4, stack: LocalStack | None = None) -> dict:
     """Offer ``rate`` images/s for ``duration`` s; measure what was stored and the latency,
     and the CPU each component spent per image (core-ms/img; producers included)."""
-
     producers = max(1, math.ceil(rate / per_producer_max))
     count = max(2, round(rate / producers * duration))
     load_before = load_average()
@@ -199,15 +178,10 @@ def ramp(out: Path, env: dict, *, start_rate: float, growth: float, max_steps: i
 
 
 def sweep_basis(r: Ramp) -> tuple[float, str]:
-    """The load (images/s offered) a sweep is sized from, and what it is.
-
-    The knee, where the ramp bracketed it: the geometric mean of the highest offer kept
-    up with and the lowest that was not.  Else the capacity (the best stored rate).
-    The capacity overstates the load the pipeline keeps up with: an overloaded short
-    step stores in larger batches than a steady load forms, and a backlog is drained
-    after its offer ends (224 px, 2 cores: capacity 16.7 img/s from the ramp's
-    overloaded step; knee between 12.6 and 14.2; the sweep's 3 and 4 producers stored
-    12.5-13.1).  A sweep sized from that capacity would put its top at 1.4x the knee."""
+    """The load (images/s offered) a sweep is sized from, and what it is: the knee, where
+    the ramp bracketed it (the geometric mean of the highest offer kept up with and the
+    lowest that was not), else the capacity, which overstates what the pipeline keeps up
+    with (an overloaded short step stores in larger batches; docs/PERFORMANCE.md)."""
     if r.knee_between:
         low, high = r.knee_between
         return round(math.sqrt(low * high), 2), "knee"

@@ -19,7 +19,7 @@ from analysis.summary import format_table
 from common import dataset as datasets
 from common.log import setup_logging
 from common.settings import DatasetSettings, DemoSettings, StackSettings, with_flags
-from experiments.runner import RunFailed, run_configuration
+from experiments.runner import RunFailed, point_latest, run_configuration
 from stack.control import down, read_env, stack_dir, supervisor_pid, up
 from stack.supervisor import ROOT
 
@@ -35,13 +35,6 @@ def check_dataset() -> None:
         datasets.load(s.dataset, s.dataset_source, s.dataset_split, limit=1)
     except datasets.DatasetUnavailable as exc:
         raise RunFailed(str(exc)) from None
-
-
-def point_latest(results: Path, run_dir: Path) -> None:
-    latest = results / "latest"
-    if latest.is_symlink() or latest.exists():
-        latest.unlink()
-    latest.symlink_to(run_dir.name)
 
 
 def main(argv=None) -> int:
@@ -70,7 +63,7 @@ def main(argv=None) -> int:
         run_dir = args.results / time.strftime("demo-%Y%m%d-%H%M%S")
         summary = run_configuration(run_dir, env, producers=1, count=demo.demo_count,
                                     rate=demo.demo_rate, desc="demo")
-        point_latest(args.results, run_dir)
+        point_latest(run_dir)
     except RunFailed as exc:
         print(f"demo failed: {exc}", file=sys.stderr)
         return 1

@@ -1,16 +1,12 @@
 """``make experiment`` / ``python -m experiments.experiment``: latency for 1..N producers.
 
-For each producer count in ``--producers`` it runs that many producers at once
-(each ``--images`` images at ``--rate`` images/s), waits until every result is back
-and every image is stored, and writes one run directory per configuration
-(``<out>/<N>-producers/``: latencies.csv, stages.csv, summary.json,
-latency_cdf.png), an ``experiment.json`` describing the sweep, and the analysis of
-all of them (``python -m analysis``) into ``<out>/``.
-
-Runs on the local stack by default (started if needed, stopped after if it was
-started here).  With ``KAFKA_BOOTSTRAP_SERVERS`` and ``MONGO_URI`` set (or
-``--kafka`` / ``--mongo``), it measures that deployed stack instead; the Ansible
-experiment playbook runs exactly this on the producer VM.
+For each producer count in ``--producers`` it runs that many producers at once, waits
+until every result is back and every image is stored, and writes one run directory per
+configuration (``<out>/<N>-producers/``), ``experiment.json`` and the analysis of all of
+them into ``<out>/``.  On the local stack by default (started if needed, stopped after if
+started here); with ``KAFKA_BOOTSTRAP_SERVERS`` and ``MONGO_URI`` set (or ``--kafka`` /
+``--mongo``) on that deployed stack: the Ansible experiment stage runs exactly this
+(docs/USAGE.md, "Measuring latency").
 """
 
 from __future__ import annotations
@@ -42,17 +38,24 @@ log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def host_facts() -> dict:
-    mem_kb = None
+def _proc_value(path: str, key: str) -> str | None:
+    """The value of ``key`` in a ``key: value`` file of /proc (None where it cannot be read)."""
     try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                mem_kb = int(line.split()[1])
+        for line in Path(path).read_text().splitlines():
+            name, _, value = line.partition(":")
+            if name.strip() == key:
+                return value.strip()
     except OSError:
         pass
+    return None
+
+
+def host_facts() -> dict:
+    mem_kb = (_proc_value("/proc/meminfo", "MemTotal") or "").split(" ")[0]
     return {"hostname": platform.node(), "platform": platform.platform(),
             "python": platform.python_version(), "cpu_count": os.cpu_count(),
-            "memory_gib": round(mem_kb / 2**20, 1) if mem_kb else None}
+            "cpu_model": _proc_value("/proc/cpuinfo", "model name"),
+            "memory_gib": round(int(mem_kb) / 2**20, 1) if mem_kb.isdigit() else None}
 
 
 def versions() -> dict:

@@ -1,9 +1,6 @@
-"""Run one measured configuration: N producers at once, then close the run.
-
-Shared by ``make demo`` (one producer) and the experiment runner (1..N), so their
-run directories have the same files: latencies.csv, stages.csv, summary.json and
-latency_cdf.png.  The files are ``common.rundir.RunDir``'s; closing the run and drawing
-its CDF share one read of latencies.csv.
+"""Run one measured configuration: N producers at once, then close the run and draw its
+CDF (one read of latencies.csv).  Shared by ``make demo`` (one producer) and the
+experiment (1..N), so their run directories have the same files.
 """
 
 from __future__ import annotations
@@ -26,6 +23,18 @@ log = logging.getLogger(__name__)
 
 class RunFailed(RuntimeError):
     pass
+
+
+def point_latest(run_dir: Path) -> None:
+    """``latest`` beside ``run_dir`` names it (a symlink; a real file or directory of that
+    name is left alone)."""
+    latest = run_dir.parent / "latest"
+    try:
+        if latest.is_symlink() or not latest.exists():
+            latest.unlink(missing_ok=True)
+            latest.symlink_to(run_dir.name)
+    except OSError as exc:
+        log.warning("%s not pointed at %s: %s", latest, run_dir.name, exc)
 
 
 def run_configuration(run_dir: Path, env: dict, *, producers: int, count: int, rate: float,

@@ -6,7 +6,8 @@ per model (``model_json_schema``), the operations refer to them.  The ``/v1/pred
 request's limits are the service's MAX_REQUEST_IMAGES and MAX_IMAGE_BYTES, so the document
 is built per service (``openapi_document(settings.max_request_images,
 settings.max_image_bytes)``).  Its multipart/form-data request has no pydantic model
-(Werkzeug or inference.api's split parses it): :func:`multipart_request` writes its schema.
+(Werkzeug or inference/request_body.py parses it): :func:`multipart_request` writes its
+schema.
 
 pydantic writes JSON Schema 2020-12; :func:`to_openapi30` turns the few constructs
 OpenAPI 3.0 spells differently (``null`` in a union -> ``nullable``, ``const`` ->

@@ -1,13 +1,7 @@
-"""The local stack's public API: start it, stop it, look at it, inject faults.
-
-``python -m stack`` (the CLI), the demo and experiments, the benchmark, the fault
-suite and the tests all go through this module; nothing imports ``stack.__main__``.
-
-    up(d, timeout_s) / down(d) / status(d)    the supervisor in the background
-    LocalStack(directory, env)                one stack of its own on free ports:
-                                              env, logs, pids, signals, CPU and memory
-
-Process trees are read with psutil (Gunicorn's workers are children of its master).
+"""The local stack's public API (docs/ARCHITECTURE.md, "Packages and layers"): ``up``,
+``down``, ``status`` of the supervisor in the background, the fault hooks, and
+:class:`LocalStack`, one stack of its own on free ports (env, logs, pids, signals, CPU and
+memory of each component's process tree, read with psutil).
 """
 
 from __future__ import annotations

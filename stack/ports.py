@@ -1,11 +1,7 @@
-"""Free TCP ports for servers started on this machine (the local stack, the tests).
-
-A port the kernel hands out for ``bind(0)`` comes from the ephemeral range
-(``net.ipv4.ip_local_port_range``, 32768-60999 on Linux), the same range every
-outgoing connection takes its local port from.  Between choosing such a port and the
-server binding it, any client connection (a Kafka client's, a benchmark's) may take
-it: ``make bench`` once failed with "address already in use" that way.  So servers
-get a free port from below the ephemeral range, where connections never land.
+"""Free TCP ports for servers started on this machine (the local stack, the tests), from
+below the kernel's ephemeral range (``net.ipv4.ip_local_port_range``): a port handed out
+by ``bind(0)`` comes from that range, where any outgoing connection (a Kafka client's)
+may take it between the choice and the server's bind.
 """
 
 from __future__ import annotations

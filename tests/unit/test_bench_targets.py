@@ -1,6 +1,6 @@
-"""The bench checks each input size against the [perf] issue's targets (experiments/bench.py)."""
+"""The bench checks each input size against the [perf] issue's targets (experiments/bench_report.py)."""
 
-from experiments.bench import TARGETS, check_targets
+from experiments.bench_report import TARGETS, check_targets
 
 
 def test_each_figure_is_checked_in_its_direction():

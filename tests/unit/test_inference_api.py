@@ -678,8 +678,8 @@ PART = st.tuples(st.sampled_from(["image_id", "image", "other"]), st.booleans(),
 @given(parts=st.lists(PART, max_size=6), preamble=st.sampled_from([b"", b"junk\r\n"]),
        epilogue=st.sampled_from([b"", b"\r\n", b"junk"]), cut=st.integers(0, 8))
 def test_the_fast_multipart_split_agrees_with_werkzeug(parts, preamble, epilogue, cut):
-    """Where _split_multipart parses a body (else Werkzeug does), it finds what Werkzeug finds."""
-    from inference.api import _split_multipart
+    """Where split_multipart parses a body (else Werkzeug does), it finds what Werkzeug finds."""
+    from inference.request_body import split_multipart
 
     body = preamble
     for name, is_file, data, ctype in parts:
@@ -690,7 +690,7 @@ def test_the_fast_multipart_split_agrees_with_werkzeug(parts, preamble, epilogue
     body = body[:len(body) - cut] if cut < 8 else body
     if any(b"--b" in data for _, _, data, _ in parts):
         return  # a client never sends a boundary that occurs in its data
-    split = _split_multipart(body, "b", 1000, 500_000)
+    split = split_multipart(body, "b", 1000, 500_000)
     if split is not None:
         assert split == _werkzeug_parts(body, "multipart/form-data; boundary=b")
     elif not preamble and cut in (0, 8) and not any(c and "8859" in c for *_, c in parts):

@@ -1,4 +1,4 @@
-"""The Makefile passes what the README tells users to type through to the commands."""
+"""The Makefile passes what the docs (README.md, docs/USAGE.md) tell users to type through to the commands."""
 
 import shlex
 import subprocess
