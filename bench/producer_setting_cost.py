@@ -1,7 +1,7 @@
 """``python -m bench.producer_setting_cost``: what a producer-side setting costs, in
 CPU milliseconds (core-ms) per image of every component, A against B on one stack.
 
-    python -m bench.producer_setting_cost --a RESULTS_READ_ALL=false --b RESULTS_READ_ALL=true \\
+    python -m bench.producer_setting_cost --a KAFKA_LINGER_MS=0 --b KAFKA_LINGER_MS=5 \\
         --producers 4 --rate 100 --seconds 15 --rounds 3 --dataset-source ../shared/data/...
 
 One local stack (temp ``STACK_DIR``, free ports, random weights, without Prometheus and
