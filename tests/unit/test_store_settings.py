@@ -1,0 +1,36 @@
+"""STORE picks the store (common.store.opening); PostgreSQL's settings, secrets masked."""
+
+from __future__ import annotations
+
+import pytest
+
+from common.settings import PostgresSettings, SettingsError, StoreSettings, describe
+
+
+def test_the_store_is_mongodb_unless_store_says_otherwise(monkeypatch):
+    monkeypatch.delenv("STORE", raising=False)
+    assert StoreSettings().store == "mongodb"
+    for value, expected in (("postgres", "postgres"), ("PostgreS", "postgres"), ("", "mongodb")):
+        monkeypatch.setenv("STORE", value)
+        assert StoreSettings().store == expected
+
+
+def test_a_planned_store_is_a_clear_error_and_an_unknown_one_too(monkeypatch):
+    monkeypatch.setenv("STORE", "couchdb")
+    with pytest.raises(SettingsError, match="STORE='couchdb': .*couchdb is not implemented yet: choose mongodb or "
+                                            "postgres"):
+        StoreSettings()
+    monkeypatch.setenv("STORE", "sqlite")
+    with pytest.raises(SettingsError, match="STORE='sqlite'.*'mongodb' or 'postgres'"):
+        StoreSettings()
+
+
+def test_postgres_passwords_are_masked_and_a_dsn_is_checked():
+    shown = describe(PostgresSettings(postgres_dsn="postgresql://iot:s3cret@db:5432/iot", postgres_password="pw2"))
+    assert "s3cret" not in shown and "pw2" not in shown
+    assert "POSTGRES_DSN=postgresql://iot:***@db:5432/iot" in shown and "POSTGRES_PASSWORD=***" in shown
+    assert "s3cret" not in describe(PostgresSettings(postgres_dsn="host=db password=s3cret"))
+    with pytest.raises(SettingsError, match=r"POSTGRES_DSN=\*\*\*: .*postgresql:// URI"):
+        PostgresSettings(postgres_dsn="db:5432")
+    assert PostgresSettings(postgres_dsn="").postgres_dsn is None
+
