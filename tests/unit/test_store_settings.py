@@ -34,3 +34,23 @@ def test_postgres_passwords_are_masked_and_a_dsn_is_checked():
         PostgresSettings(postgres_dsn="db:5432")
     assert PostgresSettings(postgres_dsn="").postgres_dsn is None
 
+
+
+def test_open_sink_and_open_reader_follow_store(monkeypatch):
+    # Neither connects when opened: no server is needed to see which adapter STORE picks.
+    from common.store import open_reader, open_sink
+    from common.store.mongodb import MongoSink
+    from common.store.postgres import PostgresReader, PostgresSink
+
+    monkeypatch.setenv("STORE", "postgres")
+    monkeypatch.setenv("POSTGRES_PASSWORD", "s3cret")
+    sink, reader = open_sink(), open_reader()
+    assert isinstance(sink, PostgresSink) and isinstance(reader, PostgresReader)
+    assert reader.where == "postgresql://iot@127.0.0.1:5432/iot (iot_image_data)"
+    sink.close(), reader.close()
+    mongo = open_sink(store="mongodb")
+    assert isinstance(mongo, MongoSink)
+    mongo.close()
+    monkeypatch.setenv("STORE", "couchdb")
+    with pytest.raises(SettingsError, match="not implemented yet"):
+        open_sink()
