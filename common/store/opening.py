@@ -6,6 +6,8 @@ never imports psycopg (and one on MongoDB never needs psycopg installed)."""
 
 from __future__ import annotations
 
+from typing import Mapping
+
 from common.store.base import Sink, StoreReader
 
 
@@ -42,3 +44,15 @@ def open_reader(mongo=None, *, postgres=None, store: str | None = None) -> Store
     from common.store.mongodb import MongoReader
 
     return MongoReader(mongo or MongoSettings())
+
+
+def reader_of(env: Mapping[str, str]) -> StoreReader:
+    """A reader of the store a local stack's endpoints name (its stack.env: ``STORE=`` and
+    ``MONGO_URI=`` or ``POSTGRES_DSN=``), for the processes that run the pipeline against a
+    stack (the demo, the experiments) rather than being configured for it."""
+    from common.settings import MongoSettings, PostgresSettings
+
+    store = chosen(env.get("STORE") or "mongodb")
+    if store == "postgres":
+        return open_reader(store=store, postgres=PostgresSettings(postgres_dsn=env["POSTGRES_DSN"]))
+    return open_reader(store=store, mongo=MongoSettings(mongo_uri=env["MONGO_URI"]))

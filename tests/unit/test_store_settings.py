@@ -54,3 +54,20 @@ def test_open_sink_and_open_reader_follow_store(monkeypatch):
     monkeypatch.setenv("STORE", "couchdb")
     with pytest.raises(SettingsError, match="not implemented yet"):
         open_sink()
+
+
+def test_a_stacks_endpoints_name_the_store_the_demo_reads_and_its_table_says_which():
+    from analysis.summary import format_table
+    from common.store.mongodb import MongoReader
+    from common.store.opening import reader_of
+    from common.store.postgres import PostgresReader
+
+    reader = reader_of({"STORE": "postgres", "POSTGRES_DSN": "postgresql://iot:pw@127.0.0.1:5999/iot"})
+    assert isinstance(reader, PostgresReader) and reader.where.startswith("postgresql://iot@127.0.0.1:5999/iot")
+    reader.close()
+    reader = reader_of({"MONGO_URI": "mongodb://127.0.0.1:5998"})  # a stack.env of an older release
+    assert isinstance(reader, MongoReader)
+    reader.close()
+    summary = {"sent": 3, "results": 3, "stored": 3, "stored_with_prediction": 3, "lost": 0, "model": None}
+    assert "stored in PostgreSQL    3" in format_table({**summary, "store": "PostgreSQL"})
+    assert "stored in MongoDB       3" in format_table(summary)
