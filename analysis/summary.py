@@ -73,7 +73,7 @@ def format_table(summary: dict) -> str:
     rows = [
         ("images sent", summary["sent"]),
         ("results received", summary["results"]),
-        ("stored", summary["stored"]),
+        (f"stored in {summary.get('store') or 'MongoDB'}", summary["stored"]),  # runs before STORE: MongoDB
         ("stored with prediction", summary["stored_with_prediction"]),
         ("lost", summary["lost"]),
         ("model", summary["model"] + ("  (UNTRAINED: labels are not meaningful)"

@@ -19,12 +19,13 @@ from common.settings_service import REQUEST_BYTES_CAP, DashboardSettings, Gunico
 from common.settings_stack import DemoSettings, FleetSettings, StackPlumbingSettings, StackSettings
 from common.wire import MAX_IMAGE_MESSAGE_BYTES
 
-__all__ = ["REPLACED", "RETIRED", "REQUEST_BYTES_CAP", "SETTINGS_GROUPS", "CacheSettings", "DashboardSettings",
-           "DatasetSettings", "DbWriterSettings", "DemoSettings", "DlqToolSettings", "FleetSettings",
-           "GunicornSettings", "InferenceClientSettings", "KafkaSettings", "LogSettings", "MetricsSettings",
-           "MongoSettings", "ProducerSettings", "ProjectSettings", "ServiceSettings", "SettingsError",
-           "StackPlumbingSettings", "StackSettings", "describe", "env_name", "given", "mask", "mask_uris",
-           "check_replaced", "request_bytes_limit", "secret", "settings_env", "with_flags"]
+__all__ = ["PLANNED_STORES", "REPLACED", "RETIRED", "REQUEST_BYTES_CAP", "SETTINGS_GROUPS", "CacheSettings",
+           "DashboardSettings", "DatasetSettings", "DbWriterSettings", "DemoSettings", "DlqToolSettings",
+           "FleetSettings", "GunicornSettings", "InferenceClientSettings", "KafkaSettings", "LogSettings",
+           "MetricsSettings", "MongoSettings", "PostgresSettings", "ProducerSettings", "ProjectSettings",
+           "ServiceSettings", "SettingsError", "StackPlumbingSettings", "StackSettings", "StoreSettings",
+           "describe", "env_name", "given", "mask", "mask_uris", "check_replaced", "request_bytes_limit",
+           "secret", "settings_env", "with_flags"]
 
 
 class KafkaSettings(ProjectSettings):
@@ -74,7 +75,8 @@ class KafkaSettings(ProjectSettings):
 
 
 class MongoSettings(ProjectSettings):
-    """MongoDB: the DB consumer, the DLQ tool, the dashboard and the experiments."""
+    """MongoDB, when STORE=mongodb (the default): the DB consumer, the DLQ tool, the dashboard and
+    the experiments."""
 
     mongo_uri: SecretStr = Field(SecretStr("mongodb://127.0.0.1:27017"), description=(
         "MongoDB connection string (its password is printed masked). The local stack uses an external "
@@ -96,11 +98,62 @@ class MongoSettings(ProjectSettings):
         "(survives a failover too). 0 is refused."))
 
 
+# Stores the issue plans beside MongoDB and PostgreSQL, refused by name until they exist.
+PLANNED_STORES = ("couchdb",)
+
+
+def _store_name(value: Any) -> Any:
+    if isinstance(value, str):
+        value = value.strip().lower() or "mongodb"
+        if value in PLANNED_STORES:
+            raise ValueError(f"{value} is not implemented yet: choose mongodb or postgres")
+    return value
+
+
+class StoreSettings(ProjectSettings):
+    """Which store the images and predictions go to: every process that writes or reads them
+    (the DB consumer, the DLQ tool, the dashboard, the experiments) and the local stack,
+    which starts that store's server."""
+
+    store: Annotated[Literal["mongodb", "postgres"], BeforeValidator(_store_name)] = Field("mongodb", description=(
+        "The store: mongodb (MONGO_*) or postgres (POSTGRES_*), in any case; empty: mongodb. Other "
+        "stores are planned (couchdb): naming one is an error until it exists."))
+
+
+class PostgresSettings(ProjectSettings):
+    """PostgreSQL, when STORE=postgres: the table ``iot_image_data`` (docs/ARCHITECTURE.md)."""
+
+    postgres_dsn: SecretStr | None = Field(None, description=(
+        "libpq connection string or URI (postgresql://user:password@host:port/db; its password is "
+        "printed masked). Set, it is used as it is and POSTGRES_HOST ... POSTGRES_PASSWORD are not read. "
+        "The local stack uses an external PostgreSQL when this or POSTGRES_HOST is set."))
+    postgres_host: str = Field("127.0.0.1", description="Server host, without POSTGRES_DSN.")
+    postgres_port: int = Field(5432, ge=1, le=65535, description="Server port, without POSTGRES_DSN.")
+    postgres_db: str = Field("iot", min_length=1, description="Database, without POSTGRES_DSN.")
+    postgres_user: str = Field("iot", min_length=1, description="User, without POSTGRES_DSN.")
+    postgres_password: SecretStr | None = Field(None, description=(
+        "Password, without POSTGRES_DSN (a secret: printed masked). Unset: none (or ~/.pgpass)."))
+    postgres_connect_timeout_s: int = Field(5, ge=1, description="Connect timeout (libpq's connect_timeout).")
+    # A hung (not dead) server must not block the DB consumer forever.
+    postgres_statement_timeout_ms: int = Field(30_000, ge=0, description=(
+        "Longest wait for one statement (statement_timeout); a write that times out is retried "
+        "(upserts are idempotent). 0: none."))
+
+    @field_validator("postgres_dsn")
+    @classmethod
+    def _dsn(cls, value: SecretStr | None) -> SecretStr | None:
+        raw = value.get_secret_value().strip() if value is not None else ""
+        if value is not None and raw and not (raw.startswith(("postgresql://", "postgres://")) or "=" in raw):
+            raise ValueError("expected a postgresql:// URI or key=value pairs")
+        return value if raw else None
+
+
 class DbWriterSettings(ProjectSettings):
     """The DB consumer (consumers/db.py)."""
 
     db_max_records: int = Field(500, ge=1, description=(
-        "Largest poll, and so largest unordered bulk_write, per offset commit (--max-records). 1 is "
+        "Largest poll, and so largest store write (one unordered bulk_write, one PostgreSQL "
+        "transaction), per offset commit (--max-records). 1 is "
         "the per-message design (one write and one commit per message)."))
 
 
@@ -211,7 +264,7 @@ class CacheSettings(ProjectSettings):
 
 # The order of docs/SETTINGS.md; settings_env looks a field up in this order.
 SETTINGS_GROUPS: tuple[type[ProjectSettings], ...] = (
-    KafkaSettings, MongoSettings, DbWriterSettings, DlqToolSettings, InferenceClientSettings, DatasetSettings,
+    KafkaSettings, StoreSettings, MongoSettings, PostgresSettings, DbWriterSettings, DlqToolSettings, InferenceClientSettings, DatasetSettings,
     ProducerSettings, ServiceSettings, GunicornSettings, MetricsSettings, DashboardSettings, LogSettings,
     CacheSettings, StackSettings, DemoSettings, FleetSettings, StackPlumbingSettings)
 

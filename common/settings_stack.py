@@ -31,6 +31,15 @@ class StackSettings(ProjectSettings):
         "Port of the embedded Kafka broker when it is free, else any free port; 0: any free port."))
     stack_mongo_port: int = Field(27017, **_PORT, description=(
         "Port of the embedded MongoDB server when it is free, else any free port; 0: any free port."))
+    stack_postgres_port: int = Field(5432, **_PORT, description=(
+        "Port of the stack's PostgreSQL (STORE=postgres) when it is free, else any free port; 0: any free port."))
+    stack_postgres_user: str = Field("postgres", min_length=1, description=(
+        "System user the stack's PostgreSQL runs as when the stack runs as root (PostgreSQL refuses "
+        "root; Debian's package creates postgres); it must be able to reach STACK_DIR. Run by any "
+        "other user, the server runs as that user."))
+    stack_postgres_bin_dir: str | None = Field(None, description=(
+        "Directory of PostgreSQL's server programs (initdb, postgres). Unset: the newest "
+        "/usr/lib/postgresql/<version>/bin (Debian's package), else those on PATH."))
     stack_inference_port: int = Field(8000, **_PORT, description=(
         "Port of the inference service when it is free, else any free port; 0: any free port."))
     stack_inference_ready_s: float = Field(300.0, gt=0, description=(

@@ -12,7 +12,7 @@ Per record, the sink's outcome decides: stored (committed), refused for what the
 is (dead-lettered with the store's reason, partition and offset; the rest of the batch is
 stored) or transient (the store cannot write now: retried with backoff while the
 partitions are polled paused, nothing committed).  The store's own rules are its adapter's
-(``common.store.mongodb``).
+(``common.store.mongodb``, ``common.store.postgres``; STORE picks one).
 
 Invalid image messages are skipped here: the inference consumer, which reads the same
 topic, is the one that dead-letters them (one DLQ record per bad message).  Invalid
@@ -31,7 +31,8 @@ from common.lifecycle import Backoff, stop_event
 from common.log import setup_logging
 from common.metrics import serve
 from common.schema import InvalidMessage, parse_image_record, parse_result_message
-from common.settings import DbWriterSettings, KafkaSettings, MetricsSettings, MongoSettings, describe, with_flags
+from common.settings import (DbWriterSettings, KafkaSettings, MetricsSettings, MongoSettings, PostgresSettings,
+                             StoreSettings, describe, with_flags)
 from common.store import Refused, Sink, Stored, Transient, Upsert, image_upsert, open_sink, result_upsert
 from consumers.loop import DONE, ConsumeLoop, DeadLetter, Retry
 from consumers.metrics import DbConsumerMetrics
@@ -182,12 +183,15 @@ def main(argv=None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--max-records", type=int, help="largest write (default DB_MAX_RECORDS, 500)")
     args = p.parse_args(argv)
-    kafka, mongo, metrics = (with_flags(cls, p) for cls in (KafkaSettings, MongoSettings, MetricsSettings))
+    kafka, store, metrics = (with_flags(cls, p) for cls in (KafkaSettings, StoreSettings, MetricsSettings))
+    postgres = store.store == "postgres"
+    backend = with_flags(PostgresSettings if postgres else MongoSettings, p)
     writer = with_flags(DbWriterSettings, p, db_max_records=args.max_records)
-    log.info("%s", describe(kafka, mongo, writer, metrics))
+    log.info("%s", describe(kafka, store, backend, writer, metrics))
     recorder = DbConsumerMetrics(metrics.metrics_enabled)
     serve(metrics, "DB consumer")
-    run(kafka, open_sink(mongo), stop_event(), writer.db_max_records, recorder)
+    sink = open_sink(store=store.store, **{"postgres" if postgres else "mongo": backend})
+    run(kafka, sink, stop_event(), writer.db_max_records, recorder)
     return 0
 
 

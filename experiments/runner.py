@@ -14,8 +14,7 @@ from analysis.plots import plot_cdf
 from analysis.stats import percentile
 from analysis.summary import close_run
 from common.rundir import RunDir
-from common.settings import MongoSettings
-from common.store import open_reader
+from common.store.opening import reader_of
 from experiments.fleet import producer_log_tail, run_fleet
 
 log = logging.getLogger(__name__)
@@ -39,7 +38,7 @@ def point_latest(run_dir: Path) -> None:
 
 def run_configuration(run_dir: Path, env: dict, *, producers: int, count: int, rate: float,
                       desc: str, extra: dict | None = None) -> dict:
-    """Run a fleet, close the run against MongoDB, draw its CDF; returns the summary."""
+    """Run a fleet, close the run against the stack's store, draw its CDF; returns the summary."""
     total = producers * count
     with tqdm(total=total, desc=f"{desc} results", unit="img", mininterval=0.5) as bar:
         def show(p):
@@ -55,11 +54,11 @@ def run_configuration(run_dir: Path, env: dict, *, producers: int, count: int, r
     run = RunDir(run_dir)
     if not run.sent_anything():
         raise RunFailed(f"no producer sent anything:\n{producer_log_tail(run_dir)}")
-    store = open_reader(MongoSettings(mongo_uri=env["MONGO_URI"]))
+    store = reader_of(env)
     try:
         with tqdm(total=total, desc=f"{desc} stored", unit="img") as bar:
             summary = close_run(run, store,
-                                extra={"producers": producers, "rate": rate,
+                                extra={"store": store.name, "producers": producers, "rate": rate,
                                        "images_per_producer": count, **(extra or {})},
                                 progress=lambda stored, complete: bar.update(complete - bar.n))
     finally:

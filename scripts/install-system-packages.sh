@@ -4,7 +4,7 @@
 # test-containers) the Docker engine (the "VMs" are systemd containers), debootstrap
 # (the VM and base images are built from the Debian archive, no registry needed),
 # docker-compose, the SSH client; for the observability tests Prometheus, promtool and
-# a headless Chromium.
+# a headless Chromium; for STORE=postgres (the local stack's store and its tests) PostgreSQL.
 # kubectl (tests/containers/test_k8s.py: `kubectl kustomize`) is not in this list:
 # Debian's kubernetes-client is 1.20 (kustomize v2, too old) and conflicts with the
 # upstream `kubectl` package (pkgs.k8s.io) that CI images carry.
@@ -20,8 +20,9 @@ set -euo pipefail
 
 # The tools the tests call, and where they come from: dockerd (docker.io), docker-compose,
 # debootstrap, prometheus and promtool (prometheus), chromium, chromedriver
-# (chromium-driver); the install below is, in effect,
-#   apt-get install docker.io debootstrap docker-compose prometheus chromium chromium-driver ...
+# (chromium-driver), initdb and postgres (postgresql, in /usr/lib/postgresql/<version>/bin);
+# the install below is, in effect,
+#   apt-get install docker.io debootstrap docker-compose prometheus chromium chromium-driver postgresql ...
 PACKAGES=(
   docker.io              # dockerd + containerd + runc (started by tests/rehearsal/docker.py)
   debootstrap            # builds the bookworm "VM" image and the containers' base image
@@ -34,6 +35,7 @@ PACKAGES=(
   prometheus             # prometheus + promtool: the stack's scrapes, the rules' tests (docs/OBSERVABILITY.md)
   chromium               # the live dashboard's headless-browser test (tests/integration/test_dashboard.py)
   chromium-driver
+  postgresql             # the local stack's PostgreSQL with STORE=postgres (stack/postgres.py) and its tests
 )
 # Extra packages, e.g. IOT_REHEARSAL_EXTRA_PACKAGES="apt-cacher-ng"
 read -r -a EXTRA <<<"${IOT_REHEARSAL_EXTRA_PACKAGES:-}"

@@ -17,13 +17,14 @@ from pathlib import Path
 import psutil
 
 from common.settings import mask_uris
+from stack.stores import ENDPOINT_KEYS as STORE_ENDPOINT_KEYS
 from stack.supervisor import ROOT, pid_alive, stack_dir
 
 log = logging.getLogger(__name__)
 
 # Endpoints the stack publishes in stack.env; set in the environment they mean
 # "use these external servers", so a stack of its own must not inherit them.
-STACK_ENV_KEYS = ("KAFKA_BOOTSTRAP_SERVERS", "MONGO_URI", "INFERENCE_URL")
+STACK_ENV_KEYS = ("KAFKA_BOOTSTRAP_SERVERS", *STORE_ENDPOINT_KEYS, "INFERENCE_URL")
 COMPONENTS = ("kafka", "mongo", "inference", "inference-consumer", "db-consumer")
 
 __all__ = ["COMPONENTS", "LocalStack", "STACK_ENV_KEYS", "down", "hold", "process_tree", "read_env", "release",
@@ -184,7 +185,8 @@ class LocalStack:
         self.timeout_s = timeout_s
         base = {k: v for k, v in os.environ.items() if k not in STACK_ENV_KEYS}
         self.env: dict[str, str] = {**base, "STACK_DIR": str(self.dir), "STACK_KAFKA_PORT": "0",
-                                    "STACK_MONGO_PORT": "0", "STACK_INFERENCE_PORT": "0",
+                                    "STACK_MONGO_PORT": "0", "STACK_POSTGRES_PORT": "0",
+                                    "STACK_INFERENCE_PORT": "0",
                                     **(env or {})}
 
     # ------------------------------------------------------------ lifecycle

@@ -10,6 +10,8 @@ import random
 import socket
 from pathlib import Path
 
+from common.settings import StackSettings
+
 LOWEST = 20000  # above the well-known and registered services people run by hand
 _DEFAULT_EPHEMERAL_LOW = 32768
 
@@ -45,3 +47,11 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]
+
+
+def pick_port(name: str) -> int:
+    """STACK_<NAME>_PORT (by default the conventional port) if it is free, else any free port."""
+    wanted = getattr(StackSettings(), f"stack_{name}_port")
+    if wanted and port_free(wanted):
+        return wanted
+    return free_port()

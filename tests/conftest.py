@@ -33,16 +33,40 @@ def cifar_archive(tmp_path_factory) -> Path:
     return make_cifar_archive(tmp_path_factory.mktemp("cifar") / "cifar-10-python.tar.gz")
 
 
+STACK_TEST_ENV = {"MODEL_WEIGHTS": "random", "GUNICORN_WORKERS": "1", "PREDICT_BATCH_WAIT_MS": "20",
+                  # Prometheus, when installed, scrapes every second (tests/integration/test_metrics_stack.py)
+                  "STACK_SCRAPE_INTERVAL": "1s"}
+
+
 @pytest.fixture(scope="session")
 def local_stack(tmp_path_factory, cifar_archive):
     """The real embedded stack (Kafka-protocol broker, MongoDB wire server, Gunicorn,
     both consumers, Prometheus when installed) on free ports, started once for the
     session and stopped after."""
     stack = LocalStack(tmp_path_factory.mktemp("stack"),
-                       {"MODEL_WEIGHTS": "random", "GUNICORN_WORKERS": "1",
-                        "DATASET_SOURCE": str(cifar_archive), "PREDICT_BATCH_WAIT_MS": "20",
-                        # Prometheus, when installed, scrapes every second (tests/integration/test_metrics_stack.py)
-                        "STACK_SCRAPE_INTERVAL": "1s"}, timeout_s=300)
+                       {**STACK_TEST_ENV, "DATASET_SOURCE": str(cifar_archive)}, timeout_s=300)
+    yield from _running(stack)
+
+
+@pytest.fixture(scope="session")
+def postgres_stack(cifar_archive):
+    """The same stack with STORE=postgres: its own PostgreSQL cluster (stack/postgres.py)
+    instead of the MongoDB wire server, in a directory the postgres user can reach (run as
+    root, the server runs as that user; pytest's temporary directories are root-only)."""
+    from tests import pg
+
+    pg.programs()  # skipped, or failed under CI=true, without PostgreSQL
+    d = pg.reachable_dir("iot-pg-stack-")
+    stack = LocalStack(d / "stack", {**STACK_TEST_ENV, "DATASET_SOURCE": str(cifar_archive), "STORE": "postgres",
+                                     "STACK_PROMETHEUS": "0", "STACK_DASHBOARD": "0"}, timeout_s=300)
+    try:
+        yield from _running(stack)
+    finally:
+        pg.remove(d)
+
+
+def _running(stack: LocalStack):
+    """Start ``stack``, hand it to the tests, stop it: `stack down` must leave no process."""
     try:
         stack.start()
     except RuntimeError as exc:

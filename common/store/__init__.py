@@ -1,12 +1,14 @@
 """The image store behind one interface (:mod:`common.store.base`): the DB writer's
-:class:`Sink` and the :class:`StoreReader` everything else reads with.  MongoDB is the
-store (``common.store.mongodb``); only the adapters import a database client.  The
-stored document's field names are the wire contract's (``common.wire``), re-exported here."""
+:class:`Sink` and the :class:`StoreReader` everything else reads with.  STORE picks the
+store (``common.store.opening``): MongoDB (``common.store.mongodb``) or PostgreSQL
+(``common.store.postgres``); only the adapters import a database client.  The stored
+document's field names are the wire contract's (``common.wire``), re-exported here."""
 
 from __future__ import annotations
 
 from common.store.base import (DISK_FULL, STORED, Refused, Sink, Stored, StoreError, StoreReader, Transient,
                                Upsert, WriteOutcome, image_upsert, result_upsert)
+from common.store.opening import open_reader, open_sink
 from common.wire import (DOCUMENT_IMAGE_FIELDS, DOCUMENT_RESULT_FIELDS, IMAGE, IMAGE_ID, PREDICTION,
                          PREDICTION_STORED_AT, SENT_AT, STORED_AT, TIMESTAMPS)
 
@@ -15,18 +17,3 @@ __all__ = ["DISK_FULL", "DOCUMENT_IMAGE_FIELDS", "DOCUMENT_RESULT_FIELDS", "IMAG
            "StoreError", "StoreReader", "Transient", "Upsert", "WriteOutcome", "image_upsert", "open_reader",
            "open_sink", "result_upsert"]
 
-
-def open_sink(mongo=None) -> Sink:
-    """The configured store's sink (MONGO_* settings)."""
-    from common.settings import MongoSettings
-    from common.store.mongodb import MongoSink
-
-    return MongoSink.open(mongo or MongoSettings())
-
-
-def open_reader(mongo=None) -> StoreReader:
-    """A reader of the configured store (MONGO_* settings, or the MongoSettings given)."""
-    from common.settings import MongoSettings
-    from common.store.mongodb import MongoReader
-
-    return MongoReader(mongo or MongoSettings())

@@ -3,6 +3,7 @@ come back, and prove that nothing was lost.
 
     python -m tests.faults.run                       # every scenario, table + faults.json
     python -m tests.faults.run --scenario mongo-restart --images 1000 --rate 40
+    python -m tests.faults.run --store postgres      # the storage scenarios on PostgreSQL
 
 The runner starts its own stack (temporary STACK_DIR, free ports, random 32x32
 weights), and for each scenario runs one producer (``--images`` at ``--rate``
@@ -50,16 +51,19 @@ from stack.ports import free_port  # noqa: E402
 from tests.faults.scenarios import (FAULTS, HANG_GUARD_S, PY, Stack, check_documents,  # noqa: E402
                                     count_result_messages, http_ready, longest_stall,
                                     read_csv, say, wait_for)
+from tests.faults.stores import ALL_FAULTS, POSTGRES_SCENARIOS, Rows  # noqa: E402
 
 # ------------------------------------------------------------------ running
 
 class FaultSuite:
     def __init__(self, out: Path, *, images: int = 1000, rate: float = 40.0, fault_at: float = 0.3,
-                 result_timeout_s: float = HANG_GUARD_S):
+                 result_timeout_s: float = HANG_GUARD_S, store: str = "mongodb"):
         self.out = out
         self.images, self.rate, self.fault_at = images, rate, fault_at
         self.result_timeout_s = result_timeout_s
-        self.stack = Stack(out / "stack")
+        # STORE=postgres: the stack's own cluster under out/stack, which the postgres user
+        # reaches in a checkout (results/ is not root-only).
+        self.stack = Stack(out / "stack", {"STORE": store})
         self.results: list[dict] = []
 
     def __enter__(self) -> "FaultSuite":
@@ -95,15 +99,15 @@ class FaultSuite:
 
         def watch_mongo():  # documents of the run stored with a prediction, 4 times a second
             box["stored"] = samples = []
-            col = self.stack.collection()
+            rows = Rows(self.stack)
             while thread.is_alive():
                 try:
-                    n = col.count_documents({"producer_id": producer_id, "prediction": {"$exists": True}})
-                except Exception:  # noqa: BLE001 - MongoDB down: that is the point
+                    n = rows.count_with_prediction(producer_id)
+                except Exception:  # noqa: BLE001 - the store down: that is the point
                     n = None
                 samples.append((time.time(), n))
                 thread.join(0.25)
-            col.database.client.close()
+            rows.close()
 
         thread = threading.Thread(target=go, name=f"fleet-{name}", daemon=True)
         thread.start()
@@ -133,10 +137,10 @@ class FaultSuite:
             summary = close_run(run_dir, store, timeout_s=HANG_GUARD_S, extra=extra)
         finally:
             store.close()
-        col = self.stack.collection()
+        rows = Rows(self.stack)
         sent_ids = {r["image_id"] for r in read_csv(run_dir / "latencies.csv")}
-        docs = check_documents(col, producer_id, sent_ids)
-        col.database.client.close()
+        docs = check_documents(rows.documents(producer_id), sent_ids)
+        rows.close()
         results = count_result_messages(self.stack, producer_id)
         row = {
             "scenario": name,
@@ -172,7 +176,7 @@ class FaultSuite:
             return self.run_slow()
         if name == "overload":
             return self.run_overload()
-        fault = FAULTS[name]
+        fault = ALL_FAULTS[name]
         say(f"{name}: {fault.what} ({self.images} images at {self.rate:g}/s, "
             f"fault after {self.fault_at:.0%})")
         run_dir, producer_id, progress, thread, box = self._fleet(name, self.images, self.rate)
@@ -381,18 +385,20 @@ LAST_REPORT: list[str] = []  # the table and the faults.json path, for pytest's 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m tests.faults.run", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--scenario", action="append", choices=SCENARIOS,
-                   help="run only this scenario (repeatable); default: all")
+    p.add_argument("--store", choices=["mongodb", "postgres"], default="mongodb",
+                   help="the stack's store (STORE); postgres runs the storage scenarios on it")
+    p.add_argument("--scenario", action="append", choices=list(dict.fromkeys(SCENARIOS + POSTGRES_SCENARIOS)),
+                   help="run only this scenario (repeatable); default: all of the store's")
     p.add_argument("--images", type=int, default=1000, help="images per fault scenario")
     p.add_argument("--rate", type=float, default=40.0, help="images per second")
     p.add_argument("--fault-at", type=float, default=0.3, help="fraction sent before the fault")
     p.add_argument("--out", type=Path, default=ROOT / "results" / "faults" / time.strftime("%Y%m%d-%H%M%S"))
     args = p.parse_args(argv)
     started = time.time()
-    suite = FaultSuite(args.out, images=args.images, rate=args.rate, fault_at=args.fault_at)
+    suite = FaultSuite(args.out, images=args.images, rate=args.rate, fault_at=args.fault_at, store=args.store)
     try:
         with suite:
-            for name in args.scenario or SCENARIOS:
+            for name in args.scenario or (POSTGRES_SCENARIOS if args.store == "postgres" else SCENARIOS):
                 try:
                     suite.run(name)
                 except Exception as exc:  # noqa: BLE001 - record and go on with the next

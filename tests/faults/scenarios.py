@@ -18,6 +18,7 @@ from typing import Callable
 
 import requests
 
+from common.settings import mask_uris
 from stack.control import LocalStack
 from stack.supervisor import child_pids
 from tests.support import HANG_GUARD_S, ROOT
@@ -80,8 +81,9 @@ class Stack(LocalStack):
     def up(self) -> None:
         t0 = time.monotonic()
         self.start()
+        store = self.env.get("POSTGRES_DSN") if self.env.get("STORE") == "postgres" else self.env["MONGO_URI"]
         say(f"stack up in {time.monotonic() - t0:.0f} s: {self.env['KAFKA_BOOTSTRAP_SERVERS']}, "
-            f"{self.env['MONGO_URI']}, {self.env['INFERENCE_URL']}")
+            f"{mask_uris(store)}, {self.env['INFERENCE_URL']}")
 
     def down(self) -> None:
         self.stop()
@@ -94,11 +96,15 @@ class Stack(LocalStack):
         return images_collection(connect(mongo), mongo)
 
     def store(self):
-        """The store reader closing a run goes through (the loss check reads MongoDB itself)."""
-        from common.settings import MongoSettings
+        """The store reader closing a run goes through (the loss check reads the store itself:
+        tests/faults/stores.py)."""
+        from common.settings import MongoSettings, PostgresSettings
         from common.store import open_reader
 
-        return open_reader(MongoSettings(mongo_uri=self.env["MONGO_URI"], mongo_timeout_ms=3000))
+        if self.env.get("STORE") == "postgres":
+            return open_reader(store="postgres", postgres=PostgresSettings(postgres_dsn=self.env["POSTGRES_DSN"],
+                                                                           postgres_connect_timeout_s=3))
+        return open_reader(MongoSettings(mongo_uri=self.env["MONGO_URI"], mongo_timeout_ms=3000), store="mongodb")
 
     def kafka(self):
         from common.settings import KafkaSettings
@@ -347,12 +353,11 @@ def longest_stall(times: list[float], start: float) -> tuple[float, float | None
     return best, end
 
 
-def check_documents(collection, producer_id: str, sent_ids: set[str]) -> dict:
-    docs = list(collection.find({"producer_id": producer_id},
-                                {"_id": 1, "image": 1, "prediction": 1, "confidence": 1,
-                                 "model": 1, "stored_at": 1, "prediction_stored_at": 1}))
-    ids = [d["_id"] for d in docs]
-    half = [d["_id"] for d in docs if not d.get("image") or not d.get("prediction")
+def check_documents(docs: list[dict], sent_ids: set[str]) -> dict:
+    """One producer's stored images (``image_id`` and the fields of tests/faults/stores.py's
+    Rows) against the image ids it sent: duplicated, missing, half-written."""
+    ids = [d["image_id"] for d in docs]
+    half = [d["image_id"] for d in docs if not d.get("image") or not d.get("prediction")
             or d.get("confidence") is None or not d.get("model")]
     return {"documents": len(docs), "distinct_ids": len(set(ids)),
             "duplicated_documents": len(ids) - len(set(ids)) + len(set(ids) - sent_ids),

@@ -1,9 +1,10 @@
 """Fault injection, slow inference and overload on the real local stack (tests/faults/run.py).
 
 Each scenario sends FAULT_IMAGES (default 1000) images and checks that every one is
-in MongoDB exactly once with a prediction, that the producer got every result and
+in the store exactly once with a prediction, that the producer got every result and
 that the run's summary says ``lost: 0``.  The table and ``faults.json`` are written
-to results/faults/<timestamp>/ (docs/RELIABILITY.md quotes the last run).
+to results/faults/<timestamp>/ (docs/RELIABILITY.md quotes the last run).  The storage
+scenarios run again on PostgreSQL: tests/faults/test_faults_postgres.py.
 """
 
 from __future__ import annotations
@@ -19,25 +20,33 @@ from tests.faults.run import LAST_REPORT, ROOT, SCENARIOS, FaultSuite
 pytestmark = pytest.mark.faults
 
 
-@pytest.fixture(scope="module")
-def suite():
-    out = ROOT / "results" / "faults" / time.strftime("%Y%m%d-%H%M%S")
+def run_suite(store: str, suffix: str = "", latest_name: str = "latest"):
+    """A FaultSuite on its own stack for the module; its table and faults.json after."""
+    out = ROOT / "results" / "faults" / (time.strftime("%Y%m%d-%H%M%S") + suffix)
     started = time.time()
     s = FaultSuite(out, images=int(os.environ.get("FAULT_IMAGES", 1000)),
-                   rate=float(os.environ.get("FAULT_RATE", 40)))
+                   rate=float(os.environ.get("FAULT_RATE", 40)), store=store)
     with s:
         yield s
     path = s.write(started)
-    latest = out.parent / "latest"
+    latest = out.parent / latest_name
     if latest.is_symlink() or latest.exists():
         latest.unlink()
     latest.symlink_to(out.name)
-    LAST_REPORT[:] = [s.table(), f"faults.json: {path} ({time.time() - started:.0f} s)"]
+    LAST_REPORT.extend([s.table(), f"faults.json: {path} ({time.time() - started:.0f} s)"])
+
+
+@pytest.fixture(scope="module")
+def suite():
+    yield from run_suite("mongodb")
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS)
 def test_scenario_loses_nothing(suite, scenario):
-    row = suite.run(scenario)
+    check(suite.run(scenario))
+
+
+def check(row: dict) -> None:
     details = json.dumps({k: v for k, v in row.items() if k not in ("e2e_ms",)}, indent=1,
                          default=str)[-6000:]
     assert row["lost"] == 0, details

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import stat
 import subprocess
 import sys
@@ -63,7 +64,7 @@ def test_status_masks_passwords_and_shows_a_failure(tmp_path):
 
 
 def _planned_env(tmp_path, monkeypatch, **env) -> dict:
-    for key in ("KAFKA_BOOTSTRAP_SERVERS", "MONGO_URI", "INFERENCE_URL", "KAFKA_FETCH_MAX_WAIT_MS"):
+    for key in ("KAFKA_BOOTSTRAP_SERVERS", "MONGO_URI", "INFERENCE_URL", "KAFKA_FETCH_MAX_WAIT_MS", "STORE"):
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("STACK_PROMETHEUS", "0")
     monkeypatch.setenv("STACK_DASHBOARD", "0")
@@ -88,3 +89,38 @@ def test_a_chosen_fetch_wait_or_an_external_broker_keeps_its_own(tmp_path, monke
     planned = _planned_env(tmp_path / "ext", monkeypatch, KAFKA_BOOTSTRAP_SERVERS="kafka:9092")
     assert "KAFKA_FETCH_MAX_WAIT_MS" not in planned["stack.env"]
     assert "KAFKA_FETCH_MAX_WAIT_MS" not in planned["db-consumer"]
+
+
+def test_store_postgres_plans_a_cluster_of_its_own_and_no_mongodb(tmp_path, monkeypatch):
+    for key in ("POSTGRES_DSN", "POSTGRES_HOST", "POSTGRES_PASSWORD"):
+        monkeypatch.delenv(key, raising=False)
+    planned = _planned_env(tmp_path, monkeypatch, STORE="postgres", STACK_POSTGRES_BIN_DIR="/opt/pg/bin",
+                           STACK_POSTGRES_PORT="0")
+    env = planned["stack.env"]
+    assert env["STORE"] == "postgres" and "MONGO_URI" not in env and "mongo" not in planned
+    password = (tmp_path / "data" / "postgres.password").read_text().strip()
+    assert env["POSTGRES_DSN"].startswith(f"postgresql://iot:{password}@127.0.0.1:") and len(password) >= 32
+    assert planned["db-consumer"]["POSTGRES_DSN"] == env["POSTGRES_DSN"]
+    assert planned["db-consumer"]["STORE"] == "postgres"
+    sup = Supervisor(tmp_path)
+    sup.plan()
+    (server,) = [c for c in sup.components if c.name == "postgres"]
+    assert "/opt/pg/bin/postgres" in server.argv and server.before_start is not None
+    assert server.stop_signal == signal.SIGINT  # fast shutdown: does not wait for clients
+    assert stat.S_IMODE((tmp_path / "data" / "postgres.password").stat().st_mode) == 0o600
+    # The same password on the next start: the cluster keeps its data across restarts.
+    assert _planned_env(tmp_path, monkeypatch, STORE="postgres", STACK_POSTGRES_BIN_DIR="/opt/pg/bin",
+                        STACK_POSTGRES_PORT="0")["stack.env"]["POSTGRES_DSN"].split("@")[0] == \
+        env["POSTGRES_DSN"].split("@")[0]
+
+
+def test_an_external_postgres_is_used_and_none_started(tmp_path, monkeypatch):
+    planned = _planned_env(tmp_path, monkeypatch, STORE="postgres", POSTGRES_HOST="db.example",
+                           POSTGRES_PASSWORD="p@ss word", POSTGRES_DB="pipeline")
+    assert "postgres" not in planned and "mongo" not in planned
+    assert planned["stack.env"]["POSTGRES_DSN"] == "postgresql://iot:p%40ss%20word@db.example:5432/pipeline"
+    monkeypatch.delenv("POSTGRES_HOST")
+    planned = _planned_env(tmp_path / "dsn", monkeypatch, STORE="postgres",
+                           POSTGRES_DSN="postgresql://app:pw@db:5433/iot")
+    assert "postgres" not in planned and planned["stack.env"]["POSTGRES_DSN"] == "postgresql://app:pw@db:5433/iot"
+    assert not (tmp_path / "dsn" / "data" / "postgres.password").exists()

@@ -1,0 +1,58 @@
+"""Opening the configured store: ``STORE`` (``common.settings.StoreSettings``) picks the
+adapter, whose settings come from the caller or the environment.
+
+Adapters are imported here only when chosen, so a process that never opens PostgreSQL
+never imports psycopg (and one on MongoDB never needs psycopg installed)."""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+from common.store.base import Sink, StoreReader
+
+
+def chosen(store: str | None) -> str:
+    """``store``, or STORE from the environment (validated: a planned store is an error)."""
+    from common.settings import StoreSettings
+
+    return (StoreSettings() if store is None else StoreSettings(store=store)).store
+
+
+def open_sink(mongo=None, *, postgres=None, store: str | None = None) -> Sink:
+    """The DB writer's sink of the store STORE names (or ``store``): MongoDB with ``mongo``
+    (default MONGO_*), PostgreSQL with ``postgres`` (default POSTGRES_*)."""
+    if chosen(store) == "postgres":
+        from common.settings import PostgresSettings
+        from common.store.postgres import PostgresSink
+
+        return PostgresSink.open(postgres or PostgresSettings())
+    from common.settings import MongoSettings
+    from common.store.mongodb import MongoSink
+
+    return MongoSink.open(mongo or MongoSettings())
+
+
+def open_reader(mongo=None, *, postgres=None, store: str | None = None) -> StoreReader:
+    """A reader of the store STORE names (or ``store``), with the settings given or read
+    from the environment, as :func:`open_sink`."""
+    if chosen(store) == "postgres":
+        from common.settings import PostgresSettings
+        from common.store.postgres import PostgresReader
+
+        return PostgresReader(postgres or PostgresSettings())
+    from common.settings import MongoSettings
+    from common.store.mongodb import MongoReader
+
+    return MongoReader(mongo or MongoSettings())
+
+
+def reader_of(env: Mapping[str, str]) -> StoreReader:
+    """A reader of the store a local stack's endpoints name (its stack.env: ``STORE=`` and
+    ``MONGO_URI=`` or ``POSTGRES_DSN=``), for the processes that run the pipeline against a
+    stack (the demo, the experiments) rather than being configured for it."""
+    from common.settings import MongoSettings, PostgresSettings
+
+    store = chosen(env.get("STORE") or "mongodb")
+    if store == "postgres":
+        return open_reader(store=store, postgres=PostgresSettings(postgres_dsn=env["POSTGRES_DSN"]))
+    return open_reader(store=store, mongo=MongoSettings(mongo_uri=env["MONGO_URI"]))

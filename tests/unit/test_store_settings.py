@@ -1,0 +1,73 @@
+"""STORE picks the store (common.store.opening); PostgreSQL's settings, secrets masked."""
+
+from __future__ import annotations
+
+import pytest
+
+from common.settings import PostgresSettings, SettingsError, StoreSettings, describe
+
+
+def test_the_store_is_mongodb_unless_store_says_otherwise(monkeypatch):
+    monkeypatch.delenv("STORE", raising=False)
+    assert StoreSettings().store == "mongodb"
+    for value, expected in (("postgres", "postgres"), ("PostgreS", "postgres"), ("", "mongodb")):
+        monkeypatch.setenv("STORE", value)
+        assert StoreSettings().store == expected
+
+
+def test_a_planned_store_is_a_clear_error_and_an_unknown_one_too(monkeypatch):
+    monkeypatch.setenv("STORE", "couchdb")
+    with pytest.raises(SettingsError, match="STORE='couchdb': .*couchdb is not implemented yet: choose mongodb or "
+                                            "postgres"):
+        StoreSettings()
+    monkeypatch.setenv("STORE", "sqlite")
+    with pytest.raises(SettingsError, match="STORE='sqlite'.*'mongodb' or 'postgres'"):
+        StoreSettings()
+
+
+def test_postgres_passwords_are_masked_and_a_dsn_is_checked():
+    shown = describe(PostgresSettings(postgres_dsn="postgresql://iot:s3cret@db:5432/iot", postgres_password="pw2"))
+    assert "s3cret" not in shown and "pw2" not in shown
+    assert "POSTGRES_DSN=postgresql://iot:***@db:5432/iot" in shown and "POSTGRES_PASSWORD=***" in shown
+    assert "s3cret" not in describe(PostgresSettings(postgres_dsn="host=db password=s3cret"))
+    with pytest.raises(SettingsError, match=r"POSTGRES_DSN=\*\*\*: .*postgresql:// URI"):
+        PostgresSettings(postgres_dsn="db:5432")
+    assert PostgresSettings(postgres_dsn="").postgres_dsn is None
+
+
+
+def test_open_sink_and_open_reader_follow_store(monkeypatch):
+    # Neither connects when opened: no server is needed to see which adapter STORE picks.
+    from common.store import open_reader, open_sink
+    from common.store.mongodb import MongoSink
+    from common.store.postgres import PostgresReader, PostgresSink
+
+    monkeypatch.setenv("STORE", "postgres")
+    monkeypatch.setenv("POSTGRES_PASSWORD", "s3cret")
+    sink, reader = open_sink(), open_reader()
+    assert isinstance(sink, PostgresSink) and isinstance(reader, PostgresReader)
+    assert reader.where == "postgresql://iot@127.0.0.1:5432/iot (iot_image_data)"
+    sink.close(), reader.close()
+    mongo = open_sink(store="mongodb")
+    assert isinstance(mongo, MongoSink)
+    mongo.close()
+    monkeypatch.setenv("STORE", "couchdb")
+    with pytest.raises(SettingsError, match="not implemented yet"):
+        open_sink()
+
+
+def test_a_stacks_endpoints_name_the_store_the_demo_reads_and_its_table_says_which():
+    from analysis.summary import format_table
+    from common.store.mongodb import MongoReader
+    from common.store.opening import reader_of
+    from common.store.postgres import PostgresReader
+
+    reader = reader_of({"STORE": "postgres", "POSTGRES_DSN": "postgresql://iot:pw@127.0.0.1:5999/iot"})
+    assert isinstance(reader, PostgresReader) and reader.where.startswith("postgresql://iot@127.0.0.1:5999/iot")
+    reader.close()
+    reader = reader_of({"MONGO_URI": "mongodb://127.0.0.1:5998"})  # a stack.env of an older release
+    assert isinstance(reader, MongoReader)
+    reader.close()
+    summary = {"sent": 3, "results": 3, "stored": 3, "stored_with_prediction": 3, "lost": 0, "model": None}
+    assert "stored in PostgreSQL    3" in format_table({**summary, "store": "PostgreSQL"})
+    assert "stored in MongoDB       3" in format_table(summary)
