@@ -92,6 +92,13 @@ def result(n: int, **extra) -> dict:
     return {**json.loads(result_value(n)), **extra}
 
 
+def as_result(message: dict):
+    """A result message as the DB writer has it once parsed (common.models.ResultMessage)."""
+    from common.models import ResultMessage
+
+    return ResultMessage.model_validate(message)
+
+
 # ------------------------------------------------------------------ through the DB writer
 
 def test_a_nul_byte_dead_letters_that_record_only_and_the_rest_is_stored(clock, run_writer, monkeypatch, postgres):
@@ -158,14 +165,14 @@ def test_the_two_halves_converge_in_either_order_and_a_redelivery_changes_nothin
     a, b = msg(1, label="cat"), msg(2, label="dog")
     ra, rb = result(1, image_id=a["image_id"]), result(2, image_id=b["image_id"])
     assert sink.write([image_upsert(a, b"png-a", 10.0)]) == [Stored()]
-    assert sink.write([result_upsert(ra, 20.0)]) == [Stored()]
-    assert sink.write([result_upsert(rb, 21.0)]) == [Stored()]
+    assert sink.write([result_upsert(as_result(ra), 20.0)]) == [Stored()]
+    assert sink.write([result_upsert(as_result(rb), 21.0)]) == [Stored()]
     assert sink.write([image_upsert(b, b"png-b", 11.0)]) == [Stored()]
     first = pg.rows(postgres.dsn)
     # Redelivered later (later clocks) and earlier (a writer whose clock is behind): the
     # fields are the same, the first-stored times the earliest seen.
-    sink.write([image_upsert(a, b"png-a", 30.0), result_upsert(rb, 31.0)])
-    sink.write([result_upsert(ra, 5.0), image_upsert(b, b"png-b", 6.0)])
+    sink.write([image_upsert(a, b"png-a", 30.0), result_upsert(as_result(rb), 31.0)])
+    sink.write([result_upsert(as_result(ra), 5.0), image_upsert(b, b"png-b", 6.0)])
     again = pg.rows(postgres.dsn)
 
     assert set(first) == set(again) == {a["image_id"], b["image_id"]}
@@ -181,7 +188,7 @@ def test_the_two_halves_converge_in_either_order_and_a_redelivery_changes_nothin
 def test_a_row_postgres_cannot_hold_is_refused_with_its_reason_and_the_rest_stored(sink, postgres):
     batch = [image_upsert(msg(0), b"x", 1.0), image_upsert(msg(1, label="a\x00b"), b"x", 1.0),
              image_upsert(msg(2, seq=2 ** 63), b"x", 1.0), image_upsert(msg(3, device_id="\ud800"), b"x", 1.0),
-             result_upsert(result(4), 1.0)]
+             result_upsert(as_result(result(4)), 1.0)]
     out = sink.write(batch)
     assert [type(o) for o in out] == [Stored, Refused, Refused, Refused, Stored]
     assert "DataError" in out[1].reason and "NUL (0x00)" in out[1].reason
@@ -207,7 +214,7 @@ def test_commits_are_durable_and_the_schema_is_recorded_once(sink, postgres):
 def test_a_stopped_server_is_one_transient_for_the_batch_and_the_next_write_reconnects(sink, postgres):
     assert sink.write([image_upsert(msg(0), b"x", 1.0)]) == [Stored()]
     postgres.stop()
-    out = sink.write([image_upsert(msg(1), b"x", 1.0), result_upsert(result(2), 1.0)])
+    out = sink.write([image_upsert(msg(1), b"x", 1.0), result_upsert(as_result(result(2)), 1.0)])
     assert isinstance(out[0], Transient) and out[0] is out[1] and out[0].kind == "transient"
     postgres.start()
     assert sink.write([image_upsert(msg(1), b"x", 1.0)]) == [Stored()]
@@ -236,7 +243,7 @@ def test_the_reader_reads_what_was_stored_and_an_empty_database_as_empty(postgre
         sink.prepare()
         a, b = msg(0, producer_id="pa"), msg(1, producer_id="pb")
         sink.write([image_upsert(a, b"png", 1.0), image_upsert(b, b"png", 1.0),
-                    result_upsert(result(0, image_id=a["image_id"], producer_id="pa"), 2.0)])
+                    result_upsert(as_result(result(0, image_id=a["image_id"], producer_id="pa")), 2.0)])
         sink.close()
         assert reader.count() == 2 and reader.count(with_prediction=True) == 1
         assert reader.count(producer_ids=["pb"]) == 1
