@@ -38,11 +38,17 @@ def local_stack(tmp_path_factory, cifar_archive):
     """The real embedded stack (Kafka-protocol broker, MongoDB wire server, Gunicorn,
     both consumers, Prometheus when installed) on free ports, started once for the
     session and stopped after."""
-    stack = LocalStack(tmp_path_factory.mktemp("stack"),
-                       {"MODEL_WEIGHTS": "random", "GUNICORN_WORKERS": "1",
-                        "DATASET_SOURCE": str(cifar_archive), "PREDICT_BATCH_WAIT_MS": "20",
-                        # Prometheus, when installed, scrapes every second (tests/integration/test_metrics_stack.py)
-                        "STACK_SCRAPE_INTERVAL": "1s"}, timeout_s=300)
+    yield from running_stack(tmp_path_factory.mktemp("stack"),
+                             {"MODEL_WEIGHTS": "random", "GUNICORN_WORKERS": "1",
+                              "DATASET_SOURCE": str(cifar_archive), "PREDICT_BATCH_WAIT_MS": "20",
+                              # Prometheus, when installed, scrapes every second (tests/integration/test_metrics_stack.py)
+                              "STACK_SCRAPE_INTERVAL": "1s"})
+
+
+def running_stack(directory: Path, env: dict[str, str]):
+    """A fixture's body: the embedded stack in ``directory`` with ``env``, yielded as
+    ``{"dir", "env", "stack"}``, then stopped, checking that nothing is left running."""
+    stack = LocalStack(directory, env, timeout_s=300)
     try:
         stack.start()
     except RuntimeError as exc:
