@@ -65,3 +65,38 @@ def test_every_image_is_classified_by_the_torch_engine_and_stored(torch_stack, t
     workers = child_pids(torch_stack["stack"].pid("inference"))
     maps = [Path(f"/proc/{pid}/maps").read_text() for pid in workers]
     assert maps and all("libtorch" in m and "tensorflow" not in m for m in maps)
+
+
+@pytest.fixture(scope="module")
+def embedded_stack(tmp_path_factory, cifar_archive):
+    """The stack with INFERENCE_MODE=embedded: the inference consumer runs the torch model
+    itself (the supervisor still starts the service, which gets no prediction request)."""
+    required_module("torch")
+    checkpoint = write_checkpoint(tmp_path_factory.mktemp("weights"), seed=3)
+    env = {"INFERENCE_MODE": "embedded", "MODEL_ENGINE": "torch", "MODEL_WEIGHTS": str(checkpoint),
+           "GUNICORN_WORKERS": "1", "DATASET_SOURCE": str(cifar_archive), "PREDICT_BATCH_WAIT_MS": "20",
+           "STACK_PROMETHEUS": "0", "STACK_DASHBOARD": "0"}
+    for stack in running_stack(tmp_path_factory.mktemp("embedded-stack"), env):
+        yield {**stack, "checkpoint": checkpoint}
+
+
+def test_the_embedded_mode_classifies_every_image_in_the_consumer(embedded_stack, tmp_path):
+    from common.store import open_reader
+    from inference.weights import file_sha256
+    from stack.supervisor import child_pids
+
+    env = embedded_stack["env"]
+    model_id = f"cifar10_resnet20-{file_sha256(str(embedded_stack['checkpoint']))[:8]}-32"
+    proc = subprocess.run([sys.executable, "-m", "producer", "--out", str(tmp_path), "--no-progress",
+                           "--result-timeout", str(HANG_GUARD_S), "--count", "40", "--rate", "40",
+                           "--devices", "2", "--producer-id", "it-embedded"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=2 * HANG_GUARD_S)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = close_run(tmp_path, open_reader(MongoSettings(mongo_uri=env["MONGO_URI"])), timeout_s=HANG_GUARD_S)
+    assert summary["sent"] == 40 and summary["stored_with_prediction"] == 40 and summary["lost"] == 0
+    assert summary["model"] == model_id
+    stack = embedded_stack["stack"]
+    consumer_maps = Path(f"/proc/{stack.pid('inference-consumer')}/maps").read_text()
+    assert "libtorch" in consumer_maps  # the model ran in the consumer
+    service_log = (stack.dir / "logs" / "inference.log").read_text()
+    assert "POST /v1/predict" not in service_log and child_pids(stack.pid("inference"))
