@@ -104,8 +104,9 @@ bench: venv       ## throughput/latency vs the bare model and the per-message de
 serve: venv       ## the inference service alone, in the foreground
 	$(PYTHON) -m gunicorn -c inference/gunicorn.conf.py 'inference:create_app()'
 
-train: venv       ## train ResNet50 on CIFAR-10 (DATASET_SOURCE) for MODEL_WEIGHTS=<file>
-	$(PYTHON) -m inference.train $(if $(DATASET_SOURCE),--dataset-source $(DATASET_SOURCE)) --out results/resnet50-cifar10.weights.h5
+train: venv       ## train ResNet50 on CIFAR-10 (DATASET_SOURCE) for MODEL_WEIGHTS=<file>; MODEL=cifar10_resnet20 ...: a CIFAR ResNet (torch)
+	$(PYTHON) -m inference.train $(if $(DATASET_SOURCE),--dataset-source $(DATASET_SOURCE)) \
+	  $(if $(filter cifar%,$(MODEL)),--model $(MODEL) --out results/$(MODEL).pt,--out results/resnet50-cifar10.weights.h5) $(ARGS)
 
 experiment: venv  ## latency sweep over 1..N producers: make experiment PRODUCERS="1 2" IMAGES=100 RATE=10
 	$(PYTHON) -m experiments.experiment $(if $(PRODUCERS),--producers $(PRODUCERS)) \

@@ -20,13 +20,14 @@ pixels / 255, then per-channel ``(x - mean) / std`` with the training set's stat
 (:data:`NORMALIZATION`), at 32x32.
 
 Importing this module imports torch: only the worker's loader thread
-(``inference.torch_engine``) and ``inference.train`` import it.
+(``inference.torch_engine``) and training (``inference.train_torch``) import it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -170,3 +171,12 @@ def normalizer(dataset: str) -> tuple[torch.Tensor, torch.Tensor]:
     """(mean, std) of ``dataset`` as 1 x 3 x 1 x 1 tensors, for pixels in 0..1."""
     mean, std = NORMALIZATION[dataset]
     return torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
+
+
+def preprocess(images: np.ndarray, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """uint8 images N x H x W x 3 -> the network's float32 input N x 3 x H x W: pixels / 255,
+    then ``(x - mean) / std`` (upstream's ToTensor + Normalize).  The one preprocessing of
+    serving (inference.torch_engine) and training (inference.train_torch)."""
+    # A copy: torch.from_numpy needs a writable array, and the caller's stays untouched.
+    x = torch.from_numpy(np.array(images, dtype=np.uint8)).permute(0, 3, 1, 2).float().div_(255.0)
+    return (x - mean) / std

@@ -133,10 +133,8 @@ def _predictor(net: torch.nn.Module, dataset: str, input_size: int) -> Callable[
         if len(shape) != 4 or tuple(shape[1:]) != (input_size, input_size, 3):
             raise ValueError(f"images must be N x {input_size} x {input_size} x 3 (the model's input size), "
                              f"not {' x '.join(map(str, shape))}")
-        # A copy: torch.from_numpy needs a writable array, and the caller's stays untouched.
-        x = torch.from_numpy(np.array(images, dtype=np.uint8)).permute(0, 3, 1, 2).float().div_(255.0)
         with torch.inference_mode():
-            probs = torch.softmax(net((x - mean) / std), dim=1)
+            probs = torch.softmax(net(cifar_resnet.preprocess(images, mean, std)), dim=1)
         return probs.numpy().astype(np.float32, copy=False)
 
     predict.torch_model = net  # for inference.train and the tests
