@@ -50,3 +50,15 @@ def test_the_torch_engine_takes_its_weights_values(monkeypatch):
         assert ServiceSettings().model_weights == weights
     monkeypatch.setenv("MODEL_INPUT_SIZE", "32")
     assert ServiceSettings().model_input_size == 32
+
+
+def test_the_gunicorn_master_refuses_a_model_its_engine_cannot_run(monkeypatch):
+    """Checked in the master (inference/gunicorn.conf.py) before any worker is forked."""
+    import runpy
+    from pathlib import Path
+
+    conf = Path(__file__).resolve().parents[2] / "inference" / "gunicorn.conf.py"
+    monkeypatch.setenv("MODEL", "cifar10_resnet32")
+    monkeypatch.setenv("MODEL_ENGINE", "openvino")
+    with pytest.raises(SystemExit, match="invalid setting: MODEL=cifar10_resnet32 with MODEL_ENGINE=openvino"):
+        runpy.run_path(str(conf))
