@@ -9,9 +9,17 @@ STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-deploy.txt
 .PHONY: venv up down status demo test test-faults lint experiment bench serve train deploy teardown clean \
         deploy-venv logs ssh deploy-rehearsal test-containers
 
+# PyTorch's CPU build (MODEL_ENGINE=torch, requirements/runtime-torch.txt), installed from
+# PyTorch's index before the rest: on Linux PyPI's torch is the CUDA build (several GB of
+# nvidia-* packages).  Where that index cannot be reached (a failure make ignores: the `-`)
+# the pin comes from pip's usual indexes with the rest.
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+
 $(STAMP): requirements.txt requirements-deploy.txt $(wildcard requirements/*.txt)
 	test -x $(PYTHON) || $(PY) -m venv $(VENV)
 	$(PYTHON) -m pip install --quiet --upgrade pip
+	-$(PYTHON) -m pip install --quiet --retries 0 --timeout 15 --no-deps --index-url $(TORCH_INDEX) \
+	  $$(grep -E '^torch==' requirements/runtime-torch.txt)
 	$(PYTHON) -m pip install --quiet -r requirements.txt
 	rm -f $(VENV)/.installed-* && touch $@
 
@@ -96,8 +104,9 @@ bench: venv       ## throughput/latency vs the bare model and the per-message de
 serve: venv       ## the inference service alone, in the foreground
 	$(PYTHON) -m gunicorn -c inference/gunicorn.conf.py 'inference:create_app()'
 
-train: venv       ## train ResNet50 on CIFAR-10 (DATASET_SOURCE) for MODEL_WEIGHTS=<file>
-	$(PYTHON) -m inference.train $(if $(DATASET_SOURCE),--dataset-source $(DATASET_SOURCE)) --out results/resnet50-cifar10.weights.h5
+train: venv       ## train ResNet50 on CIFAR-10 (DATASET_SOURCE) for MODEL_WEIGHTS=<file>; MODEL=cifar10_resnet20 ...: a CIFAR ResNet (torch)
+	$(PYTHON) -m inference.train $(if $(DATASET_SOURCE),--dataset-source $(DATASET_SOURCE)) \
+	  $(if $(filter cifar%,$(MODEL)),--model $(MODEL) --out results/$(MODEL).pt,--out results/resnet50-cifar10.weights.h5) $(ARGS)
 
 experiment: venv  ## latency sweep over 1..N producers: make experiment PRODUCERS="1 2" IMAGES=100 RATE=10
 	$(PYTHON) -m experiments.experiment $(if $(PRODUCERS),--producers $(PRODUCERS)) \

@@ -168,6 +168,10 @@ class DlqToolSettings(ProjectSettings):
 class InferenceClientSettings(ProjectSettings):
     """The inference consumer: how it reaches the service and how it batches."""
 
+    inference_mode: Literal["service", "embedded"] = Field("service", description=(
+        "service: the consumer sends its batches to the inference service (INFERENCE_URL). embedded: it "
+        "runs the service's model in its own process, with the service's settings (MODEL_ENGINE, "
+        "MODEL_WEIGHTS, MAX_REQUEST_IMAGES ...), the same answers and checks, no HTTP hop."))
     inference_url: str = Field("http://127.0.0.1:8000", description=(
         "Inference service URL(s), comma-separated to spread the batches (--inference-url). The local "
         "stack uses an external service when set."))

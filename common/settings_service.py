@@ -11,26 +11,49 @@ from typing import Annotated, Literal
 
 from pydantic import BeforeValidator, Field, SecretStr
 
-from common.settings_base import ProjectSettings, level_name
+from common.settings_base import ProjectSettings, SettingsError, level_name
 from common.wire import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_REQUEST_IMAGES, b64_chars
+
+
+# The CIFAR-native ResNets of chenyaofo/pytorch-cifar-models (inference/cifar_resnet.py, which
+# checks that its table names the same ones): MODEL_ENGINE=torch only.
+CIFAR_RESNETS = ("cifar10_resnet20", "cifar10_resnet32", "cifar10_resnet44", "cifar10_resnet56",
+                 "cifar100_resnet20", "cifar100_resnet32", "cifar100_resnet44", "cifar100_resnet56")
+CIFAR_RESNET_RELEASE_URL = "https://github.com/chenyaofo/pytorch-cifar-models/releases/download/resnet/"
 
 
 class ServiceSettings(ProjectSettings):
     """The Flask/Gunicorn inference service (inference/)."""
 
+    model: Literal[("resnet50", *CIFAR_RESNETS)] | None = Field(None, description=(
+        "The network: resnet50 (Keras' ResNet50; MODEL_ENGINE tensorflow, onnxruntime or openvino) or a "
+        "CIFAR-native ResNet of chenyaofo/pytorch-cifar-models, pretrained on CIFAR-10 or CIFAR-100 "
+        "(MODEL_ENGINE=torch only). Unset: resnet50, or with MODEL_ENGINE=torch cifar10_resnet20 "
+        "(cifar100_resnet20 when DATASET=cifar100)."))
+    dataset: Literal["cifar10", "cifar100", "synthetic", "folder"] = Field("cifar10", description=(
+        "The service reads the cameras' DATASET for one thing: with MODEL_ENGINE=torch and MODEL unset, "
+        "cifar100 serves cifar100_resnet20."))
     model_weights: str = Field("auto", description=(
-        "auto (ImageNet weights when they can be had, else random), imagenet, random, or the path of a "
-        "weights file (python -m inference.train writes one)."))
+        "auto (the pretrained weights when they can be had, else random), random, or the path of a "
+        "weights file; resnet50: imagenet (Keras' ImageNet weights; python -m inference.train writes a "
+        "file); the CIFAR ResNets: pretrained (the published checkpoint of MODEL, downloaded once into "
+        "the Keras cache and checked against the sha256 prefix of its file name)."))
     model_input_size: int | None = Field(None, description=(
-        "Side of the model's square input, in pixels. Unset: 224 for ImageNet weights, 32 otherwise."))
+        "Side of the model's square input, in pixels. Unset: 224 for ImageNet weights, 32 otherwise "
+        "(the CIFAR ResNets take 32 only)."))
+    torch_weights_url: str = Field(CIFAR_RESNET_RELEASE_URL, description=(
+        "MODEL_ENGINE=torch: where the published checkpoints are downloaded from, the file name "
+        "(<model>-<sha256 prefix>.pt) appended: upstream's GitHub release, or a mirror (https:// or "
+        "file://) for hosts that cannot reach GitHub."))
     # 1.31x at batch 16 at 224 px here, predictions within ~1e-2 (docs/PERFORMANCE.md).
     model_precision: Literal["float32", "bfloat16"] = Field("float32", description=(
         "bfloat16: the same weights computed in bfloat16 (oneDNN on AVX512_BF16/AMX CPUs)."))
     # openvino 1.5-2.8x at 224 px with TF's labels; onnxruntime's conversion needs ~7-9 GiB
     # (docs/PERFORMANCE.md).
-    model_engine: Literal["tensorflow", "onnxruntime", "openvino"] = Field("tensorflow", description=(
+    model_engine: Literal["tensorflow", "onnxruntime", "openvino", "torch"] = Field("tensorflow", description=(
         "Runtime of the model: tensorflow, or the same Keras model converted at load by ONNX Runtime or "
-        "OpenVINO (optional packages: requirements/runtime-<engine>.txt; float32 only)."))
+        "OpenVINO (optional packages: requirements/runtime-<engine>.txt; float32 only); torch: PyTorch "
+        "running the CIFAR ResNets (MODEL; requirements/runtime-torch.txt; float32 only)."))
     max_request_images: int = Field(DEFAULT_MAX_REQUEST_IMAGES, ge=1, description="Most images one /v1/predict request may carry.")
     max_image_bytes: int = Field(DEFAULT_MAX_IMAGE_BYTES, ge=1024, description=(
         "Largest image of a request (PNG or JPEG, the file, base64 aside); read from the header before "
@@ -48,8 +71,12 @@ class ServiceSettings(ProjectSettings):
         "Dynamic batching: most images per model call, merged across requests."))
     model_batch_delay_ms: float = Field(2.0, ge=0, description=(
         "Dynamic batching: how long requests are gathered into one model call."))
-    tf_intra_op_threads: int = Field(0, description="TensorFlow's threads per operation; 0: TensorFlow decides.")
-    tf_inter_op_threads: int = Field(0, description="TensorFlow's concurrent operations; 0: TensorFlow decides.")
+    tf_intra_op_threads: int = Field(0, description=(
+        "TensorFlow's threads per operation; 0: TensorFlow decides. MODEL_ENGINE=torch: "
+        "torch.set_num_threads, 0: the CPUs the worker may run on."))
+    tf_inter_op_threads: int = Field(0, description=(
+        "TensorFlow's concurrent operations; 0: TensorFlow decides. MODEL_ENGINE=torch: "
+        "torch.set_num_interop_threads, 0: torch decides."))
     inference_slowdown_s: float = Field(0.0, description="Test hook: extra seconds added to every batch (0: off).")
     weights_download_timeout_s: float = Field(3.0, gt=0, description=(
         "auto/imagenet: bound of every socket operation of the weights download, so a host without "
@@ -62,6 +89,49 @@ class ServiceSettings(ProjectSettings):
     inference_request_timeout_s: float = Field(60.0, gt=0, description=(
         "How long a request waits for its batches before answering 503; its chunks not run by then are "
         "dropped from the queue. Keep it below the consumers' INFERENCE_TIMEOUT_S."))
+
+    def __init__(self, **values):
+        super().__init__(**values)
+        problem = model_problem(self)
+        if problem:
+            raise SettingsError(f"invalid setting: {problem}")
+
+    def served_model(self) -> str:
+        """The network served: MODEL, else resnet50, or with MODEL_ENGINE=torch the ResNet20 of
+        the cameras' dataset (cifar100_resnet20 for DATASET=cifar100, else cifar10_resnet20)."""
+        if self.model:
+            return self.model
+        if self.model_engine == "torch":
+            return "cifar100_resnet20" if self.dataset == "cifar100" else "cifar10_resnet20"
+        return "resnet50"
+
+
+def model_problem(s: ServiceSettings) -> str | None:
+    """What is wrong with the combination of MODEL, MODEL_ENGINE and the model's other settings
+    (each valid alone), naming the variables; None when they go together.  Checked when the
+    settings load, so the Gunicorn master refuses to start instead of a worker failing to load."""
+    name = s.served_model()
+    weights = s.model_weights.strip().lower()
+    if s.model_engine != "torch":
+        if name in CIFAR_RESNETS:
+            return (f"MODEL={name} with MODEL_ENGINE={s.model_engine}: the CIFAR ResNets run on "
+                    "MODEL_ENGINE=torch only (set MODEL_ENGINE=torch, or MODEL=resnet50)")
+        if weights == "pretrained":
+            return (f"MODEL_WEIGHTS=pretrained with MODEL={name}: the published weights of the CIFAR ResNets "
+                    "(MODEL_ENGINE=torch); resnet50 takes auto, imagenet, random or a file")
+        return None
+    if name == "resnet50":
+        return ("MODEL=resnet50 with MODEL_ENGINE=torch: the torch engine runs the CIFAR ResNets (MODEL="
+                f"{', '.join(CIFAR_RESNETS)}); resnet50 runs on MODEL_ENGINE=tensorflow, onnxruntime or openvino")
+    if weights == "imagenet":
+        return (f"MODEL_WEIGHTS=imagenet with MODEL_ENGINE=torch (MODEL={name}): ImageNet weights are "
+                "resnet50's; the CIFAR ResNets take auto, pretrained, random or a checkpoint file")
+    if s.model_precision != "float32":
+        return f"MODEL_PRECISION={s.model_precision} with MODEL_ENGINE=torch: float32 only"
+    if s.model_input_size not in (None, 32):
+        return (f"MODEL_INPUT_SIZE={s.model_input_size} with MODEL_ENGINE=torch (MODEL={name}): the CIFAR "
+                "ResNets take 32x32 images (the service resizes every image to 32)")
+    return None
 
 
 REQUEST_BYTES_CAP = 64 * 1024 * 1024

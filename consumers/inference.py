@@ -13,7 +13,9 @@ Only what the service says about an image dead-letters it (a per-image error, or
 never dropped (``consumers.predict_client``).  At start the consumer checks
 PREDICT_BATCH_IMAGES against the service's MAX_REQUEST_IMAGES (/v1/model) and refuses to
 run above it.  Several instances share the topic's partitions through the consumer
-group; several service URLs share the batches.
+group; several service URLs share the batches.  ``INFERENCE_MODE=embedded`` runs the
+service's model in this process instead (``consumers.embedded``), with the same client
+contract and failure policy.
 """
 
 from __future__ import annotations
@@ -71,10 +73,10 @@ class InferenceHandler:
     log = log
 
     def __init__(self, kafka: KafkaSettings, cfg: InferenceClientSettings,
-                 metrics: InferenceConsumerMetrics | None = None):
+                 metrics: InferenceConsumerMetrics | None = None, client: InferenceClient | None = None):
         self.kafka, self.cfg = kafka, cfg
         self.metrics = metrics or InferenceConsumerMetrics()
-        self.client = InferenceClient(cfg)
+        self.client = client or InferenceClient(cfg)
         self.http = ThreadPoolExecutor(1, thread_name_prefix="predict")
         self.stats = Stats()
 
@@ -178,8 +180,9 @@ class InferenceHandler:
 
 
 def make_loop(kafka: KafkaSettings, cfg: InferenceClientSettings, stop,
-              metrics: InferenceConsumerMetrics | None = None) -> tuple[InferenceHandler, ConsumeLoop]:
-    handler = InferenceHandler(kafka, cfg, metrics)
+              metrics: InferenceConsumerMetrics | None = None,
+              client: InferenceClient | None = None) -> tuple[InferenceHandler, ConsumeLoop]:
+    handler = InferenceHandler(kafka, cfg, metrics, client)
     consumer = make_consumer(kafka, kafka.images_topic, group_id=GROUP_ID, max_poll_records=cfg.predict_batch_images)
     loop = ConsumeLoop(handler, consumer=consumer, producer=make_producer(kafka), kafka=kafka, stop=stop,
                        metrics=handler.metrics, max_records=cfg.predict_batch_images,
@@ -188,8 +191,9 @@ def make_loop(kafka: KafkaSettings, cfg: InferenceClientSettings, stop,
     return handler, loop
 
 
-def run(kafka: KafkaSettings, cfg: InferenceClientSettings, stop, metrics: InferenceConsumerMetrics) -> None:
-    handler, loop = make_loop(kafka, cfg, stop, metrics)
+def run(kafka: KafkaSettings, cfg: InferenceClientSettings, stop, metrics: InferenceConsumerMetrics,
+        client: InferenceClient | None = None) -> None:
+    handler, loop = make_loop(kafka, cfg, stop, metrics, client)
     log.info("consuming %s as group %s; service %s", kafka.images_topic, GROUP_ID, ", ".join(handler.client.urls))
     try:
         loop.run()
@@ -215,7 +219,13 @@ def main(argv=None) -> int:
     # Decision: refuse to start rather than clamp.  The batch size is a measured, recorded
     # setting (the experiments report it); running another one than configured would make
     # those records lie, and a wrong configuration is best seen at deploy time.
-    limits = service_limits(InferenceClient(client), client, stop)
+    if client.inference_mode == "embedded":
+        from consumers.embedded import embedded_client
+
+        predictor = embedded_client(client)  # the service's model in this process (INFERENCE_MODE)
+    else:
+        predictor = InferenceClient(client)
+    limits = service_limits(predictor, client, stop)
     if limits is None:  # stopped while waiting for the service
         return 0
     over = {url: n for url, n in limits.items() if client.predict_batch_images > n}
@@ -227,7 +237,7 @@ def main(argv=None) -> int:
                   min(over.values()))
         return 2
     log.info("service limits: MAX_REQUEST_IMAGES %s", ", ".join(f"{n} at {url}" for url, n in limits.items()))
-    run(kafka, client, stop, recorder)
+    run(kafka, client, stop, recorder, predictor)
     return 0
 
 

@@ -105,13 +105,15 @@ def encode_multipart(items: list[tuple[str, bytes, str]]) -> tuple[bytes, str]:
 class InferenceClient:
     """POSTs batches to /v1/predict, spreading them round-robin over the service URLs."""
 
-    def __init__(self, settings: InferenceClientSettings):
+    def __init__(self, settings: InferenceClientSettings, session=None):
+        """``session``: what sends the requests, a ``requests.Session`` by default
+        (consumers.embedded passes one answered by the service's app in this process)."""
         import requests
 
         self.urls = [u.strip().rstrip("/") for u in settings.inference_url.split(",") if u.strip()]
         self._next = itertools.cycle(self.urls)
         self.timeout = settings.inference_timeout_s
-        self.session = requests.Session()
+        self.session = session if session is not None else requests.Session()
         token = secret(settings.inference_token)
         if token:
             self.session.headers["Authorization"] = f"Bearer {token}"

@@ -60,7 +60,7 @@ def host_facts() -> dict:
 
 def versions() -> dict:
     out = {}
-    for pkg in ("tensorflow-cpu", "tensorflow", "keras", "kafka-python", "pymongo", "flask",
+    for pkg in ("tensorflow-cpu", "tensorflow", "keras", "torch", "kafka-python", "pymongo", "flask",
                 "gunicorn", "numpy"):
         try:
             out[pkg] = metadata.version(pkg)

@@ -7,7 +7,7 @@ GUNICORN_WORKERS, ...), read from the environment and validated like every other
 component's.  The workers' settings (ServiceSettings, MetricsSettings, LogSettings) are
 checked here too, so a bad value stops the master with one message naming the variable
 instead of every worker failing to boot.  This file is executed by the *master*: it must
-import nothing heavy (no TensorFlow, not even the app); pydantic is light.
+import nothing heavy (no TensorFlow, no torch, not even the app); pydantic is light.
 """
 
 import os
@@ -155,8 +155,8 @@ def on_exit(server):
 
 
 def when_ready(server):
-    server.log.info("master %s ready on %s; tensorflow imported in master: %s",
-                    os.getpid(), bind, "tensorflow" in sys.modules)
+    server.log.info("master %s ready on %s; tensorflow imported in master: %s; torch imported in master: %s",
+                    os.getpid(), bind, "tensorflow" in sys.modules, "torch" in sys.modules)
 
 
 def post_fork(server, worker):

@@ -23,20 +23,19 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import socket
-import threading
-import urllib.parse
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import tensorflow as tf
 
-from common.download import DownloadError, fetch, file_digest
-from common.labels import CIFAR10_CLASSES
-from common.settings import CacheSettings
+from common.download import DownloadError, fetch
 from common.wire import IMAGE_SIZE
 from inference.imagenet_cifar import mapping_matrix
+from inference.weights import LoadedModel, WeightsUnavailable, cache_dirs, cached, download_dir, file_sha256
+from inference.weights import resolve_or_fail as _resolve_or_fail
+
+__all__ = ["IMAGE_SIZE", "LoadedModel", "WeightsUnavailable", "build_cifar_resnet", "configure_threads",
+           "file_sha256", "find_imagenet_weights", "load_model"]
 
 log = logging.getLogger(__name__)
 
@@ -44,24 +43,6 @@ RANDOM_SEED = 0
 IMAGENET_FILE = "resnet50_weights_tf_dim_ordering_tf_kernels.h5"
 IMAGENET_URL = "https://storage.googleapis.com/tensorflow/keras-applications/resnet/" + IMAGENET_FILE
 IMAGENET_MD5 = "2cb95161c43110f7111970584f804107"  # keras.applications.resnet WEIGHTS_HASHES
-
-
-class WeightsUnavailable(RuntimeError):
-    pass
-
-
-@dataclasses.dataclass
-class LoadedModel:
-    id: str
-    weights_source: str
-    input_size: int
-    untrained: bool
-    # uint8 N x input_size x input_size x 3 -> float32 N x 10 CIFAR-10 probabilities (the
-    # service resizes its images to input_size before; inference.api.decode_image)
-    predict: Callable[[np.ndarray], np.ndarray]
-    classes: tuple[str, ...] = CIFAR10_CLASSES
-    # sha256 of the weights file (trained weights: MODEL_WEIGHTS=<file>), else None
-    weights_sha256: str | None = None
 
 
 def configure_threads(intra: int, inter: int) -> None:
@@ -82,9 +63,7 @@ def build_cifar_resnet(input_size: int = IMAGE_SIZE) -> tf.keras.Model:
 
 
 def _keras_cache_dirs() -> list[str]:
-    # Keras' get_file uses $KERAS_HOME or ~/.keras, falling back to /tmp/.keras.
-    homes = [CacheSettings().keras_home, os.path.expanduser("~/.keras"), "/tmp/.keras"]
-    return [os.path.join(h, "models") for h in homes if h]
+    return cache_dirs()  # a module global, so that tests can point it elsewhere
 
 
 def find_imagenet_weights(download_timeout_s: float = 3.0, download: bool = True) -> str:
@@ -93,54 +72,18 @@ def find_imagenet_weights(download_timeout_s: float = 3.0, download: bool = True
     Raises WeightsUnavailable quickly when there is no network: every socket
     operation of the download is bounded by ``download_timeout_s``.
     """
-    for directory in _keras_cache_dirs():
-        path = os.path.join(directory, IMAGENET_FILE)
-        if os.path.isfile(path):
-            return path
+    path = cached(IMAGENET_FILE, _keras_cache_dirs())
+    if path is not None:
+        return path
     if not download:
         raise WeightsUnavailable("ImageNet weights not in the Keras cache")
-    target_dir = next((d for d in _keras_cache_dirs() if _writable(d)), None)
-    if target_dir is None:
-        raise WeightsUnavailable("no writable Keras cache directory")
-    target = os.path.join(target_dir, IMAGENET_FILE)
+    target = os.path.join(download_dir(_keras_cache_dirs()), IMAGENET_FILE)
     _resolve_or_fail(IMAGENET_URL, download_timeout_s)
     try:
         fetch(IMAGENET_URL, Path(target), md5=IMAGENET_MD5, timeout_s=download_timeout_s, progress=False)
     except DownloadError as exc:
         raise WeightsUnavailable(f"cannot download ImageNet weights: {exc}") from None
     return target
-
-
-def _resolve_or_fail(url: str, timeout_s: float) -> None:
-    """DNS lookups ignore socket timeouts; bound the lookup with a helper thread."""
-    host = urllib.parse.urlsplit(url).hostname
-    outcome: list = []
-
-    def lookup():
-        try:
-            outcome.append(socket.getaddrinfo(host, 443))
-        except OSError as exc:
-            outcome.append(exc)
-
-    worker = threading.Thread(target=lookup, name="weights-dns", daemon=True)
-    worker.start()
-    worker.join(timeout_s)
-    if not outcome:
-        raise WeightsUnavailable(f"cannot resolve {host} within {timeout_s:.1f}s")
-    if isinstance(outcome[0], OSError):
-        raise WeightsUnavailable(f"cannot resolve {host}: {outcome[0]}")
-
-
-def _writable(directory: str) -> bool:
-    try:
-        os.makedirs(directory, exist_ok=True)
-    except OSError:
-        return False
-    return os.access(directory, os.W_OK)
-
-
-def file_sha256(path: str) -> str:
-    return file_digest(path, "sha256")
 
 
 def _compile(model: tf.keras.Model, input_size: int, imagenet: bool, jit_compile: bool = False):

@@ -2,13 +2,15 @@
 the fork, then fed by the dynamic batcher.  The Flask app finds it in
 ``app.extensions["model_host"]``.
 
-Not to be confused with ``MODEL_ENGINE`` (``inference/runtimes.py``), the runtime that runs
-the model (TensorFlow, ONNX Runtime, OpenVINO): a ModelHost holds whatever model that engine
-built, one per worker process.
+Not to be confused with ``MODEL_ENGINE`` (``inference/runtimes.py``, ``inference/torch_engine.py``),
+the runtime that runs the model (TensorFlow, ONNX Runtime, OpenVINO, PyTorch): a ModelHost
+holds whatever model that engine built (an ``inference.weights.LoadedModel``), one per worker
+process.
 
-Nothing here imports TensorFlow at module level: ``inference.model`` is imported by
-the loader thread, which runs in the Gunicorn *worker* after the fork (the master
-never calls ``create_app`` because ``preload_app`` is off).
+Nothing here imports TensorFlow or torch at module level: the engine's module
+(``inference.model`` or ``inference.torch_engine``) is imported by the loader thread, which
+runs in the Gunicorn *worker* after the fork (the master never calls ``create_app`` because
+``preload_app`` is off), and a worker imports only its own engine's runtime.
 """
 
 from __future__ import annotations
@@ -27,6 +29,40 @@ log = logging.getLogger(__name__)
 LOADING, READY, FAILED = "loading", "ready", "failed"
 
 
+def load_engine_model(s: ServiceSettings):
+    """The model of ``s`` (MODEL, MODEL_WEIGHTS, MODEL_ENGINE ...) loaded by its engine, the
+    engine's threads configured first (TF_INTRA_OP_THREADS, TF_INTER_OP_THREADS): an
+    ``inference.weights.LoadedModel``.  Imports that engine's runtime only."""
+    if s.model_engine == "torch":
+        from inference import torch_engine  # imports torch: worker only
+
+        torch_engine.configure_threads(s.tf_intra_op_threads, s.tf_inter_op_threads)
+        return torch_engine.load_model(s.served_model(), s.model_weights, s.model_input_size,
+                                       download_timeout_s=s.weights_download_timeout_s,
+                                       base_url=s.torch_weights_url)
+    from inference import model as model_mod  # imports TensorFlow: worker only
+
+    model_mod.configure_threads(s.tf_intra_op_threads, s.tf_inter_op_threads)
+    return model_mod.load_model(s.model_weights, s.model_input_size, download_timeout_s=s.weights_download_timeout_s,
+                                precision=s.model_precision, engine=s.model_engine)
+
+
+def unsayable_classes(classes) -> list[str]:
+    """The classes a result cannot carry: the response contract's ``Prediction.label`` is a
+    closed set of names (common/models.py), and a label outside it would fail every
+    /v1/predict answer after the model ran.  Checked at load, so such a model fails there,
+    visibly (/readyz, the log), and serves as soon as the contract accepts its classes."""
+    import typing
+
+    from common.models import Prediction
+
+    label = Prediction.model_fields["label"].annotation
+    if typing.get_origin(label) is not typing.Literal:
+        return []  # an open type: any name
+    allowed = set(typing.get_args(label))
+    return [c for c in classes if c not in allowed]
+
+
 class ModelHost:
     """This worker's model and its dynamic batcher, with the state /readyz reports:
     ``loading`` until the loader thread is done, then ``ready`` or ``failed``."""
@@ -37,7 +73,7 @@ class ModelHost:
         self.metrics = metrics
         self.state = LOADING
         self.error: str | None = None
-        self.model = None  # inference.model.LoadedModel once ready
+        self.model = None  # inference.weights.LoadedModel once ready
         self.batcher: DynamicBatcher | None = None
         self.load_seconds: float | None = None
         self._ready = threading.Event()
@@ -60,12 +96,13 @@ class ModelHost:
         s = self.settings
         started = time.perf_counter()
         try:
-            from inference import model as model_mod  # imports TensorFlow: worker only
-
-            model_mod.configure_threads(s.tf_intra_op_threads, s.tf_inter_op_threads)
-            loaded = model_mod.load_model(s.model_weights, s.model_input_size,
-                                          download_timeout_s=s.weights_download_timeout_s,
-                                          precision=s.model_precision, engine=s.model_engine)
+            loaded = load_engine_model(s)
+            refused = unsayable_classes(loaded.classes)
+            if refused:
+                raise ValueError(
+                    f"{loaded.id} answers {len(loaded.classes)} classes, {len(refused)} of which the result "
+                    f"contract cannot carry ({', '.join(refused[:5])} ...): common.models.Prediction.label "
+                    "takes the CIFAR-10 class names only")
             # Warm-up: the first call traces the tf.function and lets oneDNN build its
             # kernels; do a single image and a full dynamic batch before reporting ready.
             for n in sorted({1, s.model_batch_max_images}):

@@ -1,8 +1,15 @@
-"""Train (or fine-tune) ResNet50 on CIFAR-10 and write the weights the service loads.
+"""Train (or fine-tune) ResNet50 on CIFAR-10, or a CIFAR ResNet, and write the weights the service loads.
 
     python -m inference.train --dataset-source /path/cifar-10-python.tar.gz \\
         --epochs 5 --steps 200 --out results/resnet50-cifar10.weights.h5
     MODEL_WEIGHTS=results/resnet50-cifar10.weights.h5 gunicorn -c inference/gunicorn.conf.py
+
+    python -m inference.train --model cifar10_resnet20 --epochs 5 --out results/cifar10_resnet20.pt
+    MODEL_ENGINE=torch MODEL=cifar10_resnet20 MODEL_WEIGHTS=results/cifar10_resnet20.pt make serve
+
+``--model cifar10_resnet20`` ... ``cifar100_resnet56`` trains with PyTorch
+(``inference.train_torch``: upstream's recipe, a ``.pt`` checkpoint, ``--init pretrained``
+to fine-tune the published weights); the rest of this docstring is ResNet50's.
 
 The network is the service's 10-class ResNet50 at 32x32 (``build_cifar_resnet``),
 with the service's preprocessing (``resnet50.preprocess_input``) so that the
@@ -21,6 +28,7 @@ import time
 
 from common.log import setup_logging
 from common.settings import DatasetSettings, with_flags
+from common.settings_service import CIFAR_RESNETS
 from inference.cifar import load_cifar10
 
 log = logging.getLogger("inference.train")
@@ -29,16 +37,23 @@ log = logging.getLogger("inference.train")
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m inference.train", description=__doc__.split("\n\n")[0])
     p.add_argument("--dataset-source",
-                   help="cifar-10-python.tar.gz or a cifar-10-batches-py directory (env DATASET_SOURCE)")
-    p.add_argument("--out", required=True, help="weights file to write; must end in .weights.h5")
+                   help="cifar-10-python.tar.gz or a cifar-10-batches-py directory (cifar-100's for a "
+                        "cifar100_* model) (env DATASET_SOURCE)")
+    p.add_argument("--model", default="resnet50", choices=("resnet50", *CIFAR_RESNETS),
+                   help="network: resnet50 (TensorFlow) or a CIFAR ResNet (PyTorch, MODEL_ENGINE=torch)")
+    p.add_argument("--out", required=True,
+                   help="weights file to write: .weights.h5 for resnet50, .pt for a CIFAR ResNet")
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--steps", type=int, default=None, help="steps per epoch (default: one pass)")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
+    p.add_argument("--lr", type=float, default=None,
+                   help="learning rate: Adam's for resnet50 (default 1e-3), SGD's initial one for a CIFAR "
+                        "ResNet (default 0.1, cosine to 0)")
     p.add_argument("--limit", type=int, default=0, help="use only the first N training images (0: all)")
     p.add_argument("--val-limit", type=int, default=1000, help="test images to evaluate on (0: skip)")
-    p.add_argument("--init", choices=("random", "imagenet"), default="random",
-                   help="initial backbone weights")
+    p.add_argument("--init", choices=("random", "imagenet", "pretrained"), default="random",
+                   help="initial weights: imagenet (resnet50's backbone), pretrained (a CIFAR ResNet's "
+                        "published checkpoint)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--run-eagerly", action="store_true",
                    help="skip graph compilation (about a minute for ResNet50 on 2 cores): "
@@ -48,8 +63,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.dataset_source = with_flags(DatasetSettings, p, dataset_source=args.dataset_source).dataset_source
     if not args.dataset_source:
         p.error("--dataset-source is required (or set DATASET_SOURCE)")
-    if not args.out.endswith(".weights.h5"):
+    torch_model = args.model != "resnet50"
+    if not torch_model and not args.out.endswith(".weights.h5"):
         p.error("--out must end in .weights.h5 (the Keras 3 weights format)")
+    if torch_model and not args.out.endswith(".pt"):
+        p.error(f"--out must end in .pt for --model {args.model} (a torch checkpoint, the published format)")
+    if args.init == ("imagenet" if torch_model else "pretrained"):
+        p.error(f"--init {args.init} is not for --model {args.model}: imagenet is resnet50's, pretrained "
+                "the CIFAR ResNets'")
     if args.epochs < 1 or args.batch_size < 1 or (args.steps is not None and args.steps < 1):
         p.error("--epochs, --steps and --batch-size must be positive")
     return args
@@ -91,7 +112,7 @@ def train(args: argparse.Namespace) -> dict:
                 net.get_layer(layer.name).set_weights(layer.get_weights())
         log.info("backbone initialised from ImageNet weights")
 
-    net.compile(optimizer=tf.keras.optimizers.Adam(args.lr),
+    net.compile(optimizer=tf.keras.optimizers.Adam(1e-3 if args.lr is None else args.lr),
                 loss="sparse_categorical_crossentropy", metrics=["accuracy"],
                 # XLA takes over a minute to compile ResNet50 training on a small CPU.
                 jit_compile=False, run_eagerly=args.run_eagerly)
@@ -121,6 +142,14 @@ def train(args: argparse.Namespace) -> dict:
 def main(argv=None) -> int:
     setup_logging()
     args = parse_args(argv)
+    if args.model != "resnet50":
+        from inference import train_torch
+
+        result = train_torch.train(args)
+        log.info("wrote %s: %s", args.out, ", ".join(f"{k}={v}" for k, v in result.items() if k != "out"))
+        print(f"serve it with: MODEL_ENGINE=torch MODEL={args.model} MODEL_WEIGHTS={args.out} "
+              f"gunicorn -c inference/gunicorn.conf.py 'inference:create_app()'  (model id {result['model_id']})")
+        return 0
     result = train(args)
     log.info("wrote %s: %s", args.out, ", ".join(f"{k}={v}" for k, v in result.items() if k != "out"))
     print(f"serve it with: MODEL_WEIGHTS={args.out} gunicorn -c inference/gunicorn.conf.py "

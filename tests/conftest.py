@@ -43,9 +43,7 @@ def local_stack(tmp_path_factory, cifar_archive):
     """The real embedded stack (Kafka-protocol broker, MongoDB wire server, Gunicorn,
     both consumers, Prometheus when installed) on free ports, started once for the
     session and stopped after."""
-    stack = LocalStack(tmp_path_factory.mktemp("stack"),
-                       {**STACK_TEST_ENV, "DATASET_SOURCE": str(cifar_archive)}, timeout_s=300)
-    yield from _running(stack)
+    yield from running_stack(tmp_path_factory.mktemp("stack"), {**STACK_TEST_ENV, "DATASET_SOURCE": str(cifar_archive)})
 
 
 @pytest.fixture(scope="session")
@@ -57,16 +55,17 @@ def postgres_stack(cifar_archive):
 
     pg.programs()  # skipped, or failed under CI=true, without PostgreSQL
     d = pg.reachable_dir("iot-pg-stack-")
-    stack = LocalStack(d / "stack", {**STACK_TEST_ENV, "DATASET_SOURCE": str(cifar_archive), "STORE": "postgres",
-                                     "STACK_PROMETHEUS": "0", "STACK_DASHBOARD": "0"}, timeout_s=300)
     try:
-        yield from _running(stack)
+        yield from running_stack(d / "stack", {**STACK_TEST_ENV, "DATASET_SOURCE": str(cifar_archive),
+                                               "STORE": "postgres", "STACK_PROMETHEUS": "0", "STACK_DASHBOARD": "0"})
     finally:
         pg.remove(d)
 
 
-def _running(stack: LocalStack):
-    """Start ``stack``, hand it to the tests, stop it: `stack down` must leave no process."""
+def running_stack(directory: Path, env: dict[str, str]):
+    """A fixture's body: the embedded stack in ``directory`` with ``env``, yielded as
+    ``{"dir", "env", "stack"}``, then stopped, checking that nothing is left running."""
+    stack = LocalStack(directory, env, timeout_s=300)
     try:
         stack.start()
     except RuntimeError as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import re
@@ -22,6 +23,7 @@ import pytest
 from common.labels import CIFAR10_CLASSES
 from stack.supervisor import child_pids
 from common.schema import encode_png
+from tests.binaries import required_module
 from tests.support import HANG_GUARD_S, eventually
 from stack.ports import free_port
 
@@ -48,10 +50,18 @@ def http(method: str, url: str, body: dict | None = None, timeout: float = 30):
 
 @pytest.fixture
 def gunicorn(tmp_path):
+    with running_gunicorn(tmp_path, {"MODEL_WEIGHTS": "random"}) as started:
+        yield started
+
+
+@contextlib.contextmanager
+def running_gunicorn(tmp_path, model_env: dict[str, str]):
+    """The real Gunicorn with one worker serving the model of ``model_env``, ready:
+    (master process, base URL, log path); stopped after, its workers with it."""
     if not Path("/proc/self/maps").exists():
         pytest.skip("needs Linux /proc")
     port = free_port()
-    env = {**os.environ, "INFERENCE_BIND": f"127.0.0.1:{port}", "MODEL_WEIGHTS": "random",
+    env = {**os.environ, "INFERENCE_BIND": f"127.0.0.1:{port}", **model_env,
            "GUNICORN_WORKERS": "1", "GUNICORN_THREADS": "4", "MODEL_BATCH_MAX_IMAGES": "16",
            "PYTHONPATH": str(ROOT)}
     env.pop("INFERENCE_TOKEN", None)
@@ -114,7 +124,7 @@ def test_real_gunicorn_serves_and_master_has_no_tensorflow(gunicorn):
     assert maps_mention_tensorflow(workers[0])
 
     log_text = log_path.read_text()
-    assert "tensorflow imported in master: False" in log_text
+    assert "tensorflow imported in master: False; torch imported in master: False" in log_text
     assert "Control socket listening" not in log_text
     assert '"POST /v1/predict HTTP/1.1" 200' in log_text  # access log on stderr
 
@@ -146,6 +156,42 @@ def test_the_clients_predict_files_against_real_gunicorn(gunicorn):
     assert [p.get("label") for p in as_json["predictions"]] == [p.get("label") for p in preds]
     with pytest.raises(BatchRejected, match="MAX_REQUEST_IMAGES"):
         client.predict_files(items * 17)  # 136 images, over 128
+
+
+def test_real_gunicorn_serves_the_torch_engine(tmp_path):
+    """MODEL_ENGINE=torch behind the real Gunicorn: a checkpoint in the published format
+    served (its hash in the model id and /v1/model), JSON and multipart requests classified,
+    and neither the master nor the torch worker imports TensorFlow."""
+    required_module("torch")
+    from common.settings import InferenceClientSettings
+    from consumers.inference import InferenceClient
+    from inference.weights import file_sha256
+    from tests.checkpoints import write_checkpoint
+
+    checkpoint = write_checkpoint(tmp_path / "weights")
+    sha = file_sha256(str(checkpoint))
+    with running_gunicorn(tmp_path, {"MODEL_ENGINE": "torch", "MODEL_WEIGHTS": str(checkpoint)}) as started:
+        proc, base, log_path = started
+        status, model = http("GET", base + "/v1/model")
+        assert status == 200 and model["id"] == f"cifar10_resnet20-{sha[:8]}-32", model
+        assert model["weights_sha256"] == sha and model["input_size"] == 32 and not model["untrained"]
+        assert model["classes"] == list(CIFAR10_CLASSES)
+
+        rng = np.random.default_rng(2)
+        pngs = [encode_png(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)) for _ in range(20)]
+        batch = [{"image_id": f"t{i}", "image": base64.b64encode(p).decode()} for i, p in enumerate(pngs)]
+        status, body = http("POST", base + "/v1/predict", {"instances": batch}, timeout=120)
+        assert status == 200 and body["model"] == model["id"]
+        assert [p["label"] in CIFAR10_CLASSES for p in body["predictions"]] == [True] * 20
+        client = InferenceClient(InferenceClientSettings(inference_url=base))
+        as_files = client.predict_files([(f"t{i}", p, "image/png") for i, p in enumerate(pngs)])
+        assert [p["label"] for p in as_files["predictions"]] == [p["label"] for p in body["predictions"]]
+
+        (worker,) = children(proc.pid)
+        worker_maps = Path(f"/proc/{worker}/maps").read_text()
+        assert "libtorch" in worker_maps and "tensorflow" not in worker_maps
+        assert not maps_mention_tensorflow(proc.pid) and "libtorch" not in Path(f"/proc/{proc.pid}/maps").read_text()
+        assert "torch imported in master: False" in log_path.read_text()
 
 
 def test_gunicorn_config_values_come_from_env(monkeypatch):

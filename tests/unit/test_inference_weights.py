@@ -13,6 +13,7 @@ from tests.binaries import required_module
 required_module("tensorflow")
 
 from inference import model as model_mod  # noqa: E402
+from inference import weights  # noqa: E402
 
 
 @pytest.fixture
@@ -56,7 +57,7 @@ def test_slow_dns_is_bounded(monkeypatch):
         release.wait(60)  # hang guard for a broken bound
         raise OSError("released")
 
-    monkeypatch.setattr(model_mod.socket, "getaddrinfo", getaddrinfo)
+    monkeypatch.setattr(weights.socket, "getaddrinfo", getaddrinfo)
     try:
         with pytest.raises(model_mod.WeightsUnavailable, match="within"):
             model_mod._resolve_or_fail("https://slow.example/x", 0.3)

@@ -50,3 +50,14 @@ def test_only_the_inference_vm_and_development_get_tensorflow():
         assert not [k for k in expanded(name) if k.startswith("tensorflow")], name
     assert "tensorflow-cpu" in expanded("requirements/inference.txt")
     assert "tensorflow-cpu" in expanded("requirements.txt")  # development: everything
+
+
+def test_the_torch_engine_is_installed_for_development_only():
+    """MODEL_ENGINE=torch: pinned in its optional file, installed by make venv (make test runs
+    the pipeline with it), never by a VM's group or the controller's."""
+    assert pinned("requirements/runtime-torch.txt") == {"torch": "==2.13.0"}
+    assert expanded("requirements.txt")["torch"] == "==2.13.0"
+    for name in ("requirements/inference.txt", "requirements/core.txt", "requirements-deploy.txt"):
+        assert "torch" not in expanded(name), name
+    # make venv takes the CPU build's pin from the same file.
+    assert "grep -E '^torch==' requirements/runtime-torch.txt" in (ROOT / "Makefile").read_text()

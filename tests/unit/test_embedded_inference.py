@@ -1,0 +1,91 @@
+"""INFERENCE_MODE=embedded (consumers/embedded.py): the inference consumer's client answered
+by the service's app in the consumer's own process - the same PredictResponse, per-image
+errors, refusals and start-up limit check as over HTTP, no socket."""
+
+from __future__ import annotations
+
+import io
+import threading
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from common.labels import CIFAR10_CLASSES
+from common.schema import encode_png
+from common.settings import InferenceClientSettings
+from tests.binaries import required_module
+from tests.checkpoints import write_checkpoint
+
+required_module("torch")
+
+from consumers import inference  # noqa: E402
+from consumers.embedded import EMBEDDED_URL, embedded_client  # noqa: E402
+from consumers.predict_client import BatchRejected, service_limits  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory):
+    checkpoint = write_checkpoint(tmp_path_factory.mktemp("weights"))
+    cfg = InferenceClientSettings(inference_mode="embedded", retry_initial_s=0.05, retry_max_s=0.2)
+    c = embedded_client(cfg, {"TESTING": True, "MODEL_ENGINE": "torch", "MODEL_WEIGHTS": str(checkpoint),
+                              "MODEL_BATCH_MAX_IMAGES": 16})
+    # /v1/model answers 503 while the model loads: the start-up check waits, as for a service.
+    assert service_limits(c, cfg, threading.Event()) == {EMBEDDED_URL: 128}
+    return c
+
+
+def test_predict_files_answers_like_the_service(client):
+    rng = np.random.default_rng(4)
+    pixels = rng.integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
+    photo = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (240, 320, 3), dtype=np.uint8)).save(photo, format="JPEG")
+    items = [(f"e{i}", encode_png(p), "image/png") for i, p in enumerate(pixels)]
+    items.insert(2, ("photo", photo.getvalue(), "image/jpeg"))
+    items.insert(4, ("broken", b"\x89PNG\r\n\x1a\n" + b"\0" * 40, "image/png"))
+    body = client.predict_files(items)
+    preds = body["predictions"]
+    assert [p["image_id"] for p in preds] == [i for i, _, _ in items] and "error" in preds[4]
+    assert body["model"].startswith("cifar10_resnet20-") and body["model"].endswith("-32")
+    # The labels are the model's on the same pixels.
+    info = client.model_info(EMBEDDED_URL)
+    assert info["id"] == body["model"] and info["classes"] == list(CIFAR10_CLASSES)
+    labels = [p["label"] for k, p in enumerate(preds) if k not in (2, 4)]
+    again = client.predict_files([item for k, item in enumerate(items) if k not in (2, 4)])
+    assert [p["label"] for p in again["predictions"]] == labels
+    with pytest.raises(BatchRejected, match="MAX_REQUEST_IMAGES"):
+        client.predict_files(items * 17)  # 136 images, over 128: refused whole, as over HTTP
+
+
+class Started(Exception):
+    """main() got past its checks and began consuming."""
+
+
+@pytest.mark.parametrize("batch, outcome", [("16", "consuming"), ("200", 2)])
+def test_the_consumer_runs_the_model_itself_within_its_limit(monkeypatch, batch, outcome):
+    """main() with INFERENCE_MODE=embedded: no service URL is asked (nothing listens there),
+    the in-process model's /v1/model is, and a batch size over its MAX_REQUEST_IMAGES is
+    refused as for a service."""
+    made = []
+
+    def started(*_a, **_k):
+        raise Started
+
+    def real_embedded_client(cfg):
+        made.append(cfg)
+        return embedded_client(cfg)
+
+    monkeypatch.setattr(inference, "setup_logging", lambda *a, **k: None)
+    monkeypatch.setattr(inference, "stop_event", threading.Event)
+    monkeypatch.setattr(inference, "make_consumer", started)
+    monkeypatch.setattr("consumers.embedded.embedded_client", real_embedded_client)
+    for name, value in {"INFERENCE_MODE": "embedded", "INFERENCE_URL": "http://127.0.0.1:9",
+                        "MODEL_ENGINE": "torch", "MODEL_WEIGHTS": "random", "RETRY_INITIAL_S": "0.05",
+                        "RETRY_MAX_S": "0.2"}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("INFERENCE_TOKEN", raising=False)
+    try:
+        result = inference.main(["--batch-size", batch])
+    except Started:
+        result = "consuming"
+    assert result == outcome and len(made) == 1
