@@ -11,7 +11,7 @@ from pydantic import AfterValidator, BaseModel, Field, PlainValidator, PrivateAt
 from pydantic.json_schema import SkipJsonSchema
 from pydantic_core import PydanticCustomError
 
-from common.labels import CIFAR10_CLASSES
+from common.labels import CIFAR10_CLASSES, CIFAR100_CLASSES
 from common.models import _valid_unicode, _Wire, decode_image_b64
 from common.wire import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_REQUEST_IMAGES, b64_chars
 
@@ -127,7 +127,9 @@ class ModelInfo(BaseModel):
 
 class Prediction(BaseModel):
     image_id: str
-    label: Literal[CIFAR10_CLASSES]
+    # Every class a served model may answer: CIFAR-10's (ResNet50 folds ImageNet's into them,
+    # the cifar10_* ResNets) and CIFAR-100's fine labels (the cifar100_* ResNets).
+    label: Literal[tuple(dict.fromkeys(CIFAR10_CLASSES + CIFAR100_CLASSES))]
     confidence: float = Field(ge=0, le=1)
     received_at: float = Field(description="unix time the request arrived")
     inferred_at: float = Field(description="unix time the model output was ready")

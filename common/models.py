@@ -258,7 +258,7 @@ class ResultMessage(_Wire):
     seq: Int64
     sent_at: Timestamp
     label: ShortText | None
-    prediction: Text = Field(description="CIFAR-10 class name")
+    prediction: Text = Field(description="class name (CIFAR-10, or CIFAR-100 for a cifar100_* model)")
     confidence: Number = Field(description="0..1")
     model: Text = Field(description="model id, e.g. resnet50-imagenet-224")
     received_at: Timestamp = Field(description="the inference consumer polled the image")

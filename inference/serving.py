@@ -49,12 +49,12 @@ def load_engine_model(s: ServiceSettings):
 
 def unsayable_classes(classes) -> list[str]:
     """The classes a result cannot carry: the response contract's ``Prediction.label`` is a
-    closed set of names (common/models.py), and a label outside it would fail every
+    closed set of names (common/http_models.py), and a label outside it would fail every
     /v1/predict answer after the model ran.  Checked at load, so such a model fails there,
     visibly (/readyz, the log), and serves as soon as the contract accepts its classes."""
     import typing
 
-    from common.models import Prediction
+    from common.http_models import Prediction
 
     label = Prediction.model_fields["label"].annotation
     if typing.get_origin(label) is not typing.Literal:
@@ -101,8 +101,8 @@ class ModelHost:
             if refused:
                 raise ValueError(
                     f"{loaded.id} answers {len(loaded.classes)} classes, {len(refused)} of which the result "
-                    f"contract cannot carry ({', '.join(refused[:5])} ...): common.models.Prediction.label "
-                    "takes the CIFAR-10 class names only")
+                    f"contract cannot carry ({', '.join(refused[:5])} ...): common.http_models.Prediction.label "
+                    "takes the CIFAR-10 and CIFAR-100 class names")
             # Warm-up: the first call traces the tf.function and lets oneDNN build its
             # kernels; do a single image and a full dynamic batch before reporting ready.
             for n in sorted({1, s.model_batch_max_images}):
