@@ -12,7 +12,7 @@ from common.store.base import Sink, StoreReader
 
 
 def chosen(store: str | None) -> str:
-    """``store``, or STORE from the environment (validated: a planned store is an error)."""
+    """``store``, or STORE from the environment (validated)."""
     from common.settings import StoreSettings
 
     return (StoreSettings() if store is None else StoreSettings(store=store)).store
