@@ -60,16 +60,30 @@ def test_open_sink_and_open_reader_follow_store(monkeypatch):
     mongo = open_sink(store="mongodb")
     assert isinstance(mongo, MongoSink)
     mongo.close()
+    from common.store.couchdb import CouchReader, CouchSink
+
+    monkeypatch.setenv("STORE", "couchdb")
+    monkeypatch.setenv("COUCHDB_URL", "http://iot:s3cret@couch:5985")
+    sink, reader = open_sink(), open_reader()
+    assert isinstance(sink, CouchSink) and isinstance(reader, CouchReader)
+    assert reader.where == sink.where == "http://couch:5985 (img_db)"
+    sink.close(), reader.close()
 
 
 def test_a_stacks_endpoints_name_the_store_the_demo_reads_and_its_table_says_which():
     from analysis.summary import format_table
+    from common.store.couchdb import CouchReader
     from common.store.mongodb import MongoReader
     from common.store.opening import reader_of
     from common.store.postgres import PostgresReader
 
     reader = reader_of({"STORE": "postgres", "POSTGRES_DSN": "postgresql://iot:pw@127.0.0.1:5999/iot"})
     assert isinstance(reader, PostgresReader) and reader.where.startswith("postgresql://iot@127.0.0.1:5999/iot")
+    reader.close()
+    reader = reader_of({"STORE": "couchdb", "COUCHDB_URL": "http://127.0.0.1:5997", "COUCHDB_USER": "iot",
+                        "COUCHDB_PASSWORD": "pw"})
+    assert isinstance(reader, CouchReader) and reader.where == "http://127.0.0.1:5997 (img_db)"
+    assert reader.client.session.auth == ("iot", "pw")
     reader.close()
     reader = reader_of({"MONGO_URI": "mongodb://127.0.0.1:5998"})  # a stack.env of an older release
     assert isinstance(reader, MongoReader)
