@@ -185,7 +185,7 @@ class LocalStack:
         self.timeout_s = timeout_s
         base = {k: v for k, v in os.environ.items() if k not in STACK_ENV_KEYS}
         self.env: dict[str, str] = {**base, "STACK_DIR": str(self.dir), "STACK_KAFKA_PORT": "0",
-                                    "STACK_MONGO_PORT": "0", "STACK_POSTGRES_PORT": "0",
+                                    "STACK_MONGO_PORT": "0", "STACK_POSTGRES_PORT": "0", "STACK_COUCHDB_PORT": "0",
                                     "STACK_INFERENCE_PORT": "0",
                                     **(env or {})}
 

@@ -3,8 +3,9 @@ it running the way systemd does on the VMs (a component that dies is restarted).
 
 State lives under the stack directory (``.run/`` by default, ``STACK_DIR`` to move it):
 
-    .run/stack.env          KAFKA_BOOTSTRAP_SERVERS=, STORE=, MONGO_URI= (STORE=mongodb) or
-                            POSTGRES_DSN= (STORE=postgres), INFERENCE_URL=, the metrics
+    .run/stack.env          KAFKA_BOOTSTRAP_SERVERS=, STORE=, MONGO_URI= (STORE=mongodb),
+                            POSTGRES_DSN= (STORE=postgres) or COUCHDB_URL=, COUCHDB_USER=,
+                            COUCHDB_PASSWORD= (STORE=couchdb), INFERENCE_URL=, the metrics
                             ports (<COMPONENT>_METRICS_PORT=, PRODUCER_METRICS_PORT= for a
                             producer to use), PROMETHEUS_URL= when Prometheus runs,
                             DASHBOARD_URL= (python -m dashboard; STACK_DASHBOARD=0: none),
@@ -17,9 +18,11 @@ State lives under the stack directory (``.run/`` by default, ``STACK_DIR`` to mo
     .run/data/mongo.db      the MongoDB server's SQLite file (kept across restarts)
     .run/data/postgres/     with STORE=postgres, the PostgreSQL cluster (kept across restarts;
                             stack/postgres.py: who runs it, its password file)
+    .run/data/couchdb/      with STORE=couchdb, pouchdb-server's databases and config.json
+                            (kept across restarts; stack/couchdb.py: its admin's password file)
 
 The store is the one STORE names (stack/stores.py).  If ``KAFKA_BOOTSTRAP_SERVERS`` /
-``MONGO_URI`` / ``POSTGRES_DSN`` or ``POSTGRES_HOST`` / ``INFERENCE_URL`` are set, those
+``MONGO_URI`` / ``POSTGRES_DSN`` or ``POSTGRES_HOST`` / ``COUCHDB_URL`` / ``INFERENCE_URL`` are set, those
 servers are used and the embedded ones are not started.
 """
 
