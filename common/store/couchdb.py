@@ -187,28 +187,33 @@ class CouchSink:
         return outcomes  # type: ignore[return-value]  # every one decided
 
     def _round(self, batch: list[Upsert], pending: list[int], outcomes: list) -> list[int]:
-        """Read, merge and send ``pending``; deciding their outcomes, returns the conflicting ones."""
-        current = self._current([batch[i].image_id for i in pending])
-        sending = []
+        """Read, merge and send ``pending``, deciding their outcomes; returns those to merge
+        again (a conflict, or a second upsert of an id already sent in this round)."""
+        current = self._current(list({batch[i].image_id: None for i in pending}))
+        sending, later = {}, []
         for i in pending:
+            if batch[i].image_id in sending:
+                later.append(i)
+                continue
             doc = merged(current.get(batch[i].image_id), batch[i])
             if doc is None:
                 outcomes[i] = STORED
                 continue
             try:
-                sending.append((i, encoded(doc)))
+                sending[batch[i].image_id] = (i, encoded(doc))
             except (ValueError, TypeError, UnicodeError) as exc:
                 outcomes[i] = Refused(f"CouchDB cannot hold the document ({type(exc).__name__}: {exc})")
-        answers = self._send(sending) if sending else {}
+        answers = self._send(list(sending.items())) if sending else {}
         unauthorized = None
         for i, answer in answers.items():
             if answer is _CONFLICT:
+                later.append(i)
                 continue
             if isinstance(answer, str):  # unauthorized: the credentials, for every document
                 unauthorized = unauthorized or Transient(f"CouchDB: unauthorized: {answer}")
                 answer = unauthorized
             outcomes[i] = answer
-        return [i for i, answer in answers.items() if answer is _CONFLICT]
+        return sorted(later)
 
     def _current(self, ids: list[str]) -> dict[str, dict]:
         """id -> the stored document (its revision, attachments as stubs); absent or deleted: missing."""
@@ -220,22 +225,25 @@ class CouchSink:
             raise failure(r)
         return {row["key"]: row["doc"] for row in json_of(r).get("rows", []) if row.get("doc")}
 
-    def _send(self, items: list[tuple[int, bytes]]) -> dict[int, object]:
-        """``_bulk_docs`` of the encoded documents: index -> outcome, _CONFLICT, or the reason of
-        an ``unauthorized`` answer.  A request refused for a document is halved until it is alone."""
-        body = b'{"docs":[' + b",".join(doc for _, doc in items) + b"]}"
+    def _send(self, items: list[tuple[str, tuple[int, bytes]]]) -> dict[int, object]:
+        """``_bulk_docs`` of ``(id, (index, encoded document))``: index -> outcome, _CONFLICT,
+        or the reason of an ``unauthorized`` answer.  A request refused for a document is
+        halved until that document is alone."""
+        body = b'{"docs":[' + b",".join(doc for _, (_, doc) in items) + b"]}"
         r = self.client.request("POST", f"{self.db}/_bulk_docs", data=body,
                                 headers={"Content-Type": "application/json"})
         if r.status_code in (201, 202):
-            answers = json_of(r)
-            if not isinstance(answers, list) or len(answers) != len(items):
-                raise Unavailable(f"CouchDB answered _bulk_docs with {str(answers)[:200]}")
-            return {i: self._outcome(a) for (i, _), a in zip(items, answers)}
+            # By id, not by position: pouchdb-server lists the refused documents first.
+            answers = {a.get("id"): a for a in json_of(r) if isinstance(a, dict)}
+            missing = [doc_id for doc_id, _ in items if doc_id not in answers]
+            if missing:
+                raise Unavailable(f"CouchDB's _bulk_docs answer says nothing of {len(missing)} documents")
+            return {i: self._outcome(answers[doc_id]) for doc_id, (i, _) in items}
         error, reason = answer_of(r)
         if r.status_code in (400, 413) or error in DOCUMENT_ERRORS:
             if len(items) == 1:
-                return {items[0][0]: Refused(f"CouchDB refused the document (HTTP {r.status_code} {error}: "
-                                             f"{reason})")}
+                return {items[0][1][0]: Refused(f"CouchDB refused the document (HTTP {r.status_code} {error}: "
+                                                f"{reason})")}
             half = len(items) // 2
             return {**self._send(items[:half]), **self._send(items[half:])}
         if r.status_code == 404:

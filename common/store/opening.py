@@ -66,8 +66,8 @@ def couch_settings_of(env: Mapping[str, str], **values) -> CouchSettings:
     """CouchDB's settings from a stack's endpoints (COUCHDB_URL, COUCHDB_USER, COUCHDB_PASSWORD)."""
     from common.settings import CouchSettings
 
-    return CouchSettings(couchdb_url=env["COUCHDB_URL"], couchdb_user=env.get("COUCHDB_USER") or None,
-                         couchdb_password=env.get("COUCHDB_PASSWORD") or None, **values)
+    return CouchSettings(**{"couchdb_url": env["COUCHDB_URL"], "couchdb_user": env.get("COUCHDB_USER") or None,
+                            "couchdb_password": env.get("COUCHDB_PASSWORD") or None, **values})
 
 
 def reader_of(env: Mapping[str, str]) -> StoreReader:
