@@ -65,6 +65,19 @@ def postgres_stack(cifar_archive):
         pg.remove(d)
 
 
+@pytest.fixture(scope="session")
+def couch_stack(tmp_path_factory, cifar_archive):
+    """The same stack with STORE=couchdb: its own pouchdb-server (stack/couchdb.py, CouchDB's
+    HTTP API on disk) instead of the MongoDB wire server."""
+    from tests import couch
+
+    couch.binary()  # skipped, or failed under CI=true, without pouchdb-server
+    stack = LocalStack(tmp_path_factory.mktemp("couch-stack"), {
+        **STACK_TEST_ENV, "DATASET_SOURCE": str(cifar_archive), "STORE": "couchdb", "STACK_PROMETHEUS": "0",
+        "STACK_DASHBOARD": "0"}, timeout_s=300)
+    yield from _running(stack)
+
+
 def _running(stack: LocalStack):
     """Start ``stack``, hand it to the tests, stop it: `stack down` must leave no process."""
     try:
