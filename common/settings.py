@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BeforeValidator, Field, SecretStr, field_validator
 
 from common.settings_base import (REPLACED, RETIRED, ProjectSettings, SettingsError, describe, env_name, given, level_name, mask,
-                                  mask_uris, check_replaced, secret, with_flags)
+                                  mask_env, mask_uris, check_replaced, secret, with_flags)
 from common.settings_service import REQUEST_BYTES_CAP, DashboardSettings, GunicornSettings, ServiceSettings, \
     request_bytes_limit
 from common.settings_stack import DemoSettings, FleetSettings, StackPlumbingSettings, StackSettings
@@ -24,7 +24,7 @@ __all__ = ["REPLACED", "RETIRED", "REQUEST_BYTES_CAP", "SETTINGS_GROUPS", "Cache
            "FleetSettings", "GunicornSettings", "InferenceClientSettings", "KafkaSettings", "LogSettings",
            "MetricsSettings", "MongoSettings", "PostgresSettings", "ProducerSettings", "ProjectSettings",
            "ServiceSettings", "SettingsError", "StackPlumbingSettings", "StackSettings", "StoreSettings",
-           "describe", "env_name", "given", "mask", "mask_uris", "check_replaced", "request_bytes_limit",
+           "describe", "env_name", "given", "mask", "mask_env", "mask_uris", "check_replaced", "request_bytes_limit",
            "secret", "settings_env", "with_flags"]
 
 

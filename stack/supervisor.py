@@ -39,7 +39,7 @@ from pathlib import Path
 import requests
 
 from common.kafka_io import ensure_topics
-from common.settings import InferenceClientSettings, KafkaSettings, StackSettings, check_replaced, given, mask_uris
+from common.settings import InferenceClientSettings, KafkaSettings, StackSettings, check_replaced, given, mask_env
 from stack import monitoring
 from stack.component import Component, child_pids, pid_alive
 from stack.ports import free_port, pick_port
@@ -286,7 +286,7 @@ class Supervisor:
                 self.start(c)
                 self.wait_ready(c)
             (self.dir / "ready").write_text(time.strftime("%Y-%m-%dT%H:%M:%S\n"))
-            log.info("stack is up: %s", mask_uris(", ".join(f"{k}={v}" for k, v in self.endpoints.items())))
+            log.info("stack is up: %s", ", ".join(mask_env(f"{k}={v}") for k, v in self.endpoints.items()))
             while not self.stopping:
                 self.watch()
                 time.sleep(0.5)

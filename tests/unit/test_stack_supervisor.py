@@ -54,13 +54,15 @@ def test_stack_env_is_readable_by_its_owner_only(tmp_path):
 def test_status_masks_passwords_and_shows_a_failure(tmp_path):
     from pathlib import Path
 
-    (tmp_path / "stack.env").write_text("MONGO_URI=mongodb://app:s3cret@db:27017/iot\n")
+    (tmp_path / "stack.env").write_text("MONGO_URI=mongodb://app:s3cret@db:27017/iot\nCOUCHDB_USER=iot\n"
+                                        "COUCHDB_PASSWORD=c0uchs3cret\n")
     (tmp_path / "failed").write_text("kafka exited and is not restarted\n")
     out = subprocess.run([sys.executable, "-m", "stack", "status"], capture_output=True, text=True,
                          cwd=Path(__file__).resolve().parents[2],
                          env={"STACK_DIR": str(tmp_path), "PATH": "/usr/bin:/bin"}, timeout=120)
     assert "s3cret" not in out.stdout + out.stderr
     assert "mongodb://app:***@db:27017/iot" in out.stdout and "not restarted" in out.stdout
+    assert "COUCHDB_PASSWORD=***" in out.stdout and "COUCHDB_USER=iot" in out.stdout
 
 
 def _planned_env(tmp_path, monkeypatch, **env) -> dict:
