@@ -37,8 +37,11 @@ CouchDB's answers:
 | the whole request | 401, 403, 404 (the database is gone: created again at the next write), 408, 429, any other 4xx, 5xx; no answer (connection refused or reset, timeout) | transient: one :class:`Transient` for the batch ("disk full" when it says so) |
 | before sending | an id CouchDB would store as something else than a document (empty, ``_design/``, ``_local/``), a field named as one of CouchDB's own members (``_id``, ``_rev``, ``_deleted``, ``_attachments``, ...), a value JSON or UTF-8 cannot hold (NaN, a lone surrogate) | refused |
 
-Decision: the sink checks only what CouchDB would accept and turn into something else (a
-design document, a deletion); any other judgement of a document is CouchDB's own.
+Decision: besides what cannot be encoded at all, the sink checks only what CouchDB would
+accept and turn into something else (a design document, a deletion); any other judgement of
+a document is CouchDB's own.  A whole request refused as a document's fault is halved, not
+refused: CouchDB judges a _bulk_docs request by its worst document, and only a request of
+one document says which one it is.
 
 The reader: ``by_ids`` through ``_all_docs`` (keys), ``by_producers``, ``count`` and
 ``latest`` through the views of the design document ``_design/iot`` (DESIGN), which
