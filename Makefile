@@ -7,7 +7,7 @@ PYTHON := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-deploy.txt requirements/*.txt | cksum | cut -d' ' -f1)
 
 .PHONY: venv up down status demo test test-faults lint experiment bench serve train deploy teardown clean \
-        deploy-venv logs ssh deploy-rehearsal test-containers
+        deploy-venv logs ssh deploy-rehearsal test-containers pouchdb-server
 
 # PyTorch's CPU build (MODEL_ENGINE=torch, requirements/runtime-torch.txt), installed from
 # PyTorch's index before the rest: on Linux PyPI's torch is the CUDA build (several GB of
@@ -25,6 +25,22 @@ $(STAMP): requirements.txt requirements-deploy.txt $(wildcard requirements/*.txt
 
 venv: $(STAMP)
 
+# pouchdb-server (npm), the local stack's CouchDB with STORE=couchdb (stack/couchdb.py), from
+# pouchdb/package-lock.json into pouchdb/node_modules (not in git, not in the bundle).
+# --ignore-scripts: leveldown loads the binary it ships, and no install script fetches or
+# compiles anything (sqlite3, a backend the stack does not use, stays unbuilt).
+POUCHDB_STAMP := pouchdb/node_modules/.installed-$(shell cat pouchdb/package.json pouchdb/package-lock.json | cksum | cut -d' ' -f1)
+
+$(POUCHDB_STAMP): pouchdb/package.json pouchdb/package-lock.json
+	@command -v npm >/dev/null || { echo "npm is not installed: sudo scripts/install-system-packages.sh" >&2; exit 1; }
+	npm ci --prefix pouchdb --ignore-scripts --no-audit --no-fund --loglevel=error
+	rm -f pouchdb/node_modules/.installed-* && touch $@
+
+pouchdb-server: $(POUCHDB_STAMP) ## install pouchdb-server (npm) for STORE=couchdb
+
+# What `make up` and `make demo` need besides the virtualenv: pouchdb-server with STORE=couchdb.
+STORE_SERVER := $(if $(filter couchdb,$(shell echo '$(STORE)' | tr A-Z a-z)),pouchdb-server)
+
 # The deployment controller: its own light virtualenv (Ansible, the OpenStack client,
 # the analysis; no TensorFlow, no test tools), so `make deploy` works on a Mac too.
 DEPLOY_VENV ?= .venv-deploy
@@ -40,7 +56,7 @@ $(DEPLOY_STAMP): requirements-deploy.txt requirements/analysis.txt requirements/
 
 deploy-venv: $(DEPLOY_STAMP)
 
-up: venv          ## start the local stack (broker, MongoDB, Gunicorn, consumers, Prometheus if installed, dashboard)
+up: venv $(STORE_SERVER) ## start the local stack (broker, MongoDB, Gunicorn, consumers, Prometheus if installed, dashboard)
 	$(PYTHON) -m stack up
 
 down:             ## stop the local stack, leaving no process behind
@@ -49,13 +65,13 @@ down:             ## stop the local stack, leaving no process behind
 status: venv
 	$(PYTHON) -m stack status
 
-demo: venv        ## the whole pipeline once: 300 images, results/latest/
+demo: venv $(STORE_SERVER) ## the whole pipeline once: 300 images, results/latest/
 	$(PYTHON) -m experiments.demo
 
-test: venv        ## unit + integration tests (starts and stops its own stack)
+test: venv pouchdb-server ## unit + integration tests (starts and stops its own stack)
 	$(PYTHON) -m pytest -q tests
 
-test-faults: venv ## fault injection: kill each part mid-stream, 1,000 images per scenario (~6 min)
+test-faults: venv pouchdb-server ## fault injection: kill each part mid-stream, 1,000 images per scenario (~6 min)
 	$(PYTHON) -m pytest -q -m faults tests/faults
 
 # The images (Dockerfile) on a debootstrap base and compose.yaml's pipeline with the embedded

@@ -13,18 +13,18 @@ from typing import Annotated, Any, Literal
 from pydantic import BeforeValidator, Field, SecretStr, field_validator
 
 from common.settings_base import (REPLACED, RETIRED, ProjectSettings, SettingsError, describe, env_name, given, level_name, mask,
-                                  mask_uris, check_replaced, secret, with_flags)
+                                  mask_env, mask_uris, check_replaced, secret, with_flags)
 from common.settings_service import REQUEST_BYTES_CAP, DashboardSettings, GunicornSettings, ServiceSettings, \
     request_bytes_limit
 from common.settings_stack import DemoSettings, FleetSettings, StackPlumbingSettings, StackSettings
 from common.wire import MAX_IMAGE_MESSAGE_BYTES
 
-__all__ = ["PLANNED_STORES", "REPLACED", "RETIRED", "REQUEST_BYTES_CAP", "SETTINGS_GROUPS", "CacheSettings",
-           "DashboardSettings", "DatasetSettings", "DbWriterSettings", "DemoSettings", "DlqToolSettings",
+__all__ = ["REPLACED", "RETIRED", "REQUEST_BYTES_CAP", "SETTINGS_GROUPS", "CacheSettings",
+           "CouchSettings", "DashboardSettings", "DatasetSettings", "DbWriterSettings", "DemoSettings", "DlqToolSettings",
            "FleetSettings", "GunicornSettings", "InferenceClientSettings", "KafkaSettings", "LogSettings",
            "MetricsSettings", "MongoSettings", "PostgresSettings", "ProducerSettings", "ProjectSettings",
            "ServiceSettings", "SettingsError", "StackPlumbingSettings", "StackSettings", "StoreSettings",
-           "describe", "env_name", "given", "mask", "mask_uris", "check_replaced", "request_bytes_limit",
+           "describe", "env_name", "given", "mask", "mask_env", "mask_uris", "check_replaced", "request_bytes_limit",
            "secret", "settings_env", "with_flags"]
 
 
@@ -98,15 +98,9 @@ class MongoSettings(ProjectSettings):
         "(survives a failover too). 0 is refused."))
 
 
-# Stores the issue plans beside MongoDB and PostgreSQL, refused by name until they exist.
-PLANNED_STORES = ("couchdb",)
-
-
 def _store_name(value: Any) -> Any:
     if isinstance(value, str):
         value = value.strip().lower() or "mongodb"
-        if value in PLANNED_STORES:
-            raise ValueError(f"{value} is not implemented yet: choose mongodb or postgres")
     return value
 
 
@@ -115,9 +109,9 @@ class StoreSettings(ProjectSettings):
     (the DB consumer, the DLQ tool, the dashboard, the experiments) and the local stack,
     which starts that store's server."""
 
-    store: Annotated[Literal["mongodb", "postgres"], BeforeValidator(_store_name)] = Field("mongodb", description=(
-        "The store: mongodb (MONGO_*) or postgres (POSTGRES_*), in any case; empty: mongodb. Other "
-        "stores are planned (couchdb): naming one is an error until it exists."))
+    store: Annotated[Literal["mongodb", "postgres", "couchdb"], BeforeValidator(_store_name)] = Field(
+        "mongodb", description=("The store: mongodb (MONGO_*), postgres (POSTGRES_*) or couchdb (COUCHDB_*), in "
+                                "any case; empty: mongodb."))
 
 
 class PostgresSettings(ProjectSettings):
@@ -146,6 +140,41 @@ class PostgresSettings(ProjectSettings):
         if value is not None and raw and not (raw.startswith(("postgresql://", "postgres://")) or "=" in raw):
             raise ValueError("expected a postgresql:// URI or key=value pairs")
         return value if raw else None
+
+
+# CouchDB's rule for database names (docs.couchdb.org, PUT /{db}).
+_COUCH_DB_NAME = r"^[a-z][a-z0-9_$()+/-]*$"
+
+
+class CouchSettings(ProjectSettings):
+    """CouchDB, when STORE=couchdb: the database ``img_db``, one document per image, reached through
+    CouchDB's HTTP API (docs/ARCHITECTURE.md)."""
+
+    couchdb_url: SecretStr = Field(SecretStr("http://127.0.0.1:5984"), description=(
+        "CouchDB's HTTP API, http(s)://host:port (a user:password@ in it is used and printed masked). "
+        "The local stack uses an external CouchDB when set."))
+    couchdb_user: SecretStr | None = Field(None, description=(
+        "User name of HTTP basic authentication (a secret: printed masked). Unset: the URL's, else none "
+        "(a server in admin party)."))
+    couchdb_password: SecretStr | None = Field(None, description=(
+        "Password of COUCHDB_USER (a secret: printed masked)."))
+    couchdb_database: str = Field("img_db", pattern=_COUCH_DB_NAME, description=(
+        "Database of the stored images and predictions (created by the DB consumer if missing)."))
+    couchdb_dlq_replays_database: str = Field("img_db_dlq_replays", pattern=_COUCH_DB_NAME, description=(
+        "Where python -m consumers.dlq records its replays."))
+    couchdb_connect_timeout_s: float = Field(5.0, gt=0, description="Connect timeout of every request.")
+    # A hung (not dead) server must not block the DB consumer forever.
+    couchdb_timeout_s: float = Field(30.0, gt=0, description=(
+        "Longest wait for one answer; a write that times out is retried (merging into the stored "
+        "document makes a second write of the same records change nothing)."))
+
+    @field_validator("couchdb_url")
+    @classmethod
+    def _url(cls, value: SecretStr) -> SecretStr:
+        raw = value.get_secret_value().strip()
+        if not raw.startswith(("http://", "https://")):
+            raise ValueError("expected an http:// or https:// URL")
+        return SecretStr(raw.rstrip("/"))
 
 
 class DbWriterSettings(ProjectSettings):
@@ -268,7 +297,7 @@ class CacheSettings(ProjectSettings):
 
 # The order of docs/SETTINGS.md; settings_env looks a field up in this order.
 SETTINGS_GROUPS: tuple[type[ProjectSettings], ...] = (
-    KafkaSettings, StoreSettings, MongoSettings, PostgresSettings, DbWriterSettings, DlqToolSettings, InferenceClientSettings, DatasetSettings,
+    KafkaSettings, StoreSettings, MongoSettings, PostgresSettings, CouchSettings, DbWriterSettings, DlqToolSettings, InferenceClientSettings, DatasetSettings,
     ProducerSettings, ServiceSettings, GunicornSettings, MetricsSettings, DashboardSettings, LogSettings,
     CacheSettings, StackSettings, DemoSettings, FleetSettings, StackPlumbingSettings)
 

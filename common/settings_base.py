@@ -122,6 +122,16 @@ def mask_uris(text: str) -> str:
     return _SECRET_IN_URI.sub(r"\1***\3", text)
 
 
+# Variables whose value is a secret by their name (stack.env's COUCHDB_PASSWORD, say).
+_SECRET_NAME = re.compile(r"^(\s*[A-Z0-9_]*(?:PASSWORD|TOKEN|SECRET)\s*=).*$", re.MULTILINE)
+
+
+def mask_env(text: str) -> str:
+    """``KEY=value`` lines (stack.env) with secrets hidden: the value of a variable named as a
+    password, token or secret, and the password of every URI."""
+    return _SECRET_NAME.sub(r"\1***", mask_uris(text))
+
+
 def mask(value: Any) -> Any:
     """Mask a secret for printing; passwords inside URIs are hidden too."""
     if isinstance(value, SecretStr):

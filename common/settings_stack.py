@@ -40,6 +40,12 @@ class StackSettings(ProjectSettings):
     stack_postgres_bin_dir: str | None = Field(None, description=(
         "Directory of PostgreSQL's server programs (initdb, postgres). Unset: the newest "
         "/usr/lib/postgresql/<version>/bin (Debian's package), else those on PATH."))
+    stack_couchdb_port: int = Field(5984, **_PORT, description=(
+        "Port of the stack's pouchdb-server (STORE=couchdb, CouchDB's HTTP API) when it is free, else any "
+        "free port; 0: any free port."))
+    stack_pouchdb_server: str | None = Field(None, description=(
+        "The pouchdb-server executable the stack runs with STORE=couchdb. Unset: the one make "
+        "pouchdb-server installs (pouchdb/node_modules/.bin), else pouchdb-server on PATH."))
     stack_inference_port: int = Field(8000, **_PORT, description=(
         "Port of the inference service when it is free, else any free port; 0: any free port."))
     stack_inference_ready_s: float = Field(300.0, gt=0, description=(

@@ -12,7 +12,8 @@ Per record, the sink's outcome decides: stored (committed), refused for what the
 is (dead-lettered with the store's reason, partition and offset; the rest of the batch is
 stored) or transient (the store cannot write now: retried with backoff while the
 partitions are polled paused, nothing committed).  The store's own rules are its adapter's
-(``common.store.mongodb``, ``common.store.postgres``; STORE picks one).
+(``common.store.mongodb``, ``common.store.postgres``, ``common.store.couchdb``; STORE picks
+one).
 
 Invalid image messages are skipped here: the inference consumer, which reads the same
 topic, is the one that dead-letters them (one DLQ record per bad message).  Invalid
@@ -31,8 +32,8 @@ from common.lifecycle import Backoff, stop_event
 from common.log import setup_logging
 from common.metrics import serve
 from common.schema import InvalidMessage, parse_image_record, parse_result_message
-from common.settings import (DbWriterSettings, KafkaSettings, MetricsSettings, MongoSettings, PostgresSettings,
-                             StoreSettings, describe, with_flags)
+from common.settings import (CouchSettings, DbWriterSettings, KafkaSettings, MetricsSettings, MongoSettings,
+                             PostgresSettings, StoreSettings, describe, with_flags)
 from common.store import Refused, Sink, Stored, Transient, Upsert, image_upsert, open_sink, result_upsert
 from consumers.loop import DONE, ConsumeLoop, DeadLetter, Retry
 from consumers.metrics import DbConsumerMetrics
@@ -40,6 +41,8 @@ from consumers.metrics import DbConsumerMetrics
 log = logging.getLogger("consumers.db")
 
 GROUP_ID = "iot-db-writer"
+BACKENDS = {"mongodb": ("mongo", MongoSettings), "postgres": ("postgres", PostgresSettings),
+            "couchdb": ("couchdb", CouchSettings)}
 
 
 def merged(parts: list[tuple[object, Upsert]]) -> list[tuple[list, Upsert]]:
@@ -184,13 +187,14 @@ def main(argv=None) -> int:
     p.add_argument("--max-records", type=int, help="largest write (default DB_MAX_RECORDS, 500)")
     args = p.parse_args(argv)
     kafka, store, metrics = (with_flags(cls, p) for cls in (KafkaSettings, StoreSettings, MetricsSettings))
-    postgres = store.store == "postgres"
-    backend = with_flags(PostgresSettings if postgres else MongoSettings, p)
+    # The chosen store's settings, passed to open_sink under the adapter's keyword.
+    keyword, backend_class = BACKENDS[store.store]
+    backend = with_flags(backend_class, p)
     writer = with_flags(DbWriterSettings, p, db_max_records=args.max_records)
     log.info("%s", describe(kafka, store, backend, writer, metrics))
     recorder = DbConsumerMetrics(metrics.metrics_enabled)
     serve(metrics, "DB consumer")
-    sink = open_sink(store=store.store, **{"postgres" if postgres else "mongo": backend})
+    sink = open_sink(store=store.store, **{keyword: backend})
     run(kafka, sink, stop_event(), writer.db_max_records, recorder)
     return 0
 

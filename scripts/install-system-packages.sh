@@ -4,7 +4,8 @@
 # test-containers) the Docker engine (the "VMs" are systemd containers), debootstrap
 # (the VM and base images are built from the Debian archive, no registry needed),
 # docker-compose, the SSH client; for the observability tests Prometheus, promtool and
-# a headless Chromium; for STORE=postgres (the local stack's store and its tests) PostgreSQL.
+# a headless Chromium; for STORE=postgres (the local stack's store and its tests) PostgreSQL;
+# for STORE=couchdb Node.js and npm, which install pouchdb-server (make pouchdb-server).
 # kubectl (tests/containers/test_k8s.py: `kubectl kustomize`) is not in this list:
 # Debian's kubernetes-client is 1.20 (kustomize v2, too old) and conflicts with the
 # upstream `kubectl` package (pkgs.k8s.io) that CI images carry.
@@ -20,9 +21,10 @@ set -euo pipefail
 
 # The tools the tests call, and where they come from: dockerd (docker.io), docker-compose,
 # debootstrap, prometheus and promtool (prometheus), chromium, chromedriver
-# (chromium-driver), initdb and postgres (postgresql, in /usr/lib/postgresql/<version>/bin);
+# (chromium-driver), initdb and postgres (postgresql, in /usr/lib/postgresql/<version>/bin), node
+# and npm (nodejs, npm);
 # the install below is, in effect,
-#   apt-get install docker.io debootstrap docker-compose prometheus chromium chromium-driver postgresql ...
+#   apt-get install docker.io debootstrap docker-compose prometheus chromium chromium-driver postgresql nodejs ...
 PACKAGES=(
   docker.io              # dockerd + containerd + runc (started by tests/rehearsal/docker.py)
   debootstrap            # builds the bookworm "VM" image and the containers' base image
@@ -36,7 +38,10 @@ PACKAGES=(
   chromium               # the live dashboard's headless-browser test (tests/integration/test_dashboard.py)
   chromium-driver
   postgresql             # the local stack's PostgreSQL with STORE=postgres (stack/postgres.py) and its tests
+  nodejs                 # node: pouchdb-server, the local stack's CouchDB with STORE=couchdb (stack/couchdb.py)
 )
+# npm (make pouchdb-server) comes with NodeSource's nodejs; Debian packages it apart.
+command -v npm >/dev/null 2>&1 || PACKAGES+=(npm)
 # Extra packages, e.g. IOT_REHEARSAL_EXTRA_PACKAGES="apt-cacher-ng"
 read -r -a EXTRA <<<"${IOT_REHEARSAL_EXTRA_PACKAGES:-}"
 PACKAGES+=("${EXTRA[@]}")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import psutil
 
-from common.settings import mask_uris
+from common.settings import mask_env
 from stack.stores import ENDPOINT_KEYS as STORE_ENDPOINT_KEYS
 from stack.supervisor import ROOT, pid_alive, stack_dir
 
@@ -91,7 +91,7 @@ def up(d: Path, timeout_s: float, env: dict | None = None) -> int:
         shown = len(lines)
         if (d / "ready").exists():
             print(f"stack is up; endpoints in {d / 'stack.env'}:")
-            print("  " + mask_uris((d / "stack.env").read_text().strip()).replace("\n", "\n  "))
+            print("  " + mask_env((d / "stack.env").read_text().strip()).replace("\n", "\n  "))
             return 0
         # The supervisor writes its pid file within a second of starting.
         vanished = time.monotonic() > started + 5 and not supervisor_pid(d)
@@ -143,7 +143,7 @@ def status(d: Path) -> int:
     if (d / "failed").exists():
         print(f"failed: {(d / 'failed').read_text().strip()}")
     if (d / "stack.env").exists():
-        print(mask_uris((d / "stack.env").read_text().strip()))
+        print(mask_env((d / "stack.env").read_text().strip()))
     return 0 if sup else 1
 
 
@@ -185,7 +185,7 @@ class LocalStack:
         self.timeout_s = timeout_s
         base = {k: v for k, v in os.environ.items() if k not in STACK_ENV_KEYS}
         self.env: dict[str, str] = {**base, "STACK_DIR": str(self.dir), "STACK_KAFKA_PORT": "0",
-                                    "STACK_MONGO_PORT": "0", "STACK_POSTGRES_PORT": "0",
+                                    "STACK_MONGO_PORT": "0", "STACK_POSTGRES_PORT": "0", "STACK_COUCHDB_PORT": "0",
                                     "STACK_INFERENCE_PORT": "0",
                                     **(env or {})}
 

@@ -1,11 +1,13 @@
 """The local stack's store server, the one STORE names: MongoDB (nx-27017, the MongoDB
-wire protocol on SQLite, ``data/mongo.db``) or PostgreSQL (:mod:`stack.postgres`, a
-cluster in ``data/postgres``).  Both keep their data across restarts of the stack and
-are health-checked through the store's own reader (``ping``).
+wire protocol on SQLite, ``data/mongo.db``), PostgreSQL (:mod:`stack.postgres`, a
+cluster in ``data/postgres``) or CouchDB (:mod:`stack.couchdb`, pouchdb-server on LevelDB
+in ``data/couchdb``).  Each keeps its data across restarts of the stack and is
+health-checked through the store's own reader (``ping``).
 
 An external server is used, and none started, when its settings name one: ``MONGO_URI``
-for MongoDB, ``POSTGRES_DSN`` or ``POSTGRES_HOST`` for PostgreSQL.  stack.env then says
-``STORE=`` and the store's endpoint (``MONGO_URI=`` or ``POSTGRES_DSN=``).
+for MongoDB, ``POSTGRES_DSN`` or ``POSTGRES_HOST`` for PostgreSQL, ``COUCHDB_URL`` for
+CouchDB.  stack.env then says ``STORE=`` and the store's endpoint (``MONGO_URI=``,
+``POSTGRES_DSN=``, or ``COUCHDB_URL=`` with ``COUCHDB_USER=`` and ``COUCHDB_PASSWORD=``).
 """
 
 from __future__ import annotations
@@ -17,9 +19,12 @@ from contextlib import closing
 from pathlib import Path
 from urllib.parse import quote
 
-from common.settings import MongoSettings, PostgresSettings, StackSettings, StoreSettings, given, mask, secret
+from common.settings import (CouchSettings, MongoSettings, PostgresSettings, StackSettings, StoreSettings, given, mask,
+                             secret)
 from common.store import open_reader
+from common.store.opening import couch_settings_of
 from stack.component import Component
+from stack.couchdb import USER as COUCH_USER, LocalCouch
 from stack.ports import pick_port
 from stack.postgres import LocalPostgres, bin_dir
 
@@ -27,7 +32,7 @@ log = logging.getLogger("stack")
 
 # Endpoints the stack writes to stack.env; set in the environment they mean "use this
 # external server" (stack.control keeps a stack of its own from inheriting them).
-ENDPOINT_KEYS = ("MONGO_URI", "POSTGRES_DSN", "POSTGRES_HOST")
+ENDPOINT_KEYS = ("MONGO_URI", "POSTGRES_DSN", "POSTGRES_HOST", "COUCHDB_URL", "COUCHDB_USER", "COUCHDB_PASSWORD")
 
 
 def plan_store(directory: Path, endpoints: dict[str, str]) -> list[Component]:
@@ -36,6 +41,8 @@ def plan_store(directory: Path, endpoints: dict[str, str]) -> list[Component]:
     endpoints["STORE"] = store
     if store == "postgres":
         return plan_postgres(directory, endpoints)
+    if store == "couchdb":
+        return plan_couchdb(directory, endpoints)
     return plan_mongo(directory, endpoints)
 
 
@@ -81,6 +88,25 @@ def plan_postgres(directory: Path, endpoints: dict[str, str]) -> list[Component]
         "postgres", cluster.argv(), before_start=cluster.ensure, stop_signal=signal.SIGINT,
         ready=lambda: ready(store="postgres", postgres=PostgresSettings(postgres_dsn=dsn,
                                                                         postgres_connect_timeout_s=2)))]
+
+
+def plan_couchdb(directory: Path, endpoints: dict[str, str]) -> list[Component]:
+    settings = CouchSettings()
+    external = given(settings, "couchdb_url")
+    if external:
+        endpoints["COUCHDB_URL"] = secret(external)
+        for field in ("couchdb_user", "couchdb_password"):
+            if given(settings, field):
+                endpoints[field.upper()] = secret(getattr(settings, field))
+        log.info("using external CouchDB at %s", mask(external))
+        return []
+    server = LocalCouch(directory / "data", directory / "logs", pick_port("couchdb"),
+                        StackSettings().stack_pouchdb_server or None)
+    endpoints.update(COUCHDB_URL=server.url, COUCHDB_USER=COUCH_USER, COUCHDB_PASSWORD=server.password())
+    mine = couch_settings_of(endpoints, couchdb_connect_timeout_s=1, couchdb_timeout_s=5)
+    databases = (settings.couchdb_database, settings.couchdb_dlq_replays_database)
+    return [Component("couchdb", server.argv(), before_start=server.ensure,
+                      ready=lambda: ready(store="couchdb", couchdb=mine) and server.secure(*databases))]
 
 
 def ready(**settings) -> bool:

@@ -3,8 +3,9 @@ it running the way systemd does on the VMs (a component that dies is restarted).
 
 State lives under the stack directory (``.run/`` by default, ``STACK_DIR`` to move it):
 
-    .run/stack.env          KAFKA_BOOTSTRAP_SERVERS=, STORE=, MONGO_URI= (STORE=mongodb) or
-                            POSTGRES_DSN= (STORE=postgres), INFERENCE_URL=, the metrics
+    .run/stack.env          KAFKA_BOOTSTRAP_SERVERS=, STORE=, MONGO_URI= (STORE=mongodb),
+                            POSTGRES_DSN= (STORE=postgres) or COUCHDB_URL=, COUCHDB_USER=,
+                            COUCHDB_PASSWORD= (STORE=couchdb), INFERENCE_URL=, the metrics
                             ports (<COMPONENT>_METRICS_PORT=, PRODUCER_METRICS_PORT= for a
                             producer to use), PROMETHEUS_URL= when Prometheus runs,
                             DASHBOARD_URL= (python -m dashboard; STACK_DASHBOARD=0: none),
@@ -17,9 +18,11 @@ State lives under the stack directory (``.run/`` by default, ``STACK_DIR`` to mo
     .run/data/mongo.db      the MongoDB server's SQLite file (kept across restarts)
     .run/data/postgres/     with STORE=postgres, the PostgreSQL cluster (kept across restarts;
                             stack/postgres.py: who runs it, its password file)
+    .run/data/couchdb/      with STORE=couchdb, pouchdb-server's databases and config.json
+                            (kept across restarts; stack/couchdb.py: its admin's password file)
 
 The store is the one STORE names (stack/stores.py).  If ``KAFKA_BOOTSTRAP_SERVERS`` /
-``MONGO_URI`` / ``POSTGRES_DSN`` or ``POSTGRES_HOST`` / ``INFERENCE_URL`` are set, those
+``MONGO_URI`` / ``POSTGRES_DSN`` or ``POSTGRES_HOST`` / ``COUCHDB_URL`` / ``INFERENCE_URL`` are set, those
 servers are used and the embedded ones are not started.
 """
 
@@ -36,7 +39,7 @@ from pathlib import Path
 import requests
 
 from common.kafka_io import ensure_topics
-from common.settings import InferenceClientSettings, KafkaSettings, StackSettings, check_replaced, given, mask_uris
+from common.settings import InferenceClientSettings, KafkaSettings, StackSettings, check_replaced, given, mask_env
 from stack import monitoring
 from stack.component import Component, child_pids, pid_alive
 from stack.ports import free_port, pick_port
@@ -283,7 +286,7 @@ class Supervisor:
                 self.start(c)
                 self.wait_ready(c)
             (self.dir / "ready").write_text(time.strftime("%Y-%m-%dT%H:%M:%S\n"))
-            log.info("stack is up: %s", mask_uris(", ".join(f"{k}={v}" for k, v in self.endpoints.items())))
+            log.info("stack is up: %s", ", ".join(mask_env(f"{k}={v}") for k, v in self.endpoints.items()))
             while not self.stopping:
                 self.watch()
                 time.sleep(0.5)

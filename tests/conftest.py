@@ -62,6 +62,18 @@ def postgres_stack(cifar_archive):
         pg.remove(d)
 
 
+@pytest.fixture(scope="session")
+def couch_stack(tmp_path_factory, cifar_archive):
+    """The same stack with STORE=couchdb: its own pouchdb-server (stack/couchdb.py, CouchDB's
+    HTTP API on disk) instead of the MongoDB wire server."""
+    from tests import couch
+
+    couch.binary()  # skipped, or failed under CI=true, without pouchdb-server
+    yield from running_stack(tmp_path_factory.mktemp("couch-stack"), {
+        **STACK_TEST_ENV, "DATASET_SOURCE": str(cifar_archive), "STORE": "couchdb", "STACK_PROMETHEUS": "0",
+        "STACK_DASHBOARD": "0"})
+
+
 def running_stack(directory: Path, env: dict[str, str]):
     """A fixture's body: the embedded stack in ``directory`` with ``env``, yielded as
     ``{"dir", "env", "stack"}``, then stopped, checking that nothing is left running."""

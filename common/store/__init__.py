@@ -1,7 +1,8 @@
 """The image store behind one interface (:mod:`common.store.base`): the DB writer's
 :class:`Sink` and the :class:`StoreReader` everything else reads with.  STORE picks the
-store (``common.store.opening``): MongoDB (``common.store.mongodb``) or PostgreSQL
-(``common.store.postgres``); only the adapters import a database client.  The stored
+store (``common.store.opening``): MongoDB (``common.store.mongodb``), PostgreSQL
+(``common.store.postgres``) or CouchDB (``common.store.couchdb``, over its HTTP API); only
+the adapters import a database client.  The stored
 document's field names are the wire contract's (``common.wire``), re-exported here."""
 
 from __future__ import annotations

@@ -9,8 +9,8 @@ writer hands the sink :class:`Upsert` records; the two halves touch disjoint fie
 and ``first`` timestamps (``stored_at``, ``prediction_stored_at``) keep their earliest
 value, so any order and any redelivery end in the same complete document.
 
-Adapters (``common.store.mongodb``; others beside it) are the only modules that import
-a database client.
+Adapters (``common.store.mongodb``, ``common.store.postgres``, ``common.store.couchdb``)
+are the only modules that import a database client.
 """
 
 from __future__ import annotations

@@ -6,53 +6,80 @@ never imports psycopg (and one on MongoDB never needs psycopg installed)."""
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
 from common.store.base import Sink, StoreReader
 
+if TYPE_CHECKING:
+    from common.settings import CouchSettings
+
 
 def chosen(store: str | None) -> str:
-    """``store``, or STORE from the environment (validated: a planned store is an error)."""
+    """``store``, or STORE from the environment (validated)."""
     from common.settings import StoreSettings
 
     return (StoreSettings() if store is None else StoreSettings(store=store)).store
 
 
-def open_sink(mongo=None, *, postgres=None, store: str | None = None) -> Sink:
+def open_sink(mongo=None, *, postgres=None, couchdb=None, store: str | None = None) -> Sink:
     """The DB writer's sink of the store STORE names (or ``store``): MongoDB with ``mongo``
-    (default MONGO_*), PostgreSQL with ``postgres`` (default POSTGRES_*)."""
-    if chosen(store) == "postgres":
+    (default MONGO_*), PostgreSQL with ``postgres`` (default POSTGRES_*), CouchDB with
+    ``couchdb`` (default COUCHDB_*)."""
+    name = chosen(store)
+    if name == "postgres":
         from common.settings import PostgresSettings
         from common.store.postgres import PostgresSink
 
         return PostgresSink.open(postgres or PostgresSettings())
+    if name == "couchdb":
+        from common.settings import CouchSettings
+        from common.store.couchdb import CouchSink
+
+        return CouchSink.open(couchdb or CouchSettings())
     from common.settings import MongoSettings
     from common.store.mongodb import MongoSink
 
     return MongoSink.open(mongo or MongoSettings())
 
 
-def open_reader(mongo=None, *, postgres=None, store: str | None = None) -> StoreReader:
+def open_reader(mongo=None, *, postgres=None, couchdb=None, store: str | None = None) -> StoreReader:
     """A reader of the store STORE names (or ``store``), with the settings given or read
     from the environment, as :func:`open_sink`."""
-    if chosen(store) == "postgres":
+    name = chosen(store)
+    if name == "postgres":
         from common.settings import PostgresSettings
         from common.store.postgres import PostgresReader
 
         return PostgresReader(postgres or PostgresSettings())
+    if name == "couchdb":
+        from common.settings import CouchSettings
+        from common.store.couchdb import CouchReader
+
+        return CouchReader(couchdb or CouchSettings())
     from common.settings import MongoSettings
     from common.store.mongodb import MongoReader
 
     return MongoReader(mongo or MongoSettings())
 
 
+def couch_settings_of(env: Mapping[str, str], **values) -> CouchSettings:
+    """CouchDB's settings from a stack's endpoints (COUCHDB_URL, COUCHDB_USER, COUCHDB_PASSWORD)."""
+    from common.settings import CouchSettings
+
+    return CouchSettings(**{"couchdb_url": env["COUCHDB_URL"], "couchdb_user": env.get("COUCHDB_USER") or None,
+                            "couchdb_password": env.get("COUCHDB_PASSWORD") or None, **values})
+
+
 def reader_of(env: Mapping[str, str]) -> StoreReader:
     """A reader of the store a local stack's endpoints name (its stack.env: ``STORE=`` and
-    ``MONGO_URI=`` or ``POSTGRES_DSN=``), for the processes that run the pipeline against a
-    stack (the demo, the experiments) rather than being configured for it."""
+    ``MONGO_URI=``, ``POSTGRES_DSN=`` or ``COUCHDB_URL=`` with its user and password), for the
+    processes that run the pipeline against a stack (the demo, the experiments) rather than
+    being configured for it."""
     from common.settings import MongoSettings, PostgresSettings
 
     store = chosen(env.get("STORE") or "mongodb")
     if store == "postgres":
         return open_reader(store=store, postgres=PostgresSettings(postgres_dsn=env["POSTGRES_DSN"]))
+    if store == "couchdb":
+        return open_reader(store=store, couchdb=couch_settings_of(env))
     return open_reader(store=store, mongo=MongoSettings(mongo_uri=env["MONGO_URI"]))

@@ -37,6 +37,10 @@ def _project(tmp_path):
         (tmp_path / "bench" / f).write_text(f"# {f}\n")
     for f in ("pyproject.toml", "requirements.txt", "requirements-deploy.txt", "README.md"):
         (tmp_path / f).write_text(f"{f}\n")
+    # pouchdb-server for the local stack's CouchDB (make pouchdb-server): not shipped either.
+    for f in ("pouchdb/package.json", "pouchdb/node_modules/pouchdb-server/package.json"):
+        (tmp_path / f).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / f).write_text("{}\n")
     secrets = ["clouds.yaml", "inventory/group_vars/all/vault.yml", "inventory/group_vars/all/local.yml",
                ".deploy/iot-pipeline/pki/ca.key", ".venv/bin/python", "results/run/latencies.csv",
                ".git/config", "notes.vault", ".env"]
@@ -57,6 +61,7 @@ def test_the_bundle_holds_the_project_and_nothing_else(tmp_path):
     assert not names & set(secrets), names & set(secrets)
     assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
     assert "bench" not in bundle.PACKAGES and not [n for n in names if n.split("/")[0] == "bench"]
+    assert not [n for n in names if n.split("/")[0] == "pouchdb" or "node_modules" in n]
 
 
 def test_the_bundle_is_reproducible_and_works_without_git(tmp_path, capsys):

@@ -6,6 +6,12 @@ Every class of input that ever stopped a consumer or a worker is here explicitly
 ``$``/``.`` keys, wrong types, truncated JSON, raw bytes, non-PNG images, wrong
 sizes/modes, unknown schemas, null values), and each is varied with a seed so that
 every input is distinct (counted by its bytes).
+
+What is hostile to one store rather than to the contract (:func:`store_image_poisons`,
+:func:`store_result_poisons`): NUL bytes and invalid UTF-8 in text fields (PostgreSQL's
+text refuses NUL), ``_``-prefixed and huge field names (CouchDB reserves ``_`` members:
+``_deleted`` would delete a document), ids that are not valid document ids (``_design/...``,
+empty).  Each must be dead-lettered with a reason, or stored intact, on every store.
 """
 
 from __future__ import annotations
@@ -21,6 +27,15 @@ NUMBER_FIELDS = ("seq", "sent_at")
 INT64_EDGES = (2**63, -2**63 - 1, 2**64, 10**30, -(10**30))
 NON_FINITE = ("NaN", "Infinity", "-Infinity", "1e999", "-1e999")
 WRONG_TYPES = (True, False, None, [], {}, "12", 1.5, [1, 2], {"$gt": 1})
+
+
+# CouchDB's own document members and other "_" names, and ids CouchDB would refuse or
+# store as something else than a document.
+UNDERSCORE_KEYS = ("_id", "_rev", "_deleted", "_attachments", "_conflicts", "_revisions", "_local_seq", "_foo", "_",
+                   "__proto__")
+BAD_DOCUMENT_IDS = ("", " ", "_design/iot", "_local/x", "_bad", "_all_docs", "a/b", "\u0000", "x" * 300, "..",
+                    "00000000-0000-0000-0000-00000000000g")
+STORE_TEXT_FIELDS = ("device_id", "label", "dataset")
 
 
 def _dumps(obj) -> bytes:
@@ -199,3 +214,77 @@ def api_poisons(rng: random.Random):
         i += 1
         yield name, make()
 
+
+
+def _with_nul(rng: random.Random, text: str) -> str:
+    at = rng.randrange(len(text) + 1)
+    return text[:at] + "\x00" * rng.randrange(1, 4) + text[at:]
+
+
+def _underscore_value(rng: random.Random, image_id: str):
+    return rng.choice([True, 1, "x", None, {"image": {"data": "aGk=", "content_type": "text/plain"}}, image_id,
+                       "1-" + uuid.UUID(int=rng.getrandbits(128)).hex, [1]])
+
+
+def store_image_poisons(tag: str, rng: random.Random):
+    """Endless (class, value, headers or None) images for the images topic that are hostile
+    to a store: JSON messages (schema 1) and header records (schema 2)."""
+    from common.schema import image_record
+
+    def schema2(m: dict, edit) -> tuple[bytes, list]:
+        m = {**m, "schema": 2}
+        value, headers = image_record(m, png_bytes(seed=rng.randrange(1 << 30)))
+        return value, edit(headers)
+
+    def header(name: str, raw: bytes):
+        return lambda headers: [(k, raw if k == name else v) for k, v in headers] + (
+            [] if any(k == name for k, _ in headers) else [(name, raw)])
+
+    makers = [
+        ("NUL byte in a text field", lambda m: (_dumps({**m, (f := rng.choice(STORE_TEXT_FIELDS)):
+                                                          _with_nul(rng, m[f] or "cat")}), None)),
+        ("NUL byte in a header", lambda m: schema2(m, header(rng.choice(STORE_TEXT_FIELDS),
+                                                             _with_nul(rng, "cam").encode()))),
+        ("invalid UTF-8 in a header", lambda m: schema2(m, header(rng.choice(STORE_TEXT_FIELDS), b"c\xff\xfe" +
+                                                                  bytes([rng.randrange(128, 256)])))),
+        ("invalid UTF-8 in a text field", lambda m: (_dumps({**m, rng.choice(STORE_TEXT_FIELDS): "BAD"}).replace(
+            b'"BAD"', b'"c' + bytes([rng.randrange(0x80, 0x100)]) + b'\xfe"'), None)),
+        ("_-prefixed field", lambda m: (_dumps({**m, rng.choice(UNDERSCORE_KEYS): _underscore_value(
+            rng, m["image_id"]), f"_{rng.randrange(10**6)}": 1}), None)),
+        ("_-prefixed header", lambda m: schema2(m, lambda h: h + [(rng.choice(UNDERSCORE_KEYS), b"true")])),
+        ("huge field name", lambda m: (_dumps({**m, "k" * rng.randrange(1000, 300_000): 1}), None)),
+        ("not a document id", lambda m: (_dumps({**m, "image_id": rng.choice(BAD_DOCUMENT_IDS) + (
+            "" if rng.random() < 0.5 else str(rng.randrange(10**6)))}), None)),
+        ("not a document id in a header", lambda m: schema2(m, header("image_id", rng.choice(
+            BAD_DOCUMENT_IDS).encode() + str(rng.randrange(10**6)).encode()))),
+    ]
+    i = 0
+    while True:
+        name, make = makers[i % len(makers)]
+        i += 1
+        value, headers = make(valid_message(tag, 2 * 10**6 + i, seed=rng.randrange(1 << 30)))
+        yield name, value, headers
+
+
+def store_result_poisons(tag: str, rng: random.Random, image_id: str):
+    """Endless (class, value) results hostile to a store, about ``image_id`` (but for the
+    class that replaces it)."""
+    base = {"schema": 1, "image_id": image_id, "device_id": f"{tag}-cam", "producer_id": tag, "seq": 1,
+            "sent_at": 1.0, "label": None, "prediction": "cat", "confidence": 0.5, "model": "m",
+            "received_at": 1.0, "inferred_at": 1.0, "published_at": 1.0}
+    makers = [
+        ("NUL byte in a text field", lambda: _dumps({**base, (f := rng.choice(["prediction", "model", "device_id"])):
+                                                     _with_nul(rng, base[f])})),
+        ("invalid UTF-8 in a text field", lambda: _dumps({**base, "model": "BAD"}).replace(
+            b'"BAD"', b'"m' + bytes([rng.randrange(0x80, 0x100)]) + b'"')),
+        ("_-prefixed field", lambda: _dumps({**base, rng.choice(UNDERSCORE_KEYS): _underscore_value(rng, image_id),
+                                             f"_{rng.randrange(10**6)}": 1})),
+        ("huge field name", lambda: _dumps({**base, "k" * rng.randrange(1000, 60_000): 1})),
+        ("not a document id", lambda: _dumps({**base, "image_id": rng.choice(BAD_DOCUMENT_IDS) + str(
+            rng.randrange(10**6))})),
+    ]
+    i = 0
+    while True:
+        name, make = makers[i % len(makers)]
+        i += 1
+        yield name, make()

@@ -4,6 +4,7 @@ come back, and prove that nothing was lost.
     python -m tests.faults.run                       # every scenario, table + faults.json
     python -m tests.faults.run --scenario mongo-restart --images 1000 --rate 40
     python -m tests.faults.run --store postgres      # the storage scenarios on PostgreSQL
+    python -m tests.faults.run --store couchdb       # ... on CouchDB (pouchdb-server, on disk)
 
 The runner starts its own stack (temporary STACK_DIR, free ports, random 32x32
 weights), and for each scenario runs one producer (``--images`` at ``--rate``
@@ -51,7 +52,9 @@ from stack.ports import free_port  # noqa: E402
 from tests.faults.scenarios import (FAULTS, HANG_GUARD_S, PY, Stack, check_documents,  # noqa: E402
                                     count_result_messages, http_ready, longest_stall,
                                     read_csv, say, wait_for)
-from tests.faults.stores import ALL_FAULTS, POSTGRES_SCENARIOS, Rows  # noqa: E402
+from tests.faults.stores import ALL_FAULTS, COUCH_SCENARIOS, POSTGRES_SCENARIOS, Rows  # noqa: E402
+
+STORE_SCENARIOS = {"postgres": POSTGRES_SCENARIOS, "couchdb": COUCH_SCENARIOS}
 
 # ------------------------------------------------------------------ running
 
@@ -385,9 +388,10 @@ LAST_REPORT: list[str] = []  # the table and the faults.json path, for pytest's 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m tests.faults.run", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--store", choices=["mongodb", "postgres"], default="mongodb",
-                   help="the stack's store (STORE); postgres runs the storage scenarios on it")
-    p.add_argument("--scenario", action="append", choices=list(dict.fromkeys(SCENARIOS + POSTGRES_SCENARIOS)),
+    p.add_argument("--store", choices=["mongodb", "postgres", "couchdb"], default="mongodb",
+                   help="the stack's store (STORE); postgres and couchdb run the storage scenarios on it")
+    p.add_argument("--scenario", action="append",
+                   choices=list(dict.fromkeys(SCENARIOS + POSTGRES_SCENARIOS + COUCH_SCENARIOS)),
                    help="run only this scenario (repeatable); default: all of the store's")
     p.add_argument("--images", type=int, default=1000, help="images per fault scenario")
     p.add_argument("--rate", type=float, default=40.0, help="images per second")
@@ -398,7 +402,7 @@ def main(argv=None) -> int:
     suite = FaultSuite(args.out, images=args.images, rate=args.rate, fault_at=args.fault_at, store=args.store)
     try:
         with suite:
-            for name in args.scenario or (POSTGRES_SCENARIOS if args.store == "postgres" else SCENARIOS):
+            for name in args.scenario or STORE_SCENARIOS.get(args.store, SCENARIOS):
                 try:
                     suite.run(name)
                 except Exception as exc:  # noqa: BLE001 - record and go on with the next

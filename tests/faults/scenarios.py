@@ -81,7 +81,8 @@ class Stack(LocalStack):
     def up(self) -> None:
         t0 = time.monotonic()
         self.start()
-        store = self.env.get("POSTGRES_DSN") if self.env.get("STORE") == "postgres" else self.env["MONGO_URI"]
+        store = {"postgres": "POSTGRES_DSN", "couchdb": "COUCHDB_URL"}.get(self.env.get("STORE"), "MONGO_URI")
+        store = self.env[store]
         say(f"stack up in {time.monotonic() - t0:.0f} s: {self.env['KAFKA_BOOTSTRAP_SERVERS']}, "
             f"{mask_uris(store)}, {self.env['INFERENCE_URL']}")
 
@@ -101,6 +102,10 @@ class Stack(LocalStack):
         from common.settings import MongoSettings, PostgresSettings
         from common.store import open_reader
 
+        if self.env.get("STORE") == "couchdb":
+            from common.store.opening import couch_settings_of
+
+            return open_reader(store="couchdb", couchdb=couch_settings_of(self.env, couchdb_connect_timeout_s=3))
         if self.env.get("STORE") == "postgres":
             return open_reader(store="postgres", postgres=PostgresSettings(postgres_dsn=self.env["POSTGRES_DSN"],
                                                                            postgres_connect_timeout_s=3))

@@ -1,12 +1,13 @@
-"""The fault suite's view of the store, MongoDB or PostgreSQL (STORE), and the storage
-faults that are PostgreSQL's own.
+"""The fault suite's view of the store, MongoDB, PostgreSQL or CouchDB (STORE), and the
+storage faults that are PostgreSQL's and CouchDB's own.
 
-:class:`Rows` reads the run's stored images with the store's own client (pymongo, or
-psycopg and SQL), never through common.store, whose writes and reads are what the suite
-checks.  The PostgreSQL scenarios are the MongoDB suite's storage scenarios on the other
-store: the DB writer killed mid-batch (``db-consumer``, shared), the server killed and
-restarted on its data (``postgres-restart``), one row refused inside a batch
-(``postgres-rejects-one``).
+:class:`Rows` reads the run's stored images with the store's own client (pymongo, psycopg
+and SQL, or CouchDB's HTTP API and a Mango index of the suite's own), never through
+common.store, whose writes and reads are what the suite checks.  The PostgreSQL and CouchDB
+scenarios are the MongoDB suite's storage scenarios on the other store: the DB writer
+killed mid-batch (``db-consumer``, shared), the server killed and restarted on its data
+(``postgres-restart``, ``couchdb-restart``: pouchdb-server on disk), one row or document
+refused inside a batch (``postgres-rejects-one``, ``couchdb-rejects-one``).
 """
 
 from __future__ import annotations
@@ -26,10 +27,11 @@ class Rows:
 
     def __init__(self, stack):
         self.postgres = stack.env.get("STORE") == "postgres"
+        self.couch = CouchRows(stack.env) if stack.env.get("STORE") == "couchdb" else None
         self.conn = None
         if self.postgres:
             self.dsn = stack.env["POSTGRES_DSN"]
-        else:
+        elif self.couch is None:
             self.collection = stack.collection()
 
     def _sql(self):
@@ -41,6 +43,8 @@ class Rows:
         return self.conn
 
     def count_with_prediction(self, producer_id: str) -> int:
+        if self.couch is not None:
+            return len(self.couch.find(producer_id, with_prediction=True))
         if self.postgres:
             return self._sql().execute("SELECT count(*) FROM iot_image_data WHERE producer_id = %s "
                                      "AND prediction IS NOT NULL", (producer_id,)).fetchone()[0]
@@ -48,6 +52,8 @@ class Rows:
 
     def documents(self, producer_id: str) -> list[dict]:
         """The producer's stored images: ``image_id`` and FIELDS, absent when not stored."""
+        if self.couch is not None:
+            return self.couch.documents(producer_id)
         if self.postgres:
             cur = self._sql().execute(f"SELECT {', '.join(FIELDS)} FROM iot_image_data WHERE producer_id = %s",
                                     (producer_id,))
@@ -56,11 +62,48 @@ class Rows:
         return [{"image_id": d.pop("_id"), **d} for d in docs]
 
     def close(self) -> None:
-        if self.postgres:
+        if self.couch is not None:
+            self.couch.session.close()
+        elif self.postgres:
             if self.conn is not None:
                 self.conn.close()
         else:
             self.collection.database.client.close()
+
+
+class CouchRows:
+    """The run's documents in CouchDB, found with Mango (``_find``) on an index of the suite's
+    own (design document ``_design/faults``), not the pipeline's views."""
+
+    def __init__(self, env: dict):
+        import requests
+
+        self.url = f"{env['COUCHDB_URL']}/img_db"
+        self.session = requests.Session()
+        self.session.auth = (env["COUCHDB_USER"], env["COUCHDB_PASSWORD"])
+        self.indexed = False
+
+    def find(self, producer_id: str, with_prediction: bool = False) -> list[dict]:
+        if not self.indexed:
+            self.session.post(f"{self.url}/_index", json={"index": {"fields": ["producer_id"]}, "ddoc": "faults",
+                                                          "name": "by-producer"}, timeout=30).raise_for_status()
+            self.indexed = True
+        selector: dict = {"producer_id": producer_id}
+        if with_prediction:
+            selector["prediction"] = {"$exists": True}
+        r = self.session.post(f"{self.url}/_find", json={"selector": selector, "limit": 10**9}, timeout=60)
+        r.raise_for_status()
+        return r.json()["docs"]
+
+    def documents(self, producer_id: str) -> list[dict]:
+        out = []
+        for d in self.find(producer_id):
+            doc = {"image_id": d["_id"], **{k: d[k] for k in FIELDS if k in d}}
+            stub = (d.get("_attachments") or {}).get("image")
+            if stub:
+                doc["image"] = stub
+            out.append(doc)
+        return out
 
 
 def postgres_rejects_one(stack, note: dict) -> tuple[float, float]:
@@ -126,12 +169,105 @@ def postgres_rejects_one(stack, note: dict) -> tuple[float, float]:
     return t0, t1
 
 
+def couchdb_rejects_one(stack, note: dict) -> tuple[float, float]:
+    """CouchDB refuses one document of a batch while the run's images stream through the DB
+    consumer: a validate_doc_update function (one the pipeline never installs) forbids the
+    document of one of two valid images of another producer.  CouchDB answers ``forbidden``
+    for that document inside a _bulk_docs of the run's documents: the DB consumer must
+    dead-letter exactly its records (with CouchDB's reason), store everything else of the
+    batch and go on, never retry it for ever."""
+    import requests
+
+    from common.schema import dumps
+    from tests.hostile import valid_message
+
+    tag = f"couch-reject-{uuid.uuid4().hex[:6]}"
+    first, second = (valid_message(tag, 7, seed=s, device=f"{tag}-cam") for s in (1, 2))
+    ids = {first["image_id"], second["image_id"]}
+    design = f"{stack.env['COUCHDB_URL']}/img_db/_design/fault-refuse-{uuid.uuid4().hex[:6]}"
+    session = requests.Session()
+    session.auth = (stack.env["COUCHDB_USER"], stack.env["COUCHDB_PASSWORD"])
+    made = session.put(design, json={"validate_doc_update": (
+        f"function (doc) {{ if (doc._id === '{second['image_id']}') "
+        f"{{ throw({{forbidden: 'refused by the fault suite'}}); }} }}")}, timeout=30)
+    made.raise_for_status()
+    rows = CouchRows(stack.env)
+    dlq = _DlqFrom(stack.kafka())
+    t0 = time.time()
+    try:
+        dlq.send(stack.kafka(), [dumps(first), dumps(second)], first["device_id"])
+        letters: list = []
+
+        def rejected() -> bool:
+            letters.extend(d for d in dlq.poll() if d.image_id() in ids)
+            stored = {d["_id"] for d in rows.find(tag, with_prediction=True)}
+            return stored == {first["image_id"]} and any("forbidden" in d.reason for d in letters)
+
+        wait_for(rejected, HANG_GUARD_S, "the first image stored, the second dead-lettered (forbidden)")
+        t1 = time.time()
+        note.update(stored=first["image_id"], dead_lettered=[second["image_id"]],
+                    dead_letters=[{"topic": d.source_topic, "partition": d.source_partition,
+                                   "offset": d.source_offset, "reason": d.reason[:160]} for d in letters])
+        assert {d.image_id() for d in letters} == {second["image_id"]}, note
+    finally:
+        dlq.close()
+        rev = session.get(design, timeout=30).json().get("_rev")
+        if rev and session.delete(design, params={"rev": rev}, timeout=30).status_code not in (200, 202):
+            say(f"could not delete {design}")
+        session.close()
+        rows.session.close()
+    return t0, t1
+
+
+class _DlqFrom:
+    """The dead-letter topic read from its end, as of now, and images sent on one key."""
+
+    def __init__(self, settings):
+        from kafka import KafkaConsumer, TopicPartition
+
+        from common.kafka_io import client_config
+
+        self.consumer = KafkaConsumer(**client_config(settings), group_id=None, enable_auto_commit=False,
+                                      auto_offset_reset="latest", fetch_max_wait_ms=200)
+        tps = [TopicPartition(settings.dlq_topic, p) for p in self.consumer.partitions_for_topic(settings.dlq_topic)]
+        self.consumer.assign(tps)
+        for tp in tps:
+            self.consumer.position(tp)  # pin "latest" before anything is sent
+
+    @staticmethod
+    def send(settings, values: list[bytes], key: str) -> None:
+        from common.kafka_io import make_producer
+
+        producer = make_producer(settings)
+        try:
+            for value in values:  # one key: one partition, in this order
+                producer.send(settings.images_topic, key=key.encode(), value=value)
+            producer.flush()
+        finally:
+            producer.close()
+
+    def poll(self) -> list:
+        from common.deadletter import read_dead_letter
+
+        return [read_dead_letter(r) for batch in self.consumer.poll(timeout_ms=200).values() for r in batch]
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
 POSTGRES_FAULTS = {f.name: f for f in [
     Fault("postgres-restart", "SIGKILL the PostgreSQL server; restarted on its data (crash recovery)",
           "storage", kill_component("postgres")),
     Fault("postgres-rejects-one", "PostgreSQL refuses one row of a batch (23505 on a unique index)",
           "storage", postgres_rejects_one),
 ]}
-# The storage scenarios, on PostgreSQL.
+COUCH_FAULTS = {f.name: f for f in [
+    Fault("couchdb-restart", "SIGKILL pouchdb-server (CouchDB's HTTP API); restarted on its data on disk",
+          "storage", kill_component("couchdb")),
+    Fault("couchdb-rejects-one", "CouchDB refuses one document of a batch (a validate_doc_update: forbidden)",
+          "storage", couchdb_rejects_one),
+]}
+# The storage scenarios, on PostgreSQL and on CouchDB.
 POSTGRES_SCENARIOS = ["db-consumer", *POSTGRES_FAULTS]
-ALL_FAULTS = {**FAULTS, **POSTGRES_FAULTS}
+COUCH_SCENARIOS = ["db-consumer", *COUCH_FAULTS]
+ALL_FAULTS = {**FAULTS, **POSTGRES_FAULTS, **COUCH_FAULTS}

@@ -4,7 +4,8 @@ Each scenario sends FAULT_IMAGES (default 1000) images and checks that every one
 in the store exactly once with a prediction, that the producer got every result and
 that the run's summary says ``lost: 0``.  The table and ``faults.json`` are written
 to results/faults/<timestamp>/ (docs/RELIABILITY.md quotes the last run).  The storage
-scenarios run again on PostgreSQL: tests/faults/test_faults_postgres.py.
+scenarios run again on PostgreSQL and on CouchDB: tests/faults/test_faults_postgres.py,
+tests/faults/test_faults_couchdb.py.
 """
 
 from __future__ import annotations

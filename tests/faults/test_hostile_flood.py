@@ -12,6 +12,12 @@ input accounted for.
 
 The corpus is tests/faults/poison.py; the figures go to results/faults/hostile.json
 (docs/RELIABILITY.md quotes them).
+
+Then a smaller flood of what is hostile to the stores rather than to the contract (NUL
+bytes and invalid UTF-8 in text fields, ``_``-prefixed and huge field names, ids that are
+not valid document ids), run once on each store (STORE=mongodb, postgres, couchdb), each on
+a stack of its own: every input dead-lettered with a reason or stored intact (its text
+fields as sent), its sentinel stored; figures in results/faults/hostile-<store>.json.
 """
 
 from __future__ import annotations
@@ -197,3 +203,190 @@ def test_hostile_flood_no_crash_no_stall_nothing_unaccounted(stack):
     (out / "hostile.json").write_text(json.dumps(figures, indent=1) + "\n")
     print(f"\nhostile flood: {total} distinct inputs (API {len(api)}, images {len(images)}, "
           f"results {len(results)}), {len(dlq.dead)} dead letters, 0 crashes, 0 stalls, 0 unaccounted")
+
+
+# ------------------------------------------------------------------ hostile to the stores
+
+STORES = ("mongodb", "postgres", "couchdb")
+STORE_IMAGE_INPUTS, STORE_RESULT_INPUTS = 270, 150
+# Classes no store may keep: the contract refuses them before any store sees them.
+NEVER_STORED = {"invalid UTF-8 in a header", "invalid UTF-8 in a text field", "not a document id",
+                "not a document id in a header"}
+# What PostgreSQL alone refuses (text cannot hold NUL): dead-lettered there, stored elsewhere.
+POSTGRES_REFUSES = {"NUL byte in a text field", "NUL byte in a header"}
+TEXT = ("device_id", "label", "dataset")
+
+
+@pytest.fixture(scope="module", params=STORES)
+def store_stack(request, tmp_path_factory):
+    """A stack of its own on each store (STORE), Prometheus and the dashboard off."""
+    from tests import couch, pg
+
+    store = request.param
+    if store == "postgres":
+        pg.programs()  # skipped, or failed under CI=true, without PostgreSQL
+        d = pg.reachable_dir("iot-pg-flood-")
+    else:
+        if store == "couchdb":
+            couch.binary()
+        d = tmp_path_factory.mktemp(f"flood-{store}")
+    try:
+        with LocalStack(d / "stack", {"MODEL_WEIGHTS": "random", "GUNICORN_WORKERS": "1", "STORE": store,
+                                      "PREDICT_BATCH_WAIT_MS": "20", "STACK_PROMETHEUS": "0", "STACK_DASHBOARD": "0",
+                                      "DATASET_SOURCE": str(make_cifar_archive(d / "cifar.tar.gz"))},
+                        timeout_s=HANG_GUARD_S) as st:
+            yield st
+    finally:
+        if store == "postgres":
+            pg.remove(d)
+
+
+class StoredWithPrediction:
+    """The documents (rows) of some image ids that have their prediction, read with the
+    store's own client: image id -> {device_id, label, dataset, prediction} as stored."""
+
+    def __init__(self, env: dict):
+        self.env, self.store = env, env["STORE"]
+
+    def __call__(self, ids) -> dict[str, dict]:
+        ids = [i for i in ids if _is_uuid(i)]  # nothing else can be stored (the contract)
+        if not ids:
+            return {}
+        if self.store == "postgres":
+            from tests import pg
+
+            rows = pg.rows(self.env["POSTGRES_DSN"], "image_id = ANY(%s) AND prediction IS NOT NULL", (ids,))
+            return {k: {f: r[f] for f in (*TEXT, "prediction")} for k, r in rows.items()}
+        if self.store == "couchdb":
+            from tests import couch
+
+            docs = couch.documents(self.env["COUCHDB_URL"], (self.env["COUCHDB_USER"], self.env["COUCHDB_PASSWORD"]),
+                                   ids=ids)
+            return {k: {f: d.get(f) for f in (*TEXT, "prediction")} for k, d in docs.items() if "prediction" in d}
+        from common.settings import MongoSettings
+        from tests.support import mongo_connect, mongo_images
+
+        mongo = MongoSettings(mongo_uri=self.env["MONGO_URI"])
+        client = mongo_connect(mongo)
+        try:
+            found = mongo_images(client, mongo).find({"_id": {"$in": ids}, "prediction": {"$exists": True}})
+            return {d["_id"]: {f: d.get(f) for f in (*TEXT, "prediction")} for d in found}
+        finally:
+            client.close()
+
+
+def _is_uuid(value) -> bool:
+    try:
+        return isinstance(value, str) and str(uuid.UUID(value)) == value
+    except ValueError:
+        return False
+
+
+def _sent_fields(value: bytes, headers) -> dict:
+    """The image id and text fields an image record says (None where it cannot be read)."""
+    if headers:
+        h = {k: v for k, v in headers}
+        text = {}
+        for k in ("image_id", *TEXT):
+            try:
+                text[k] = h[k].decode() if k in h else None
+            except UnicodeDecodeError:
+                text[k] = None
+        return text
+    try:
+        obj = json.loads(value)
+        return {k: obj.get(k) for k in ("image_id", *TEXT)} if isinstance(obj, dict) else {"image_id": None}
+    except ValueError:
+        return {"image_id": None}
+
+
+def test_store_hostile_flood_dead_letters_with_a_reason_or_stores_intact(store_stack):
+    """Images and results hostile to the stores (tests/faults/poison.py): each is
+    dead-lettered with a reason or stored intact (its text fields as sent), each followed
+    by a valid sentinel on its partition that is stored; 0 crashes, 0 stalls."""
+    from common.kafka_io import make_producer
+    from common.settings import KafkaSettings
+    from tests.faults.poison import store_image_poisons, store_result_poisons
+
+    env, store = store_stack.env, store_stack.env["STORE"]
+    rng = random.Random(20261201)
+    tag = "sflood" + uuid.uuid4().hex[:6]
+    kafka = KafkaSettings(kafka_bootstrap_servers=env["KAFKA_BOOTSTRAP_SERVERS"])
+    pids = store_stack.pids()
+    dlq = DlqIndex(kafka)
+    dlq.start()
+    producer = make_producer(kafka, max_request_size=4_000_000)
+    pending = {}  # (kind, where) -> (class, sent fields, sentinel id)
+    futures = []
+    images = store_image_poisons(tag, rng)
+    for i in range(STORE_IMAGE_INPUTS):
+        name, value, headers = next(images)
+        key = f"{tag}-cam{i % 8:02d}".encode()
+        sentinel = valid_message(tag, i, device=key.decode())
+        futures.append(("image", name, _sent_fields(value, headers), sentinel["image_id"],
+                        producer.send(kafka.images_topic, key=key, value=value, headers=headers)))
+        producer.send(kafka.images_topic, key=key, value=dumps(sentinel))
+    base = valid_message(tag, 0)
+    results = store_result_poisons(tag, rng, "ID")
+    for i in range(STORE_RESULT_INPUTS):
+        name, value = next(results)
+        image_id = str(uuid.uuid4())
+        value = value.replace(b'"ID"', json.dumps(image_id).encode())
+        key = f"{tag}-res{i % 8:02d}".encode()
+        sentinel = make_result_message({**base, "image_id": str(uuid.uuid4()), "sent_at": time.time()},
+                                       prediction="cat", confidence=0.5, model="flood", received_at=time.time(),
+                                       inferred_at=time.time())
+        sentinel["published_at"] = time.time()
+        futures.append(("result", name, {"image_id": _sent_fields(value, None).get("image_id")}, sentinel["image_id"],
+                        producer.send(kafka.results_topic, key=key, value=value)))
+        producer.send(kafka.results_topic, key=key, value=dumps(sentinel))
+    producer.flush()
+    for kind, name, sent, sentinel_id, fut in futures:
+        md = fut.get(timeout=HANG_GUARD_S)
+        pending[(kind, (md.topic, md.partition, md.offset))] = (name, sent, sentinel_id)
+    stored_with_prediction = StoredWithPrediction(env)
+    outcome: dict = {}
+
+    def settled():
+        found = stored_with_prediction({i for _n, sent, s in pending.values() for i in (sent.get("image_id"), s)})
+        for k in list(pending):
+            name, sent, sentinel_id = pending[k]
+            reason = dlq.reason(k[1])
+            if (reason is not None or sent.get("image_id") in found) and sentinel_id in found:
+                outcome[k] = (name, sent, reason, found.get(sent.get("image_id")))
+                pending.pop(k)
+        return not pending
+
+    eventually(settled, step_s=2.0)
+    dlq.stop.set()
+    assert not pending, f"{len(pending)} inputs neither dead-lettered nor stored, or their sentinel not stored: " \
+                        f"{list(pending.items())[:5]}"
+    by_class: dict = {}
+    for (kind, _where), (name, sent, reason, doc) in outcome.items():
+        by_class.setdefault((kind, name), Counter())["dead-lettered" if reason else "stored"] += 1
+        if reason is not None:
+            assert reason.strip(), (kind, name)
+            if store == "postgres" and name in POSTGRES_REFUSES:
+                assert "PostgreSQL" in reason or "NUL" in reason, (kind, name, reason)
+            assert name not in ({"_-prefixed field", "_-prefixed header"} if kind == "image" else set()), \
+                (kind, name, reason)
+        else:
+            assert name not in NEVER_STORED, (kind, name, sent)
+            assert not (store == "postgres" and name in POSTGRES_REFUSES), (kind, name, sent)
+            if kind == "image":  # stored intact: the text fields as sent
+                assert {f: doc[f] for f in TEXT} == {f: sent.get(f) for f in TEXT}, (name, sent, doc)
+    if store == "postgres":
+        assert by_class[("image", "NUL byte in a text field")]["stored"] == 0
+        assert by_class[("result", "NUL byte in a text field")]["stored"] == 0
+    else:
+        assert by_class[("image", "NUL byte in a text field")]["dead-lettered"] == 0
+    # 0 crashes: no consumer, server or worker restarted
+    assert store_stack.pids() == pids, (pids, store_stack.pids())
+    out = ROOT / "results" / "faults"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"hostile-{store}.json").write_text(json.dumps({
+        "store": store, "inputs": len(outcome), "crashes": 0, "stalls": 0, "unaccounted": 0,
+        "classes": {f"{k} {n}": dict(c) for (k, n), c in sorted(by_class.items())},
+        "date": time.strftime("%Y-%m-%d %H:%M")}, indent=1) + "\n")
+    print(f"\nstore hostile flood on {store}: {len(outcome)} inputs, "
+          + ", ".join(f"{k} {n}: {dict(c)}" for (k, n), c in sorted(by_class.items())))

@@ -54,13 +54,15 @@ def test_stack_env_is_readable_by_its_owner_only(tmp_path):
 def test_status_masks_passwords_and_shows_a_failure(tmp_path):
     from pathlib import Path
 
-    (tmp_path / "stack.env").write_text("MONGO_URI=mongodb://app:s3cret@db:27017/iot\n")
+    (tmp_path / "stack.env").write_text("MONGO_URI=mongodb://app:s3cret@db:27017/iot\nCOUCHDB_USER=iot\n"
+                                        "COUCHDB_PASSWORD=c0uchs3cret\n")
     (tmp_path / "failed").write_text("kafka exited and is not restarted\n")
     out = subprocess.run([sys.executable, "-m", "stack", "status"], capture_output=True, text=True,
                          cwd=Path(__file__).resolve().parents[2],
                          env={"STACK_DIR": str(tmp_path), "PATH": "/usr/bin:/bin"}, timeout=120)
     assert "s3cret" not in out.stdout + out.stderr
     assert "mongodb://app:***@db:27017/iot" in out.stdout and "not restarted" in out.stdout
+    assert "COUCHDB_PASSWORD=***" in out.stdout and "COUCHDB_USER=iot" in out.stdout
 
 
 def _planned_env(tmp_path, monkeypatch, **env) -> dict:
@@ -124,3 +126,35 @@ def test_an_external_postgres_is_used_and_none_started(tmp_path, monkeypatch):
                            POSTGRES_DSN="postgresql://app:pw@db:5433/iot")
     assert "postgres" not in planned and planned["stack.env"]["POSTGRES_DSN"] == "postgresql://app:pw@db:5433/iot"
     assert not (tmp_path / "dsn" / "data" / "postgres.password").exists()
+
+
+def test_store_couchdb_plans_pouchdb_server_on_disk_and_no_mongodb(tmp_path, monkeypatch):
+    for key in ("COUCHDB_URL", "COUCHDB_USER", "COUCHDB_PASSWORD"):
+        monkeypatch.delenv(key, raising=False)
+    planned = _planned_env(tmp_path, monkeypatch, STORE="couchdb", STACK_POUCHDB_SERVER="/opt/pouchdb-server",
+                           STACK_COUCHDB_PORT="0")
+    env = planned["stack.env"]
+    assert env["STORE"] == "couchdb" and "MONGO_URI" not in env and "mongo" not in planned
+    password = (tmp_path / "data" / "couchdb.password").read_text().strip()
+    assert env["COUCHDB_URL"].startswith("http://127.0.0.1:") and env["COUCHDB_USER"] == "iot"
+    assert env["COUCHDB_PASSWORD"] == password and len(password) >= 32
+    assert stat.S_IMODE((tmp_path / "data" / "couchdb.password").stat().st_mode) == 0o600
+    assert planned["db-consumer"]["COUCHDB_URL"] == env["COUCHDB_URL"] and planned["db-consumer"]["STORE"] == "couchdb"
+    sup = Supervisor(tmp_path)
+    sup.plan()
+    (server,) = [c for c in sup.components if c.name == "couchdb"]
+    assert server.argv[0] == "/opt/pouchdb-server" and "--in-memory" not in server.argv
+    assert server.argv[server.argv.index("--dir") + 1] == str(tmp_path / "data" / "couchdb")
+    assert server.argv[server.argv.index("--host") + 1] == "127.0.0.1"
+    server.before_start()
+    config = (tmp_path / "data" / "couchdb" / "config.json")
+    assert stat.S_IMODE(config.stat().st_mode) == 0o600 and '"iot"' in config.read_text()
+
+
+def test_an_external_couchdb_is_used_and_none_started(tmp_path, monkeypatch):
+    planned = _planned_env(tmp_path, monkeypatch, STORE="couchdb", COUCHDB_URL="https://couch.example:6984",
+                           COUCHDB_USER="app", COUCHDB_PASSWORD="pw")
+    assert "couchdb" not in planned and "mongo" not in planned
+    assert {k: planned["stack.env"][k] for k in ("COUCHDB_URL", "COUCHDB_USER", "COUCHDB_PASSWORD")} == {
+        "COUCHDB_URL": "https://couch.example:6984", "COUCHDB_USER": "app", "COUCHDB_PASSWORD": "pw"}
+    assert not (tmp_path / "data" / "couchdb.password").exists()

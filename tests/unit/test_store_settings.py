@@ -1,27 +1,24 @@
-"""STORE picks the store (common.store.opening); PostgreSQL's settings, secrets masked."""
+"""STORE picks the store (common.store.opening); PostgreSQL's and CouchDB's settings, secrets masked."""
 
 from __future__ import annotations
 
 import pytest
 
-from common.settings import PostgresSettings, SettingsError, StoreSettings, describe
+from common.settings import CouchSettings, PostgresSettings, SettingsError, StoreSettings, describe
 
 
 def test_the_store_is_mongodb_unless_store_says_otherwise(monkeypatch):
     monkeypatch.delenv("STORE", raising=False)
     assert StoreSettings().store == "mongodb"
-    for value, expected in (("postgres", "postgres"), ("PostgreS", "postgres"), ("", "mongodb")):
+    for value, expected in (("postgres", "postgres"), ("PostgreS", "postgres"), ("", "mongodb"),
+                            (" CouchDB ", "couchdb")):
         monkeypatch.setenv("STORE", value)
         assert StoreSettings().store == expected
 
 
-def test_a_planned_store_is_a_clear_error_and_an_unknown_one_too(monkeypatch):
-    monkeypatch.setenv("STORE", "couchdb")
-    with pytest.raises(SettingsError, match="STORE='couchdb': .*couchdb is not implemented yet: choose mongodb or "
-                                            "postgres"):
-        StoreSettings()
+def test_an_unknown_store_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("STORE", "sqlite")
-    with pytest.raises(SettingsError, match="STORE='sqlite'.*'mongodb' or 'postgres'"):
+    with pytest.raises(SettingsError, match="STORE='sqlite'.*'mongodb', 'postgres' or 'couchdb'"):
         StoreSettings()
 
 
@@ -34,6 +31,18 @@ def test_postgres_passwords_are_masked_and_a_dsn_is_checked():
         PostgresSettings(postgres_dsn="db:5432")
     assert PostgresSettings(postgres_dsn="").postgres_dsn is None
 
+
+def test_couchdb_defaults_secrets_masked_and_names_checked():
+    s = CouchSettings()
+    assert (s.couchdb_url.get_secret_value(), s.couchdb_database) == ("http://127.0.0.1:5984", "img_db")
+    shown = describe(CouchSettings(couchdb_url="http://admin:s3cret@couch:5984/", couchdb_user="iot",
+                                   couchdb_password="pw2"))
+    assert "s3cret" not in shown and "pw2" not in shown
+    assert "COUCHDB_URL=http://admin:***@couch:5984\n" in shown and "COUCHDB_PASSWORD=***" in shown
+    with pytest.raises(SettingsError, match="COUCHDB_URL=.*http:// or https://"):
+        CouchSettings(couchdb_url="couch:5984")
+    with pytest.raises(SettingsError, match="COUCHDB_DATABASE"):
+        CouchSettings(couchdb_database="_users")
 
 
 def test_open_sink_and_open_reader_follow_store(monkeypatch):
@@ -51,19 +60,30 @@ def test_open_sink_and_open_reader_follow_store(monkeypatch):
     mongo = open_sink(store="mongodb")
     assert isinstance(mongo, MongoSink)
     mongo.close()
+    from common.store.couchdb import CouchReader, CouchSink
+
     monkeypatch.setenv("STORE", "couchdb")
-    with pytest.raises(SettingsError, match="not implemented yet"):
-        open_sink()
+    monkeypatch.setenv("COUCHDB_URL", "http://iot:s3cret@couch:5985")
+    sink, reader = open_sink(), open_reader()
+    assert isinstance(sink, CouchSink) and isinstance(reader, CouchReader)
+    assert reader.where == sink.where == "http://couch:5985 (img_db)"
+    sink.close(), reader.close()
 
 
 def test_a_stacks_endpoints_name_the_store_the_demo_reads_and_its_table_says_which():
     from analysis.summary import format_table
+    from common.store.couchdb import CouchReader
     from common.store.mongodb import MongoReader
     from common.store.opening import reader_of
     from common.store.postgres import PostgresReader
 
     reader = reader_of({"STORE": "postgres", "POSTGRES_DSN": "postgresql://iot:pw@127.0.0.1:5999/iot"})
     assert isinstance(reader, PostgresReader) and reader.where.startswith("postgresql://iot@127.0.0.1:5999/iot")
+    reader.close()
+    reader = reader_of({"STORE": "couchdb", "COUCHDB_URL": "http://127.0.0.1:5997", "COUCHDB_USER": "iot",
+                        "COUCHDB_PASSWORD": "pw"})
+    assert isinstance(reader, CouchReader) and reader.where == "http://127.0.0.1:5997 (img_db)"
+    assert reader.client.session.auth == ("iot", "pw")
     reader.close()
     reader = reader_of({"MONGO_URI": "mongodb://127.0.0.1:5998"})  # a stack.env of an older release
     assert isinstance(reader, MongoReader)
