@@ -103,6 +103,7 @@ def parse_image_message(raw: bytes | None, *, max_bytes: int = MAX_IMAGE_MESSAGE
 
 _SCHEMAS_TEXT = " or ".join(map(str, IMAGE_SCHEMAS))
 _HEADER_NUMBERS = (SCHEMA, SEQ, SENT_AT)
+_HEADERS, _INT_HEADERS = frozenset(IMAGE_HEADERS), frozenset((SCHEMA, SEQ))  # looked up per header
 _HEADER_TEXT = tuple(h for h in IMAGE_HEADERS if h not in _HEADER_NUMBERS)
 _INT = re.compile(rb"-?[0-9]{1,20}")
 _NUMBER = re.compile(rb"-?[0-9]{1,20}(\.[0-9]{1,20})?([eE][-+]?[0-9]{1,3})?")
@@ -123,13 +124,13 @@ def _header_fields(headers) -> dict:
     a replayed record carries ``replay.of``)."""
     fields: dict = {}
     for key, value in headers:
-        if key not in IMAGE_HEADERS:
+        if key not in _HEADERS:
             continue
         if key in fields:
             raise InvalidMessage(f"header '{key}' appears more than once")
         if value is None:
             continue
-        if key in (SCHEMA, SEQ):
+        if key in _INT_HEADERS:
             if not _INT.fullmatch(value):
                 raise InvalidMessage(f"header '{key}' is not a decimal integer")
             fields[key] = int(value)
@@ -183,9 +184,10 @@ def make_result_message(image: dict, *, prediction: str, confidence: float, mode
     """The result for a parsed image message; ``published_at`` is stamped right before
     the send.  Raises InvalidMessage if the result would not pass :func:`parse_result_message`."""
     msg = validate(ResultMessage, {
-        SCHEMA: RESULT_SCHEMA, **{k: image.get(k) for k in (IMAGE_ID, DEVICE_ID, PRODUCER_ID, SEQ, SENT_AT, LABEL)},
-        PREDICTION: prediction, CONFIDENCE: confidence, MODEL: model, RECEIVED_AT: received_at,
-        INFERRED_AT: inferred_at, PUBLISHED_AT: _UNSTAMPED,
+        SCHEMA: RESULT_SCHEMA, IMAGE_ID: image[IMAGE_ID], DEVICE_ID: image[DEVICE_ID], PRODUCER_ID: image[PRODUCER_ID],
+        SEQ: image[SEQ], SENT_AT: image[SENT_AT], LABEL: image.get(LABEL), PREDICTION: prediction,
+        CONFIDENCE: confidence, MODEL: model, RECEIVED_AT: received_at, INFERRED_AT: inferred_at,
+        PUBLISHED_AT: _UNSTAMPED,
     }).wire()
     msg[PUBLISHED_AT] = None
     return msg

@@ -31,6 +31,8 @@ def gather(consumer, max_records: int, wait_ms: int, idle_timeout_ms: int = 500)
             records.extend(batch)
         if not records:
             return records
+        if not wait_ms:
+            break  # what the first poll brought
         if deadline is None:
             deadline = time.monotonic() + max(0.0, wait_ms / 1000 - waited_s(records))
     return records

@@ -55,8 +55,8 @@ def merged(parts: list[tuple[object, Upsert]]) -> list[tuple[list, Upsert]]:
             records, upsert = by_id[part.image_id]
             records.append(record)
             upsert.merge(part)
-        else:
-            by_id[part.image_id] = ([record], Upsert(part.image_id, dict(part.fields), dict(part.first)))
+        else:  # parts are made for this batch: the first one of an id takes the others in
+            by_id[part.image_id] = ([record], part)
     return list(by_id.values())
 
 
@@ -120,13 +120,12 @@ class DbWriter:
         """Count write errors (a whole-write failure once) and the documents stored, by topic."""
         for failure in {id(r): r for r in results if not isinstance(r, Stored)}.values():
             self.metrics.write_error(failure.kind if isinstance(failure, Transient) else "deterministic")
-        for (indexes, _), result in zip(groups, results):
-            if isinstance(result, Stored):
-                self.writes += 1
-                for i in indexes:
-                    self.written += 1
-                    kind = "result" if records[i].topic == self.kafka.results_topic else "image"
-                    self.metrics.documents(kind, 1)
+        stored = [i for (indexes, _), result in zip(groups, results) if isinstance(result, Stored) for i in indexes]
+        self.writes += sum(1 for result in results if isinstance(result, Stored))
+        self.written += len(stored)
+        n_results = sum(1 for i in stored if records[i].topic == self.kafka.results_topic)
+        self.metrics.documents("result", n_results)
+        self.metrics.documents("image", len(stored) - n_results)
 
     def retrying(self, retry: Retry, records: int, total: int, delay: float) -> None:
         if retry.error:

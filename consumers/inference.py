@@ -35,7 +35,7 @@ from common.metrics import serve
 from common.schema import InvalidMessage, dumps, make_result_message, parse_image_record
 from common.wire import CONTENT_TYPES, FORMAT, IMAGE, IMAGE_ID, PRODUCER_ID, PUBLISHED_AT, RESULT_PRODUCER_HEADER
 from common.settings import InferenceClientSettings, KafkaSettings, MetricsSettings, describe, with_flags
-from consumers.loop import ConsumeLoop, DeadLetter, Done, Output, Retry
+from consumers.loop import ConsumeLoop, DeadLetter, Output, Retry
 from consumers.metrics import (DLQ_IMAGE_ERROR, DLQ_INVALID_INPUT, DLQ_INVALID_PREDICTION, DLQ_SERVICE_REFUSED,
                                InferenceConsumerMetrics)
 from consumers.predict_client import (BatchRejected, InferenceClient, ServiceUnavailable,  # noqa: F401
@@ -144,8 +144,8 @@ class InferenceHandler:
             result[PUBLISHED_AT] = time.time()
             # Keyed by producer: each producer reads only its own partition of the results.
             producer_id = msg[PRODUCER_ID].encode()
-            outcomes[i] = Done((Output(self.kafka.results_topic, dumps(result), producer_id,
-                                       ((RESULT_PRODUCER_HEADER, producer_id),)),))
+            outcomes[i] = Output(self.kafka.results_topic, dumps(result), producer_id,
+                                 [(RESULT_PRODUCER_HEADER, producer_id)])
             self.stats.results += 1
             self.metrics.predicted_image()
 

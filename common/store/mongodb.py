@@ -91,7 +91,7 @@ def redact_uri(uri: str) -> str:
 
 
 def update_of(u: Upsert) -> UpdateOne:
-    fields = {k: Binary(v) if isinstance(v, (bytes, bytearray)) else v for k, v in u.fields.items()}
+    fields = u.fields if IMAGE not in u.fields else {**u.fields, IMAGE: Binary(u.fields[IMAGE])}
     return UpdateOne({"_id": u.image_id}, {"$set": fields, "$min": u.first}, upsert=True)
 
 
