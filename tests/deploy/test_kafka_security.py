@@ -106,20 +106,22 @@ def expected_acls(monkeypatch) -> set[tuple[str, str, str, str]]:
     from common.settings import KafkaSettings
     import consumers.db
     import consumers.dlq
+    import consumers.dlq_entries
     import consumers.inference
+    import consumers.replay
     import producer.camera
 
     fields = KafkaSettings.model_fields
     images, results, dlq = (fields[f].default for f in ("images_topic", "results_topic", "dlq_topic"))
     # Every writer makes its producer with common.kafka_io.make_producer.
-    for module in (producer.camera, consumers.inference, consumers.db, consumers.dlq):
+    for module in (producer.camera, consumers.inference, consumers.db, consumers.replay):
         assert "make_producer(" in inspect.getsource(module), module.__name__
     # The producers' result listener reads by manual assignment: no group.
     assert re.search(r"make_consumer\([^)]*group_id=None", inspect.getsource(producer.camera))
-    # So does the DLQ tool, unless it names a group.
+    # So does the DLQ tool (it reads the topic in consumers/dlq_entries.py), unless it names a group.
     dlq_group = getattr(consumers.dlq, "GROUP_ID", None)
     if not dlq_group:
-        assert "group_id=None" in inspect.getsource(consumers.dlq)
+        assert "group_id=None" in inspect.getsource(consumers.dlq_entries)
 
     acls: set[tuple[str, str, str, str]] = set()
 
@@ -140,7 +142,7 @@ def expected_acls(monkeypatch) -> set[tuple[str, str, str, str]]:
     grant("db_consumer", "Topic", results, "Read")
     grant("db_consumer", "Group", consumers.db.GROUP_ID, "Read")
     grant("db_consumer", "Topic", dlq, "Write")
-    # consumers/dlq.py: the DLQ in; replays back to the images or results topic.
+    # consumers/dlq.py (dlq_entries, replay): the DLQ in; replays back to the images or results topic.
     grant("dlq", "Topic", dlq, "Read")
     if dlq_group:
         grant("dlq", "Group", dlq_group, "Read")
