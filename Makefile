@@ -99,9 +99,10 @@ serve: venv       ## the inference service alone, in the foreground
 train: venv       ## train ResNet50 on CIFAR-10 (DATASET_SOURCE) for MODEL_WEIGHTS=<file>
 	$(PYTHON) -m inference.train $(if $(DATASET_SOURCE),--dataset-source $(DATASET_SOURCE)) --out results/resnet50-cifar10.weights.h5
 
-experiment: venv  ## latency sweep over 1..N producers: make experiment PRODUCERS="1 2" IMAGES=100 RATE=10
+experiment: venv  ## latency sweep over 1..N producers: make experiment PRODUCERS="1 2" IMAGES=100 RATE=10 REPEAT=3
 	$(PYTHON) -m experiments.experiment $(if $(PRODUCERS),--producers $(PRODUCERS)) \
-	  $(if $(IMAGES),--images $(IMAGES)) $(if $(RATE),--rate $(RATE)) $(if $(OUT),--out $(OUT)) $(ARGS)
+	  $(if $(IMAGES),--images $(IMAGES)) $(if $(RATE),--rate $(RATE)) $(if $(REPEAT),--repeat $(REPEAT)) \
+	  $(if $(OUT),--out $(OUT)) $(ARGS)
 
 clean: down
 	rm -rf .run .pytest_cache

@@ -1,12 +1,15 @@
 """``make experiment`` / ``python -m experiments.experiment``: latency for 1..N producers.
 
 For each producer count in ``--producers`` it runs that many producers at once, waits
-until every result is back and every image is stored, and writes one run directory per
-configuration (``<out>/<N>-producers/``), ``experiment.json`` and the analysis of all of
-them into ``<out>/``.  On the local stack by default (started if needed, stopped after if
-started here); with ``KAFKA_BOOTSTRAP_SERVERS`` and ``MONGO_URI`` set (or ``--kafka`` /
-``--mongo``) on that deployed stack: the Ansible experiment stage runs exactly this
-(docs/USAGE.md, "Measuring latency").
+until every result is back and every image is stored, and writes the configuration's run
+directory (``<out>/<N>-producers/``), ``experiment.json`` and the analysis of all of them
+into ``<out>/``.  With ``--repeat K`` each configuration runs K times, interleaved (1, 2,
+3, 4, 1, 2, 3, 4 ... producers), each trial in ``<N>-producers/trial-<k>/`` and the
+configuration's directory their pooled view, with a measured settle between trials
+(experiments/repeats.py, experiments/settle.py).  On the local stack by default (started
+if needed, stopped after if started here); with ``KAFKA_BOOTSTRAP_SERVERS`` and
+``MONGO_URI`` set (or ``--kafka`` / ``--mongo``) on that deployed stack: the Ansible
+experiment stage runs exactly this (docs/USAGE.md, "Measuring latency").
 """
 
 from __future__ import annotations
@@ -29,8 +32,10 @@ from common.log import setup_logging
 from common.settings import (InferenceClientSettings, KafkaSettings, MongoSettings, StackSettings, given, mask,
                              secret, with_flags)
 from analysis.stats import find_knee
-from experiments.capacity import PAST_KNEE, PER_PRODUCER_MAX, choose_rate, ramp, sweep_basis
-from experiments.runner import RunFailed, run_configuration
+from experiments.capacity import PAST_KNEE, PER_PRODUCER_MAX, choose_rate, load_average, ramp, sweep_basis
+from experiments.repeats import Trials, schedule
+from experiments.runner import RunFailed
+from experiments.settle import KafkaLag, Settler, stack_cpu
 from stack.control import down, read_env, stack_dir, supervisor_pid, up
 
 log = logging.getLogger(__name__)
@@ -109,6 +114,29 @@ def measure_rate(out: Path, env: dict, args, record: dict) -> float:
     return rate
 
 
+def local_stack_of(env: dict) -> Path | None:
+    """The directory of the local stack that serves ``env``'s Kafka (the stack this machine
+    runs, given by its endpoints as the tests do), or None: a deployed stack."""
+    d = stack_dir()
+    try:
+        running = supervisor_pid(d) is not None and read_env(d / "stack.env").get(
+            "KAFKA_BOOTSTRAP_SERVERS") == env.get("KAFKA_BOOTSTRAP_SERVERS")
+    except OSError:
+        running = False
+    return d if running else None
+
+
+def make_settler(env: dict, stack: Path | None, max_s: float) -> Settler:
+    """The settle between trials: consumer lag from Kafka, and the stack's CPU where the stack
+    is local (``stack``: its directory); what cannot be measured is left out and recorded so."""
+    try:
+        lag = KafkaLag(env)
+    except Exception as exc:  # noqa: BLE001 - no admin access (ACLs), broker away: settle without it
+        log.warning("consumer lag not measurable (%s): the settle between trials waits for the store and CPU", exc)
+        lag = None
+    return Settler(lag or (lambda: None), stack_cpu(stack) if stack else None, max_s=max_s)
+
+
 def cdf_title(record: dict) -> str:
     rate = record["settings"]["rate_per_producer"]
     parts = [f"{rate:g} img/s per producer"]
@@ -140,7 +168,13 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--kafka", help="bootstrap servers of a deployed stack")
     p.add_argument("--mongo", help="MongoDB URI of a deployed stack")
     p.add_argument("--inference-url", help="service URL of a deployed stack (for the model id)")
-    p.add_argument("--pause", type=float, default=2.0, help="seconds between configurations")
+    p.add_argument("--repeat", type=int, default=1, metavar="K",
+                   help="trials per configuration, interleaved: 1, 2, 3, 4, 1, 2, 3, 4 ... producers (default 1)")
+    p.add_argument("--settle-max-s", type=float, default=120.0,
+                   help="longest wait after a trial for the pipeline to settle: consumer lag zero, every image "
+                        "stored, the stack's CPU back to idle (default 120; how long it took is recorded)")
+    p.add_argument("--pause", type=float, default=0.0,
+                   help="seconds to wait between trials after the measured settle (default 0)")
     p.add_argument("--log-x", action="store_true", help="log-scaled x axis in the CDF")
     return p
 
@@ -173,35 +207,35 @@ def main(argv=None) -> int:
                  f"{k}={mask(SecretStr(v)) if k == 'MONGO_URI' else v}" for k, v in env.items()))
     record = {"started_at": time.time(), "target": "deployed" if deployed else "local-stack",
               "settings": {"producers": args.producers, "images_per_producer": args.images,
-                           "rate_per_producer": args.rate, "rate_from": "given" if args.rate else "capacity"},
+                           "rate_per_producer": args.rate, "rate_from": "given" if args.rate else "capacity",
+                           "repeat": args.repeat, "order": "interleaved"},
+              "load_average_start": load_average(),
               "model": model_info(env, secret(client.inference_token)), "versions": versions(), "host": host_facts(),
               "capacity": None, "knee": None, "runs": []}
     status = 0
+    settler = make_settler(env, local_stack_of(env), args.settle_max_s)
     try:
         rate = args.rate or measure_rate(out, env, args, record)
         ramp_record = record["capacity"] or {}  # the ramp's figures; none with --rate
-        for i, n in enumerate(args.producers):
-            run_dir = out / f"{n}-producer{'s' if n > 1 else ''}"
-            summary = run_configuration(run_dir, env, producers=n, count=args.images,
-                                        rate=rate, desc=f"{n} producer{'s' if n > 1 else ''}",
-                                        extra={"experiment": out.name, "offered_img_s": round(n * rate, 2),
-                                               "capacity_img_s": ramp_record.get("img_s"),
-                                               "ramp_knee_between_img_s": ramp_record.get("knee_between_img_s")})
-            e2e = summary.get("e2e_ms") or {}
-            log.info("%d producer(s): sent %d, results %d, lost %s, p50 %s ms, p95 %s ms, %.1f img/s",
-                     n, summary["sent"], summary["results"], summary["lost"],
-                     f"{e2e.get('p50', float('nan')):.1f}", f"{e2e.get('p95', float('nan')):.1f}",
-                     summary.get("throughput_img_s") or 0)
-            record["runs"].append({"producers": n, "dir": run_dir.name, "summary": summary})
-            if summary["lost"]:
+        record["settle_baseline"] = settler.baseline()
+        trials = Trials(out, args.producers, env, settler, count=args.images, rate=rate,
+                        extra={"experiment": out.name, "capacity_img_s": ramp_record.get("img_s"),
+                               "ramp_knee_between_img_s": ramp_record.get("knee_between_img_s")})
+        plan = schedule(args.producers, range(1, args.repeat + 1))
+        for i, (round_no, n) in enumerate(plan):
+            trial = trials.run(round_no, n)
+            record["runs"] = trials.runs()
+            if trial["settle"].get("stored") is False:
                 status = 1
-            if i + 1 < len(args.producers):
+            if i + 1 < len(plan) and args.pause:
                 time.sleep(args.pause)
     except RunFailed as exc:
         print(f"experiment failed: {exc}", file=sys.stderr)
         return 1
     finally:
+        settler.close()
         record["finished_at"] = time.time()
+        record["load_average_end"] = load_average()
         knee = find_knee([{"producers": r["producers"], "offered_img_s": r["summary"].get("offered_img_s"),
                            "throughput_img_s": r["summary"].get("result_rate_img_s")} for r in record["runs"]])
         record["knee"] = knee and {**knee, "rule": "the first load whose stored rate is below 95 % of the "

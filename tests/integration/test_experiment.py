@@ -82,3 +82,32 @@ def test_experiment_without_a_rate_measures_the_capacity_first(local_stack, tmp_
     if record["knee"] is not None:
         assert record["knee"]["producers"] in offered
     assert (out / "throughput.png").stat().st_size > 10_000
+
+
+def test_repeated_trials_are_interleaved_settled_and_pooled(local_stack, tmp_path):
+    """--repeat 2: each configuration runs twice, 1, 2, 1, 2 producers, each trial in its own
+    directory with its settle measured (lag back to zero, every image stored, and the stack's
+    CPU: this stack runs here), and each configuration's directory pools its trials."""
+    out = tmp_path / "exp"
+    proc = subprocess.run([sys.executable, "-m", "experiments.experiment", "--producers", "1", "2",
+                           "--images", "10", "--rate", "15", "--repeat", "2", "--out", str(out)],
+                          cwd=ROOT, env=local_stack["env"], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    record = json.loads((out / "experiment.json").read_text())
+    assert record["settings"]["repeat"] == 2 and record["settings"]["order"] == "interleaved"
+    assert record["settle_baseline"]["lag"] == 0 and record["settle_baseline"]["idle_cpu_cores"] is not None
+    trials = sorted((t for r in record["runs"] for t in r["trials"]), key=lambda t: t["order"])
+    assert [t["dir"] for t in trials] == ["1-producer/trial-1", "2-producers/trial-1",
+                                         "1-producer/trial-2", "2-producers/trial-2"]
+    for t in trials:
+        settle = t["settle"]
+        assert settle["settled"] and settle["stored"] and settle["lag"] == 0, settle
+        assert settle["measured"] == ["store", "consumer lag", "stack CPU"] and settle["settle_s"] >= 0
+        assert t["summary"]["lost"] == 0 and (out / t["dir"] / "summary.json").is_file()
+    for run, n in zip(record["runs"], (1, 2)):
+        pooled = json.loads((out / run["dir"] / "summary.json").read_text())
+        assert pooled["sent"] == 2 * 10 * n and pooled["lost"] == 0 and pooled["trials"] == 2
+        rows = list(csv.DictReader(open(out / run["dir"] / "latencies.csv")))
+        assert len(rows) == 2 * 10 * n and len({r["producer_id"] for r in rows}) == 2 * n
+    percentiles = list(csv.DictReader(open(out / "percentiles.csv")))
+    assert [p["run"] for p in percentiles] == ["1-producer", "2-producers"]
