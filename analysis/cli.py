@@ -6,8 +6,9 @@ stored_at - sent_at); ``--mongo URI`` fills in stage timestamps of the run direc
 images from MongoDB.
 
 Outputs in OUT_DIR:
-  percentiles.csv   run,count,p50_ms,p90_ms,p95_ms,p99_ms,max_ms,throughput_img_s
-                    (also printed on stdout as a Markdown table)
+  percentiles.csv   run,trials,count, p50_ms,p50_ci_low_ms,p50_ci_high_ms (and so for p90,
+                    p95, p99), max_ms, throughput_img_s,throughput_ci_low_img_s,
+                    throughput_ci_high_img_s (also printed on stdout as a Markdown table)
   latency_cdf.png   one CDF curve per run, p50/p95/p99 marked
   stages.png        median / p95 time per pipeline stage (needs stage data)
   throughput.png    images/s and p95 against producer count (or run)
@@ -15,8 +16,11 @@ Outputs in OUT_DIR:
 
 Percentiles are exact nearest-rank: for n sorted samples x[1..n] the p-th percentile is
 x[ceil(p/100*n)], always a measured sample, never interpolated (analysis/stats.py).
-Throughput: summary.json's throughput_img_s, else results / (last result_at - first
-sent_at).  Exit status 2 on unusable input (the message names the file and line).
+Their 95 % confidence intervals resample trials, then blocks of consecutive images within
+each (analysis/intervals.py).  A RUN_DIR that pools trials (make experiment REPEAT=K) is
+read trial by trial.  Throughput: summary.json's throughput_img_s (a pooled view's: the
+mean of its trials'), else results / (last result_at - first sent_at); its interval is
+Student's t over the trials.  Exit status 2 on unusable input (the message names the file and line).
 """
 
 from __future__ import annotations
@@ -26,8 +30,8 @@ import json
 import sys
 from pathlib import Path
 
-from analysis.report import accuracy_of, labelled_pairs, markdown_table, percentile_row, run_accuracy, \
-    write_percentiles_csv
+from analysis.report import accuracy_of, intervals_of, labelled_pairs, markdown_table, percentile_row, \
+    run_accuracy, write_percentiles_csv
 from analysis.runs import (MONGO_COLLECTION, MONGO_DATABASE, RESULT_PATH, STAGES, AnalysisInputError, Run,
                            add_mongo_stages, load_mongo_run, load_run, unique_names, with_row_stages)
 from common.rundir import LatencyFileError
@@ -95,7 +99,8 @@ def analyse(runs: list[Run], out: Path, *, log_x: bool = False, title: str | Non
 
     out.mkdir(parents=True, exist_ok=True)
     files: list[Path] = []
-    rows = [percentile_row(run) for run in runs]
+    found = [intervals_of(run) for run in runs]
+    rows = [percentile_row(run, f) for run, f in zip(runs, found)]
     for run, row in zip(runs, rows):
         if row["count"] == 0:
             _note(f"run {run.name}: no image has an end-to-end latency (no results came back)")
