@@ -15,6 +15,7 @@ experiment stage runs exactly this (docs/USAGE.md, "Measuring latency").
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import os
@@ -33,7 +34,7 @@ from common.settings import (InferenceClientSettings, KafkaSettings, MongoSettin
                              secret, with_flags)
 from analysis.stats import find_knee
 from experiments.capacity import PAST_KNEE, PER_PRODUCER_MAX, choose_rate, load_average, ramp, sweep_basis
-from experiments.repeats import Trials, schedule
+from experiments.repeats import Trials, config_name, p95_widths, schedule, stopping_rule
 from experiments.runner import RunFailed
 from experiments.settle import KafkaLag, Settler, stack_cpu
 from stack.control import down, read_env, stack_dir, supervisor_pid, up
@@ -114,6 +115,20 @@ def measure_rate(out: Path, env: dict, args, record: dict) -> float:
     return rate
 
 
+def until_ci_done(record: dict, out: Path, args, rounds: int) -> bool:
+    """The stopping rule of ``--until-ci`` after ``rounds`` rounds: records where it stands
+    in ``record["stopping"]``; True when it is met or the cap is reached."""
+    widths = p95_widths(out, [config_name(n) for n in args.producers])
+    met = stopping_rule(widths, args.until_ci)
+    record["stopping"] = {"rule": f"every p95's 95 % interval narrower than {args.until_ci:g} % of the p95",
+                          "until_ci_pct": args.until_ci, "max_repeat": args.max_repeat, "rounds": rounds,
+                          "met": met, "p95": widths}
+    log.info("after %d round(s): p95 interval widths %s: %s", rounds,
+             ", ".join(f"{k} {w and w['width_pct']} %" for k, w in widths.items()),
+             "rule met" if met else ("cap reached, rule NOT met" if rounds >= args.max_repeat else "one more round"))
+    return met or rounds >= args.max_repeat
+
+
 def local_stack_of(env: dict) -> Path | None:
     """The directory of the local stack that serves ``env``'s Kafka (the stack this machine
     runs, given by its endpoints as the tests do), or None: a deployed stack."""
@@ -170,6 +185,12 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--inference-url", help="service URL of a deployed stack (for the model id)")
     p.add_argument("--repeat", type=int, default=1, metavar="K",
                    help="trials per configuration, interleaved: 1, 2, 3, 4, 1, 2, 3, 4 ... producers (default 1)")
+    p.add_argument("--until-ci", type=float, default=None, metavar="P",
+                   help="after the --repeat rounds (2 at least), add rounds until every configuration's p95 has a "
+                        "95 %% interval narrower than P %% of its value, or --max-repeat rounds ran; the report "
+                        "says whether the rule was met")
+    p.add_argument("--max-repeat", type=int, default=10, metavar="CAP",
+                   help="with --until-ci: the most rounds (default 10)")
     p.add_argument("--settle-max-s", type=float, default=120.0,
                    help="longest wait after a trial for the pipeline to settle: consumer lag zero, every image "
                         "stored, the stack's CPU back to idle (default 120; how long it took is recorded)")
@@ -183,6 +204,8 @@ def main(argv=None) -> int:
     setup_logging()
     p = make_parser()
     args = p.parse_args(argv)
+    if args.repeat < 1 or args.max_repeat < 2 or (args.until_ci is not None and args.until_ci <= 0):
+        p.error("--repeat must be at least 1, --max-repeat at least 2, --until-ci a positive per cent")
     # A deployed stack's addresses, from the flags or the environment (set at all: deployed).
     kafka = with_flags(KafkaSettings, p, kafka_bootstrap_servers=args.kafka)
     mongo = with_flags(MongoSettings, p, mongo_uri=args.mongo)
@@ -208,7 +231,8 @@ def main(argv=None) -> int:
     record = {"started_at": time.time(), "target": "deployed" if deployed else "local-stack",
               "settings": {"producers": args.producers, "images_per_producer": args.images,
                            "rate_per_producer": args.rate, "rate_from": "given" if args.rate else "capacity",
-                           "repeat": args.repeat, "order": "interleaved"},
+                           "repeat": args.repeat, "order": "interleaved", "until_ci_pct": args.until_ci,
+                           "max_repeat": args.max_repeat if args.until_ci is not None else None},
               "load_average_start": load_average(),
               "model": model_info(env, secret(client.inference_token)), "versions": versions(), "host": host_facts(),
               "capacity": None, "knee": None, "runs": []}
@@ -221,14 +245,18 @@ def main(argv=None) -> int:
         trials = Trials(out, args.producers, env, settler, count=args.images, rate=rate,
                         extra={"experiment": out.name, "capacity_img_s": ramp_record.get("img_s"),
                                "ramp_knee_between_img_s": ramp_record.get("knee_between_img_s")})
-        plan = schedule(args.producers, range(1, args.repeat + 1))
-        for i, (round_no, n) in enumerate(plan):
-            trial = trials.run(round_no, n)
-            record["runs"] = trials.runs()
-            if trial["settle"].get("stored") is False:
-                status = 1
-            if i + 1 < len(plan) and args.pause:
-                time.sleep(args.pause)
+        # Whole rounds only: every configuration has the same trials, paired round by round.
+        least = max(args.repeat, 2 if args.until_ci is not None else 1)
+        for round_no in itertools.count(1):
+            for _round, n in schedule(args.producers, range(round_no, round_no + 1)):
+                if trials.order and args.pause:
+                    time.sleep(args.pause)
+                trial = trials.run(round_no, n)
+                record["runs"] = trials.runs()
+                if trial["settle"].get("stored") is False:
+                    status = 1
+            if round_no >= least and (args.until_ci is None or until_ci_done(record, out, args, round_no)):
+                break
     except RunFailed as exc:
         print(f"experiment failed: {exc}", file=sys.stderr)
         return 1
@@ -249,6 +277,10 @@ def main(argv=None) -> int:
 
     analyse_args = [str(out / r["dir"]) for r in record["runs"]] + ["--out", str(out)]
     analyse(analyse_args + (["--log-x"] if args.log_x else []) + ["--title", cdf_title(record)])
+    stop = record.get("stopping")
+    if stop:
+        print(f"\nstopping rule ({stop['rule']}): {'met' if stop['met'] else 'NOT met'} after "
+              f"{stop['rounds']} round(s)" + ("" if stop["met"] else f" (the cap, --max-repeat {stop['max_repeat']})"))
     print(f"\nexperiment written to {out} (experiment.json, latency_cdf.png, percentiles.csv, "
           "stages.png, throughput.png)")
     return status

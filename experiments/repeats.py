@@ -107,3 +107,23 @@ class Trials:
 
 def _ms(value) -> str:
     return "-" if value is None else f"{value:.1f}"
+
+
+def p95_widths(out: Path, configs: list[str]) -> dict[str, dict]:
+    """Each configuration's pooled p95 and its 95 % interval so far (the tables' own,
+    analysis.intervals), with the interval's width in per cent of the p95."""
+    from analysis.intervals import percentile_intervals
+    from analysis.runs import load_run
+
+    found = {}
+    for name in configs:
+        trials = [t for t in load_run(out / name).trials() if t]
+        iv = percentile_intervals(trials, (95,))[95] if trials else None
+        found[name] = iv and {"p95_ms": round(iv.estimate, 3), "low_ms": round(iv.low, 3), "high_ms": round(iv.high, 3),
+                              "width_pct": round(100 * iv.width / iv.estimate, 2) if iv.estimate > 0 else None}
+    return found
+
+
+def stopping_rule(widths: dict[str, dict], until_pct: float) -> bool:
+    """Whether every configuration's p95 interval is narrower than ``until_pct`` % of its p95."""
+    return all(w is not None and w["width_pct"] is not None and w["width_pct"] < until_pct for w in widths.values())

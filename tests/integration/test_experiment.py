@@ -111,3 +111,19 @@ def test_repeated_trials_are_interleaved_settled_and_pooled(local_stack, tmp_pat
         assert len(rows) == 2 * 10 * n and len({r["producer_id"] for r in rows}) == 2 * n
     percentiles = list(csv.DictReader(open(out / "percentiles.csv")))
     assert [p["run"] for p in percentiles] == ["1-producer", "2-producers"]
+
+
+def test_until_ci_adds_rounds_up_to_its_cap_and_says_whether_it_was_met(local_stack, tmp_path):
+    """--until-ci: rounds are added (whole rounds: every configuration) until every p95's
+    interval is narrow enough, or the cap; an impossible target runs to the cap and says so."""
+    out = tmp_path / "exp"
+    proc = subprocess.run([sys.executable, "-m", "experiments.experiment", "--producers", "1",
+                           "--images", "8", "--rate", "15", "--until-ci", "0.001", "--max-repeat", "3",
+                           "--out", str(out)],
+                          cwd=ROOT, env=local_stack["env"], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    stop = json.loads((out / "experiment.json").read_text())["stopping"]
+    assert stop["rounds"] == 3 and stop["met"] is False and stop["until_ci_pct"] == 0.001
+    assert stop["p95"]["1-producer"]["width_pct"] >= 0.001
+    assert len(json.loads((out / "1-producer" / "trials.json").read_text())["trials"]) == 3
+    assert "NOT met after 3 round(s)" in proc.stdout

@@ -142,3 +142,22 @@ def test_each_trial_rewrites_its_configuration_pool(tmp_path, monkeypatch):
     assert [t["producer_ids"] for t in listed] == [["2-producers-t1-p1", "2-producers-t1-p2"],
                                                    ["2-producers-t2-p1", "2-producers-t2-p2"]]
     assert [len(rows) for _t, rows in Pool(tmp_path / "2-producers").trial_rows()] == [4, 4]
+
+
+def test_the_stopping_rule_reads_the_tables_p95_interval(tmp_path):
+    from analysis.intervals import percentile_intervals
+    from analysis.runs import load_run
+    from tests.support import write_experiment
+
+    steady = [[100.0 + (i % 7) for i in range(60)] for _ in range(3)]
+    jumpy = [[100.0 * (1 + k) + (i % 7) for i in range(60)] for k in range(3)]
+    out = write_experiment(tmp_path / "e", {1: steady, 2: jumpy})
+    widths = repeats.p95_widths(out, ["1-producer", "2-producers"])
+    p95 = percentile_intervals(load_run(out / "2-producers").trials(), (95,))[95]
+    assert widths["2-producers"] == {"p95_ms": round(p95.estimate, 3), "low_ms": round(p95.low, 3),
+                                     "high_ms": round(p95.high, 3),
+                                     "width_pct": round(100 * p95.width / p95.estimate, 2)}
+    assert widths["1-producer"]["width_pct"] < 10 < widths["2-producers"]["width_pct"]
+    assert repeats.stopping_rule({"1-producer": widths["1-producer"]}, 10)
+    assert not repeats.stopping_rule(widths, 10)
+    assert not repeats.stopping_rule({"x": None}, 10)
