@@ -9,7 +9,9 @@ Outputs in OUT_DIR:
   percentiles.csv   run,trials,count, p50_ms,p50_ci_low_ms,p50_ci_high_ms (and so for p90,
                     p95, p99), max_ms, throughput_img_s,throughput_ci_low_img_s,
                     throughput_ci_high_img_s (also printed on stdout as a Markdown table)
-  latency_cdf.png   one CDF curve per run, p50/p95/p99 marked
+  latency_cdf.png   one CDF curve per run with its 95 % band, p50/p95/p99 marked
+  differences.csv   each run against the next: per percentile b - a, its 95 % interval
+                    (paired by round within one experiment) and whether it excludes 0
   stages.png        median / p95 time per pipeline stage (needs stage data)
   throughput.png    images/s and p95 against producer count (or run)
   accuracy.json, confusion.png   when images carry ground-truth labels
@@ -30,6 +32,7 @@ import json
 import sys
 from pathlib import Path
 
+from analysis import differences
 from analysis.report import accuracy_of, intervals_of, labelled_pairs, markdown_table, percentile_row, \
     run_accuracy, write_percentiles_csv
 from analysis.runs import (MONGO_COLLECTION, MONGO_DATABASE, RESULT_PATH, STAGES, AnalysisInputError, Run,
@@ -110,7 +113,11 @@ def analyse(runs: list[Run], out: Path, *, log_x: bool = False, title: str | Non
     files.append(path)
 
     files.append(plots.plot_cdf([(run.label, run.latencies_ms) for run in runs],
-                                out / "latency_cdf.png", log_x=log_x, title=title))
+                                out / "latency_cdf.png", log_x=log_x, title=title,
+                                bands=[f["band"] for f in found]))
+    diffs = differences.adjacent(runs)
+    if diffs:
+        files.append(differences.write_csv(diffs, out / "differences.csv"))
 
     stage_runs = [(run.label, run.stage_durations_ms()) for run in runs]
     if any(data for _, data in stage_runs):
@@ -169,7 +176,7 @@ def analyse(runs: list[Run], out: Path, *, log_x: bool = False, title: str | Non
         files.append(plots.plot_confusion(figure, out / "confusion.png", title=fig_title))
     else:
         _note("no ground-truth labels: accuracy.json and confusion.png skipped")
-    return {"files": files, "rows": rows}
+    return {"files": files, "rows": rows, "differences": diffs}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -190,5 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     sys.stdout.write(markdown_table(result["rows"]))
+    if result["differences"]:
+        sys.stdout.write(differences.markdown(result["differences"]))
     print(f"\nwrote {', '.join(str(p) for p in result['files'])}", file=sys.stderr)
     return 0
