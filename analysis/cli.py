@@ -15,6 +15,12 @@ Outputs in OUT_DIR:
   stages.png        median / p95 time per pipeline stage (needs stage data)
   throughput.png    images/s and p95 against producer count (or run)
   accuracy.json, confusion.png   when images carry ground-truth labels
+  percentiles.json  the tables above with every value exact (rows, differences)
+  report.html       one self-contained page: what was run (experiment.json, when the
+                    RUN_DIRs are one experiment's configurations), the figures, the tables,
+                    the trials, images lost and dead letters
+
+A RUN_DIR that is an experiment directory (experiment.json) stands for its configurations.
 
 Percentiles are exact nearest-rank: for n sorted samples x[1..n] the p-th percentile is
 x[ceil(p/100*n)], always a measured sample, never interpolated (analysis/stats.py).
@@ -33,14 +39,18 @@ import sys
 from pathlib import Path
 
 from analysis import differences
-from analysis.report import accuracy_of, intervals_of, labelled_pairs, markdown_table, percentile_row, \
-    run_accuracy, write_percentiles_csv
+from analysis.html_report import write_report
+from analysis.intervals import LEVEL
+from analysis.report import INTERVAL_NOTE, accuracy_report, intervals_of, markdown_table, percentile_row, \
+    write_percentiles_csv
 from analysis.runs import (MONGO_COLLECTION, MONGO_DATABASE, RESULT_PATH, STAGES, AnalysisInputError, Run,
-                           add_mongo_stages, load_mongo_run, load_run, unique_names, with_row_stages)
+                           add_mongo_stages, experiment_of, expand_experiments, load_mongo_run, load_run,
+                           unique_names, with_row_stages)
 from common.rundir import LatencyFileError
 
 EPILOG = """\
 examples:
+  python -m analysis results/experiment-1 --out results/experiment-1   # an experiment: its configurations
   python -m analysis results/run-1p results/run-4p results/run-8p --out results/report
   python -m analysis results/demo --out results/demo/report --log-x
   python -m analysis --from-mongo mongodb://127.0.0.1:27017 --producer-id p1 --out report
@@ -77,7 +87,7 @@ def _note(text: str) -> None:
 
 
 def load_runs(args) -> list[Run]:
-    paths = [Path(p) for p in args.runs]
+    paths = expand_experiments([Path(p) for p in args.runs])
     runs = [load_run(p, name) for p, name in zip(paths, unique_names(paths))]
     if args.mongo and runs:
         matched = add_mongo_stages(runs, args.mongo, database=args.mongo_db,
@@ -112,17 +122,20 @@ def analyse(runs: list[Run], out: Path, *, log_x: bool = False, title: str | Non
     write_percentiles_csv(rows, path)
     files.append(path)
 
-    files.append(plots.plot_cdf([(run.label, run.latencies_ms) for run in runs],
-                                out / "latency_cdf.png", log_x=log_x, title=title,
-                                bands=[f["band"] for f in found]))
+    figures: dict[str, Path | None] = {}
+    figures["cdf"] = plots.plot_cdf([(run.label, run.latencies_ms) for run in runs],
+                                    out / "latency_cdf.png", log_x=log_x, title=title,
+                                    bands=[f["band"] for f in found])
+    files.append(figures["cdf"])
     diffs = differences.adjacent(runs)
     if diffs:
         files.append(differences.write_csv(diffs, out / "differences.csv"))
 
     stage_runs = [(run.label, run.stage_durations_ms()) for run in runs]
     if any(data for _, data in stage_runs):
-        files.append(plots.plot_stages(stage_runs, out / "stages.png",
-                                       [s for s, _, _ in STAGES], [s for s, _, _ in RESULT_PATH]))
+        figures["stages"] = plots.plot_stages(stage_runs, out / "stages.png",
+                                              [s for s, _, _ in STAGES], [s for s, _, _ in RESULT_PATH])
+        files.append(figures["stages"])
         for (label, data), run in zip(stage_runs, runs):
             if not data:
                 _note(f"run {run.name}: no stage data (no stages.csv, no MongoDB timestamps)")
@@ -144,38 +157,28 @@ def analyse(runs: list[Run], out: Path, *, log_x: bool = False, title: str | Non
         for p, run in zip(points, runs):
             p["x"] = run.name
     if any(p["throughput"] is not None or p["p95"] is not None for p in points):
-        files.append(plots.plot_throughput(points, out / "throughput.png", by_producers))
+        figures["throughput"] = plots.plot_throughput(points, out / "throughput.png", by_producers)
+        files.append(figures["throughput"])
     else:
         _note("no results in any run: throughput.png skipped")
 
-    accuracy = {name: acc for name, acc in ((run.name, run_accuracy(run)) for run in runs) if acc}
-    if accuracy:
-        labelled = [run for run in runs if run.name in accuracy]
-        report = {
-            "meaningful": all(acc["meaningful"] for acc in accuracy.values()),
-            "runs": accuracy,
-        }
-        if len(labelled) == 1:
-            figure = dict(accuracy[labelled[0].name])
-            fig_title = f"Confusion matrix — {labelled[0].name}"
-        else:
-            pairs = [p for run in labelled for p in labelled_pairs(run)]
-            figure = accuracy_of(pairs)
-            models = sorted({run.model or "?" for run in labelled})
-            figure["model"] = ", ".join(models)
-            figure["meaningful"] = report["meaningful"]
-            fig_title = f"Confusion matrix — {len(labelled)} runs pooled"
-            report["all_runs"] = {k: figure[k] for k in
-                                  ("n", "correct", "overall_accuracy", "per_class")}
-        if not report["meaningful"]:
-            report["note"] = ("model is untrained: predictions are arbitrary and the "
-                              "accuracy is NOT meaningful")
+    report, figure, fig_title = accuracy_report(runs)
+    if report:
         path = out / "accuracy.json"
         path.write_text(json.dumps(report, indent=2) + "\n")
         files.append(path)
-        files.append(plots.plot_confusion(figure, out / "confusion.png", title=fig_title))
+        figures["confusion"] = plots.plot_confusion(figure, out / "confusion.png", title=fig_title)
+        files.append(figures["confusion"])
     else:
         _note("no ground-truth labels: accuracy.json and confusion.png skipped")
+    path = out / "percentiles.json"
+    path.write_text(json.dumps({"level": LEVEL, "note": INTERVAL_NOTE, "rows": rows, "differences": diffs},
+                               indent=2) + "\n")
+    files.append(path)
+    record = experiment_of(runs)
+    name = runs[0].path.resolve().parent.name if record else None
+    files.append(write_report(out, rows=rows, diffs=diffs, record=record, accuracy=report, figures=figures,
+                              run_summaries=[{"dir": run.name, "summary": run.summary} for run in runs], name=name))
     return {"files": files, "rows": rows, "differences": diffs}
 
 

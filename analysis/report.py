@@ -149,6 +149,28 @@ def labelled_pairs(run: Run) -> list[tuple[str, str | None]]:
     return [(r.label, r.prediction) for r in run.rows if r.label]
 
 
+def accuracy_report(runs: list[Run]) -> tuple[dict | None, dict | None, str | None]:
+    """accuracy.json's object over the labelled runs, the confusion matrix to draw and its
+    title (None, None, None without labels)."""
+    accuracy = {name: acc for name, acc in ((run.name, run_accuracy(run)) for run in runs) if acc}
+    if not accuracy:
+        return None, None, None
+    labelled = [run for run in runs if run.name in accuracy]
+    report = {"meaningful": all(acc["meaningful"] for acc in accuracy.values()), "runs": accuracy}
+    if len(labelled) == 1:
+        figure = dict(accuracy[labelled[0].name])
+        title = f"Confusion matrix — {labelled[0].name}"
+    else:
+        figure = accuracy_of([p for run in labelled for p in labelled_pairs(run)])
+        figure["model"] = ", ".join(sorted({run.model or "?" for run in labelled}))
+        figure["meaningful"] = report["meaningful"]
+        title = f"Confusion matrix — {len(labelled)} runs pooled"
+        report["all_runs"] = {k: figure[k] for k in ("n", "correct", "overall_accuracy", "per_class")}
+    if not report["meaningful"]:
+        report["note"] = "model is untrained: predictions are arbitrary and the accuracy is NOT meaningful"
+    return report, figure, title
+
+
 def run_accuracy(run: Run) -> dict | None:
     pairs = labelled_pairs(run)
     if not pairs:

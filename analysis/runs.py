@@ -8,6 +8,7 @@ Only ``latencies.csv`` is required; everything else adds what it can.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -164,6 +165,49 @@ def load_run(path: Path, name: str | None = None) -> Run:
         run.rows = complete_rows(files)
         run.trial_rows, run.trial_throughputs = [run.rows], [run.throughput()]
     return run
+
+
+EXPERIMENT = "experiment.json"
+
+
+def read_experiment(path: Path) -> dict:
+    """An experiment directory's experiment.json (python -m experiments.experiment)."""
+    where = Path(path) / EXPERIMENT
+    try:
+        data = json.loads(where.read_text())
+    except FileNotFoundError:
+        raise RunFileError(f"{where}: no such file") from None
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise RunFileError(f"{where}: invalid JSON: {exc}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("runs"), list):
+        raise RunFileError(f"{where}: expected an object with a list \"runs\"")
+    return data
+
+
+def expand_experiments(paths: list[Path]) -> list[Path]:
+    """Each path as given, but an experiment directory (experiment.json, no latencies.csv of
+    its own) as its configurations' directories, in the order it lists them."""
+    out = []
+    for path in paths:
+        if (path / EXPERIMENT).is_file() and not (path / "latencies.csv").exists():
+            data = read_experiment(path)
+            dirs = [r.get("dir") for r in data["runs"] if isinstance(r, dict)]
+            if not dirs or not all(isinstance(d, str) and d for d in dirs):
+                raise RunFileError(f"{path / EXPERIMENT}: no configuration directories in \"runs\"")
+            out.extend(path / d for d in dirs)
+        else:
+            out.append(path)
+    return out
+
+
+def experiment_of(runs: list[Run]) -> dict | None:
+    """experiment.json of the experiment these runs are the configurations of (their common
+    parent directory's), or None."""
+    parents = {run.path.resolve().parent for run in runs if run.path is not None}
+    if len(parents) != 1 or any(run.path is None for run in runs):
+        return None
+    parent = parents.pop()
+    return read_experiment(parent) if (parent / EXPERIMENT).is_file() else None
 
 
 def unique_names(paths: list[Path]) -> list[str]:

@@ -18,14 +18,10 @@ import argparse
 import itertools
 import json
 import logging
-import os
-import platform
 import sys
 import time
-from importlib import metadata
 from pathlib import Path
 
-import requests
 from pydantic import SecretStr
 
 from analysis.cli import main as analyse
@@ -34,6 +30,7 @@ from common.settings import (InferenceClientSettings, KafkaSettings, MongoSettin
                              secret, with_flags)
 from analysis.stats import find_knee
 from experiments.capacity import PAST_KNEE, PER_PRODUCER_MAX, choose_rate, load_average, ramp, sweep_basis
+from experiments.facts import dead_letters, host_facts, model_info, store_info, versions
 from experiments.repeats import Trials, config_name, p95_widths, schedule, stopping_rule
 from experiments.runner import RunFailed
 from experiments.settle import KafkaLag, Settler, stack_cpu
@@ -42,49 +39,6 @@ from stack.control import down, read_env, stack_dir, supervisor_pid, up
 log = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _proc_value(path: str, key: str) -> str | None:
-    """The value of ``key`` in a ``key: value`` file of /proc (None where it cannot be read)."""
-    try:
-        for line in Path(path).read_text().splitlines():
-            name, _, value = line.partition(":")
-            if name.strip() == key:
-                return value.strip()
-    except OSError:
-        pass
-    return None
-
-
-def host_facts() -> dict:
-    mem_kb = (_proc_value("/proc/meminfo", "MemTotal") or "").split(" ")[0]
-    return {"hostname": platform.node(), "platform": platform.platform(),
-            "python": platform.python_version(), "cpu_count": os.cpu_count(),
-            "cpu_model": _proc_value("/proc/cpuinfo", "model name"),
-            "memory_gib": round(int(mem_kb) / 2**20, 1) if mem_kb.isdigit() else None}
-
-
-def versions() -> dict:
-    out = {}
-    for pkg in ("tensorflow-cpu", "tensorflow", "keras", "kafka-python", "pymongo", "flask",
-                "gunicorn", "numpy"):
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            pass
-    return out
-
-
-def model_info(env: dict, token: str | None) -> dict | None:
-    url = env.get("INFERENCE_URL", "").split(",")[0]
-    if not url:
-        return None
-    try:
-        r = requests.get(f"{url.rstrip('/')}/v1/model", timeout=5,
-                         headers={"Authorization": f"Bearer {token}"} if token else {})
-        return r.json() if r.ok else None
-    except (requests.RequestException, ValueError):
-        return None
 
 
 def measure_rate(out: Path, env: dict, args, record: dict) -> float:
@@ -235,6 +189,7 @@ def main(argv=None) -> int:
                            "max_repeat": args.max_repeat if args.until_ci is not None else None},
               "load_average_start": load_average(),
               "model": model_info(env, secret(client.inference_token)), "versions": versions(), "host": host_facts(),
+              "store": store_info(env),
               "capacity": None, "knee": None, "runs": []}
     status = 0
     settler = make_settler(env, local_stack_of(env), args.settle_max_s)
@@ -264,6 +219,8 @@ def main(argv=None) -> int:
         settler.close()
         record["finished_at"] = time.time()
         record["load_average_end"] = load_average()
+        # What the pipeline dead-lettered meanwhile (a clean run has none; images lost are in each summary).
+        record["dead_letters"] = dead_letters(env, record["started_at"])
         knee = find_knee([{"producers": r["producers"], "offered_img_s": r["summary"].get("offered_img_s"),
                            "throughput_img_s": r["summary"].get("result_rate_img_s")} for r in record["runs"]])
         record["knee"] = knee and {**knee, "rule": "the first load whose stored rate is below 95 % of the "
@@ -281,8 +238,8 @@ def main(argv=None) -> int:
     if stop:
         print(f"\nstopping rule ({stop['rule']}): {'met' if stop['met'] else 'NOT met'} after "
               f"{stop['rounds']} round(s)" + ("" if stop["met"] else f" (the cap, --max-repeat {stop['max_repeat']})"))
-    print(f"\nexperiment written to {out} (experiment.json, latency_cdf.png, percentiles.csv, "
-          "stages.png, throughput.png)")
+    print(f"\nexperiment written to {out}: report.html (the whole experiment on one page), experiment.json, "
+          "percentiles.csv, differences.csv, latency_cdf.png, stages.png, throughput.png")
     return status
 
 
