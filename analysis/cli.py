@@ -22,6 +22,11 @@ Outputs in OUT_DIR:
 
 A RUN_DIR that is an experiment directory (experiment.json) stands for its configurations.
 
+``--compare BEFORE AFTER`` compares two experiments instead (analysis/compare.py): per
+configuration and percentile both values with their intervals, after - before with its
+interval (the two resampled independently), and whether they differ beyond their
+intervals (that interval excludes 0); compare.csv in OUT_DIR.
+
 Percentiles are exact nearest-rank: for n sorted samples x[1..n] the p-th percentile is
 x[ceil(p/100*n)], always a measured sample, never interpolated (analysis/stats.py).
 Their 95 % confidence intervals resample trials, then blocks of consecutive images within
@@ -38,7 +43,7 @@ import json
 import sys
 from pathlib import Path
 
-from analysis import differences
+from analysis import compare, differences
 from analysis.html_report import write_report
 from analysis.intervals import LEVEL
 from analysis.report import INTERVAL_NOTE, accuracy_report, intervals_of, markdown_table, percentile_row, \
@@ -51,6 +56,7 @@ from common.rundir import LatencyFileError
 EPILOG = """\
 examples:
   python -m analysis results/experiment-1 --out results/experiment-1   # an experiment: its configurations
+  python -m analysis --compare results/before results/after --out results/compare
   python -m analysis results/run-1p results/run-4p results/run-8p --out results/report
   python -m analysis results/demo --out results/demo/report --log-x
   python -m analysis --from-mongo mongodb://127.0.0.1:27017 --producer-id p1 --out report
@@ -62,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="*", metavar="RUN_DIR",
                         help="run directory holding latencies.csv (or the latencies.csv itself)")
+    parser.add_argument("--compare", nargs=2, type=Path, metavar=("BEFORE", "AFTER"), default=None,
+                        help="compare two experiment directories (or two runs) per configuration and "
+                             "percentile instead: compare.csv, and whether they differ beyond their intervals")
     parser.add_argument("--out", required=True, type=Path, metavar="OUT_DIR",
                         help="directory for the report files (created if missing)")
     parser.add_argument("--log-x", action="store_true",
@@ -182,9 +191,27 @@ def analyse(runs: list[Run], out: Path, *, log_x: bool = False, title: str | Non
     return {"files": files, "rows": rows, "differences": diffs}
 
 
+def compare_main(before: Path, after: Path, out: Path) -> int:
+    """--compare: compare.csv in ``out`` and the table on stdout."""
+    try:
+        rows, notes = compare.compare_experiments(before, after)
+        out.mkdir(parents=True, exist_ok=True)
+        path = compare.write_csv(rows, out / "compare.csv")
+    except (LatencyFileError, AnalysisInputError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    sys.stdout.write(compare.markdown(rows, before, after, notes))
+    print(f"\nwrote {path}", file=sys.stderr)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.compare:
+        if args.runs or args.from_mongo:
+            parser.error("--compare takes its two directories alone")
+        return compare_main(*args.compare, args.out)
     if not args.runs and not args.from_mongo:
         parser.error("give at least one RUN_DIR or --from-mongo URI")
     if args.producer_id and not args.from_mongo:
