@@ -10,7 +10,7 @@ format (``common.rundir``) that ``make experiment REPEAT=K`` adds (docs/ARCHITEC
 
 The pooled view is a run directory like any other, so everything that reads one reads it.
 A trial's rows are told apart in it by their producer ids (each trial's producers have ids
-of their own, ``<config>-t<k>-p<i>``), which is what lets the analysis resample trial by
+of their own, ``<config>-t<k>-<token>-p<i>``), which is what lets the analysis resample trial by
 trial.  ``Pool.trial_rows`` reads it back and refuses what would give a wrong figure, with
 the file and line: a listed trial whose files are missing, a trial with no image, a CSV
 shorter than its summary or its trials say (truncated), rows of a producer that belongs to

@@ -20,6 +20,7 @@ import json
 import logging
 import sys
 import time
+import uuid
 from pathlib import Path
 
 from pydantic import SecretStr
@@ -48,7 +49,8 @@ def measure_rate(out: Path, env: dict, args, record: dict) -> float:
              "between the highest load kept up with and the lowest not) ...",
              args.ramp_start, args.ramp_step_s)
     measured = ramp(out / "capacity", env, start_rate=args.ramp_start, growth=1.6, max_steps=8,
-                    step_s=args.ramp_step_s, per_producer_max=PER_PRODUCER_MAX, tag=f"capacity-{out.name}")
+                    step_s=args.ramp_step_s, per_producer_max=PER_PRODUCER_MAX,
+                    tag=f"capacity-{out.name}-{record['token']}")
     basis, basis_from = sweep_basis(measured)
     rate = choose_rate(basis, args.producers)
     record["capacity"] = {
@@ -188,6 +190,9 @@ def main(argv=None) -> int:
                            "repeat": args.repeat, "order": "interleaved", "until_ci_pct": args.until_ci,
                            "max_repeat": args.max_repeat if args.until_ci is not None else None},
               "load_average_start": load_average(),
+              # In every producer id of this experiment: the store keeps documents across experiments,
+              # and an experiment directory's name may be used again.
+              "token": uuid.uuid4().hex[:6],
               "model": model_info(env, secret(client.inference_token)), "versions": versions(), "host": host_facts(),
               "store": store_info(env),
               "capacity": None, "knee": None, "runs": []}
@@ -197,7 +202,7 @@ def main(argv=None) -> int:
         rate = args.rate or measure_rate(out, env, args, record)
         ramp_record = record["capacity"] or {}  # the ramp's figures; none with --rate
         record["settle_baseline"] = settler.baseline()
-        trials = Trials(out, args.producers, env, settler, count=args.images, rate=rate,
+        trials = Trials(out, args.producers, env, settler, count=args.images, rate=rate, token=record["token"],
                         extra={"experiment": out.name, "capacity_img_s": ramp_record.get("img_s"),
                                "ramp_knee_between_img_s": ramp_record.get("knee_between_img_s")})
         # Whole rounds only: every configuration has the same trials, paired round by round.

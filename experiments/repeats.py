@@ -55,11 +55,12 @@ class Configuration:
 
 
 class Trials:
-    """The trials of one experiment: run one, settle, rewrite its configuration's pool."""
+    """The trials of one experiment: run one, settle, rewrite its configuration's pool.  Trial
+    k of N producers is run by producers ``<N>-producers-t<k>-<token>-p<i>``."""
 
     def __init__(self, out: Path, producers: list[int], env: dict, settler: Settler, *, count: int,
-                 rate: float, extra: dict | None = None):
-        self.out, self.env, self.settler = out, env, settler
+                 rate: float, extra: dict | None = None, token: str = ""):
+        self.out, self.env, self.settler, self.token = out, env, settler, token
         self.count, self.rate, self.extra = count, rate, extra or {}
         self.configs = {n: Configuration(n) for n in producers}
         self.order = 0
@@ -69,7 +70,8 @@ class Trials:
         config = self.configs[producers]
         pool = Pool(self.out / config.name)
         trial = pool.add_trial(round_no)
-        tag = f"{config.name}-t{round_no}"
+        # The store outlives an experiment: ``token`` keeps this one's producer ids its own.
+        tag = f"{config.name}-t{round_no}" + (f"-{self.token}" if self.token else "")
         self.order += 1
         record = {"trial": round_no, "round": round_no, "order": self.order,
                   "producer_ids": [f"{tag}-p{i + 1}" for i in range(producers)],
