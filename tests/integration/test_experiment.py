@@ -111,6 +111,12 @@ def test_repeated_trials_are_interleaved_settled_and_pooled(local_stack, tmp_pat
         assert len(rows) == 2 * 10 * n and len({r["producer_id"] for r in rows}) == 2 * n
     percentiles = list(csv.DictReader(open(out / "percentiles.csv")))
     assert [p["run"] for p in percentiles] == ["1-producer", "2-producers"]
+    assert all(p["trials"] == "2" and p["throughput_ci_low_img_s"] for p in percentiles)
+    # what was run, for the report: the store, the dead letters (none), the token in every producer id
+    assert record["store"]["kind"] and record["dead_letters"]["count"] == 0
+    assert all(record["token"] in pid for t in trials for pid in t["producer_ids"])
+    page = (out / "report.html").read_text()
+    assert page.count('src="data:image/png;base64,') >= 4 and "http://" not in page
 
 
 def test_until_ci_adds_rounds_up_to_its_cap_and_says_whether_it_was_met(local_stack, tmp_path):
