@@ -124,9 +124,10 @@ train: venv       ## train ResNet50 on CIFAR-10 (DATASET_SOURCE) for MODEL_WEIGH
 	$(PYTHON) -m inference.train $(if $(DATASET_SOURCE),--dataset-source $(DATASET_SOURCE)) \
 	  $(if $(filter cifar%,$(MODEL)),--model $(MODEL) --out results/$(MODEL).pt,--out results/resnet50-cifar10.weights.h5) $(ARGS)
 
-experiment: venv  ## latency sweep over 1..N producers: make experiment PRODUCERS="1 2" IMAGES=100 RATE=10
+experiment: venv  ## latency sweep over 1..N producers: make experiment PRODUCERS="1 2" IMAGES=100 RATE=10 REPEAT=3
 	$(PYTHON) -m experiments.experiment $(if $(PRODUCERS),--producers $(PRODUCERS)) \
-	  $(if $(IMAGES),--images $(IMAGES)) $(if $(RATE),--rate $(RATE)) $(if $(OUT),--out $(OUT)) $(ARGS)
+	  $(if $(IMAGES),--images $(IMAGES)) $(if $(RATE),--rate $(RATE)) $(if $(REPEAT),--repeat $(REPEAT)) \
+	  $(if $(UNTIL_CI),--until-ci $(UNTIL_CI)) $(if $(OUT),--out $(OUT)) $(ARGS)
 
 clean: down
 	rm -rf .run .pytest_cache

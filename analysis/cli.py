@@ -6,17 +6,34 @@ stored_at - sent_at); ``--mongo URI`` fills in stage timestamps of the run direc
 images from MongoDB.
 
 Outputs in OUT_DIR:
-  percentiles.csv   run,count,p50_ms,p90_ms,p95_ms,p99_ms,max_ms,throughput_img_s
-                    (also printed on stdout as a Markdown table)
-  latency_cdf.png   one CDF curve per run, p50/p95/p99 marked
+  percentiles.csv   run,trials,count, p50_ms,p50_ci_low_ms,p50_ci_high_ms (and so for p90,
+                    p95, p99), max_ms, throughput_img_s,throughput_ci_low_img_s,
+                    throughput_ci_high_img_s (also printed on stdout as a Markdown table)
+  latency_cdf.png   one CDF curve per run with its 95 % band, p50/p95/p99 marked
+  differences.csv   each run against the next: per percentile b - a, its 95 % interval
+                    (paired by round within one experiment) and whether it excludes 0
   stages.png        median / p95 time per pipeline stage (needs stage data)
   throughput.png    images/s and p95 against producer count (or run)
   accuracy.json, confusion.png   when images carry ground-truth labels
+  percentiles.json  the tables above with every value exact (rows, differences)
+  report.html       one self-contained page: what was run (experiment.json, when the
+                    RUN_DIRs are one experiment's configurations), the figures, the tables,
+                    the trials, images lost and dead letters
+
+A RUN_DIR that is an experiment directory (experiment.json) stands for its configurations.
+
+``--compare BEFORE AFTER`` compares two experiments instead (analysis/compare.py): per
+configuration and percentile both values with their intervals, after - before with its
+interval (the two resampled independently), and whether they differ beyond their
+intervals (that interval excludes 0); compare.csv in OUT_DIR.
 
 Percentiles are exact nearest-rank: for n sorted samples x[1..n] the p-th percentile is
 x[ceil(p/100*n)], always a measured sample, never interpolated (analysis/stats.py).
-Throughput: summary.json's throughput_img_s, else results / (last result_at - first
-sent_at).  Exit status 2 on unusable input (the message names the file and line).
+Their 95 % confidence intervals resample trials, then blocks of consecutive images within
+each (analysis/intervals.py).  A RUN_DIR that pools trials (make experiment REPEAT=K) is
+read trial by trial.  Throughput: summary.json's throughput_img_s (a pooled view's: the
+mean of its trials'), else results / (last result_at - first sent_at); its interval is
+Student's t over the trials.  Exit status 2 on unusable input (the message names the file and line).
 """
 
 from __future__ import annotations
@@ -26,14 +43,20 @@ import json
 import sys
 from pathlib import Path
 
-from analysis.report import accuracy_of, labelled_pairs, markdown_table, percentile_row, run_accuracy, \
+from analysis import compare, differences
+from analysis.html_report import write_report
+from analysis.intervals import LEVEL
+from analysis.report import INTERVAL_NOTE, accuracy_report, intervals_of, markdown_table, percentile_row, \
     write_percentiles_csv
 from analysis.runs import (MONGO_COLLECTION, MONGO_DATABASE, RESULT_PATH, STAGES, AnalysisInputError, Run,
-                           add_mongo_stages, load_mongo_run, load_run, unique_names, with_row_stages)
+                           add_mongo_stages, experiment_of, expand_experiments, load_mongo_run, load_run,
+                           unique_names, with_row_stages)
 from common.rundir import LatencyFileError
 
 EPILOG = """\
 examples:
+  python -m analysis results/experiment-1 --out results/experiment-1   # an experiment: its configurations
+  python -m analysis --compare results/before results/after --out results/compare
   python -m analysis results/run-1p results/run-4p results/run-8p --out results/report
   python -m analysis results/demo --out results/demo/report --log-x
   python -m analysis --from-mongo mongodb://127.0.0.1:27017 --producer-id p1 --out report
@@ -45,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="*", metavar="RUN_DIR",
                         help="run directory holding latencies.csv (or the latencies.csv itself)")
+    parser.add_argument("--compare", nargs=2, type=Path, metavar=("BEFORE", "AFTER"), default=None,
+                        help="compare two experiment directories (or two runs) per configuration and "
+                             "percentile instead: compare.csv, and whether they differ beyond their intervals")
     parser.add_argument("--out", required=True, type=Path, metavar="OUT_DIR",
                         help="directory for the report files (created if missing)")
     parser.add_argument("--log-x", action="store_true",
@@ -70,7 +96,7 @@ def _note(text: str) -> None:
 
 
 def load_runs(args) -> list[Run]:
-    paths = [Path(p) for p in args.runs]
+    paths = expand_experiments([Path(p) for p in args.runs])
     runs = [load_run(p, name) for p, name in zip(paths, unique_names(paths))]
     if args.mongo and runs:
         matched = add_mongo_stages(runs, args.mongo, database=args.mongo_db,
@@ -95,7 +121,8 @@ def analyse(runs: list[Run], out: Path, *, log_x: bool = False, title: str | Non
 
     out.mkdir(parents=True, exist_ok=True)
     files: list[Path] = []
-    rows = [percentile_row(run) for run in runs]
+    found = [intervals_of(run) for run in runs]
+    rows = [percentile_row(run, f) for run, f in zip(runs, found)]
     for run, row in zip(runs, rows):
         if row["count"] == 0:
             _note(f"run {run.name}: no image has an end-to-end latency (no results came back)")
@@ -104,13 +131,20 @@ def analyse(runs: list[Run], out: Path, *, log_x: bool = False, title: str | Non
     write_percentiles_csv(rows, path)
     files.append(path)
 
-    files.append(plots.plot_cdf([(run.label, run.latencies_ms) for run in runs],
-                                out / "latency_cdf.png", log_x=log_x, title=title))
+    figures: dict[str, Path | None] = {}
+    figures["cdf"] = plots.plot_cdf([(run.label, run.latencies_ms) for run in runs],
+                                    out / "latency_cdf.png", log_x=log_x, title=title,
+                                    bands=[f["band"] for f in found])
+    files.append(figures["cdf"])
+    diffs = differences.adjacent(runs)
+    if diffs:
+        files.append(differences.write_csv(diffs, out / "differences.csv"))
 
     stage_runs = [(run.label, run.stage_durations_ms()) for run in runs]
     if any(data for _, data in stage_runs):
-        files.append(plots.plot_stages(stage_runs, out / "stages.png",
-                                       [s for s, _, _ in STAGES], [s for s, _, _ in RESULT_PATH]))
+        figures["stages"] = plots.plot_stages(stage_runs, out / "stages.png",
+                                              [s for s, _, _ in STAGES], [s for s, _, _ in RESULT_PATH])
+        files.append(figures["stages"])
         for (label, data), run in zip(stage_runs, runs):
             if not data:
                 _note(f"run {run.name}: no stage data (no stages.csv, no MongoDB timestamps)")
@@ -132,44 +166,52 @@ def analyse(runs: list[Run], out: Path, *, log_x: bool = False, title: str | Non
         for p, run in zip(points, runs):
             p["x"] = run.name
     if any(p["throughput"] is not None or p["p95"] is not None for p in points):
-        files.append(plots.plot_throughput(points, out / "throughput.png", by_producers))
+        figures["throughput"] = plots.plot_throughput(points, out / "throughput.png", by_producers)
+        files.append(figures["throughput"])
     else:
         _note("no results in any run: throughput.png skipped")
 
-    accuracy = {name: acc for name, acc in ((run.name, run_accuracy(run)) for run in runs) if acc}
-    if accuracy:
-        labelled = [run for run in runs if run.name in accuracy]
-        report = {
-            "meaningful": all(acc["meaningful"] for acc in accuracy.values()),
-            "runs": accuracy,
-        }
-        if len(labelled) == 1:
-            figure = dict(accuracy[labelled[0].name])
-            fig_title = f"Confusion matrix — {labelled[0].name}"
-        else:
-            pairs = [p for run in labelled for p in labelled_pairs(run)]
-            figure = accuracy_of(pairs)
-            models = sorted({run.model or "?" for run in labelled})
-            figure["model"] = ", ".join(models)
-            figure["meaningful"] = report["meaningful"]
-            fig_title = f"Confusion matrix — {len(labelled)} runs pooled"
-            report["all_runs"] = {k: figure[k] for k in
-                                  ("n", "correct", "overall_accuracy", "per_class")}
-        if not report["meaningful"]:
-            report["note"] = ("model is untrained: predictions are arbitrary and the "
-                              "accuracy is NOT meaningful")
+    report, figure, fig_title = accuracy_report(runs)
+    if report:
         path = out / "accuracy.json"
         path.write_text(json.dumps(report, indent=2) + "\n")
         files.append(path)
-        files.append(plots.plot_confusion(figure, out / "confusion.png", title=fig_title))
+        figures["confusion"] = plots.plot_confusion(figure, out / "confusion.png", title=fig_title)
+        files.append(figures["confusion"])
     else:
         _note("no ground-truth labels: accuracy.json and confusion.png skipped")
-    return {"files": files, "rows": rows}
+    path = out / "percentiles.json"
+    path.write_text(json.dumps({"level": LEVEL, "note": INTERVAL_NOTE, "rows": rows, "differences": diffs},
+                               indent=2) + "\n")
+    files.append(path)
+    record = experiment_of(runs)
+    name = runs[0].path.resolve().parent.name if record else None
+    files.append(write_report(out, rows=rows, diffs=diffs, record=record, accuracy=report, figures=figures,
+                              run_summaries=[{"dir": run.name, "summary": run.summary} for run in runs], name=name))
+    return {"files": files, "rows": rows, "differences": diffs}
+
+
+def compare_main(before: Path, after: Path, out: Path) -> int:
+    """--compare: compare.csv in ``out`` and the table on stdout."""
+    try:
+        rows, notes = compare.compare_experiments(before, after)
+        out.mkdir(parents=True, exist_ok=True)
+        path = compare.write_csv(rows, out / "compare.csv")
+    except (LatencyFileError, AnalysisInputError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    sys.stdout.write(compare.markdown(rows, before, after, notes))
+    print(f"\nwrote {path}", file=sys.stderr)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.compare:
+        if args.runs or args.from_mongo:
+            parser.error("--compare takes its two directories alone")
+        return compare_main(*args.compare, args.out)
     if not args.runs and not args.from_mongo:
         parser.error("give at least one RUN_DIR or --from-mongo URI")
     if args.producer_id and not args.from_mongo:
@@ -185,5 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     sys.stdout.write(markdown_table(result["rows"]))
+    if result["differences"]:
+        sys.stdout.write(differences.markdown(result["differences"]))
     print(f"\nwrote {', '.join(str(p) for p in result['files'])}", file=sys.stderr)
     return 0

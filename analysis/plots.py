@@ -1,104 +1,23 @@
-"""Figures: latency CDF, where the time goes (stages), throughput, confusion matrix.
+"""Figures: latency CDF (``analysis.cdf_plot``), where the time goes (stages), throughput,
+confusion matrix.
 
 Every function writes one PNG (analysis/style.py: Agg backend, 120 dpi) and returns its path.
 """
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
-from matplotlib.lines import Line2D
-from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, PercentFormatter
+from matplotlib.ticker import MaxNLocator, PercentFormatter
 
+from analysis.cdf_plot import plot_cdf  # noqa: F401 - one import place for every figure
 from analysis.stats import find_knee, percentile
-from analysis.style import PALETTE, SIZE, STAGE_PALETTE, STYLE, colour, fmt_ms, plain_number, save
-
-MARKED = ((50, "o"), (95, "s"), (99, "^"))
+from analysis.style import PALETTE, STAGE_PALETTE, STYLE, colour, fmt_ms, save
 
 
-# ------------------------------------------------------------------ CDF
-
-def plot_cdf(runs, out_path, log_x: bool = False, title: str | None = None) -> Path:
-    """One empirical CDF curve of end-to-end latency per run, p50/p95/p99 marked.
-
-    ``runs`` is a list of ``(label, list_of_e2e_ms)``; None values and runs without
-    samples are left out (a run with no samples gets "(no results)" in the legend).
-    """
-    runs = [(label, sorted(v for v in values if v is not None)) for label, values in runs]
-    annotate = sum(1 for _, v in runs if v) <= 2
-    with plt.rc_context(STYLE):
-        fig, ax = plt.subplots(figsize=SIZE)
-        for y, name in ((0.5, "p50"), (0.95, "p95"), (0.99, "p99")):
-            ax.axhline(y, color="#9a9a9a", lw=0.8, ls=":", zorder=1)
-            ax.annotate(name, xy=(1, y), xycoords=("axes fraction", "data"),
-                        xytext=(3, 0), textcoords="offset points", va="center",
-                        fontsize=8, color="#707070")
-        all_values = [x for _, v in runs for x in v]
-        floor = None
-        if log_x and all_values:
-            positive = [x for x in all_values if x > 0]
-            floor = min(positive) / 2 if positive else 0.01
-        for i, (label, values) in enumerate(runs):
-            c = colour(i)
-            if not values:
-                ax.plot([], [], color=c, lw=2, label=f"{label} (no results)")
-                continue
-            n = len(values)
-            xs = np.array(values, dtype=float)
-            if floor is not None:
-                xs = np.maximum(xs, floor)
-            ys = np.arange(1, n + 1) / n
-            # Start the curve at (first sample, 0) so one sample still draws a step.
-            xs = np.concatenate(([xs[0]], xs))
-            ys = np.concatenate(([0.0], ys))
-            marks = {p: percentile(values, p) for p, _ in MARKED}
-            legend = (f"{label}  (n={n:,}: p50 {fmt_ms(marks[50])}, p95 {fmt_ms(marks[95])}, "
-                      f"p99 {fmt_ms(marks[99])} ms)")
-            ax.step(xs, ys, where="post", color=c, lw=2, label=legend, zorder=2)
-            for p, marker in MARKED:
-                x = max(marks[p], floor) if floor is not None else marks[p]
-                # (x_k, p/100) lies on the vertical jump of the ECDF at the p-th sample.
-                ax.plot([x], [p / 100], marker=marker, color=c, mec="white", mew=1.2, ms=9,
-                        ls="none", zorder=4)
-                if annotate:
-                    # p50: below right of the curve; p95/p99: left, where the
-                    # curve has already risen past that height (empty space).
-                    ax.annotate(f"p{p} {fmt_ms(marks[p])} ms", xy=(x, p / 100),
-                                xytext=(9, -11) if p == 50 else (-9, 0),
-                                ha="left" if p == 50 else "right", va="center",
-                                textcoords="offset points", fontsize=9, color=c,
-                                fontweight="bold", zorder=5,
-                                bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="none",
-                                          alpha=0.8))
-        ax.set_ylim(0, 1.02)
-        ax.yaxis.set_major_formatter(PercentFormatter(1.0))
-        if log_x:
-            ax.set_xscale("log")
-            lo = min(max(x, floor) for x in all_values) if all_values else 1
-            hi = max(all_values) if all_values else 10
-            decades = math.log10(hi / lo) if hi > lo > 0 else 0
-            subs = ((1.0, 2.0, 3.0, 5.0, 7.0) if decades < 1.2 else
-                    (1.0, 2.0, 5.0) if decades < 3 else (1.0,))
-            ax.xaxis.set_major_locator(LogLocator(base=10, subs=subs))
-            ax.xaxis.set_major_formatter(FuncFormatter(plain_number))
-            ax.xaxis.set_minor_formatter(FuncFormatter(lambda *_: ""))
-        elif all_values:
-            ax.set_xlim(left=0, right=max(all_values) * 1.12 if max(all_values) > 0 else 1)
-        ax.set_xlabel("End-to-end latency (ms)" + ("  — log scale" if log_x else ""))
-        ax.set_ylabel("Images with latency ≤ x")
-        ax.set_title(title or "End-to-end latency CDF (producer send → result received)")
-        ax.grid(True, which="major")
-        handles, labels = ax.get_legend_handles_labels()
-        handles += [Line2D([], [], marker=m, color="#555555", ls="none", ms=7, mec="white")
-                    for _, m in MARKED]
-        labels += [f"p{p}" for p, _ in MARKED]
-        ax.legend(handles, labels, loc="best", ncol=1)
-        fig.tight_layout()
-        return save(fig, out_path)
-
+# ------------------------------------------------------------------ CDF: analysis/cdf_plot.py
 
 # ------------------------------------------------------------------ stages
 

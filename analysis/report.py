@@ -1,4 +1,5 @@
-"""Tables: per-run percentiles (CSV + Markdown) and accuracy / confusion data."""
+"""Tables: per-run percentiles with their confidence intervals (CSV + Markdown) and
+accuracy / confusion data."""
 
 from __future__ import annotations
 
@@ -6,28 +7,49 @@ import csv
 import io
 from pathlib import Path
 
+from analysis.intervals import BAND, LEVEL, Interval, percentile_intervals, throughput_interval
 from analysis.runs import Run
-from analysis.stats import latency_summary
+from analysis.stats import REPORTED
 from common.labels import CIFAR10_CLASSES
 
-PERCENTILE_COLUMNS = ("run", "count", "p50_ms", "p90_ms", "p95_ms", "p99_ms", "max_ms",
-                      "throughput_img_s")
+PERCENTILE_COLUMNS = (("run", "trials", "count")
+                      + tuple(c for p in REPORTED for c in (f"p{p}_ms", f"p{p}_ci_low_ms", f"p{p}_ci_high_ms"))
+                      + ("max_ms", "throughput_img_s", "throughput_ci_low_img_s", "throughput_ci_high_img_s"))
+# What the intervals are, under every table that shows them (analysis/intervals.py; the
+# coverage figures are analysis.coverage's, checked by tests/unit/test_intervals.py).
+P99_COVERAGE = 0.86
+INTERVAL_NOTE = (f"[low, high]: {100 * LEVEL:.0f} % confidence intervals; percentiles by resampling trials, then blocks of "
+                 "consecutive images within each (analysis/intervals.py), throughput by Student's t over the "
+                 f"trials (none with one trial). In simulation with 3 trials they cover p50, p90 and p95 90-99 % "
+                 f"of the time, p99 only about {100 * P99_COVERAGE:.0f} %: read p99's as a rough range. With one trial "
+                 "an interval leaves out the spread between trials.")
 
 
-def percentile_row(run: Run) -> dict:
-    """One row of percentiles.csv (latency fields None when the run has no results)."""
+def intervals_of(run: Run) -> dict:
+    """``percentiles``: reported percentile -> Interval; ``band``: every percentile of the CDF
+    band -> Interval (the same resampling, so the band at p95 is the table's p95);
+    ``throughput``: Interval or None."""
+    trials = [t for t in run.trials() if t]
+    band = percentile_intervals(trials, BAND) if trials else {}
+    return {"percentiles": {p: band[float(p)] for p in REPORTED} if band else {}, "band": band,
+            "throughput": throughput_interval(run.trial_throughputs or [run.throughput()])}
+
+
+def percentile_row(run: Run, found: dict | None = None) -> dict:
+    """One row of percentiles.csv (latency fields None when the run has no results); ``found``:
+    ``intervals_of(run)``, computed when not given."""
+    found = found if found is not None else intervals_of(run)
     values = run.latencies_ms
-    summary = latency_summary(values) or {}
-    return {
-        "run": run.name,
-        "count": len(values),
-        "p50_ms": summary.get("p50"),
-        "p90_ms": summary.get("p90"),
-        "p95_ms": summary.get("p95"),
-        "p99_ms": summary.get("p99"),
-        "max_ms": summary.get("max"),
-        "throughput_img_s": run.throughput(),
-    }
+    row = {"run": run.name, "trials": max(1, len(run.trial_rows)), "count": len(values)}
+    for p in REPORTED:
+        iv = found["percentiles"].get(p)
+        row.update({f"p{p}_ms": iv and iv.estimate, f"p{p}_ci_low_ms": iv and iv.low,
+                    f"p{p}_ci_high_ms": iv and iv.high})
+    row["max_ms"] = max(values) if values else None
+    thr: Interval | None = found["throughput"]
+    row.update(throughput_img_s=run.throughput(), throughput_ci_low_img_s=thr and thr.low,
+               throughput_ci_high_img_s=thr and thr.high)
+    return row
 
 
 def _fmt(value, digits: int = 3) -> str:
@@ -43,7 +65,7 @@ def _csv_value(column: str, value) -> str:
     if value is None:
         return ""
     if isinstance(value, float):
-        return repr(round(value, 3 if column == "throughput_img_s" else 6))
+        return repr(round(value, 3 if column.startswith("throughput") else 6))
     return str(value)
 
 
@@ -55,14 +77,30 @@ def write_percentiles_csv(rows: list[dict], path: Path) -> None:
             writer.writerow([_csv_value(c, row[c]) for c in PERCENTILE_COLUMNS])
 
 
-def markdown_table(rows: list[dict]) -> str:
+def with_interval(value, low, high, digits: int = 1) -> str:
+    """``147.4 [140.2, 155.0]``; the value alone without an interval; – without a value."""
+    if value is None:
+        return "–"
+    text = _fmt(float(value), digits)
+    return text if low is None else f"{text} [{_fmt(float(low), digits)}, {_fmt(float(high), digits)}]"
+
+
+MARKDOWN_HEADER = ("run", "trials", "count") + tuple(f"p{p} ms" for p in REPORTED) + ("max ms", "images/s")
+
+
+def markdown_table(rows: list[dict], note: bool = True) -> str:
     out = io.StringIO()
-    out.write("| " + " | ".join(PERCENTILE_COLUMNS) + " |\n")
-    out.write("|" + "|".join(["---"] + ["---:"] * (len(PERCENTILE_COLUMNS) - 1)) + "|\n")
+    out.write("| " + " | ".join(MARKDOWN_HEADER) + " |\n")
+    out.write("|" + "|".join(["---"] + ["---:"] * (len(MARKDOWN_HEADER) - 1)) + "|\n")
     for row in rows:
-        cells = [str(row["run"]).replace("|", "\\|"), str(row["count"])]
-        cells += [_fmt(row[c], 1) if row[c] is not None else "–" for c in PERCENTILE_COLUMNS[2:]]
+        cells = [str(row["run"]).replace("|", "\\|"), str(row["trials"]), str(row["count"])]
+        cells += [with_interval(row[f"p{p}_ms"], row[f"p{p}_ci_low_ms"], row[f"p{p}_ci_high_ms"]) for p in REPORTED]
+        cells.append(with_interval(row["max_ms"], None, None))
+        cells.append(with_interval(row["throughput_img_s"], row["throughput_ci_low_img_s"],
+                                   row["throughput_ci_high_img_s"]))
         out.write("| " + " | ".join(cells) + " |\n")
+    if note:
+        out.write(f"\n{INTERVAL_NOTE}\n")
     return out.getvalue()
 
 
@@ -109,6 +147,28 @@ def accuracy_of(pairs: list[tuple[str, str | None]]) -> dict:
 
 def labelled_pairs(run: Run) -> list[tuple[str, str | None]]:
     return [(r.label, r.prediction) for r in run.rows if r.label]
+
+
+def accuracy_report(runs: list[Run]) -> tuple[dict | None, dict | None, str | None]:
+    """accuracy.json's object over the labelled runs, the confusion matrix to draw and its
+    title (None, None, None without labels)."""
+    accuracy = {name: acc for name, acc in ((run.name, run_accuracy(run)) for run in runs) if acc}
+    if not accuracy:
+        return None, None, None
+    labelled = [run for run in runs if run.name in accuracy]
+    report = {"meaningful": all(acc["meaningful"] for acc in accuracy.values()), "runs": accuracy}
+    if len(labelled) == 1:
+        figure = dict(accuracy[labelled[0].name])
+        title = f"Confusion matrix — {labelled[0].name}"
+    else:
+        figure = accuracy_of([p for run in labelled for p in labelled_pairs(run)])
+        figure["model"] = ", ".join(sorted({run.model or "?" for run in labelled}))
+        figure["meaningful"] = report["meaningful"]
+        title = f"Confusion matrix — {len(labelled)} runs pooled"
+        report["all_runs"] = {k: figure[k] for k in ("n", "correct", "overall_accuracy", "per_class")}
+    if not report["meaningful"]:
+        report["note"] = "model is untrained: predictions are arbitrary and the accuracy is NOT meaningful"
+    return report, figure, title
 
 
 def run_accuracy(run: Run) -> dict | None:

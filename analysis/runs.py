@@ -8,11 +8,13 @@ Only ``latencies.csv`` is required; everything else adds what it can.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common.rundir import LatencyFileError, LatencyRow, RunDir
+from common.rundir import LatencyFileError, LatencyRow, RunDir, RunFileError
+from common.trials import Pool, complete_rows
 from common.settings import MongoSettings
 from common.store import StoreError, open_reader
 from common.wire import (DEVICE_ID, IMAGE_ID, INFERRED_AT, LABEL, MODEL, PREDICTION, PREDICTION_STORED_AT,
@@ -55,10 +57,20 @@ class Run:
     stages: dict[str, dict[str, float]] = field(default_factory=dict)
     path: Path | None = None
     source: str = "latencies.csv"
+    # Per trial (one for a plain run): its rows in send order, and its throughput (img/s).
+    trial_rows: list[list[LatencyRow]] = field(default_factory=list)
+    trial_throughputs: list[float | None] = field(default_factory=list)
+    trial_numbers: list[int] = field(default_factory=list)  # the rounds they ran in (pooled views)
 
     @property
     def latencies_ms(self) -> list[float]:
         return [r.e2e_ms for r in self.rows if r.e2e_ms is not None]
+
+    def trials(self) -> list[list[float]]:
+        """Each trial's end-to-end latencies in send order (what the intervals resample)."""
+        trials = self.trial_rows or [self.rows]
+        return [[r.e2e_ms for r in sorted(rows, key=lambda r: r.sent_at) if r.e2e_ms is not None]
+                for rows in trials]
 
     @property
     def producers(self) -> int | None:
@@ -94,20 +106,10 @@ class Run:
         return any("untrained" in m.lower() for m in models)
 
     def throughput(self) -> float | None:
-        """Images/s: summary.json's ``throughput_img_s``, else results / (last result - first send)."""
-        value = self.summary.get("throughput_img_s")
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-            return float(value)
-        done = [r for r in self.rows if r.e2e_ms is not None]
-        if not done:
-            return None
-        first_sent = min(r.sent_at for r in self.rows)
-        ends = [r.result_at if r.result_at is not None else r.sent_at + r.e2e_ms / 1000
-                for r in done]
-        span = max(ends) - first_sent
-        if span <= 0:
-            return None
-        return len(done) / span
+        """Images/s: summary.json's ``throughput_img_s`` (a pooled view's: the mean of its
+        trials'), else ``rows_throughput`` of the rows."""
+        value = _num(self.summary.get("throughput_img_s"))
+        return value if value is not None else rows_throughput(self.rows)
 
     def stage_durations_ms(self) -> dict[str, list[float]]:
         """Stage label -> per-image durations (ms), only for stages with data."""
@@ -120,6 +122,17 @@ class Run:
         return out
 
 
+def rows_throughput(rows: list[LatencyRow]) -> float | None:
+    """Results / (last result - first send), images/s (None without results)."""
+    done = [r for r in rows if r.e2e_ms is not None]
+    if not done:
+        return None
+    first_sent = min(r.sent_at for r in rows)
+    ends = [r.result_at if r.result_at is not None else r.sent_at + r.e2e_ms / 1000 for r in done]
+    span = max(ends) - first_sent
+    return len(done) / span if span > 0 else None
+
+
 # ------------------------------------------------------------------ run directories
 
 def _stages_from_rows(rows: list[LatencyRow]) -> dict[str, dict[str, float]]:
@@ -128,14 +141,73 @@ def _stages_from_rows(rows: list[LatencyRow]) -> dict[str, dict[str, float]]:
 
 
 def load_run(path: Path, name: str | None = None) -> Run:
-    """Load a run directory (or a path to its latencies.csv)."""
+    """Load a run directory (or a path to its latencies.csv); a configuration's pooled
+    view (common.trials) with its trials told apart."""
     path = Path(path)
     run_dir = path.parent if path.is_file() else path
     if not run_dir.exists():
         raise LatencyFileError(f"{run_dir}: no such run directory")
     files = RunDir(run_dir)
-    return Run(name=name or run_dir.resolve().name, rows=files.latencies(), summary=files.summary(),
-               stages=files.stages(), path=run_dir)
+    run = Run(name=name or run_dir.resolve().name, rows=[], summary=files.summary(), stages=files.stages(),
+              path=run_dir)
+    if Pool.holds_trials(run_dir):
+        trials = Pool(run_dir).trial_rows()
+        for trial, rows in trials:
+            if len(trials) > 1 and not any(r.e2e_ms is not None for r in rows):
+                raise RunFileError(f"{trial.run.latencies_csv}: trial {trial.number} has no end-to-end latency "
+                                   "(no result came back): its configuration has no honest interval")
+            run.rows.extend(rows)
+            run.trial_rows.append(rows)
+            run.trial_numbers.append(trial.number)
+            rate = _num(trial.run.summary().get("throughput_img_s"))
+            run.trial_throughputs.append(rate if rate is not None else rows_throughput(rows))
+    else:
+        run.rows = complete_rows(files)
+        run.trial_rows, run.trial_throughputs = [run.rows], [run.throughput()]
+    return run
+
+
+EXPERIMENT = "experiment.json"
+
+
+def read_experiment(path: Path) -> dict:
+    """An experiment directory's experiment.json (python -m experiments.experiment)."""
+    where = Path(path) / EXPERIMENT
+    try:
+        data = json.loads(where.read_text())
+    except FileNotFoundError:
+        raise RunFileError(f"{where}: no such file") from None
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise RunFileError(f"{where}: invalid JSON: {exc}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("runs"), list):
+        raise RunFileError(f"{where}: expected an object with a list \"runs\"")
+    return data
+
+
+def expand_experiments(paths: list[Path]) -> list[Path]:
+    """Each path as given, but an experiment directory (experiment.json, no latencies.csv of
+    its own) as its configurations' directories, in the order it lists them."""
+    out = []
+    for path in paths:
+        if (path / EXPERIMENT).is_file() and not (path / "latencies.csv").exists():
+            data = read_experiment(path)
+            dirs = [r.get("dir") for r in data["runs"] if isinstance(r, dict)]
+            if not dirs or not all(isinstance(d, str) and d for d in dirs):
+                raise RunFileError(f"{path / EXPERIMENT}: no configuration directories in \"runs\"")
+            out.extend(path / d for d in dirs)
+        else:
+            out.append(path)
+    return out
+
+
+def experiment_of(runs: list[Run]) -> dict | None:
+    """experiment.json of the experiment these runs are the configurations of (their common
+    parent directory's), or None."""
+    parents = {run.path.resolve().parent for run in runs if run.path is not None}
+    if len(parents) != 1 or any(run.path is None for run in runs):
+        return None
+    parent = parents.pop()
+    return read_experiment(parent) if (parent / EXPERIMENT).is_file() else None
 
 
 def unique_names(paths: list[Path]) -> list[str]:

@@ -59,6 +59,32 @@ def summarize(rows: list[LatencyRow], docs: dict[str, dict] | None, *,
     return summary
 
 
+# Counts of a pooled configuration: each the sum of its trials' (None when a trial has none).
+POOLED_COUNTS = ("sent", "results", "stored", "stored_with_prediction", "lost", "duplicate_documents")
+# Rates: one per trial, so the pool says their mean (a rate over the pooled span would count
+# the settle between trials as time the pipeline had to deliver in).
+POOLED_RATES = ("throughput_img_s", "result_rate_img_s")
+
+
+def pool(trials: list[dict], rows: list[LatencyRow]) -> dict:
+    """summary.json of a configuration's pooled view (common.trials): ``trials`` are the
+    trials' summaries, ``rows`` the pooled latencies.csv's.  Counts are summed, rates are the
+    mean of the trials' (each trial's in ``per_trial``), model, accuracy and percentiles are
+    those of the pooled rows, and the settings are the trials' (the first one's keys)."""
+    pooled = summarize(rows, None)
+    for key in POOLED_COUNTS:
+        values = [t.get(key) for t in trials]
+        pooled[key] = None if any(v is None for v in values) else sum(values)
+    for key in POOLED_RATES:
+        values = [t.get(key) for t in trials]
+        pooled[key] = None if any(v is None for v in values) else sum(values) / len(values)
+    computed = set(pooled) | set(POOLED_COUNTS) | set(POOLED_RATES)
+    pooled.update({k: v for k, v in trials[0].items() if k not in computed})
+    pooled["trials"] = len(trials)
+    pooled["per_trial"] = {key: [t.get(key) for t in trials] for key in POOLED_RATES + ("sent", "lost")}
+    return pooled
+
+
 def close_run(run_dir: Path | RunDir, store, *, timeout_s: float = 60.0, extra: dict | None = None,
               progress=None) -> dict:
     """Wait for MongoDB, write summary.json (``extra`` added to it) and stored_at into

@@ -16,7 +16,8 @@ stages.csv and writes summary.json; ``latencies``, ``stages`` and ``summary`` re
 back, latencies.csv once per ``RunDir`` (closing and drawing a run share the rows).
 What summary.json says is the analysis's (``analysis.summary.summarize``, passed to
 ``close``): this module owns the files, not the figures.  Timestamps are unix seconds
-(floats).
+(floats).  A configuration run several times (``make experiment REPEAT=K``) is a run
+directory pooling one run directory per trial: ``common.trials``.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from common.store import StoreReader
@@ -56,6 +57,7 @@ class LatencyRow:
     label: str | None
     prediction: str | None
     model: str | None
+    line: int = field(default=0, compare=False)  # its line in latencies.csv (0: not read from one)
 
 
 def _opt(value: str) -> str | None:
@@ -112,7 +114,7 @@ def read_latencies(path: Path) -> list[LatencyRow]:
                 raise LatencyFileError(f"{path}:{line_no}: empty image_id")
             rows.append(LatencyRow(get[IMAGE_ID], get[DEVICE_ID], get[PRODUCER_ID], seq,
                                    sent_at, result_at, e2e_ms, _opt(get[LABEL]),
-                                   _opt(get[PREDICTION]), _opt(get[MODEL])))
+                                   _opt(get[PREDICTION]), _opt(get[MODEL]), line_no))
     return rows
 
 

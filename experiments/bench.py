@@ -28,7 +28,7 @@ from common.settings import (DatasetSettings, DbWriterSettings, GunicornSettings
                              KafkaSettings, ServiceSettings, given, settings_env, with_flags)
 from experiments.bench_report import LOAD_POINTS, check_targets, issue_figures, plot, step_ms, table
 from experiments.capacity import PER_PRODUCER_MAX, load_average, ramp, run_step
-from experiments.experiment import host_facts, versions
+from experiments.facts import host_facts, versions
 from experiments.model_limit import collect_limit, measure_limit, start_limit
 from experiments.runner import point_latest
 from stack.control import LocalStack

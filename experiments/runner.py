@@ -37,8 +37,9 @@ def point_latest(run_dir: Path) -> None:
 
 
 def run_configuration(run_dir: Path, env: dict, *, producers: int, count: int, rate: float,
-                      desc: str, extra: dict | None = None) -> dict:
-    """Run a fleet, close the run against the stack's store, draw its CDF; returns the summary."""
+                      desc: str, extra: dict | None = None, run_tag: str = "") -> dict:
+    """Run a fleet, close the run against the stack's store, draw its CDF; returns the summary.
+    ``run_tag`` names the producers (``<tag>-p<i>``; default the run directory's name)."""
     total = producers * count
     with tqdm(total=total, desc=f"{desc} results", unit="img", mininterval=0.5) as bar:
         def show(p):
@@ -48,7 +49,7 @@ def run_configuration(run_dir: Path, env: dict, *, producers: int, count: int, r
                 bar.set_postfix(sent=p.sent, p50=f"{percentile(e2e, 50):.0f}ms",
                                 p95=f"{percentile(e2e, 95):.0f}ms", refresh=False)
         codes = run_fleet(run_dir, producers=producers, count=count, rate=rate, env=env,
-                          on_progress=show)
+                          on_progress=show, run_tag=run_tag)
     if any(codes):
         log.warning("a producer exited with %s:\n%s", codes, producer_log_tail(run_dir))
     run = RunDir(run_dir)

@@ -91,3 +91,26 @@ def running_stack(directory: Path, env: dict[str, str]):
     left = [pid for pid in pids if pid_alive(pid)]
     assert not left, f"processes left after 'stack down': {left}"
     assert not list((stack.dir / "pids").glob("*.pid"))
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """A headless Chromium driven by selenium, its console log kept (the live dashboard's
+    test, the report page's)."""
+    from tests.binaries import required_binary
+    from tests.support import HANG_GUARD_S
+
+    driver_path = required_binary("chromedriver", "chromium-driver")
+    required_binary("chromium", "chromium")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                "--window-size=1440,1100", "--force-device-scale-factor=1"):
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(driver_path), options=options)
+    driver.set_page_load_timeout(HANG_GUARD_S)
+    yield driver
+    driver.quit()

@@ -8,6 +8,7 @@ never finishes (set HANG_GUARD_S in the environment to change it).
 from __future__ import annotations
 
 import io
+import json
 import os
 import pickle
 import tarfile
@@ -104,3 +105,68 @@ class Prometheus:
     def scalar(self, expr: str) -> float | None:
         result = self.query(expr)
         return float(result[0]["value"][1]) if result else None
+
+
+def write_experiment(out: Path, trials: dict[int, list[list[float | None]]], *, interval_s: float = 0.05,
+                     model: str = "resnet50-untrained-32", rate: float = 10.0, record: dict | None = None) -> Path:
+    """An experiment directory as ``python -m experiments.experiment`` writes one, with known
+    latencies: ``trials[n][k]`` are the latencies (ms, None: no result) of trial k + 1 of the
+    configuration of n producers, in send order (image i sent by producer i % n, one every
+    ``interval_s``); the trials run interleaved, round by round.  Returns ``out``."""
+    from analysis.summary import pool, summarize
+    from common.rundir import RunDir
+    from common.trials import Pool
+
+    classes = ("airplane", "automobile", "bird", "cat")
+    rounds = max(len(t) for t in trials.values())
+    t0, order, runs = 1_700_000_000.0, 0, []
+    records: dict[int, list] = {n: [] for n in trials}
+    per_producer = {n: max(len(t) for t in trials[n]) // n for n in trials}
+    summaries: dict[int, list] = {n: [] for n in trials}
+    for k in range(rounds):
+        for n in sorted(trials):
+            if k >= len(trials[n]):
+                continue
+            order += 1
+            name = f"{n}-producer{'s' if n > 1 else ''}"
+            start = t0 + order * 100
+            rows = [{"image_id": f"{name}-t{k + 1}-{i}", "device_id": f"cam-{i % 3}",
+                     "producer_id": f"{name}-t{k + 1}-p{i % n + 1}", "seq": i, "sent_at": start + i * interval_s,
+                     "result_at": None if e2e is None else start + i * interval_s + e2e / 1000, "e2e_ms": e2e,
+                     "label": classes[i % 4], "prediction": classes[i % 4] if i % 5 else classes[(i + 1) % 4],
+                     "model": model} for i, e2e in enumerate(trials[n][k])]
+            run = RunDir.create(out / name / f"trial-{k + 1}")
+            run.write_latencies(rows)
+            run.write_stages([{"image_id": r["image_id"], "sent_at": r["sent_at"], "result_at": r["result_at"],
+                               "received_at": r["result_at"] and r["sent_at"] + 0.4 * (r["result_at"] - r["sent_at"]),
+                               "stored_at": r["result_at"]} for r in rows])
+            summary = summarize(run.latencies(), None, extra={"producers": n, "rate": rate,
+                                                              "images_per_producer": per_producer[n],
+                                                              "offered_img_s": n * rate})
+            summary.update(stored=len(rows), stored_with_prediction=len(rows), lost=0, duplicate_documents=0)
+            run.write_summary(summary)
+            records[n].append({"trial": k + 1, "round": k + 1, "order": order,
+                               "producer_ids": [f"{name}-t{k + 1}-p{i + 1}" for i in range(n)],
+                               "settle": {"settled": True, "settle_s": 1.5, "lag": 0}})
+            summaries[n].append(summary)
+    for n in sorted(trials):
+        name = f"{n}-producer{'s' if n > 1 else ''}"
+        p = Pool(out / name)
+        p.write(records[n])
+        pooled = pool(summaries[n], p.run.latencies())
+        p.run.write_summary(pooled)
+        runs.append({"producers": n, "dir": name, "summary": pooled,
+                     "trials": [{**r, "dir": f"{name}/trial-{r['trial']}", "summary": s}
+                                for r, s in zip(records[n], summaries[n])]})
+    base = {"started_at": t0, "finished_at": t0 + order * 100 + 60, "target": "local-stack",
+            "settings": {"producers": sorted(trials), "images_per_producer": None, "rate_per_producer": rate,
+                         "rate_from": "given", "repeat": rounds, "order": "interleaved"},
+            "load_average_start": [1.0, 1.5, 2.0], "load_average_end": [2.0, 1.8, 1.9],
+            "model": {"id": model, "weights_source": "random", "weights_sha256": None, "untrained": True},
+            "versions": {"numpy": np.__version__}, "host": {"hostname": "test", "cpu_count": 2, "memory_gib": 4.0},
+            "store": {"kind": "mongodb", "where": "127.0.0.1:27017"}, "dead_letters": 0,
+            "capacity": None, "knee": None, "settle_baseline": {"lag": 0, "idle_cpu_cores": 0.1}, "runs": runs}
+    base.update(record or {})
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "experiment.json").write_text(json.dumps(base, indent=2) + "\n")
+    return out

@@ -17,7 +17,6 @@ import pytest
 import requests
 
 from common.settings import MongoSettings
-from tests.binaries import required_binary
 from tests.support import HANG_GUARD_S, eventually
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -30,24 +29,6 @@ def collection(env):
 
     mongo = MongoSettings(mongo_uri=env["MONGO_URI"])
     return images_collection(connect(mongo), mongo)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    driver_path = required_binary("chromedriver", "chromium-driver")
-    required_binary("chromium", "chromium")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                "--window-size=1440,1100", "--force-device-scale-factor=1"):
-        options.add_argument(arg)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(driver_path), options=options)
-    driver.set_page_load_timeout(HANG_GUARD_S)
-    yield driver
-    driver.quit()
 
 
 def number(text: str) -> float | None:

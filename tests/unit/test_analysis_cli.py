@@ -81,20 +81,29 @@ def test_known_percentiles_csv_and_markdown(tmp_path, capsys):
     out = tmp_path / "out"
     assert main([str(a), str(b), "--out", str(out)]) == 0
     rows = read_csv(out / "percentiles.csv")
-    assert list(rows[0]) == ["run", "count", "p50_ms", "p90_ms", "p95_ms", "p99_ms", "max_ms",
-                             "throughput_img_s"]
+    assert list(rows[0]) == ["run", "trials", "count"] + [
+        f"p{p}_{k}" for p in (50, 90, 95, 99) for k in ("ms", "ci_low_ms", "ci_high_ms")] + [
+        "max_ms", "throughput_img_s", "throughput_ci_low_img_s", "throughput_ci_high_img_s"]
     ra, rb = rows
     assert ra["run"] == "run-a" and ra["count"] == "100"
     assert [float(ra[k]) for k in ("p50_ms", "p90_ms", "p95_ms", "p99_ms", "max_ms")] == \
         [50, 90, 95, 99, 100]
     assert rb["count"] == "10" and float(rb["p95_ms"]) == 10 and float(rb["p50_ms"]) == 5
+    # one trial each: intervals around the exact estimates, no throughput interval
+    for r in rows:
+        assert r["trials"] == "1" and r["throughput_ci_low_img_s"] == ""
+        for p in (50, 90, 95, 99):
+            assert float(r[f"p{p}_ci_low_ms"]) <= float(r[f"p{p}_ms"]) <= float(r[f"p{p}_ci_high_ms"])
     # No summary.json: throughput = results / (last result_at - first sent_at).
     # run-a: last image sent at 9.9 s with 1 ms latency -> 100 / 9.901
     assert float(ra["throughput_img_s"]) == pytest.approx(100 / 9.901, abs=1e-3)
     table = capsys.readouterr().out
-    assert table.splitlines()[0] == \
-        "| run | count | p50_ms | p90_ms | p95_ms | p99_ms | max_ms | throughput_img_s |"
-    assert "| run-a | 100 | 50.0 | 90.0 | 95.0 | 99.0 | 100.0 |" in table
+    assert table.splitlines()[0] == "| run | trials | count | p50 ms | p90 ms | p95 ms | p99 ms | max ms | images/s |"
+    line = next(x for x in table.splitlines() if x.startswith("| run-a |"))
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    assert cells[:3] == ["run-a", "1", "100"] and cells[7:] == ["100.0", "10.1"]
+    assert [c.split(" [")[0] for c in cells[3:7]] == ["50.0", "90.0", "95.0", "99.0"]
+    assert "confidence intervals" in table and "p99 only about" in table
 
 
 def test_throughput_and_label_from_summary(tmp_path):
@@ -128,6 +137,7 @@ def test_lost_images_and_a_run_without_results(tmp_path):
     r_some, r_none = read_csv(out / "percentiles.csv")
     assert r_some["count"] == "2" and float(r_some["p50_ms"]) == 10
     assert r_none["count"] == "0" and r_none["p50_ms"] == "" and r_none["throughput_img_s"] == ""
+    assert r_none["p50_ci_low_ms"] == "" and r_none["throughput_ci_low_img_s"] == ""
     assert_png(out / "latency_cdf.png")
 
 
@@ -328,7 +338,7 @@ def test_from_mongo(tmp_path, mongo_uri, capsys):
     assert row["run"] == "live" and row["count"] == "100"
     assert [float(row[k]) for k in ("p50_ms", "p90_ms", "p95_ms", "p99_ms", "max_ms")] == \
         pytest.approx([50, 90, 95, 99, 100])
-    assert "| live | 100 |" in capsys.readouterr().out
+    assert "| live | 1 | 100 |" in capsys.readouterr().out
     assert_png(out / "latency_cdf.png")
     assert_png(out / "stages.png")
     acc = json.loads((out / "accuracy.json").read_text())

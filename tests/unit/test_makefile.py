@@ -19,6 +19,12 @@ def test_experiment_passes_its_variables_through():
     assert argv[i + 1:] == ["--producers", "1", "2", "--images", "100", "--rate", "10"]
 
 
+def test_experiment_passes_repeat_and_the_stopping_rule_through():
+    argv = dry_run("experiment", "PRODUCERS=1 2", "REPEAT=3", "UNTIL_CI=10")
+    i = argv.index("experiments.experiment")
+    assert argv[i + 1:] == ["--producers", "1", "2", "--repeat", "3", "--until-ci", "10"]
+
+
 def test_experiment_without_variables_uses_the_defaults():
     argv = dry_run("experiment")
     assert argv[argv.index("experiments.experiment") + 1:] == []
