@@ -49,7 +49,9 @@ PLACEHOLDER = re.compile(
     r" | true | false | change-?me[\w-]* | example\w* | placeholder | redacted | dummy\w* | fake\w*"
     r" | test\w* | s3cret | secret | password | token | your[\w-]* | vault_\w+ | lookup\(.* | env\(.*"
     r" | os\.environ.* )$")
-PLACEHOLDER_URI_PASSWORD = re.compile(r"(?i)^(?:\*+|\{\{.*\}\}|\$\{?\w+\}?|\$\(\w+\)|<[^>]*>|pass(?:word)?|pw|secret|s3cret|"
+# A Python f-string field ({password}, {self.password()}) is code that fills the URI in, not a value.
+PLACEHOLDER_URI_PASSWORD = re.compile(r"(?i)^(?:\*+|\{\{.*\}\}|\{[\w.()\[\]'\"]+\}|\$\{?\w+\}?|\$\(\w+\)|<[^>]*>|"
+                                      r"pass(?:word)?|pw|secret|s3cret|"
                                       r"change-?me[\w-]*|example|x+|\\1\*\*\*\\3|\*\*\*)$")
 
 

@@ -6,6 +6,7 @@ import signal
 import stat
 import subprocess
 import sys
+from urllib.parse import quote
 
 from stack.supervisor import EMBEDDED_FETCH_MAX_WAIT_MS, Component, Supervisor
 
@@ -120,7 +121,7 @@ def test_an_external_postgres_is_used_and_none_started(tmp_path, monkeypatch):
     planned = _planned_env(tmp_path, monkeypatch, STORE="postgres", POSTGRES_HOST="db.example",
                            POSTGRES_PASSWORD="p@ss word", POSTGRES_DB="pipeline")
     assert "postgres" not in planned and "mongo" not in planned
-    assert planned["stack.env"]["POSTGRES_DSN"] == "postgresql://iot:p%40ss%20word@db.example:5432/pipeline"
+    assert planned["stack.env"]["POSTGRES_DSN"] == f"postgresql://iot:{quote('p@ss word')}@db.example:5432/pipeline"
     monkeypatch.delenv("POSTGRES_HOST")
     planned = _planned_env(tmp_path / "dsn", monkeypatch, STORE="postgres",
                            POSTGRES_DSN="postgresql://app:pw@db:5433/iot")
