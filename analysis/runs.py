@@ -8,12 +8,11 @@ Only ``latencies.csv`` is required; everything else adds what it can.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common.rundir import LatencyFileError, LatencyRow, RunDir, RunFileError
+from common.rundir import LatencyFileError, LatencyRow, RunDir, RunFileError, read_json
 from common.trials import Pool, complete_rows
 from common.settings import MongoSettings
 from common.store import StoreError, open_reader
@@ -173,12 +172,7 @@ EXPERIMENT = "experiment.json"
 def read_experiment(path: Path) -> dict:
     """An experiment directory's experiment.json (python -m experiments.experiment)."""
     where = Path(path) / EXPERIMENT
-    try:
-        data = json.loads(where.read_text())
-    except FileNotFoundError:
-        raise RunFileError(f"{where}: no such file") from None
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise RunFileError(f"{where}: invalid JSON: {exc}") from None
+    data = read_json(where)
     if not isinstance(data, dict) or not isinstance(data.get("runs"), list):
         raise RunFileError(f"{where}: expected an object with a list \"runs\"")
     return data

@@ -179,14 +179,21 @@ def merge_csv(parts: list[Path], out: Path) -> None:
             dst.writelines(lines[1:])
 
 
+def read_json(path: Path):
+    """A run file's JSON value; RunFileError naming the file when it is absent or not JSON."""
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise RunFileError(f"{path}: no such file") from None
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise RunFileError(f"{path}: invalid JSON: {exc}") from None
+
+
 def read_summary(path: Path) -> dict:
     """summary.json -> its object; {} if absent."""
     if not path.is_file():
         return {}
-    try:
-        data = json.loads(path.read_text())
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise RunFileError(f"{path}: invalid JSON: {exc}") from None
+    data = read_json(path)
     if not isinstance(data, dict):
         raise RunFileError(f"{path}: expected a JSON object")
     return data

@@ -23,7 +23,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from common.rundir import LATENCIES, STAGES, LatencyRow, RunDir, RunFileError, merge_csv
+from common.rundir import LATENCIES, STAGES, LatencyRow, RunDir, RunFileError, merge_csv, read_json
 
 TRIALS = "trials.json"
 TRIAL_PREFIX = "trial-"
@@ -99,12 +99,7 @@ class Pool:
     def trials(self) -> list[Trial]:
         """trials.json's trials, checked: numbered, each with its directory and producers."""
         where = self.trials_json
-        try:
-            data = json.loads(where.read_text())
-        except FileNotFoundError:
-            raise RunFileError(f"{where}: no such file") from None
-        except (UnicodeDecodeError, ValueError) as exc:
-            raise RunFileError(f"{where}: invalid JSON: {exc}") from None
+        data = read_json(where)
         entries = data.get("trials") if isinstance(data, dict) else None
         if not isinstance(entries, list) or not entries:
             raise RunFileError(f"{where}: expected an object with a non-empty list \"trials\"")
