@@ -4,6 +4,7 @@ needs (docs/DEPLOY.md)."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -209,3 +210,167 @@ def test_every_task_that_renders_a_secret_hides_it_from_the_log():
             if SECRET_VARS.search(jinja) and not task.get("no_log"):
                 missing.append(f"{f.relative_to(ROOT)}: {task['name']}")
     assert not missing, missing
+
+
+# What a module needs on the VM (its documented requirements): the package must be in the
+# base role's list (installed first, on every VM) or installed by the same role.
+MODULE_NEEDS = {
+    "ansible.builtin.apt": "python3-apt",
+    "ansible.builtin.apt_repository": "python3-apt",
+    "ansible.builtin.deb822_repository": "python3-debian",
+    "community.general.ufw": "ufw",
+    "ansible.builtin.unarchive": "tar",
+}
+
+
+def test_the_vms_have_what_each_module_needs():
+    """deb822_repository (Grafana's repository) failed on the VM: python3-debian was missing."""
+    base = yaml.safe_load((ROOT / "roles/base/defaults/main.yml").read_text())["base_packages"]
+    missing = []
+    for f in ROLE_TASKS:
+        role = f.parts[-3]
+        if role in ("provision", "k8s"):  # the controller's modules; k8s installs what it needs itself
+            continue
+        defaults = yaml.safe_load((ROOT / "roles" / role / "defaults/main.yml").read_text()) or {}
+        own = {str(v) for value in defaults.values() if isinstance(value, list) for v in value}
+        for task in _tasks(yaml.safe_load(f.read_text())):
+            for module, package in MODULE_NEEDS.items():
+                if module in task and package not in base and package not in own:
+                    missing.append(f"{f.relative_to(ROOT)}: {task['name']} ({module}) needs {package}")
+    assert not missing, missing
+
+
+def test_the_operator_address_is_asked_for_in_ipv4():
+    """ifconfig.me answers with the IPv6 address on a dual-stack network: provisioning then
+    refused it (or the rule would not match the IPv4 floating IP's traffic)."""
+    deploy = (ROOT / "docs/DEPLOY.md").read_text()
+    commands = re.findall(r"^curl .*ifconfig\.me.*$", deploy, re.M)
+    assert commands and all(" -4 " in c for c in commands), commands
+    tasks = yaml.safe_load((ROOT / "roles/provision/tasks/main.yml").read_text())
+    check = next(t for t in tasks if t["name"] == "Check the provisioning settings")
+    assert "IPv4" in check["ansible.builtin.assert"]["fail_msg"] and "curl -4" in check["ansible.builtin.assert"]["fail_msg"]
+
+
+# Variables named in the docs are the ones the deployment reads.
+VAR_PREFIXES = ("provision", "iot", "vault", "kafka", "mongodb", "monitoring", "inference", "consumers", "producer",
+                "experiment", "base", "k8s")
+
+
+def _defined_names() -> set[str]:
+    files = [*ROOT.glob("roles/*/defaults/main.yml"), *ROOT.glob("roles/*/vars/main.yml"),
+             ROOT / "inventory/group_vars/all/main.yml", ROOT / "inventory/group_vars/all/vault.yml.example"]
+    names = set()
+    for f in files:
+        names |= set(yaml.safe_load(f.read_text()) or {})
+    for f in ROLE_TASKS:  # facts the roles set (monitoring_failure ...)
+        for task in _tasks(yaml.safe_load(f.read_text())):
+            names |= set(task.get("ansible.builtin.set_fact") or {})
+    for f in [ROOT / "playbook_master.yaml", *ROOT.glob("playbooks/*.yaml")]:  # tags
+        for play in yaml.safe_load(f.read_text()) or []:
+            names |= set(play.get("tags") or [])
+    return names
+
+
+def test_every_variable_deploy_md_names_exists():
+    """DEPLOY.md listed vault_kafka_app_password, which nothing reads (one password per
+    Kafka client user replaced it)."""
+    text = (ROOT / "docs/DEPLOY.md").read_text()
+    named = set(re.findall(r"`(?:[^`]*?[^a-z0-9_])?((?:%s)_[a-z0-9_]+)" % "|".join(VAR_PREFIXES), text))
+    assert len(named) > 30, sorted(named)
+    stale = sorted(named - _defined_names())
+    assert not stale, f"docs/DEPLOY.md names variables nothing defines: {stale}"
+
+
+def test_the_kafka_archive_is_checked_against_a_pinned_sha512():
+    """The archive was verified against the .sha512 read from the same mirror: whoever could
+    change the one could change the other."""
+    defaults = yaml.safe_load((ROOT / "roles/kafka/defaults/main.yml").read_text())
+    pinned = yaml.safe_load((ROOT / "roles/kafka/vars/main.yml").read_text())["kafka_pinned_sha512"]
+    key = f"{defaults['kafka_scala_version']}-{defaults['kafka_version']}"
+    assert re.fullmatch(r"[0-9a-f]{128}", pinned[key]), pinned
+    install = (ROOT / "roles/kafka/tasks/install.yml").read_text()
+    assert ".sha512" not in re.sub(r"#.*|fail_msg:[^\n]*(\n +[^\n-][^\n]*)*", "", install)  # no fetch of it
+    tasks = yaml.safe_load(install)
+    download = next(t for t in tasks if "ansible.builtin.get_url" in t)
+    assert download["ansible.builtin.get_url"]["checksum"] == "sha512:{{ kafka_expected_sha512 }}"
+    assert not [t for t in tasks if "ansible.builtin.uri" in t]
+
+
+def test_no_secret_is_ever_on_a_command_line():
+    """A process's arguments are readable by every user of the host (ps, /proc/<pid>/cmdline):
+    the Kafka admin's SCRAM password was an argument of kafka-storage.sh format, the clients'
+    of kafka-configs.sh.  Secrets go through files or the environment."""
+    secret = re.compile(r"password|secret|token", re.I)
+    offenders = []
+    for f in ROLE_TASKS:
+        tasks = list(_tasks(yaml.safe_load(f.read_text())))
+        for task in tasks:
+            for module in ("ansible.builtin.command", "ansible.builtin.shell"):
+                args = task.get(module)
+                if args is None:
+                    continue
+                line = json.dumps(args.get("argv", args.get("cmd")) if isinstance(args, dict) else args)
+                # what the command line is made of: its own text and the vars it names (block vars too)
+                names = set(re.findall(r"[a-z_][a-z0-9_.]*", " ".join(re.findall(r"\{\{(.*?)\}\}", line))))
+                block_vars = {k: v for t in tasks if task in t.get("block", []) for k, v in (t.get("vars") or {}).items()}
+                expanded = line + " " + " ".join(json.dumps(block_vars.get(n.split(".")[0], ""))
+                                                 for n in names) + " " + json.dumps(task.get("vars") or {})
+                if secret.search(" ".join(re.findall(r"\{\{(.*?)\}\}", expanded))):
+                    offenders.append(f"{f.relative_to(ROOT)}: {task['name']}")
+    assert not offenders, offenders
+
+
+# ----------------------------------------------------------------------- the supported images
+
+def _images() -> dict:
+    return yaml.safe_load((ROOT / "roles/base/vars/main.yml").read_text())["base_image_facts"]
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in re.findall(r"\d+", str(text))[:2])
+
+
+def test_both_chameleon_ubuntu_images_are_supported_and_the_default_is_one():
+    images = _images()
+    assert {f["image"] for f in images.values()} >= {"CC-Ubuntu22.04", "CC-Ubuntu24.04"}
+    provision = yaml.safe_load((ROOT / "roles/provision/defaults/main.yml").read_text())
+    assert provision["provision_image"] in {f["image"] for f in images.values()}
+    for release, facts in images.items():
+        missing = {"image", "python3", "iot_app_python", "iot_app_python_version", "pip", "prometheus", "grafana",
+                   "mongodb_org", "postgresql", "python3_debian", "openjdk_17"} - set(facts)
+        assert not missing, (release, missing)
+    # base refuses another image, with the supported ones in its message
+    base = yaml.safe_load((ROOT / "roles/base/tasks/main.yml").read_text())
+    assert base[0]["ansible.builtin.assert"]["that"] == "ansible_facts['distribution_release'] | default('') in base_image_facts"
+
+
+def test_each_image_gets_an_interpreter_the_code_and_its_wheels_support():
+    """iot_app_python picks python3.11 on jammy (its python3 is 3.10) and python3 elsewhere:
+    the version it gets must satisfy pyproject's requires-python and be one the wheel checks
+    (test_each_vm_group_installs_as_wheels_on_ubuntu_22_04_and_24_04) resolve."""
+    expr = yaml.safe_load((ROOT / "roles/iot_app/defaults/main.yml").read_text())["iot_app_python"]
+    requires = re.search(r'requires-python = ">=([\d.]+)"', (ROOT / "pyproject.toml").read_text()).group(1)
+    wheel_pythons = {"3.11", "3.12"}  # the parametrisation of the wheel test above
+    for release, facts in _images().items():
+        chosen = "python3.11" if release == "jammy" else "python3"  # the expression, evaluated
+        assert "'python3.11' if ansible_facts.distribution_release | default('') == 'jammy' else 'python3'" in expr
+        assert chosen == facts["iot_app_python"], release
+        version = facts["iot_app_python_version"] if chosen != "python3" else ".".join(
+            map(str, _version(facts["python3"])))
+        assert version == facts["iot_app_python_version"], (release, version)
+        assert _version(version) >= _version(requires), (release, version, requires)
+        assert version in wheel_pythons, (release, version)
+
+
+def test_what_the_roles_need_exists_on_every_image():
+    """deb822_repository needs python3-debian; the kafka role openjdk-17-jre-headless; the
+    mongodb role MongoDB's repository for the image's release (not the rehearsal's)."""
+    mongodb = yaml.safe_load((ROOT / "roles/mongodb/defaults/main.yml").read_text())
+    version = str(mongodb["mongodb_version"])
+    kafka = yaml.safe_load((ROOT / "roles/kafka/defaults/main.yml").read_text())
+    assert kafka["kafka_java_package"] == "openjdk-17-jre-headless"
+    for release, facts in _images().items():
+        assert facts["python3_debian"], release
+        assert facts["openjdk_17"] is True, release
+        if not facts["image"].startswith("rehearsal"):
+            assert version in facts["mongodb_org"], (release, version, facts["mongodb_org"])

@@ -58,6 +58,12 @@ class Settings:
     requirements: list = dataclasses.field(default_factory=lambda: ["requirements.txt"])
     cap_add: list = dataclasses.field(default_factory=lambda: ["NET_ADMIN", "SYS_ADMIN"])
     blazar_pending_shows: int = 0
+    # The fake Blazar ends each lease at its Nth `lease show` (0: never) with this status.
+    blazar_end_at_show: int = 0
+    blazar_end_status: str = "ERROR"
+    # The clouds.yaml's application credential: unrestricted, as Blazar needs (lease create
+    # makes a trust); --restricted-credential makes the fake refuse leases like Chameleon.
+    credential_unrestricted: bool = True
     run_id: str = ""
 
     @property
@@ -157,8 +163,10 @@ def up(s: Settings, timer: Timer | None = None, fresh: bool = False) -> dict:
                 "ip_counter_file": str(docker.CACHE_DIR / f"ip-counter-{s.network}"),
                 "pool_first": 10, "pool_last": 250, "quota_instances": 10, "quota_floating_ips": 2,
                 "blazar_pending_shows": s.blazar_pending_shows, "blazar_max_lease_days": 7,
+                "blazar_end_at_show": s.blazar_end_at_show, "blazar_end_status": s.blazar_end_status,
                 "blazar_max_amount": 10, "flavor_limits": False, "docker_run_args": [],
                 "wheelhouse_url": s.wheel_url, "cgroup_args": cgroup_args(),
+                "credential_unrestricted": s.credential_unrestricted,
             }
             s.state_file.write_text(json.dumps(fake.new_state(config, tag), indent=1, sort_keys=True))
         else:  # keep the resources, follow a rebuilt image
@@ -189,11 +197,13 @@ def wheel_extra() -> list[str]:
 
 
 def write_clouds_yaml(s: Settings) -> None:
-    """A clouds.yaml naming the fake cloud (nothing listens there: a real SDK call fails fast)."""
+    """A clouds.yaml naming the fake cloud (nothing listens there: a real SDK call fails fast),
+    with the fake cloud's application credential, as the site's download has it."""
+    cred_id = (json.loads(s.state_file.read_text()).get("application_credential") or {}).get("id", "rehearsal")
     (s.dir / "clouds.yaml").write_text(
         "# Rehearsal: the fake openstack.cloud modules and `openstack` CLI answer to this name.\n"
         f"clouds:\n  {s.cloud}:\n    auth:\n      auth_url: http://127.0.0.1:9/identity/v3\n"
-        "      application_credential_id: rehearsal\n      application_credential_secret: rehearsal\n"
+        f"      application_credential_id: {cred_id}\n      application_credential_secret: rehearsal\n"
         "    auth_type: v3applicationcredential\n    region_name: rehearsal\n    interface: public\n"
         "    identity_api_version: 3\n")
 
@@ -365,7 +375,7 @@ def role_apt_packages() -> dict[str, list[str]]:
     return found
 
 
-NOT_IN_DEBIAN = {"mongodb-org", "mongodb-org-server", "mongodb-mongosh", "mongodb-database-tools"}
+NOT_IN_DEBIAN = {"mongodb-org", "mongodb-org-server", "mongodb-mongosh", "mongodb-database-tools", "grafana"}
 
 
 def check_packages(strict: bool = False) -> int:
@@ -500,6 +510,11 @@ def main(argv: list[str] | None = None) -> int:
     p_up.add_argument("--wheel-port", type=int, default=None)
     p_up.add_argument("--cloud", default=None, help="cloud name the fakes answer to")
     p_up.add_argument("--blazar-pending-shows", type=int, default=None)
+    p_up.add_argument("--blazar-end-at-show", type=int, default=None,
+                      help="the fake Blazar ends each lease at its Nth show (e.g. while the deployment waits)")
+    p_up.add_argument("--blazar-end-status", choices=["ERROR", "TERMINATED"], default=None)
+    p_up.add_argument("--restricted-credential", action="store_true",
+                      help="the application credential is restricted: lease create fails (403) as on Chameleon")
     p_up.add_argument("--no-sys-admin", action="store_true",
                       help="no CAP_SYS_ADMIN: /etc/hosts etc. stay Docker bind mounts")
     p_up.add_argument("--fresh", action="store_true", help="reset the fake cloud state")
@@ -545,12 +560,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd in ("up", "smoke"):
         if getattr(args, "requirements", None):
             s.requirements = args.requirements
-        for field in ("subnet", "gateway", "network", "wheel_port", "cloud", "blazar_pending_shows"):
+        for field in ("subnet", "gateway", "network", "wheel_port", "cloud", "blazar_pending_shows",
+                      "blazar_end_at_show", "blazar_end_status"):
             value = getattr(args, field, None)
             if value is not None:
                 setattr(s, field, value)
         if getattr(args, "no_sys_admin", False):
             s.cap_add = ["NET_ADMIN"]
+        if args.cmd == "up":
+            s.credential_unrestricted = not args.restricted_credential
     if args.cmd == "up":
         up(s, fresh=args.fresh)
         sys.stdout.write(render_env(s, args.format))

@@ -8,18 +8,30 @@ rehearsal (tests/rehearsal/README.md), checked end to end.
    the rehearsal cannot run (no route to Apache's and MongoDB's downloads):
    provision, base, app -> [kafka, mongodb: `harness services` starts tansu and nx-27017
    on the kafka and mongodb servers, opens their ports in the host firewall like the
-   roles do, creates the topics; the kafka and mongodb plays run in --check mode] ->
-   inference, consumers, producer, experiment (a short sweep), analyze.  Then every
-   image the experiment's producers sent must be stored with a prediction (queried on
-   nx-27017 from here) and report/latency_cdf.png must exist.
+   roles do, creates the topics; the kafka, mongodb and monitoring plays run in --check
+   mode] -> inference, consumers, monitoring (for real: Prometheus from the image, whose
+   promtool validates the configuration; Grafana's repository is out of reach, so the
+   stage fails, must say so and must not stop the later stages), producer, experiment
+   (a short sweep), analyze.  Then every image the experiment's producers sent must be
+   stored with a prediction (queried on nx-27017 from here) and report/latency_cdf.png
+   must exist.
 3. Run 2 (warm): the whole playbook again (--skip-tags experiment,analyze and the two
    servers' tags): every role must report changed=0 (the changed tasks are listed).
 4. Run 3 (upgrade): a comment added to common/__init__.py of the shipped code changes
    the bundle; a producer sends images on the producer VM during the whole run; the
    services must restart on the new release and every image sent must be stored with
    a prediction.
-5. playbooks/teardown.yaml (the fake Blazar must report the lease deleted), then
-   `harness teardown` (unless --keep).
+5. Run 4 (lease ended): the fake Blazar ends the lease (its servers deleted, the floating
+   IP left allocated); provision and base again must replace the lease, boot new servers,
+   attach the recorded floating IP to the new jump host (no second one) and reach them.
+6. playbooks/teardown.yaml (the fake Blazar must report the lease deleted), a second
+   teardown (nothing left: it must succeed), then `harness teardown` (unless --keep).
+
+Before run 1, a preflight on the empty fake cloud: a restricted application credential
+must stop provisioning before anything is created, and a provision that fails half-way
+(an unknown flavor) must be torn down, twice.  Run 1's provision runs with the controller
+in TZ=America/Chicago and the lease task alone in TZ=Asia/Tokyo: the lease window the
+fake Blazar receives must start now and last the hours asked.
 
 The shipped code comes from a snapshot of the project's bundle files taken at the start
 (iot_app_local_source_dir), so that edits made in the checkout while the rehearsal runs
@@ -40,7 +52,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
-import hashlib
+import datetime
 import io
 import json
 import logging
@@ -74,6 +86,8 @@ STAGES = ["provision", "base", "app", "kafka", "mongodb", "inference", "consumer
 # The tags of the plays that install the real Kafka and MongoDB servers, Prometheus and Grafana.
 SERVER_TAGS = "kafka_server,mongodb_server,monitoring_server"
 MIRROR_PORT = 8766
+# The lease length run 1 asks for, on the command line (-e: a string).
+LEASE_HOURS = 48
 RECAP = re.compile(r"^(\S+)\s+:\s+ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)\s+"
                    r"skipped=(\d+)\s+rescued=(\d+)\s+ignored=(\d+)", re.M)
 
@@ -273,10 +287,50 @@ class Rehearsal:
         return path
 
     def playbook(self, label: str, args: list[str], timeout_s: float,
-                 playbook: str = "playbook_master.yaml") -> Playbook:
+                 playbook: str = "playbook_master.yaml", env: dict | None = None) -> Playbook:
         argv = [str(ANSIBLE_PLAYBOOK), playbook, "-e", f"@{self.s.extra_vars_file}", "-e", f"@{self.run_vars()}",
                 *args]
-        return Playbook(label, argv, self.env(), timeout_s * self.args.timeout_factor).run()
+        return Playbook(label, argv, {**self.env(), **(env or {})}, timeout_s * self.args.timeout_factor).run()
+
+    def openstack(self, *args: str) -> subprocess.CompletedProcess:
+        """The fake `openstack` CLI, as the roles call it."""
+        return subprocess.run([sys.executable, str(harness.BIN / "openstack"), "--os-cloud", self.s.cloud, *args],
+                              env=self.env(), capture_output=True, text=True, timeout=60)
+
+    def lease_window(self, name: str, hours: int, before: float, after: float) -> dict:
+        """The window the fake Blazar received for lease `name`: it must start now (between
+        `before` and `after`, epoch seconds) and last `hours` (to the minute: --end-date has
+        no seconds)."""
+        st = json.loads(self.s.state_file.read_text())
+        lease = next((x for x in st.get("leases", {}).values() if x["name"] == name), None)
+        if lease is None:
+            raise Failed(f"lease window: the fake Blazar has no lease {name}")
+        utc = datetime.timezone.utc
+        start, end = (datetime.datetime.strptime(lease[k], "%Y-%m-%dT%H:%M:%S.%f").replace(tzinfo=utc).timestamp()
+                      for k in ("start_date", "end_date"))
+        out = {"lease": name, "start_date": lease["start_date"], "end_date": lease["end_date"],
+               "hours": round((end - start) / 3600, 3), "asked_hours": hours,
+               "start_after_run_began_s": round(start - before, 1)}
+        if not before - 60 <= start <= after + 60:
+            raise Failed(f"lease window: {name} starts at {lease['start_date']} UTC, not now ({out})")
+        if not hours * 3600 - 120 <= end - start <= hours * 3600:
+            raise Failed(f"lease window: {name} lasts {out['hours']} h, not the {hours} h asked ({out})")
+        return out
+
+    def lease_in_time_zone(self, tz: str, hours: int = 48) -> dict:
+        """The provision role's real lease task with the controller in time zone `tz` and the
+        hours as -e passes them (a string); the lease is deleted afterwards."""
+        name = f"{self.prefix}-tz-{tz.replace('/', '-').lower()}"
+        before = time.time()
+        pb = self.playbook(f"lease-window-{tz.replace('/', '-')}", [
+            "-e", "provision_reservation=create", "-e", f"provision_lease={name}",
+            "-e", f"provision_lease_hours={hours}"], timeout_s=600, playbook="tests/rehearsal/lease-window.yml",
+            env={"TZ": tz})
+        pb.check()
+        try:
+            return {"tz": tz, **self.lease_window(name, hours, before, time.time())}
+        finally:
+            self.openstack("reservation", "lease", "delete", name)
 
     def inventory(self) -> dict:
         inv = yaml.safe_load((self.deploy_root / "hosts.yml").read_text())
@@ -357,7 +411,8 @@ class Rehearsal:
 
     def start_mirror(self) -> str:
         """Stand-ins for the two downloads the kafka and mongodb roles make in check mode
-        (Apache's archive with its .sha512, MongoDB's signing key), served on the gateway."""
+        (Apache's archive, which get_url only HEADs there: the role pins its SHA-512;
+        MongoDB's signing key), served on the gateway."""
         mirror = self.s.dir / "mirror"
         k, m = role_defaults("kafka"), role_defaults("mongodb")
         name = f"kafka_{k['kafka_scala_version']}-{k['kafka_version']}.tgz"
@@ -370,7 +425,6 @@ class Rehearsal:
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
         archive.write_bytes(raw.getvalue())
-        (archive.parent / f"{name}.sha512").write_text(f"{hashlib.sha512(raw.getvalue()).hexdigest()}  {name}\n")
         key = mirror / "mongodb" / f"server-{m['mongodb_version']}.asc"
         key.parent.mkdir(parents=True, exist_ok=True)
         key.write_text("-----BEGIN PGP PUBLIC KEY BLOCK-----\n(rehearsal stand-in)\n"
@@ -397,6 +451,10 @@ class Rehearsal:
         for want in ("Install Kafka", "Install MongoDB", "Install Prometheus and Grafana"):
             if want not in played:
                 raise Failed(f"check mode: play {want!r} did not run (plays: {sorted(played)})")
+        # The monitoring role rescues its own failures: in check mode there must be none.
+        rescued = [f"{e['task']}: {e['msg']}" for e in pb.results() if e["status"] == "failed"]
+        if rescued:
+            raise Failed(f"check mode: tasks failed (rescued): {rescued}")
         return pb
 
     # ------------------------------------------------------------------ MongoDB checks
@@ -447,28 +505,160 @@ class Rehearsal:
         self.sent_at = sent_at
         return out
 
+    # ------------------------------------------------------------------ preflight
+    def set_credential(self, unrestricted: bool) -> None:
+        """Ticks (or unticks) "Unrestricted" on the fake cloud's application credential."""
+        fake = harness.load_fake_cloud()
+        with fake.State(str(self.s.state_file)) as st:
+            fake.application_credential(st)["unrestricted"] = unrestricted
+            st.save()
+
+    def cloud_resources(self) -> dict:
+        st = json.loads(self.s.state_file.read_text())
+        return {k: sorted(v.get("name", i) for i, v in st.get(k, {}).items())
+                for k in ("keypairs", "security_groups", "servers", "floating_ips", "leases")}
+
+    def preflight(self) -> None:
+        """On the empty fake cloud, before run 1: a restricted application credential stops
+        provisioning before anything is created; a provision that fails after the key pair
+        and the security group (a flavor the site lacks) is torn down, and a second teardown,
+        with nothing left, succeeds too (no lease: blazarclient's "Unable to find resource")."""
+        pre = self.summary["preflight"] = {}
+        self.set_credential(unrestricted=False)
+        try:
+            with self.step("preflight: provision with a restricted application credential"):
+                pb = self.playbook("preflight-restricted-credential", ["--tags", "provision"], timeout_s=900)
+        finally:
+            self.set_credential(unrestricted=True)
+        left = self.cloud_resources()
+        pre["restricted_credential"] = {"rc": pb.rc, "created": left}
+        if pb.rc == 0 or "is restricted, and Blazar cannot create a lease with it" not in pb.text:
+            raise Failed(f"preflight: a restricted credential did not stop provisioning (exit {pb.rc}, see {pb.log})")
+        if any(left.values()):
+            raise Failed(f"preflight: a restricted credential stopped provisioning only after creating {left}")
+        with self.step("preflight: a provision that fails (flavor m9.nowhere), then teardown twice"):
+            pb = self.playbook("preflight-failed-provision", ["--tags", "provision", "-e", "provision_flavor=m9.nowhere"],
+                               timeout_s=900)
+            created = self.cloud_resources()
+            teardowns = [self.playbook(f"preflight-teardown-{i}", [], timeout_s=900, playbook="playbooks/teardown.yaml")
+                         for i in (1, 2)]
+        pre["failed_provision"] = {"rc": pb.rc, "created": created, "teardowns": [t.summary() for t in teardowns],
+                                   "left": self.cloud_resources()}
+        if pb.rc == 0 or "does not exist on this site" not in pb.text or not created["security_groups"]:
+            raise Failed(f"preflight: the provision with flavor m9.nowhere did not fail at the flavor check "
+                         f"after creating the security group (exit {pb.rc}, {created}, see {pb.log})")
+        for t in teardowns:
+            t.check()
+        if any(self.cloud_resources().values()):
+            raise Failed(f"preflight: teardown left {self.cloud_resources()}")
+
     # ------------------------------------------------------------------ run 1
     def run1(self) -> None:
         r1 = self.summary["run1"] = {}
-        with self.step("run 1 (cold): provision, base, app"):
-            a = self.playbook("run1-provision-base-app", ["--tags", "provision,base,app"], timeout_s=5400)
+        # The controller in Chicago (UTC-6) and the hours as -e passes them: a string.
+        before = time.time()
+        with self.step("run 1 (cold): provision, base, app (controller TZ=America/Chicago)"):
+            a = self.playbook("run1-provision-base-app", ["--tags", "provision,base,app",
+                                                          "-e", f"provision_lease_hours={LEASE_HOURS}"],
+                              timeout_s=5400, env={"TZ": "America/Chicago"})
         r1["provision_base_app"] = a.summary()
         self.timings.update({f"run 1 stage: {k}": v for k, v in a.stage_times().items()})
         a.check()
+        r1["lease_window"] = [{"tz": "America/Chicago", **self.lease_window(f"{self.prefix}-lease", LEASE_HOURS,
+                                                                             before, time.time())}]
+        with self.step("run 1: the lease task with the controller in Tokyo (UTC+9)"):
+            r1["lease_window"].append(self.lease_in_time_zone("Asia/Tokyo"))
         with self.step("run 1 (cold): kafka, mongodb stand-ins (harness services, ports, topics)"):
             self.stand_in = self.stand_ins()
         r1["stand_ins"] = self.stand_in
         with self.step("run 1 (cold): kafka, mongodb, monitoring plays in --check mode"):
             c = self.check_server_plays()
         r1["check_mode"] = c.summary()
-        with self.step("run 1 (cold): inference, consumers, producer, experiment, analyze"):
+        with self.step("run 1 (cold): inference, consumers, monitoring, producer, experiment, analyze"):
             b = self.playbook("run1-inference-to-analyze",
-                              ["--tags", "inference,consumers,producer,experiment,analyze"], timeout_s=5400)
+                              ["--tags", "inference,consumers,monitoring,producer,experiment,analyze"],
+                              timeout_s=5400)
         r1["inference_to_analyze"] = b.summary()
         self.timings.update({f"run 1 stage: {k}": v for k, v in b.stage_times().items()})
         b.check()
+        with self.step("run 1: monitoring checked"):
+            r1["monitoring"] = self.verify_monitoring(b)
         with self.step("run 1: images checked in MongoDB"):
             self.verify_run1()
+
+    def ports_not_in_security_group(self, ports: list[int]) -> list[int]:
+        """Of `ports`, those no ingress rule of the deployment's security group opens to the
+        group's own members (remote group)."""
+        st = json.loads(self.s.state_file.read_text())
+        sg = next((g for g in st.get("security_groups", {}).values() if g["name"] == f"{self.prefix}-sg"), None)
+        if sg is None:
+            return ports
+        rules = [r for r in sg["security_group_rules"] if r["direction"] == "ingress" and r.get("protocol") == "tcp"
+                 and r.get("remote_group_id") == sg["id"]]
+        return [p for p in ports if not any(r["port_range_min"] <= p <= r["port_range_max"] for r in rules)]
+
+    def prometheus_targets(self, host: str, timeout_s: float = 60) -> dict:
+        """Each scrape job's health on the monitoring VM's Prometheus (all up, or the state
+        after timeout_s); jobs with several targets report the worst."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            text = self.vm(host, "curl -sf http://127.0.0.1:9090/api/v1/targets || true", check=False)
+            jobs: dict = {}
+            with contextlib.suppress(ValueError, KeyError):
+                for t in json.loads(text)["data"]["activeTargets"]:
+                    job = jobs.setdefault(t["labels"]["job"], {"health": "up", "errors": []})
+                    if t["health"] != "up":
+                        job["health"] = t["health"]
+                        job["errors"].append(f"{t['scrapeUrl']}: {t.get('lastError', '')}"[:200])
+            if (jobs and all(j["health"] == "up" for name, j in jobs.items() if name != "producer")) \
+                    or time.monotonic() > deadline:
+                return jobs
+            time.sleep(5)
+
+    def verify_monitoring(self, pb: Playbook) -> dict:
+        """The monitoring stage ran for real: Prometheus (the image's package) configured by
+        the role, its configuration accepted by the VM's own promtool, running; Grafana's
+        repository is out of reach here, so the stage's failure must have been reported
+        (by the role's rescue and again by the analyze stage) without stopping the stages
+        after it, which the experiment's results (verify_run1) show."""
+        host = self.inventory()["groups"]["mongodb"][0]
+        results = [e for e in pb.results() if e["role"] == "monitoring"]
+        failed = [{"task": e["task"], "msg": e["msg"]} for e in results if e["status"] == "failed"]
+        rescued = any(e["task"] == "Remember what failed" and e["status"] == "ok" for e in results)
+        state = self.vm(host, "systemctl is-active prometheus || true").strip()
+        config = self.vm(host, "cat /etc/prometheus/prometheus.yml", check=False)
+        out = {"host": host, "failed": failed, "rescued": rescued, "prometheus": state,
+               "reported_at_the_end": "MONITORING FAILED" in pb.text.split("PLAY [Analyse the latest cloud run]")[-1]}
+        problems = []
+        if not any(e["task"] == "Write Prometheus's scrape configuration" and e["status"] == "ok" for e in results):
+            problems.append("the scrape configuration was not written (promtool on the VM refused it?)")
+        if "job_name: inference" not in config:
+            problems.append("/etc/prometheus/prometheus.yml is not the role's")
+        if state != "active":
+            problems.append(f"prometheus is {state!r} on {host}")
+        if failed and not (rescued and out["reported_at_the_end"]):
+            problems.append(f"monitoring failed ({failed}) without being reported by the rescue and at the end")
+        # What may fail here is the way out (Grafana's repository), not the VM: a module whose
+        # library the base stage did not install (deb822_repository needs python3-debian).
+        missing = [f for f in failed if re.search(r"(?i)failed to import|python3?-debian|no module named", f["msg"])]
+        if missing:
+            problems.append(f"a module lacks its library on the VM: {missing}")
+        # Every port Prometheus scrapes on another VM must be open in the security group to
+        # its members (the fake records the rules, Neutron would enforce them) ...
+        targets = sorted({t for t in re.findall(r"[\d.]+:(\d+)", re.sub(r"127\.0\.0\.1:\d+", "", config))})
+        out["scraped_ports_outside_the_group"] = self.ports_not_in_security_group([int(t) for t in targets])
+        if out["scraped_ports_outside_the_group"]:
+            problems.append(f"Prometheus scrapes ports the security group does not open to its members: "
+                            f"{out['scraped_ports_outside_the_group']}")
+        # ... and ufw (enforced in the containers) must let the scrapes through.
+        out["targets"] = health = self.prometheus_targets(host) if state == "active" else {}
+        down = {job: h for job, h in health.items() if job in ("inference", "inference-consumer", "db-consumer")
+                and h["health"] != "up"}
+        if down:
+            problems.append(f"Prometheus cannot scrape {down}")
+        if problems:
+            raise Failed("monitoring: " + "; ".join(problems))
+        return out
 
     def verify_run1(self) -> None:
         new = sorted(set(self.results_root().glob("cloud-*")) - self.results_before)
@@ -671,6 +861,46 @@ echo done >> {d}/status
         if problems:
             raise Failed("run 3: " + "; ".join(problems))
 
+    # ------------------------------------------------------------------ run 4
+    def run4(self) -> None:
+        """The lease ends (the fake Blazar deletes its servers as Chameleon does; the jump
+        host's floating IP stays allocated, detached), then `make deploy` again (provision
+        and base): the ended lease is replaced, new servers boot, the recorded floating IP
+        is attached to the new jump host (none allocated, the record unchanged), and every
+        new VM answers through it (the address's old host key forgotten)."""
+        record_file = self.deploy_dir / "floating_ip.json"
+        record = json.loads(record_file.read_text())
+        fake = harness.load_fake_cloud()
+        with self.step("run 4: the lease ends (fake Blazar)"):
+            with fake.State(str(self.s.state_file)) as st:
+                gone = fake.end_lease(st, fake.find_lease(st, f"{self.prefix}-lease"))
+                st.save()
+        r4 = self.summary["run4"] = {"servers_deleted_by_the_lease_end": gone, "floating_ip_before": record}
+        with self.step("run 4: provision and base again after the lease ended"):
+            # Its own ssh control sockets: the masters of runs 1-3 lead to the deleted servers.
+            pb = self.playbook("run4-lease-ended", ["--tags", "provision,base"], timeout_s=3600,
+                               env={"ANSIBLE_SSH_CONTROL_PATH_DIR": str(self.s.dir / "cp-run4")})
+        r4.update(pb.summary())
+        pb.check()
+        st = json.loads(self.s.state_file.read_text())
+        fips = st.get("floating_ips", {})
+        jump = next(r for r in st["servers"].values() if r["name"] == self.inventory()["groups"]["producers"][0])
+        after = json.loads(record_file.read_text()) if record_file.exists() else None
+        r4.update(floating_ips=[{"id": i, "address": f["floating_ip_address"], "server": f.get("_server_id")}
+                                for i, f in fips.items()], floating_ip_after=after,
+                  lease=fake.lease_public(next(x for x in st["leases"].values()))["status"] if st.get("leases") else None)
+        problems = []
+        if not gone:
+            problems.append("the lease end deleted no server")
+        if list(fips) != [record["id"]]:
+            problems.append(f"floating IPs {r4['floating_ips']}: expected only the recorded {record}")
+        elif fips[record["id"]].get("_server_id") != jump["id"]:
+            problems.append(f"the recorded floating IP is not on the new jump host {jump['name']}")
+        if after != record:
+            problems.append(f"floating_ip.json changed: {record} -> {after}")
+        if problems:
+            raise Failed("run 4: " + "; ".join(problems))
+
     # ------------------------------------------------------------------ teardown
     def teardown(self) -> None:
         lease = f"{self.prefix}-lease"
@@ -678,7 +908,8 @@ echo done >> {d}/status
             # -v: the lease delete's output (blazarclient's "Deleted lease: <name>") is printed.
             pb = self.playbook("teardown", ["-v"], timeout_s=1200, playbook="playbooks/teardown.yaml")
         st = json.loads(self.s.state_file.read_text())
-        deletes = [c for c in st.get("calls", []) if c.get("name") == "reservation lease delete"]
+        deletes = [c for c in st.get("calls", []) if c.get("name") == "reservation lease delete"
+                   and lease in c.get("params", {}).get("argv", [])]
         show = subprocess.run([sys.executable, str(harness.BIN / "openstack"), "--os-cloud", self.s.cloud,
                                "reservation", "lease", "show", lease, "-f", "json"], env=self.env(),
                               capture_output=True, text=True, timeout=60)
@@ -697,6 +928,12 @@ echo done >> {d}/status
             problems.append(f"lease {lease} still exists: {td['lease_show_after']}")
         if st.get("servers") or left:
             problems.append(f"servers left: {td['servers_left']}, containers {left}")
+        # Twice: nothing left to delete, no lease (blazarclient: "Unable to find resource ...").
+        with self.step("teardown again: playbooks/teardown.yaml"):
+            again = self.playbook("teardown-again", [], timeout_s=1200, playbook="playbooks/teardown.yaml")
+        td["again"] = again.summary()
+        if again.rc != 0:
+            problems.append(f"a second teardown failed (exit {again.rc}, see {again.log})")
         if problems:
             raise Failed("teardown: " + "; ".join(problems))
 
@@ -711,10 +948,12 @@ echo done >> {d}/status
         try:
             started = True
             self.prepare()
+            self.preflight()
             self.run1()
             self.run2()
             if not self.args.skip_upgrade:
                 self.run3()
+            self.run4()
         except Failed as exc:
             self.summary["failures"].append(str(exc))
             log.error("FAILED: %s", exc)
@@ -753,6 +992,13 @@ def render(s: dict) -> str:
     if "check_mode" in r1:
         lines.append(f"run 1: kafka + mongodb + monitoring plays in --check mode: exit {r1['check_mode']['rc']}, "
                      f"recap {r1['check_mode']['recap']}")
+    for w in r1.get("lease_window", []):
+        lines.append(f"run 1: lease {w['lease']} (controller TZ={w['tz']}): {w['start_date']} -> {w['end_date']} UTC, "
+                     f"{w['hours']} h for {w['asked_hours']} h asked")
+    if "monitoring" in r1:
+        m = r1["monitoring"]
+        lines.append(f"run 1: monitoring on {m['host']}: prometheus {m['prometheus']}; failed (reported, not fatal): "
+                     f"{[f['task'] for f in m['failed']] or 'nothing'}")
     if "experiment" in r1:
         e = r1["experiment"]
         lines.append(f"run 1: experiment {e['dir']}: images sent {e['images']['images_sent']}, stored with a "
@@ -772,6 +1018,13 @@ def render(s: dict) -> str:
         for role, w in r3.get("restart_windows", {}).items():
             lines.append(f"  {role} restart ({w['restart_to_ready_s']} s to ready): images sent before "
                          f"{w['images_sent_before']}, during {w['images_sent_during']}, after {w['images_sent_after']}")
+    for name, p in s.get("preflight", {}).items():
+        lines.append(f"preflight {name}: provision exit {p['rc']}, created {p['created']}"
+                     + (f", left after two teardowns {p['left']}" if "left" in p else ""))
+    r4 = s.get("run4", {})
+    if "floating_ips" in r4:
+        lines.append(f"run 4 (lease ended, deployed again): servers deleted by the end {r4['servers_deleted_by_the_lease_end']}; "
+                     f"floating IPs {r4['floating_ips']} (recorded {r4['floating_ip_before']})")
     if "teardown" in s:
         lines.append(f"teardown: {s['teardown'].get('deleted_lease_line')}; leases left "
                      f"{s['teardown']['leases_left']}, servers left {s['teardown']['servers_left']}")

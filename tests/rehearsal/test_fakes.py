@@ -14,6 +14,9 @@ import os
 import shutil
 import subprocess
 import sys
+import textwrap
+import time
+from pathlib import Path
 
 import pytest
 
@@ -307,3 +310,232 @@ def test_teardown_releases_the_floating_ip_a_lease_end_left(cloud):
     deletes = [c for c in again["calls"] if c["name"] == "floating ip delete"]
     assert [c["rc"] for c in deletes] == [0, 1]
     assert "No FloatingIP found for " + fip["id"] in deletes[1]["error"]
+
+
+# --------------------------------------------------------------------------- the provision role
+# against the fakes: tasks that need no container (credential check, lease, teardown)
+
+def _set_state(cloud, **changes) -> None:
+    st = state(cloud)
+    for path, value in changes.items():
+        node = st
+        *parents, leaf = path.split("__")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    cloud["state"].write_text(json.dumps(st))
+
+
+def provision(cloud, body: str, *extra: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """ansible-playbook from the repository root (ansible.cfg: roles/) with the settings the
+    rehearsal passes; `body` is a playbook path or the tasks of a play on localhost."""
+    deploy_dir = cloud["dir"] / "deploy" / "iot-pipeline"
+    if body.endswith(".yaml"):
+        book = body
+    else:
+        book = str(cloud["dir"] / "book.yml")
+        Path(book).write_text("- hosts: localhost\n  connection: local\n  gather_facts: false\n  tasks:\n"
+                              + textwrap.indent(textwrap.dedent(body), "    "))
+    run_env = {**cloud["env"], "ANSIBLE_INVENTORY": f"{harness.ROOT / 'inventory'},{cloud['dir'] / 'hosts.yml'}",
+               "ANSIBLE_NOCOLOR": "1", **(env or {})}
+    return subprocess.run(
+        [venv_tool("ansible-playbook"), book, "-e", "provision_cloud=rehearsal", "-e", f"provision_openstack_cli={BIN}",
+         "-e", f"iot_deploy_dir={deploy_dir}", "-e", "iot_operator_cidr=172.30.0.1/32", *extra],
+        cwd=harness.ROOT, env=run_env, capture_output=True, text=True, timeout=600)
+
+
+def role_tasks(tasks_from: str) -> str:
+    return (f"- ansible.builtin.include_role:\n    name: provision\n    tasks_from: {tasks_from}\n")
+
+
+def test_the_fake_keystone_shows_the_credential_and_blazar_needs_it_unrestricted(cloud):
+    config = openstack(cloud, "--os-cloud", "rehearsal", "configuration", "show", "-f", "json")
+    assert config.returncode == 0, config.stderr
+    settings = json.loads(config.stdout)
+    assert settings["auth_type"] == "v3applicationcredential"
+    assert settings["auth.application_credential_secret"] == "<redacted>"
+    cred_id = settings["auth.application_credential_id"]
+    shown = json.loads(openstack(cloud, "--os-cloud", "rehearsal", "application", "credential", "show", cred_id,
+                                 "-f", "json").stdout)
+    assert shown["ID"] == cred_id and shown["Unrestricted"] is True
+    _set_state(cloud, application_credential__unrestricted=False)
+    shown = json.loads(openstack(cloud, "--os-cloud", "rehearsal", "application", "credential", "show", cred_id,
+                                 "-f", "json").stdout)
+    assert shown["Unrestricted"] is False
+    # every read still works with a restricted credential; lease create does not (Blazar's trust)
+    assert openstack(cloud, "--os-cloud", "rehearsal", "reservation", "lease", "list").returncode == 0
+    create = openstack(cloud, "--os-cloud", "rehearsal", "reservation", "lease", "create", "--reservation",
+                       "resource_type=flavor:instance,flavor_id=3,amount=1", "--end-date", END, "l", "-f", "json")
+    assert create.returncode == 1
+    assert "not allowed for managing trusts. (HTTP 403)" in create.stderr
+    assert state(cloud)["leases"] == {}
+
+
+def test_a_restricted_credential_stops_provisioning_before_anything_is_created(cloud):
+    _set_state(cloud, application_credential__unrestricted=False)
+    proc = provision(cloud, "playbooks/provision.yaml")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "is restricted, and Blazar cannot create a lease with it" in out, out[-3000:]
+    assert '"Unrestricted (dangerous)" ticked' in out
+    st = state(cloud)
+    assert st["keypairs"] == {} and st["security_groups"] == {} and st["leases"] == {} and st["servers"] == {}
+    assert [c["name"] for c in st["calls"]] == ["configuration show", "application credential show"]
+
+
+def test_an_unrestricted_credential_passes_and_a_blazar_403_says_what_to_tick(cloud):
+    ok = provision(cloud, role_tasks("credential.yml"))
+    assert ok.returncode == 0, ok.stdout[-3000:]
+    # The credential restricted after the check: lease create's 403 explained, not just echoed.
+    _set_state(cloud, application_credential__unrestricted=False)
+    proc = provision(cloud, role_tasks("lease.yml"), "-e", "provision_reservation=create")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "Blazar could not create a trust" in out and '"Unrestricted (dangerous)" ticked' in out, out[-3000:]
+    assert "not allowed for managing trusts" in out  # the client's own words follow
+
+
+def lease_window(cloud, name: str) -> tuple[datetime.datetime, datetime.datetime]:
+    lease = next(x for x in state(cloud)["leases"].values() if x["name"] == name)
+    parse = [datetime.datetime.strptime(lease[k], "%Y-%m-%dT%H:%M:%S.%f") for k in ("start_date", "end_date")]
+    return parse[0], parse[1]
+
+
+@pytest.mark.parametrize("tz", ["America/Chicago", "Asia/Tokyo", "UTC"])
+def test_the_lease_lasts_what_was_asked_whatever_the_controllers_time_zone(cloud, tz):
+    """now(utc=true).timestamp() read a naive UTC time as local time: the lease was off by the
+    controller's UTC offset (Chicago: 6 h longer; Tokyo: 9 h shorter).  -e passes the hours as
+    a string, which `*` repeated."""
+    before = datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
+    proc = provision(cloud, role_tasks("lease.yml"), "-e", "provision_reservation=create",
+                     "-e", "provision_lease=tz-lease", "-e", "provision_lease_hours=48", env={"TZ": tz})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    start, end = lease_window(cloud, "tz-lease")
+    assert abs((start - before).total_seconds()) < 120, (start, before)
+    # --end-date has minutes: up to one minute short of 48 h, never longer
+    assert datetime.timedelta(hours=48, minutes=-2) <= end - start <= datetime.timedelta(hours=48), end - start
+    argv = next(c for c in state(cloud)["calls"] if c["name"] == "reservation lease create")["params"]["argv"]
+    assert argv[argv.index("--start-date") + 1] == "now"
+
+
+def teardown(cloud, *extra: str) -> subprocess.CompletedProcess:
+    return provision(cloud, "playbooks/teardown.yaml", "-e", "provision_reservation=create", *extra)
+
+
+def test_teardown_without_a_lease_succeeds_twice_and_after_a_failed_provision(cloud):
+    """blazarclient says "Unable to find resource with name ..." for a missing lease; the
+    teardown tolerated only "not found" and failed when there was no lease."""
+    key = cloud["dir"] / "id_test"
+    key.with_suffix(".pub").write_text(
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBhJ0B5fYzdd1m7qyo2P8pXhR9o5w7Uq2hJ5n6Tq8p3a test\n")
+    # A provision that fails after the key pair and the security group, before the lease.
+    failed = provision(cloud, "playbooks/provision.yaml", "-e", "provision_flavor=m9.nowhere",
+                       "-e", f"iot_ssh_private_key_file={key}")
+    assert failed.returncode != 0 and "Flavor m9.nowhere does not exist" in failed.stdout, failed.stdout[-3000:]
+    st = state(cloud)
+    assert st["keypairs"] and st["security_groups"] and not st["leases"]
+    for run in (1, 2):
+        proc = teardown(cloud)
+        assert proc.returncode == 0, (run, proc.stdout[-3000:])
+        st = state(cloud)
+        assert st["keypairs"] == {} and st["security_groups"] == {} and st["leases"] == {}
+    deletes = [c for c in st["calls"] if c["name"] == "reservation lease delete"]
+    assert [c["rc"] for c in deletes] == [1, 1]
+    assert all("Unable to find resource with name 'iot-pipeline-lease'" in c["error"] for c in deletes)
+
+
+def _server(fake, name: str, ip: str) -> dict:
+    """A server record of the fake cloud without a container (the floating IP tasks only
+    need its addresses)."""
+    return {"id": fake.new_id(), "name": name, "_container": "no-such-container-" + name, "_ip": ip,
+            "_mac": "fa:16:3e:00:00:%02x" % int(ip.split(".")[-1]), "_network": "sharednet1",
+            "_security_groups": ["iot-pipeline-sg"], "_flavor_id": "3"}
+
+
+def test_a_redeploy_after_the_lease_ended_takes_back_the_recorded_floating_ip(cloud):
+    """The lease ended: Blazar deleted the servers, the jump host's address stayed allocated.
+    The redeploy allocated a second address and overwrote the record of the first (leaked).
+    Now the recorded one is attached to the new jump host; one that is gone, or attached to
+    someone else's server, is left alone."""
+    fake = harness.load_fake_cloud()
+    deploy_dir = cloud["dir"] / "deploy" / "iot-pipeline"
+    deploy_dir.mkdir(parents=True)
+    record = deploy_dir / "floating_ip.json"
+    st = state(cloud)
+    old = _server(fake, "iot-pipeline-producer", "172.30.0.40")
+    st["servers"] = {old["id"]: old}
+    cloud["state"].write_text(json.dumps(st))
+    tasks = role_tasks("floating_ip.yml")
+    args = ["-e", '{"provision_jump_server": {"name": "producer"}, "provision_server_results": {"results": []}}']
+
+    first = provision(cloud, tasks, *args)
+    assert first.returncode == 0, first.stdout[-3000:]
+    fip = json.loads(record.read_text())
+    assert list(state(cloud)["floating_ips"]) == [fip["id"]]
+    again = provision(cloud, tasks, *args)  # an ordinary rerun: nothing changes
+    assert again.returncode == 0 and json.loads(record.read_text()) == fip
+    assert list(state(cloud)["floating_ips"]) == [fip["id"]]
+
+    # The lease ends: the server goes, its address stays allocated, detached.
+    st = state(cloud)
+    del st["servers"][old["id"]]
+    st["floating_ips"][fip["id"]].update(port_id=None, fixed_ip_address=None, status="DOWN", port_details=None,
+                                         _server_id=None)
+    new = _server(fake, "iot-pipeline-producer", "172.30.0.41")
+    st["servers"] = {new["id"]: new}
+    cloud["state"].write_text(json.dumps(st))
+    redeploy = provision(cloud, tasks, *args)
+    assert redeploy.returncode == 0, redeploy.stdout[-3000:]
+    after = state(cloud)["floating_ips"]
+    assert list(after) == [fip["id"]], after                     # taken back, none allocated
+    assert after[fip["id"]]["_server_id"] == new["id"] and after[fip["id"]]["fixed_ip_address"] == "172.30.0.41"
+    assert json.loads(record.read_text()) == fip
+
+    # Recorded, but now attached to another server (not ours any more): a new address.
+    st = state(cloud)
+    other = _server(fake, "someone-else", "172.30.0.42")
+    st["servers"][other["id"]] = other
+    st["floating_ips"][fip["id"]].update(_server_id=other["id"], fixed_ip_address=other["_ip"], port_id="p")
+    newest = _server(fake, "iot-pipeline-producer", "172.30.0.43")
+    del st["servers"][new["id"]]
+    st["servers"][newest["id"]] = newest
+    cloud["state"].write_text(json.dumps(st))
+    moved = provision(cloud, tasks, *args)
+    assert moved.returncode == 0, moved.stdout[-3000:]
+    fips = state(cloud)["floating_ips"]
+    assert len(fips) == 2 and fips[fip["id"]]["_server_id"] == other["id"]
+    assert json.loads(record.read_text())["id"] != fip["id"]
+
+
+@pytest.mark.parametrize("status", ["ERROR", "TERMINATED"])
+def test_the_wait_for_active_stops_at_once_when_the_lease_ends_mid_wait(cloud, status):
+    """A lease in ERROR or TERMINATED never becomes ACTIVE: the wait kept polling for
+    provision_lease_wait_s (15 minutes) before failing."""
+    _set_state(cloud, config__blazar_pending_shows=50, config__blazar_end_at_show=2, config__blazar_end_status=status)
+    t0 = time.monotonic()
+    proc = provision(cloud, role_tasks("lease.yml"), "-e", "provision_reservation=create",
+                     "-e", "provision_lease_wait_s=600")
+    elapsed = time.monotonic() - t0
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert f"Lease iot-pipeline-lease is {status}" in out and "will never" in out, out[-3000:]
+    shows = [c for c in state(cloud)["calls"] if c["name"] == "reservation lease show"]
+    assert len(shows) == 3, [c.get("error") for c in shows]  # the lookup, then PENDING, then the end
+    assert elapsed < 120, elapsed
+
+
+def test_the_servers_boot_with_the_reservations_flavor_id(cloud):
+    """Blazar names the flavor to boot with in the reservation's flavor_id; that it equals
+    the reservation's id is Blazar's current habit, not its contract."""
+    create = openstack(cloud, "--os-cloud", "rehearsal", "reservation", "lease", "create", "--reservation",
+                       "resource_type=flavor:instance,flavor_id=3,amount=4", "--end-date", END, "mine")
+    assert create.returncode == 0, create.stderr
+    st = state(cloud)
+    reservation = next(iter(st["leases"].values()))["reservations"][0]
+    reservation["flavor_id"] = reservation["_flavor"]["id"] = "f1a2b3c4-0000-4000-8000-00000000f1a0"
+    cloud["state"].write_text(json.dumps(st))
+    proc = provision(cloud, role_tasks("lease.yml"), "-e", "provision_reservation=existing", "-e", "provision_lease=mine")
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    said = " ".join(proc.stdout.split())
+    assert "with its flavor f1a2b3c4-0000-4000-8000-00000000f1a0" in said, said[-1500:]
+    assert reservation["id"] not in said.split("with its flavor")[1][:60]

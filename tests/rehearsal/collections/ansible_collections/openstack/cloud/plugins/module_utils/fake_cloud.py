@@ -433,6 +433,8 @@ def _allocate_ip(st: State) -> str:
     cfg = st.config
     net = ipaddress.ip_network(cfg["subnet_cidr"])
     used = {s["_ip"] for s in st.data.get("servers", {}).values()}
+    # A floating IP's address was its first server's: never a new container's own address.
+    used |= {f["floating_ip_address"] for f in st.data.get("floating_ips", {}).values()}
     used.add(cfg["gateway"])
     first, last = cfg.get("pool_first", 10), min(net.num_addresses - 2, cfg.get("pool_last", 250))
     counter_file = cfg.get("ip_counter_file")
@@ -730,6 +732,21 @@ def create_floating_ip(st: State, rec: dict, network: dict) -> dict:
     return fip
 
 
+def attach_floating_ip(st: State, fip: dict, rec: dict) -> None:
+    """A detached floating IP attached to another server (the new jump host after a lease
+    ended): like Neutron's NAT, the address then reaches that server's container, which
+    gets it as a second address (CAP_NET_ADMIN; the host's ARP finds it on the bridge)."""
+    fip.update(_server_id=rec["id"], fixed_ip_address=rec["_ip"], port_id=new_id(), status="ACTIVE",
+               updated_at=iso(), revision_number=fip.get("revision_number", 1) + 1,
+               port_details={"admin_state_up": True, "device_id": rec["id"], "device_owner": "compute:nova",
+                             "mac_address": rec["_mac"], "name": "", "network_id": find_network(
+                                 st, rec["_network"])["id"], "status": "ACTIVE"})
+    if fip["floating_ip_address"] != rec["_ip"] and container_state(rec["_container"]) == "running":
+        docker("exec", rec["_container"], "ip", "addr", "replace", fip["floating_ip_address"] + "/32",
+               "dev", "eth0", timeout=60)
+        _forget_host_key(st, fip["floating_ip_address"])
+
+
 def floating_ip_view(fip: dict | None) -> dict | None:
     if fip is None:
         return None
@@ -794,10 +811,18 @@ def _parse_blazar_date(value: str) -> datetime.datetime:
 
 
 def refresh_lease(st: State, lease: dict, count_show: bool) -> None:
-    """PENDING -> ACTIVE once the start date has passed and `pending_shows` shows were made
-    (IOT_FAKE_BLAZAR_PENDING_SHOWS, default 0: the first show after create is ACTIVE);
-    TERMINATED after the end date."""
+    """PENDING -> ACTIVE once the start date has passed and `blazar_pending_shows` shows were
+    made (default 0: the first show after create is ACTIVE); TERMINATED after the end date;
+    with `blazar_end_at_show` N, ended at the Nth show with `blazar_end_status` (ERROR)."""
     t = now()
+    if count_show:
+        lease["_all_shows"] = lease.get("_all_shows", 0) + 1
+        # Told to end the lease at its Nth show (blazar_end_at_show): it fails (ERROR) or
+        # ends (TERMINATED) while the deployment waits for it to become ACTIVE.
+        end_at = int(st.config.get("blazar_end_at_show", 0) or 0)
+        if end_at and lease["_all_shows"] >= end_at and lease["status"] in ("PENDING", "ACTIVE"):
+            end_lease(st, lease, st.config.get("blazar_end_status", "ERROR"))
+            return
     if lease["status"] == "PENDING" and _parse_blazar_date(lease["start_date"]) <= t:
         if count_show:
             lease["_shows"] = lease.get("_shows", 0) + 1
@@ -812,9 +837,27 @@ def refresh_lease(st: State, lease: dict, count_show: bool) -> None:
                     e["status"] = "DONE"
                     e["updated_at"] = t.strftime(DB_TS)
     if lease["status"] == "ACTIVE" and _parse_blazar_date(lease["end_date"]) <= t:
-        lease["status"] = "TERMINATED"
-        for r in lease["reservations"]:
-            r["status"] = "deleted"
+        end_lease(st, lease)
+
+
+def end_lease(st: State, lease: dict, status: str = "TERMINATED") -> list:
+    """The lease ends now (its end date, or `status` ERROR: it failed): like Blazar's flavor
+    plugin, the servers booted on its reserved flavors are deleted; their floating IPs stay
+    allocated to the project, detached.  Returns the deleted servers' names."""
+    lease["status"] = status
+    lease["updated_at"] = now().strftime(DB_TS)
+    flavor_ids = {r["id"] for r in lease["reservations"]}
+    for r in lease["reservations"]:
+        r["status"] = "deleted" if status == "TERMINATED" else "error"
+    for e in lease["events"]:
+        if e["event_type"] == "end_lease" and status == "TERMINATED":
+            e["status"] = "DONE"
+    gone = []
+    for rec in list(st.data.get("servers", {}).values()):
+        if rec["_flavor_id"] in flavor_ids:
+            delete_server(st, rec, delete_ips=False)
+            gone.append(rec["name"])
+    return gone
 
 
 def lease_public(lease: dict) -> dict:
@@ -822,6 +865,33 @@ def lease_public(lease: dict) -> dict:
     out["reservations"] = [public(r) for r in lease["reservations"]]
     out["events"] = [public(e) for e in lease["events"]]
     return out
+
+
+# --------------------------------------------------------------------------- Keystone
+# Blazar creates a Keystone trust with every lease (it acts for the user when the lease
+# starts and ends), and Keystone refuses a trust to a restricted application credential
+# (keystone/api/trusts.py _check_unrestricted), which Blazar passes on.  Every other call
+# the deployment makes works with a restricted one.
+TRUST_FORBIDDEN = ("ERROR: You are not authorized to perform the requested action: Using method "
+                   "'application_credential' is not allowed for managing trusts. (HTTP 403)")
+
+
+def application_credential(st: State) -> dict:
+    """The application credential of the harness's clouds.yaml entry (one per fake cloud);
+    `unrestricted` is the box ticked (or not) when it was created."""
+    return st.data.setdefault("application_credential", new_application_credential(True))
+
+
+def new_application_credential(unrestricted: bool) -> dict:
+    return {"id": uuid.uuid4().hex, "name": "iot-rehearsal", "description": "rehearsal",
+            "project_id": PROJECT_ID, "roles": [{"id": uuid.uuid4().hex, "name": "member", "domain_id": None}],
+            "unrestricted": bool(unrestricted), "access_rules": [], "expires_at": None}
+
+
+def require_trust(st: State) -> None:
+    """What Blazar's lease create needs of the caller's credential."""
+    if not application_credential(st)["unrestricted"]:
+        raise CloudError(TRUST_FORBIDDEN)
 
 
 def find_lease(st: State, name_or_id: str) -> dict:
@@ -956,7 +1026,8 @@ def new_state(config: dict, docker_image: str) -> dict:
     images = [{"id": new_id(), "name": config["image_name"], "_docker_image": docker_image}]
     return {"version": 1, "config": config,
             "catalog": {"images": images, "flavors": flavors_, "networks": networks, "subnets": subnets},
-            "keypairs": {}, "security_groups": {}, "servers": {}, "floating_ips": {}, "leases": {}, "calls": []}
+            "keypairs": {}, "security_groups": {}, "servers": {}, "floating_ips": {}, "leases": {}, "calls": [],
+            "application_credential": new_application_credential(config.get("credential_unrestricted", True))}
 
 
 # --------------------------------------------------------------------------- the modules
@@ -1198,7 +1269,9 @@ def _floating_ip(m, st: State, info: dict):
                 raise CloudError("Floating ip {0} has been attached to different server".format(
                     p["floating_ip_address"]))
             if ip.get("_server_id") is None:
-                raise CloudError("fake cloud: re-attaching a detached floating IP is not emulated")
+                # the real module: add_ip_list(server, [address])
+                attach_floating_ip(st, ip, rec)
+                changed = True
         elif not ips:
             pool = network or _external_network(st)
             free = [f for f in fips.values() if f.get("_server_id") is None
@@ -1220,6 +1293,23 @@ def _floating_ip(m, st: State, info: dict):
             del fips[ip["id"]]
             changed = True
     return changed, {}
+
+
+def _floating_ip_info(m, st: State, info: dict):
+    p = m.params
+    fips = list(st.data.get("floating_ips", {}).values())
+    for key in ("description", "fixed_ip_address", "floating_ip_address"):
+        if p[key] is not None:
+            fips = [f for f in fips if f.get(key) == p[key]]
+    if p["floating_network"]:
+        network = find_network(st, p["floating_network"], ignore_missing=False)
+        fips = [f for f in fips if f["floating_network_id"] == network["id"]]
+    if p["status"]:
+        fips = [f for f in fips if f.get("status", "").lower() == p["status"]]
+    for key in ("port", "router", "project"):
+        if p[key]:
+            raise CloudError("fake cloud: floating_ip_info by %s is not emulated" % key)
+    return False, {"floating_ips": [documented(info["RETURN"], "floating_ips", floating_ip_view(f)) for f in fips]}
 
 
 def _compute_flavor_info(m, st: State, info: dict):
@@ -1256,6 +1346,7 @@ HANDLERS = {
     "security_group_rule": _security_group_rule,
     "server": _server,
     "floating_ip": _floating_ip,
+    "floating_ip_info": _floating_ip_info,
     "compute_flavor_info": _compute_flavor_info,
     "server_info": _server_info,
 }
