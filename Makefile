@@ -59,7 +59,7 @@ deploy-venv: $(DEPLOY_STAMP)
 up: venv $(STORE_SERVER) ## start the local stack (broker, MongoDB, Gunicorn, consumers, Prometheus if installed, dashboard)
 	$(PYTHON) -m stack up
 
-down:             ## stop the local stack, leaving no process behind
+down:             ## stop the local stack, leaving no process behind; the stores' data (.run/data) stays for the next `make up`
 	@test -x $(PYTHON) && $(PYTHON) -m stack down || true
 
 status: venv
@@ -129,5 +129,6 @@ experiment: venv  ## latency sweep over 1..N producers: make experiment PRODUCER
 	  $(if $(IMAGES),--images $(IMAGES)) $(if $(RATE),--rate $(RATE)) $(if $(REPEAT),--repeat $(REPEAT)) \
 	  $(if $(UNTIL_CI),--until-ci $(UNTIL_CI)) $(if $(OUT),--out $(OUT)) $(ARGS)
 
-clean: down
-	rm -rf .run .pytest_cache
+clean:            ## stop the local stack and delete what it keeps (.run/: the stores' data, logs), saying what it removed
+	@if test -x $(PYTHON); then $(PYTHON) -m stack clean; else rm -rf .run; fi
+	rm -rf .pytest_cache

@@ -1,7 +1,10 @@
-"""``python -m stack {up,down,status,pause,resume,kill}``: the embedded local stack.
+"""``python -m stack {up,down,clean,status,pause,resume,kill}``: the embedded local stack.
 
     up       start the supervisor in the background; return when every component is ready
-    down     stop everything (consumers first), leaving no process behind
+    down     stop everything (consumers first), leaving no process behind; the stores'
+             data stays in the stack directory for the next ``up``
+    clean    ``down``, then remove the stack directory (the stores' data, logs), saying what
+             it removed
     status   one line per component
     pause N  keep component N down (SIGTERM, or --signal KILL) until ``resume N``
     resume N let the supervisor start N again
@@ -16,7 +19,7 @@ import sys
 
 from common.log import setup_logging
 from common.settings import SettingsError, StackSettings, check_replaced, with_flags
-from stack.control import down, hold, release, signal_component, stack_dir, status, up
+from stack.control import clean, down, hold, release, signal_component, stack_dir, status, up
 from stack.supervisor import Supervisor
 
 
@@ -24,7 +27,7 @@ def main(argv=None) -> int:
     setup_logging()
     p = argparse.ArgumentParser(prog="python -m stack", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("command", choices=["up", "down", "status", "supervise", "pause", "resume", "kill"])
+    p.add_argument("command", choices=["up", "down", "clean", "status", "supervise", "pause", "resume", "kill"])
     p.add_argument("component", nargs="?")
     p.add_argument("--timeout", type=float, default=360, help="seconds to wait for 'up'")
     p.add_argument("--signal", default=None, help="signal for kill/pause (KILL, TERM, STOP ...)")
@@ -42,6 +45,8 @@ def main(argv=None) -> int:
         return up(d, args.timeout)
     if args.command == "down":
         return down(d)
+    if args.command == "clean":
+        return clean(d)
     if args.command == "status":
         return status(d)
     if not args.component:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -27,7 +28,7 @@ log = logging.getLogger(__name__)
 STACK_ENV_KEYS = ("KAFKA_BOOTSTRAP_SERVERS", *STORE_ENDPOINT_KEYS, "INFERENCE_URL")
 COMPONENTS = ("kafka", "mongo", "inference", "inference-consumer", "db-consumer")
 
-__all__ = ["COMPONENTS", "LocalStack", "STACK_ENV_KEYS", "down", "hold", "process_tree", "read_env", "release",
+__all__ = ["COMPONENTS", "LocalStack", "STACK_ENV_KEYS", "clean", "down", "hold", "process_tree", "read_env", "release",
            "read_pid", "signal_component", "stack_dir", "status", "supervisor_pid", "up"]
 
 
@@ -129,6 +130,39 @@ def down(d: Path, timeout_s: float = 90) -> int:
     for name in ("ready", "supervisor.pid"):
         (d / name).unlink(missing_ok=True)
     print("stack is down")
+    return 0
+
+
+# What marks a directory as a stack's: ``clean`` removes nothing else.
+STACK_MARKERS = ("stack.env", "supervisor.pid", "pids", "logs", "data", "prometheus")
+
+
+def _size(path: Path) -> int:
+    if path.is_file() or path.is_symlink():
+        return path.lstat().st_size
+    return sum(p.lstat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+def clean(d: Path) -> int:
+    """Stop the stack and remove its directory: the stores' data, the logs, everything
+    ``up`` wrote.  Says what it removed, and refuses a directory that is not a stack's."""
+    if not d.exists():
+        print(f"nothing to remove: {d} does not exist")
+        return 0
+    if d == Path(d.anchor) or d == Path.home() or not any((d / m).exists() for m in STACK_MARKERS):
+        print(f"refusing to remove {d}: not a stack directory (none of {', '.join(STACK_MARKERS)})",
+              file=sys.stderr)
+        return 2
+    down(d)
+    if supervisor_pid(d):
+        print(f"the stack in {d} is still running: nothing removed", file=sys.stderr)
+        return 1
+    entries = sorted((d / "data").iterdir()) if (d / "data").is_dir() else []
+    for entry in entries:
+        print(f"removing {entry} ({_size(entry) / 1e6:.1f} MB of stored data)")
+    rest = _size(d) - sum(_size(e) for e in entries)
+    shutil.rmtree(d)
+    print(f"removed {d}: {len(entries)} store(s)' data and {rest / 1e6:.1f} MB of logs, pids and config")
     return 0
 
 
