@@ -23,7 +23,7 @@ __all__ = ["REPLACED", "RETIRED", "REQUEST_BYTES_CAP", "SETTINGS_GROUPS", "Cache
            "CouchSettings", "DashboardSettings", "DatasetSettings", "DbWriterSettings", "DemoSettings", "DlqToolSettings",
            "FleetSettings", "GunicornSettings", "InferenceClientSettings", "KafkaSettings", "LogSettings",
            "MetricsSettings", "MongoSettings", "PostgresSettings", "ProducerSettings", "ProjectSettings",
-           "ServiceSettings", "SettingsError", "StackPlumbingSettings", "StackSettings", "StoreSettings",
+           "RetentionSettings", "ServiceSettings", "SettingsError", "StackPlumbingSettings", "StackSettings", "StoreSettings",
            "describe", "env_name", "given", "mask", "mask_env", "mask_uris", "check_replaced", "request_bytes_limit",
            "secret", "settings_env", "with_flags"]
 
@@ -186,6 +186,22 @@ class DbWriterSettings(ProjectSettings):
         "the per-message design (one write and one commit per message)."))
 
 
+class RetentionSettings(ProjectSettings):
+    """How long the store keeps an image (docs/RELIABILITY.md, "Data lifecycle"): applied by the DB
+    consumer every STORE_RETENTION_INTERVAL_S, or once by ``python -m consumers.retention run``."""
+
+    store_retention_days: float = Field(0.0, ge=0, description=(
+        "Images first stored more than this many days ago are deleted from the store (an image's age "
+        "is its stored_at, else its prediction_stored_at). 0: kept forever."))
+    store_archive_dir: str = Field("", description=(
+        "Directory the expired images are archived to before they are deleted (JSON Lines, the image "
+        "file in base64; python -m consumers.retention archive list|read). Empty: deleted unarchived."))
+    store_retention_interval_s: float = Field(3600.0, gt=0, description=(
+        "Seconds between two applications of STORE_RETENTION_DAYS by the DB consumer."))
+    store_retention_batch: int = Field(500, ge=1, description=(
+        "Documents read, archived and deleted at a time."))
+
+
 class DlqToolSettings(ProjectSettings):
     """``python -m consumers.dlq`` (list, show, replay the dead letters)."""
 
@@ -297,7 +313,7 @@ class CacheSettings(ProjectSettings):
 
 # The order of docs/SETTINGS.md; settings_env looks a field up in this order.
 SETTINGS_GROUPS: tuple[type[ProjectSettings], ...] = (
-    KafkaSettings, StoreSettings, MongoSettings, PostgresSettings, CouchSettings, DbWriterSettings, DlqToolSettings, InferenceClientSettings, DatasetSettings,
+    KafkaSettings, StoreSettings, MongoSettings, PostgresSettings, CouchSettings, DbWriterSettings, RetentionSettings, DlqToolSettings, InferenceClientSettings, DatasetSettings,
     ProducerSettings, ServiceSettings, GunicornSettings, MetricsSettings, DashboardSettings, LogSettings,
     CacheSettings, StackSettings, DemoSettings, FleetSettings, StackPlumbingSettings)
 

@@ -33,8 +33,9 @@ from common.log import setup_logging
 from common.metrics import serve
 from common.schema import InvalidMessage, parse_image_record, parse_result_message
 from common.settings import (CouchSettings, DbWriterSettings, KafkaSettings, MetricsSettings, MongoSettings,
-                             PostgresSettings, StoreSettings, describe, with_flags)
-from common.store import Refused, Sink, Stored, Transient, Upsert, image_upsert, open_sink, result_upsert
+                             PostgresSettings, RetentionSettings, StoreSettings, describe, with_flags)
+from common.store import Refused, Sink, Stored, Transient, Upsert, image_upsert, open_reader, open_sink, result_upsert
+from consumers import retention as retention_thread
 from consumers.loop import DONE, ConsumeLoop, DeadLetter, Retry
 from consumers.metrics import DbConsumerMetrics
 
@@ -128,9 +129,10 @@ class DbWriter:
         self.metrics.documents("image", len(stored) - n_results)
 
     def retrying(self, retry: Retry, records: int, total: int, delay: float) -> None:
-        if retry.error:
-            log.error("%s %s (%s): %d of %d records not written, offsets not committed; retrying in %.1f s",
-                      self.sink.name, retry.cause, retry.detail[:300], records, total, delay)
+        if retry.error:  # a full disk: intake stops here (nothing committed) until there is room
+            log.error("%s %s at %s (%s): %d of %d records not written, offsets not committed, intake stopped "
+                      "until the store has room; retrying in %.1f s", self.sink.name, retry.cause,
+                      getattr(self.sink, "where", "?"), retry.detail[:300], records, total, delay)
         else:
             log.warning("%s write of %d of %d records failed (%s); retrying in %.1f s",
                         self.sink.name, records, total, retry.detail[:300], delay)
@@ -167,9 +169,17 @@ def make_loop(kafka: KafkaSettings, sink: Sink, stop, max_records: int = 500,
     return writer, loop
 
 
-def run(kafka: KafkaSettings, sink: Sink, stop, max_records: int, metrics: DbConsumerMetrics) -> None:
+def run(kafka: KafkaSettings, sink: Sink, stop, max_records: int, metrics: DbConsumerMetrics,
+        retention: RetentionSettings | None = None, open_store_reader=None) -> None:
+    """The DB consumer until ``stop``; with ``retention`` (STORE_RETENTION_DAYS > 0) its
+    retention thread too, on a reader ``open_store_reader()`` opens (consumers.retention)."""
     writer, loop = make_loop(kafka, sink, stop, max_records, metrics)
     writer.prepare(stop)
+    if retention is not None and retention.store_retention_days > 0:
+        log.info("retention: images older than %g days deleted every %.0f s%s", retention.store_retention_days,
+                 retention.store_retention_interval_s,
+                 f", archived first to {retention.store_archive_dir}" if retention.store_archive_dir else "")
+        retention_thread.start(retention, open_store_reader, stop)
     log.info("consuming %s + %s as group %s into %s", kafka.images_topic, kafka.results_topic, GROUP_ID,
              sink.name)
     try:
@@ -190,11 +200,13 @@ def main(argv=None) -> int:
     keyword, backend_class = BACKENDS[store.store]
     backend = with_flags(backend_class, p)
     writer = with_flags(DbWriterSettings, p, db_max_records=args.max_records)
-    log.info("%s", describe(kafka, store, backend, writer, metrics))
+    retention = with_flags(RetentionSettings, p)
+    log.info("%s", describe(kafka, store, backend, writer, retention, metrics))
     recorder = DbConsumerMetrics(metrics.metrics_enabled)
     serve(metrics, "DB consumer")
     sink = open_sink(store=store.store, **{keyword: backend})
-    run(kafka, sink, stop_event(), writer.db_max_records, recorder)
+    run(kafka, sink, stop_event(), writer.db_max_records, recorder, retention,
+        lambda: open_reader(store=store.store, **{keyword: backend}))
     return 0
 
 

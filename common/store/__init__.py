@@ -7,13 +7,13 @@ document's field names are the wire contract's (``common.wire``), re-exported he
 
 from __future__ import annotations
 
-from common.store.base import (DISK_FULL, STORED, Refused, Sink, Stored, StoreError, StoreReader, Transient,
+from common.store.base import (AGE_FIELDS, DISK_FULL, DOCUMENT_FIELDS, STORED, Refused, Sink, Stored, StoreError, StoreReader, Transient,
                                Upsert, WriteOutcome, image_upsert, result_upsert)
 from common.store.opening import open_reader, open_sink
 from common.wire import (DOCUMENT_IMAGE_FIELDS, DOCUMENT_RESULT_FIELDS, IMAGE, IMAGE_ID, PREDICTION,
                          PREDICTION_STORED_AT, SENT_AT, STORED_AT, TIMESTAMPS)
 
-__all__ = ["DISK_FULL", "DOCUMENT_IMAGE_FIELDS", "DOCUMENT_RESULT_FIELDS", "IMAGE", "IMAGE_ID", "PREDICTION",
+__all__ = ["AGE_FIELDS", "DISK_FULL", "DOCUMENT_FIELDS", "DOCUMENT_IMAGE_FIELDS", "DOCUMENT_RESULT_FIELDS", "IMAGE", "IMAGE_ID", "PREDICTION",
            "PREDICTION_STORED_AT", "SENT_AT", "STORED", "STORED_AT", "TIMESTAMPS", "Refused", "Sink", "Stored",
            "StoreError", "StoreReader", "Transient", "Upsert", "WriteOutcome", "image_upsert", "open_reader",
            "open_sink", "result_upsert"]

@@ -74,6 +74,11 @@ class Transient:
     kind: str = "transient"
 
 
+# A document's age for retention: the first of these it has.
+AGE_FIELDS = (STORED_AT, PREDICTION_STORED_AT)
+# Every field a stored document may have: what an archive keeps of it.
+DOCUMENT_FIELDS = tuple(dict.fromkeys((*DOCUMENT_IMAGE_FIELDS, IMAGE, *DOCUMENT_RESULT_FIELDS, *AGE_FIELDS)))
+
 STORED = Stored()
 WriteOutcome = Stored | Refused | Transient
 DISK_FULL = "disk full"
@@ -85,6 +90,7 @@ class Sink(Protocol):
     every upsert (the writer counts it once)."""
 
     name: str
+    where: str  # the store's location for messages, without credentials
 
     def prepare(self) -> None:
         """Create what the documents need (indexes, tables); raises while the store is down."""
@@ -112,6 +118,14 @@ class StoreReader(Protocol):
 
     def latest(self, n: int, fields: Iterable[str]) -> list[dict]:
         """The ``n`` most recently stored images that have a prediction and an image."""
+
+    def expiring(self, before: float, limit: int, fields: Iterable[str]) -> list[dict]:
+        """Up to ``limit`` documents older than ``before`` (epoch seconds), oldest first: a
+        document's age is its ``stored_at``, else (a result whose image never came) its
+        ``prediction_stored_at`` (:data:`AGE_FIELDS`).  Retention (``consumers.retention``)."""
+
+    def delete(self, image_ids: Iterable[str], before: float) -> int:
+        """Delete those of ``image_ids`` still older than ``before``; returns how many were deleted."""
 
     def replay_record(self, ref: str) -> dict | None:
         """The dead-letter replay tool's record of a replayed dead letter (None: never replayed)."""

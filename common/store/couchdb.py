@@ -33,7 +33,8 @@ CouchDB's answers:
 | a document | ``conflict`` (409) | read again, merged again, sent again; transient after CONFLICT_ROUNDS |
 | a document | ``forbidden`` (403, a ``validate_doc_update`` refused it) or any other error | refused: that document dead-lettered with CouchDB's error and reason |
 | a document | ``unauthorized`` (401, the user may not write the database) | transient (credentials or database security: every document's) |
-| the whole request | 400 or 413, or an error that names a document (``bad_request``, ``doc_validation``, ``illegal_docid``, ``document_too_large``, ``attachment_too_large``, ``too_large``) whatever the status: CouchDB refuses the whole request for one invalid id, one ``_``-prefixed member or one document over ``max_document_size`` | the batch is halved until that document is alone: refused with CouchDB's reason, the others stored |
+| the whole request | 400 or 413, or an error that names a document (``bad_request``, ``doc_validation``, ``illegal_docid``, ``document_too_large``, ``attachment_too_large``, ``too_large``) whatever the status, unless its reason says the disk is full: CouchDB refuses the whole request for one invalid id, one ``_``-prefixed member or one document over ``max_document_size`` | the batch is halved until that document is alone: refused with CouchDB's reason, the others stored |
+| the whole request | a full disk: pouchdb-server answers 500 ``bad_request`` "IO error: ...: No space left on device" (leveldown's ENOSPC) | transient, kind "disk full" (tests/unit/test_disk_full.py, on a full tmpfs) |
 | the whole request | 401, 403, 404 (the database is gone: created again at the next write), 408, 429, any other 4xx, 5xx; no answer (connection refused or reset, timeout) | transient: one :class:`Transient` for the batch ("disk full" when it says so) |
 | before sending | an id CouchDB would store as something else than a document (empty, ``_design/``, ``_local/``), a field named as one of CouchDB's own members (``_id``, ``_rev``, ``_deleted``, ``_attachments``, ...), a value JSON or UTF-8 cannot hold (NaN, a lone surrogate) | refused |
 
@@ -59,9 +60,10 @@ from typing import Iterable, Iterator
 from urllib.parse import quote
 
 from common.settings import CouchSettings
-from common.store.base import STORED, Refused, StoreError, Transient, Upsert, WriteOutcome
+from common.store.base import AGE_FIELDS, DISK_FULL, STORED, Refused, StoreError, Transient, Upsert, WriteOutcome
 from common.store.couchdb_http import TRANSIENT, CouchClient, Unavailable, answer_of, encoded, failure, json_of, where
-from common.wire import CONTENT_TYPES, FORMAT, IMAGE, IMAGE_ID, PREDICTION, PREDICTION_STORED_AT, PRODUCER_ID
+from common.wire import (CONTENT_TYPES, FORMAT, IMAGE, IMAGE_ID, PREDICTION, PREDICTION_STORED_AT, PRODUCER_ID,
+                         STORED_AT)
 
 CONFLICT_ROUNDS = 5
 DESIGN = "_design/iot"
@@ -87,7 +89,16 @@ VIEWS = {
                            f"{_js(PREDICTION)} !== undefined ? 1 : 0); }} }}", "reduce": "_stats"},
     "latest": {"map": f"function (doc) {{ if ({_js(PREDICTION)} !== undefined && doc._attachments && "
                       f"doc._attachments[{json.dumps(IMAGE)}]) {{ emit({_js(PREDICTION_STORED_AT)}, null); }} }}"},
+    # Retention: a document's age, stored_at else prediction_stored_at (AGE_FIELDS).
+    "by_age": {"map": f"function (doc) {{ var age = {_js(STORED_AT)} !== undefined ? {_js(STORED_AT)} : "
+                      f"{_js(PREDICTION_STORED_AT)}; if (typeof age === 'number') {{ emit(age, null); }} }}"},
 }
+
+
+def age_of(doc: dict) -> float | None:
+    """A document's age (the by_age view's key)."""
+    value = next((doc[f] for f in AGE_FIELDS if doc.get(f) is not None), None)
+    return value if isinstance(value, (int, float)) else None
 
 
 def digest(data: bytes) -> str:
@@ -243,7 +254,9 @@ class CouchSink:
                 raise Unavailable(f"CouchDB's _bulk_docs answer says nothing of {len(missing)} documents")
             return {i: self._outcome(answers[doc_id]) for doc_id, (i, _) in items}
         error, reason = answer_of(r)
-        if r.status_code in (400, 413) or error in DOCUMENT_ERRORS:
+        # pouchdb-server answers a full disk (leveldown's ENOSPC) as 500 bad_request: the
+        # server's state, not a document's, whatever the error's name.
+        if (r.status_code in (400, 413) or error in DOCUMENT_ERRORS) and failure(r).kind != DISK_FULL:
             if len(items) == 1:
                 return {items[0][1][0]: Refused(f"CouchDB refused the document (HTTP {r.status_code} {error}: "
                                                 f"{reason})")}
@@ -341,6 +354,30 @@ class CouchReader:
         fields = list(fields)
         rows = self._view("latest", None, descending=True, limit=n, **self._docs_params(fields))
         return [self._doc(row["doc"], fields) for row in rows if row.get("doc")]
+
+    def expiring(self, before: float, limit: int, fields: Iterable[str]) -> list[dict]:
+        fields = [*fields, *AGE_FIELDS]
+        rows = self._view("by_age", None, endkey=before, inclusive_end=False, limit=limit,
+                          **self._docs_params(fields))
+        return [self._doc(row["doc"], fields) for row in rows if row.get("doc")]
+
+    def delete(self, image_ids: Iterable[str], before: float) -> int:
+        """One ``_bulk_docs`` of deletions, each on the revision read; a document written
+        meanwhile (a conflict) stays, for the next pass."""
+        answer = self._get("POST", f"{self.db}/_all_docs", params={"include_docs": "true"},
+                           json={"keys": list(image_ids)})
+        gone = [{"_id": d["_id"], "_rev": d["_rev"], "_deleted": True}
+                for d in (row.get("doc") for row in (answer or {}).get("rows", []))
+                if d and (age_of(d) or before) < before]
+        if not gone:
+            return 0
+        try:
+            r = self.client.request("POST", f"{self.db}/_bulk_docs", json={"docs": gone})
+            if r.status_code not in (201, 202):
+                raise failure(r)
+            return sum(1 for a in json_of(r) if isinstance(a, dict) and "error" not in a)
+        except Unavailable as exc:
+            raise StoreError(f"CouchDB {self.where}: {exc}") from None
 
     def replay_record(self, ref: str) -> dict | None:
         doc = self._get("GET", f"{self.replays}/{quote(ref, safe='')}")

@@ -36,9 +36,9 @@ from pymongo.errors import BulkWriteError, PyMongoError
 from pymongo.write_concern import WriteConcern
 
 from common.settings import MongoSettings, secret
-from common.store.base import DISK_FULL, STORED, Refused, StoreError, Transient, Upsert, WriteOutcome
+from common.store.base import AGE_FIELDS, DISK_FULL, STORED, Refused, StoreError, Transient, Upsert, WriteOutcome
 from common.wire import (DEVICE_ID, IMAGE, IMAGE_ID, PREDICTION, PREDICTION_STORED_AT, PRODUCER_ID, SENT_AT,
-                         SEQ)
+                         SEQ, STORED_AT)
 
 TRANSIENT = "transient"
 # MongoDB error codes (src/mongo/base/error_codes.yml) that say the server cannot take a
@@ -100,19 +100,21 @@ class MongoSink:
 
     name = "MongoDB"
 
-    def __init__(self, collection, client=None):
-        self.collection, self.client = collection, client
+    def __init__(self, collection, client=None, where: str = "MongoDB"):
+        self.collection, self.client, self.where = collection, client, where
 
     @classmethod
     def open(cls, s: MongoSettings) -> "MongoSink":
         client = connect(s)
-        return cls(client[s.mongo_database][s.mongo_collection].with_options(write_concern=write_concern(s)), client)
+        return cls(client[s.mongo_database][s.mongo_collection].with_options(write_concern=write_concern(s)), client,
+                   f"{redact_uri(secret(s.mongo_uri))} ({s.mongo_database}.{s.mongo_collection})")
 
     def prepare(self) -> None:
         """``_id`` is the image id (unique by construction); these indexes serve the reports."""
         self.collection.create_index([(PRODUCER_ID, ASCENDING), (SEQ, ASCENDING)])
         self.collection.create_index([(DEVICE_ID, ASCENDING), (SENT_AT, ASCENDING)])
         self.collection.create_index([(PREDICTION, ASCENDING)])
+        self.collection.create_index([(STORED_AT, ASCENDING)])  # retention (MongoReader.expiring)
 
     def write(self, batch: list[Upsert]) -> list[WriteOutcome]:
         return self._write(batch, [update_of(u) for u in batch])
@@ -198,6 +200,22 @@ class MongoReader:
         query = {PREDICTION: {"$exists": True}, IMAGE: {"$exists": True}}
         return [self._doc(d) for d in self._run(lambda: list(
             self.images.find(query, {f: 1 for f in fields}).sort(PREDICTION_STORED_AT, DESCENDING).limit(n)))]
+
+    @staticmethod
+    def _older(before: float) -> dict:
+        # stored_at, else prediction_stored_at (AGE_FIELDS).  Not a TTL index: stored_at is
+        # epoch seconds (the wire contract's), and MongoDB expires only BSON dates.
+        first, second = AGE_FIELDS
+        return {"$or": [{first: {"$lt": before}}, {first: {"$exists": False}, second: {"$lt": before}}]}
+
+    def expiring(self, before: float, limit: int, fields: Iterable[str]) -> list[dict]:
+        projection = {f: 1 for f in (*fields, *AGE_FIELDS)}
+        return [self._doc(d) for d in self._run(lambda: list(
+            self.images.find(self._older(before), projection).sort(STORED_AT, ASCENDING).limit(limit)))]
+
+    def delete(self, image_ids: Iterable[str], before: float) -> int:
+        query = {"$and": [{"_id": {"$in": list(image_ids)}}, self._older(before)]}
+        return self._run(lambda: self.images.delete_many(query).deleted_count)
 
     def replay_record(self, ref: str) -> dict | None:
         return self._run(lambda: self.replays.find_one({"_id": ref}))

@@ -49,7 +49,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.types.json import Jsonb
 
 from common.settings import PostgresSettings, secret
-from common.store.base import DISK_FULL, STORED, Refused, StoreError, Transient, Upsert, WriteOutcome
+from common.store.base import AGE_FIELDS, DISK_FULL, STORED, Refused, StoreError, Transient, Upsert, WriteOutcome
 from common.wire import (CONFIDENCE, DEVICE_ID, DOCUMENT_IMAGE_FIELDS, DOCUMENT_RESULT_FIELDS, IMAGE, IMAGE_ID,
                          PREDICTION, PREDICTION_STORED_AT, PRODUCER_ID, SCHEMA, SENT_AT, SEQ, STORED_AT, TIMESTAMPS)
 
@@ -74,7 +74,8 @@ _FIELDS = tuple(dict.fromkeys((*DOCUMENT_IMAGE_FIELDS, IMAGE, *DOCUMENT_RESULT_F
 COLUMNS = {name: _TYPES.get(name, _TEXT) for name in _FIELDS}
 INDEXES = {"iot_image_data_producer_seq": (PRODUCER_ID, SEQ),
            "iot_image_data_device_sent": (DEVICE_ID, SENT_AT),
-           "iot_image_data_prediction": (PREDICTION,)}
+           "iot_image_data_prediction": (PREDICTION,),
+           "iot_image_data_stored_at": (STORED_AT,)}  # retention (PostgresReader.expiring)
 
 
 def _ident(*names: str) -> sql.Composed:
@@ -198,7 +199,7 @@ class PostgresSink:
     name = "PostgreSQL"
 
     def __init__(self, settings: PostgresSettings):
-        self.settings = settings
+        self.settings, self.where = settings, where(settings)
         self.conn: psycopg.Connection | None = None
 
     @classmethod
@@ -336,6 +337,21 @@ class PostgresReader:
                                                                           sql.Identifier(IMAGE))
         tail = sql.SQL(" ORDER BY {} DESC NULLS LAST LIMIT %s").format(sql.Identifier(PREDICTION_STORED_AT))
         return self._select(fields, condition, (n,), tail)
+
+    @staticmethod
+    def _older() -> sql.Composed:
+        """Older than the parameter (twice): stored_at, else prediction_stored_at (AGE_FIELDS)."""
+        first, second = map(sql.Identifier, AGE_FIELDS)
+        return sql.SQL("({0} < %s OR ({0} IS NULL AND {1} < %s))").format(first, second)
+
+    def expiring(self, before: float, limit: int, fields: Iterable[str]) -> list[dict]:
+        tail = sql.SQL(" ORDER BY COALESCE({}) LIMIT %s").format(_ident(*AGE_FIELDS))
+        return self._select([*fields, *AGE_FIELDS], self._older(), (before, before, limit), tail)
+
+    def delete(self, image_ids: Iterable[str], before: float) -> int:
+        query = sql.SQL("DELETE FROM {} WHERE image_id = ANY(%s) AND {}").format(sql.Identifier(TABLE),
+                                                                                  self._older())
+        return self._run(lambda conn: conn.execute(query, (list(image_ids), before, before)).rowcount, 0)
 
     def replay_record(self, ref: str) -> dict | None:
         query = sql.SQL("SELECT record FROM {} WHERE ref = %s").format(sql.Identifier(REPLAYS))
