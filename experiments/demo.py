@@ -13,6 +13,7 @@ import argparse
 import logging
 import sys
 import time
+import uuid
 from pathlib import Path
 
 from analysis.summary import format_table
@@ -61,8 +62,12 @@ def main(argv=None) -> int:
     try:
         env = read_env(d / "stack.env")
         run_dir = args.results / time.strftime("demo-%Y%m%d-%H%M%S")
+        while run_dir.exists():  # another demo this second: a directory of its own
+            run_dir = run_dir.with_name(f"{run_dir.name}-{uuid.uuid4().hex[:4]}")
+        # The store outlives a run: a random token keeps this run's producer ids its own
+        # (its duplicates are counted over them), whatever ran before in the same second.
         summary = run_configuration(run_dir, env, producers=1, count=demo.demo_count,
-                                    rate=demo.demo_rate, desc="demo")
+                                    rate=demo.demo_rate, desc="demo", run_tag=f"{run_dir.name}-{uuid.uuid4().hex[:6]}")
         point_latest(run_dir)
     except RunFailed as exc:
         print(f"demo failed: {exc}", file=sys.stderr)
