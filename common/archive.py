@@ -7,7 +7,9 @@ the image file's bytes in base64 under ``image``.  A writer appends a batch, flu
 fsyncs it before the store deletes that batch, so a document is deleted only once it is on
 disk here; a crash in between leaves it in both, and the next pass archives it again (the
 same image id in two files; :func:`read_archive` yields both).  A crash while writing can
-leave the last line incomplete: the reader skips that one line, with a warning.
+leave the last line incomplete: the reader skips that one line, with a warning.  A write that
+fails (the archive's disk full) is cut back to the file's size before it, and raised: the
+batch is not deleted from the store, and the next pass appends after whole lines.
 
 Archives hold the images themselves: the directory is made ``0700`` and each file ``0600``.
 """
@@ -70,11 +72,21 @@ class ArchiveWriter:
         new = not self.path.exists()
         if new:
             self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        data = "".join(lines).encode("utf-8")
+        # Unbuffered: nothing of a failed write is left in a buffer to be flushed later.
         fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.writelines(lines)
-            fh.flush()
-            os.fsync(fh.fileno())
+        try:
+            size = os.fstat(fd).st_size
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+            except OSError:  # a full archive disk: no half batch left for the next append to follow
+                os.ftruncate(fd, size)
+                raise
+        finally:
+            os.close(fd)
         if new:  # the file's name, durable in its directory
             dir_fd = os.open(self.directory, os.O_RDONLY)
             try:

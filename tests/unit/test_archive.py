@@ -34,3 +34,23 @@ def test_a_last_line_cut_short_is_skipped_and_any_other_bad_line_is_an_error(tmp
     writer.path.write_text(lines[0][:-40] + "\n" + lines[1])
     with pytest.raises(ArchiveError, match="line 1"):
         list(read_archive(writer.path))
+
+
+def test_a_failed_write_is_cut_back_and_raised_so_the_batch_stays_in_the_store(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    writer = ArchiveWriter(tmp_path, "couchdb")
+    writer.append(docs(1))
+    real_fsync = os.fsync
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(OSError, match="No space"):
+        writer.append(docs(3)[1:])
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    assert [d["image_id"] for d in read_archive(writer.path)] == ["id-0"]
+    writer.append(docs(3)[1:])
+    assert list(read_archive(writer.path)) == docs(3)

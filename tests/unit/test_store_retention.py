@@ -203,3 +203,29 @@ def test_the_command_runs_once_against_the_configured_store(pg_server, tmp_path)
     assert "deleted 1 image(s)" in done.stdout and "archived first to" in done.stdout
     assert set(pg.rows(pg_server.dsn)) == {fresh["image_id"]}
     assert pg_server.dsn.split("@")[0].split(":")[-1] not in done.stdout + done.stderr  # no password printed
+
+
+def test_an_archive_that_cannot_be_written_deletes_nothing(pg_server, tmp_path):
+    """The archive's own disk full (a real 64 KB tmpfs, root only): the pass fails, the store keeps every image."""
+    with pg.connect(pg_server.dsn) as conn:
+        conn.execute("DROP TABLE IF EXISTS iot_image_data, iot_schema_version, iot_dlq_replays")
+    sink = PostgresSink.open(pg_server.settings())
+    sink.prepare()
+    stale = [msg(n) for n in range(40)]
+    sink.write([image_upsert(m, bytes(4096), NOW - 30 * DAY) for m in stale])
+    sink.close()
+    small = tmp_path / "small"
+    small.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(small)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (root needed)")
+    try:
+        reader = PostgresReader(pg_server.settings())
+        settings = RetentionSettings(store_retention_days=7, store_archive_dir=str(small), store_retention_batch=100)
+        with pytest.raises(OSError):
+            retention.expire(reader, settings, now=NOW)
+        reader.close()
+        assert set(pg.rows(pg_server.dsn)) == {m["image_id"] for m in stale}
+        assert list(read_archive(archives(small)[0])) == []  # cut back: no half batch
+    finally:
+        subprocess.run(["umount", "-l", str(small)], capture_output=True)
