@@ -21,6 +21,10 @@ State lives under the stack directory (``.run/`` by default, ``STACK_DIR`` to mo
     .run/data/couchdb/      with STORE=couchdb, pouchdb-server's databases and config.json
                             (kept across restarts; stack/couchdb.py: its admin's password file)
 
+``python -m stack down`` (``make down``) keeps all of it, so the next ``up`` serves the same
+stored images; ``python -m stack clean`` (``make clean``) removes the directory, naming each
+store's data it removes (stack/control.py ``clean``).
+
 The store is the one STORE names (stack/stores.py).  If ``KAFKA_BOOTSTRAP_SERVERS`` /
 ``MONGO_URI`` / ``POSTGRES_DSN`` or ``POSTGRES_HOST`` / ``COUCHDB_URL`` / ``INFERENCE_URL`` are set, those
 servers are used and the embedded ones are not started.
