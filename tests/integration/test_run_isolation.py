@@ -13,12 +13,14 @@ import json
 import subprocess
 import sys
 
+import pytest
 from pymongo import MongoClient
 
 from stack.control import LocalStack, read_env, supervisor_pid
 from tests.conftest import STACK_TEST_ENV
 from tests.support import ROOT
 
+pytestmark = pytest.mark.integration
 COUNT = 60
 DEMO_GUARD_S = 900  # a hang guard (the stack starts twice on a busy host), not a time bound
 
