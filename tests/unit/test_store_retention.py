@@ -229,3 +229,24 @@ def test_an_archive_that_cannot_be_written_deletes_nothing(pg_server, tmp_path):
         assert list(read_archive(archives(small)[0])) == []  # cut back: no half batch
     finally:
         subprocess.run(["umount", "-l", str(small)], capture_output=True)
+
+
+def test_a_store_that_cannot_be_reached_is_tried_again_at_the_next_interval(caplog):
+    from common.store import StoreError
+
+    class Down:
+        name, where, calls, closed = "PostgreSQL", "postgresql://iot@127.0.0.1:1/iot", 0, False
+
+        def expiring(self, *_a):
+            Down.calls += 1
+            if Down.calls >= 3:
+                stop.set()
+            raise StoreError("connection refused")
+
+        def close(self):
+            Down.closed = True
+
+    stop = threading.Event()
+    retention.every(Down(), RetentionSettings(store_retention_days=1, store_retention_interval_s=0.01), stop)
+    assert Down.calls == 3 and Down.closed
+    assert caplog.text.count("retention of postgresql://iot@127.0.0.1:1/iot failed (connection refused)") == 3
