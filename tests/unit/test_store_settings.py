@@ -130,3 +130,11 @@ def test_the_dlq_tool_refuses_a_mongo_uri_for_another_store(monkeypatch, capsys)
         dlq.main(["replay", "--all", "--mongo-uri", "mongodb://db"])
     assert exc.value.code == 2
     assert "--mongo-uri is MongoDB's, and STORE is postgres" in capsys.readouterr().err
+
+
+def test_the_store_process_a_benchmark_charges_is_the_store_stores():
+    """experiments/capacity.py charges the store's CPU to the stack component that serves it."""
+    from stack.stores import store_component
+
+    assert [store_component(s) for s in (None, "", "mongodb", "postgres", " CouchDB ")] == \
+        ["mongo", "mongo", "mongo", "postgres", "couchdb"]
