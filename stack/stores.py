@@ -73,6 +73,26 @@ def plan_mongo(directory: Path, endpoints: dict[str, str]) -> list[Component]:
         ready=lambda: ready(store="mongodb", mongo=MongoSettings(mongo_uri=uri, mongo_timeout_ms=1000)))]
 
 
+def external_endpoints() -> dict[str, str] | None:
+    """STORE and the endpoint of the external server the settings name (``MONGO_URI``;
+    ``POSTGRES_DSN`` or ``POSTGRES_HOST``; ``COUCHDB_URL`` with its user and password), as
+    stack.env writes them, or None when they name none: how a process pointed at a deployed
+    pipeline (the experiment on the producer VM) finds its store (``reader_of``)."""
+    store = StoreSettings().store
+    if store == "postgres":
+        dsn = external_postgres(PostgresSettings())
+        return {"STORE": store, "POSTGRES_DSN": dsn} if dsn else None
+    if store == "couchdb":
+        settings = CouchSettings()
+        if not given(settings, "couchdb_url"):
+            return None
+        return {"STORE": store, **{field.upper(): secret(getattr(settings, field))
+                                   for field in ("couchdb_url", "couchdb_user", "couchdb_password")
+                                   if given(settings, field)}}
+    uri = given(MongoSettings(), "mongo_uri")
+    return {"STORE": store, "MONGO_URI": uri.get_secret_value()} if uri else None
+
+
 def external_postgres(s: PostgresSettings) -> str | None:
     """The DSN of an external server named by POSTGRES_DSN or POSTGRES_HOST (None: neither is set)."""
     if given(s, "postgres_dsn"):

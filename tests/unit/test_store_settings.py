@@ -138,3 +138,35 @@ def test_the_store_process_a_benchmark_charges_is_the_store_stores():
 
     assert [store_component(s) for s in (None, "", "mongodb", "postgres", " CouchDB ")] == \
         ["mongo", "mongo", "mongo", "postgres", "couchdb"]
+
+
+def test_a_deployed_store_is_found_by_the_settings_that_name_its_server(monkeypatch):
+    """The experiment on the producer VM runs on the deployed pipeline when Kafka and the
+    store STORE names are given (its env file: MONGO_URI, POSTGRES_DSN or COUCHDB_URL ...),
+    and reads that store back (reader_of)."""
+    from common.store.opening import reader_of
+    from stack.stores import external_endpoints
+
+    for name in ("MONGO_URI", "POSTGRES_DSN", "POSTGRES_HOST", "COUCHDB_URL", "COUCHDB_USER", "COUCHDB_PASSWORD"):
+        monkeypatch.delenv(name, raising=False)
+    for store in ("mongodb", "postgres", "couchdb"):
+        monkeypatch.setenv("STORE", store)
+        assert external_endpoints() is None, store              # none given: a local stack
+    monkeypatch.setenv("STORE", "postgres")
+    monkeypatch.setenv("POSTGRES_DSN", "postgresql://iot:s3cret@10.0.0.4:5432/iot")
+    assert external_endpoints() == {"STORE": "postgres", "POSTGRES_DSN": "postgresql://iot:s3cret@10.0.0.4:5432/iot"}
+    monkeypatch.setenv("STORE", "couchdb")
+    monkeypatch.setenv("COUCHDB_URL", "http://10.0.0.4:5984")
+    monkeypatch.setenv("COUCHDB_USER", "iot")
+    monkeypatch.setenv("COUCHDB_PASSWORD", "s3cret")
+    found = external_endpoints()
+    assert found == {"STORE": "couchdb", "COUCHDB_URL": "http://10.0.0.4:5984", "COUCHDB_USER": "iot",
+                     "COUCHDB_PASSWORD": "s3cret"}
+    reader = reader_of(found)
+    try:
+        assert reader.name == "CouchDB" and "10.0.0.4:5984" in reader.where and "s3cret" not in reader.where
+    finally:
+        reader.close()
+    monkeypatch.setenv("STORE", "mongodb")
+    monkeypatch.setenv("MONGO_URI", "mongodb://10.0.0.4:27017")
+    assert external_endpoints() == {"STORE": "mongodb", "MONGO_URI": "mongodb://10.0.0.4:27017"}
