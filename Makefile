@@ -107,11 +107,11 @@ deploy-rehearsal: venv ## rehearse `make deploy` end to end without a cloud (roo
 	$(PYTHON) -m tests.rehearsal.run $(ARGS)
 
 logs:             ## follow a VM's service journals: make logs VM=inference [COMPONENT=iot-inference]
-	@test -n "$(VM)" || { echo "usage: make logs VM=<producer|inference|kafka|mongodb> [COMPONENT=<unit>]"; exit 2; }
+	@test -n "$(VM)" || { echo "usage: make logs VM=<producer|inference|kafka|mongodb (the store VM)> [COMPONENT=<unit>]"; exit 2; }
 	ssh -F .deploy/$(PREFIX)/ssh_config $(PREFIX)-$(VM) sudo journalctl -f -n 50 -u '$(or $(COMPONENT),iot-*)'
 
 ssh:              ## a shell on a VM: make ssh VM=inference
-	@test -n "$(VM)" || { echo "usage: make ssh VM=<producer|inference|kafka|mongodb>"; exit 2; }
+	@test -n "$(VM)" || { echo "usage: make ssh VM=<producer|inference|kafka|mongodb (the store VM)>"; exit 2; }
 	ssh -F .deploy/$(PREFIX)/ssh_config $(PREFIX)-$(VM)
 
 bench: venv       ## throughput/latency vs the bare model and the per-message design, 32 px and 224 px (~25 min; ARGS="--sizes 32" ~8 min)

@@ -1,9 +1,11 @@
 """``python -m analysis RUN_DIR... --out OUT_DIR``: latency report over pipeline runs.
 
-Each RUN_DIR needs only latencies.csv; summary.json, stages.csv and MongoDB add what
-they can.  ``--from-mongo URI`` adds a pseudo-run read straight from MongoDB (latency =
-stored_at - sent_at); ``--mongo URI`` fills in stage timestamps of the run directories'
-images from MongoDB.
+Each RUN_DIR needs only latencies.csv; summary.json, stages.csv and the store add what
+they can.  ``--from-store`` adds a pseudo-run read straight from the store STORE names
+(MongoDB, PostgreSQL or CouchDB, its settings from the environment as for the pipeline:
+MONGO_URI, POSTGRES_* or COUCHDB_*; latency = stored_at - sent_at); ``--stages-from-store``
+fills in stage timestamps of the run directories' images from it.  ``--from-mongo URI``
+and ``--mongo URI`` do the same with MongoDB at URI, whatever STORE says.
 
 Outputs in OUT_DIR:
   percentiles.csv   run,trials,count, p50_ms,p50_ci_low_ms,p50_ci_high_ms (and so for p90,
@@ -49,8 +51,8 @@ from analysis.intervals import LEVEL
 from analysis.report import INTERVAL_NOTE, accuracy_report, intervals_of, markdown_table, percentile_row, \
     write_percentiles_csv
 from analysis.runs import (MONGO_COLLECTION, MONGO_DATABASE, RESULT_PATH, STAGES, AnalysisInputError, Run,
-                           add_mongo_stages, experiment_of, expand_experiments, load_mongo_run, load_run,
-                           unique_names, with_row_stages)
+                           add_store_stages, configured_reader, experiment_of, expand_experiments, load_run,
+                           load_store_run, mongo_reader, unique_names, with_row_stages)
 from common.rundir import LatencyFileError
 
 EPILOG = """\
@@ -59,6 +61,7 @@ examples:
   python -m analysis --compare results/before results/after --out results/compare
   python -m analysis results/run-1p results/run-4p results/run-8p --out results/report
   python -m analysis results/demo --out results/demo/report --log-x
+  STORE=postgres POSTGRES_HOST=db.example POSTGRES_PASSWORD=... python -m analysis --from-store --producer-id p1 --out report
   python -m analysis --from-mongo mongodb://127.0.0.1:27017 --producer-id p1 --out report
 """
 
@@ -76,14 +79,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-x", action="store_true",
                         help="logarithmic latency axis on the CDF")
     parser.add_argument("--title", default=None, help="title of the CDF figure")
+    parser.add_argument("--from-store", action="store_true",
+                        help="add a pseudo-run read from the store STORE names, with its settings from the "
+                             "environment (latency = stored_at - sent_at)")
     parser.add_argument("--from-mongo", metavar="URI", default=None,
-                        help="add a pseudo-run read from MongoDB (latency = stored_at - sent_at)")
+                        help="the same from MongoDB at URI, whatever STORE says")
     parser.add_argument("--producer-id", action="append", default=[], metavar="ID",
-                        help="with --from-mongo: only these producers (repeatable)")
-    parser.add_argument("--run-name", default="mongo",
-                        help="with --from-mongo: name of the pseudo-run (default: mongo)")
+                        help="with --from-store or --from-mongo: only these producers (repeatable)")
+    parser.add_argument("--run-name", default=None,
+                        help="with --from-store or --from-mongo: name of the pseudo-run (default: the store, "
+                             "e.g. postgres; mongo with --from-mongo)")
+    parser.add_argument("--stages-from-store", action="store_true",
+                        help="fill in stage timestamps of the run directories' images from the store STORE names")
     parser.add_argument("--mongo", metavar="URI", default=None,
-                        help="fill in stage timestamps of the run directories' images from MongoDB")
+                        help="the same from MongoDB at URI, whatever STORE says")
     parser.add_argument("--mongo-db", default=MONGO_DATABASE,
                         help=f"MongoDB database (default: {MONGO_DATABASE})")
     parser.add_argument("--mongo-collection", default=MONGO_COLLECTION,
@@ -98,15 +107,18 @@ def _note(text: str) -> None:
 def load_runs(args) -> list[Run]:
     paths = expand_experiments([Path(p) for p in args.runs])
     runs = [load_run(p, name) for p, name in zip(paths, unique_names(paths))]
-    if args.mongo and runs:
-        matched = add_mongo_stages(runs, args.mongo, database=args.mongo_db,
-                                   collection=args.mongo_collection)
-        _note(f"MongoDB stage data for {matched} image(s)")
-    if args.from_mongo:
-        names = {r.name for r in runs}
-        name = args.run_name if args.run_name not in names else f"{args.run_name} (MongoDB)"
-        runs.append(load_mongo_run(args.from_mongo, producer_ids=args.producer_id, name=name,
-                                   database=args.mongo_db, collection=args.mongo_collection))
+    if (args.mongo or args.stages_from_store) and runs:
+        reader = (mongo_reader(args.mongo, args.mongo_db, args.mongo_collection) if args.mongo
+                  else configured_reader())
+        where = reader.name
+        matched = add_store_stages(runs, reader)
+        _note(f"{where} stage data for {matched} image(s)")
+    if args.from_mongo or args.from_store:
+        reader = (mongo_reader(args.from_mongo, args.mongo_db, args.mongo_collection) if args.from_mongo
+                  else configured_reader())
+        wanted = args.run_name or ("mongo" if args.from_mongo else reader.name.lower())
+        name = wanted if wanted not in {r.name for r in runs} else f"{wanted} ({reader.name})"
+        runs.append(load_store_run(reader, producer_ids=args.producer_id, name=name))
     for run in runs:
         with_row_stages(run)
     # Runs of a producer sweep read best in producer order.
@@ -209,19 +221,22 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.compare:
-        if args.runs or args.from_mongo:
+        if args.runs or args.from_mongo or args.from_store:
             parser.error("--compare takes its two directories alone")
         return compare_main(*args.compare, args.out)
-    if not args.runs and not args.from_mongo:
-        parser.error("give at least one RUN_DIR or --from-mongo URI")
-    if args.producer_id and not args.from_mongo:
-        parser.error("--producer-id needs --from-mongo")
+    if args.from_mongo and args.from_store:
+        parser.error("--from-store and --from-mongo: one of them")
+    if args.mongo and args.stages_from_store:
+        parser.error("--stages-from-store and --mongo: one of them")
+    if not args.runs and not (args.from_mongo or args.from_store):
+        parser.error("give at least one RUN_DIR, or --from-store (or --from-mongo URI)")
+    if args.producer_id and not (args.from_mongo or args.from_store):
+        parser.error("--producer-id needs --from-store or --from-mongo")
     try:
         runs = load_runs(args)
-        if args.from_mongo and not runs[-1].rows:
+        if (args.from_mongo or args.from_store) and not runs[-1].rows:
             filters = f" for producer(s) {', '.join(args.producer_id)}" if args.producer_id else ""
-            raise AnalysisInputError(f"MongoDB: no images with sent_at{filters} "
-                                     f"in {args.mongo_db}.{args.mongo_collection}")
+            raise AnalysisInputError(f"{runs[-1].source}: no images with sent_at{filters}")
         result = analyse(runs, args.out, log_x=args.log_x, title=args.title)
     except (LatencyFileError, AnalysisInputError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -1,6 +1,6 @@
 """Loading runs: a run directory (``latencies.csv`` + optional ``summary.json`` and
 ``stages.csv``, read through ``common.rundir.RunDir``) or a pseudo-run read straight
-from MongoDB.
+from the store (MongoDB, PostgreSQL or CouchDB, through ``common.store``).
 
 Only ``latencies.csv`` is required; everything else adds what it can.
 """
@@ -15,7 +15,7 @@ from pathlib import Path
 from common.rundir import LatencyFileError, LatencyRow, RunDir, RunFileError, read_json
 from common.trials import Pool, complete_rows
 from common.settings import MongoSettings
-from common.store import StoreError, open_reader
+from common.store import StoreError, StoreReader, open_reader
 from common.wire import (DEVICE_ID, IMAGE_ID, INFERRED_AT, LABEL, MODEL, PREDICTION, PREDICTION_STORED_AT,
                          PRODUCER_ID, PUBLISHED_AT, RECEIVED_AT, RESULT_AT, SENT_AT, SEQ, STORED_AT, TIMESTAMPS)
 
@@ -217,11 +217,28 @@ def unique_names(paths: list[Path]) -> list[str]:
 
 # ------------------------------------------------------------------ the store
 
+def mongo_reader(uri: str, database: str = MONGO_DATABASE, collection: str = MONGO_COLLECTION,
+                 timeout_ms: int = 5000) -> StoreReader:
+    """MongoDB at ``uri``, whatever STORE says."""
+    return open_reader(MongoSettings(mongo_uri=uri, mongo_database=database, mongo_collection=collection,
+                                     mongo_timeout_ms=timeout_ms), store="mongodb")
+
+
+def configured_reader() -> StoreReader:
+    """The store STORE names, with its settings from the environment (MONGO_*, POSTGRES_*
+    or COUCHDB_*, docs/SETTINGS.md); an invalid setting as AnalysisInputError."""
+    from common.settings import SettingsError
+    from common.store.opening import configured, open_configured
+
+    try:
+        return open_configured(*configured())
+    except SettingsError as exc:
+        raise AnalysisInputError(str(exc)) from None
+
+
 @contextlib.contextmanager
-def _reader(uri: str, database: str, collection: str, timeout_ms: int):
+def _opened(store: StoreReader):
     """The store, closed after; its errors as AnalysisInputError."""
-    store = open_reader(MongoSettings(mongo_uri=uri, mongo_database=database, mongo_collection=collection,
-                                      mongo_timeout_ms=timeout_ms))
     try:
         yield store
     except StoreError as exc:
@@ -249,8 +266,14 @@ def _doc_times(doc: dict) -> dict[str, float]:
 def load_mongo_run(uri: str, *, producer_ids: list[str] | None = None, name: str = "mongo",
                    database: str = MONGO_DATABASE, collection: str = MONGO_COLLECTION,
                    timeout_ms: int = 5000) -> Run:
-    """A pseudo-run from the ``images`` collection: latency = stored_at - sent_at (ms)."""
-    with _reader(uri, database, collection, timeout_ms) as store:
+    """A pseudo-run from MongoDB's ``images`` collection at ``uri``: :func:`load_store_run`."""
+    return load_store_run(mongo_reader(uri, database, collection, timeout_ms), producer_ids=producer_ids, name=name)
+
+
+def load_store_run(reader: StoreReader, *, producer_ids: list[str] | None = None, name: str = "store") -> Run:
+    """A pseudo-run from the stored images (``reader``, closed after): latency =
+    stored_at - sent_at (ms)."""
+    with _opened(reader) as store:
         docs = list(store.by_producers(producer_ids or None, _STORE_FIELDS))
     rows: list[LatencyRow] = []
     stages: dict[str, dict[str, float]] = {}
@@ -277,12 +300,18 @@ def load_mongo_run(uri: str, *, producer_ids: list[str] | None = None, name: str
 
 def add_mongo_stages(runs: list[Run], uri: str, *, database: str = MONGO_DATABASE,
                      collection: str = MONGO_COLLECTION, timeout_ms: int = 5000) -> int:
-    """Fill in stage timestamps from MongoDB for the runs' images; returns images matched.
+    """:func:`add_store_stages` from MongoDB at ``uri``."""
+    return add_store_stages(runs, mongo_reader(uri, database, collection, timeout_ms))
 
-    Timestamps already known (stages.csv, latencies.csv) win over MongoDB's.
+
+def add_store_stages(runs: list[Run], reader: StoreReader) -> int:
+    """Fill in stage timestamps from the store (``reader``, closed after) for the runs'
+    images; returns images matched.
+
+    Timestamps already known (stages.csv, latencies.csv) win over the store's.
     """
     matched = 0
-    with _reader(uri, database, collection, timeout_ms) as store:
+    with _opened(reader) as store:
         for run in runs:
             for doc in store.by_ids([r.image_id for r in run.rows], _STORE_FIELDS):
                 known = run.stages.setdefault(str(doc[IMAGE_ID]), {})

@@ -32,9 +32,9 @@ from common.lifecycle import Backoff, stop_event
 from common.log import setup_logging
 from common.metrics import serve
 from common.schema import InvalidMessage, parse_image_record, parse_result_message
-from common.settings import (CouchSettings, DbWriterSettings, KafkaSettings, MetricsSettings, MongoSettings,
-                             PostgresSettings, RetentionSettings, StoreSettings, describe, with_flags)
-from common.store import Refused, Sink, Stored, Transient, Upsert, image_upsert, open_reader, open_sink, result_upsert
+from common.settings import DbWriterSettings, KafkaSettings, MetricsSettings, RetentionSettings, describe, with_flags
+from common.store import Refused, Sink, Stored, Transient, Upsert, image_upsert, result_upsert
+from common.store.opening import configured, open_configured
 from consumers import retention as retention_thread
 from consumers.loop import DONE, ConsumeLoop, DeadLetter, Retry
 from consumers.metrics import DbConsumerMetrics
@@ -42,8 +42,6 @@ from consumers.metrics import DbConsumerMetrics
 log = logging.getLogger("consumers.db")
 
 GROUP_ID = "iot-db-writer"
-BACKENDS = {"mongodb": ("mongo", MongoSettings), "postgres": ("postgres", PostgresSettings),
-            "couchdb": ("couchdb", CouchSettings)}
 
 
 def merged(parts: list[tuple[object, Upsert]]) -> list[tuple[list, Upsert]]:
@@ -195,18 +193,16 @@ def main(argv=None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--max-records", type=int, help="largest write (default DB_MAX_RECORDS, 500)")
     args = p.parse_args(argv)
-    kafka, store, metrics = (with_flags(cls, p) for cls in (KafkaSettings, StoreSettings, MetricsSettings))
-    # The chosen store's settings, passed to open_sink under the adapter's keyword.
-    keyword, backend_class = BACKENDS[store.store]
-    backend = with_flags(backend_class, p)
+    kafka, metrics = (with_flags(cls, p) for cls in (KafkaSettings, MetricsSettings))
+    store, backend = configured(p)  # STORE and the chosen store's settings
     writer = with_flags(DbWriterSettings, p, db_max_records=args.max_records)
     retention = with_flags(RetentionSettings, p)
     log.info("%s", describe(kafka, store, backend, writer, retention, metrics))
     recorder = DbConsumerMetrics(metrics.metrics_enabled)
     serve(metrics, "DB consumer")
-    sink = open_sink(store=store.store, **{keyword: backend})
+    sink = open_configured(store, backend, sink=True)
     run(kafka, sink, stop_event(), writer.db_max_records, recorder, retention,
-        lambda: open_reader(store=store.store, **{keyword: backend}))
+        lambda: open_configured(store, backend))
     return 0
 
 

@@ -12,14 +12,16 @@ OFFSET is the dead letter's offset in the DLQ topic (``PARTITION:OFFSET`` if it 
 partitions).  TIME is unix seconds, an ISO 8601 date/time (UTC unless it says otherwise) or
 an age such as 30m, 6h, 2d.
 
-Replay is idempotent: an image already stored in MongoDB with its prediction is skipped
-(looked up by the image id of the original value, where it parses), and each replayed dead
-letter is recorded in MongoDB (MONGO_DLQ_REPLAYS_COLLECTION, default iot.dlq_replays), so a
-second replay skips it unless --force.  Settings come from the environment (KAFKA_*,
-DLQ_TOPIC, MONGO_*, see common/settings.py); flags override them.
+Replay is idempotent: an image already stored with its prediction in the store STORE names
+(MongoDB, PostgreSQL or CouchDB) is skipped (looked up by the image id of the original value,
+where it parses), and each replayed dead letter is recorded in that store (MongoDB's
+MONGO_DLQ_REPLAYS_COLLECTION, PostgreSQL's iot_dlq_replays, CouchDB's
+COUCHDB_DLQ_REPLAYS_DATABASE), so a second replay skips it unless --force.  Settings come
+from the environment (KAFKA_*, DLQ_TOPIC, STORE and the store's MONGO_*, POSTGRES_* or
+COUCHDB_*, see common/settings.py); flags override them.
 
 Exit status: 0 on success, 1 when a dead letter was not found or a replay failed (or Kafka or
-MongoDB cannot be reached), 2 on a usage error.
+the store cannot be reached), 2 on a usage error.
 
 The record format is common/deadletter.py; reading the topic is consumers/dlq_entries.py,
 replaying consumers/replay.py.
@@ -35,8 +37,9 @@ import re
 import sys
 
 from common.log import setup_logging
-from common.settings import DlqToolSettings, KafkaSettings, MongoSettings, describe, with_flags
-from common.store import open_reader
+from common.settings import DlqToolSettings, KafkaSettings, describe, with_flags
+from common.store import StoreReader
+from common.store.opening import configured, open_configured
 from consumers.dlq_entries import (Entry, ToolError, iso, one_line, parse_ref, parse_since, read_dlq,  # noqa: F401
                                    select, size_text)
 from consumers.replay import Replayer
@@ -154,7 +157,7 @@ def make_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("replay", parents=[common, filters], help="send dead letters back to their topic")
     r.add_argument("refs", nargs="*", metavar="OFFSET", help="the dead letters to replay")
     r.add_argument("--all", action="store_true", help="every dead letter (that passes the filters)")
-    r.add_argument("--mongo-uri", help="MongoDB (default MONGO_URI)")
+    r.add_argument("--mongo-uri", help="MongoDB, with STORE=mongodb (default MONGO_URI)")
     r.add_argument("--dry-run", action="store_true", help="say what would be replayed, send nothing")
     r.add_argument("--force", action="store_true",
                    help="replay dead letters already replayed (images already stored are still skipped)")
@@ -195,9 +198,11 @@ def main(argv=None) -> int:
             sub.error(str(exc))
         if sum((bool(refs), args.reason is not None, args.all)) != 1:
             sub.error("say which dead letters: OFFSET..., --reason TEXT or --all (one of them)")
-        mongo = with_flags(MongoSettings, sub, mongo_uri=args.mongo_uri)
-        log.info("%s", describe(kafka, mongo, tool))
-        return cmd_replay(args, kafka, mongo, tool, refs, since)
+        store, backend = configured(sub, mongo_uri=args.mongo_uri)
+        if args.mongo_uri is not None and store.store != "mongodb":
+            sub.error(f"--mongo-uri is MongoDB's, and STORE is {store.store}: set that store's variables instead")
+        log.info("%s", describe(kafka, store, backend, tool))
+        return cmd_replay(args, kafka, open_configured(store, backend), tool, refs, since)
     except ToolError as exc:
         log.error("%s", exc)
         return 1
@@ -227,7 +232,7 @@ def cmd_show(args, kafka: KafkaSettings, tool: DlqToolSettings, ref: tuple[int, 
     return 0
 
 
-def cmd_replay(args, kafka: KafkaSettings, mongo: MongoSettings, tool: DlqToolSettings,
+def cmd_replay(args, kafka: KafkaSettings, reader: StoreReader, tool: DlqToolSettings,
                refs: list[tuple[int, int]], since: float | None) -> int:
     entries = read_dlq(kafka, tool.dlq_read_idle_ms)
     missing = []
@@ -236,7 +241,7 @@ def cmd_replay(args, kafka: KafkaSettings, mongo: MongoSettings, tool: DlqToolSe
         missing = [f"{p}:{o}" if p else str(o) for p, o in refs if (p, o) not in by_ref]
         entries = [by_ref[r] for r in dict.fromkeys(refs) if r in by_ref]
     entries = select(entries, reason=args.reason, source_topic=args.source_topic, since=since)
-    replayer = Replayer(kafka, open_reader(mongo))
+    replayer = Replayer(kafka, reader)
     try:
         outcomes = replayer.run(entries, dry_run=args.dry_run, force=args.force)
     finally:

@@ -1,7 +1,7 @@
 """``python -m dashboard``: serve the live dashboard on DASHBOARD_BIND (127.0.0.1:8050).
 
-Reads MONGO_URI and PROMETHEUS_URL (``make up`` writes both to .run/stack.env and starts
-the dashboard too: DASHBOARD_URL).  A non-loopback DASHBOARD_BIND needs DASHBOARD_TOKEN.
+Reads the store STORE names (MONGO_URI, POSTGRES_* or COUCHDB_*) and PROMETHEUS_URL (``make
+up`` writes them to .run/stack.env and starts the dashboard too: DASHBOARD_URL).  A non-loopback DASHBOARD_BIND needs DASHBOARD_TOKEN.
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ import logging
 import sys
 
 from common.log import setup_logging
-from common.settings import DashboardSettings, MongoSettings, describe, secret, with_flags
+from common.settings import DashboardSettings, describe, secret, with_flags
+from common.store.opening import configured
 
 log = logging.getLogger("dashboard")
 
@@ -34,14 +35,14 @@ def main(argv=None) -> int:
     p.add_argument("--prometheus-url", help="default PROMETHEUS_URL")
     args = p.parse_args(argv)
     settings = with_flags(DashboardSettings, p, dashboard_bind=args.bind, prometheus_url=args.prometheus_url)
-    mongo = with_flags(MongoSettings, p)
+    store, backend = configured(p)  # STORE and the chosen store's settings
     host, _, port = settings.dashboard_bind.rpartition(":")
     if not port.isdigit():
         p.error(f"invalid setting: DASHBOARD_BIND={settings.dashboard_bind!r}: expected host:port")
     if not loopback(host) and not secret(settings.dashboard_token):
         p.error(f"invalid setting: DASHBOARD_BIND={settings.dashboard_bind} is not a loopback address: "
                 "set DASHBOARD_TOKEN (the page shows the pipeline's images)")
-    log.info("%s", describe(settings, mongo))
+    log.info("%s", describe(settings, store, backend))
     # No access log: the page polls every DASHBOARD_REFRESH_MS, and /?token=... must never
     # reach a log.
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
@@ -49,7 +50,7 @@ def main(argv=None) -> int:
 
     from dashboard.app import create_app
 
-    server = make_server(host.strip("[]"), int(port), create_app(settings, mongo), threaded=True)
+    server = make_server(host.strip("[]"), int(port), create_app(settings, store=store, backend=backend), threaded=True)
     log.info("dashboard on http://%s:%d/", host, server.port)
     try:
         server.serve_forever()

@@ -16,8 +16,8 @@ import time
 import requests
 from flask import Flask, abort, jsonify, make_response, redirect, render_template, request
 
-from common.settings import DashboardSettings, MongoSettings, secret
-from common.store import open_reader
+from common.settings import DashboardSettings, StoreSettings, secret
+from common.store.opening import configured, open_configured
 from common.wire import (CONFIDENCE, CONTENT_TYPES, DEVICE_ID, FORMAT, IMAGE, IMAGE_ID, LABEL, PNG, PREDICTION,
                          PREDICTION_STORED_AT)
 
@@ -74,11 +74,16 @@ def _thumbnail(doc: dict) -> str | None:
     return f"data:{mime};base64," + base64.b64encode(bytes(image)).decode() if image else None
 
 
-def create_app(settings: DashboardSettings | None = None, mongo: MongoSettings | None = None) -> Flask:
+def create_app(settings: DashboardSettings | None = None, *, store: StoreSettings | None = None,
+               backend=None) -> Flask:
+    """``store`` and ``backend`` (the store's settings): :func:`common.store.opening.configured`,
+    read from the environment when not given."""
     settings = settings or DashboardSettings()
     app = Flask(__name__)
     prom = Prometheus(settings.prometheus_url)
-    store = open_reader(mongo)
+    if store is None or backend is None:
+        store, backend = configured()
+    store = open_configured(store, backend)
     source = store.name.lower()
     token = secret(settings.dashboard_token)
 

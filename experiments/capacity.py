@@ -16,10 +16,11 @@ from typing import NamedTuple
 
 from analysis.stats import KNEE_RATIO, latency_summary
 from common.rundir import RunDir
-from common.store import PREDICTION, PREDICTION_STORED_AT, SENT_AT, STORED_AT, open_reader
-from common.settings import MongoSettings
+from common.store import PREDICTION, PREDICTION_STORED_AT, SENT_AT, STORED_AT
+from common.store.opening import reader_of
 from experiments.fleet import run_fleet
 from stack.control import LocalStack
+from stack.stores import store_component
 
 log = logging.getLogger(__name__)
 
@@ -48,11 +49,13 @@ def _children_cpu() -> float:
 def stored_times(env: dict, producer_ids: list[str], expected: int, timeout_s: float,
                  stack: LocalStack | None = None) -> tuple[list[tuple], float]:
     """(sent_at, prediction_stored_at) of the documents of these producers that have a
-    prediction, waiting until ``expected`` are there or ``timeout_s`` passes; and the
-    MongoDB CPU seconds these queries cost (0.0 without ``stack``), measured by repeating
-    the last find once the pipeline is idle: they are the benchmark's work, not the
-    pipeline's, and a step's CPU per image leaves them out."""
-    store = open_reader(MongoSettings(mongo_uri=env["MONGO_URI"]))
+    prediction in the store the stack's endpoints name (``env``: STORE and its endpoint),
+    waiting until ``expected`` are there or ``timeout_s`` passes; and the CPU seconds these
+    queries cost the store's process (0.0 without ``stack``), measured by repeating the last
+    find once the pipeline is idle: they are the benchmark's work, not the pipeline's, and a
+    step's CPU per image leaves them out."""
+    store = reader_of(env)
+    component = store_component(env.get("STORE"))
     fields = (SENT_AT, PREDICTION_STORED_AT, PREDICTION, STORED_AT)
     try:
         deadline = time.monotonic() + timeout_s
@@ -69,9 +72,9 @@ def stored_times(env: dict, producer_ids: list[str], expected: int, timeout_s: f
             delay = min(2.0, delay * 1.5)
         query_cpu = 0.0
         if stack is not None:
-            before = stack.cpu_seconds().get("mongo", 0.0)
+            before = stack.cpu_seconds().get(component, 0.0)
             list(store.by_producers(producer_ids, fields))
-            query_cpu = (stack.cpu_seconds().get("mongo", 0.0) - before) * (finds + 1)  # this one too
+            query_cpu = (stack.cpu_seconds().get(component, 0.0) - before) * (finds + 1)  # this one too
         return done, query_cpu
     finally:
         store.close()
@@ -98,8 +101,9 @@ def run_step(out: Path, env: dict, *, rate: float, duration: float, tag: str,
     done, query_cpu = stored_times(env, ids, sent, timeout_s=30.0, stack=stack) if sent else ([], 0.0)
     cpu1 = stack.cpu_seconds() if stack else {}
     cpu = {k: cpu1[k] - cpu0.get(k, 0.0) for k in cpu1}
-    if "mongo" in cpu:  # the benchmark's own queries (stored_times) are not the pipeline's work
-        cpu["mongo"] = max(0.0, cpu["mongo"] - query_cpu)
+    component = store_component(env.get("STORE"))  # the store's process: mongo, postgres or couchdb
+    if component in cpu:  # the benchmark's own queries (stored_times) are not the pipeline's work
+        cpu[component] = max(0.0, cpu[component] - query_cpu)
     cpu["producers"] = _children_cpu() - children0
     step = {"offered_img_s": round(rate, 2), "producers": producers, "sent": sent,
             "results": sum(1 for r in rows if r.e2e_ms is not None),

@@ -7,9 +7,10 @@ into ``<out>/``.  With ``--repeat K`` each configuration runs K times, interleav
 3, 4, 1, 2, 3, 4 ... producers), each trial in ``<N>-producers/trial-<k>/`` and the
 configuration's directory their pooled view, with a measured settle between trials
 (experiments/repeats.py, experiments/settle.py).  On the local stack by default (started
-if needed, stopped after if started here); with ``KAFKA_BOOTSTRAP_SERVERS`` and
-``MONGO_URI`` set (or ``--kafka`` / ``--mongo``) on that deployed stack: the Ansible
-experiment stage runs exactly this (docs/USAGE.md, "Measuring latency").
+if needed, stopped after if started here); with ``KAFKA_BOOTSTRAP_SERVERS`` and the store
+STORE names set (``MONGO_URI``; ``POSTGRES_DSN`` or ``POSTGRES_HOST``; ``COUCHDB_URL``), or
+``--kafka`` / ``--mongo``, on that deployed stack: the Ansible experiment stage runs exactly
+this (docs/USAGE.md, "Measuring latency").
 """
 
 from __future__ import annotations
@@ -23,12 +24,10 @@ import time
 import uuid
 from pathlib import Path
 
-from pydantic import SecretStr
-
 from analysis.cli import main as analyse
 from common.log import setup_logging
-from common.settings import (InferenceClientSettings, KafkaSettings, MongoSettings, StackSettings, given, mask,
-                             secret, with_flags)
+from common.settings import (InferenceClientSettings, KafkaSettings, MongoSettings, StackSettings, StoreSettings,
+                             given, mask_env, secret, with_flags)
 from analysis.stats import find_knee
 from experiments.capacity import PAST_KNEE, PER_PRODUCER_MAX, choose_rate, load_average, ramp, sweep_basis
 from experiments.facts import dead_letters, host_facts, model_info, store_info, versions
@@ -36,6 +35,7 @@ from experiments.repeats import Trials, config_name, p95_widths, schedule, stopp
 from experiments.runner import RunFailed
 from experiments.settle import KafkaLag, Settler, stack_cpu
 from stack.control import down, read_env, stack_dir, supervisor_pid, up
+from stack.stores import external_endpoints
 
 log = logging.getLogger(__name__)
 
@@ -169,11 +169,14 @@ def main(argv=None) -> int:
     stack = with_flags(StackSettings, p)
     out = args.out or ROOT / "results" / time.strftime("experiment-%Y%m%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=True)
+    with_flags(StoreSettings, p)  # an invalid STORE is a usage error here, not deep in a reader
     mongo_uri = given(mongo, "mongo_uri")
+    # The deployed store: --mongo, else the one STORE names when its server is given.
+    store = ({"STORE": "mongodb", "MONGO_URI": mongo_uri.get_secret_value()} if args.mongo
+             else external_endpoints())
     env = {k: v for k, v in {"KAFKA_BOOTSTRAP_SERVERS": given(kafka, "kafka_bootstrap_servers"),
-                             "MONGO_URI": mongo_uri and mongo_uri.get_secret_value(),
-                             "INFERENCE_URL": given(client, "inference_url")}.items() if v}
-    deployed = "KAFKA_BOOTSTRAP_SERVERS" in env and "MONGO_URI" in env
+                             "INFERENCE_URL": given(client, "inference_url"), **(store or {})}.items() if v}
+    deployed = "KAFKA_BOOTSTRAP_SERVERS" in env and store is not None
     stack_started = False
     if not deployed:
         d = stack_dir()
@@ -182,8 +185,8 @@ def main(argv=None) -> int:
             return 1
         env = read_env(d / "stack.env")
     log.info("experiment: producers %s x %d images at %s -> %s\n  %s", args.producers, args.images,
-             f"{args.rate:g} img/s" if args.rate else "a rate chosen from the measured capacity", out, "\n  ".join(
-                 f"{k}={mask(SecretStr(v)) if k == 'MONGO_URI' else v}" for k, v in env.items()))
+             f"{args.rate:g} img/s" if args.rate else "a rate chosen from the measured capacity", out,
+             mask_env("\n".join(f"{k}={v}" for k, v in env.items())).replace("\n", "\n  "))
     record = {"started_at": time.time(), "target": "deployed" if deployed else "local-stack",
               "settings": {"producers": args.producers, "images_per_producer": args.images,
                            "rate_per_producer": args.rate, "rate_from": "given" if args.rate else "capacity",

@@ -60,11 +60,10 @@ def model_info(env: dict, token: str | None) -> dict | None:
 
 def store_info(env: dict) -> dict | None:
     """The store the images went to: its kind and where (credentials redacted)."""
-    from common.settings import MongoSettings
-    from common.store import open_reader
+    from common.store.opening import reader_of
 
     try:
-        store = open_reader(MongoSettings(mongo_uri=env["MONGO_URI"]))
+        store = reader_of(env)
     except Exception as exc:  # noqa: BLE001 - a fact not known is recorded as such
         log.warning("store not described: %s", exc)
         return None

@@ -35,6 +35,17 @@ log = logging.getLogger("stack")
 ENDPOINT_KEYS = ("MONGO_URI", "POSTGRES_DSN", "POSTGRES_HOST", "COUCHDB_URL", "COUCHDB_USER", "COUCHDB_PASSWORD")
 
 
+# The stack's component (process, pid file, CPU accounting) that serves each store.
+COMPONENTS = {"mongodb": "mongo", "postgres": "postgres", "couchdb": "couchdb"}
+
+
+def store_component(store: str | None) -> str:
+    """The component serving ``store`` (a STORE value; empty: mongodb)."""
+    from common.store.opening import chosen
+
+    return COMPONENTS[chosen(store or "mongodb")]
+
+
 def plan_store(directory: Path, endpoints: dict[str, str]) -> list[Component]:
     """The store's component (none for an external server); its endpoints into ``endpoints``."""
     store = StoreSettings().store
@@ -52,14 +63,34 @@ def plan_mongo(directory: Path, endpoints: dict[str, str]) -> list[Component]:
         endpoints["MONGO_URI"] = external.get_secret_value()
         log.info("using external MongoDB at %s", mask(external))
         return []
-    port = pick_port("mongo")
+    port = pick_port(COMPONENTS["mongodb"])
     uri = endpoints["MONGO_URI"] = f"mongodb://127.0.0.1:{port}"
     return [Component(
-        "mongo", [str(Path(sys.executable).parent / "nx-27017"), "--host", "127.0.0.1", "-p", str(port),
+        COMPONENTS["mongodb"], [str(Path(sys.executable).parent / "nx-27017"), "--host", "127.0.0.1", "-p", str(port),
                   "--db", str(directory / "data" / "mongo.db"),
                   "--log-file", str(directory / "logs" / "mongo-server.log"),
                   "--pid-file", str(directory / "data" / "nx-27017.pid")],
         ready=lambda: ready(store="mongodb", mongo=MongoSettings(mongo_uri=uri, mongo_timeout_ms=1000)))]
+
+
+def external_endpoints() -> dict[str, str] | None:
+    """STORE and the endpoint of the external server the settings name (``MONGO_URI``;
+    ``POSTGRES_DSN`` or ``POSTGRES_HOST``; ``COUCHDB_URL`` with its user and password), as
+    stack.env writes them, or None when they name none: how a process pointed at a deployed
+    pipeline (the experiment on the producer VM) finds its store (``reader_of``)."""
+    store = StoreSettings().store
+    if store == "postgres":
+        dsn = external_postgres(PostgresSettings())
+        return {"STORE": store, "POSTGRES_DSN": dsn} if dsn else None
+    if store == "couchdb":
+        settings = CouchSettings()
+        if not given(settings, "couchdb_url"):
+            return None
+        return {"STORE": store, **{field.upper(): secret(getattr(settings, field))
+                                   for field in ("couchdb_url", "couchdb_user", "couchdb_password")
+                                   if given(settings, field)}}
+    uri = given(MongoSettings(), "mongo_uri")
+    return {"STORE": store, "MONGO_URI": uri.get_secret_value()} if uri else None
 
 
 def external_postgres(s: PostgresSettings) -> str | None:
@@ -81,11 +112,11 @@ def plan_postgres(directory: Path, endpoints: dict[str, str]) -> list[Component]
         log.info("using external PostgreSQL at %s", mask(PostgresSettings(postgres_dsn=external).postgres_dsn))
         return []
     stack = StackSettings()
-    cluster = LocalPostgres(directory / "data", pick_port("postgres"), stack.stack_postgres_user,
+    cluster = LocalPostgres(directory / "data", pick_port(COMPONENTS["postgres"]), stack.stack_postgres_user,
                             bin_dir(stack.stack_postgres_bin_dir))
     dsn = endpoints["POSTGRES_DSN"] = cluster.dsn
     return [Component(
-        "postgres", cluster.argv(), before_start=cluster.ensure, stop_signal=signal.SIGINT,
+        COMPONENTS["postgres"], cluster.argv(), before_start=cluster.ensure, stop_signal=signal.SIGINT,
         ready=lambda: ready(store="postgres", postgres=PostgresSettings(postgres_dsn=dsn,
                                                                         postgres_connect_timeout_s=2)))]
 
@@ -100,12 +131,12 @@ def plan_couchdb(directory: Path, endpoints: dict[str, str]) -> list[Component]:
                 endpoints[field.upper()] = secret(getattr(settings, field))
         log.info("using external CouchDB at %s", mask(external))
         return []
-    server = LocalCouch(directory / "data", directory / "logs", pick_port("couchdb"),
+    server = LocalCouch(directory / "data", directory / "logs", pick_port(COMPONENTS["couchdb"]),
                         StackSettings().stack_pouchdb_server or None)
     endpoints.update(COUCHDB_URL=server.url, COUCHDB_USER=COUCH_USER, COUCHDB_PASSWORD=server.password())
     mine = couch_settings_of(endpoints, couchdb_connect_timeout_s=1, couchdb_timeout_s=5)
     databases = (settings.couchdb_database, settings.couchdb_dlq_replays_database)
-    return [Component("couchdb", server.argv(), before_start=server.ensure,
+    return [Component(COMPONENTS["couchdb"], server.argv(), before_start=server.ensure,
                       ready=lambda: ready(store="couchdb", couchdb=mine) and server.secure(*databases))]
 
 

@@ -62,6 +62,26 @@ def open_reader(mongo=None, *, postgres=None, couchdb=None, store: str | None = 
     return MongoReader(mongo or MongoSettings())
 
 
+def configured(parser=None, **flags):
+    """``(StoreSettings, the chosen store's settings)`` from the environment, for a process
+    configured for the pipeline (the DB writer, the DLQ tool, the dashboard): STORE picks
+    MongoSettings, PostgresSettings or CouchSettings, with ``flags`` (CLI values, None when
+    not given) on top of that store's; an invalid value ends the program through ``parser``
+    (``common.settings.with_flags``).  Log both with ``describe`` to name the store used."""
+    from common.settings import CouchSettings, MongoSettings, PostgresSettings, StoreSettings, with_flags
+
+    store = with_flags(StoreSettings, parser)
+    backend_class = {"postgres": PostgresSettings, "couchdb": CouchSettings}.get(store.store, MongoSettings)
+    fields = backend_class.model_fields
+    return store, with_flags(backend_class, parser, **{k: v for k, v in flags.items() if k in fields})
+
+
+def open_configured(store, backend, *, sink: bool = False):
+    """The reader (or with ``sink``, the DB writer's sink) of :func:`configured`'s result."""
+    keyword = {"postgres": "postgres", "couchdb": "couchdb"}.get(store.store, "mongo")
+    return (open_sink if sink else open_reader)(store=store.store, **{keyword: backend})
+
+
 def couch_settings_of(env: Mapping[str, str], **values) -> CouchSettings:
     """CouchDB's settings from a stack's endpoints (COUCHDB_URL, COUCHDB_USER, COUCHDB_PASSWORD)."""
     from common.settings import CouchSettings

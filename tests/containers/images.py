@@ -8,6 +8,7 @@ tarball and the wheelhouse are cached outside the clone (IOT_CONTAINERS_CACHE, d
 /var/cache/iot-containers); the Docker engine is the rehearsal's (tests/rehearsal/docker.py).
 
     python -m tests.containers.images                # iot-pipeline/{app,inference,embedded}:latest
+    python -m tests.containers.images --postgres     # and iot-pipeline/postgres-debian:latest
     python -m tests.containers.images --prune [--base]   # drops the build cache it left
 """
 
@@ -144,8 +145,25 @@ def build_images(tag: str = "test", timeout_s: float = 3600) -> dict[str, str]:
     return names
 
 
+POSTGRES_REPO = "iot-pipeline/postgres-debian"
+
+
+def build_postgres_image(tag: str = "test", timeout_s: float = 1800) -> str:
+    """PostgreSQL from Debian's package on the same base (tests/containers/postgres.Dockerfile):
+    the Compose test's server for STORE=postgres, standing in for the official image.  apt
+    reaches the Debian mirror the base was made from (the build runs on the host network)."""
+    name = f"{POSTGRES_REPO}:{tag}"
+    here = Path(__file__).resolve().parent
+    t0 = time.monotonic()
+    docker.docker("build", "--network", "host", "-t", name, "--label", LABEL,
+                  "--build-arg", f"BASE_IMAGE={ensure_base()}",
+                  "-f", str(here / "postgres.Dockerfile"), str(here), timeout=timeout_s)
+    log.info("built %s in %.0fs", name, time.monotonic() - t0)
+    return name
+
+
 def remove_images(tag: str = "test") -> None:
-    for name in image_names(tag).values():
+    for name in [*image_names(tag).values(), f"{POSTGRES_REPO}:{tag}"]:
         docker.docker("rmi", name, check=False, timeout=120)
 
 
@@ -168,6 +186,8 @@ if __name__ == "__main__":
     parser.add_argument("--prune", action="store_true",
                         help="remove the build cache (untagged stages) instead of building")
     parser.add_argument("--base", action="store_true", help="with --prune: the base image and tarball too")
+    parser.add_argument("--postgres", action="store_true",
+                        help="also the PostgreSQL image of the STORE=postgres test (Debian's package)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     docker.ensure_engine()
@@ -176,3 +196,5 @@ if __name__ == "__main__":
     else:
         for target, name in build_images(tag=args.tag).items():
             print(target, name)
+        if args.postgres:
+            print("postgres", build_postgres_image(tag=args.tag))

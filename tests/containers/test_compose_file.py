@@ -42,9 +42,9 @@ def test_docker_compose_resolves_both_files():
     compose = required_binary("docker-compose", "docker-compose")
     env = {"PATH": "/usr/bin:/bin", "MONGO_ROOT_PASSWORD": "x"}
     for files in (["-f", str(COMPOSE)], ["-f", str(COMPOSE), "-f", str(OVERRIDE)]):
-        extra = {f"IOTC_{k}": "1" for k in ("KAFKA_PORT", "MONGO_PORT", "INFERENCE_PORT", "COUNT")}
+        extra = {f"IOTC_{k}": "1" for k in ("KAFKA_PORT", "MONGO_PORT", "POSTGRES_PORT", "INFERENCE_PORT", "COUNT")}
         extra.update(IOTC_DATASET_DIR="/tmp", IOTC_OUT_DIR="/tmp", IOTC_APP_IMAGE="a", IOTC_INFERENCE_IMAGE="i",
-                     IOTC_EMBEDDED_IMAGE="e", IOTC_PRODUCER_ID="p", IOTC_DATASET_NAME="d")
+                     IOTC_EMBEDDED_IMAGE="e", IOTC_POSTGRES_IMAGE="p", IOTC_PRODUCER_ID="p", IOTC_DATASET_NAME="d")
         proc = subprocess.run([compose, *files, "--project-directory", str(ROOT), "config", "-q"],
                               env={**env, **extra}, capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0, proc.stderr
@@ -72,6 +72,39 @@ def test_compose_services_and_start_order():
     # scalable: no fixed container name, no host port on the producer or the consumers
     for name in ("producer", "inference-consumer", "db-consumer"):
         assert "container_name" not in services[name] and "ports" not in services[name]
+
+
+def test_store_profiles():
+    """--profile postgres / couchdb: the official images, each with a health check, a data
+    volume and its password from .env (neither starts without one), reachable from the
+    Compose network only; the DB consumer and the experiment get STORE and every store's
+    endpoint by service name, and neither store starts without its profile."""
+    services = _compose()["services"]
+    pg, couch = services["postgres"], services["couchdb"]
+    assert pg["profiles"] == ["postgres"] and couch["profiles"] == ["couchdb"]
+    assert pg["image"].startswith("postgres:") and couch["image"].startswith("couchdb:3")
+    assert pg["environment"]["POSTGRES_PASSWORD"] == "${POSTGRES_PASSWORD:-}"
+    assert couch["environment"]["COUCHDB_PASSWORD"] == "${COUCHDB_PASSWORD:-}"
+    for s in (pg, couch):
+        assert s.get("healthcheck") and "ports" not in s
+    assert any(v.endswith(":/var/lib/postgresql/data") for v in pg["volumes"])
+    assert any(v.endswith(":/opt/couchdb/data") for v in couch["volumes"])
+    single = next(v.split(":")[0] for v in couch["volumes"] if "local.d" in v)
+    assert "single_node = true" in (ROOT / single).read_text()
+    for name in ("db-consumer", "experiment"):
+        env = services[name]["environment"]
+        assert env["STORE"] == "${STORE:-mongodb}", name
+        assert (env["POSTGRES_HOST"], env["COUCHDB_URL"]) == ("postgres", "http://couchdb:5984"), name
+        assert env["POSTGRES_USER"] == pg["environment"]["POSTGRES_USER"], name
+        assert env["COUCHDB_USER"] == couch["environment"]["COUCHDB_USER"], name
+    compose = required_binary("docker-compose", "docker-compose")
+    for profile, store in (("postgres", "postgres"), ("couchdb", "couchdb")):
+        proc = subprocess.run([compose, "-f", str(COMPOSE), "--project-directory", str(ROOT), "--profile", profile,
+                               "config"], env={"PATH": "/usr/bin:/bin", "MONGO_ROOT_PASSWORD": "x", "STORE": store},
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        config = yaml.safe_load(proc.stdout)
+        assert config["services"]["db-consumer"]["environment"]["STORE"] == store
 
 
 def test_partitions_cover_the_scaled_consumers():

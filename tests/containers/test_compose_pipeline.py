@@ -2,7 +2,10 @@
 pipeline's own services started from compose.yaml (Kafka and MongoDB replaced by the
 embedded servers: tests/containers/compose.test.yaml), 200 CIFAR images sent through the
 producer service scaled to two containers (100 each), and every one found in MongoDB exactly
-once with its prediction.
+once with its prediction; then the same with STORE=postgres (compose.yaml's profile
+postgres), the store a real PostgreSQL (Debian's package in an image built on the same base,
+tests/containers/postgres.Dockerfile) reached with a password, every image in
+iot_image_data exactly once with its prediction.
 Everything it created (containers, volumes, networks, images) is removed after.
 
 Needs root and a Docker engine (started like the rehearsal's if absent).  Where none can
@@ -20,6 +23,7 @@ import subprocess
 import uuid
 from pathlib import Path
 
+import psycopg
 import pytest
 from pymongo import MongoClient
 
@@ -56,7 +60,7 @@ def engine():
 
 @pytest.fixture(scope="module")
 def built(engine):
-    names = images.build_images(tag="test")
+    names = {**images.build_images(tag="test"), "postgres": images.build_postgres_image(tag="test")}
     yield names
     images.remove_images(tag="test")
 
@@ -73,8 +77,9 @@ def pipeline(built, tmp_path):
     project = f"iotc-{uuid.uuid4().hex[:8]}"
     env = dict(os.environ,
                IOTC_APP_IMAGE=built["app"], IOTC_INFERENCE_IMAGE=built["inference"],
-               IOTC_EMBEDDED_IMAGE=built["embedded"],
+               IOTC_EMBEDDED_IMAGE=built["embedded"], IOTC_POSTGRES_IMAGE=built["postgres"],
                IOTC_KAFKA_PORT=str(_free_port()), IOTC_MONGO_PORT=str(_free_port()),
+               IOTC_POSTGRES_PORT=str(_free_port()), POSTGRES_PASSWORD=uuid.uuid4().hex,
                IOTC_INFERENCE_PORT=str(_free_port()), IOTC_PRODUCER_ID=f"{project}-producer",
                IOTC_COUNT=str(COUNT), IOTC_DATASET_DIR=str(sample.parent), IOTC_DATASET_NAME=sample.name,
                IOTC_OUT_DIR=str(out),
@@ -117,12 +122,14 @@ def test_images_run_unprivileged_without_tensorflow_in_app(built):
     assert seen["inference"] == ["10001", "True", "True"], seen
 
 
-def test_compose_pipeline_stores_every_image_once(pipeline):
-    compose, env = pipeline["compose"], pipeline["env"]
+def send_through_the_pipeline(pipeline, *extra_services: str) -> tuple[list[dict], set[str]]:
+    """The pipeline up (and extra_services), two producer containers of COUNT images each,
+    run to the end: every producer's rows (latencies.csv) and the producer ids."""
+    compose = pipeline["compose"]
     # up --wait does not exist in docker-compose 1.29: depends_on conditions order the start
     # (kafka, mongo healthy -> kafka-init done; inference healthy = /readyz), and the
     # consumers' own `up` returns once they are started.
-    compose("up", "-d", *SERVICES[3:])
+    compose("up", "-d", *extra_services, *SERVICES[3:])
     ps = compose("ps").stdout
     assert "inference-consumer" in ps and "db-consumer" in ps, ps
 
@@ -151,6 +158,13 @@ def test_compose_pipeline_stores_every_image_once(pipeline):
         rows += mine
     producer_ids = {r["producer_id"] for r in rows}
     assert len(producer_ids) == PRODUCERS, producer_ids
+    assert all(r["prediction"] for r in rows), "a result came back without a prediction"
+    return rows, producer_ids
+
+
+def test_compose_pipeline_stores_every_image_once(pipeline):
+    env = pipeline["env"]
+    rows, producer_ids = send_through_the_pipeline(pipeline)
     total = COUNT * PRODUCERS
 
     client = MongoClient(f"mongodb://127.0.0.1:{env['IOTC_MONGO_PORT']}", serverSelectionTimeoutMS=10_000)
@@ -173,6 +187,41 @@ def test_compose_pipeline_stores_every_image_once(pipeline):
         missing = [d["_id"] for d in docs if not d.get("prediction")]
         assert not missing, f"{len(missing)} images stored without a prediction: {missing[:5]}"
         assert {r["image_id"] for r in rows} == set(ids), "the stored images are not the images sent"
-        assert all(r["prediction"] for r in rows), "a result came back without a prediction"
+    finally:
+        client.close()
+
+
+def test_compose_pipeline_stores_every_image_once_in_postgres(pipeline):
+    """STORE=postgres with the profile postgres: the DB consumer writes to a real PostgreSQL
+    with a password (scram-sha-256), and every image sent is in iot_image_data once with
+    its prediction and its bytes."""
+    env = pipeline["env"]
+    env.update(STORE="postgres", COMPOSE_PROFILES="postgres")
+    rows, producer_ids = send_through_the_pipeline(pipeline, "postgres")
+    total = COUNT * PRODUCERS
+    dsn = (f"host=127.0.0.1 port={env['IOTC_POSTGRES_PORT']} dbname=iot user=iot "
+           f"password={env['POSTGRES_PASSWORD']} connect_timeout=10")
+    query = ("SELECT image_id, producer_id, seq, prediction, octet_length(image) FROM iot_image_data "
+             "WHERE producer_id = ANY(%s)")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        def stored():
+            found = conn.execute(query, (sorted(producer_ids),)).fetchall()
+            return found if len(found) >= total and all(r[3] for r in found) else None
+
+        found = eventually(stored) or conn.execute(query, (sorted(producer_ids),)).fetchall()
+        # and nobody gets in without the password
+        with pytest.raises(psycopg.OperationalError, match="password"):
+            psycopg.connect(dsn.replace(env["POSTGRES_PASSWORD"], "wrong"), connect_timeout=10).close()
+    ids = [r[0] for r in found]
+    assert len(ids) == total, f"{len(ids)} rows for the producers, expected {total}"
+    assert len(set(ids)) == total
+    per_producer = {p: {r[2] for r in found if r[1] == p} for p in producer_ids}
+    assert all(len(seqs) == COUNT for seqs in per_producer.values()), {p: len(s) for p, s in per_producer.items()}
+    assert not [r[0] for r in found if not r[3] or not r[4]], "an image stored without its prediction or bytes"
+    assert {r["image_id"] for r in rows} == set(ids), "the stored images are not the images sent"
+    # MongoDB (the default store, still started) got nothing: the consumer wrote to PostgreSQL only
+    client = MongoClient(f"mongodb://127.0.0.1:{env['IOTC_MONGO_PORT']}", serverSelectionTimeoutMS=10_000)
+    try:
+        assert client["iot"]["images"].count_documents({"producer_id": {"$in": sorted(producer_ids)}}) == 0
     finally:
         client.close()

@@ -35,10 +35,12 @@ def _kubectl() -> str:
 
 
 def build(overlay: str, tmp_path: Path) -> list[dict]:
-    """`kubectl kustomize` of a copy of deploy/k8s whose git-ignored mongodb.env is the example."""
+    """`kubectl kustomize` of a copy of deploy/k8s whose git-ignored env files (mongodb.env,
+    the postgres overlay's postgres.env) are their examples."""
     tree = tmp_path / "k8s"
     shutil.copytree(K8S, tree, ignore=shutil.ignore_patterns("*.env"))
-    shutil.copy(tree / "base" / "mongodb.env.example", tree / "base" / "mongodb.env")
+    for example in tree.rglob("*.env.example"):
+        shutil.copy(example, example.with_suffix(""))
     proc = subprocess.run([_kubectl(), "kustomize", str(tree / "overlays" / overlay)],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
@@ -54,8 +56,14 @@ def _by_kind(docs, kind):
     return {d["metadata"]["name"]: d for d in docs if d["kind"] == kind}
 
 
+def _store(docs) -> str:
+    """The store an overlay runs: STORE in the components' settings (empty: mongodb)."""
+    settings = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("pipeline-settings"))
+    return settings["data"].get("STORE", "mongodb")
+
+
 def test_overlays_exist():
-    assert {"local", "cloud"} <= set(OVERLAYS)
+    assert {"local", "cloud", "postgres"} <= set(OVERLAYS)
 
 
 def test_builtin_kinds_pass_kubernetes_validate_strict(built, tmp_path):
@@ -165,9 +173,11 @@ def test_workloads_have_resources_pdbs_and_autoscaling(built):
         assert dep["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/name"] in pdb_targets
     hpa = _by_kind(docs, "HorizontalPodAutoscaler")["inference"]
     assert hpa["apiVersion"] == "autoscaling/v2" and hpa["spec"]["scaleTargetRef"]["name"] == "inference"
-    mongo = _by_kind(docs, "StatefulSet")["mongodb"]
-    assert mongo["spec"]["volumeClaimTemplates"]
-    assert _by_kind(docs, "Service")["mongodb"]["spec"]["clusterIP"] == "None"
+    # the store: one StatefulSet with its own volume and a headless Service, and no other
+    store = {"mongodb": "mongodb", "postgres": "postgres"}[_store(docs)]
+    assert set(_by_kind(docs, "StatefulSet")) == {store}
+    assert _by_kind(docs, "StatefulSet")[store]["spec"]["volumeClaimTemplates"]
+    assert _by_kind(docs, "Service")[store]["spec"]["clusterIP"] == "None"
     job = _by_kind(docs, "Job")["producers"]
     assert job["spec"]["completionMode"] == "Indexed" and "parallelism" in job["spec"]
 
@@ -176,15 +186,41 @@ def test_secrets_are_generated_and_referenced_never_inlined(built):
     _, docs = built
     # the only Secrets are the generated ones; their values come from the (ignored) env file
     secrets = {d["metadata"]["name"] for d in docs if d["kind"] == "Secret"}
-    assert any(n.startswith("mongodb-credentials-") for n in secrets)
+    store = _store(docs)
     for path in K8S.rglob("*.yaml"):
         text = path.read_text()
-        assert "kind: Secret" not in text, f"{path}: a Secret written in a manifest"
+        assert not [d for d in yaml.safe_load_all(text) if d and d.get("kind") == "Secret"], \
+            f"{path}: a Secret written in a manifest"
         assert not re.search(r"(?i)password\s*[:=]\s*(?!\$\()\S", text.replace("key: password", "")), path
-    text = json.dumps(docs)
-    assert "MONGO_INITDB_ROOT_PASSWORD" in text  # referenced by secretKeyRef
     db = _by_kind(docs, "Deployment")["db-consumer"]["spec"]["template"]["spec"]["containers"][0]
-    env = {e["name"]: e for e in db["env"]}
-    assert "valueFrom" in env["MONGO_PASSWORD"] and "$(MONGO_PASSWORD)" in env["MONGO_URI"]["value"]
-    ignored = subprocess.run(["git", "check-ignore", "-q", "deploy/k8s/base/mongodb.env"], cwd=ROOT).returncode
-    assert ignored == 0, "deploy/k8s/base/mongodb.env must be git-ignored"
+    env = {e["name"]: e for e in db.get("env", [])}
+    if store == "mongodb":
+        assert any(n.startswith("mongodb-credentials-") for n in secrets)
+        assert "MONGO_INITDB_ROOT_PASSWORD" in json.dumps(docs)  # referenced by secretKeyRef
+        assert "valueFrom" in env["MONGO_PASSWORD"] and "$(MONGO_PASSWORD)" in env["MONGO_URI"]["value"]
+    else:
+        # the server and the DB consumer read the same generated Secret (its hashed name)
+        name = next(n for n in secrets if n.startswith("postgres-credentials-"))
+        server = _by_kind(docs, "StatefulSet")["postgres"]["spec"]["template"]["spec"]["containers"][0]
+        assert {"secretRef": {"name": name}} in server["envFrom"] and {"secretRef": {"name": name}} in db["envFrom"]
+        assert not [n for n in secrets if n.startswith("mongodb-credentials")]
+        assert not [k for k in env if k.startswith("MONGO")], env
+    for example in K8S.rglob("*.env.example"):
+        real = example.with_suffix("").relative_to(ROOT)
+        ignored = subprocess.run(["git", "check-ignore", "-q", str(real)], cwd=ROOT).returncode
+        assert ignored == 0, f"{real} must be git-ignored"
+
+
+def test_the_postgres_overlay_points_every_component_at_postgres(built):
+    """The postgres overlay: STORE=postgres and the server's address in the shared settings,
+    the store in the namespace of the rest, MongoDB left out entirely."""
+    overlay, docs = built
+    if overlay != "postgres":
+        pytest.skip("the postgres overlay only")
+    settings = next(d for d in docs if d["kind"] == "ConfigMap")["data"]
+    assert settings["STORE"] == "postgres" and settings["POSTGRES_HOST"] == "postgres-0.postgres"
+    assert not [d for d in docs if "mongo" in d["metadata"]["name"]]
+    assert {d["metadata"].get("namespace") for d in docs if d["kind"] != "Namespace"} == {"iot-pipeline"}
+    server = _by_kind(docs, "StatefulSet")["postgres"]["spec"]["template"]
+    assert server["spec"]["securityContext"]["runAsNonRoot"] is True
+    assert server["spec"]["containers"][0]["image"].startswith("postgres:")

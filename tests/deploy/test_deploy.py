@@ -35,8 +35,8 @@ DEPLOY = ROOT / "tests" / "deploy"
 INVENTORY = DEPLOY / "inventory.yml"
 VAULT_EXAMPLE = ROOT / "inventory" / "group_vars" / "all" / "vault.yml.example"
 PLAYBOOKS = [ROOT / "playbook_master.yaml", *sorted((ROOT / "playbooks").glob("*.yaml")),
-             DEPLOY / "render_templates.yaml", DEPLOY / "check_mode.yaml"]
-STAGES = ["provision", "base", "app", "kafka", "mongodb", "inference", "consumers", "monitoring", "producer",
+             DEPLOY / "render_templates.yaml", DEPLOY / "check_mode.yaml", DEPLOY / "check_stores.yaml"]
+STAGES = ["provision", "base", "app", "kafka", "store", "inference", "consumers", "monitoring", "producer",
           "experiment", "analyze", "k8s"]
 ROLES = sorted(p.name for p in (ROOT / "roles").iterdir() if p.is_dir())
 
@@ -210,6 +210,45 @@ def test_mongod_conf(rendered):
     assert 'const member = "10.56.0.14:27017";' in replset           # the private IP the clients reach
     assert "rs.initiate(" in replset and "if (!hello.setName)" in replset  # once: guarded
     assert "change-me" not in replset
+
+
+def test_store_server_configuration(rendered):
+    """PostgreSQL and CouchDB on the store VM: loopback and the private IP only (CouchDB the
+    latter), SCRAM only, the application role to its own database from the private network,
+    every CouchDB request authenticated."""
+    vm = rendered / "vm4-mongodb"
+    conf = properties(vm / "iot.conf")
+    assert conf["listen_addresses"] == "'127.0.0.1,10.56.0.14'" and conf["port"] == "5432"
+    assert conf["password_encryption"] == "'scram-sha-256'"
+    hba = [line.split() for line in (vm / "pg_hba.conf").read_text().splitlines()
+           if line.strip() and not line.startswith("#")]
+    assert hba == [["local", "all", "postgres", "peer"],
+                   ["host", "iot", "iot", "127.0.0.1/32", "scram-sha-256"],
+                   ["host", "iot", "iot", "10.56.0.0/22", "scram-sha-256"]], hba
+    assert "network-online.target" in unit(vm / "iot-network.conf")["Unit"]["After"]
+    ini = configparser.ConfigParser()
+    ini.read_string((vm / "iot.ini").read_text())
+    assert ini["chttpd"]["bind_address"] == "10.56.0.14" and ini["chttpd"]["port"] == "5984"
+    assert ini["chttpd"]["require_valid_user"] == "true" == ini["chttpd_auth"]["require_valid_user"]
+    assert ini["couchdb"]["single_node"] == "true"
+
+
+def test_env_files_name_the_chosen_store(rendered):
+    """iot_store picks the clients' store settings: STORE and its endpoint on the store VM
+    with the credentials its role creates, and nothing of the other stores."""
+    vm = rendered / "vm3-kafka"
+    for name in ("db-consumer", "dlq", "producer"):
+        pg = env_file(vm / f"postgres-{name}.env")
+        assert pg["STORE"] == "postgres", name
+        assert pg["POSTGRES_DSN"] == "postgresql://iot:change-me-postgresql-app@10.56.0.14:5432/iot", name
+        couch = env_file(vm / f"couchdb-{name}.env")
+        assert (couch["STORE"], couch["COUCHDB_URL"]) == ("couchdb", "http://10.56.0.14:5984"), name
+        assert (couch["COUCHDB_USER"], couch["COUCHDB_PASSWORD"]) == ("iot", "change-me-couchdb-app"), name
+        assert (couch["COUCHDB_DATABASE"], couch["COUCHDB_DLQ_REPLAYS_DATABASE"]) == ("img_db", "img_db_dlq_replays")
+        for env in (pg, couch):
+            assert not [k for k in env if k.startswith("MONGO_")], (name, env)
+    mongo = env_file(vm / "iot-db-consumer.env")
+    assert "STORE" not in mongo and not [k for k in mongo if k.startswith(("POSTGRES_", "COUCHDB_"))]
 
 
 def check_unit(path: Path, exec_start: str, user: str = "iot") -> configparser.RawConfigParser:
@@ -488,6 +527,25 @@ def test_application_roles_in_check_mode(rendered):
     assert "RUNNING HANDLER [inference : Restart iot-inference]" in out
 
 
+def test_store_roles_in_check_mode(tmp_path):
+    """The postgresql and couchdb roles in check mode on this machine: their argument specs
+    validate with the inventory's values, every task that can run without the server
+    passes, the secrets stay hidden.  (PostgreSQL runs for real in the deploy rehearsal
+    with -e iot_store=postgres; CouchDB's repository is out of reach everywhere here.)"""
+    key = tmp_path / "couchdb-keys.asc"
+    key.write_text("-----BEGIN PGP PUBLIC KEY BLOCK-----\n(stand-in)\n-----END PGP PUBLIC KEY BLOCK-----\n")
+    exe = tool("ansible-playbook")
+    result = run([exe, "--check", "--diff", "-i", str(INVENTORY), str(DEPLOY / "check_stores.yaml"),
+                  "-e", f"couchdb_apt_key_url=file://{key}"])
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out[-6000:]
+    assert re.search(r"^vm4-mongodb\s+:\s+ok=\d+\s+changed=\d+\s+unreachable=0\s+failed=0", out, re.M), out[-3000:]
+    for role in ("postgresql", "couchdb"):
+        assert re.search(rf"TASK \[{role} : Validating arguments against arg spec 'main'.*\]\s+\*+\nok:", out), role
+    assert "TASK [couchdb : Answer the installer's questions" in out
+    assert "change-me" not in out                                   # no_log on every secret
+
+
 # ----------------------------------------------------------------------- structure
 
 def test_master_playbook_imports_every_stage_with_its_tag():
@@ -582,7 +640,9 @@ def test_secrets_stay_out_of_git():
     assert set(example) == {"vault_mongodb_admin_password", "vault_mongodb_app_password",
                             "vault_kafka_admin_password", "vault_kafka_producer_password",
                             "vault_kafka_inference_consumer_password", "vault_kafka_db_consumer_password",
-                            "vault_kafka_dlq_password", "vault_inference_token", "vault_grafana_admin_password"}
+                            "vault_kafka_dlq_password", "vault_inference_token", "vault_grafana_admin_password",
+                            "vault_postgresql_app_password", "vault_couchdb_admin_password",
+                            "vault_couchdb_app_password"}
 
 
 def test_argument_specs_match_the_defaults_and_are_written_for_people():

@@ -81,10 +81,14 @@ HERE = harness.HERE
 RESULTS = ROOT / "results" / "rehearsal"
 LOGS = RESULTS / "logs"
 ANSIBLE_PLAYBOOK = Path(sys.executable).parent / "ansible-playbook"
-STAGES = ["provision", "base", "app", "kafka", "mongodb", "inference", "consumers", "monitoring", "producer",
+STAGES = ["provision", "base", "app", "kafka", "store", "inference", "consumers", "monitoring", "producer",
           "experiment", "analyze"]
-# The tags of the plays that install the real Kafka and MongoDB servers, Prometheus and Grafana.
-SERVER_TAGS = "kafka_server,mongodb_server,monitoring_server"
+# The tags of the plays that install the real Kafka, MongoDB and CouchDB servers, Prometheus
+# and Grafana: out of reach here (PostgreSQL, the distribution's package, is not).
+SERVER_TAGS = "kafka_server,mongodb_server,couchdb_server,monitoring_server"
+# The stores the rehearsal can run (--store): MongoDB's stand-in nx-27017, or the real
+# PostgreSQL of the VM image (roles/postgresql for real).  CouchDB: check mode only.
+STORES = ("mongodb", "postgres")
 MIRROR_PORT = 8766
 # The lease length run 1 asks for, on the command line (-e: a string).
 LEASE_HOURS = 48
@@ -281,6 +285,8 @@ class Rehearsal:
             "experiment_images": self.args.images,
             "experiment_rate": self.args.rate,
             "experiment_poll": 10,
+            # The store of every run (stage store, the clients' settings).
+            "iot_store": self.args.store,
         }
         path.write_text("---\n# Written by tests/rehearsal/run.py\n"
                         + "".join(f"{k}: {json.dumps(v)}\n" for k, v in values.items()))
@@ -385,18 +391,21 @@ class Rehearsal:
         self.results_before = set(self.results_root().glob("cloud-*"))
 
     def stand_ins(self) -> dict:
-        """What the kafka and mongodb stages would leave: a broker with the topics and a
-        database, each on its server's private IP, reachable through the host firewall."""
+        """What the kafka and (with --store mongodb) store stages would leave: a broker with
+        the topics and a database, each on its server's private IP, reachable through the
+        host firewall.  With --store postgres the store stage runs for real (run1)."""
         inv = self.inventory()
         kafka = inv["groups"]["kafka"][0]
         mongodb = inv["groups"]["mongodb"][0]
         cidr = inv["vars"]["iot_private_cidr"]
         # The kafka and mongodb roles open their client ports to the private network (base
         # enabled ufw with incoming traffic denied).
-        for server, port, comment in ((kafka, 9092, "kafka"), (mongodb, 27017, "mongodb")):
+        opened = [(kafka, 9092, "kafka")] + ([(mongodb, 27017, "mongodb")] if self.args.store == "mongodb" else [])
+        for server, port, comment in opened:
             self.vm(server, f"ufw allow from {cidr} to any port {port} proto tcp comment {comment}")
         bootstrap = services.start_tansu(self.container(kafka), self.s.network, self.s.wheel_url)
-        mongo_uri = services.start_nx27017(self.container(mongodb), self.s.network, self.s.wheel_url)
+        mongo_uri = (services.start_nx27017(self.container(mongodb), self.s.network, self.s.wheel_url)
+                     if self.args.store == "mongodb" else None)
         from common.kafka_io import ensure_topics
         from common.settings import KafkaSettings
 
@@ -410,9 +419,9 @@ class Rehearsal:
                 "topics_created": created}
 
     def start_mirror(self) -> str:
-        """Stand-ins for the two downloads the kafka and mongodb roles make in check mode
+        """Stand-ins for the downloads the kafka, mongodb and couchdb roles make in check mode
         (Apache's archive, which get_url only HEADs there: the role pins its SHA-512;
-        MongoDB's signing key), served on the gateway."""
+        MongoDB's and CouchDB's signing keys), served on the gateway."""
         mirror = self.s.dir / "mirror"
         k, m = role_defaults("kafka"), role_defaults("mongodb")
         name = f"kafka_{k['kafka_scala_version']}-{k['kafka_version']}.tgz"
@@ -425,10 +434,10 @@ class Rehearsal:
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
         archive.write_bytes(raw.getvalue())
-        key = mirror / "mongodb" / f"server-{m['mongodb_version']}.asc"
-        key.parent.mkdir(parents=True, exist_ok=True)
-        key.write_text("-----BEGIN PGP PUBLIC KEY BLOCK-----\n(rehearsal stand-in)\n"
-                       "-----END PGP PUBLIC KEY BLOCK-----\n")
+        for key in (mirror / "mongodb" / f"server-{m['mongodb_version']}.asc", mirror / "couchdb" / "keys.asc"):
+            key.parent.mkdir(parents=True, exist_ok=True)
+            key.write_text("-----BEGIN PGP PUBLIC KEY BLOCK-----\n(rehearsal stand-in)\n"
+                           "-----END PGP PUBLIC KEY BLOCK-----\n")
         if self.mirror is None:
             self.mirror = subprocess.Popen([sys.executable, "-m", "http.server", str(MIRROR_PORT), "--bind",
                                             self.s.gateway, "--directory", str(mirror)],
@@ -438,28 +447,63 @@ class Rehearsal:
         return f"http://{self.s.gateway}:{MIRROR_PORT}"
 
     def check_server_plays(self) -> Playbook:
+        """The kafka, store and monitoring plays in --check mode, MongoDB as the store (whatever
+        --store is: check mode changes nothing on the store VM), then the store play again
+        with CouchDB, whose repository is out of reach too."""
         base = self.start_mirror()
         version = role_defaults("mongodb")["mongodb_version"]
         pb = self.playbook("run1-check-kafka-mongodb", [
-            "--check", "--tags", "kafka,mongodb,monitoring",
+            "--check", "--tags", "kafka,store,monitoring", "-e", "iot_store=mongodb",
             # kafka_mirror is the kafka role's input for a mirror; mongodb_apt_key_url is
             # computed in the mongodb role's vars/main.yml: overridden for this check only.
             "-e", f"kafka_mirror={base}/kafka",
             "-e", f"mongodb_apt_key_url={base}/mongodb/server-{version}.asc"], timeout_s=1800)
         pb.check()
-        played = {e["play"] for e in pb.events if e["event"] == "play"}
-        for want in ("Install Kafka", "Install MongoDB", "Install Prometheus and Grafana"):
+        couch = self.playbook("run1-check-couchdb", [
+            "--check", "--tags", "store", "-e", "iot_store=couchdb",
+            "-e", f"couchdb_apt_key_url={base}/couchdb/keys.asc"], timeout_s=1800)
+        couch.check()
+        played = {e["play"] for p in (pb, couch) for e in p.events if e["event"] == "play"}
+        for want in ("Install Kafka", "Install MongoDB", "Install CouchDB", "Install Prometheus and Grafana"):
             if want not in played:
                 raise Failed(f"check mode: play {want!r} did not run (plays: {sorted(played)})")
+        ran = {e["role"] for p in (pb, couch) for e in p.results() if e["role"] and e["status"] != "skipped"}
+        if not {"mongodb", "couchdb"} <= ran:
+            raise Failed(f"check mode: the mongodb or couchdb role ran no task (roles that ran: {sorted(ran)})")
         # The monitoring role rescues its own failures: in check mode there must be none.
-        rescued = [f"{e['task']}: {e['msg']}" for e in pb.results() if e["status"] == "failed"]
+        rescued = [f"{e['task']}: {e['msg']}" for p in (pb, couch) for e in p.results() if e["status"] == "failed"]
         if rescued:
             raise Failed(f"check mode: tasks failed (rescued): {rescued}")
         return pb
 
+    def store_play(self) -> Playbook:
+        """--store postgres: the store stage for real (roles/postgresql: the image's Debian
+        package, the cluster's settings, pg_hba, the role and the database)."""
+        inv = self.inventory()
+        host = inv["groups"]["mongodb"][0]
+        pb = self.playbook("run1-store-postgresql", ["--tags", "store"], timeout_s=1800)
+        pb.check()
+        if not any(e["role"] == "postgresql" and e["status"] == "ok" for e in pb.results()):
+            raise Failed(f"store: the postgresql role did not run on {host} (see {pb.log})")
+        # Listening on the private IP, for the application role only, with a password.
+        listening = self.vm(host, "ss -Hltn '( sport = :5432 )'")
+        ip = self.private_ip(host)
+        if f"{ip}:5432" not in listening or "0.0.0.0:5432" in listening or "*:5432" in listening:
+            raise Failed(f"store: PostgreSQL does not listen on {ip}:5432 only: {listening}")
+        return pb
+
+    def private_ip(self, server: str) -> str:
+        inv = yaml.safe_load((self.deploy_root / "hosts.yml").read_text())
+        for group in inv["all"]["children"].values():
+            if server in ((group or {}).get("hosts") or {}):
+                return group["hosts"][server]["iot_private_ip"]
+        raise Failed(f"{server} is not in the generated inventory")
+
     # ------------------------------------------------------------------ MongoDB checks
     def stored(self, ids: list[str], timeout_s: float) -> tuple[int, list[str]]:
         """(ids stored with a prediction, the missing ones), polled until all are there or timeout."""
+        if self.args.store == "postgres":
+            return self.stored_in_postgres(ids, timeout_s)
         import pymongo
 
         client = pymongo.MongoClient(self.stand_in["mongo_uri"], serverSelectionTimeoutMS=10000)
@@ -478,6 +522,26 @@ class Rehearsal:
                 time.sleep(3)
         finally:
             client.close()
+
+    def stored_in_postgres(self, ids: list[str], timeout_s: float) -> tuple[int, list[str]]:
+        """The same in PostgreSQL's iot_image_data, asked with psql on the store VM (as the
+        cluster's superuser, through its Unix socket)."""
+        host = self.inventory()["groups"]["mongodb"][0]
+        database = group_defaults().get("iot_postgresql_database", "iot")
+        deadline = time.monotonic() + timeout_s
+        while True:
+            complete = set()
+            for i in range(0, len(ids), 500):
+                values = ",".join("'" + x.replace("'", "''") + "'" for x in ids[i:i + 500])
+                query = (f"SELECT image_id FROM iot_image_data WHERE image_id IN ({values}) "
+                         f"AND prediction IS NOT NULL AND prediction <> '' AND image IS NOT NULL")
+                out = self.vm(host, f"runuser -u postgres -- psql -X -q -At -v ON_ERROR_STOP=1 -d {database} <<'SQL'\n"
+                                    f"{query};\nSQL\n", check=False)
+                complete.update(line.strip() for line in out.splitlines() if line.strip())
+            missing = [i for i in ids if i not in complete]
+            if not missing or time.monotonic() > deadline:
+                return len(complete), missing
+            time.sleep(3)
 
     def producers_report(self, root: Path, timeout_s: float) -> dict:
         """Every producer run under root (a producer.json and its latencies.csv): each image it
@@ -568,10 +632,16 @@ class Rehearsal:
                                                                              before, time.time())}]
         with self.step("run 1: the lease task with the controller in Tokyo (UTC+9)"):
             r1["lease_window"].append(self.lease_in_time_zone("Asia/Tokyo"))
-        with self.step("run 1 (cold): kafka, mongodb stand-ins (harness services, ports, topics)"):
+        with self.step(f"run 1 (cold): stand-ins for kafka{', mongodb' * (self.args.store == 'mongodb')} "
+                       f"(harness services, ports, topics)"):
             self.stand_in = self.stand_ins()
         r1["stand_ins"] = self.stand_in
-        with self.step("run 1 (cold): kafka, mongodb, monitoring plays in --check mode"):
+        if self.args.store == "postgres":
+            with self.step("run 1 (cold): store stage (PostgreSQL) for real"):
+                p = self.store_play()
+            r1["store"] = p.summary()
+            self.timings.update({f"run 1 stage: {k}": v for k, v in p.stage_times().items()})
+        with self.step("run 1 (cold): kafka, store (MongoDB, CouchDB), monitoring plays in --check mode"):
             c = self.check_server_plays()
         r1["check_mode"] = c.summary()
         with self.step("run 1 (cold): inference, consumers, monitoring, producer, experiment, analyze"):
@@ -583,7 +653,7 @@ class Rehearsal:
         b.check()
         with self.step("run 1: monitoring checked"):
             r1["monitoring"] = self.verify_monitoring(b)
-        with self.step("run 1: images checked in MongoDB"):
+        with self.step(f"run 1: images checked in the store ({self.args.store})"):
             self.verify_run1()
 
     def ports_not_in_security_group(self, ports: list[int]) -> list[int]:
@@ -697,6 +767,8 @@ class Rehearsal:
 
     # ------------------------------------------------------------------ run 2
     def whole_playbook(self, label: str) -> Playbook:
+        # With --store postgres the postgresql play (tag postgresql_server) is in: run 2 must
+        # find it changes nothing either.
         return self.playbook(label, ["--skip-tags", f"experiment,analyze,{SERVER_TAGS}"], timeout_s=3600)
 
     def run2(self) -> None:
@@ -814,7 +886,7 @@ echo done >> {d}/status
         r3["services_before"], r3["services_after"] = before, after
         status = local / "status"
         r3["producer_batches"] = [ln for ln in status.read_text().splitlines() if ln.strip()] if status.exists() else []
-        with self.step("run 3 (upgrade): images checked in MongoDB"):
+        with self.step(f"run 3 (upgrade): images checked in the store ({self.args.store})"):
             report = r3["producer"] = self.producers_report(local, timeout_s=900)
         # When the services restarted, and how many images were sent before, during, after.
         windows = {}
@@ -989,9 +1061,11 @@ def render(s: dict) -> str:
     width = max((len(k) for k in s["timings_s"]), default=10)
     lines += [f"  {k.ljust(width)}  {v:8.1f} s" for k, v in s["timings_s"].items()]
     r1 = s.get("run1", {})
+    if "store" in r1:
+        lines.append(f"run 1: store stage (PostgreSQL) for real: exit {r1['store']['rc']}, recap {r1['store']['recap']}")
     if "check_mode" in r1:
-        lines.append(f"run 1: kafka + mongodb + monitoring plays in --check mode: exit {r1['check_mode']['rc']}, "
-                     f"recap {r1['check_mode']['recap']}")
+        lines.append(f"run 1: kafka + store (MongoDB, CouchDB) + monitoring plays in --check mode: exit "
+                     f"{r1['check_mode']['rc']}, recap {r1['check_mode']['recap']}")
     for w in r1.get("lease_window", []):
         lines.append(f"run 1: lease {w['lease']} (controller TZ={w['tz']}): {w['start_date']} -> {w['end_date']} UTC, "
                      f"{w['hours']} h for {w['asked_hours']} h asked")
@@ -1039,6 +1113,10 @@ def main(argv=None) -> int:
     ap.add_argument("--run-dir", default=str(harness.DEFAULT_RUN_DIR), help="the harness's run dir")
     ap.add_argument("--keep", action="store_true", help="no teardown at the end (inspect the containers)")
     ap.add_argument("--skip-upgrade", action="store_true", help="no third run")
+    ap.add_argument("--store", choices=STORES, default="mongodb",
+                    help="iot_store of every run: mongodb (nx-27017 stands in for the store stage) or postgres "
+                         "(the store stage for real, on the image's PostgreSQL; run 2 must change nothing there "
+                         "either)")
     ap.add_argument("--producers", type=int, nargs="+", default=[1, 2], help="experiment_producers (default 1 2)")
     ap.add_argument("--images", type=int, default=20, help="experiment_images (default 20)")
     ap.add_argument("--rate", type=float, default=5, help="experiment_rate (default 5)")

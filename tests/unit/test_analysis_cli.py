@@ -368,3 +368,63 @@ def test_from_mongo_unreachable_exit_2(tmp_path, capsys):
     assert main(["--from-mongo", uri, "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert "MongoDB" in err and "secret" not in err and "Traceback" not in err
+
+
+@pytest.fixture(scope="module")
+def postgres_dsn():
+    """A real PostgreSQL (tests/pg.py) holding the pipeline's table, made by its own sink."""
+    from common.store.postgres import PostgresSink
+    from tests import pg
+
+    d = pg.reachable_dir("iot-pg-analysis-")
+    server = pg.PostgresServer(d)
+    try:
+        server.start()
+        sink = PostgresSink.open(server.settings())
+        sink.prepare()
+        sink.close()
+        yield server.dsn
+    finally:
+        server.stop()
+        pg.remove(d)
+
+
+def test_from_store_reads_the_store_store_names(tmp_path, postgres_dsn, monkeypatch, capsys):
+    """--from-store with STORE=postgres: the pseudo-run comes from iot_image_data, named after
+    the store; --stages-from-store fills a run directory's stages from it; --from-mongo (MongoDB
+    at a URI, whatever STORE says) is refused beside it."""
+    from tests import pg
+
+    with pg.connect(postgres_dsn) as conn:
+        for i in range(1, 51):
+            conn.execute("INSERT INTO iot_image_data (image_id, producer_id, device_id, seq, sent_at, received_at, "
+                         "stored_at, label, prediction) VALUES (%s, %s, 'cam-0', %s, %s, %s, %s, 'cat', 'cat')",
+                         (f"img-r-{i - 1}" if i <= 2 else f"pg-{i}", "p1" if i <= 40 else "p2", i, T0 + i,
+                          T0 + i + 0.001, T0 + i + i / 1000))
+    monkeypatch.setenv("STORE", "postgres")
+    monkeypatch.setenv("POSTGRES_DSN", postgres_dsn)
+    out = tmp_path / "out"
+    assert main(["--from-store", "--producer-id", "p1", "--out", str(out)]) == 0
+    (row,) = read_csv(out / "percentiles.csv")
+    assert row["run"] == "postgresql" and row["count"] == "40"
+    assert float(row["max_ms"]) == pytest.approx(40)
+    assert "| postgresql | 1 | 40 |" in capsys.readouterr().out
+
+    run = make_run(tmp_path / "r", [100.0, 200.0])
+    assert main([str(run), "--stages-from-store", "--out", str(tmp_path / "out2")]) == 0
+    assert "PostgreSQL stage data for 2 image(s)" in capsys.readouterr().err
+
+    with pytest.raises(SystemExit):
+        main(["--from-store", "--from-mongo", "mongodb://127.0.0.1:1", "--out", str(tmp_path / "x")])
+    assert "--from-store and --from-mongo: one of them" in capsys.readouterr().err
+
+
+def test_from_store_unreachable_or_empty_exit_2(tmp_path, postgres_dsn, monkeypatch, capsys):
+    monkeypatch.setenv("STORE", "postgres")
+    monkeypatch.setenv("POSTGRES_DSN", f"postgresql://iot:secret@127.0.0.1:{_free_port()}/iot")
+    assert main(["--from-store", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "PostgreSQL" in err and "secret" not in err and "Traceback" not in err
+    monkeypatch.setenv("POSTGRES_DSN", postgres_dsn)
+    assert main(["--from-store", "--producer-id", "nobody", "--out", str(tmp_path / "out")]) == 2
+    assert "no images with sent_at for producer(s) nobody" in capsys.readouterr().err
