@@ -70,6 +70,11 @@ class KafkaSettings(ProjectSettings):
         "Bytes of images a producer holds that the broker has not acknowledged yet (Kafka's "
         "buffer.memory; 32 MiB as Kafka's). While the broker is away they wait in it and go when it "
         "returns; an image that finds no room within KAFKA_MAX_BLOCK_MS counts as failed."))
+    kafka_idempotence: bool = Field(True, description=(
+        "Producers ask the broker for an idempotent session (a retried batch is written once). The "
+        "local stack sets false with its broker on s3rver, whose idempotent sessions fail under "
+        "concurrent producers (tansu 0.6); retries may then write a batch twice, which the DB writer "
+        "stores once (docs/RELIABILITY.md)."))
     kafka_max_block_ms: int = Field(10_000, ge=0, description=(
         "How long a producer's send may wait: for the topic's metadata (the broker away; retried "
         "until KAFKA_DELIVERY_TIMEOUT_S) or for room in its buffer (then the image counts as failed)."))

@@ -68,7 +68,7 @@ def test_status_masks_passwords_and_shows_a_failure(tmp_path):
 
 def _planned_env(tmp_path, monkeypatch, **env) -> dict:
     for key in ("KAFKA_BOOTSTRAP_SERVERS", "MONGO_URI", "INFERENCE_URL", "KAFKA_FETCH_MAX_WAIT_MS", "STORE",
-                "STACK_BROKER_STORAGE", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+                "STACK_BROKER_STORAGE", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "KAFKA_IDEMPOTENCE"):
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("STACK_PROMETHEUS", "0")
     monkeypatch.setenv("STACK_DASHBOARD", "0")
@@ -108,6 +108,8 @@ def test_the_broker_keeps_its_data_on_s3rver_by_default_and_is_restarted_like_an
     assert len(key_id) >= 20 and len(secret) >= 32
     assert planned["kafka"]["AWS_ACCESS_KEY_ID"] == key_id and planned["kafka"]["AWS_SECRET_ACCESS_KEY"] == secret
     assert planned["kafka"]["AWS_ENDPOINT"].startswith("http://127.0.0.1:")
+    # tansu's S3 engine fails idempotent sessions under concurrent producers (stack/broker.py)
+    assert planned["stack.env"]["KAFKA_IDEMPOTENCE"] == "false" == planned["inference-consumer"]["KAFKA_IDEMPOTENCE"]
     # The keys go to the broker only: never to stack.env, the consumers or s3rver's command line.
     for name, env in planned.items():
         if name != "kafka":
@@ -127,6 +129,7 @@ def test_the_broker_keeps_its_data_on_s3rver_by_default_and_is_restarted_like_an
 def test_a_memory_broker_is_never_restarted_and_needs_no_s3rver(tmp_path, monkeypatch):
     planned = _planned_env(tmp_path, monkeypatch, STACK_BROKER_STORAGE="memory")
     assert "s3rver" not in planned and "AWS_ACCESS_KEY_ID" not in planned["kafka"]
+    assert "KAFKA_IDEMPOTENCE" not in planned["stack.env"]
     broker = _components(tmp_path)["kafka"]
     assert "memory://tansu/" in broker.argv and "memory" in broker.no_restart
     assert not (tmp_path / "data" / "broker.keys").exists()
