@@ -18,6 +18,11 @@
 //   over the old one once complete, and the answer comes after.  No fsync: like a
 //   single Kafka broker, what was acknowledged survives a crash of any process, not a
 //   power cut (docs/RELIABILITY.md).
+// * Listing cost.  tansu lists a partition's batches at every fetch; s3rver stats every
+//   file of the directory and reads two files per object for its checksum and metadata,
+//   so a fetch cost grew with the partition.  Here directories are read with their entry
+//   types (no stat) and each object's metadata is kept in memory after its first read, for
+//   as long as no write of that object happened meanwhile.
 // * Access.  s3rver answers anonymous requests and knows one hard-wired key, S3RVER.
 //   Here a request must name the stack's key id (the key file: id and secret on two
 //   lines, 0600, made by the stack) or it gets 403.  s3rver does not check a signature-V4
@@ -30,6 +35,20 @@ const fs = require('fs');
 const fsp = require('fs/promises');
 const path = require('path');
 const { pick, pickBy } = require('lodash');
+// Before s3rver's store takes it (it destructures walk when loaded): the entry types come
+// with the directory listing, no stat per file.
+const utils = require('s3rver/lib/utils');
+
+utils.walk = function* walk(dir, recurseFilter) {
+  for (const entry of fs.readdirSync(dir, { withFileTypes: true })) {
+    const filePath = path.posix.join(dir, entry.name);
+    if (!entry.isDirectory()) {
+      yield filePath;
+    } else if (!recurseFilter || recurseFilter(filePath)) {
+      yield* walk(filePath, recurseFilter);
+    }
+  }
+};
 const S3rver = require('s3rver');
 const AWSAccount = require('s3rver/lib/models/account');
 const S3Object = require('s3rver/lib/models/object');
@@ -62,8 +81,54 @@ async function writeAtomically(file, data) {
 }
 
 const store = server.store;
+
+// ---------------------------------------------------------------- metadata in memory
+// An entry is kept only if no write of its object began while it was read (``writes``
+// counts them per object), so a stale ETag is never served.
+const known = new Map();
+const writes = new Map();
+const readMetadata = store.getMetadata.bind(store);
+store.getMetadata = async function getMetadata(name, key) {
+  const id = `${name}/${key}`;
+  const hit = known.get(id);
+  if (hit) return { ...hit };
+  const before = writes.get(id) || 0;
+  const metadata = await readMetadata(name, key);
+  if ((writes.get(id) || 0) === before) {
+    if (known.size >= 200000) known.clear();
+    known.set(id, metadata);
+  }
+  return { ...metadata };
+};
+function written(name, key) {
+  const id = `${name}/${key}`;
+  writes.set(id, (writes.get(id) || 0) + 1);
+  known.delete(id);
+}
+for (const method of ['deleteObject', 'copyObject', 'putObjectMultipart']) {
+  const original = store[method].bind(store);
+  store[method] = async (...args) => {
+    // copyObject(srcBucket, srcKey, destBucket, destKey, ...); the others (bucket, key or upload)
+    const [name, key] = method === 'copyObject' ? [args[2], args[3]] : [args[0], args[1]];
+    written(name, key);
+    try {
+      return await original(...args);
+    } finally {
+      method === 'putObjectMultipart' ? known.clear() : written(name, key);
+    }
+  };
+}
 store.putObject = async function putObject(object) {
-  const objectPath = this.getResourcePath(object.bucket, object.key, 'object');
+  written(object.bucket, object.key);
+  try {
+    return await putWhole(this, object);
+  } finally {
+    written(object.bucket, object.key);
+  }
+};
+
+async function putWhole(self, object) {
+  const objectPath = self.getResourcePath(object.bucket, object.key, 'object');
   await fsp.mkdir(path.dirname(objectPath), { recursive: true });
   const tmp = `${objectPath}.${process.pid}-${temporaries++}.tmp`;
   const hash = crypto.createHash('md5');
@@ -91,11 +156,11 @@ store.putObject = async function putObject(object) {
     ...pick(object.metadata, S3Object.ALLOWED_METADATA),
     ...pickBy(object.metadata, (value, name) => name.startsWith('x-amz-meta-')),
   };
-  await writeAtomically(this.getResourcePath(object.bucket, object.key, 'metadata.json'),
+  await writeAtomically(self.getResourcePath(object.bucket, object.key, 'metadata.json'),
     JSON.stringify(metadata, null, 2));
   await fsp.rename(tmp, objectPath);
   return { size, md5 };
-};
+}
 
 // ---------------------------------------------------------------- conditional writes
 const queues = new Map();
