@@ -79,7 +79,11 @@ def broker_restart_rebalance(stack: Stack, note: dict) -> tuple[float, float]:
         t = stack.send("kafka", signal.SIGKILL)
         wait_for(lambda: stack.restarted("kafka", old), HANG_GUARD_S, "broker restarted")
         note["restarted_after_s"] = round(time.time() - t, 2)
-        note["joined_after_kill_s"] = round(wait_for(marker.exists, HANG_GUARD_S, "second consumer joined"), 2)
+        note["joined_after_kill_s"] = round(wait_for(lambda: marker.exists() or proc.poll() is not None,
+                                                     HANG_GUARD_S, "second consumer joined"), 2)
+        if not marker.exists():
+            raise RuntimeError(f"the second consumer exited with {proc.returncode} before it joined "
+                               f"(logs/extra-inference-consumer.log)")
         time.sleep(5)  # it owns partitions and works for a while
     finally:
         proc.send_signal(signal.SIGTERM)  # finish the batch, commit, leave the group
