@@ -94,7 +94,8 @@ def test_a_sigkilled_broker_is_restarted_with_its_records_and_committed_offsets(
     mine = _committed(stack, group, (TOPIC,))
     assert mine == {f"{TOPIC}[0]": 3, f"{TOPIC}[1]": 4}
     pipeline = _pipeline_offsets(stack)
-    assert all(v for offsets in pipeline.values() for v in offsets.values()), pipeline
+    # 20 images by 8 cameras (keys): each group has committed on some partition at least.
+    assert all(any(offsets.values()) for offsets in pipeline.values()), pipeline
 
     old = stack.pid("kafka")
     stack.send("kafka")  # SIGKILL, as python -m stack kill kafka
