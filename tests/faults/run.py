@@ -62,13 +62,13 @@ FAULTS_BY_NAME = {**ALL_FAULTS, **BROKER_FAULTS}
 
 class FaultSuite:
     def __init__(self, out: Path, *, images: int = 1000, rate: float = 40.0, fault_at: float = 0.3,
-                 result_timeout_s: float = HANG_GUARD_S, store: str = "mongodb"):
+                 result_timeout_s: float = HANG_GUARD_S, store: str = "mongodb", stack_env: dict | None = None):
         self.out = out
         self.images, self.rate, self.fault_at = images, rate, fault_at
         self.result_timeout_s = result_timeout_s
         # STORE=postgres: the stack's own cluster under out/stack, which the postgres user
         # reaches in a checkout (results/ is not root-only).
-        self.stack = Stack(out / "stack", {"STORE": store})
+        self.stack = Stack(out / "stack", {"STORE": store, **(stack_env or {})})
         self.results: list[dict] = []
 
     def __enter__(self) -> "FaultSuite":

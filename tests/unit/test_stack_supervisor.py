@@ -101,8 +101,8 @@ def _components(tmp_path) -> dict[str, Component]:
     return {c.name: c for c in sup.components}
 
 
-def test_the_broker_keeps_its_data_on_s3rver_by_default_and_is_restarted_like_any_component(tmp_path, monkeypatch):
-    planned = _planned_env(tmp_path, monkeypatch, STACK_S3RVER_PORT="0")
+def test_a_broker_on_s3rver_keeps_its_data_and_is_restarted_like_any_component(tmp_path, monkeypatch):
+    planned = _planned_env(tmp_path, monkeypatch, STACK_BROKER_STORAGE="s3", STACK_S3RVER_PORT="0")
     key_id, secret = (tmp_path / "data" / "broker.keys").read_text().split()
     assert stat.S_IMODE((tmp_path / "data" / "broker.keys").stat().st_mode) == 0o600
     assert len(key_id) >= 20 and len(secret) >= 32
@@ -123,11 +123,12 @@ def test_the_broker_keeps_its_data_on_s3rver_by_default_and_is_restarted_like_an
     assert s3.argv[s3.argv.index(str(tmp_path / "data" / "broker")) + 1] == \
         broker.env["AWS_ENDPOINT"].rsplit(":", 1)[1]
     # The same keys on the next start (s3rver's data is kept; so are they).
-    assert _planned_env(tmp_path, monkeypatch, STACK_S3RVER_PORT="0")["kafka"]["AWS_ACCESS_KEY_ID"] == key_id
+    assert _planned_env(tmp_path, monkeypatch, STACK_BROKER_STORAGE="s3",
+                        STACK_S3RVER_PORT="0")["kafka"]["AWS_ACCESS_KEY_ID"] == key_id
 
 
-def test_a_memory_broker_is_never_restarted_and_needs_no_s3rver(tmp_path, monkeypatch):
-    planned = _planned_env(tmp_path, monkeypatch, STACK_BROKER_STORAGE="memory")
+def test_a_memory_broker_the_default_is_never_restarted_and_needs_no_s3rver(tmp_path, monkeypatch):
+    planned = _planned_env(tmp_path, monkeypatch)
     assert "s3rver" not in planned and "AWS_ACCESS_KEY_ID" not in planned["kafka"]
     assert "KAFKA_IDEMPOTENCE" not in planned["stack.env"]
     broker = _components(tmp_path)["kafka"]
