@@ -7,7 +7,7 @@ PYTHON := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-deploy.txt requirements/*.txt | cksum | cut -d' ' -f1)
 
 .PHONY: venv up down status demo test test-faults lint experiment bench serve train deploy teardown clean \
-        deploy-venv logs ssh deploy-rehearsal test-containers pouchdb-server
+        deploy-venv logs ssh deploy-rehearsal test-containers pouchdb-server s3rver
 
 # PyTorch's CPU build (MODEL_ENGINE=torch, requirements/runtime-torch.txt), installed from
 # PyTorch's index before the rest: on Linux PyPI's torch is the CUDA build (several GB of
@@ -38,8 +38,22 @@ $(POUCHDB_STAMP): pouchdb/package.json pouchdb/package-lock.json
 
 pouchdb-server: $(POUCHDB_STAMP) ## install pouchdb-server (npm) for STORE=couchdb
 
-# What `make up` and `make demo` need besides the virtualenv: pouchdb-server with STORE=couchdb.
-STORE_SERVER := $(if $(filter couchdb,$(shell echo '$(STORE)' | tr A-Z a-z)),pouchdb-server)
+# s3rver (npm), where the local stack's broker keeps its data with STACK_BROKER_STORAGE=s3
+# (stack/broker.py; the fault suite's broker scenarios and make test use it), from s3rver/package-lock.json into s3rver/node_modules (not in
+# git, not in the bundle).  Pure JavaScript: nothing to build, no install script.
+S3RVER_STAMP := s3rver/node_modules/.installed-$(shell cat s3rver/package.json s3rver/package-lock.json | cksum | cut -d' ' -f1)
+
+$(S3RVER_STAMP): s3rver/package.json s3rver/package-lock.json
+	@command -v npm >/dev/null || { echo "npm is not installed: sudo scripts/install-system-packages.sh" >&2; exit 1; }
+	npm ci --prefix s3rver --ignore-scripts --no-audit --no-fund --loglevel=error
+	rm -f s3rver/node_modules/.installed-* && touch $@
+
+s3rver: $(S3RVER_STAMP) ## install s3rver (npm), the local broker's persistent storage
+
+# What `make up` and `make demo` need besides the virtualenv: pouchdb-server with STORE=couchdb,
+# s3rver with STACK_BROKER_STORAGE=s3.
+STORE_SERVER := $(if $(filter couchdb,$(shell echo '$(STORE)' | tr A-Z a-z)),pouchdb-server) \
+  $(if $(filter s3,$(shell echo '$(STACK_BROKER_STORAGE)' | tr A-Z a-z)),s3rver)
 
 # The deployment controller: its own light virtualenv (Ansible, the OpenStack client,
 # the analysis; no TensorFlow, no test tools), so `make deploy` works on a Mac too.
@@ -68,10 +82,10 @@ status: venv
 demo: venv $(STORE_SERVER) ## the whole pipeline once: 300 images, results/latest/
 	$(PYTHON) -m experiments.demo
 
-test: venv pouchdb-server ## unit + integration tests (starts and stops its own stack)
+test: venv pouchdb-server s3rver ## unit + integration tests (starts and stops its own stack)
 	$(PYTHON) -m pytest -q tests
 
-test-faults: venv pouchdb-server ## fault injection: kill each part mid-stream, 1,000 images per scenario (~6 min)
+test-faults: venv pouchdb-server s3rver ## fault injection: kill each part mid-stream, 1,000 images per scenario (~6 min)
 	$(PYTHON) -m pytest -q -m faults tests/faults
 
 # The images (Dockerfile) on a debootstrap base and compose.yaml's pipeline with the embedded
@@ -114,7 +128,7 @@ ssh:              ## a shell on a VM: make ssh VM=inference
 	@test -n "$(VM)" || { echo "usage: make ssh VM=<producer|inference|kafka|mongodb (the store VM)>"; exit 2; }
 	ssh -F .deploy/$(PREFIX)/ssh_config $(PREFIX)-$(VM)
 
-bench: venv       ## throughput/latency vs the bare model and the per-message design, 32 px and 224 px (~25 min; ARGS="--sizes 32" ~8 min)
+bench: venv $(STORE_SERVER) ## throughput/latency vs the bare model and the per-message design, 32 px and 224 px (~25 min; ARGS="--sizes 32" ~8 min)
 	$(PYTHON) -m experiments.bench $(ARGS)
 
 serve: venv       ## the inference service alone, in the foreground
@@ -124,7 +138,7 @@ train: venv       ## train ResNet50 on CIFAR-10 (DATASET_SOURCE) for MODEL_WEIGH
 	$(PYTHON) -m inference.train $(if $(DATASET_SOURCE),--dataset-source $(DATASET_SOURCE)) \
 	  $(if $(filter cifar%,$(MODEL)),--model $(MODEL) --out results/$(MODEL).pt,--out results/resnet50-cifar10.weights.h5) $(ARGS)
 
-experiment: venv  ## latency sweep over 1..N producers: make experiment PRODUCERS="1 2" IMAGES=100 RATE=10 REPEAT=3
+experiment: venv $(STORE_SERVER) ## latency sweep over 1..N producers: make experiment PRODUCERS="1 2" IMAGES=100 RATE=10 REPEAT=3
 	$(PYTHON) -m experiments.experiment $(if $(PRODUCERS),--producers $(PRODUCERS)) \
 	  $(if $(IMAGES),--images $(IMAGES)) $(if $(RATE),--rate $(RATE)) $(if $(REPEAT),--repeat $(REPEAT)) \
 	  $(if $(UNTIL_CI),--until-ci $(UNTIL_CI)) $(if $(OUT),--out $(OUT)) $(ARGS)

@@ -43,7 +43,7 @@ def make_producer(s: KafkaSettings, **overrides):
                delivery_timeout_ms=int(s.kafka_delivery_timeout_s * 1000),
                # send() blocks at most this long for metadata (broker away), then raises
                # KafkaTimeoutError, which the producer retries until the delivery timeout.
-               max_block_ms=10_000)
+               max_block_ms=s.kafka_max_block_ms, enable_idempotence=s.kafka_idempotence)
     cfg.update(overrides)
     return KafkaProducer(**cfg)
 

@@ -63,6 +63,21 @@ class KafkaSettings(ProjectSettings):
         "Consumers' fetch long-poll: bounds how often an idle consumer asks, not latency. The local "
         "stack sets 40 for its embedded broker unless this is set."))
     kafka_producer_batch_bytes: int = Field(256 * 1024, description="kafka-python's producer batch, in bytes.")
+    # kafka-python 3 has no bound of its own on what a producer holds (Java's buffer.memory):
+    # the producer keeps this one (producer/buffer.py), so that a broker away for long holds
+    # a bounded number of images and what does not fit is counted, never dropped unseen.
+    kafka_producer_buffer_bytes: int = Field(32 * 1024 * 1024, ge=1, description=(
+        "Bytes of images a producer holds that the broker has not acknowledged yet (Kafka's "
+        "buffer.memory; 32 MiB as Kafka's). While the broker is away they wait in it and go when it "
+        "returns; an image that finds no room within KAFKA_MAX_BLOCK_MS counts as failed."))
+    kafka_idempotence: bool = Field(True, description=(
+        "Producers ask the broker for an idempotent session (a retried batch is written once). The "
+        "local stack sets false with its broker on s3rver, whose idempotent sessions fail under "
+        "concurrent producers (tansu 0.6); retries may then write a batch twice, which the DB writer "
+        "stores once (docs/RELIABILITY.md)."))
+    kafka_max_block_ms: int = Field(10_000, ge=0, description=(
+        "How long a producer's send may wait: for the topic's metadata (the broker away; retried "
+        "until KAFKA_DELIVERY_TIMEOUT_S) or for room in its buffer (then the image counts as failed)."))
     kafka_delivery_timeout_s: float = Field(120.0, gt=0, description=(
         "How long a producer keeps trying to deliver an image (broker away, leader moving) before it "
         "counts the image as failed."))

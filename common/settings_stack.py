@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import re
 
+from typing import Literal
+
 from pydantic import Field, field_validator
 
 from common.settings_base import CONFIG, ProjectSettings
@@ -29,6 +31,14 @@ class StackSettings(ProjectSettings):
         "Directory of the stack's state (stack.env, pids, logs, data). Unset: .run/ in the checkout."))
     stack_kafka_port: int = Field(9092, **_PORT, description=(
         "Port of the embedded Kafka broker when it is free, else any free port; 0: any free port."))
+    stack_broker_storage: Literal["memory", "s3"] = Field("memory", description=(
+        "Where the embedded broker (tansu) keeps topics, records and committed offsets: memory (lost "
+        "when the broker stops, so its death stops the stack), or s3, on disk through the stack's "
+        "s3rver (.run/data/broker, kept across restarts; the broker is restarted like any component, "
+        "at a cost in latency and CPU). docs/RELIABILITY.md, \"The local broker's storage\"."))
+    stack_s3rver_port: int = Field(4568, **_PORT, description=(
+        "Port of the s3rver that stores the embedded broker's data (STACK_BROKER_STORAGE=s3) when it "
+        "is free, else any free port; 0: any free port."))
     stack_mongo_port: int = Field(27017, **_PORT, description=(
         "Port of the embedded MongoDB server when it is free, else any free port; 0: any free port."))
     stack_postgres_port: int = Field(5432, **_PORT, description=(

@@ -6,7 +6,10 @@ import logging
 import time
 from time import time as wall_time  # the producers' clock (unit tests replace ``time``)
 
+from kafka.errors import KafkaConnectionError
+
 log = logging.getLogger(__name__)
+BROKER_AWAY_PAUSE_S = 1.0  # between polls while the broker is unreachable
 
 
 def gather(consumer, max_records: int, wait_ms: int, idle_timeout_ms: int = 500) -> list:
@@ -26,7 +29,15 @@ def gather(consumer, max_records: int, wait_ms: int, idle_timeout_ms: int = 500)
             timeout = int((deadline - time.monotonic()) * 1000)
             if timeout <= 0:
                 break
-        polled = consumer.poll(timeout_ms=timeout, max_records=max_records - len(records))
+        try:
+            polled = consumer.poll(timeout_ms=timeout, max_records=max_records - len(records))
+        except KafkaConnectionError as exc:
+            # The broker away (restarting): kafka-python raises when it cannot reach the group
+            # coordinator.  Nothing was taken from the topic, so poll again later; what was
+            # gathered goes on (its commit waits for the broker like any other).
+            log.warning("broker unreachable (%s); polling again in %.0f s", exc, BROKER_AWAY_PAUSE_S)
+            time.sleep(BROKER_AWAY_PAUSE_S)
+            return records
         for batch in polled.values():
             records.extend(batch)
         if not records:

@@ -31,6 +31,7 @@ from common.schema import (IMAGE_SCHEMA_JSON, InvalidMessage, dumps, image_recor
 from common.wire import (DEVICE_ID, E2E_MS, IMAGE, IMAGE_ID, INFERRED_AT, LABEL, MODEL, PREDICTION, PRODUCER_ID,
                          PUBLISHED_AT, RECEIVED_AT, RESULT_AT, RESULT_PRODUCER_HEADER, SENT_AT, SEQ, STORED_AT)
 from common.settings import KafkaSettings
+from producer.buffer import SendBuffer
 from producer.metrics import ProducerMetrics
 
 log = logging.getLogger(__name__)
@@ -278,14 +279,17 @@ def run_cameras(run: ProducerRun, *, kafka: KafkaSettings, dataset, count: int, 
     # cover a send in flight; this covers the broker being away before or between sends).
     delivery_deadline = time.monotonic() + kafka.kafka_delivery_timeout_s
     producer = _connect(kafka, delivery_deadline)
+    buffer = SendBuffer(kafka.kafka_producer_buffer_bytes)
 
-    def acked(_metadata, image_id):
+    def acked(_metadata, image_id, size=0):
+        buffer.release(size)
         with listener.lock:
             run.sent[image_id].acked = True
             run.acked += 1
         run.metrics.image_acked()
 
-    def failed(exc, image_id=None):
+    def failed(exc, image_id=None, size=0):
+        buffer.release(size)
         with listener.lock:
             run.sent[image_id].error = f"{type(exc).__name__}: {exc}"
             run.send_errors += 1
@@ -322,20 +326,30 @@ def run_cameras(run: ProducerRun, *, kafka: KafkaSettings, dataset, count: int, 
             image_id = msg[IMAGE_ID]
             with listener.lock:
                 run.sent[image_id] = SentImage({k: v for k, v in msg.items() if k != IMAGE})
-            while True:
+            # The image waits in the buffer until the broker acknowledges it or it fails; with
+            # the buffer full (the broker away for long) it is counted as failed, not dropped.
+            size = len(value)
+            while producer is not None:
+                if not buffer.reserve(size, kafka.kafka_max_block_ms / 1000):
+                    failed(KafkaTimeoutError(f"producer buffer full: {buffer.used} of {buffer.capacity} bytes "
+                                             f"not acknowledged for {kafka.kafka_max_block_ms} ms"),
+                           image_id=image_id)
+                    break
                 try:
-                    if producer is None:
-                        raise KafkaTimeoutError("no connection to the broker")
                     producer.send(kafka.images_topic, key=msg[DEVICE_ID].encode(), value=value, headers=headers) \
-                        .add_callback(acked, image_id=image_id).add_errback(failed, image_id=image_id)
+                        .add_callback(acked, image_id=image_id, size=size) \
+                        .add_errback(failed, image_id=image_id, size=size)
                     run.metrics.image_sent()
                     break
                 except KafkaError as exc:  # metadata unavailable: the broker is away
-                    if time.monotonic() > delivery_deadline or producer is None:
+                    buffer.release(size)
+                    if time.monotonic() > delivery_deadline:
                         failed(exc, image_id=image_id)
                         break
                     log.warning("send of %s: %s; retrying", image_id, exc)
                     time.sleep(1.0)
+            else:
+                failed(KafkaTimeoutError("no connection to the broker"), image_id=image_id)
             if producer is not None and time.monotonic() <= delivery_deadline:
                 delivery_deadline = time.monotonic() + kafka.kafka_delivery_timeout_s
             bar.update(1)

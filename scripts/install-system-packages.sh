@@ -5,7 +5,8 @@
 # (the VM and base images are built from the Debian archive, no registry needed),
 # docker-compose, the SSH client; for the observability tests Prometheus, promtool and
 # a headless Chromium; for STORE=postgres (the local stack's store and its tests) PostgreSQL;
-# for STORE=couchdb Node.js and npm, which install pouchdb-server (make pouchdb-server).
+# Node.js and npm, which install pouchdb-server for STORE=couchdb (make pouchdb-server) and
+# s3rver for STACK_BROKER_STORAGE=s3 (make s3rver).
 # kubectl (tests/containers/test_k8s.py: `kubectl kustomize`) is not in this list:
 # Debian's kubernetes-client is 1.20 (kustomize v2, too old) and conflicts with the
 # upstream `kubectl` package (pkgs.k8s.io) that CI images carry.
@@ -38,9 +39,9 @@ PACKAGES=(
   chromium               # the live dashboard's headless-browser test (tests/integration/test_dashboard.py)
   chromium-driver
   postgresql             # the local stack's PostgreSQL with STORE=postgres (stack/postgres.py) and its tests
-  nodejs                 # node: pouchdb-server, the local stack's CouchDB with STORE=couchdb (stack/couchdb.py)
+  nodejs                 # node: pouchdb-server (STORE=couchdb, stack/couchdb.py) and s3rver (STACK_BROKER_STORAGE=s3, stack/broker.py)
 )
-# npm (make pouchdb-server) comes with NodeSource's nodejs; Debian packages it apart.
+# npm (make pouchdb-server, make s3rver) comes with NodeSource's nodejs; Debian packages it apart.
 command -v npm >/dev/null 2>&1 || PACKAGES+=(npm)
 # Extra packages, e.g. IOT_REHEARSAL_EXTRA_PACKAGES="apt-cacher-ng"
 read -r -a EXTRA <<<"${IOT_REHEARSAL_EXTRA_PACKAGES:-}"

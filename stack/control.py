@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 # Endpoints the stack publishes in stack.env; set in the environment they mean
 # "use these external servers", so a stack of its own must not inherit them.
 STACK_ENV_KEYS = ("KAFKA_BOOTSTRAP_SERVERS", *STORE_ENDPOINT_KEYS, "INFERENCE_URL")
-COMPONENTS = ("kafka", "mongo", "inference", "inference-consumer", "db-consumer")
+COMPONENTS = ("s3rver", "kafka", "mongo", "inference", "inference-consumer", "db-consumer")
 
 __all__ = ["COMPONENTS", "LocalStack", "STACK_ENV_KEYS", "clean", "down", "hold", "process_tree", "read_env", "release",
            "read_pid", "signal_component", "stack_dir", "status", "supervisor_pid", "up"]
@@ -219,7 +219,7 @@ class LocalStack:
         self.timeout_s = timeout_s
         base = {k: v for k, v in os.environ.items() if k not in STACK_ENV_KEYS}
         self.env: dict[str, str] = {**base, "STACK_DIR": str(self.dir), "STACK_KAFKA_PORT": "0",
-                                    "STACK_MONGO_PORT": "0", "STACK_POSTGRES_PORT": "0", "STACK_COUCHDB_PORT": "0",
+                                    "STACK_S3RVER_PORT": "0", "STACK_MONGO_PORT": "0", "STACK_POSTGRES_PORT": "0", "STACK_COUCHDB_PORT": "0",
                                     "STACK_INFERENCE_PORT": "0",
                                     **(env or {})}
 

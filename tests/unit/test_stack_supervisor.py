@@ -67,7 +67,8 @@ def test_status_masks_passwords_and_shows_a_failure(tmp_path):
 
 
 def _planned_env(tmp_path, monkeypatch, **env) -> dict:
-    for key in ("KAFKA_BOOTSTRAP_SERVERS", "MONGO_URI", "INFERENCE_URL", "KAFKA_FETCH_MAX_WAIT_MS", "STORE"):
+    for key in ("KAFKA_BOOTSTRAP_SERVERS", "MONGO_URI", "INFERENCE_URL", "KAFKA_FETCH_MAX_WAIT_MS", "STORE",
+                "STACK_BROKER_STORAGE", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "KAFKA_IDEMPOTENCE"):
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("STACK_PROMETHEUS", "0")
     monkeypatch.setenv("STACK_DASHBOARD", "0")
@@ -92,6 +93,47 @@ def test_a_chosen_fetch_wait_or_an_external_broker_keeps_its_own(tmp_path, monke
     planned = _planned_env(tmp_path / "ext", monkeypatch, KAFKA_BOOTSTRAP_SERVERS="kafka:9092")
     assert "KAFKA_FETCH_MAX_WAIT_MS" not in planned["stack.env"]
     assert "KAFKA_FETCH_MAX_WAIT_MS" not in planned["db-consumer"]
+
+
+def _components(tmp_path) -> dict[str, Component]:
+    sup = Supervisor(tmp_path)
+    sup.plan()
+    return {c.name: c for c in sup.components}
+
+
+def test_a_broker_on_s3rver_keeps_its_data_and_is_restarted_like_any_component(tmp_path, monkeypatch):
+    planned = _planned_env(tmp_path, monkeypatch, STACK_BROKER_STORAGE="s3", STACK_S3RVER_PORT="0")
+    key_id, secret = (tmp_path / "data" / "broker.keys").read_text().split()
+    assert stat.S_IMODE((tmp_path / "data" / "broker.keys").stat().st_mode) == 0o600
+    assert len(key_id) >= 20 and len(secret) >= 32
+    assert planned["kafka"]["AWS_ACCESS_KEY_ID"] == key_id and planned["kafka"]["AWS_SECRET_ACCESS_KEY"] == secret
+    assert planned["kafka"]["AWS_ENDPOINT"].startswith("http://127.0.0.1:")
+    # tansu's S3 engine fails idempotent sessions under concurrent producers (stack/broker.py)
+    assert planned["stack.env"]["KAFKA_IDEMPOTENCE"] == "false" == planned["inference-consumer"]["KAFKA_IDEMPOTENCE"]
+    # The keys go to the broker only: never to stack.env, the consumers or s3rver's command line.
+    for name, env in planned.items():
+        if name != "kafka":
+            assert secret not in "".join(env.values()) and key_id not in "".join(env.values()), name
+    components = _components(tmp_path)
+    names = list(components)
+    assert names.index("s3rver") < names.index("kafka")  # the storage answers before the broker starts
+    broker, s3 = components["kafka"], components["s3rver"]
+    assert not broker.no_restart and "s3://tansu/" in broker.argv
+    assert str(tmp_path / "data" / "broker") in s3.argv and secret not in " ".join(s3.argv)
+    assert s3.argv[s3.argv.index(str(tmp_path / "data" / "broker")) + 1] == \
+        broker.env["AWS_ENDPOINT"].rsplit(":", 1)[1]
+    # The same keys on the next start (s3rver's data is kept; so are they).
+    assert _planned_env(tmp_path, monkeypatch, STACK_BROKER_STORAGE="s3",
+                        STACK_S3RVER_PORT="0")["kafka"]["AWS_ACCESS_KEY_ID"] == key_id
+
+
+def test_a_memory_broker_the_default_is_never_restarted_and_needs_no_s3rver(tmp_path, monkeypatch):
+    planned = _planned_env(tmp_path, monkeypatch)
+    assert "s3rver" not in planned and "AWS_ACCESS_KEY_ID" not in planned["kafka"]
+    assert "KAFKA_IDEMPOTENCE" not in planned["stack.env"]
+    broker = _components(tmp_path)["kafka"]
+    assert "memory://tansu/" in broker.argv and "memory" in broker.no_restart
+    assert not (tmp_path / "data" / "broker.keys").exists()
 
 
 def test_store_postgres_plans_a_cluster_of_its_own_and_no_mongodb(tmp_path, monkeypatch):

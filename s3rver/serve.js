@@ -1,0 +1,249 @@
+#!/usr/bin/env node
+// s3rver on 127.0.0.1 for the local stack's broker (stack/broker.py):
+//   node serve.js <data directory> <port> <key file> <bucket>
+//
+// Three things tansu's S3 engine needs that s3rver 3.7 lacks, added here:
+//
+// * Conditional writes.  tansu creates record batches with `If-None-Match: *` and updates
+//   its watermarks and metadata with `If-Match: <etag>` (optimistic concurrency: a write
+//   that lost a race gets 412 and is redone on fresh state).  s3rver ignores both headers,
+//   so two concurrent produce requests could take the same offset and the second batch
+//   would overwrite the first, acknowledged, one; the producer's sequence state went out
+//   of order the same way (OutOfOrderSequenceNumber).  Here every PUT or DELETE of one key
+//   runs alone, after its condition is checked as S3 does (412, or 404 for If-Match on a
+//   missing key).
+// * Atomic objects.  s3rver rewrites an object's file in place and answers before the
+//   file is written: a reader could see half a watermark, and a crash right after the
+//   answer leave half a batch.  Here an object is written to a temporary file and renamed
+//   over the old one once complete, and the answer comes after.  No fsync: like a
+//   single Kafka broker, what was acknowledged survives a crash of any process, not a
+//   power cut (docs/RELIABILITY.md).
+// * Listing cost.  tansu lists a partition's batches at every fetch; s3rver stats every
+//   file of the directory and reads two files per object for its checksum and metadata,
+//   so a fetch cost grew with the partition.  Here directories are read with their entry
+//   types (no stat) and each object's metadata is kept in memory after its first read, for
+//   as long as no write of that object happened meanwhile.
+// * Access.  s3rver answers anonymous requests and knows one hard-wired key, S3RVER.
+//   Here a request must name the stack's key id (the key file: id and secret on two
+//   lines, 0600, made by the stack) or it gets 403.  s3rver does not check a signature-V4
+//   request's signature, so the random key id is what keeps other local users out (it
+//   travels on loopback only, where they cannot read it).
+'use strict';
+
+const crypto = require('crypto');
+const fs = require('fs');
+const fsp = require('fs/promises');
+const path = require('path');
+const { pick, pickBy } = require('lodash');
+// Before s3rver's store takes it (it destructures walk when loaded): the entry types come
+// with the directory listing, no stat per file.
+const utils = require('s3rver/lib/utils');
+
+utils.walk = function* walk(dir, recurseFilter) {
+  for (const entry of fs.readdirSync(dir, { withFileTypes: true })) {
+    const filePath = path.posix.join(dir, entry.name);
+    if (!entry.isDirectory()) {
+      yield filePath;
+    } else if (!recurseFilter || recurseFilter(filePath)) {
+      yield* walk(filePath, recurseFilter);
+    }
+  }
+};
+const S3rver = require('s3rver');
+const AWSAccount = require('s3rver/lib/models/account');
+const S3Object = require('s3rver/lib/models/object');
+
+const [directory, port, keyFile, bucket] = process.argv.slice(2);
+if (!bucket) {
+  console.error('usage: serve.js <data directory> <port> <key file> <bucket>');
+  process.exit(2);
+}
+const [keyId, secret] = fs.readFileSync(keyFile, 'utf8').trim().split('\n');
+AWSAccount.DUMMY_ACCOUNT.revokeAccessKey('S3RVER');
+AWSAccount.DUMMY_ACCOUNT.createKeyPair(keyId, secret);
+
+fs.mkdirSync(directory, { recursive: true });
+const server = new S3rver({
+  directory,
+  address: '127.0.0.1',
+  port: Number(port),
+  silent: true,
+  configureBuckets: [{ name: bucket, configs: [] }],
+});
+
+// ---------------------------------------------------------------- atomic objects
+let temporaries = 0;
+
+async function writeAtomically(file, data) {
+  const tmp = `${file}.${process.pid}-${temporaries++}.tmp`;
+  await fsp.writeFile(tmp, data);
+  await fsp.rename(tmp, file);
+}
+
+const store = server.store;
+
+// ---------------------------------------------------------------- metadata in memory
+// An entry is kept only if no write of its object began while it was read (``writes``
+// counts them per object), so a stale ETag is never served.
+const known = new Map();
+const writes = new Map();
+const readMetadata = store.getMetadata.bind(store);
+store.getMetadata = async function getMetadata(name, key) {
+  const id = `${name}/${key}`;
+  const hit = known.get(id);
+  if (hit) return { ...hit };
+  const before = writes.get(id) || 0;
+  const metadata = await readMetadata(name, key);
+  if ((writes.get(id) || 0) === before) {
+    if (known.size >= 200000) known.clear();
+    known.set(id, metadata);
+  }
+  return { ...metadata };
+};
+function written(name, key) {
+  const id = `${name}/${key}`;
+  writes.set(id, (writes.get(id) || 0) + 1);
+  known.delete(id);
+}
+for (const method of ['deleteObject', 'copyObject', 'putObjectMultipart']) {
+  const original = store[method].bind(store);
+  store[method] = async (...args) => {
+    // copyObject(srcBucket, srcKey, destBucket, destKey, ...); the others (bucket, key or upload)
+    const [name, key] = method === 'copyObject' ? [args[2], args[3]] : [args[0], args[1]];
+    written(name, key);
+    try {
+      return await original(...args);
+    } finally {
+      method === 'putObjectMultipart' ? known.clear() : written(name, key);
+    }
+  };
+}
+store.putObject = async function putObject(object) {
+  written(object.bucket, object.key);
+  try {
+    return await putWhole(this, object);
+  } finally {
+    written(object.bucket, object.key);
+  }
+};
+
+async function putWhole(self, object) {
+  const objectPath = self.getResourcePath(object.bucket, object.key, 'object');
+  await fsp.mkdir(path.dirname(objectPath), { recursive: true });
+  const tmp = `${objectPath}.${process.pid}-${temporaries++}.tmp`;
+  const hash = crypto.createHash('md5');
+  let size = 0;
+  const file = await fsp.open(tmp, 'w');
+  try {
+    const chunks = Buffer.isBuffer(object.content) ? [object.content] : object.content;
+    for await (const chunk of chunks) {
+      hash.update(chunk);
+      size += chunk.length;
+      await file.write(chunk);
+    }
+  } catch (err) {
+    await file.close();
+    await fsp.rm(tmp, { force: true });
+    throw err;
+  }
+  await file.close();
+  const md5 = hash.digest('hex');
+  // The checksum (the ETag) and the metadata first, the object last: until the rename the
+  // old object stays whole, and an ETag that does not match it only makes a conditional
+  // write fail, which tansu redoes after reading the object again.
+  await writeAtomically(`${objectPath}.md5`, md5);
+  const metadata = {  // what s3rver's putMetadata keeps
+    ...pick(object.metadata, S3Object.ALLOWED_METADATA),
+    ...pickBy(object.metadata, (value, name) => name.startsWith('x-amz-meta-')),
+  };
+  await writeAtomically(self.getResourcePath(object.bucket, object.key, 'metadata.json'),
+    JSON.stringify(metadata, null, 2));
+  await fsp.rename(tmp, objectPath);
+  return { size, md5 };
+}
+
+// ---------------------------------------------------------------- conditional writes
+const queues = new Map();
+
+async function alone(key, work) {
+  const before = queues.get(key) || Promise.resolve();
+  let done;
+  const mine = before.then(() => new Promise(resolve => (done = resolve)));
+  queues.set(key, mine);
+  await before;
+  try {
+    return await work();
+  } finally {
+    done();
+    if (queues.get(key) === mine) queues.delete(key);
+  }
+}
+
+const tags = header => header.split(',').map(t => t.trim().replace(/^W\//, '').replace(/"/g, ''));
+
+async function currentTag(name, key) {
+  try {
+    return (await store.getMetadata(name, key)).etag.replace(/"/g, '');
+  } catch (err) {
+    if (err.code === 'ENOENT') return null;
+    throw err;
+  }
+}
+
+function refuse(ctx, status, code, message) {
+  ctx.status = status;
+  ctx.type = 'application/xml';
+  ctx.body = `<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>${code}</Code><Message>${message}</Message></Error>`;
+}
+
+async function conditional(ctx, next) {
+  const [name, ...parts] = ctx.path.split('/').slice(1);
+  const key = decodeURIComponent(parts.join('/'));
+  if (!['PUT', 'DELETE'].includes(ctx.method) || !key) return next();
+  return alone(`${name}/${key}`, async () => {
+    const ifMatch = ctx.get('if-match');
+    const ifNoneMatch = ctx.get('if-none-match');
+    if (ifMatch || ifNoneMatch) {
+      const tag = await currentTag(name, key);
+      if (ifMatch && tag === null) {
+        return refuse(ctx, 404, 'NoSuchKey', 'The specified key does not exist.');
+      }
+      const matchFails = ifMatch && !(ifMatch.trim() === '*' || tags(ifMatch).includes(tag));
+      const noneMatchFails = ifNoneMatch && tag !== null && (ifNoneMatch.trim() === '*' || tags(ifNoneMatch).includes(tag));
+      if (matchFails || noneMatchFails) {
+        return refuse(ctx, 412, 'PreconditionFailed', 'At least one of the pre-conditions you specified did not hold');
+      }
+    }
+    return next();
+  });
+}
+
+// ---------------------------------------------------------------- access
+const credential = `Credential=${keyId}/`;
+
+async function authorized(ctx, next) {
+  if (!(ctx.headers.authorization || '').includes(credential)) {
+    return refuse(ctx, 403, 'AccessDenied', 'Access Denied');
+  }
+  return next();
+}
+
+// First in the chain, in this order (Koa composes the chain when the server starts).
+server.middleware.unshift(authorized, conditional);
+
+server.run((err, { address, port: bound } = {}) => {
+  if (err) {
+    console.error(`s3rver: ${err}`);
+    process.exit(1);
+  }
+  console.log(`s3rver serving ${directory} on ${address}:${bound}, bucket ${bucket}`);
+});
+// Stop accepting, let the requests in progress finish, then exit; the broker's idle
+// keep-alive connections do not hold it.
+for (const sig of ['SIGTERM', 'SIGINT']) {
+  process.on(sig, () => {
+    server.close(() => process.exit(0));
+    server.httpServer.closeIdleConnections();
+    setTimeout(() => process.exit(0), 5000).unref();
+  });
+}
