@@ -5,7 +5,8 @@ in the store exactly once with a prediction, that the producer got every result 
 that the run's summary says ``lost: 0``.  The table and ``faults.json`` are written
 to results/faults/<timestamp>/ (docs/RELIABILITY.md quotes the last run).  The storage
 scenarios run again on PostgreSQL and on CouchDB: tests/faults/test_faults_postgres.py,
-tests/faults/test_faults_couchdb.py.
+tests/faults/test_faults_couchdb.py; the inference consumer's with INFERENCE_MODE=embedded:
+tests/faults/test_faults_embedded.py.
 """
 
 from __future__ import annotations
@@ -21,12 +22,12 @@ from tests.faults.run import LAST_REPORT, ROOT, SCENARIOS, FaultSuite
 pytestmark = pytest.mark.faults
 
 
-def run_suite(store: str, suffix: str = "", latest_name: str = "latest"):
+def run_suite(store: str, suffix: str = "", latest_name: str = "latest", extra_env: dict | None = None):
     """A FaultSuite on its own stack for the module; its table and faults.json after."""
     out = ROOT / "results" / "faults" / (time.strftime("%Y%m%d-%H%M%S") + suffix)
     started = time.time()
     s = FaultSuite(out, images=int(os.environ.get("FAULT_IMAGES", 1000)),
-                   rate=float(os.environ.get("FAULT_RATE", 40)), store=store)
+                   rate=float(os.environ.get("FAULT_RATE", 40)), store=store, extra_env=extra_env)
     with s:
         yield s
     path = s.write(started)
