@@ -188,3 +188,15 @@ def test_secrets_are_generated_and_referenced_never_inlined(built):
     assert "valueFrom" in env["MONGO_PASSWORD"] and "$(MONGO_PASSWORD)" in env["MONGO_URI"]["value"]
     ignored = subprocess.run(["git", "check-ignore", "-q", "deploy/k8s/base/mongodb.env"], cwd=ROOT).returncode
     assert ignored == 0, "deploy/k8s/base/mongodb.env must be git-ignored"
+
+
+def test_the_torch_overlay_serves_the_torch_image_with_its_engine(tmp_path):
+    """MODEL_ENGINE=torch on Kubernetes: the inference-torch image (the Dockerfile's target of
+    that name) with MODEL_ENGINE=torch, everything else the local overlay's."""
+    docs = build("local-torch", tmp_path)
+    container = _by_kind(docs, "Deployment")["inference"]["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"].split(":")[0] == "iot-pipeline/inference-torch"
+    assert {"name": "MODEL_ENGINE", "value": "torch"} in container["env"]
+    assert container["imagePullPolicy"] == "Never"  # the local overlay's
+    consumer = _by_kind(docs, "Deployment")["inference-consumer"]["spec"]["template"]["spec"]["containers"][0]
+    assert consumer["image"].split(":")[0] == "iot-pipeline/app"
