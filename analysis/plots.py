@@ -256,8 +256,9 @@ def plot_confusion(acc: dict, out_path, title: str | None = None) -> Path:
         cbar.set_label("Share of the true class")
         overall = acc.get("overall_accuracy")
         headline = title or "Confusion matrix"
-        sub = f"model {acc.get('model') or '?'} — accuracy {overall:.1%} over {acc['n']:,} images" \
-            if overall is not None else f"model {acc.get('model') or '?'}"
+        weights = f" (weights: {acc['weights']})" if acc.get("weights") else ""
+        sub = f"model {acc.get('model') or '?'}{weights} — accuracy {overall:.1%} over {acc['n']:,} images" \
+            if overall is not None else f"model {acc.get('model') or '?'}{weights}"
         if not acc.get("meaningful", True):
             ax.set_title(f"{headline}\n{sub}\nNOT MEANINGFUL: untrained model, predictions are arbitrary",
                          color="#B00020", fontsize=12)

@@ -145,6 +145,22 @@ def accuracy_of(pairs: list[tuple[str, str | None]]) -> dict:
     }
 
 
+def weights_of(model: str | None) -> str | None:
+    """Where a model id's weights come from, in the words every accuracy is shown with:
+    ``pretrained`` (published weights: Keras' ImageNet ResNet50, chenyaofo's CIFAR ResNets),
+    ``random`` (untrained: the labels mean nothing), ``trained here`` (a weights file,
+    ``make train``; the id carries its hash).  Several ids (comma-joined): each, joined."""
+    if not model:
+        return None
+    kinds = []
+    for one in model.split(","):
+        kind = ("random" if "untrained" in one else
+                "pretrained" if "-pretrained-" in one or "-imagenet-" in one else "trained here")
+        if kind not in kinds:
+            kinds.append(kind)
+    return ", ".join(kinds)
+
+
 def labelled_pairs(run: Run) -> list[tuple[str, str | None]]:
     return [(r.label, r.prediction) for r in run.rows if r.label]
 
@@ -163,6 +179,7 @@ def accuracy_report(runs: list[Run]) -> tuple[dict | None, dict | None, str | No
     else:
         figure = accuracy_of([p for run in labelled for p in labelled_pairs(run)])
         figure["model"] = ", ".join(sorted({run.model or "?" for run in labelled}))
+        figure["weights"] = weights_of(",".join(sorted({run.model for run in labelled if run.model})))
         figure["meaningful"] = report["meaningful"]
         title = f"Confusion matrix — {len(labelled)} runs pooled"
         report["all_runs"] = {k: figure[k] for k in ("n", "correct", "overall_accuracy", "per_class")}
@@ -175,7 +192,7 @@ def run_accuracy(run: Run) -> dict | None:
     pairs = labelled_pairs(run)
     if not pairs:
         return None
-    out = {"model": run.model, "meaningful": not run.untrained}
+    out = {"model": run.model, "weights": weights_of(run.model), "meaningful": not run.untrained}
     if run.untrained:
         out["note"] = "untrained model: predictions are arbitrary, accuracy is NOT meaningful"
     out.update(accuracy_of(pairs))

@@ -9,7 +9,7 @@ from __future__ import annotations
 from functools import partial
 from pathlib import Path
 
-from analysis.report import accuracy_of
+from analysis.report import accuracy_of, weights_of
 from analysis.stats import latency_summary
 from common.rundir import LatencyRow, RunDir
 from common.wire import IMAGE, PREDICTION
@@ -39,6 +39,8 @@ def summarize(rows: list[LatencyRow], docs: dict[str, dict] | None, *,
         "duplicate_documents": None,
         "model": model,
         "untrained_model": bool(model and "untrained" in model),
+        # pretrained | trained here | random: what the accuracy below is worth, named with it.
+        "weights": weights_of(model),
         # The one accuracy rule (analysis.report.accuracy_of): over every labelled
         # image sent, a missing prediction counting as wrong.
         "accuracy": accuracy_of(labelled)["overall_accuracy"] if labelled else None,
@@ -105,7 +107,8 @@ def format_table(summary: dict) -> str:
         ("model", summary["model"] + ("  (UNTRAINED: labels are not meaningful)"
                                       if summary.get("untrained_model") else "")
          if summary["model"] else None),
-        ("accuracy", f"{acc:.1%}" if acc is not None else "n/a (no labels)"),
+        ("accuracy", f"{acc:.1%} ({summary['model']}, weights {summary.get('weights') or weights_of(summary['model'])})"
+         if acc is not None else "n/a (no labels)"),
         ("throughput", f"{summary['throughput_img_s']:.1f} images/s"
          if summary.get("throughput_img_s") else None),
     ]

@@ -5,6 +5,11 @@ message), in one run on one machine, at each input size.  The method, the output
 docs/PERFORMANCE.md.  ``--smoke`` runs a tiny version (seconds per step) that only proves
 the machinery and the output files; it says nothing about performance.
 
+The model is the service's settings': ``MODEL_ENGINE=torch MODEL=cifar10_resnet20 make bench``
+measures the CIFAR ResNet (32 px only) the same way, its limit included;
+``INFERENCE_MODE=embedded`` the pipeline with the model inside the inference consumer (no
+service, no HTTP hop) against the same bare-model limit.
+
 This module runs the configurations (the ramp, the latency points, the two stacks of one
 run); the model's limit is experiments/model_limit.py; the figures, the targets, the table
 and bench.png are experiments/bench_report.py.
@@ -43,7 +48,7 @@ LIMIT_BATCHES = (8, 16, 32, 64)
 BASELINE_ENV = settings_env(predict_batch_images=1, predict_batch_wait_ms=0, model_batch_max_images=1,
                             model_batch_delay_ms=0, db_max_records=1)
 # Settings recorded in bench.json (whatever the environment or defaults make them).
-RECORDED = ("PREDICT_BATCH_IMAGES", "PREDICT_BATCH_WAIT_MS", "MODEL_BATCH_MAX_IMAGES", "MODEL_BATCH_DELAY_MS",
+RECORDED = ("MODEL_ENGINE", "MODEL", "INFERENCE_MODE", "PREDICT_BATCH_IMAGES", "PREDICT_BATCH_WAIT_MS", "MODEL_BATCH_MAX_IMAGES", "MODEL_BATCH_DELAY_MS",
             "DB_MAX_RECORDS", "TF_INTRA_OP_THREADS", "TF_INTER_OP_THREADS", "GUNICORN_WORKERS",
             "GUNICORN_THREADS", "KAFKA_LINGER_MS", "KAFKA_PRODUCER_BATCH_BYTES", "KAFKA_FETCH_MAX_WAIT_MS", "MODEL_WEIGHTS",
             "MODEL_INPUT_SIZE", "IMAGES_PARTITIONS")
@@ -56,7 +61,17 @@ def effective_settings(env: dict) -> dict:
                   GunicornSettings):
         for name, f in group.model_fields.items():
             defaults.setdefault(name.upper(), f.default)
-    return {k: env.get(k, defaults.get(k)) for k in RECORDED}
+    out = {k: env.get(k, defaults.get(k)) for k in RECORDED}
+    out["MODEL"] = out["MODEL"] or served_model(env)
+    return out
+
+
+def served_model(env: dict) -> str:
+    """The network the service and the limit load with ``env`` (MODEL, else its engine's default)."""
+    from common.settings_service import ServiceSettings as Service
+
+    keys = ("MODEL", "MODEL_ENGINE", "DATASET")
+    return Service(**{k.lower(): env[k] for k in keys if env.get(k)}).served_model()
 
 
 # ------------------------------------------------------------------ stacks
@@ -177,6 +192,7 @@ def parse_args(argv=None):
     p.add_argument("--min-samples", type=int, default=None,
                    help="images per latency point at least (default 1000; smoke: 0)")
     args = p.parse_args(argv)
+    args.engine = with_flags(ServiceSettings, p).model_engine
     # The benchmark's own defaults where the environment gives none: random weights, no
     # access log, synthetic images (no download; the same 32x32 PNGs).
     service, gunicorn, data = (with_flags(g, p) for g in (ServiceSettings, GunicornSettings, DatasetSettings))
@@ -249,6 +265,11 @@ def measure_size(args, size: int, run: str, out: Path) -> dict:
                     "command": "python -m experiments.bench" + (" --smoke" if smoke else ""),
                     "input_size": int(common["MODEL_INPUT_SIZE"])}
     env_now = {**os.environ, **pipeline_env}
+    # What ran: the engine and network of the limit and of the stacks, and where the model
+    # runs (INFERENCE_MODE: the service, or the inference consumer itself).
+    recorded = effective_settings(env_now)
+    result.update(model_engine=recorded["MODEL_ENGINE"], model=recorded["MODEL"],
+                  inference_mode=recorded["INFERENCE_MODE"])
     result["settings"] = {"pipeline": effective_settings(env_now),
                           "baseline": effective_settings({**env_now, **BASELINE_ENV}),
                           "bench": {"step_s": step_s, "latency_s": latency_s, "growth": args.growth,
@@ -319,7 +340,8 @@ def main(argv=None) -> int:
     setup_logging()
     run = time.strftime("%Y%m%d-%H%M%S") + ("-smoke" if args.smoke else "")
     out = args.out or ROOT / "results" / "bench" / run
-    sizes = args.sizes or ([32] if args.smoke else [32, 224])
+    # The CIFAR ResNets (MODEL_ENGINE=torch) take 32x32 inputs only.
+    sizes = args.sizes or ([32] if args.smoke or args.engine == "torch" else [32, 224])
     log.info("input sizes %s, one whole run each", sizes)
     result = measure_size(args, sizes[0], run, out)
     for size in sizes[1:]:

@@ -69,6 +69,9 @@ def table(result: dict) -> str:
     lines = [f"bench {result['run']}  ({result['machine']['cpu_count']} cores, "
              f"load {result['load_average_start']} -> {result['load_average_end']}"
              f"{', SMOKE: not a measurement' if result['smoke'] else ''})",
+             f"  model {result.get('model', 'resnet50')} on {result.get('model_engine', 'tensorflow')}, "
+             f"{result['input_size']} px, " + ("in the inference consumer (INFERENCE_MODE=embedded)"
+                                               if result.get("inference_mode") == "embedded" else "behind the service"),
              "",
              f"  limit (bare model)    batch 1: {lim['batch1_img_s']:7.1f} img/s "
              f"({1000 / lim['batch1_img_s']:.1f} ms/img)   best (batch {lim['best_batch']}): "

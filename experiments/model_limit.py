@@ -1,12 +1,13 @@
-"""The model's own limit: bare ResNet50 forward passes in one process, with the
-service's input size and TensorFlow thread settings, batch 1 and larger batches;
+"""The model's own limit: bare forward passes of the served model (MODEL, MODEL_ENGINE:
+ResNet50 on TensorFlow, or a CIFAR ResNet on torch ...) with random weights in one process,
+with the service's input size and thread settings, batch 1 and larger batches;
 each the best of ``LIMIT_ROUNDS`` interleaved rounds (a ceiling, measured on a
 shared machine).  ``make bench`` compares the pipeline with it.
 
     python -m experiments.model_limit --batches 1 8 16 32 64 --seconds 6
 
 runs the measurement and prints ``LIMIT {json}``; ``start_limit``/``collect_limit``
-run it in a child process so the caller never imports TensorFlow.
+run it in a child process so the caller never imports TensorFlow or torch.
 """
 
 from __future__ import annotations
@@ -27,11 +28,10 @@ def limit_worker(batches: list[int], seconds: float) -> None:
     import numpy as np
 
     from common.settings import ServiceSettings
-    from inference import model as model_mod
+    from inference.serving import load_engine_model
 
-    s = ServiceSettings()
-    model_mod.configure_threads(s.tf_intra_op_threads, s.tf_inter_op_threads)
-    loaded = model_mod.load_model("random", s.model_input_size or 32)
+    # The service's loader: the engine's threads configured, its runtime only imported.
+    loaded = load_engine_model(ServiceSettings().model_copy(update={"model_weights": "random"}))
     rng = np.random.default_rng(0)
     out = {"model": loaded.id, "batches": {}, "rounds": LIMIT_ROUNDS}
     # Images of the model's input size, as the service feeds it (it resizes while decoding,
@@ -61,7 +61,7 @@ def limit_worker(batches: list[int], seconds: float) -> None:
 
 
 def start_limit(env: dict, batches: list[int], seconds: float) -> subprocess.Popen:
-    """The limit runs in its own process, so this one never imports TensorFlow."""
+    """The limit runs in its own process, so this one never imports TensorFlow or torch."""
     return subprocess.Popen([sys.executable, "-m", "experiments.model_limit",
                              "--batches", *map(str, batches), "--seconds", str(seconds)],
                             cwd=ROOT, env={**env, "TF_CPP_MIN_LOG_LEVEL": "2"},

@@ -69,6 +69,7 @@ def up(d: Path, timeout_s: float, env: dict | None = None) -> int:
     if supervisor_pid(d) and (d / "ready").exists():
         print(f"stack already up ({d / 'stack.env'})")
         return 0
+    supervisor = None
     if supervisor_pid(d):
         print("stack is starting (supervisor running); waiting")
     else:
@@ -76,7 +77,7 @@ def up(d: Path, timeout_s: float, env: dict | None = None) -> int:
             (d / name).unlink(missing_ok=True)
         (d / "logs").mkdir(parents=True, exist_ok=True)
         with open(d / "logs" / "supervisor.log", "ab") as logfile:
-            subprocess.Popen([sys.executable, "-m", "stack", "supervise"], cwd=ROOT,
+            supervisor = subprocess.Popen([sys.executable, "-m", "stack", "supervise"], cwd=ROOT,
                              env={**(os.environ if env is None else env), "STACK_DIR": str(d)},
                              stdout=logfile, stderr=logfile, stdin=subprocess.DEVNULL,
                              start_new_session=True)
@@ -94,8 +95,10 @@ def up(d: Path, timeout_s: float, env: dict | None = None) -> int:
             print(f"stack is up; endpoints in {d / 'stack.env'}:")
             print("  " + mask_env((d / "stack.env").read_text().strip()).replace("\n", "\n  "))
             return 0
-        # The supervisor writes its pid file within a second of starting.
-        vanished = time.monotonic() > started + 5 and not supervisor_pid(d)
+        # Gone: the supervisor started here has exited (on a loaded host its pid file can
+        # take longer than any fixed wait); one started before, when its pid file is gone.
+        vanished = (supervisor.poll() is not None if supervisor is not None
+                    else time.monotonic() > started + 5 and not supervisor_pid(d))
         if (d / "failed").exists() or vanished:
             reason = (d / "failed").read_text().strip() if (d / "failed").exists() else "supervisor exited"
             print(f"stack failed to start: {reason}", file=sys.stderr)

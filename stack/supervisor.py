@@ -5,7 +5,8 @@ State lives under the stack directory (``.run/`` by default, ``STACK_DIR`` to mo
 
     .run/stack.env          KAFKA_BOOTSTRAP_SERVERS=, STORE=, MONGO_URI= (STORE=mongodb),
                             POSTGRES_DSN= (STORE=postgres) or COUCHDB_URL=, COUCHDB_USER=,
-                            COUCHDB_PASSWORD= (STORE=couchdb), INFERENCE_URL=, the metrics
+                            COUCHDB_PASSWORD= (STORE=couchdb), INFERENCE_URL= (none with
+                            INFERENCE_MODE=embedded: no service is started), the metrics
                             ports (<COMPONENT>_METRICS_PORT=, PRODUCER_METRICS_PORT= for a
                             producer to use), PROMETHEUS_URL= when Prometheus runs,
                             DASHBOARD_URL= (python -m dashboard; STACK_DASHBOARD=0: none),
@@ -104,9 +105,15 @@ class Supervisor:
 
         self.components += plan_store(self.dir, self.endpoints)
 
+        # INFERENCE_MODE=embedded: the inference consumers run the model themselves
+        # (consumers/embedded.py) and nothing of the stack calls a service, so none is
+        # started; a given INFERENCE_URL is still published for whoever wants it.
+        embedded = inference.inference_mode == "embedded"
         inference_external = given(inference, "inference_url")
         if inference_external:
             self.endpoints["INFERENCE_URL"] = inference_external
+        elif embedded:
+            log.info("INFERENCE_MODE=embedded: the inference consumers run the model; no inference service")
         else:
             port = pick_port("inference")
             self.endpoints["INFERENCE_URL"] = f"http://127.0.0.1:{port}"
@@ -125,16 +132,20 @@ class Supervisor:
         # Every consumer serves /metrics on a port of its own (METRICS_PORT), written to
         # stack.env as <NAME>_METRICS_PORT; PRODUCER_METRICS_PORT is kept for a producer
         # run against the stack (the demo, the tests), which Prometheus scrapes too.
-        scrape = {"inference": [self.endpoints["INFERENCE_URL"].split("://", 1)[-1].rstrip("/")]}
+        scrape = {"inference": [self.endpoints["INFERENCE_URL"].split("://", 1)[-1].rstrip("/")]
+                                } if "INFERENCE_URL" in self.endpoints else {}
         for name, module in (*consumers, ("db-consumer", "consumers.db")):
             marker = self.dir / "state" / f"{name}.joined"
             metrics_port = free_port()
             self.endpoints[f"{name.upper().replace('-', '_')}_METRICS_PORT"] = str(metrics_port)
             scrape.setdefault("db-consumer" if name == "db-consumer" else "inference-consumer", []).append(
                 f"127.0.0.1:{metrics_port}")
+            # Embedded, an inference consumer loads the model before it joins: the service's wait.
+            loads_model = embedded and module == "consumers.inference"
             self.components.append(Component(
                 name, [py, "-m", module], ready=marker.exists,
-                env={"READY_FILE": str(marker), "METRICS_PORT": str(metrics_port), "METRICS_BIND": "127.0.0.1"}))
+                env={"READY_FILE": str(marker), "METRICS_PORT": str(metrics_port), "METRICS_BIND": "127.0.0.1"},
+                **({"ready_timeout_s": stack.stack_inference_ready_s} if loads_model else {})))
         # PRODUCER_METRICS_PORT for a producer started by hand, and a pool for the fleets of
         # make demo / make experiment / the bench, which give their i-th producer the i-th
         # (experiments.fleet): distinct ports, so one's series never continues the other's.

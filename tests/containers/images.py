@@ -9,6 +9,7 @@ tarball and the wheelhouse are cached outside the clone (IOT_CONTAINERS_CACHE, d
 
     python -m tests.containers.images                # iot-pipeline/{app,inference,embedded}:latest
     python -m tests.containers.images --postgres     # and iot-pipeline/postgres-debian:latest
+    python -m tests.containers.images --target inference-torch   # the torch image, from the same wheelhouse
     python -m tests.containers.images --prune [--base]   # drops the build cache it left
 """
 
@@ -38,9 +39,14 @@ BASE_REPO = "iot-pipeline/base"
 INCLUDE = ["python3", "python3-venv", "ca-certificates"]
 RECIPE_VERSION = "1"
 # What the images install (requirements/*.txt: -r includes are followed).
-REQUIREMENTS = [ROOT / "requirements" / name for name in ("inference.txt", "stack.txt", "analysis.txt")]
+# runtime-torch.txt: torch==2.13.0 resolves to the CPU wheel this machine's pip finds (its
+# find-links hold torch-2.13.0+cpu), never PyPI's CUDA build.
+REQUIREMENTS = [ROOT / "requirements" / name
+                for name in ("inference.txt", "runtime-torch.txt", "stack.txt", "analysis.txt")]
 LABEL = "iot-pipeline.test=containers"
-TARGETS = ("app", "inference", "embedded")
+TARGETS = ("app", "inference", "embedded")  # what make test-containers builds and runs
+# Built on request (--target): not part of the Compose test.
+OPTIONAL_TARGETS = ("inference-torch",)
 WHEEL_PORT = int(os.environ.get("IOT_CONTAINERS_WHEEL_PORT", "8775"))
 
 
@@ -121,16 +127,16 @@ def served_wheelhouse(directory: Path):
             wheelhouse.stop(Path(run_dir))
 
 
-def image_names(tag: str = "test") -> dict[str, str]:
-    return {target: f"iot-pipeline/{target}:{tag}" for target in TARGETS}
+def image_names(tag: str = "test", targets=TARGETS) -> dict[str, str]:
+    return {target: f"iot-pipeline/{target}:{tag}" for target in targets}
 
 
-def build_images(tag: str = "test", timeout_s: float = 3600) -> dict[str, str]:
+def build_images(tag: str = "test", timeout_s: float = 3600, targets=TARGETS) -> dict[str, str]:
     """docker build of every target of the Dockerfile on the debootstrap base, pip from
     the local wheelhouse; the engine's layer cache makes a second build quick."""
     base = ensure_base()
     wheels = ensure_wheelhouse()
-    names = image_names(tag)
+    names = image_names(tag, targets)
     revision = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
                               text=True).stdout.strip() or "unknown"
     with served_wheelhouse(wheels) as pip_args:
@@ -139,6 +145,8 @@ def build_images(tag: str = "test", timeout_s: float = 3600) -> dict[str, str]:
             docker.docker("build", "--network", "host", "--target", target, "-t", name,
                           "--label", LABEL, "--build-arg", f"BASE_IMAGE={base}",
                           "--build-arg", f"PIP_ARGS={pip_args}", "--build-arg", f"REVISION={revision}",
+                          # offline: torch's CPU wheel from the wheelhouse, not PyTorch's index
+                          *(["--build-arg", "TORCH_INDEX="] if target == "inference-torch" else []),
                           "-f", str(ROOT / "Dockerfile"), str(ROOT),
                           timeout=timeout_s)
             log.info("built %s in %.0fs", name, time.monotonic() - t0)
@@ -188,13 +196,15 @@ if __name__ == "__main__":
     parser.add_argument("--base", action="store_true", help="with --prune: the base image and tarball too")
     parser.add_argument("--postgres", action="store_true",
                         help="also the PostgreSQL image of the STORE=postgres test (Debian's package)")
+    parser.add_argument("--target", action="append", choices=TARGETS + OPTIONAL_TARGETS,
+                        help="build only this target (repeatable; default: %s)" % ", ".join(TARGETS))
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     docker.ensure_engine()
     if args.prune:
         prune(base=args.base)
     else:
-        for target, name in build_images(tag=args.tag).items():
+        for target, name in build_images(tag=args.tag, targets=tuple(args.target or TARGETS)).items():
             print(target, name)
         if args.postgres:
             print("postgres", build_postgres_image(tag=args.tag))

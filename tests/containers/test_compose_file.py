@@ -142,6 +142,25 @@ def test_dockerfile_rules():
     assert "--from=build-inference" not in by_stage["app"]
 
 
+def test_the_torch_engine_has_its_own_image_target():
+    """MODEL_ENGINE=torch: the inference-torch target installs requirements/runtime-torch.txt
+    (PyTorch's CPU build first, no TensorFlow), runs as the service user and says its engine;
+    Compose builds it with IOT_INFERENCE_TARGET and passes MODEL_ENGINE and MODEL through."""
+    text = (ROOT / "Dockerfile").read_text()
+    blocks = re.split(r"^FROM ", text, flags=re.M)[1:]
+    by_stage = {re.match(r"\S+ AS (\S+)", b).group(1): b for b in blocks}
+    build = by_stage["build-inference-torch"]
+    assert "runtime-torch.txt" in build and "inference.txt" not in build
+    assert "download.pytorch.org/whl/cpu" in build and "--no-deps" in build
+    final = by_stage["inference-torch"]
+    assert "--from=build-inference-torch" in final and "MODEL_ENGINE=torch" in final
+    assert re.search(r"^USER (?!root|0\b)\w+", final, re.M) and "HEALTHCHECK" in final
+    inference = _compose()["services"]["inference"]
+    assert inference["build"]["target"] == "${IOT_INFERENCE_TARGET:-inference}"
+    assert inference["environment"]["MODEL_ENGINE"] == "${MODEL_ENGINE:-tensorflow}"
+    assert "MODEL" in inference["environment"] and inference["environment"]["MODEL"] is None  # unset: the default
+
+
 def test_dockerignore_keeps_secrets_and_artefacts_out():
     lines = [ln.strip() for ln in (ROOT / ".dockerignore").read_text().splitlines()]
     assert lines[lines.index("*") if "*" in lines else 0] == "*", "an allow-list: everything ignored first"

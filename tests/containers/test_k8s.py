@@ -224,3 +224,15 @@ def test_the_postgres_overlay_points_every_component_at_postgres(built):
     server = _by_kind(docs, "StatefulSet")["postgres"]["spec"]["template"]
     assert server["spec"]["securityContext"]["runAsNonRoot"] is True
     assert server["spec"]["containers"][0]["image"].startswith("postgres:")
+
+
+def test_the_torch_overlay_serves_the_torch_image_with_its_engine(tmp_path):
+    """MODEL_ENGINE=torch on Kubernetes: the inference-torch image (the Dockerfile's target of
+    that name) with MODEL_ENGINE=torch, everything else the local overlay's."""
+    docs = build("local-torch", tmp_path)
+    container = _by_kind(docs, "Deployment")["inference"]["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"].split(":")[0] == "iot-pipeline/inference-torch"
+    assert {"name": "MODEL_ENGINE", "value": "torch"} in container["env"]
+    assert container["imagePullPolicy"] == "Never"  # the local overlay's
+    consumer = _by_kind(docs, "Deployment")["inference-consumer"]["spec"]["template"]["spec"]["containers"][0]
+    assert consumer["image"].split(":")[0] == "iot-pipeline/app"

@@ -124,7 +124,8 @@ def test_the_interpreter_is_chosen_from_facts():
     defaults = yaml.safe_load((ROOT / "roles/iot_app/defaults/main.yml").read_text())
     assert "ansible_facts" in defaults["iot_app_python"] and "python3.11" in defaults["iot_app_python"]
     vars_ = (ROOT / "roles/iot_app/vars/main.yml").read_text()
-    assert "'inference' in group_names" in vars_  # TensorFlow only on the inference hosts
+    # the model's engine only where the model runs (test_deploy.py renders every case)
+    assert "iot_app_model_hosts_group in group_names" in vars_
 
 
 # ----------------------------------------------------------------------- playbook fixes

@@ -320,6 +320,35 @@ def test_env_files(rendered):
     assert secure["KAFKA_SSL_CAFILE"] == "/etc/iot-pipeline/kafka-ca.crt"
 
 
+def test_the_model_engine_is_installed_where_the_model_runs_only(rendered):
+    """iot_model_engine / iot_inference_mode: TensorFlow's group or PyTorch's (runtime-torch, no
+    TensorFlow) on the inference VMs (service) or on the consumers' VM (embedded), nowhere else;
+    the torch pin installed from PyTorch's CPU index is requirements/runtime-torch.txt's."""
+    def groups(host, engine, mode):
+        return json.loads((rendered / host / f"requirements-{engine}-{mode}.json").read_text())
+
+    model = {"tensorflow": "inference", "torch": "runtime-torch"}
+    for engine in ("tensorflow", "torch"):
+        for mode, runs_it in (("service", "vm2-inference"), ("embedded", "vm3-kafka")):
+            for host in ("vm1-producer", "vm2-inference", "vm2b-inference", "vm3-kafka", "vm4-mongodb"):
+                got = groups(host, engine, mode)["groups"]
+                if host == runs_it or (host == "vm2b-inference" and runs_it == "vm2-inference"):
+                    assert got[:2] == ["core", model[engine]], (host, engine, mode, got)
+                else:
+                    assert not {"inference", "runtime-torch"} & set(got), (host, engine, mode, got)
+    assert groups("vm2-inference", "torch", "service")["torch_pin"] == "torch==2.13.0"
+    env = groups("vm2-inference", "torch", "service")["inference_env"]
+    assert env["MODEL_ENGINE"] == "torch" and env["MODEL"] == ""
+    # embedded: the consumer runs the model with the service's settings and calls no URL
+    consumer = env_file(rendered / "vm3-kafka" / "embedded-iot-inference-consumer.env")
+    assert consumer["INFERENCE_MODE"] == "embedded" and consumer["MODEL_ENGINE"] == "torch"
+    assert consumer["MODEL"] == "cifar10_resnet56" and consumer["MODEL_WEIGHTS"] == "auto"
+    assert "INFERENCE_URL" not in consumer and "INFERENCE_TOKEN" not in consumer
+    assert "INFERENCE_MODE" not in env_file(rendered / "vm3-kafka" / "iot-inference-consumer.env")
+    config = yaml.safe_load((rendered / "vm4-mongodb" / "embedded-prometheus.yml").read_text())
+    assert "inference" not in {c["job_name"] for c in config["scrape_configs"]}  # no service runs
+
+
 def test_monitoring_scrapes_every_component_from_the_inventory(rendered):
     """The VMs' Prometheus (roles/monitoring, on the first mongodb host): one job per
     component with the inventory's addresses, the consumers serving their metrics on the

@@ -5,6 +5,7 @@ come back, and prove that nothing was lost.
     python -m tests.faults.run --scenario mongo-restart --images 1000 --rate 40
     python -m tests.faults.run --store postgres      # the storage scenarios on PostgreSQL
     python -m tests.faults.run --store couchdb       # ... on CouchDB (pouchdb-server, on disk)
+    python -m tests.faults.run --embedded            # the inference consumer's scenarios, INFERENCE_MODE=embedded
 
 The runner starts its own stack (temporary STACK_DIR, free ports, random 32x32
 weights), and for each scenario runs one producer (``--images`` at ``--rate``
@@ -57,6 +58,13 @@ from tests.faults.stores import ALL_FAULTS, COUCH_SCENARIOS, POSTGRES_SCENARIOS,
 
 STORE_SCENARIOS = {"postgres": POSTGRES_SCENARIOS, "couchdb": COUCH_SCENARIOS}
 FAULTS_BY_NAME = {**ALL_FAULTS, **BROKER_FAULTS}
+# INFERENCE_MODE=embedded (consumers/embedded.py): the model runs in the inference consumer
+# (the torch engine: the lighter model), the stack starts no service.  The scenarios of the
+# inference consumer hold there too; the service's own (a Gunicorn worker killed, the
+# service down or answering 401) have no service to hit, and slow-inference and overload
+# slow the consumer's own model down (INFERENCE_SLOWDOWN_S in its environment).
+EMBEDDED_ENV = {"INFERENCE_MODE": "embedded", "MODEL_ENGINE": "torch"}
+EMBEDDED_SCENARIOS = ["inference-consumer", "rebalance", "rebalance-kill", "slow-inference", "overload"]
 
 # ------------------------------------------------------------------ running
 
@@ -69,6 +77,7 @@ class FaultSuite:
         # STORE=postgres: the stack's own cluster under out/stack, which the postgres user
         # reaches in a checkout (results/ is not root-only).
         self.stack = Stack(out / "stack", {"STORE": store, **(stack_env or {})})
+        self.embedded = (stack_env or {}).get("INFERENCE_MODE") == "embedded"
         self.results: list[dict] = []
 
     def __enter__(self) -> "FaultSuite":
@@ -254,25 +263,32 @@ class FaultSuite:
     @contextlib.contextmanager
     def _throttled(self, tag: str, slowdown_s: float, consumer_env: dict):
         """A second inference service whose model sleeps ``slowdown_s`` per batch, and an
-        inference consumer using it in place of the stack's (paused meanwhile).
+        inference consumer using it in place of the stack's (paused meanwhile); embedded, the
+        consumer's own model sleeps (no service).
 
         The sleep bounds the service's capacity from above by construction
         (``batch / slowdown_s`` images/s whatever the machine), so a producer offered a
         multiple of that is in overload on a fast machine and on a slow one alike."""
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
         logs = self.stack.dir / "logs"
-        glog = open(logs / f"{tag}-inference.log", "ab")
-        gunicorn = subprocess.Popen(
-            [PY, "-m", "gunicorn", "-c", "inference/gunicorn.conf.py", "inference:create_app()"],
-            cwd=ROOT, env={**self.stack.env, "INFERENCE_BIND": f"127.0.0.1:{port}",
-                           "GUNICORN_WORKERS": "1", "INFERENCE_SLOWDOWN_S": str(slowdown_s)},
-            stdout=glog, stderr=glog, stdin=subprocess.DEVNULL, start_new_session=True)
-        glog.close()
+        gunicorn = None
+        if self.embedded:
+            url = ""
+            consumer_env = {**consumer_env, "INFERENCE_SLOWDOWN_S": str(slowdown_s)}
+        else:
+            port = free_port()
+            url = f"http://127.0.0.1:{port}"
+            glog = open(logs / f"{tag}-inference.log", "ab")
+            gunicorn = subprocess.Popen(
+                [PY, "-m", "gunicorn", "-c", "inference/gunicorn.conf.py", "inference:create_app()"],
+                cwd=ROOT, env={**self.stack.env, "INFERENCE_BIND": f"127.0.0.1:{port}",
+                               "GUNICORN_WORKERS": "1", "INFERENCE_SLOWDOWN_S": str(slowdown_s)},
+                stdout=glog, stderr=glog, stdin=subprocess.DEVNULL, start_new_session=True)
+            glog.close()
         consumer = None
         clog_path = logs / f"{tag}-consumer.log"
         try:
-            wait_for(lambda: http_ready(url), HANG_GUARD_S, "throttled inference service ready")
+            if gunicorn is not None:
+                wait_for(lambda: http_ready(url), HANG_GUARD_S, "throttled inference service ready")
             self.stack.stack("pause", "inference-consumer")
             old = self.stack.pid("inference-consumer")
             wait_for(lambda: old is None or not Path(f"/proc/{old}").exists(), HANG_GUARD_S,
@@ -281,7 +297,8 @@ class FaultSuite:
             clog = open(clog_path, "ab")
             consumer = subprocess.Popen(
                 [PY, "-m", "consumers.inference"], cwd=ROOT,
-                env={**self.stack.env, "INFERENCE_URL": url, "READY_FILE": str(marker), **consumer_env},
+                env={**self.stack.env, **({"INFERENCE_URL": url} if url else {}), "READY_FILE": str(marker),
+                     **consumer_env},
                 stdout=clog, stderr=clog, stdin=subprocess.DEVNULL)
             clog.close()
             wait_for(marker.exists, HANG_GUARD_S, f"{tag} consumer joined")
@@ -293,11 +310,12 @@ class FaultSuite:
                     consumer.wait(60)
                 except subprocess.TimeoutExpired:
                     consumer.kill()
-            os.killpg(gunicorn.pid, signal.SIGTERM)
-            try:
-                gunicorn.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(gunicorn.pid, signal.SIGKILL)
+            if gunicorn is not None:
+                os.killpg(gunicorn.pid, signal.SIGTERM)
+                try:
+                    gunicorn.wait(30)
+                except subprocess.TimeoutExpired:
+                    os.killpg(gunicorn.pid, signal.SIGKILL)
             old = self.stack.pid("inference-consumer")
             self.stack.stack("resume", "inference-consumer")
             wait_for(lambda: self.stack.restarted("inference-consumer", old)
@@ -419,16 +437,21 @@ def main(argv=None) -> int:
     p.add_argument("--scenario", action="append",
                    choices=list(dict.fromkeys(SCENARIOS + POSTGRES_SCENARIOS + COUCH_SCENARIOS + BROKER_SCENARIOS)),
                    help="run only this scenario (repeatable); default: all of the store's")
+    p.add_argument("--embedded", action="store_true",
+                   help="INFERENCE_MODE=embedded (the torch model in the inference consumer, no service): "
+                        "the inference consumer's scenarios")
     p.add_argument("--images", type=int, default=1000, help="images per fault scenario")
     p.add_argument("--rate", type=float, default=40.0, help="images per second")
     p.add_argument("--fault-at", type=float, default=0.3, help="fraction sent before the fault")
     p.add_argument("--out", type=Path, default=ROOT / "results" / "faults" / time.strftime("%Y%m%d-%H%M%S"))
     args = p.parse_args(argv)
     started = time.time()
-    suite = FaultSuite(args.out, images=args.images, rate=args.rate, fault_at=args.fault_at, store=args.store)
+    suite = FaultSuite(args.out, images=args.images, rate=args.rate, fault_at=args.fault_at, store=args.store,
+                       stack_env=EMBEDDED_ENV if args.embedded else None)
+    default = EMBEDDED_SCENARIOS if args.embedded else STORE_SCENARIOS.get(args.store, SCENARIOS)
     try:
         with suite:
-            for name in args.scenario or STORE_SCENARIOS.get(args.store, SCENARIOS):
+            for name in args.scenario or default:
                 try:
                     suite.run(name)
                 except Exception as exc:  # noqa: BLE001 - record and go on with the next

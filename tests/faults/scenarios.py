@@ -84,7 +84,7 @@ class Stack(LocalStack):
         store = {"postgres": "POSTGRES_DSN", "couchdb": "COUCHDB_URL"}.get(self.env.get("STORE"), "MONGO_URI")
         store = self.env[store]
         say(f"stack up in {time.monotonic() - t0:.0f} s: {self.env['KAFKA_BOOTSTRAP_SERVERS']}, "
-            f"{mask_uris(store)}, {self.env['INFERENCE_URL']}")
+            f"{mask_uris(store)}, {self.env.get('INFERENCE_URL') or 'the model in the inference consumer'}")
 
     def down(self) -> None:
         self.stop()

@@ -5,7 +5,8 @@ in the store exactly once with a prediction, that the producer got every result 
 that the run's summary says ``lost: 0``.  The table and ``faults.json`` are written
 to results/faults/<timestamp>/ (docs/RELIABILITY.md quotes the last run).  The storage
 scenarios run again on PostgreSQL and on CouchDB: tests/faults/test_faults_postgres.py,
-tests/faults/test_faults_couchdb.py.
+tests/faults/test_faults_couchdb.py; the inference consumer's with INFERENCE_MODE=embedded:
+tests/faults/test_faults_embedded.py.
 """
 
 from __future__ import annotations

@@ -54,11 +54,21 @@ def test_peak_rss_reads_pid_files(tmp_path):
 
 
 @pytest.mark.integration
-def test_bench_smoke_writes_files_and_keys(tmp_path, cifar_archive):
+@pytest.mark.parametrize("model", [
+    {},
+    # The CIFAR ResNet on torch, in the inference consumer: no service, the same figures.
+    {"MODEL_ENGINE": "torch", "MODEL": "cifar10_resnet20", "INFERENCE_MODE": "embedded"},
+], ids=["resnet50-service", "torch-embedded"])
+def test_bench_smoke_writes_files_and_keys(tmp_path, cifar_archive, model):
+    if model.get("MODEL_ENGINE") == "torch":
+        from tests.binaries import required_module
+
+        required_module("torch")
     out = tmp_path / "bench"
     env = {k: v for k, v in os.environ.items()
-           if k not in ("KAFKA_BOOTSTRAP_SERVERS", "MONGO_URI", "INFERENCE_URL", "STACK_DIR")}
-    env.update(DATASET_SOURCE=str(cifar_archive), MODEL_WEIGHTS="random")
+           if k not in ("KAFKA_BOOTSTRAP_SERVERS", "MONGO_URI", "INFERENCE_URL", "STACK_DIR", "MODEL_ENGINE",
+                        "MODEL", "INFERENCE_MODE")}
+    env.update(DATASET_SOURCE=str(cifar_archive), MODEL_WEIGHTS="random", **model)
     proc = subprocess.run([sys.executable, "-m", "experiments.bench", "--smoke", "--out", str(out)],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
@@ -66,13 +76,20 @@ def test_bench_smoke_writes_files_and_keys(tmp_path, cifar_archive):
     for key in KEYS:
         assert key in result, key
     assert result["smoke"] is True
+    embedded = model.get("INFERENCE_MODE") == "embedded"
+    assert result["model_engine"] == model.get("MODEL_ENGINE", "tensorflow")
+    assert result["inference_mode"] == ("embedded" if embedded else "service")
+    assert result["model"] == model.get("MODEL", "resnet50") and result["settings"]["pipeline"]["MODEL"] == result["model"]
+    assert result["limit"]["model"].startswith(f"{result['model']}-untrained-32")  # the bare model is the served one
     assert result["efficiency"] > 0 and result["producer_core_ms_per_img"] > 0  # measured, whatever their value
     assert result["p99_50pct_over_batch1"] > 0
     assert (out / "bench.png").stat().st_size > 10_000
     for name in ("pipeline", "baseline"):
         rec = result[name]
         assert rec["ramp"] and "50pct" in rec["latency"]
-        assert {"inference", "kafka", "mongo", "inference-consumer", "db-consumer"} <= set(rec["peak_rss"])
+        components = {"kafka", "mongo", "inference-consumer", "db-consumer"}
+        assert components <= set(rec["peak_rss"])
+        assert ("inference" in rec["peak_rss"]) is not embedded  # embedded: no service started
         assert rec["latency"]["50pct"]["stored_with_prediction"] == rec["latency"]["50pct"]["sent"]
     # The camera JPEG beside the PNG: every image of both kinds stored with its prediction.
     cost = result["pipeline"]["image_cost"]

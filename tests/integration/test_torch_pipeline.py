@@ -70,7 +70,7 @@ def test_every_image_is_classified_by_the_torch_engine_and_stored(torch_stack, t
 @pytest.fixture(scope="module")
 def embedded_stack(tmp_path_factory, cifar_archive):
     """The stack with INFERENCE_MODE=embedded: the inference consumer runs the torch model
-    itself (the supervisor still starts the service, which gets no prediction request)."""
+    itself, and the supervisor starts no inference service."""
     required_module("torch")
     checkpoint = write_checkpoint(tmp_path_factory.mktemp("weights"), seed=3)
     env = {"INFERENCE_MODE": "embedded", "MODEL_ENGINE": "torch", "MODEL_WEIGHTS": str(checkpoint),
@@ -83,7 +83,6 @@ def embedded_stack(tmp_path_factory, cifar_archive):
 def test_the_embedded_mode_classifies_every_image_in_the_consumer(embedded_stack, tmp_path):
     from common.store import open_reader
     from inference.weights import file_sha256
-    from stack.supervisor import child_pids
 
     env = embedded_stack["env"]
     model_id = f"cifar10_resnet20-{file_sha256(str(embedded_stack['checkpoint']))[:8]}-32"
@@ -98,5 +97,9 @@ def test_the_embedded_mode_classifies_every_image_in_the_consumer(embedded_stack
     stack = embedded_stack["stack"]
     consumer_maps = Path(f"/proc/{stack.pid('inference-consumer')}/maps").read_text()
     assert "libtorch" in consumer_maps  # the model ran in the consumer
-    service_log = (stack.dir / "logs" / "inference.log").read_text()
-    assert "POST /v1/predict" not in service_log and child_pids(stack.pid("inference"))
+    # No Gunicorn: nothing of the stack would call it.
+    assert stack.pid("inference") is None and "INFERENCE_URL" not in env
+    assert not (stack.dir / "logs" / "inference.log").exists()
+    cmdlines = [Path(f"/proc/{pid}/cmdline").read_bytes() for pid in stack.processes()
+                if Path(f"/proc/{pid}/cmdline").exists()]
+    assert cmdlines and not [c for c in cmdlines if b"gunicorn" in c]

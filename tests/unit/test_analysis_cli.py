@@ -428,3 +428,19 @@ def test_from_store_unreachable_or_empty_exit_2(tmp_path, postgres_dsn, monkeypa
     monkeypatch.setenv("POSTGRES_DSN", postgres_dsn)
     assert main(["--from-store", "--producer-id", "nobody", "--out", str(tmp_path / "out")]) == 2
     assert "no images with sent_at for producer(s) nobody" in capsys.readouterr().err
+def test_every_accuracy_names_its_model_and_where_its_weights_come_from():
+    """pretrained (published), trained here (a weights file), random (untrained): with the
+    accuracy in the demo's table, summary.json and accuracy.json."""
+    from analysis.report import weights_of
+    from analysis.summary import format_table
+
+    assert weights_of("cifar10_resnet20-pretrained-32") == "pretrained"
+    assert weights_of("resnet50-imagenet-224") == "pretrained"
+    assert weights_of("resnet50-untrained-32") == weights_of("cifar10_resnet56-untrained-32") == "random"
+    assert weights_of("cifar10_resnet20-1a2b3c4d-32") == weights_of("resnet50-cifar10-1a2b3c4d-32") == "trained here"
+    assert weights_of("resnet50-untrained-32,resnet50-imagenet-224") == "random, pretrained"
+    assert weights_of(None) is None
+    summary = {"sent": 2, "results": 2, "stored": 2, "stored_with_prediction": 2, "lost": 0,
+               "model": "cifar10_resnet20-pretrained-32", "weights": "pretrained", "accuracy": 0.5,
+               "throughput_img_s": None, "e2e_ms": {}}
+    assert "50.0% (cifar10_resnet20-pretrained-32, weights pretrained)" in format_table(summary)

@@ -52,10 +52,15 @@ def test_only_the_inference_vm_and_development_get_tensorflow():
     assert "tensorflow-cpu" in expanded("requirements.txt")  # development: everything
 
 
-def test_the_torch_engine_is_installed_for_development_only():
-    """MODEL_ENGINE=torch: pinned in its optional file, installed by make venv (make test runs
-    the pipeline with it), never by a VM's group or the controller's."""
-    assert pinned("requirements/runtime-torch.txt") == {"torch": "==2.13.0"}
+def test_the_torch_engine_has_its_own_group_without_tensorflow():
+    """MODEL_ENGINE=torch: its own group (the service's Flask and Gunicorn, at the pins of the
+    TensorFlow group, and torch; no TensorFlow), installed by make venv (make test runs the
+    pipeline with it) and by the deployment where the model runs on torch only (roles/iot_app),
+    never by another VM's group or the controller's."""
+    torch_group, tf_group = expanded("requirements/runtime-torch.txt"), expanded("requirements/inference.txt")
+    assert pinned("requirements/runtime-torch.txt") == {"torch": "==2.13.0", "flask": tf_group["flask"],
+                                                       "gunicorn": tf_group["gunicorn"]}
+    assert not [k for k in torch_group if k.startswith("tensorflow")]
     assert expanded("requirements.txt")["torch"] == "==2.13.0"
     for name in ("requirements/inference.txt", "requirements/core.txt", "requirements-deploy.txt"):
         assert "torch" not in expanded(name), name

@@ -134,6 +134,22 @@ def test_a_memory_broker_the_default_is_never_restarted_and_needs_no_s3rver(tmp_
     broker = _components(tmp_path)["kafka"]
     assert "memory://tansu/" in broker.argv and "memory" in broker.no_restart
     assert not (tmp_path / "data" / "broker.keys").exists()
+def test_embedded_inference_starts_no_service(tmp_path, monkeypatch):
+    """INFERENCE_MODE=embedded: the consumers run the model, so no Gunicorn, no INFERENCE_URL
+    published, and the consumers get the model's load time to join; a given URL is kept."""
+    monkeypatch.delenv("STACK_INFERENCE_CONSUMERS", raising=False)
+    planned = _planned_env(tmp_path, monkeypatch, INFERENCE_MODE="embedded", STACK_INFERENCE_READY_S="123")
+    assert "inference" not in planned and "INFERENCE_URL" not in planned["stack.env"]
+    assert "INFERENCE_URL" not in planned["inference-consumer"]
+    assert planned["inference-consumer"]["INFERENCE_MODE"] == "embedded"
+    sup = Supervisor(tmp_path)
+    sup.plan()
+    waits = {c.name: c.ready_timeout_s for c in sup.components}
+    assert waits["inference-consumer"] == 123 and waits["db-consumer"] != 123
+    service = _planned_env(tmp_path / "svc", monkeypatch, INFERENCE_MODE="service")
+    assert "inference" in service and service["stack.env"]["INFERENCE_URL"].startswith("http://127.0.0.1:")
+    external = _planned_env(tmp_path / "ext", monkeypatch, INFERENCE_MODE="embedded", INFERENCE_URL="http://gpu:8000")
+    assert "inference" not in external and external["stack.env"]["INFERENCE_URL"] == "http://gpu:8000"
 
 
 def test_store_postgres_plans_a_cluster_of_its_own_and_no_mongodb(tmp_path, monkeypatch):
