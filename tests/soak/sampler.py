@@ -123,6 +123,10 @@ class Sampler(threading.Thread):
             self.stop_event.wait(max(0.1, self.every_s - (time.time() - now)))
         self.lag_reader.close()
 
+    def latest(self) -> dict | None:
+        with self.lock:
+            return dict(self.lag[-1]) if self.lag else None
+
     def stop(self) -> None:
         self.stop_event.set()
         self.join(30)
