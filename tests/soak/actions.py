@@ -46,11 +46,40 @@ def kill(target: str, stack, producers, store: str, rng: random.Random) -> dict:
     """Kill ``target``; returns when the supervisor (or the soak, for a producer) has
     started its replacement: ``{"t": unix time of the kill, ...notes}``."""
     if target == "producer":
-        return producers.kill_one(rng)
+        return {**producers.kill_one(rng), "ready_after_s": 0.0}
     note: dict = {}
-    inject = kill_gunicorn_worker if target == "gunicorn-worker" else kill_component(component_of(target, store))
+    name = component_of(target, store)
+    inject = kill_gunicorn_worker if target == "gunicorn-worker" else kill_component(name)
     t, _ = inject(stack, note)
-    return {"t": t, **note}
+    if target != "gunicorn-worker":  # the master forked its replacement: the other worker served meanwhile
+        wait_for(lambda: ready(stack, name), HANG_GUARD_S, f"{name} ready again")
+    return {"t": t, "ready_after_s": round(time.time() - t, 2), **note}
+
+
+def ready(stack, name: str) -> bool:
+    """``name`` serves again: the service answers /readyz, a consumer joined its group, a
+    server answers its clients."""
+    if name == "inference":
+        return http_ready(stack.env["INFERENCE_URL"])
+    if name.endswith("consumer") or name.startswith("inference-consumer"):
+        return stack.joined(name)
+    if name == "kafka":
+        from common.kafka_io import ensure_topics
+
+        try:
+            ensure_topics(stack.kafka(), timeout_s=2)
+            return True
+        except Exception:  # noqa: BLE001 - not back yet
+            return False
+    try:
+        store = stack.store()
+        try:
+            store.ping()
+        finally:
+            store.close()
+        return True
+    except Exception:  # noqa: BLE001 - not back yet
+        return False
 
 
 def restart_from(stack, name: str, checkout: Path | None) -> dict:

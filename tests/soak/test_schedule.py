@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from tests.soak import builds
+from tests.soak import builds, verify
 from tests.soak.schedule import TARGETS, UPGRADE, parse_duration, plan
 from tests.soak.verify import recovery
 
@@ -48,15 +48,18 @@ def test_a_target_left_out_is_never_killed():
     assert all(e["what"] in (*targets, UPGRADE) for e in plan(9, 1800, 60, targets))
 
 
-def test_lag_recovery_after_each_kill():
+def test_lag_recovery_after_each_kill(monkeypatch):
+    monkeypatch.setattr(verify, "LAG_SLACK_S", 0.0)  # the bound: 2 x the time the component took to be back
     lag = [{"t": float(t), "g": v} for t, v in enumerate([0, 0, 50, 80, 30, 2, 3, 0, 0, 9, 0, 0])]
-    events = [{"what": "db-consumer", "t": 1.0}, {"what": "inference-consumer", "t": 8.0}]
-    recovery(events, lag, band=5, bound_s=10)
+    events = [{"what": "db-consumer", "t": 1.0, "ready_after_s": 2.5},
+              {"what": "inference-consumer", "t": 8.0, "ready_after_s": 1.0}]
+    recovery(events, lag, band=5)
     assert events[0]["recovered_after_s"] == 4.0  # t=5: the sample after the last one above 5
-    assert events[0]["peak_lag"] == 80 and events[0]["lag_ok"]
-    assert events[1]["recovered_after_s"] == 2.0
-    recovery(events, lag, band=5, bound_s=3)
-    assert not events[0]["lag_ok"] and events[1]["lag_ok"]
+    assert events[0]["peak_lag"] == 80 and events[0]["lag_ok"] and events[0]["lag_bound_s"] == 5.0
+    assert events[1]["recovered_after_s"] == 2.0 and events[1]["lag_ok"]
+    events[0]["ready_after_s"] = 1.0
+    recovery(events, lag, band=5)
+    assert not events[0]["lag_ok"]
 
 
 def test_lag_never_back_fails():
