@@ -2,9 +2,12 @@
 per process lifetime (a killed process restarts with a new pid: a new lifetime), its
 slope in bytes/s and in bytes per image the pipeline stored meanwhile.
 
-A lifetime is judged on its samples after ``WARMUP_S`` (imports, first batches, the
-allocator's arenas filling: growth that stops) and only when what is left spans
-``MIN_SPAN_S``; a shorter one is "too short" (reported, not judged).  It "grows" when its
+A lifetime is judged on its samples after its start-up (imports, the model loaded, first
+batches, the allocator's arenas filling: growth that stops): the first ``SKIP_FRACTION``
+of it, at least ``WARMUP_S``, and at least ``WARMUP_S`` after its component was known to
+serve again (``ready_at``; a TensorFlow worker on a busy host takes minutes to load), and
+only when what is left spans ``MIN_SPAN_S``; a shorter one is "too short" (reported, not
+judged).  It "grows" when its
 slope exceeds ``BOUND_B_PER_IMAGE`` bytes per image stored.  Why that bound:
 docs/RELIABILITY.md, "Soak" (a deliberate leak of 4 KB per image must be flagged, the
 unmodified build's lifetimes measured far below it).
@@ -16,7 +19,8 @@ import bisect
 from dataclasses import dataclass, field
 
 WARMUP_S = 30.0
-MIN_SPAN_S = 45.0
+SKIP_FRACTION = 1 / 3
+MIN_SPAN_S = 40.0
 MIN_SAMPLES = 10
 BOUND_B_PER_IMAGE = 1024.0
 
@@ -59,7 +63,8 @@ class Images:
 
 
 def judge(life: Lifetime, images: Images, *, bound_b_per_image: float = BOUND_B_PER_IMAGE,
-          warmup_s: float = WARMUP_S, min_span_s: float = MIN_SPAN_S) -> dict:
+          warmup_s: float = WARMUP_S, min_span_s: float = MIN_SPAN_S, skip_fraction: float = SKIP_FRACTION,
+          ready_at: float | None = None) -> dict:
     """The lifetime's record: its span, slope (B/s, B/image), growth and verdict
     ("grows", "flat" or "too short")."""
     samples = sorted(life.samples)
@@ -67,7 +72,12 @@ def judge(life: Lifetime, images: Images, *, bound_b_per_image: float = BOUND_B_
            "first_s": samples[0][0] if samples else None, "last_s": samples[-1][0] if samples else None,
            "rss_first_mib": round(samples[0][1] / 2**20, 1) if samples else None,
            "rss_last_mib": round(samples[-1][1] / 2**20, 1) if samples else None}
-    judged = [(t, rss) for t, rss in samples if t >= samples[0][0] + warmup_s] if samples else []
+    judged = []
+    if samples:
+        first, last = samples[0][0], samples[-1][0]
+        start = max(first + warmup_s, first + skip_fraction * (last - first),
+                    ready_at + warmup_s if ready_at is not None else first)
+        judged = [(t, rss) for t, rss in samples if t >= start]
     span = judged[-1][0] - judged[0][0] if len(judged) > 1 else 0.0
     row["judged_span_s"] = round(span, 1)
     if len(judged) < MIN_SAMPLES or span < min_span_s:

@@ -9,14 +9,31 @@ from tests.soak.detector import Images, judge
 # Processes whose memory grows with the images by design, so they are shown, not judged.
 BY_DESIGN = {
     "producer": "the load generator keeps every image's metadata until it writes latencies.csv "
-                "(producer/camera.py SentImage, a few hundred bytes per image)",
+                "(producer/camera.py SentImage: about 1 KB per image measured)",
 }
 MEMORY_BROKER = ("the memory-only broker keeps every message in memory by design "
                  "(tansu memory://; stack/supervisor.py)")
 
 
+def ready_times(record: dict) -> list[tuple[str, float]]:
+    """(component, unix time it served again) after each restart the soak caused."""
+    from tests.soak.actions import component_of
+
+    out = []
+    for e in record.get("events", []):
+        if "t" in e and e.get("ready_after_s") is not None and e["what"] not in ("producer", "gunicorn-worker"):
+            out.append((component_of(e["what"], record["store"]), e["t"] + e["ready_after_s"]))
+        out += [(s["component"], s["t"] + s["ready_after_s"]) for s in e.get("steps", [])]
+    for phase in ("control", "leak", "back"):
+        step = (record.get("detector_phases") or {}).get(phase)
+        if step:
+            out.append(("db-consumer", step["t"] + step["ready_after_s"]))
+    return out
+
+
 def verdicts(lifetimes: dict, stored_at: list[float], record: dict, bound: float) -> dict:
     images = Images(stored_at)
+    ready = ready_times(record)
     phases = record.get("detector_phases") or {}
     leak_pid = (phases.get("leak") or {}).get("pid")
     control_pid = (phases.get("control") or {}).get("pid")
@@ -25,7 +42,10 @@ def verdicts(lifetimes: dict, stored_at: list[float], record: dict, bound: float
         excluded["kafka"] = MEMORY_BROKER
     rows = []
     for life in lifetimes.values():
-        row = judge(life, images, bound_b_per_image=bound)
+        first = min(t for t, _ in life.samples)
+        # the first time its component served again after this process started, if the soak restarted it
+        ready_at = min((t for c, t in ready if c == life.component and t >= first - 2), default=None)
+        row = judge(life, images, bound_b_per_image=bound, ready_at=ready_at)
         if life.component == "db-consumer" and life.pid == leak_pid:
             row["build"] = "leaky"
         elif life.component == "db-consumer" and life.pid == control_pid:

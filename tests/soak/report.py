@@ -13,6 +13,7 @@ from analysis.style import STYLE, colour, plt, save
 from common.store import PREDICTION, PREDICTION_STORED_AT, SENT_AT, STORED_AT
 
 BIN_S = 10.0
+BIG_MIB = 300
 
 
 def p99(values: list[float]) -> float | None:
@@ -114,8 +115,8 @@ def _mark(ax, record: dict, t0: float, labels: bool) -> None:
 def figure(record: dict, path: Path) -> Path:
     t0 = record["t_start"]
     with plt.rc_context(STYLE):
-        fig, axes = plt.subplots(4, 1, figsize=(11, 12), sharex=True,
-                                 gridspec_kw={"height_ratios": [1, 1, 1, 1.6]})
+        fig, axes = plt.subplots(5, 1, figsize=(11, 14), sharex=True,
+                                 gridspec_kw={"height_ratios": [1, 1, 1, 1.6, 0.8]})
         s = record.get("series", {})
         x = [(t - t0) / 60 for t in s.get("t", [])]
         axes[0].plot(x, s.get("throughput_img_s", []), color=colour(0), lw=1.2, label="stored with prediction")
@@ -133,7 +134,7 @@ def figure(record: dict, path: Path) -> Path:
         axes[2].set_yscale("symlog", linthresh=10)
         axes[2].set_ylabel("consumer lag, records")
         axes[2].legend(loc="upper left")
-        seen = {}
+        seen: dict[str, str] = {}
         for row in record.get("memory", {}).get("lifetimes", []):
             name = row["component"] if row["role"] in ("main", "supervisor") or row["component"] == "producer" \
                 else f"{row['component']} {row['role']}"
@@ -141,12 +142,17 @@ def figure(record: dict, path: Path) -> Path:
             label = "db-consumer, leaky build" if leaky else name
             c = "#CC0000" if leaky else seen.setdefault(name, colour(len(seen)))
             pts = row["series"]
-            axes[3].plot([(t - t0) / 60 for t, _ in pts], [m for _, m in pts], lw=2 if leaky else 1, color=c,
-                         label=label if label not in axes[3].get_legend_handles_labels()[1] else None)
-        axes[3].set_yscale("log")
+            # The model's workers (hundreds of MiB) get a panel of their own: on one linear
+            # axis they would flatten every other process's line.
+            ax = axes[4] if max((m for _, m in pts), default=0) > BIG_MIB else axes[3]
+            ax.plot([(t - t0) / 60 for t, _ in pts], [m for _, m in pts], lw=2 if leaky else 1, color=c,
+                    label=label if label not in ax.get_legend_handles_labels()[1] else None)
         axes[3].set_ylabel("resident memory, MiB")
-        axes[3].set_xlabel("minutes since the producers started")
-        axes[3].legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
+        axes[4].set_ylabel(f"MiB (> {BIG_MIB})")
+        axes[4].set_xlabel("minutes since the producers started")
+        for ax in axes[3:]:
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
         for i, ax in enumerate(axes):
             ax.grid(True)
             _mark(ax, record, t0, labels=i == 0)

@@ -113,7 +113,7 @@ def main(argv=None) -> int:
     p.add_argument("--kill-every", default="1m", help="one event this often (default 1m)")
     p.add_argument("--rate", type=float, help="images/s in all (default: half the measured capacity)")
     p.add_argument("--ramp-step-s", type=float, default=8.0, help="seconds per step of the capacity ramp")
-    p.add_argument("--phase", default="90s", help="each of the leak detector's two phases (default 90s)")
+    p.add_argument("--phase", default="2m", help="each of the leak detector's two phases (default 2m)")
     p.add_argument("--store", choices=list(actions.STORE_COMPONENT), default="mongodb")
     p.add_argument("--out", type=Path, default=ROOT / "results" / "soak" / time.strftime("%Y%m%d-%H%M%S"))
     args = p.parse_args(argv)

@@ -34,7 +34,7 @@ class Lag:
 
         cfg = client_config(self.settings)
         self.admin = KafkaAdminClient(**cfg, request_timeout_ms=3000)
-        self.consumer = KafkaConsumer(**cfg, group_id=None, enable_auto_commit=False, request_timeout_ms=3000)
+        self.consumer = KafkaConsumer(**cfg, group_id=None, enable_auto_commit=False)
 
     def read(self) -> dict[str, int | None]:
         from kafka import TopicPartition
@@ -48,10 +48,9 @@ class Lag:
             end = self.consumer.end_offsets(tps)
             out: dict[str, int | None] = {}
             for group, kinds in GROUPS.items():
-                committed = self.admin.list_consumer_group_offsets(group)
+                committed = self.admin.list_group_offsets(group).get(group, {})
                 wanted = {topics[k] for k in kinds}
-                out[group] = sum(max(0, end[tp] - (committed[tp].offset if tp in committed and
-                                                     committed[tp].offset >= 0 else 0))
+                out[group] = sum(max(0, end[tp] - max(0, _offset(committed.get(tp))))
                                  for tp in tps if tp.topic in wanted)
             return out
         except Exception as exc:  # noqa: BLE001 - the broker away (killed): no reading now
@@ -67,6 +66,13 @@ class Lag:
             except Exception:  # noqa: BLE001 - closing a client of a dead broker
                 pass
         self.admin = self.consumer = None
+
+
+def _offset(meta) -> int:
+    """A committed offset (an OffsetAndMetadata, a bare int, or None: nothing committed)."""
+    if meta is None:
+        return 0
+    return int(getattr(meta, "offset", meta))
 
 
 def roles(stack) -> dict[int, tuple[str, str]]:

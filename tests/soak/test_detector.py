@@ -53,7 +53,15 @@ def test_growth_during_warm_up_only_is_not_a_leak():
     row = judge(life, images)
     assert row["verdict"] == "flat"
     # ... whereas without the warm-up excluded the same lifetime would read as a leak
-    assert judge(life, images, warmup_s=0)["verdict"] == "grows"
+    assert judge(life, images, warmup_s=0, skip_fraction=0)["verdict"] == "grows"
+
+
+def test_judged_only_after_the_component_serves_again():
+    # 60 MiB loaded over the first 100 s (a model on a busy host), flat afterwards
+    life, images = series(300, 0, noise_b=2**20)
+    life.samples = [(t, rss + int(60 * 2**20 * min(1.0, (t - 1000.0) / 100))) for t, rss in life.samples]
+    assert judge(life, images, skip_fraction=0)["verdict"] == "grows"
+    assert judge(life, images, skip_fraction=0, ready_at=1100.0)["verdict"] == "flat"
 
 
 def test_the_bound_sits_between_noise_and_the_deliberate_leak():
