@@ -108,7 +108,7 @@ def detector_phases(stack, leaky: Path, phase_s: float) -> dict:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m tests.soak", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--duration", default=os.environ.get("DURATION") or "30m", help="30m, 5m, 90s (default 30m)")
+    p.add_argument("--duration", default="30m", help="30m, 5m, 90s (default 30m)")
     p.add_argument("--seed", type=int, default=None, help="the kill schedule's seed (default: random, printed)")
     p.add_argument("--kill-every", default="1m", help="one event this often (default 1m)")
     p.add_argument("--rate", type=float, help="images/s in all (default: half the measured capacity)")
