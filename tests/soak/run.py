@@ -38,6 +38,9 @@ def say(msg: str) -> None:
 
 PRODUCERS = 2  # so that a producer's kill leaves the other one sending
 DRAIN_S = 300.0  # hang guard for the producers' last results
+# The kills may run this much (of DURATION) late, each one waiting for the previous one's
+# recovery; the producers send that much longer.
+SLIP = 0.5
 PHASE_RESTARTS_S = 90.0  # what the detector phases' three restarts of the DB writer may take
 
 
@@ -150,7 +153,7 @@ def main(argv=None) -> int:
         # producers send from the start to the end of both.
         detector_s = 2 * phase + PHASE_RESTARTS_S
         producers = Producers(out / "run", stack.env, tag=f"soak{seed}-{uuid.uuid4().hex[:4]}", count=PRODUCERS,
-                              rate_each=rate / PRODUCERS, end_at=t_start + detector_s + duration)
+                              rate_each=rate / PRODUCERS, end_at=t_start + detector_s + duration * (1 + SLIP))
         sampler = Sampler(stack, producers, stack.kafka())
         bad = actions.BadInputs(stack.kafka(), seed)
         sampler.start()
