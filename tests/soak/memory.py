@@ -31,8 +31,8 @@ def ready_times(record: dict) -> list[tuple[str, float]]:
     return out
 
 
-def verdicts(lifetimes: dict, stored_at: list[float], record: dict, bound: float) -> dict:
-    images = Images(stored_at)
+def verdicts(lifetimes: dict, sent_at: list[float], record: dict, bound: float) -> dict:
+    images = Images(sent_at)
     ready = ready_times(record)
     phases = record.get("detector_phases") or {}
     leak_pid = (phases.get("leak") or {}).get("pid")
@@ -74,5 +74,6 @@ def verdicts(lifetimes: dict, stored_at: list[float], record: dict, bound: float
 def _brief(row: dict | None) -> dict | None:
     if row is None:
         return None
-    return {k: row.get(k) for k in ("pid", "verdict", "slope_b_s", "slope_b_per_image", "images",
+    return {k: row.get(k) for k in ("pid", "verdict", "slope_b_s", "slope_b_per_image", "late_slope_b_per_image",
+                                    "images",
                                     "judged_span_s", "growth_mib")}

@@ -40,7 +40,7 @@ def stored_series(stack, producer_ids: list[str]) -> dict:
             series["t"].append(round(t0 + (i + 0.5) * BIN_S, 1))
             series["throughput_img_s"].append(round(len(lat) / BIN_S, 2))
             series["p99_s"].append(None if not lat else round(p99(lat), 3))
-    return {"stored_at": [c for c, _ in done], "series": series}
+    return {"stored_at": [c for c, _ in done], "sent_at": sorted(s for _, s in done), "series": series}
 
 
 def read_docs(stack, producer_ids: list[str], tries: int = 3) -> list[dict]:

@@ -206,7 +206,7 @@ def check(record: dict, stack, producers, sampler, bad, rate: float, out: Path) 
     record["lag"] = {"zero_band": band, "bound": "2 x ready_after_s + %g s" % verify.LAG_SLACK_S}
     stored = report.stored_series(stack, [e["producer_id"] for e in producers.all()])
     record["series"] = stored["series"]
-    record["memory"] = memory.verdicts(sampler.lifetimes, stored["stored_at"], record, BOUND_B_PER_IMAGE)
+    record["memory"] = memory.verdicts(sampler.lifetimes, stored["sent_at"], record, BOUND_B_PER_IMAGE)
     kills = [e for e in record["events"] if "skipped" not in e]
     record["checks"] = {
         "acknowledged_stored_once": all(r["ok"] for r in record["producers"]),
