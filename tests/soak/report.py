@@ -132,6 +132,7 @@ def figure(record: dict, path: Path) -> Path:
                          label=f"{group} group")
         axes[2].axhline(record["lag"].get("zero_band", 0), color="#777", lw=0.8, ls=":", label="back-to-zero band")
         axes[2].set_yscale("symlog", linthresh=10)
+        axes[2].set_ylim(bottom=0)
         axes[2].set_ylabel("consumer lag, records")
         axes[2].legend(loc="upper left")
         seen: dict[str, str] = {}
