@@ -69,7 +69,7 @@ def judge(life: Lifetime, images: Images, *, bound_b_per_image: float = BOUND_B_
           ready_at: float | None = None) -> dict:
     """The lifetime's record: its span, slope (B/s, B/image), growth and verdict
     ("grows", "flat" or "too short")."""
-    samples = sorted(life.samples)
+    samples = sorted(x for x in life.samples if x[1] > 0)  # 0: the process was exiting
     row = {"component": life.component, "role": life.role, "pid": life.pid, "samples": len(samples),
            "first_s": samples[0][0] if samples else None, "last_s": samples[-1][0] if samples else None,
            "rss_first_mib": round(samples[0][1] / 2**20, 1) if samples else None,

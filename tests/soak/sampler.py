@@ -111,7 +111,11 @@ class Sampler(threading.Thread):
                 proc = psutil.Process(pid)
                 key = (pid, proc.create_time())
                 rss = proc.memory_info().rss
+                if proc.status() == psutil.STATUS_ZOMBIE:
+                    continue
             except psutil.Error:
+                continue
+            if rss == 0:  # exiting: its memory is already given back, not a sample of its life
                 continue
             with self.lock:
                 life = self.lifetimes.get(key)

@@ -99,3 +99,9 @@ def test_images_between_counts_inclusive():
     images = Images([3.0, 1.0, 2.0, 5.0])
     assert images.between(1.0, 3.0) == 3
     assert images.between(4.0, 4.5) == 0
+
+
+def test_the_exit_sample_does_not_hide_a_leak():
+    life, images = series(90, 4096, noise_b=2**20)
+    life.samples.append((life.samples[-1][0] + EVERY, 0))  # psutil reads 0 from a process exiting
+    assert judge(life, images)["verdict"] == "grows"
