@@ -6,7 +6,7 @@ VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-deploy.txt requirements/*.txt | cksum | cut -d' ' -f1)
 
-.PHONY: venv up down status demo test test-faults lint experiment bench serve train deploy teardown clean \
+.PHONY: venv up down status demo test test-faults soak lint experiment bench serve train deploy teardown clean \
         deploy-venv logs ssh deploy-rehearsal test-containers pouchdb-server s3rver
 
 # PyTorch's CPU build (MODEL_ENGINE=torch, requirements/runtime-torch.txt), installed from
@@ -87,6 +87,15 @@ test: venv pouchdb-server s3rver ## unit + integration tests (starts and stops i
 
 test-faults: venv pouchdb-server s3rver ## fault injection: kill each part mid-stream, 1,000 images per scenario (~6 min)
 	$(PYTHON) -m pytest -q -m faults tests/faults
+
+# The soak (tests/soak, docs/RELIABILITY.md "Soak"): half the measured capacity for DURATION while
+# a component is killed every KILL_EVERY (seeded: SEED replays a schedule), a rolling upgrade
+# mid-run, the leak detector tested on a leaky build; results/soak/<ts>/soak.json and soak.png.
+DURATION ?= 30m
+KILL_EVERY ?= 1m
+soak: venv $(STORE_SERVER) ## the soak: make soak DURATION=5m [SEED=N] [KILL_EVERY=1m] (default 30 min, plus ~8 min of ramp, detector and checks)
+	$(PYTHON) -m tests.soak --duration $(DURATION) --kill-every $(KILL_EVERY) $(if $(SEED),--seed $(SEED)) \
+	  $(if $(STORE),--store $(STORE)) $(ARGS)
 
 # The images (Dockerfile) on a debootstrap base and compose.yaml's pipeline with the embedded
 # Kafka/MongoDB stand-ins, 200 images end to end (tests/containers, docs/CONTAINERS.md).

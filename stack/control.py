@@ -6,6 +6,7 @@ memory of each component's process tree, read with psutil).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -28,8 +29,9 @@ log = logging.getLogger(__name__)
 STACK_ENV_KEYS = ("KAFKA_BOOTSTRAP_SERVERS", *STORE_ENDPOINT_KEYS, "INFERENCE_URL")
 COMPONENTS = ("s3rver", "kafka", "mongo", "inference", "inference-consumer", "db-consumer")
 
-__all__ = ["COMPONENTS", "LocalStack", "STACK_ENV_KEYS", "clean", "down", "hold", "process_tree", "read_env", "release",
-           "read_pid", "signal_component", "stack_dir", "status", "supervisor_pid", "up"]
+__all__ = ["COMPONENTS", "LocalStack", "STACK_ENV_KEYS", "clean", "down", "hold", "no_restart", "process_tree",
+           "read_env", "release", "read_pid", "run_from", "signal_component", "stack_dir", "status", "supervisor_pid",
+           "up"]
 
 
 def read_env(path: Path) -> dict[str, str]:
@@ -193,6 +195,26 @@ def hold(d: Path, name: str) -> None:
 def release(d: Path, name: str) -> None:
     """Let the supervisor start ``name`` again."""
     (d / "hold" / name).unlink(missing_ok=True)
+
+
+def run_from(d: Path, name: str, checkout: Path | None) -> None:
+    """Start ``name`` from another checkout of this repository at its next (re)start, or
+    from this one again (``None``): a local rolling upgrade is this, then a SIGTERM."""
+    f = d / "checkout" / name
+    if checkout is None:
+        f.unlink(missing_ok=True)
+        return
+    f.parent.mkdir(parents=True, exist_ok=True)
+    f.write_text(f"{Path(checkout).resolve()}\n")
+
+
+def no_restart(d: Path) -> dict[str, str]:
+    """Component name -> why its death stops the stack ("" when the supervisor restarts it),
+    as the running supervisor planned them (components.json)."""
+    try:
+        return {c["name"]: c["no_restart"] for c in json.loads((d / "components.json").read_text())}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
 
 
 def signal_component(d: Path, name: str, sig: int) -> int:

@@ -20,6 +20,10 @@ State lives under the stack directory (``.run/`` by default, ``STACK_DIR`` to mo
     .run/data/broker/       with STACK_BROKER_STORAGE=s3, the embedded broker's topics, records
                             and committed offsets in s3rver's bucket tansu (kept across
                             restarts; stack/broker.py: its keys file)
+    .run/checkout/<name>    a directory (another checkout of this repository): the component's
+                            next start runs its code from there (a local rolling upgrade)
+    .run/components.json    each component's name and, when its death stops the stack, why
+                            (``no_restart``; empty: the supervisor restarts it)
     .run/data/mongo.db      the MongoDB server's SQLite file (kept across restarts)
     .run/data/postgres/     with STORE=postgres, the PostgreSQL cluster (kept across restarts;
                             stack/postgres.py: who runs it, its password file)
@@ -37,6 +41,7 @@ servers are used and the embedded ones are not started.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -223,6 +228,21 @@ class Supervisor:
     def held(self, c: Component) -> bool:
         return (self.dir / "hold" / c.name).exists()
 
+    def checkout(self, c: Component) -> Path:
+        """Where ``c`` runs from: this checkout, or the one ``checkout/<name>`` names (its
+        ``python -m`` modules and Gunicorn's app are imported from the working directory)."""
+        try:
+            other = Path((self.dir / "checkout" / c.name).read_text().strip())
+        except OSError:
+            return ROOT
+        return other if other.is_dir() else ROOT
+
+    def write_components(self) -> None:
+        """components.json: what a harness needs to know about each component (the soak
+        kills only those the supervisor restarts)."""
+        (self.dir / "components.json").write_text(json.dumps(
+            [{"name": c.name, "no_restart": c.no_restart} for c in self.components], indent=1) + "\n")
+
     def start(self, c: Component) -> None:
         if "READY_FILE" in c.env:
             Path(c.env["READY_FILE"]).unlink(missing_ok=True)
@@ -230,13 +250,16 @@ class Supervisor:
             c.before_start()
         logfile = open(self.dir / "logs" / f"{c.name}.log", "ab", buffering=0)
         logfile.write(f"---- {time.strftime('%Y-%m-%d %H:%M:%S')} starting {c.name}\n".encode())
+        cwd = self.checkout(c)
+        if cwd != ROOT:
+            logfile.write(f"---- running from {cwd}\n".encode())
         # Own session: the whole process group (gunicorn workers included) can be signalled.
-        c.proc = subprocess.Popen(c.argv, cwd=ROOT, env=c.env, stdout=logfile, stderr=logfile,
+        c.proc = subprocess.Popen(c.argv, cwd=cwd, env=c.env, stdout=logfile, stderr=logfile,
                                   stdin=subprocess.DEVNULL, start_new_session=True)
         logfile.close()
         c.started_at = time.monotonic()
         self.pid_file(c).write_text(f"{c.proc.pid}\n")
-        log.info("started %s (pid %d)", c.name, c.proc.pid)
+        log.info("started %s (pid %d)%s", c.name, c.proc.pid, f" from {cwd}" if cwd != ROOT else "")
 
     def wait_ready(self, c: Component) -> None:
         deadline = time.monotonic() + c.ready_timeout_s
@@ -280,11 +303,14 @@ class Supervisor:
         (self.dir / "ready").unlink(missing_ok=True)
         for f in (self.dir / "hold").iterdir():
             f.unlink()
+        for f in (self.dir / "checkout").iterdir() if (self.dir / "checkout").is_dir() else ():
+            f.unlink()  # a new stack starts from this checkout
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         try:
             self.plan()
             self.write_env()
+            self.write_components()
             for c in self.components:
                 self.start(c)
                 self.wait_ready(c)

@@ -1,0 +1,224 @@
+"""``python -m tests.soak`` (``make soak DURATION=30m SEED=...``): the soak.
+
+1. its own stack (tests/faults/scenarios.py Stack: a temporary STACK_DIR, free ports,
+   random 32x32 weights), the capacity ramp (experiments/capacity.py), producers at half
+   of it (``--rate`` skips the ramp);
+2. the leak detector's own test, producers sending: the DB writer restarted from the
+   unmodified build for ``--phase`` (it must pass), then from a build that leaks 4 KB per
+   image for as long (it must fail), then from the unmodified build again;
+3. for DURATION, one event every ``--kill-every``: a kill of a component from the seeded
+   schedule (tests/soak/schedule.py), and once, mid-run, a rolling upgrade of the service
+   and the consumers onto a changed checkout; a bad input every 15 s throughout;
+4. the checks (tests/soak/verify.py), soak.json and soak.png (tests/soak/report.py).
+
+Exit 0 only when every check passes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import sys
+import time
+import uuid
+from pathlib import Path
+
+from tests.faults.scenarios import Stack
+from tests.soak import actions, builds, report, verify
+from tests.soak.detector import BOUND_B_PER_IMAGE
+from tests.soak.producers import Producers
+from tests.soak.sampler import Sampler
+from tests.soak.schedule import UPGRADE, parse_duration, plan
+from tests.support import ROOT
+
+def say(msg: str) -> None:
+    print(f"[soak {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+PRODUCERS = 2  # so that a producer's kill leaves the other one sending
+DRAIN_S = 300.0  # hang guard for the producers' last results
+# The kills may run this much (of DURATION) late, each one waiting for the previous one's
+# recovery; the producers send that much longer.
+SLIP = 0.5
+PHASE_RESTARTS_S = 90.0  # what the detector phases' three restarts of the DB writer may take
+
+
+def measure_capacity(out: Path, stack, step_s: float) -> dict:
+    from experiments.capacity import PER_PRODUCER_MAX, ramp
+
+    r = ramp(out / "capacity", stack.env, start_rate=10.0, growth=1.6, max_steps=8, step_s=step_s,
+             per_producer_max=PER_PRODUCER_MAX, tag=f"soak-cap-{uuid.uuid4().hex[:6]}", stack=stack)
+    return {"img_s": r.best, "knee_between_img_s": r.knee_between,
+            "ramp": [{k: s.get(k) for k in ("offered_img_s", "throughput_img_s", "complete")} for s in r.steps]}
+
+
+def settle(sampler, band: int, previous: dict | None) -> None:
+    """Wait until the lag is back in ``band`` (the latest sample), at most the previous
+    event's bound after it: each kill's recovery is seen whole before the next one."""
+    if previous is None or "t" not in previous:
+        return
+    since = previous["t"]
+    while time.time() < since + verify.lag_bound(previous):
+        latest = sampler.latest()
+        if latest is not None and latest["t"] > since and verify.in_band(latest, band):
+            return
+        time.sleep(1.0)
+
+
+def run_events(events: list[dict], t_start: float, stack, producers, store: str, seed: int,
+               upgrade: Path, sampler, band: int, end_at: float) -> None:
+    """Each event at its time in the plan, or later if the previous one's lag is not back
+    yet; one that would start after ``end_at`` is not run (recorded as skipped)."""
+    rng = random.Random(seed + 1)  # which producer a producer kill hits
+    previous = None
+    for ev in events:
+        time.sleep(max(0.0, t_start + ev["at_s"] - time.time()))
+        settle(sampler, band, previous)
+        if time.time() > end_at:
+            ev["skipped"] = "the soak's time was up (earlier recoveries took longer than the plan's interval)"
+            say(f"  {ev['what']}: skipped, the soak's time is up")
+            continue
+        try:
+            if ev["what"] == UPGRADE:
+                say(f"t+{time.time() - t_start:.0f}s rolling upgrade onto {upgrade}")
+                ev.update(actions.rolling_upgrade(stack, upgrade))
+            else:
+                say(f"t+{time.time() - t_start:.0f}s kill {ev['what']}")
+                ev.update(actions.kill(ev["what"], stack, producers, store, rng))
+        except Exception as exc:  # noqa: BLE001 - recorded, the soak fails on it and goes on
+            ev.setdefault("t", time.time())
+            ev["error"] = f"{type(exc).__name__}: {exc}"
+            say(f"  {ev['what']}: {ev['error']}")
+        previous = ev
+        ev["late_s"] = round(ev["t"] - (t_start + ev["at_s"]), 1)
+
+
+def detector_phases(stack, leaky: Path, phase_s: float) -> dict:
+    """The DB writer from the unmodified build, then from the leaky one, ``phase_s`` each,
+    then from the unmodified build again."""
+    say(f"leak detector: the DB writer from the unmodified build for {phase_s:.0f} s")
+    control = actions.restart_from(stack, "db-consumer", None)
+    time.sleep(phase_s)
+    say(f"leak detector: the DB writer from the leaky build ({builds.LEAK_BYTES_PER_IMAGE} B/image) "
+        f"for {phase_s:.0f} s")
+    leak = actions.restart_from(stack, "db-consumer", leaky)
+    time.sleep(phase_s)
+    back = actions.restart_from(stack, "db-consumer", None)
+    return {"control": control, "leak": leak, "back": back, "phase_s": phase_s}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m tests.soak", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--duration", default="30m", help="30m, 5m, 90s (default 30m)")
+    p.add_argument("--seed", type=int, default=None, help="the kill schedule's seed (default: random, printed)")
+    p.add_argument("--kill-every", default="1m", help="one event this often (default 1m)")
+    p.add_argument("--rate", type=float, help="images/s in all (default: half the measured capacity)")
+    p.add_argument("--ramp-step-s", type=float, default=8.0, help="seconds per step of the capacity ramp")
+    p.add_argument("--phase", default="2m", help="each of the leak detector's two phases (default 2m)")
+    p.add_argument("--store", choices=list(actions.STORE_COMPONENT), default="mongodb")
+    p.add_argument("--out", type=Path, default=ROOT / "results" / "soak" / time.strftime("%Y%m%d-%H%M%S"))
+    args = p.parse_args(argv)
+    duration, every, phase = (parse_duration(x) for x in (args.duration, args.kill_every, args.phase))
+    seed = args.seed if args.seed is not None else random.SystemRandom().randrange(10**6)
+    say(f"soak seed {seed}: replay with make soak SEED={seed} DURATION={args.duration} KILL_EVERY={args.kill_every}")
+    started = time.time()
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    record: dict = {"seed": seed, "duration_s": duration, "kill_every_s": every, "store": args.store,
+                    "host_cpus": os.cpu_count(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    stack = Stack(out / "stack", {"STORE": args.store, "STACK_DASHBOARD": "0", "STACK_PROMETHEUS": "0"})
+    stack.up()
+    producers = None
+    try:
+        targets, skipped = actions.kill_list(stack, args.store)
+        for target, why in skipped.items():
+            say(f"not killed: {target}: {why}")
+        events = plan(seed, duration, every, targets)
+        say("schedule: " + ", ".join(f"{e['at_s']:.0f}s {e['what']}" for e in events))
+        record.update(kill_list=list(targets), not_killed=skipped, schedule=[dict(e) for e in events])
+        if args.rate:
+            record["capacity"], rate = None, args.rate
+        else:
+            say("measuring the capacity (experiments/capacity.py ramp)")
+            record["capacity"] = measure_capacity(out, stack, args.ramp_step_s)
+            rate = round(record["capacity"]["img_s"] / 2, 2)
+        record["rate_img_s"] = rate
+        say(f"producers: {PRODUCERS} x {rate / PRODUCERS:.2f} img/s = {rate:g} img/s")
+        upgrade = builds.copy_checkout(out / "checkouts" / "upgrade", f"soak upgrade {time.strftime('%H:%M:%S')}")
+        leaky = builds.leaky_checkout(out / "checkouts" / "leaky")
+        t_start = record["t_start"] = time.time()
+        # The detector's phases come first, their length known, then the kills: the
+        # producers send from the start to the end of both.
+        detector_s = 2 * phase + PHASE_RESTARTS_S
+        producers = Producers(out / "run", stack.env, tag=f"soak{seed}-{uuid.uuid4().hex[:4]}", count=PRODUCERS,
+                              rate_each=rate / PRODUCERS, end_at=t_start + detector_s + duration * (1 + SLIP))
+        sampler = Sampler(stack, producers, stack.kafka())
+        bad = actions.BadInputs(stack.kafka(), seed)
+        sampler.start()
+        bad.start()
+        producers.start()
+        record["detector_phases"] = detector_phases(stack, leaky, phase)
+        band = verify.zero_band(rate)
+        t_kills = record["t_kills"] = time.time()
+        run_events(events, t_kills, stack, producers, args.store, seed, upgrade, sampler, band,
+                   end_at=producers.end_at - 30)
+        settle(sampler, band, next((e for e in reversed(events) if "t" in e), None))
+        say("waiting for the producers' last results")
+        producers.wait(producers.end_at - time.time() + DRAIN_S)
+        bad.stop()
+        time.sleep(10)  # the consumers commit the last batches: the lag's last samples
+        sampler.stop()
+        record["events"] = events
+        try:
+            verdict = check(record, stack, producers, sampler, bad, rate, out)
+        except Exception as exc:  # noqa: BLE001 - what was measured is still written
+            record["error"] = f"checks not finished: {type(exc).__name__}: {exc}"
+            say(record["error"])
+            verdict = record["ok"] = False
+    finally:
+        if producers is not None:
+            producers.stop()
+        stack.down()
+    record["took_s"] = round(time.time() - started, 1)
+    paths = report.write(record, out, sampler_lag=sampler.lag)
+    say(report.table(record))
+    say(f"soak.json: {paths[0]}  soak.png: {paths[1]}  ({record['took_s']:.0f} s)")
+    say(f"{'PASSED' if verdict else 'FAILED'} (seed {seed})")
+    return 0 if verdict else 1
+
+
+def check(record: dict, stack, producers, sampler, bad, rate: float, out: Path) -> bool:
+    """Every pass condition into ``record``; True when all hold."""
+    from tests.faults.stores import Rows
+    from tests.soak import memory
+
+    rows = Rows(stack)
+    try:
+        record["producers"] = [verify.check_producer(rows, e, producers.run.producer_dir(e["producer_id"]),
+                                                     producers.progress(e["producer_id"])) for e in producers.all()]
+    finally:
+        rows.close()
+    record["dlq"] = verify.check_dlq(stack.kafka(), bad.attempted, bad.acknowledged)
+    band = verify.zero_band(rate)
+    verify.recovery(record["events"], sampler.lag, band)
+    record["lag"] = {"zero_band": band, "bound": "2 x ready_after_s + %g s" % verify.LAG_SLACK_S}
+    stored = report.stored_series(stack, [e["producer_id"] for e in producers.all()])
+    record["series"] = stored["series"]
+    record["memory"] = memory.verdicts(sampler.lifetimes, stored["sent_at"], record, BOUND_B_PER_IMAGE)
+    kills = [e for e in record["events"] if "skipped" not in e]
+    record["checks"] = {
+        "acknowledged_stored_once": all(r["ok"] for r in record["producers"]),
+        "dlq_only_bad": record["dlq"]["ok"],
+        "lag_back_within_bound": all(e.get("lag_ok") for e in kills) and all("error" not in e for e in kills),
+        "rolling_upgrade": all(e.get("ok") for e in kills if e["what"] == UPGRADE),
+        "no_process_grows": record["memory"]["ok"],
+        "detector_flags_leak_passes_unmodified": record["memory"]["selftest"]["ok"],
+    }
+    record["ok"] = all(record["checks"].values())
+    return record["ok"]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,107 @@
+"""The soak's leak detector on synthetic series (tests/soak/detector.py): a process that
+grows by a few KB per image is flagged, a flat or merely noisy one and one whose memory
+only grows while it warms up are not, a lifetime too short is not judged."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from tests.soak.detector import BOUND_B_PER_IMAGE, MIN_SPAN_S, WARMUP_S, Images, Lifetime, judge, least_squares
+
+RATE = 40.0  # images/s stored while the synthetic process lives
+EVERY = 2.0
+
+
+def series(seconds: float, per_image_b: float, *, noise_b: float = 0.0, warmup_mib: float = 0.0,
+           seed: int = 0) -> tuple[Lifetime, Images]:
+    rng = random.Random(seed)
+    base = 200 * 2**20
+    samples = []
+    t = 1000.0
+    while t <= 1000.0 + seconds:
+        age = t - 1000.0
+        warm = warmup_mib * 2**20 * min(1.0, age / 20)  # the first 20 s: imports, arenas
+        samples.append((t, int(base + warm + per_image_b * RATE * age + rng.gauss(0, noise_b))))
+        t += EVERY
+    stored = [1000.0 + i / RATE for i in range(int(seconds * RATE) + 1)]
+    return Lifetime("db-consumer", "main", 4242, samples), Images(stored)
+
+
+def test_least_squares_recovers_a_line():
+    slope, intercept = least_squares([(x, 3.0 * x + 7) for x in range(10)])
+    assert slope == pytest.approx(3.0)
+    assert intercept == pytest.approx(7.0)
+
+
+def test_a_leak_of_4_kb_per_image_is_flagged():
+    life, images = series(90, 4096, noise_b=2 * 2**20)
+    row = judge(life, images)
+    assert row["verdict"] == "grows"
+    assert row["slope_b_per_image"] == pytest.approx(4096, rel=0.35)
+
+
+def test_a_flat_noisy_process_passes():
+    for seed in range(20):
+        life, images = series(90, 0, noise_b=2 * 2**20, seed=seed)
+        assert judge(life, images)["verdict"] == "flat", seed
+
+
+def test_growth_during_warm_up_only_is_not_a_leak():
+    life, images = series(120, 0, warmup_mib=40, noise_b=2**20)
+    row = judge(life, images)
+    assert row["verdict"] == "flat"
+    # ... whereas without the warm-up excluded the same lifetime would read as a leak
+    assert judge(life, images, warmup_s=0, skip_fraction=0)["slope_b_per_image"] > BOUND_B_PER_IMAGE
+
+
+def test_judged_only_after_the_component_serves_again():
+    # 60 MiB loaded over the first 100 s (a model on a busy host), flat afterwards
+    life, images = series(300, 0, noise_b=2**20)
+    life.samples = [(t, rss + int(60 * 2**20 * min(1.0, (t - 1000.0) / 100))) for t, rss in life.samples]
+    assert judge(life, images, skip_fraction=0)["slope_b_per_image"] > BOUND_B_PER_IMAGE
+    assert judge(life, images, skip_fraction=0, ready_at=1100.0)["verdict"] == "flat"
+
+
+def test_growth_that_slows_down_is_not_a_leak():
+    # buffers filling: 30 MiB approached exponentially (time constant 60 s), not linearly
+    import math
+
+    life, images = series(240, 0, noise_b=2**19)
+    life.samples = [(t, rss + int(30 * 2**20 * (1 - math.exp(-(t - 1000.0) / 60)))) for t, rss in life.samples]
+    row = judge(life, images, skip_fraction=0, warmup_s=0)
+    assert row["slope_b_per_image"] > BOUND_B_PER_IMAGE  # over the whole lifetime it would read as a leak
+    assert row["verdict"] == "flat"  # but its last half has all but stopped
+
+
+def test_the_bound_sits_between_noise_and_the_deliberate_leak():
+    assert 0 < BOUND_B_PER_IMAGE < 4096
+    life, images = series(90, BOUND_B_PER_IMAGE * 2)
+    assert judge(life, images)["verdict"] == "grows"
+    life, images = series(90, BOUND_B_PER_IMAGE / 2)
+    assert judge(life, images)["verdict"] == "flat"
+
+
+def test_a_short_lifetime_is_not_judged():
+    life, images = series(WARMUP_S + MIN_SPAN_S - 10, 100_000)
+    assert judge(life, images)["verdict"] == "too short"
+
+
+def test_no_image_stored_is_not_judged_per_image():
+    life, _ = series(120, 4096)
+    row = judge(life, Images([]))
+    assert row["verdict"] == "too short"
+    assert row["slope_b_s"] > 0
+
+
+def test_images_between_counts_inclusive():
+    images = Images([3.0, 1.0, 2.0, 5.0])
+    assert images.between(1.0, 3.0) == 3
+    assert images.between(4.0, 4.5) == 0
+
+
+def test_the_exit_sample_does_not_hide_a_leak():
+    life, images = series(90, 4096, noise_b=2**20)
+    life.samples.append((life.samples[-1][0] + EVERY, 0))  # psutil reads 0 from a process exiting
+    assert judge(life, images)["verdict"] == "grows"

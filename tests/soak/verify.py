@@ -1,0 +1,115 @@
+"""The soak's pass conditions, each read from the source of truth: the store itself for
+every image a producer counts as acknowledged (tests/faults/stores.py Rows, the store's
+own client), the dead-letter topic for what it holds, the lag samples for each kill's
+recovery, the detector for every process's memory."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+from tests.faults.stores import Rows
+
+# A kill's lag is "back to zero" once both groups' lag is at most this many seconds of
+# the offered load: what a healthy pipeline holds between a send and the commits (one
+# batch wait, one inference call, one store write); measured before the first kill.
+ZERO_BAND_S = 1.0
+# The bound on each kill's recovery: at half the capacity the backlog that piles up while
+# a component is down (T: from the kill until it serves again) drains at least as fast as
+# it grew, so the lag is back within 2 T, plus LAG_SLACK_S for what follows a restart (the
+# group's rebalance after the session timeout, a batch in flight redone, the supervisor's
+# backoff).  docs/RELIABILITY.md, "Soak".
+LAG_SLACK_S = 60.0
+
+
+def lag_bound(event: dict) -> float:
+    return 2 * float(event.get("ready_after_s", event.get("took_s", 0.0)) or 0.0) + LAG_SLACK_S
+
+
+def acknowledged(producer_dir: Path) -> tuple[set[str], set[str]] | None:
+    """(attempted, acknowledged) image ids of a producer that wrote its run files (one
+    SIGKILLed did not: None)."""
+    summary, rows = producer_dir / "producer.json", producer_dir / "latencies.csv"
+    if not summary.is_file() or not rows.is_file():
+        return None
+    with open(rows, newline="") as fh:
+        attempted = {r["image_id"] for r in csv.DictReader(fh)}
+    failed = set(json.loads(summary.read_text()).get("failed_images", {}))
+    return attempted, attempted - failed
+
+
+def check_producer(rows: Rows, entry: dict, producer_dir: Path, progress: dict) -> dict:
+    """One producer's images in the store: each acknowledged one stored once, complete.
+
+    A producer that ran to its end wrote the ids the broker acknowledged; one SIGKILLed
+    wrote none, only its progress (the count acknowledged so far): for it every stored
+    image must be complete and unique, and at least that many stored."""
+    docs = rows.documents(entry["producer_id"])
+    ids = [d["image_id"] for d in docs]
+    complete = {d["image_id"] for d in docs if d.get("image") and d.get("prediction")
+                and d.get("confidence") is not None and d.get("model")}
+    row = {"producer_id": entry["producer_id"], "killed": entry["killed_at"] is not None,
+           "exit_code": entry["proc"].poll(), "stored": len(set(ids)), "duplicated": len(ids) - len(set(ids)),
+           "half_written": len(set(ids) - complete)}
+    known = acknowledged(producer_dir)
+    if known is not None:
+        attempted, acked = known
+        row.update(attempted=len(attempted), acknowledged=len(acked), missing=len(acked - complete),
+                   not_sent=len(set(ids) - attempted))
+        row["ok"] = row["missing"] == row["duplicated"] == row["half_written"] == row["not_sent"] == 0
+    else:
+        acked = progress.get("sent") or 0
+        row.update(acknowledged_at_least=acked, missing=max(0, acked - len(complete)))
+        row["ok"] = row["missing"] == row["duplicated"] == row["half_written"] == 0
+    return row
+
+
+def check_dlq(settings, attempted: list[str], acked: list[str]) -> dict:
+    """The dead-letter topic holds only the bad inputs the soak sent, and each one it sent
+    (a duplicate is at-least-once delivery after a kill: counted, allowed)."""
+    from consumers.dlq_entries import read_dlq
+
+    entries = read_dlq(settings, idle_ms=5000)
+    keys = [(e.dead.key or b"").decode(errors="replace") if e.dead else None for e in entries]
+    unexpected = [k for k in keys if k not in set(attempted)]
+    missing = sorted(set(acked) - set(keys))
+    return {"dead_letters": len(entries), "bad_sent": len(acked), "bad_attempted": len(attempted),
+            "unexpected": len(unexpected), "unexpected_keys": unexpected[:10], "missing": len(missing),
+            "missing_keys": missing[:10], "duplicates": len(keys) - len(set(keys)),
+            "ok": not unexpected and not missing}
+
+
+def zero_band(rate: float) -> int:
+    return max(1, math.ceil(rate * ZERO_BAND_S))
+
+
+def recovery(events: list[dict], lag: list[dict], band: int, until: float = math.inf) -> None:
+    """For each event (with its ``t``), ``recovered_after_s``: from the kill to the sample
+    that ends the last excursion of the lag (a group above ``band``, or unreadable: the
+    broker away) before the next event; 0 when the lag never left the band.  ``lag_ok``:
+    recovered, within the event's ``lag_bound``.  The last event's window ends at ``until``."""
+    timed = [e for e in events if "t" in e]
+    for i, ev in enumerate(timed):
+        end = timed[i + 1]["t"] if i + 1 < len(timed) else until
+        window = [s for s in lag if ev["t"] <= s["t"] < end]
+        out = [j for j, s in enumerate(window) if not in_band(s, band)]
+        ev["lag_bound_s"] = round(lag_bound(ev), 1)
+        ev["peak_lag"] = max((sum(v for k, v in s.items() if k != "t" and v is not None) for s in window), default=None)
+        if not window:
+            ev.update(recovered_after_s=None, lag_ok=False)
+            continue
+        if not out:
+            back = ev["t"]
+        elif out[-1] + 1 < len(window):
+            back = window[out[-1] + 1]["t"]
+        else:
+            back = None  # still out of the band when the next event came (or the run ended)
+        ev["recovered_after_s"] = None if back is None else round(back - ev["t"], 1)
+        ev["lag_ok"] = back is not None and back - ev["t"] <= ev["lag_bound_s"]
+
+
+def in_band(sample: dict, band: int) -> bool:
+    values = [v for k, v in sample.items() if k != "t"]
+    return bool(values) and all(v is not None and v <= band for v in values)
