@@ -106,8 +106,8 @@ class InferenceClient:
     """POSTs batches to /v1/predict, spreading them round-robin over the service URLs."""
 
     def __init__(self, settings: InferenceClientSettings, session=None):
-        """``session``: what sends the requests, a ``requests.Session`` by default
-        (consumers.embedded passes one answered by the service's app in this process)."""
+        """``session``: what sends the requests, a ``requests.Session`` by default (a test's
+        fake).  consumers.embedded's subclass sends none: it calls the service's core."""
         import requests
 
         self.urls = [u.strip().rstrip("/") for u in settings.inference_url.split(",") if u.strip()]

@@ -4,18 +4,20 @@
 
 ``create_app`` runs in every worker (``preload_app`` is off), so each worker loads
 its own model in a background thread after the fork; the master never imports
-TensorFlow.  Nothing in this module imports TensorFlow either.
+TensorFlow.  Nothing in this module imports TensorFlow either, nor Flask before
+``create_app`` runs.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any, Mapping
-
-from flask import Flask
+from typing import TYPE_CHECKING, Any, Mapping
 
 from common.log import setup_logging
 from common.settings import MetricsSettings, ServiceSettings, describe, request_bytes_limit
+
+if TYPE_CHECKING:
+    from flask import Flask
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +27,8 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     ``ServiceSettings`` field (``MODEL_WEIGHTS``, ``MAX_REQUEST_IMAGES`` ...) override the
     environment.  ``MODEL_HOST`` may pass an already loaded :class:`inference.serving.ModelHost`
     (tests share one model between apps)."""
+    from flask import Flask  # here: importing inference.classify (the embedded consumer) loads no Flask
+
     from inference import api
     from inference.metrics import ServiceMetrics
     from inference.serving import ModelHost

@@ -1,10 +1,14 @@
 """INFERENCE_MODE=embedded (consumers/embedded.py): the inference consumer's client answered
-by the service's app in the consumer's own process - the same PredictResponse, per-image
-errors, refusals and start-up limit check as over HTTP, no socket."""
+by the service's request core on a model in the consumer's own process - the same
+PredictResponse, per-image errors, refusals and start-up limit check as over HTTP, no
+socket, no Flask."""
 
 from __future__ import annotations
 
 import io
+import os
+import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -28,7 +32,7 @@ from consumers.predict_client import BatchRejected, service_limits  # noqa: E402
 def client(tmp_path_factory):
     checkpoint = write_checkpoint(tmp_path_factory.mktemp("weights"))
     cfg = InferenceClientSettings(inference_mode="embedded", retry_initial_s=0.05, retry_max_s=0.2)
-    c = embedded_client(cfg, {"TESTING": True, "MODEL_ENGINE": "torch", "MODEL_WEIGHTS": str(checkpoint),
+    c = embedded_client(cfg, {"MODEL_ENGINE": "torch", "MODEL_WEIGHTS": str(checkpoint),
                               "MODEL_BATCH_MAX_IMAGES": 16})
     # /v1/model answers 503 while the model loads: the start-up check waits, as for a service.
     assert service_limits(c, cfg, threading.Event()) == {EMBEDDED_URL: 128}
@@ -89,3 +93,44 @@ def test_the_consumer_runs_the_model_itself_within_its_limit(monkeypatch, batch,
     except Started:
         result = "consuming"
     assert result == outcome and len(made) == 1
+
+
+NO_FLASK = """
+import sys
+from common.schema import encode_png
+from common.settings import InferenceClientSettings
+import numpy as np
+from consumers import inference
+from consumers.embedded import embedded_client
+client = embedded_client(InferenceClientSettings(inference_mode="embedded"))
+assert client.model_host.wait_ready(120), client.model_host.error
+body = client.predict_files([("a", encode_png(np.zeros((32, 32, 3), np.uint8)), "image/png")])
+assert body["predictions"][0]["image_id"] == "a", body
+print(sorted({m.split(".")[0] for m in sys.modules} & {"flask", "werkzeug", "gunicorn"}))
+"""
+
+
+def test_the_embedded_consumer_loads_no_flask():
+    """The embedded consumer, its model loaded and a batch answered, has imported neither
+    Flask, Werkzeug nor Gunicorn: no HTTP server stack in the consumer (issue #25)."""
+    env = {**os.environ, "MODEL_ENGINE": "torch", "MODEL_WEIGHTS": "random", "METRICS_ENABLED": "true"}
+    out = subprocess.run([sys.executable, "-c", NO_FLASK], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_the_models_metrics_are_the_consumers(client):
+    """The model's iot_service_* metrics are in this process's default registry, the one the
+    consumer's /metrics serves (common.metrics.serve)."""
+    from prometheus_client import REGISTRY
+
+    def predicted():
+        return REGISTRY.get_sample_value("iot_service_images_total", {"outcome": "predicted"}) or 0.0
+
+    def answered():
+        return REGISTRY.get_sample_value("iot_service_requests_total", {"handler": "/v1/predict", "code": "200"}) or 0.0
+
+    before, requests_before = predicted(), answered()
+    client.predict_files([("m", encode_png(np.zeros((32, 32, 3), np.uint8)), "image/png")])
+    assert predicted() == before + 1 and answered() == requests_before + 1
+    assert REGISTRY.get_sample_value("iot_service_model_ready") == 1.0
