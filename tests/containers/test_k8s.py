@@ -35,10 +35,11 @@ def _kubectl() -> str:
 
 
 def build(overlay: str, tmp_path: Path) -> list[dict]:
-    """`kubectl kustomize` of a copy of deploy/k8s whose git-ignored mongodb.env is the example."""
+    """`kubectl kustomize` of a copy of deploy/k8s whose git-ignored *.env files are the examples."""
     tree = tmp_path / "k8s"
     shutil.copytree(K8S, tree, ignore=shutil.ignore_patterns("*.env"))
-    shutil.copy(tree / "base" / "mongodb.env.example", tree / "base" / "mongodb.env")
+    for example in (tree / "base").glob("*.env.example"):
+        shutil.copy(example, example.with_suffix(""))
     proc = subprocess.run([_kubectl(), "kustomize", str(tree / "overlays" / overlay)],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
@@ -188,3 +189,17 @@ def test_secrets_are_generated_and_referenced_never_inlined(built):
     assert "valueFrom" in env["MONGO_PASSWORD"] and "$(MONGO_PASSWORD)" in env["MONGO_URI"]["value"]
     ignored = subprocess.run(["git", "check-ignore", "-q", "deploy/k8s/base/mongodb.env"], cwd=ROOT).returncode
     assert ignored == 0, "deploy/k8s/base/mongodb.env must be git-ignored"
+
+
+def test_the_inference_api_wants_its_token_and_the_consumer_sends_it(built):
+    """The VMs' secure default where the images allow: the inference service and its
+    consumer read INFERENCE_TOKEN from the generated inference-token Secret."""
+    _, docs = built
+    assert any(d["metadata"]["name"].startswith("inference-token-") for d in docs if d["kind"] == "Secret")
+    deployments = _by_kind(docs, "Deployment")
+    for name in ("inference", "inference-consumer"):
+        env = {e["name"]: e for e in deployments[name]["spec"]["template"]["spec"]["containers"][0]["env"]}
+        ref = env["INFERENCE_TOKEN"]["valueFrom"]["secretKeyRef"]
+        assert ref["name"].startswith("inference-token-") and ref["key"] == "INFERENCE_TOKEN", (name, ref)
+    ignored = subprocess.run(["git", "check-ignore", "-q", "deploy/k8s/base/inference.env"], cwd=ROOT).returncode
+    assert ignored == 0, "deploy/k8s/base/inference.env must be git-ignored"
