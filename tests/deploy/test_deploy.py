@@ -333,11 +333,22 @@ def _security_checks(*extra: str) -> subprocess.Popen:
                             stderr=subprocess.STDOUT, text=True)
 
 
-def test_the_switches_off_the_secure_default_warn_and_a_missing_secret_stops_the_deployment():
+def test_the_switches_off_the_secure_default_warn_and_a_missing_secret_stops_the_deployment(tmp_path):
     """The roles' tasks/checks.yml (tests/deploy/security_checks.yaml): the defaults pass
     without a warning; Kafka PLAINTEXT and the API without a token pass with a WARNING each
-    (kafka, its clients, inference); an empty secret of the secure default stops its role."""
+    (kafka, its clients, inference); an empty secret of the secure default stops its role;
+    a Kafka formatted with security off (the earlier default) is refused, not half-switched."""
+    formatted = {}
+    for name, props in (("plaintext", "listeners=PLAINTEXT://10.56.0.13:9092\n"),
+                        ("secure", "sasl.enabled.mechanisms=SCRAM-SHA-512\n")):
+        (tmp_path / name / "data").mkdir(parents=True)
+        (tmp_path / name / "data" / "meta.properties").write_text("cluster.id=x\n")
+        (tmp_path / name / "server.properties").write_text(props)
+        formatted[name] = ("--limit", "vm3-kafka", "-e", f"kafka_data_dir={tmp_path / name / 'data'}",
+                           "-e", f"kafka_config_dir={tmp_path / name}")
     runs = {"defaults": _security_checks(),
+            "formatted plaintext": _security_checks(*formatted["plaintext"]),
+            "formatted secure": _security_checks(*formatted["secure"]),
             "switches": _security_checks("-e", "iot_kafka_security_enabled=false",
                                          "-e", "iot_inference_auth_enabled=false"),
             "no token": _security_checks("-e", "vault_inference_token="),
@@ -353,6 +364,10 @@ def test_the_switches_off_the_secure_default_warn_and_a_missing_secret_stops_the
     assert "WARNING: iot_kafka_security_enabled is false: Kafka on 10.56.0.13:9092 speaks" in text
     assert "WARNING: the Kafka clients use PLAINTEXT (iot_kafka_security_enabled false)" in text
     assert "WARNING: iot_inference_auth_enabled is false: the inference API on 10.56.0.12:8000" in text
+    text, rc = out["formatted plaintext"]
+    assert rc != 0 and "was formatted with security off" in text, text[-3000:]
+    text, rc = out["formatted secure"]
+    assert rc == 0, text[-3000:]
     text, rc = out["no token"]
     assert rc != 0 and "Set vault_inference_token in the vault" in text, text[-3000:]
     assert re.search(r"^vm2-inference\s+:.*failed=1", text, re.M), text[-1500:]
