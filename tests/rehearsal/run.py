@@ -14,7 +14,9 @@ rehearsal (tests/rehearsal/README.md), checked end to end.
    stage fails, must say so and must not stop the later stages), producer, experiment
    (a short sweep), analyze.  Then every image the experiment's producers sent must be
    stored with a prediction (queried on nx-27017 from here) and report/latency_cdf.png
-   must exist.
+   must exist.  A client on another VM without credentials must be refused by what runs
+   for real: the inference API (401 without its token), Prometheus (loopback only); the
+   stand-in broker runs with the PLAINTEXT switch, whose warning must be printed.
 3. Run 2 (warm): the whole playbook again (--skip-tags experiment,analyze and the two
    servers' tags): every role must report changed=0 (the changed tasks are listed).
 4. Run 3 (upgrade): a comment added to common/__init__.py of the shipped code changes
