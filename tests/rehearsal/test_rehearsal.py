@@ -136,8 +136,11 @@ class _Server:
         self.httpd.server_close()
 
 
+TOKEN = "test_inference_token"  # the rehearsal's vault value stands in
+
+
 def _token_api(path, authorization):
-    return 200 if authorization == "Bearer rehearsal-inference-token" else 401
+    return 200 if authorization == f"Bearer {TOKEN}" else 401
 
 
 def _open_api(path, authorization):
@@ -151,7 +154,7 @@ def _refusals(tmp_path, api, prometheus_from_other_vms: bool, warned: bool = Tru
     closed = _Server(lambda path, auth: 200)
     closed.close()  # a port where nothing listens: what a loopback-only Prometheus looks like
     extra = tmp_path / "extra-vars.yml"
-    extra.write_text('vault_inference_token: "rehearsal-inference-token"\n')
+    extra.write_text(f"vault_inference_token: {json.dumps(TOKEN)}\n")
     ips = {"iot-producer": "10.9.0.1", "iot-inference": "10.9.0.2", "iot-mongodb": "10.9.0.4"}
     other = prometheus.port if prometheus_from_other_vms else closed.port
 
