@@ -692,7 +692,8 @@ class Rehearsal:
             "url": url, "without_token": self.http_status(client, url),
             "wrong_token": self.http_status(client, url, "not-the-token"),
             "with_token": self.http_status(client, url, token) if token else "no vault_inference_token"}}
-        # Prometheus has no login: it listens on the monitoring VM's loopback only.
+        # Prometheus has no login: it listens on the monitoring VM's loopback only (from another VM
+        # the connection is refused, or dropped by ufw: curl's 000 either way).
         prom = f"http://{self.private_ip(monitoring)}:{prom_port}/-/ready"
         out["prometheus"] = {"url": prom, "from_another_vm": self.http_status(client, prom),
                              "on_its_vm_loopback": self.http_status(monitoring, f"http://127.0.0.1:{prom_port}/-/ready"),
@@ -724,6 +725,9 @@ class Rehearsal:
                             f"on loopback only (listening on {p['listening']})")
         if p["on_its_vm_loopback"] != "200":
             problems.append(f"Prometheus does not answer on its VM's loopback ({p['on_its_vm_loopback']})")
+        # ufw drops the connection too: the binding itself must be loopback only.
+        if not p["listening"] or any(not a.startswith(("127.", "[::1]")) for a in p["listening"]):
+            problems.append(f"Prometheus listens on {p['listening']}, not on loopback only")
         missing = [k for k, seen in out["plaintext_warnings"].items() if not seen]
         if missing:
             problems.append(f"Kafka runs PLAINTEXT here without the warning of: {missing}")

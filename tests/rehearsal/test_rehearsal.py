@@ -147,7 +147,8 @@ def _open_api(path, authorization):
     return 200
 
 
-def _refusals(tmp_path, api, prometheus_from_other_vms: bool, warned: bool = True) -> dict:
+def _refusals(tmp_path, api, prometheus_from_other_vms: bool, warned: bool = True,
+              listening: str = "127.0.0.1:9090") -> dict:
     """run.Rehearsal.verify_refusals against local stand-ins: `vm` runs each script here
     with curl, the VMs' addresses rewritten to the stand-ins' ports."""
     inference, prometheus = _Server(api), _Server(lambda path, auth: 200)
@@ -163,7 +164,7 @@ def _refusals(tmp_path, api, prometheus_from_other_vms: bool, warned: bool = Tru
                   .replace("10.9.0.4:9090", f"127.0.0.1:{other}")
                   .replace("127.0.0.1:9090", f"127.0.0.1:{prometheus.port}"))
         if script.startswith("ss "):
-            return "127.0.0.1:9090\n"
+            return listening + "\n"
         return subprocess.run(["bash", "-euo", "pipefail", "-s"], input=script, capture_output=True, text=True,
                               timeout=timeout).stdout
 
@@ -196,5 +197,7 @@ def test_the_rehearsal_wants_clients_without_credentials_refused(tmp_path):
         _refusals(tmp_path, _open_api, prometheus_from_other_vms=False)
     with pytest.raises(run.Failed, match="Prometheus answered 200 from iot-producer"):
         _refusals(tmp_path, _token_api, prometheus_from_other_vms=True)
+    with pytest.raises(run.Failed, match=r"Prometheus listens on \['0.0.0.0:9090'\], not on loopback only"):
+        _refusals(tmp_path, _token_api, prometheus_from_other_vms=False, listening="0.0.0.0:9090")
     with pytest.raises(run.Failed, match="Kafka runs PLAINTEXT here without the warning"):
         _refusals(tmp_path, _token_api, prometheus_from_other_vms=False, warned=False)
