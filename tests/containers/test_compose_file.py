@@ -40,7 +40,7 @@ def test_schema_check_rejects_a_broken_file(tmp_path):
 
 def test_docker_compose_resolves_both_files():
     compose = required_binary("docker-compose", "docker-compose")
-    env = {"PATH": "/usr/bin:/bin", "MONGO_ROOT_PASSWORD": "x"}
+    env = {"PATH": "/usr/bin:/bin", "MONGO_ROOT_PASSWORD": "x", "INFERENCE_TOKEN": "x"}
     for files in (["-f", str(COMPOSE)], ["-f", str(COMPOSE), "-f", str(OVERRIDE)]):
         extra = {f"IOTC_{k}": "1" for k in ("KAFKA_PORT", "MONGO_PORT", "POSTGRES_PORT", "INFERENCE_PORT", "COUNT")}
         extra.update(IOTC_DATASET_DIR="/tmp", IOTC_OUT_DIR="/tmp", IOTC_APP_IMAGE="a", IOTC_INFERENCE_IMAGE="i",
@@ -117,12 +117,25 @@ def test_partitions_cover_the_scaled_consumers():
 def test_no_secret_in_compose():
     text = COMPOSE.read_text()
     assert "MONGO_ROOT_PASSWORD:?" in text, "the MongoDB password must come from the environment/.env"
+    assert "INFERENCE_TOKEN:?" in text, "the inference token must come from the environment/.env"
     for line in text.splitlines():
         if re.search(r"PASSWORD\s*:", line):
             assert "${" in line, f"literal password: {line.strip()}"
     assert (ROOT / ".env.example").is_file()
     ignored = subprocess.run(["git", "check-ignore", "-q", ".env"], cwd=ROOT).returncode
     assert ignored == 0, ".env must be git-ignored"
+
+
+def test_the_inference_api_wants_its_token_and_its_clients_send_it():
+    """The secure default of the VMs where the images allow (docs/CONTAINERS.md): the
+    service and every client of it get INFERENCE_TOKEN from .env, required."""
+    services = _compose()["services"]
+    for name in ("inference", "inference-consumer", "experiment"):
+        assert services[name]["environment"]["INFERENCE_TOKEN"].startswith("${INFERENCE_TOKEN:?"), name
+    assert re.search(r"^INFERENCE_TOKEN=", (ROOT / ".env.example").read_text(), re.M)
+    # the UIs only on the host's loopback, nothing else published
+    published = {name: s["ports"] for name, s in services.items() if s.get("ports")}
+    assert published == {"prometheus": ["127.0.0.1:9090:9090"], "grafana": ["127.0.0.1:3000:3000"]}, published
 
 
 def test_dockerfile_rules():

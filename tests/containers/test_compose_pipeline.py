@@ -84,7 +84,9 @@ def pipeline(built, tmp_path):
                IOTC_COUNT=str(COUNT), IOTC_DATASET_DIR=str(sample.parent), IOTC_DATASET_NAME=sample.name,
                IOTC_OUT_DIR=str(out),
                # compose.yaml requires them (the real MongoDB's root user); nx-27017 ignores them
-               MONGO_ROOT_USERNAME="iot", MONGO_ROOT_PASSWORD=uuid.uuid4().hex)
+               MONGO_ROOT_USERNAME="iot", MONGO_ROOT_PASSWORD=uuid.uuid4().hex,
+               # the inference API's bearer token, required by compose.yaml: the consumer sends it
+               INFERENCE_TOKEN=uuid.uuid4().hex)
     env.pop("DOCKER_HOST", None)
 
     def compose(*args: str, timeout: float = HANG_GUARD_S, check: bool = True) -> subprocess.CompletedProcess:

@@ -6,6 +6,7 @@ partitions vs KEDA's maxReplicaCount, secrets referenced, never inlined)."""
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import shutil
@@ -236,3 +237,46 @@ def test_the_torch_overlay_serves_the_torch_image_with_its_engine(tmp_path):
     assert container["imagePullPolicy"] == "Never"  # the local overlay's
     consumer = _by_kind(docs, "Deployment")["inference-consumer"]["spec"]["template"]["spec"]["containers"][0]
     assert consumer["image"].split(":")[0] == "iot-pipeline/app"
+
+
+def test_the_inference_api_wants_its_token_and_the_consumer_sends_it(built):
+    """The VMs' secure default where the images allow: the inference service and its
+    consumer read INFERENCE_TOKEN from the generated inference-token Secret."""
+    _, docs = built
+    assert any(d["metadata"]["name"].startswith("inference-token-") for d in docs if d["kind"] == "Secret")
+    deployments = _by_kind(docs, "Deployment")
+    for name in ("inference", "inference-consumer"):
+        env = {e["name"]: e for e in deployments[name]["spec"]["template"]["spec"]["containers"][0]["env"]}
+        ref = env["INFERENCE_TOKEN"]["valueFrom"]["secretKeyRef"]
+        assert ref["name"].startswith("inference-token-") and ref["key"] == "INFERENCE_TOKEN", (name, ref)
+    ignored = subprocess.run(["git", "check-ignore", "-q", "deploy/k8s/base/inference.env"], cwd=ROOT).returncode
+    assert ignored == 0, "deploy/k8s/base/inference.env must be git-ignored"
+
+
+def test_kafka_clients_use_scram_over_tls_with_the_cluster_ca(built):
+    """As on the VMs: the only listener is SCRAM-SHA-512 over TLS; every Kafka client (the
+    two consumers, the producers, KEDA) trusts Strimzi's cluster CA and logs in."""
+    _, docs = built
+    listeners = _by_kind(docs, "Kafka")["iot-kafka"]["spec"]["kafka"]["listeners"]
+    assert [(x["tls"], x["authentication"]["type"]) for x in listeners] == [(True, "scram-sha-512")]
+    settings = next(d for d in docs if d["kind"] == "ConfigMap"
+                    and d["metadata"]["name"].startswith("pipeline-settings"))["data"]
+    assert settings["KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL"
+    assert settings["KAFKA_BOOTSTRAP_SERVERS"].endswith(f":{listeners[0]['port']}")
+    ca_dir = settings["KAFKA_SSL_CAFILE"].rsplit("/", 1)[0]
+    pods = {**{n: d["spec"]["template"]["spec"] for n, d in _by_kind(docs, "Deployment").items()
+               if n != "inference"},
+            "producers": _by_kind(docs, "Job")["producers"]["spec"]["template"]["spec"]}
+    assert set(pods) == {"inference-consumer", "db-consumer", "producers"}
+    for name, pod in pods.items():
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        mounts = {m["mountPath"]: m for m in pod["containers"][0]["volumeMounts"]}
+        assert mounts[ca_dir]["readOnly"] is True, name
+        assert volumes[mounts[ca_dir]["name"]]["secret"]["secretName"] == "iot-kafka-cluster-ca-cert", name
+    auth = _by_kind(docs, "TriggerAuthentication")["inference-consumer-kafka"]["spec"]["secretTargetRef"]
+    params = {r["parameter"]: r for r in auth}
+    assert params["ca"]["name"] == "iot-kafka-cluster-ca-cert" and params["ca"]["key"] == "ca.crt"
+    sasl = next(d for d in docs if d["kind"] == "Secret" and d["metadata"]["name"] == params["tls"]["name"])
+    assert base64.b64decode(sasl["data"][params["tls"]["key"]]) == b"enable"
+    trigger = _by_kind(docs, "ScaledObject")["inference-consumer"]["spec"]["triggers"][0]["metadata"]
+    assert trigger["bootstrapServers"].endswith(f".svc:{listeners[0]['port']}")

@@ -295,8 +295,10 @@ def test_env_files(rendered):
     # one URL per inference host: the consumer spreads its batches over them
     assert consumer["INFERENCE_URL"] == "http://10.56.0.12:8000,http://10.56.0.15:8000"
     assert consumer["KAFKA_BOOTSTRAP_SERVERS"] == "10.56.0.13:9092"
-    assert consumer["KAFKA_SECURITY_PROTOCOL"] == "PLAINTEXT"
-    assert "KAFKA_SASL_PASSWORD" not in consumer
+    assert consumer["KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL"                 # the default
+    plaintext = env_file(rendered / "vm3-kafka" / "plaintext-iot-inference-consumer.env")
+    assert plaintext["KAFKA_SECURITY_PROTOCOL"] == "PLAINTEXT"              # the switch for a benchmark
+    assert not {"KAFKA_SASL_USERNAME", "KAFKA_SASL_PASSWORD", "KAFKA_SSL_CAFILE"} & plaintext.keys()
     assert {"PREDICT_BATCH_IMAGES", "PREDICT_BATCH_WAIT_MS", "INFERENCE_TOKEN", "IMAGES_TOPIC", "RESULTS_TOPIC", "DLQ_TOPIC",
             "IMAGES_PARTITIONS"} <= consumer.keys()
 
@@ -347,6 +349,112 @@ def test_the_model_engine_is_installed_where_the_model_runs_only(rendered):
     assert "INFERENCE_MODE" not in env_file(rendered / "vm3-kafka" / "iot-inference-consumer.env")
     config = yaml.safe_load((rendered / "vm4-mongodb" / "embedded-prometheus.yml").read_text())
     assert "inference" not in {c["job_name"] for c in config["scrape_configs"]}  # no service runs
+def test_security_is_on_by_default(rendered):
+    """Chameleon's sharednet1 is shared by every tenant: with the defaults every service
+    wants credentials (Kafka SASL/SCRAM over TLS with ACLs, MongoDB, the inference API's
+    token, Grafana's password) and the web UIs without a login of their own listen on
+    loopback.  PLAINTEXT and no token are explicit switches (test below)."""
+    settings = yaml.safe_load((ROOT / "inventory/group_vars/all/main.yml").read_text())
+    assert settings["iot_kafka_security_enabled"] is True
+    assert settings["iot_inference_auth_enabled"] is True
+    assert yaml.safe_load((ROOT / "roles/iot_app/defaults/main.yml").read_text())["iot_app_mongodb_auth"] is True
+
+    kafka = rendered / "vm3-kafka"
+    props = properties(kafka / "default-server.properties")
+    assert props["listeners"].startswith("SASL_SSL://10.56.0.13:9092")
+    assert props["advertised.listeners"] == "SASL_SSL://10.56.0.13:9092"
+    assert props["allow.everyone.if.no.acl.found"] == "false" and props["authorizer.class.name"]
+    assert "PLAINTEXT" not in props["listener.security.protocol.map"].replace("CONTROLLER:PLAINTEXT", "")
+    assert properties(kafka / "default-admin-client.properties")["security.protocol"] == "SASL_SSL"
+    for name, user in (("iot-inference-consumer", "iot-inference-consumer"), ("iot-db-consumer", "iot-db-consumer")):
+        env = env_file(kafka / f"{name}.env")
+        assert (env["KAFKA_SECURITY_PROTOCOL"], env["KAFKA_SASL_MECHANISM"]) == ("SASL_SSL", "SCRAM-SHA-512")
+        assert env["KAFKA_SASL_USERNAME"] == user and env["KAFKA_SASL_PASSWORD"].startswith("change-me-kafka-")
+        assert env["KAFKA_SSL_CAFILE"] == "/etc/iot-pipeline/kafka-ca.crt"
+    producer = env_file(rendered / "vm1-producer" / "iot-producer.env")
+    assert (producer["KAFKA_SECURITY_PROTOCOL"], producer["KAFKA_SASL_USERNAME"]) == ("SASL_SSL", "iot-producer")
+    # MongoDB: authorization on, the clients log in as the application user.
+    assert yaml.safe_load((rendered / "vm4-mongodb" / "mongod.conf").read_text())["security"]["authorization"] == "enabled"
+    assert producer["MONGO_URI"].startswith("mongodb://iot-app:change-me-mongodb-app@")
+    # The inference API wants the vault's token, and the consumer sends it.
+    token = yaml.safe_load(VAULT_EXAMPLE.read_text())["vault_inference_token"]
+    assert env_file(rendered / "vm2-inference" / "iot-inference.env")["INFERENCE_TOKEN"] == token
+    assert env_file(kafka / "iot-inference-consumer.env")["INFERENCE_TOKEN"] == token
+    assert "INFERENCE_TOKEN" not in env_file(rendered / "vm2-inference" / "no-token-iot-inference.env")
+    # Prometheus has no login: loopback only.  Grafana: loopback, a login for everything.
+    mon = rendered / "vm4-mongodb"
+    args = (mon / "prometheus.default").read_text()
+    assert "--web.listen-address=127.0.0.1:9090" in args, args
+    grafana = env_file(mon / "grafana.env")
+    assert grafana["GF_SERVER_HTTP_ADDR"] == "127.0.0.1"
+    assert grafana["GF_AUTH_ANONYMOUS_ENABLED"] == "false" and grafana["GF_USERS_ALLOW_SIGN_UP"] == "false"
+    assert grafana["GF_SECURITY_ADMIN_PASSWORD"] == yaml.safe_load(VAULT_EXAMPLE.read_text())["vault_grafana_admin_password"]
+    datasource = yaml.safe_load((mon / "grafana-datasource.yml").read_text())
+    assert datasource["datasources"][0]["url"] == "http://127.0.0.1:9090"
+
+
+def _security_checks(*extra: str) -> subprocess.Popen:
+    return subprocess.Popen([tool("ansible-playbook"), "-i", str(INVENTORY), str(DEPLOY / "security_checks.yaml"),
+                             *extra], cwd=ROOT, env=ansible_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def test_the_switches_off_the_secure_default_warn_and_a_missing_secret_stops_the_deployment(tmp_path):
+    """The roles' tasks/checks.yml (tests/deploy/security_checks.yaml): the defaults pass
+    without a warning; Kafka PLAINTEXT and the API without a token pass with a WARNING each
+    (kafka, its clients, inference); an empty secret of the secure default stops its role;
+    a Kafka formatted with security off (the earlier default) is refused, not half-switched."""
+    formatted = {}
+    for name, props in (("plaintext", "listeners=PLAINTEXT://10.56.0.13:9092\n"),
+                        ("secure", "sasl.enabled.mechanisms=SCRAM-SHA-512\n")):
+        (tmp_path / name / "data").mkdir(parents=True)
+        (tmp_path / name / "data" / "meta.properties").write_text("cluster.id=x\n")
+        (tmp_path / name / "server.properties").write_text(props)
+        formatted[name] = ("--limit", "vm3-kafka", "-e", f"kafka_data_dir={tmp_path / name / 'data'}",
+                           "-e", f"kafka_config_dir={tmp_path / name}")
+    runs = {"defaults": _security_checks(),
+            "formatted plaintext": _security_checks(*formatted["plaintext"]),
+            "formatted secure": _security_checks(*formatted["secure"]),
+            "switches": _security_checks("-e", "iot_kafka_security_enabled=false",
+                                         "-e", "iot_inference_auth_enabled=false"),
+            "no token": _security_checks("-e", "vault_inference_token="),
+            "no passwords": _security_checks("-e", "vault_mongodb_admin_password=",
+                                             "-e", "vault_kafka_producer_password=")}
+    out = {}
+    for name, proc in runs.items():
+        out[name] = (proc.communicate(timeout=600)[0], proc.returncode)
+    text, rc = out["defaults"]
+    assert rc == 0 and "WARNING:" not in text.replace("[WARNING]", ""), text[-3000:]
+    text, rc = out["switches"]
+    assert rc == 0, text[-3000:]
+    assert "WARNING: iot_kafka_security_enabled is false: Kafka on 10.56.0.13:9092 speaks" in text
+    assert "WARNING: the Kafka clients use PLAINTEXT (iot_kafka_security_enabled false)" in text
+    assert "WARNING: iot_inference_auth_enabled is false: the inference API on 10.56.0.12:8000" in text
+    text, rc = out["formatted plaintext"]
+    assert rc != 0 and "was formatted with security off" in text, text[-3000:]
+    text, rc = out["formatted secure"]
+    assert rc == 0, text[-3000:]
+    text, rc = out["no token"]
+    assert rc != 0 and "Set vault_inference_token in the vault" in text, text[-3000:]
+    assert re.search(r"^vm2-inference\s+:.*failed=1", text, re.M), text[-1500:]
+    text, rc = out["no passwords"]
+    assert rc != 0 and "Set vault_mongodb_admin_password and vault_mongodb_app_password" in text, text[-3000:]
+    assert re.search(r"^vm3-kafka\s+:.*failed=1", text, re.M), text[-1500:]   # its message is no_log
+    assert re.search(r"^vm4-mongodb\s+:.*failed=1", text, re.M), text[-1500:]
+
+
+def test_every_vault_secret_is_documented():
+    """Every secret the deployment reads from the vault is in vault.yml.example and named
+    in docs/DEPLOY.md, so that the secure default can be filled in from the page."""
+    example = set(yaml.safe_load(VAULT_EXAMPLE.read_text()))
+    used = set()
+    for path in [*(ROOT / "roles").rglob("*.yml"), *(ROOT / "roles").rglob("*.j2"),
+                 *(ROOT / "inventory").rglob("*.yml"), *(ROOT / "playbooks").glob("*.yaml")]:
+        # whole names only: not the pattern vault_kafka_*_password of a message
+        used |= set(re.findall(r"\b(vault_[a-z0-9_]*[a-z0-9])(?![a-z0-9_*])", path.read_text()))
+    assert used <= example, f"read from the vault, not in vault.yml.example: {sorted(used - example)}"
+    deploy = (ROOT / "docs" / "DEPLOY.md").read_text()
+    assert not [k for k in example if f"`{k}`" not in deploy], "vault keys not named in docs/DEPLOY.md"
 
 
 def test_monitoring_scrapes_every_component_from_the_inventory(rendered):
@@ -371,7 +479,7 @@ def test_monitoring_scrapes_every_component_from_the_inventory(rendered):
     assert (consumer["METRICS_PORT"], consumer["METRICS_BIND"]) == ("9101", "10.56.0.13")
     assert (db["METRICS_PORT"], db["METRICS_BIND"]) == ("9102", "10.56.0.13")
     assert env_file(mon / "grafana.env")["GF_SECURITY_ADMIN_PASSWORD"] == "change-me-grafana-admin"
-    assert "--web.listen-address=:9090" in (mon / "prometheus.default").read_text()
+    assert "--web.listen-address=127.0.0.1:9090" in (mon / "prometheus.default").read_text()   # loopback only
     assert not (rendered / "vm3-kafka" / "prometheus.yml").exists()      # one monitoring host
     out = run([required_binary("promtool"), "check", "config", "--syntax-only", str(mon / "prometheus.yml")])
     assert out.returncode == 0, out.stdout + out.stderr

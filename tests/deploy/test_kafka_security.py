@@ -318,8 +318,14 @@ def test_every_client_logs_in_as_its_own_user(rendered):
     assert seen == set(record(rendered)["scram_usernames"])
     # the DLQ tool reaches MongoDB too (replays are looked up and recorded there)
     assert env_file(files["dlq"])["MONGO_URI"].startswith("mongodb://")
-    for plain in (rendered / "vm1-producer" / "iot-producer.env", rendered / "vm3-kafka" / "iot-dlq.env",
-                  rendered / "vm3-kafka" / "iot-inference-consumer.env", rendered / "vm3-kafka" / "iot-db-consumer.env"):
+    # the defaults are these files; the switch for a benchmark (PLAINTEXT) leaves out every credential
+    for name in ("iot-producer", "iot-inference-consumer", "iot-db-consumer", "iot-dlq"):
+        host = "vm1-producer" if name == "iot-producer" else "vm3-kafka"
+        assert env_file(rendered / host / f"{name}.env") == env_file(rendered / host / f"secure-{name}.env"), name
+    for plain in (rendered / "vm1-producer" / "plaintext-iot-producer.env", rendered / "vm3-kafka" / "plaintext-iot-dlq.env",
+                  rendered / "vm3-kafka" / "plaintext-iot-inference-consumer.env",
+                  rendered / "vm3-kafka" / "plaintext-iot-db-consumer.env"):
+        assert env_file(plain)["KAFKA_SECURITY_PROTOCOL"] == "PLAINTEXT", plain
         assert not any(k.startswith("KAFKA_SASL_") for k in env_file(plain)), plain
     # the experiment runs its producers with the producer's file (and user)
     experiment = yaml.safe_load((ROOT / "roles/experiment/vars/main.yml").read_text())

@@ -227,6 +227,10 @@ def write_extra_vars(s: Settings) -> None:
         "iot_deploy_root": str(deploy_root()),
         # nx-27017 has no authentication: MONGO_URI without credentials (README.md).
         "iot_app_mongodb_auth": False,
+        # tansu speaks PLAINTEXT only (no SASL users, no ACLs): the explicit switch off the
+        # secure default, whose warning run.py checks.  The inference token, Grafana's
+        # password and the loopback-only web UIs stay as a user gets them.
+        "iot_kafka_security_enabled": False,
         # No internet on the test network: a model with random weights (no ImageNet
         # download) and synthetic images (no CIFAR download).
         "inference_model_weights": "random",

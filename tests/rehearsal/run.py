@@ -14,7 +14,9 @@ rehearsal (tests/rehearsal/README.md), checked end to end.
    stage fails, must say so and must not stop the later stages), producer, experiment
    (a short sweep), analyze.  Then every image the experiment's producers sent must be
    stored with a prediction (queried on nx-27017 from here) and report/latency_cdf.png
-   must exist.
+   must exist.  A client on another VM without credentials must be refused by what runs
+   for real: the inference API (401 without its token), Prometheus (loopback only); the
+   stand-in broker runs with the PLAINTEXT switch, whose warning must be printed.
 3. Run 2 (warm): the whole playbook again (--skip-tags experiment,analyze and the two
    servers' tags): every role must report changed=0 (the changed tasks are listed).
 4. Run 3 (upgrade): a comment added to common/__init__.py of the shipped code changes
@@ -653,6 +655,8 @@ class Rehearsal:
         b.check()
         with self.step("run 1: monitoring checked"):
             r1["monitoring"] = self.verify_monitoring(b)
+        with self.step("run 1: clients without credentials refused"):
+            r1["refusals"] = self.verify_refusals(a.text + c.text)
         with self.step(f"run 1: images checked in the store ({self.args.store})"):
             self.verify_run1()
 
@@ -728,6 +732,70 @@ class Rehearsal:
             problems.append(f"Prometheus cannot scrape {down}")
         if problems:
             raise Failed("monitoring: " + "; ".join(problems))
+        return out
+
+    def http_status(self, server: str, url: str, token: str | None = None) -> str:
+        """The HTTP status of a GET from `server` ("000 rc=7": the connection was refused).
+        The token goes through the script on stdin, never a command line."""
+        header = f"-H 'Authorization: Bearer {token}' " if token is not None else ""
+        return self.vm(server, f"curl -s -o /dev/null --max-time 10 -w '%{{http_code}}' {header}'{url}' "
+                               f"|| echo \" rc=$?\"", check=False).strip()
+
+    def verify_refusals(self, run1_text: str) -> dict:
+        """The secure default, as far as the rehearsal runs the real servers: a client on
+        another VM of the private network (the producer VM, in the place of another tenant
+        past the security group) without credentials is refused by each service that runs
+        for real here.  What the stand-ins cannot show is recorded under "not_proven"."""
+        inv = self.inventory()["groups"]
+        client, inference, monitoring = inv["producers"][0], inv["inference"][0], inv["mongodb"][0]
+        token = (yaml.safe_load(self.s.extra_vars_file.read_text()) or {}).get("vault_inference_token")
+        url = f"http://{self.private_ip(inference)}:{role_defaults('inference')['inference_port']}/v1/model"
+        prom_port = role_defaults("monitoring")["monitoring_prometheus_port"]
+        out = {"client": client, "inference": {
+            "url": url, "without_token": self.http_status(client, url),
+            "wrong_token": self.http_status(client, url, "not-the-token"),
+            "with_token": self.http_status(client, url, token) if token else "no vault_inference_token"}}
+        # Prometheus has no login: it listens on the monitoring VM's loopback only (from another VM
+        # the connection is refused, or dropped by ufw: curl's 000 either way).
+        prom = f"http://{self.private_ip(monitoring)}:{prom_port}/-/ready"
+        out["prometheus"] = {"url": prom, "from_another_vm": self.http_status(client, prom),
+                             "on_its_vm_loopback": self.http_status(monitoring, f"http://127.0.0.1:{prom_port}/-/ready"),
+                             "listening": self.vm(monitoring, f"ss -Hltn 'sport = :{prom_port}' | awk '{{print $4}}'",
+                                                  check=False).split()}
+        # The switch for a benchmark without TLS (the stand-in broker's case) must warn.
+        out["plaintext_warnings"] = {
+            "kafka role": "WARNING: iot_kafka_security_enabled is false" in run1_text,
+            "clients (iot_app)": "the Kafka clients use PLAINTEXT (iot_kafka_security_enabled false)" in run1_text}
+        out["not_proven"] = {
+            "kafka": "tansu (the stand-in broker) speaks PLAINTEXT only, without SASL users or ACLs: the deployment "
+                     "runs with iot_kafka_security_enabled false here; the secure broker is checked offline "
+                     "(tests/deploy/test_kafka_security.py) and in check mode",
+            "mongodb": "nx-27017 has no authentication (iot_app_mongodb_auth false here); the mongodb role, which "
+                       "turns authorization on, runs in check mode only",
+            "grafana": "Grafana's repository is out of reach, so Grafana is not installed; its settings "
+                       "(loopback, no anonymous access, the vault's password) are checked offline",
+            "dashboard": "not deployed on the VMs"}
+        problems = []
+        i = out["inference"]
+        if i["without_token"] != "401" or i["wrong_token"] != "401":
+            problems.append(f"the inference API answered {i['without_token']} without a token and "
+                            f"{i['wrong_token']} with a wrong one (401 expected) at {url}")
+        if i["with_token"] != "200":
+            problems.append(f"the inference API answered {i['with_token']} with the vault's token (200 expected)")
+        p = out["prometheus"]
+        if not p["from_another_vm"].startswith("000"):
+            problems.append(f"Prometheus answered {p['from_another_vm']} from {client} at {prom}: it must listen "
+                            f"on loopback only (listening on {p['listening']})")
+        if p["on_its_vm_loopback"] != "200":
+            problems.append(f"Prometheus does not answer on its VM's loopback ({p['on_its_vm_loopback']})")
+        # ufw drops the connection too: the binding itself must be loopback only.
+        if not p["listening"] or any(not a.startswith(("127.", "[::1]")) for a in p["listening"]):
+            problems.append(f"Prometheus listens on {p['listening']}, not on loopback only")
+        missing = [k for k, seen in out["plaintext_warnings"].items() if not seen]
+        if missing:
+            problems.append(f"Kafka runs PLAINTEXT here without the warning of: {missing}")
+        if problems:
+            raise Failed("security: " + "; ".join(problems))
         return out
 
     def verify_run1(self) -> None:
@@ -1073,6 +1141,12 @@ def render(s: dict) -> str:
         m = r1["monitoring"]
         lines.append(f"run 1: monitoring on {m['host']}: prometheus {m['prometheus']}; failed (reported, not fatal): "
                      f"{[f['task'] for f in m['failed']] or 'nothing'}")
+    if "refusals" in r1:
+        i, p = r1["refusals"]["inference"], r1["refusals"]["prometheus"]
+        lines.append(f"run 1: without credentials: inference API {i['without_token']} (wrong token "
+                     f"{i['wrong_token']}, the vault's {i['with_token']}); Prometheus from another VM "
+                     f"{p['from_another_vm']} (its loopback {p['on_its_vm_loopback']}); not proven here: "
+                     f"{', '.join(r1['refusals']['not_proven'])}")
     if "experiment" in r1:
         e = r1["experiment"]
         lines.append(f"run 1: experiment {e['dir']}: images sent {e['images']['images_sent']}, stored with a "

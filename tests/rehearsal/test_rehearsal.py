@@ -126,3 +126,95 @@ def test_deploy_rehearsal():
     proc = subprocess.run([sys.executable, "-m", "tests.rehearsal.run"], cwd=run.ROOT, timeout=4 * 3600)
     summary = json.loads((run.RESULTS / "summary.json").read_text())
     assert proc.returncode == 0 and summary["ok"], summary["failures"]
+
+
+class _Server:
+    """A local HTTP server standing in for one of the deployment's services: `status(path,
+    authorization)` gives each answer."""
+
+    def __init__(self, status):
+        import http.server
+        import threading
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 - the stdlib's name
+                self.send_response(status(self.path, self.headers.get("Authorization")))
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.httpd.server_address[1]
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+TOKEN = "test_inference_token"  # the rehearsal's vault value stands in
+
+
+def _token_api(path, authorization):
+    return 200 if authorization == f"Bearer {TOKEN}" else 401
+
+
+def _open_api(path, authorization):
+    return 200
+
+
+def _refusals(tmp_path, api, prometheus_from_other_vms: bool, warned: bool = True,
+              listening: str = "127.0.0.1:9090") -> dict:
+    """run.Rehearsal.verify_refusals against local stand-ins: `vm` runs each script here
+    with curl, the VMs' addresses rewritten to the stand-ins' ports."""
+    inference, prometheus = _Server(api), _Server(lambda path, auth: 200)
+    closed = _Server(lambda path, auth: 200)
+    closed.close()  # a port where nothing listens: what a loopback-only Prometheus looks like
+    extra = tmp_path / "extra-vars.yml"
+    extra.write_text(f"vault_inference_token: {json.dumps(TOKEN)}\n")
+    ips = {"iot-producer": "10.9.0.1", "iot-inference": "10.9.0.2", "iot-mongodb": "10.9.0.4"}
+    other = prometheus.port if prometheus_from_other_vms else closed.port
+
+    def vm(server, script, timeout=120, check=True):
+        script = (script.replace("10.9.0.2:8000", f"127.0.0.1:{inference.port}")
+                  .replace("10.9.0.4:9090", f"127.0.0.1:{other}")
+                  .replace("127.0.0.1:9090", f"127.0.0.1:{prometheus.port}"))
+        if script.startswith("ss "):
+            return listening + "\n"
+        return subprocess.run(["bash", "-euo", "pipefail", "-s"], input=script, capture_output=True, text=True,
+                              timeout=timeout).stdout
+
+    r = object.__new__(run.Rehearsal)
+    r.s = type("S", (), {"extra_vars_file": extra})()
+    r.inventory = lambda: {"groups": {"producers": ["iot-producer"], "inference": ["iot-inference"],
+                                      "mongodb": ["iot-mongodb"]}}
+    r.private_ip = ips.__getitem__
+    r.vm = vm
+    text = ("WARNING: iot_kafka_security_enabled is false: Kafka on ...\n"
+            "WARNING: the Kafka clients use PLAINTEXT (iot_kafka_security_enabled false)\n") if warned else ""
+    try:
+        return r.verify_refusals(text)
+    finally:
+        inference.close()
+        prometheus.close()
+
+
+@pytest.mark.skipif(not shutil.which("curl"), reason="curl (the VMs' client) not installed")
+def test_the_rehearsal_wants_clients_without_credentials_refused(tmp_path):
+    """verify_refusals passes for the secure default (401 without or with a wrong token, 200
+    with the vault's; Prometheus unreachable from another VM) and fails for each opening."""
+    out = _refusals(tmp_path, _token_api, prometheus_from_other_vms=False)
+    assert (out["inference"]["without_token"], out["inference"]["wrong_token"],
+            out["inference"]["with_token"]) == ("401", "401", "200")
+    assert out["prometheus"]["from_another_vm"].startswith("000")
+    assert out["prometheus"]["on_its_vm_loopback"] == "200"
+    assert set(out["not_proven"]) == {"kafka", "mongodb", "grafana", "dashboard"}
+    with pytest.raises(run.Failed, match="inference API answered 200 without a token"):
+        _refusals(tmp_path, _open_api, prometheus_from_other_vms=False)
+    with pytest.raises(run.Failed, match="Prometheus answered 200 from iot-producer"):
+        _refusals(tmp_path, _token_api, prometheus_from_other_vms=True)
+    with pytest.raises(run.Failed, match=r"Prometheus listens on \['0.0.0.0:9090'\], not on loopback only"):
+        _refusals(tmp_path, _token_api, prometheus_from_other_vms=False, listening="0.0.0.0:9090")
+    with pytest.raises(run.Failed, match="Kafka runs PLAINTEXT here without the warning"):
+        _refusals(tmp_path, _token_api, prometheus_from_other_vms=False, warned=False)
