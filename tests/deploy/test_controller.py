@@ -135,6 +135,12 @@ def test_the_controller_requirements_install_as_wheels_on_macs_and_linux(name, t
            f"requirements-deploy.txt on {name}, CPython {python}")
 
 
+def test_development_requirements_resolve_on_the_oldest_promised_python():
+    """make venv on Ubuntu 22.04's python3 (3.10, pyproject's requires-python >= 3.10): every pin of
+    requirements.txt has a release for it (make test-pythons installs and unit-tests it for real)."""
+    _check(_pip_resolves("requirements.txt", "3.10", *_platforms(LINUX_X86_64)), "requirements.txt for CPython 3.10")
+
+
 # The images' own python3 (base_image_facts): 22.04's 3.10, Debian 12's 3.11 (the rehearsal), 24.04's 3.12.
 IMAGE_PYTHONS = ["3.10", "3.11", "3.12"]
 
