@@ -77,15 +77,15 @@ test-faults: venv pouchdb-server ## fault injection: kill each part mid-stream, 
 # Every Python that pyproject's requires-python promises and this machine has (pyenv's versions,
 # /usr/bin/python3, python3.N on PATH), as a new user would install it: a venv each under
 # results/pythons/<version>/ (make venv's recipe, kept while the requirements are unchanged),
-# every product module imported, tests/unit; a table at the end (scripts/test_pythons.py).
+# every product module imported, tests/unit; a table at the end (scripts/try_pythons.py).
 # The first run downloads everything once per interpreter (tens of minutes).
 test-pythons:     ## install + import + unit tests on every Python requires-python promises (results/pythons/)
-	$(PY) scripts/test_pythons.py --full $(ARGS)
+	$(PY) scripts/try_pythons.py --full $(ARGS)
 
 # The cheap part: pip resolves requirements.txt on each of them (a throw-away venv each),
 # the install and unit tests only on the oldest (3.10).
 test-pythons-ci:  ## requirements resolve on every promised Python; unit tests on the oldest
-	$(PY) scripts/test_pythons.py --unit-oldest $(ARGS)
+	$(PY) scripts/try_pythons.py --unit-oldest $(ARGS)
 
 # The images (Dockerfile) on a debootstrap base and compose.yaml's pipeline with the embedded
 # Kafka/MongoDB stand-ins, 200 images end to end (tests/containers, docs/CONTAINERS.md).

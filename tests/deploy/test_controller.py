@@ -406,7 +406,7 @@ def test_both_chameleon_ubuntu_images_are_supported_and_the_default_is_one():
 def test_each_image_gets_an_interpreter_the_code_and_its_wheels_support():
     """iot_app_python is python3 on every image: the version it gets must satisfy pyproject's
     requires-python and be one the wheel checks (test_each_vm_group_installs_as_wheels_on_every_image)
-    and `make test-pythons` (scripts/test_pythons.py) cover."""
+    and `make test-pythons` (scripts/try_pythons.py) cover."""
     chosen = yaml.safe_load((ROOT / "roles/iot_app/defaults/main.yml").read_text())["iot_app_python"]
     requires = re.search(r'requires-python = ">=([\d.]+)"', (ROOT / "pyproject.toml").read_text()).group(1)
     for release, facts in _images().items():

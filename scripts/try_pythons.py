@@ -134,13 +134,16 @@ def install(python: str, venv: Path, log: Path) -> str:
     return "ok"
 
 
-def unit_tests(vpy: str, log: Path) -> str:
+def unit_tests(vpy: str, log: Path, extra: list[str]) -> str:
+    cmd = [vpy, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/unit", *extra]
     with open(log, "a") as fh:
-        fh.write(f"\n$ {vpy} -m pytest -q -p no:cacheprovider tests/unit\n")
-    proc = subprocess.run([vpy, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/unit"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=3600)
+        fh.write(f"\n$ {' '.join(cmd)}\n")
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=3600)
     with open(log, "a") as fh:
         fh.write(proc.stdout + proc.stderr)
+    if proc.returncode < 0:  # a crash (a signal) prints no summary line: name the test it was in
+        where = re.findall(r'File "[^"]*/(tests/unit/test_\w+\.py)", line \d+ in (\w+)', proc.stderr + proc.stdout)
+        return f"FAIL: signal {-proc.returncode}" + (f" in {where[0][0]}::{where[0][1]}" if where else "")
     lines = proc.stdout.strip().splitlines()
     summary = lines[-1].strip("= ") if lines else f"exit {proc.returncode}"
     summary = re.sub(r" in [\d.]+s.*$", "", summary)
@@ -154,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="without --full: install and unit-test on the oldest interpreter only")
     ap.add_argument("--out", type=Path, default=ROOT / "results" / "pythons", help="venvs and logs (default: %(default)s)")
     ap.add_argument("--only", help="only interpreters whose version starts with this (3.10, 3.11.2, ...)")
+    ap.add_argument("--pytest-args", default="", help="more arguments of the unit tests' pytest (--deselect ...)")
     args = ap.parse_args(argv)
 
     found = [(p, v) for p, v in interpreters() if not args.only or ".".join(map(str, v)).startswith(args.only)]
@@ -176,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
                 vpy = str(out / "venv" / "bin" / "python")
                 ok = run([vpy, "-c", IMPORT_ALL], log, 900, cwd=ROOT)
                 row["import"] = "ok" if ok else "FAIL"
-                row["unit"] = unit_tests(vpy, log)
+                row["unit"] = unit_tests(vpy, log, args.pytest_args.split())
         row["seconds"] = f"{time.monotonic() - t0:.0f}"
         failed |= any(str(v).startswith("FAIL") for v in row.values())
         rows.append(row)
