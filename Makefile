@@ -6,8 +6,8 @@ VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-deploy.txt requirements/*.txt | cksum | cut -d' ' -f1)
 
-.PHONY: venv up down status demo test test-faults soak lint experiment bench serve train deploy teardown clean \
-        deploy-venv logs ssh deploy-rehearsal test-containers pouchdb-server s3rver
+.PHONY: venv up down status demo test test-faults soak test-pythons test-pythons-ci lint experiment bench serve train deploy \
+        teardown clean deploy-venv logs ssh deploy-rehearsal test-containers pouchdb-server s3rver
 
 # PyTorch's CPU build (MODEL_ENGINE=torch, requirements/runtime-torch.txt), installed from
 # PyTorch's index before the rest: on Linux PyPI's torch is the CUDA build (several GB of
@@ -96,6 +96,19 @@ KILL_EVERY ?= 1m
 soak: venv $(STORE_SERVER) ## the soak: make soak DURATION=5m [SEED=N] [KILL_EVERY=1m] (default 30 min, plus ~8 min of ramp, detector and checks)
 	$(PYTHON) -m tests.soak --duration $(DURATION) --kill-every $(KILL_EVERY) $(if $(SEED),--seed $(SEED)) \
 	  $(if $(STORE),--store $(STORE)) $(ARGS)
+
+# Every Python that pyproject's requires-python promises and this machine has (pyenv's versions,
+# /usr/bin/python3, python3.N on PATH), as a new user would install it: a venv each under
+# results/pythons/<version>/ (make venv's recipe, kept while the requirements are unchanged),
+# every product module imported, tests/unit; a table at the end (scripts/try_pythons.py).
+# The first run downloads everything once per interpreter (tens of minutes).
+test-pythons:     ## install + import + unit tests on every Python requires-python promises (results/pythons/)
+	$(PY) scripts/try_pythons.py --full $(ARGS)
+
+# The cheap part: pip resolves requirements.txt on each of them (a throw-away venv each),
+# the install and unit tests only on the oldest (3.10).
+test-pythons-ci:  ## requirements resolve on every promised Python; unit tests on the oldest
+	$(PY) scripts/try_pythons.py --unit-oldest $(ARGS)
 
 # The images (Dockerfile) on a debootstrap base and compose.yaml's pipeline with the embedded
 # Kafka/MongoDB stand-ins, 200 images end to end (tests/containers, docs/CONTAINERS.md).

@@ -27,7 +27,12 @@ class DownloadError(OSError):
 
 def file_digest(path: str | Path, algorithm: str = "md5") -> str:
     with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, algorithm).hexdigest()
+        if hasattr(hashlib, "file_digest"):
+            return hashlib.file_digest(fh, algorithm).hexdigest()
+        digest = hashlib.new(algorithm)  # Python 3.10 (file_digest is 3.11's)
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+        return digest.hexdigest()
 
 
 def checksum_problem(path: str | Path, *, md5: str | None = None, sha256_prefix: str | None = None) -> str | None:

@@ -9,9 +9,12 @@ import re
 import subprocess
 import sys
 import tarfile
+import tempfile
+from pathlib import Path
 
 import pytest
 import yaml
+from packaging.requirements import Requirement
 
 from tests.support import ROOT
 
@@ -80,10 +83,29 @@ def test_the_bundle_is_reproducible_and_works_without_git(tmp_path, capsys):
 
 # ----------------------------------------------------------------------- what is installed where
 
-def _pip_resolves(requirements: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pip", "install", "--dry-run", "--quiet", "--ignore-installed",
-                           "--only-binary=:all:", "--target", "/nonexistent-target", "-r", requirements, *args],
-                          cwd=ROOT, capture_output=True, text=True, timeout=900)
+def pins_for(requirements: str, python: str, drop: frozenset[str] | set[str] = frozenset()) -> str:
+    """The pins of a requirements file (its -r includes followed) for one Python version, environment
+    markers evaluated: pip evaluates them for the interpreter it runs on, not for --python-version."""
+    env = {"python_version": python, "python_full_version": python + ".0"}
+    out = []
+    for raw in (ROOT / requirements).read_text().splitlines():
+        line = raw.split("#", 1)[0].strip()
+        if line.startswith("-r "):
+            out.append(pins_for(str(Path(requirements).parent / line[3:].strip()), python, drop))
+        elif line:
+            req = Requirement(line)
+            if (req.marker is None or req.marker.evaluate(env)) and req.name not in drop:
+                out.append(f"{req.name}{req.specifier}")
+    return "\n".join(out)
+
+
+def _pip_resolves(requirements: str, python: str, *args: str, drop=frozenset()) -> subprocess.CompletedProcess:
+    with tempfile.NamedTemporaryFile("w", suffix=".txt") as pins:
+        pins.write(pins_for(requirements, python, drop) + "\n")
+        pins.flush()
+        return subprocess.run([sys.executable, "-m", "pip", "install", "--dry-run", "--quiet", "--ignore-installed",
+                               "--only-binary=:all:", "--target", "/nonexistent-target", "--python-version", python,
+                               "-r", pins.name, *args], cwd=ROOT, capture_output=True, text=True, timeout=900)
 
 
 def _check(proc: subprocess.CompletedProcess, what: str) -> None:
@@ -104,28 +126,65 @@ def _platforms(tags) -> list[str]:
     return [a for tag in tags for a in ("--platform", tag)]
 
 
-@pytest.mark.parametrize("name, tags", [("macOS arm64", MAC_ARM64), ("macOS x86_64", MAC_X86_64),
-                                        ("Linux x86_64", LINUX_X86_64)])
-def test_the_controller_requirements_install_as_wheels_on_macs_and_linux(name, tags):
+# 3.11: the pins of every Python >= 3.11; 3.10 (the oldest requires-python promises, its fallback
+# pins: ansible-core 2.17) on Linux, whose distributions ship it (a Mac's python3 is Homebrew's or
+# python.org's, newer).
+@pytest.mark.parametrize("name, tags, python", [("macOS arm64", MAC_ARM64, "3.11"), ("macOS x86_64", MAC_X86_64, "3.11"),
+                                                ("Linux x86_64", LINUX_X86_64, "3.11"),
+                                                ("Linux x86_64", LINUX_X86_64, "3.10")])
+def test_the_controller_requirements_install_as_wheels_on_macs_and_linux(name, tags, python):
     """No TensorFlow and nothing to compile on the laptop: Apple silicon and Intel Macs too."""
-    _check(_pip_resolves("requirements-deploy.txt", *_platforms(tags), "--python-version", "3.11"),
-           f"requirements-deploy.txt on {name}")
+    _check(_pip_resolves("requirements-deploy.txt", python, *_platforms(tags)),
+           f"requirements-deploy.txt on {name}, CPython {python}")
 
 
-@pytest.mark.parametrize("python", ["3.11", "3.12"])
-@pytest.mark.parametrize("group", ["inference", "analysis", "core"])
-def test_each_vm_group_installs_as_wheels_on_ubuntu_22_04_and_24_04(group, python):
-    """Ubuntu 22.04 runs python3.11 (its python3 is 3.10, too old for the code), 24.04 python3 = 3.12."""
-    _check(_pip_resolves(f"requirements/{group}.txt", *_platforms(LINUX_X86_64), "--python-version", python),
+def test_development_requirements_resolve_on_the_oldest_promised_python():
+    """make venv on Ubuntu 22.04's python3 (3.10, pyproject's requires-python >= 3.10): every pin of
+    requirements.txt has a release for it (make test-pythons installs and unit-tests it for real)."""
+    # torch comes from PyTorch's CPU index first (make venv); PyPI's is the CUDA build, whose
+    # nvidia-* wheels carry manylinux tags beyond LINUX_X86_64's.
+    _check(_pip_resolves("requirements.txt", "3.10", *_platforms(LINUX_X86_64), drop={"torch"}),
+           "requirements.txt for CPython 3.10")
+
+
+# The images' own python3 (base_image_facts): 22.04's 3.10, Debian 12's 3.11 (the rehearsal), 24.04's 3.12.
+IMAGE_PYTHONS = ["3.10", "3.11", "3.12"]
+
+
+@pytest.mark.parametrize("python", IMAGE_PYTHONS)
+# core alone is not resolved: both groups include it (-r core.txt), and a set of pins that resolves
+# with more pins beside it resolves on its own (each check is a minute of PyPI).
+@pytest.mark.parametrize("group", ["inference", "analysis"])
+def test_each_vm_group_installs_as_wheels_on_every_image(group, python):
+    """Each image's own python3 (22.04's 3.10 with the requirement files' fallback pins)."""
+    _check(_pip_resolves(f"requirements/{group}.txt", python, *_platforms(LINUX_X86_64)),
            f"requirements/{group}.txt for CPython {python}")
 
 
-def test_the_interpreter_is_chosen_from_facts():
+def test_the_interpreter_is_each_images_own_python3():
+    """Not Ubuntu 22.04's python3.11 (a release candidate, 3.11.0~rc1, with pip 22.0)."""
     defaults = yaml.safe_load((ROOT / "roles/iot_app/defaults/main.yml").read_text())
-    assert "ansible_facts" in defaults["iot_app_python"] and "python3.11" in defaults["iot_app_python"]
+    assert defaults["iot_app_python"] == "python3"
+    assert defaults["iot_app_packages"].startswith("{{ [iot_app_python, iot_app_python ~ '-venv']")
     vars_ = (ROOT / "roles/iot_app/vars/main.yml").read_text()
     # the model's engine only where the model runs (test_deploy.py renders every case)
     assert "iot_app_model_hosts_group in group_names" in vars_
+
+
+def test_the_virtualenv_gets_a_recent_pip_and_is_remade_for_another_python():
+    tasks = yaml.safe_load((ROOT / "roles/iot_app/tasks/main.yml").read_text())
+    names = [t["name"] for t in tasks]
+    pip_tasks = [t for t in tasks if "ansible.builtin.pip" in t]
+    assert pip_tasks[0]["ansible.builtin.pip"]["name"] == "pip>={{ iot_app_pip_minimum }}"
+    assert names.index(pip_tasks[0]["name"]) < names.index(pip_tasks[1]["name"])  # before the requirements
+    for task in pip_tasks:  # one interpreter, one index for both
+        assert task["ansible.builtin.pip"]["virtualenv_command"] == "{{ iot_app_python }} -m venv"
+        assert task["ansible.builtin.pip"]["extra_args"] == "{{ iot_app_pip_index_args | join(' ') or omit }}"
+    minimum = yaml.safe_load((ROOT / "roles/iot_app/defaults/main.yml").read_text())["iot_app_pip_minimum"]
+    assert max(_version(f["pip"]) for f in _images().values()) <= _version(minimum)
+    remove = next(t for t in tasks if t["name"] == "Remove a virtualenv made with another Python")
+    assert remove["ansible.builtin.file"] == {"path": "{{ iot_app_venv }}", "state": "absent"}
+    assert "iot_app_venv_lib.stat.exists" in remove["when"]
 
 
 # ----------------------------------------------------------------------- playbook fixes
@@ -338,7 +397,7 @@ def test_both_chameleon_ubuntu_images_are_supported_and_the_default_is_one():
     assert provision["provision_image"] in {f["image"] for f in images.values()}
     for release, facts in images.items():
         missing = {"image", "python3", "iot_app_python", "iot_app_python_version", "pip", "prometheus", "grafana",
-                   "mongodb_org", "postgresql", "python3_debian", "openjdk_17"} - set(facts)
+                   "mongodb_org", "postgresql", "python3_debian", "openjdk_17", "workarounds"} - set(facts)
         assert not missing, (release, missing)
     # base refuses another image, with the supported ones in its message
     base = yaml.safe_load((ROOT / "roles/base/tasks/main.yml").read_text())
@@ -346,21 +405,26 @@ def test_both_chameleon_ubuntu_images_are_supported_and_the_default_is_one():
 
 
 def test_each_image_gets_an_interpreter_the_code_and_its_wheels_support():
-    """iot_app_python picks python3.11 on jammy (its python3 is 3.10) and python3 elsewhere:
-    the version it gets must satisfy pyproject's requires-python and be one the wheel checks
-    (test_each_vm_group_installs_as_wheels_on_ubuntu_22_04_and_24_04) resolve."""
-    expr = yaml.safe_load((ROOT / "roles/iot_app/defaults/main.yml").read_text())["iot_app_python"]
+    """iot_app_python is python3 on every image: the version it gets must satisfy pyproject's
+    requires-python and be one the wheel checks (test_each_vm_group_installs_as_wheels_on_every_image)
+    and `make test-pythons` (scripts/try_pythons.py) cover."""
+    chosen = yaml.safe_load((ROOT / "roles/iot_app/defaults/main.yml").read_text())["iot_app_python"]
     requires = re.search(r'requires-python = ">=([\d.]+)"', (ROOT / "pyproject.toml").read_text()).group(1)
-    wheel_pythons = {"3.11", "3.12"}  # the parametrisation of the wheel test above
     for release, facts in _images().items():
-        chosen = "python3.11" if release == "jammy" else "python3"  # the expression, evaluated
-        assert "'python3.11' if ansible_facts.distribution_release | default('') == 'jammy' else 'python3'" in expr
-        assert chosen == facts["iot_app_python"], release
-        version = facts["iot_app_python_version"] if chosen != "python3" else ".".join(
-            map(str, _version(facts["python3"])))
+        assert chosen == facts["iot_app_python"] == "python3", release
+        version = ".".join(map(str, _version(facts["python3"])))
         assert version == facts["iot_app_python_version"], (release, version)
         assert _version(version) >= _version(requires), (release, version, requires)
-        assert version in wheel_pythons, (release, version)
+        assert version in IMAGE_PYTHONS, (release, version)
+
+
+def test_the_default_image_is_the_one_with_the_fewest_workarounds():
+    """docs/DEPLOY.md 2.1: the Chameleon image whose packages need the fewest workarounds."""
+    images = {f["image"]: f for f in _images().values() if not f["image"].startswith("rehearsal")}
+    default = yaml.safe_load((ROOT / "roles/provision/defaults/main.yml").read_text())["provision_image"]
+    fewest = min(len(f["workarounds"]) for f in images.values())
+    assert len(images[default]["workarounds"]) == fewest, {i: f["workarounds"] for i, f in images.items()}
+    assert f"`{default}` (the default)" in (ROOT / "docs/DEPLOY.md").read_text()
 
 
 def test_what_the_roles_need_exists_on_every_image():

@@ -74,6 +74,7 @@ if __package__ in (None, ""):  # python tests/rehearsal/run.py
 
 import yaml  # noqa: E402
 
+from common.untar import extract_all  # noqa: E402
 from tests.rehearsal import docker, harness, services  # noqa: E402
 
 log = logging.getLogger("rehearsal.run")
@@ -918,7 +919,7 @@ echo done >> {d}/status
         proc = subprocess.run([docker.docker_bin(), "exec", self.container(server), "tar", "-C", d, "-cf", "-", "."],
                               capture_output=True, timeout=300, check=True)
         with tarfile.open(fileobj=io.BytesIO(proc.stdout)) as tar:
-            tar.extractall(local, filter="data")
+            extract_all(tar, local)
         return local
 
     def run3(self) -> None:

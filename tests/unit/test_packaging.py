@@ -2,28 +2,62 @@
 
 from __future__ import annotations
 
-import re
-import tomllib
 
 import pytest
+from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
 
 from tests.support import ROOT
 
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10 (tomllib is 3.11's): pytest requires tomli there
+    import tomli as tomllib
+
 PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+REQUIRES_PYTHON = SpecifierSet(PROJECT["requires-python"])
+# Every minor version requires-python promises, up to the newest the project tests (make test-pythons).
+PROMISED = [f"3.{minor}" for minor in range(10, 14) if f"3.{minor}" in REQUIRES_PYTHON]
 GROUP_FILES = {"core": "requirements/core.txt", "inference": "requirements/inference.txt",
                "stack": "requirements/stack.txt", "analysis": "requirements/analysis.txt",
                "dev": "requirements/dev.txt", "deploy": "requirements-deploy.txt"}
 
 
-def pinned(name: str) -> dict[str, str]:
-    """Package -> pin of one requirements file, without the files it includes (-r)."""
+def requirements(name: str) -> list[Requirement]:
+    """The requirement lines of one file, without the files it includes (-r)."""
+    return [Requirement(line) for line in ((raw.split("#", 1)[0].strip()) for raw in
+                                           (ROOT / name).read_text().splitlines())
+            if line and not line.startswith("-")]
+
+
+def pinned(name: str, python: str | None = None) -> dict[str, str]:
+    """Package -> pin of one requirements file (-r not followed) for one Python version
+    (environment markers evaluated; None: the newest pin of each package)."""
     out = {}
-    for line in (ROOT / name).read_text().splitlines():
-        line = line.split("#", 1)[0].strip()
-        if line and not line.startswith("-"):
-            m = re.match(r"([A-Za-z0-9_.\-]+)\s*(==\s*\S+)?", line)
-            out[m.group(1).lower().replace("_", "-")] = m.group(2) or ""
+    for req in requirements(name):
+        if python is None or req.marker is None or req.marker.evaluate({"python_version": python,
+                                                                        "python_full_version": python + ".0"}):
+            key = req.name.lower().replace("_", "-")
+            if python is None and key in out:
+                continue  # the first line is the pin for the newest Pythons (the line after it, older ones)
+            out[key] = str(req.specifier)
     return out
+
+
+def test_requirements_files_name_every_version_pyproject_promises():
+    """requires-python >= 3.10 is true: a pin that needs a newer Python has a marker and a
+    second pin for the older ones, so that each promised Python gets exactly one pin of each
+    package (pip -r refuses two pins of one package on one interpreter)."""
+    assert PROMISED and PROMISED[0] == "3.10", PROJECT["requires-python"]
+    for path in sorted([ROOT / "requirements-deploy.txt", *(ROOT / "requirements").glob("*.txt")]):
+        name = str(path.relative_to(ROOT))
+        reqs = requirements(name)
+        assert all(str(r.specifier).startswith("==") for r in reqs), name
+        for python in PROMISED:
+            env = {"python_version": python, "python_full_version": python + ".0"}
+            active = [r.name.lower() for r in reqs if r.marker is None or r.marker.evaluate(env)]
+            assert len(active) == len(set(active)), (name, python, active)
+            assert set(active) == {r.name.lower() for r in reqs}, (name, python)  # no package left out
 
 
 @pytest.mark.parametrize("group", GROUP_FILES)
