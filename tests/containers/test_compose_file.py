@@ -99,9 +99,9 @@ def test_store_profiles():
         assert env["COUCHDB_USER"] == couch["environment"]["COUCHDB_USER"], name
     compose = required_binary("docker-compose", "docker-compose")
     for profile, store in (("postgres", "postgres"), ("couchdb", "couchdb")):
+        env = {"PATH": "/usr/bin:/bin", "MONGO_ROOT_PASSWORD": "x", "INFERENCE_TOKEN": "x", "STORE": store}
         proc = subprocess.run([compose, "-f", str(COMPOSE), "--project-directory", str(ROOT), "--profile", profile,
-                               "config"], env={"PATH": "/usr/bin:/bin", "MONGO_ROOT_PASSWORD": "x", "STORE": store},
-                              capture_output=True, text=True, timeout=120)
+                               "config"], env=env, capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0, proc.stderr
         config = yaml.safe_load(proc.stdout)
         assert config["services"]["db-consumer"]["environment"]["STORE"] == store
