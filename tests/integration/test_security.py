@@ -43,9 +43,11 @@ PATTERNS = {
         r"(?im)^\s*-?\s*[\w.-]*(?:password|passwd|secret|token|api_?key)[\w.-]*\s*:\s*([^\s#'\"{][^\s#]{3,})\s*$"),
 }
 
-# Values that are obviously not secrets: templates, variables, placeholders, test values.
+# Values that are obviously not secrets: templates, variables, placeholders, test values,
+# and the names of authentication methods (PostgreSQL's password_encryption = 'scram-sha-256').
 PLACEHOLDER = re.compile(
     r"(?ix)^(?: \{\{.*\}\} | \$\{?\w+\}? | <[^>]*> | %\(?\w+\)?s? | \*+ | x+ | \.\.\. | none | null"
+    r" | scram-sha-\d+ | md5"
     r" | true | false | change-?me[\w-]* | example\w* | placeholder | redacted | dummy\w* | fake\w*"
     r" | test\w* | s3cret | secret | password | token | your[\w-]* | vault_\w+ | lookup\(.* | env\(.*"
     r" | os\.environ.* )$")
