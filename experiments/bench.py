@@ -30,7 +30,8 @@ from pathlib import Path
 
 from common.log import setup_logging
 from common.settings import (DatasetSettings, DbWriterSettings, GunicornSettings, InferenceClientSettings,
-                             KafkaSettings, ServiceSettings, given, settings_env, with_flags)
+                             KafkaSettings, ServiceSettings, StackSettings, StoreSettings, given, settings_env,
+                             with_flags)
 from experiments.bench_report import LOAD_POINTS, check_targets, issue_figures, plot, step_ms, table
 from experiments.capacity import PER_PRODUCER_MAX, load_average, ramp, run_step
 from experiments.facts import host_facts, versions
@@ -51,14 +52,14 @@ BASELINE_ENV = settings_env(predict_batch_images=1, predict_batch_wait_ms=0, mod
 RECORDED = ("MODEL_ENGINE", "MODEL", "INFERENCE_MODE", "PREDICT_BATCH_IMAGES", "PREDICT_BATCH_WAIT_MS", "MODEL_BATCH_MAX_IMAGES", "MODEL_BATCH_DELAY_MS",
             "DB_MAX_RECORDS", "TF_INTRA_OP_THREADS", "TF_INTER_OP_THREADS", "GUNICORN_WORKERS",
             "GUNICORN_THREADS", "KAFKA_LINGER_MS", "KAFKA_PRODUCER_BATCH_BYTES", "KAFKA_FETCH_MAX_WAIT_MS", "MODEL_WEIGHTS",
-            "MODEL_INPUT_SIZE", "IMAGES_PARTITIONS")
+            "MODEL_INPUT_SIZE", "IMAGES_PARTITIONS", "STORE", "STACK_BROKER_STORAGE")
 
 
 def effective_settings(env: dict) -> dict:
     """The settings the components will see (environment, else their defaults)."""
     defaults = {}
     for group in (InferenceClientSettings, ServiceSettings, KafkaSettings, DbWriterSettings,
-                  GunicornSettings):
+                  GunicornSettings, StoreSettings, StackSettings):
         for name, f in group.model_fields.items():
             defaults.setdefault(name.upper(), f.default)
     out = {k: env.get(k, defaults.get(k)) for k in RECORDED}
@@ -269,7 +270,8 @@ def measure_size(args, size: int, run: str, out: Path) -> dict:
     # runs (INFERENCE_MODE: the service, or the inference consumer itself).
     recorded = effective_settings(env_now)
     result.update(model_engine=recorded["MODEL_ENGINE"], model=recorded["MODEL"],
-                  inference_mode=recorded["INFERENCE_MODE"])
+                  inference_mode=recorded["INFERENCE_MODE"], store=recorded["STORE"],
+                  broker_storage=recorded["STACK_BROKER_STORAGE"])
     result["settings"] = {"pipeline": effective_settings(env_now),
                           "baseline": effective_settings({**env_now, **BASELINE_ENV}),
                           "bench": {"step_s": step_s, "latency_s": latency_s, "growth": args.growth,

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from stack.stores import store_component
+
 # Latency points, in % of the measured maximum throughput.
 LOAD_POINTS = (25, 50, 75)
 
@@ -21,7 +23,10 @@ def issue_figures(result: dict) -> dict:
       core-ms per image without the producers, at saturation (the ramp's best step);
     * ``producer_core_ms_per_img``: the producers' whole processes per image, same step;
     * ``p50_25pct_over_batch1``, ``p99_50pct_over_batch1``: latency at 25 / 50 % load in
-      units of this run's bare-model batch-1 time per image."""
+      units of this run's bare-model batch-1 time per image;
+    * ``store_core_ms_per_img``: the store server's process per stored image at saturation,
+      and ``store_write_ms_p50`` / ``_p99``: one batch write of the DB writer at 50 % load
+      (experiments/store_writes.py), the figures that compare ``STORE`` choices."""
     limit = result["limit"] or {}
     per = limit.get("per_batch") or {}
     batch1_ms = (per.get(1) or {}).get("ms_per_img")
@@ -31,6 +36,8 @@ def issue_figures(result: dict) -> dict:
     cpu = saturated.get("cpu_ms_per_img") or {}
     own = sum(v for k, v in cpu.items() if k != "producers")
     latency = result["pipeline"].get("latency") or {}
+    writes = (latency.get("50pct") or {}).get("store_write_ms") or {}
+    store_cpu = cpu.get(store_component(result.get("store")))
 
     def over(value, unit):
         return round(value / unit, 2) if value is not None and unit else None
@@ -40,7 +47,9 @@ def issue_figures(result: dict) -> dict:
             "model_core_ms_per_img": model_core_ms and round(model_core_ms, 2),
             "producer_core_ms_per_img": cpu.get("producers"),
             "p50_25pct_over_batch1": over(step_ms(latency.get("25pct"), "p50"), batch1_ms),
-            "p99_50pct_over_batch1": over(step_ms(latency.get("50pct"), "p99"), batch1_ms)}
+            "p99_50pct_over_batch1": over(step_ms(latency.get("50pct"), "p99"), batch1_ms),
+            "store_core_ms_per_img": store_cpu,
+            "store_write_ms_p50": writes.get("p50_ms"), "store_write_ms_p99": writes.get("p99_ms")}
 
 
 # The [perf] issue's targets (docs/PERFORMANCE.md), each a ratio or a cost per image from
@@ -101,7 +110,10 @@ def table(result: dict) -> str:
               f"pipeline without producers {fig('pipeline_core_ms_per_img', ' core-ms')}), "
               f"producers {fig('producer_core_ms_per_img', ' core-ms')}",
               f"    p50 @25% = {fig('p50_25pct_over_batch1', 'x')}, p99 @50% = {fig('p99_50pct_over_batch1', 'x')} "
-              "the bare model's batch-1 time"]
+              "the bare model's batch-1 time",
+              f"    store {result.get('store') or 'mongodb'} (broker storage {result.get('broker_storage') or 'memory'}): "
+              f"{fig('store_core_ms_per_img', ' core-ms')} at saturation, one batch write "
+              f"p50 {fig('store_write_ms_p50', ' ms')} / p99 {fig('store_write_ms_p99', ' ms')} at 50 %"]
     cost = result["pipeline"].get("image_cost")
     if cost:
         def parts(kind):

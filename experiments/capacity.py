@@ -18,6 +18,7 @@ from analysis.stats import KNEE_RATIO, latency_summary
 from common.rundir import RunDir
 from common.store import PREDICTION, PREDICTION_STORED_AT, SENT_AT, STORED_AT
 from common.store.opening import reader_of
+from experiments import store_writes
 from experiments.fleet import run_fleet
 from stack.control import LocalStack
 from stack.stores import store_component
@@ -89,6 +90,7 @@ def run_step(out: Path, env: dict, *, rate: float, duration: float, tag: str,
     load_before = load_average()
     cpu0 = stack.cpu_seconds() if stack else {}
     children0 = _children_cpu()
+    writes0 = store_writes.snapshot(env)
     t0 = time.time()
     codes = run_fleet(out, producers=producers, count=count, rate=rate / producers,
                       devices=devices, env=env, run_tag=tag,
@@ -100,6 +102,7 @@ def run_step(out: Path, env: dict, *, rate: float, duration: float, tag: str,
     sent = len(rows)
     done, query_cpu = stored_times(env, ids, sent, timeout_s=30.0, stack=stack) if sent else ([], 0.0)
     cpu1 = stack.cpu_seconds() if stack else {}
+    writes = store_writes.summary(writes0, store_writes.snapshot(env))
     cpu = {k: cpu1[k] - cpu0.get(k, 0.0) for k in cpu1}
     component = store_component(env.get("STORE"))  # the store's process: mongo, postgres or couchdb
     if component in cpu:  # the benchmark's own queries (stored_times) are not the pipeline's work
@@ -123,6 +126,7 @@ def run_step(out: Path, env: dict, *, rate: float, duration: float, tag: str,
     step["complete"] = sent > 0 and len(done) == sent
     step["cpu_ms_per_img"] = {k: round(v * 1000 / max(1, sent), 2) for k, v in cpu.items()}
     step["cpu_cores_busy"] = round(sum(cpu.values()) / max(1e-9, wall), 2)
+    step["store_write_ms"] = writes  # the DB writer's batch writes: p50/p99 and how many
     log.info("%s: offered %.1f img/s (%d producer%s) -> %s img/s stored with prediction; "
              "p50 %s p99 %s ms; %d/%d complete; load %s; CPU ms/img %s", tag, rate, producers,
              "s" if producers > 1 else "", step["throughput_img_s"],

@@ -83,6 +83,12 @@ def test_bench_smoke_writes_files_and_keys(tmp_path, cifar_archive, model):
     assert result["limit"]["model"].startswith(f"{result['model']}-untrained-32")  # the bare model is the served one
     assert result["efficiency"] > 0 and result["producer_core_ms_per_img"] > 0  # measured, whatever their value
     assert result["p99_50pct_over_batch1"] > 0
+    # The store's figures: its process's CPU and the DB writer's batch writes, read from the
+    # writer's histogram (experiments/store_writes.py), whatever their value.
+    assert result["store"] == "mongodb" and result["broker_storage"] == "memory"
+    assert result["store_core_ms_per_img"] > 0
+    assert 0 < result["store_write_ms_p50"] <= result["store_write_ms_p99"]
+    assert result["pipeline"]["latency"]["50pct"]["store_write_ms"]["writes"] >= 1
     assert (out / "bench.png").stat().st_size > 10_000
     for name in ("pipeline", "baseline"):
         rec = result[name]
