@@ -289,6 +289,9 @@ def measure_size(args, size: int, run: str, out: Path) -> dict:
                  limit["batch1_img_s"], limit["best_img_s"], limit["best_batch"])
 
     workdir = Path(tempfile.mkdtemp(prefix="bench-"))
+    # Searchable, not listable: run as root, STORE=postgres's server runs as the postgres
+    # user, who must reach its cluster under this directory (stack/postgres.py).
+    workdir.chmod(0o711)
     common_kw = dict(growth=args.growth, max_steps=max_steps, step_s=step_s, latency_s=latency_s,
                      per_producer_max=args.per_producer, warmup=0 if smoke else 60,
                      min_samples=min_samples)
