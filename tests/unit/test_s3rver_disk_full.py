@@ -22,7 +22,7 @@ import requests
 from stack.broker import BUCKET, S3RVER_DIR, BrokerStorage
 from stack.ports import free_port
 from tests.binaries import required_binary, unavailable
-from tests.support import HANG_GUARD_S
+from tests.support import HANG_GUARD_S, fill_disk
 
 
 @pytest.fixture
@@ -66,19 +66,6 @@ def signed(storage: BrokerStorage, headers: dict | None = None) -> dict:
             "x-amz-date": now, "x-amz-content-sha256": "UNSIGNED-PAYLOAD", **(headers or {})}
 
 
-def fill(directory: Path) -> Path:
-    """A file taking every byte the filesystem has left (written until ENOSPC)."""
-    filler = directory / "filler"
-    with open(filler, "wb", buffering=0) as fh:
-        for chunk in (1 << 20, 1 << 12):
-            try:
-                while True:
-                    fh.write(b"\0" * chunk)
-            except OSError as exc:
-                assert exc.errno == 28, exc  # ENOSPC
-    return filler
-
-
 def files(directory: Path) -> set[str]:
     return {str(p.relative_to(directory)) for p in directory.rglob("*") if p.is_file()}
 
@@ -91,7 +78,7 @@ def test_a_full_disk_is_refused_with_a_clear_error_and_leaves_nothing_behind(s3r
     assert put.status_code == 200, put.text
     etag = put.headers["ETag"]
 
-    filler = fill(data)
+    filler = fill_disk(data)
     before = files(data)
     new = requests.put(f"{url}/b", data=os.urandom(64 * 1024), headers=signed(storage, {"If-None-Match": "*"}),
                        timeout=30)
