@@ -91,7 +91,7 @@ test-faults: venv pouchdb-server s3rver ## fault injection: kill each part mid-s
 # The broker's storage faults (tests/faults/broker_storage.py, docs/RELIABILITY.md): s3rver killed
 # mid-stream, and its disk (a tmpfs mounted for the run: root) full for 30 s.  Not in test-faults,
 # whose CI budget they would overrun; run before changing the broker's storage.  ARGS="-k broker-disk-full": one.
-test-faults-broker-storage: venv s3rver ## the broker's storage killed and its disk full (root; ~5 min; not in CI)
+test-faults-broker-storage: venv s3rver ## the broker's storage killed and its disk full (root; ~3 min; not in CI)
 	$(PYTHON) -m pytest -q -m broker_storage tests/faults $(ARGS)
 
 # The soak (tests/soak, docs/RELIABILITY.md "Soak"): half the measured capacity for DURATION while
