@@ -2,7 +2,7 @@
 // s3rver on 127.0.0.1 for the local stack's broker (stack/broker.py):
 //   node serve.js <data directory> <port> <key file> <bucket>
 //
-// Three things tansu's S3 engine needs that s3rver 3.7 lacks, added here:
+// What tansu's S3 engine needs that s3rver 3.7 lacks, added here:
 //
 // * Conditional writes.  tansu creates record batches with `If-None-Match: *` and updates
 //   its watermarks and metadata with `If-Match: <etag>` (optimistic concurrency: a write
@@ -28,6 +28,14 @@
 //   lines, 0600, made by the stack) or it gets 403.  s3rver does not check a signature-V4
 //   request's signature, so the random key id is what keeps other local users out (it
 //   travels on loopback only, where they cannot read it).
+// * A full disk.  s3rver answers a write that finds no room (ENOSPC) with a bare 500 and,
+//   silent, logs nothing, and its partial file stays.  Here such a write leaves nothing
+//   behind (above: every file to a temporary, removed on failure), is answered 507
+//   InsufficientStorage with the reason, and is logged at ERROR naming the full disk and
+//   the directory (at most once per FULL_LOG_EVERY_MS, with the count refused meanwhile);
+//   the first write accepted after that says so.  A 5xx, so tansu's S3 client retries the
+//   write with backoff for a while before it fails the request (docs/RELIABILITY.md,
+//   "The local broker's storage").
 'use strict';
 
 const crypto = require('crypto');
@@ -73,12 +81,7 @@ const server = new S3rver({
 
 // ---------------------------------------------------------------- atomic objects
 let temporaries = 0;
-
-async function writeAtomically(file, data) {
-  const tmp = `${file}.${process.pid}-${temporaries++}.tmp`;
-  await fsp.writeFile(tmp, data);
-  await fsp.rename(tmp, file);
-}
+const temporary = file => `${file}.${process.pid}-${temporaries++}.tmp`;
 
 const store = server.store;
 
@@ -129,37 +132,50 @@ store.putObject = async function putObject(object) {
 
 async function putWhole(self, object) {
   const objectPath = self.getResourcePath(object.bucket, object.key, 'object');
+  const metadataPath = self.getResourcePath(object.bucket, object.key, 'metadata.json');
   await fsp.mkdir(path.dirname(objectPath), { recursive: true });
-  const tmp = `${objectPath}.${process.pid}-${temporaries++}.tmp`;
-  const hash = crypto.createHash('md5');
-  let size = 0;
-  const file = await fsp.open(tmp, 'w');
+  // Every file of the object is written whole to a temporary first; a write that fails
+  // (a full disk: ENOSPC) removes them all, so it leaves nothing behind, neither a partial
+  // file nor a checksum or metadata of an object that was never written.
+  const made = [];
   try {
-    const chunks = Buffer.isBuffer(object.content) ? [object.content] : object.content;
-    for await (const chunk of chunks) {
-      hash.update(chunk);
-      size += chunk.length;
-      await file.write(chunk);
+    const tmp = temporary(objectPath);
+    made.push(tmp);
+    const hash = crypto.createHash('md5');
+    let size = 0;
+    const file = await fsp.open(tmp, 'w');
+    try {
+      const chunks = Buffer.isBuffer(object.content) ? [object.content] : object.content;
+      for await (const chunk of chunks) {
+        hash.update(chunk);
+        size += chunk.length;
+        await file.write(chunk);
+      }
+    } finally {
+      await file.close();
     }
+    const md5 = hash.digest('hex');
+    const metadata = {  // what s3rver's putMetadata keeps
+      ...pick(object.metadata, S3Object.ALLOWED_METADATA),
+      ...pickBy(object.metadata, (value, name) => name.startsWith('x-amz-meta-')),
+    };
+    const md5Tmp = temporary(`${objectPath}.md5`);
+    made.push(md5Tmp);
+    await fsp.writeFile(md5Tmp, md5);
+    const metadataTmp = temporary(metadataPath);
+    made.push(metadataTmp);
+    await fsp.writeFile(metadataTmp, JSON.stringify(metadata, null, 2));
+    // The checksum (the ETag) and the metadata first, the object last: until the rename the
+    // old object stays whole, and an ETag that does not match it only makes a conditional
+    // write fail, which tansu redoes after reading the object again.  A rename takes no room.
+    await fsp.rename(md5Tmp, `${objectPath}.md5`);
+    await fsp.rename(metadataTmp, metadataPath);
+    await fsp.rename(tmp, objectPath);
+    return { size, md5 };
   } catch (err) {
-    await file.close();
-    await fsp.rm(tmp, { force: true });
+    await Promise.all(made.map(f => fsp.rm(f, { force: true })));
     throw err;
   }
-  await file.close();
-  const md5 = hash.digest('hex');
-  // The checksum (the ETag) and the metadata first, the object last: until the rename the
-  // old object stays whole, and an ETag that does not match it only makes a conditional
-  // write fail, which tansu redoes after reading the object again.
-  await writeAtomically(`${objectPath}.md5`, md5);
-  const metadata = {  // what s3rver's putMetadata keeps
-    ...pick(object.metadata, S3Object.ALLOWED_METADATA),
-    ...pickBy(object.metadata, (value, name) => name.startsWith('x-amz-meta-')),
-  };
-  await writeAtomically(self.getResourcePath(object.bucket, object.key, 'metadata.json'),
-    JSON.stringify(metadata, null, 2));
-  await fsp.rename(tmp, objectPath);
-  return { size, md5 };
 }
 
 // ---------------------------------------------------------------- conditional writes
@@ -218,6 +234,40 @@ async function conditional(ctx, next) {
   });
 }
 
+// ---------------------------------------------------------------- a full disk
+const NO_ROOM = new Set(['ENOSPC', 'EDQUOT']);
+const FULL_LOG_EVERY_MS = 5000;
+const WRITES = new Set(['PUT', 'POST', 'DELETE']);
+let refused = 0;  // writes refused since the disk was last seen with room
+let refusedSinceLog = 0;
+let lastFullLog = 0;
+
+const stamp = () => new Date().toISOString();
+
+async function diskFull(ctx, next) {
+  try {
+    await next();
+  } catch (err) {
+    if (!NO_ROOM.has(err.code)) throw err;
+    refused += 1;
+    refusedSinceLog += 1;
+    if (Date.now() - lastFullLog >= FULL_LOG_EVERY_MS) {
+      console.error(`${stamp()} ERROR s3rver: disk full: no space left on device under ${directory} ` +
+        `(${err.code} on ${ctx.method} ${ctx.path}); ${refusedSinceLog} write(s) refused with 507 ` +
+        `InsufficientStorage since the last line; stored objects are kept, writes are refused until there is room`);
+      lastFullLog = Date.now();
+      refusedSinceLog = 0;
+    }
+    return refuse(ctx, 507, 'InsufficientStorage',
+      `No space left on device under the server's data directory (${err.code}); nothing was written`);
+  }
+  if (refused && WRITES.has(ctx.method) && ctx.status < 300) {
+    console.error(`${stamp()} INFO s3rver: the disk under ${directory} has room again: writes accepted ` +
+      `(${refused} refused while it was full)`);
+    refused = refusedSinceLog = lastFullLog = 0;
+  }
+}
+
 // ---------------------------------------------------------------- access
 const credential = `Credential=${keyId}/`;
 
@@ -229,7 +279,7 @@ async function authorized(ctx, next) {
 }
 
 // First in the chain, in this order (Koa composes the chain when the server starts).
-server.middleware.unshift(authorized, conditional);
+server.middleware.unshift(diskFull, authorized, conditional);
 
 server.run((err, { address, port: bound } = {}) => {
   if (err) {

@@ -34,6 +34,21 @@ def eventually(probe: Callable[[], T], timeout_s: float = HANG_GUARD_S, step_s: 
         time.sleep(step_s)
 
 
+def fill_disk(directory: Path, name: str = "filler") -> Path:
+    """A file in ``directory`` taking every byte its filesystem has left: written until
+    ENOSPC, so it is full even while a server writes there too.  Delete it to free the space."""
+    filler = Path(directory) / name
+    with open(filler, "wb", buffering=0) as fh:
+        for chunk in (1 << 20, 1 << 12):
+            try:
+                while True:
+                    fh.write(b"\0" * chunk)
+            except OSError as exc:
+                if exc.errno != 28:  # ENOSPC
+                    raise
+    return filler
+
+
 class SkippedSleep:
     """A stand-in for the ``time`` module of a module under test (monkeypatch it in): ``sleep``
     returns at once and records what it was asked for, and ``perf_counter`` moves on by the

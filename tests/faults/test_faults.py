@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from pathlib import Path
 
 import pytest
 
@@ -22,9 +23,11 @@ from tests.faults.run import LAST_REPORT, ROOT, SCENARIOS, FaultSuite
 pytestmark = pytest.mark.faults
 
 
-def run_suite(store: str, suffix: str = "", latest_name: str = "latest", stack_env: dict | None = None):
-    """A FaultSuite on its own stack for the module; its table and faults.json after."""
-    out = ROOT / "results" / "faults" / (time.strftime("%Y%m%d-%H%M%S") + suffix)
+def run_suite(store: str, suffix: str = "", latest_name: str = "latest", stack_env: dict | None = None,
+              out: Path | None = None):
+    """A FaultSuite on its own stack for the module (in ``out``, default a new
+    results/faults/<timestamp><suffix>); its table and faults.json after."""
+    out = out or suite_dir(suffix)
     started = time.time()
     s = FaultSuite(out, images=int(os.environ.get("FAULT_IMAGES", 1000)),
                    rate=float(os.environ.get("FAULT_RATE", 40)), store=store, stack_env=stack_env)
@@ -36,6 +39,10 @@ def run_suite(store: str, suffix: str = "", latest_name: str = "latest", stack_e
         latest.unlink()
     latest.symlink_to(out.name)
     LAST_REPORT.extend([s.table(), f"faults.json: {path} ({time.time() - started:.0f} s)"])
+
+
+def suite_dir(suffix: str = "") -> Path:
+    return ROOT / "results" / "faults" / (time.strftime("%Y%m%d-%H%M%S") + suffix)
 
 
 @pytest.fixture(scope="module")
