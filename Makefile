@@ -7,7 +7,7 @@ PYTHON := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-deploy.txt requirements/*.txt | cksum | cut -d' ' -f1)
 
 .PHONY: venv up down status demo test test-faults test-faults-broker-storage soak test-pythons test-pythons-ci lint experiment bench serve train deploy \
-        teardown clean deploy-venv logs ssh deploy-rehearsal test-containers pouchdb-server s3rver
+        teardown clean deploy-venv logs ssh deploy-rehearsal test-containers test-containers-torch pouchdb-server s3rver
 
 # PyTorch's CPU build (MODEL_ENGINE=torch, requirements/runtime-torch.txt), installed from
 # PyTorch's index before the rest: on Linux PyPI's torch is the CUDA build (several GB of
@@ -121,7 +121,14 @@ test-pythons-ci:  ## requirements resolve on every promised Python; unit tests o
 # Root (Docker, debootstrap); the base tarball and wheelhouse are cached in /var/cache/iot-containers.
 test-containers: venv ## images + Compose pipeline end to end (root, Docker): 200 images stored once each
 	scripts/install-system-packages.sh
-	$(PYTHON) -m pytest -q -m containers tests/containers
+	$(PYTHON) -m pytest -q -m "containers and not torch_image" tests/containers
+
+# The inference-torch image alone (tests/containers/test_torch_image.py): built the same way, run
+# as the service (/v1/model, /v1/predict) and as the embedded inference consumer; its size logged.
+# Opt-in, not in .ci/run.  Root (Docker, debootstrap).
+test-containers-torch: venv ## the inference-torch image built and run: service and embedded consumer (root, Docker)
+	scripts/install-system-packages.sh
+	$(PYTHON) -m pytest -q -m "containers and torch_image" -o log_cli=true --log-cli-level=WARNING tests/containers/test_torch_image.py
 
 # pip-audit needs PyPI's JSON API / OSV; offline it reports every package as
 # "not found" and skipped, so its verdict only counts where those are reachable.

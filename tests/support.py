@@ -23,6 +23,21 @@ HANG_GUARD_S = float(os.environ.get("HANG_GUARD_S", 600))
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def requirement_names(name: str) -> set[str]:
+    """The packages a requirements file of the project installs (``name`` relative to the
+    root; its ``-r`` includes followed; every pin whatever its marker), by normalized name."""
+    from packaging.requirements import Requirement
+
+    path, out = ROOT / name, set()
+    for raw in path.read_text().splitlines():
+        line = raw.split("#", 1)[0].strip()
+        if line.startswith("-r "):
+            out |= requirement_names(str(path.parent.relative_to(ROOT) / line[3:].strip()))
+        elif line and not line.startswith("-"):
+            out.add(Requirement(line).name.lower().replace("_", "-"))
+    return out
+
+
 def eventually(probe: Callable[[], T], timeout_s: float = HANG_GUARD_S, step_s: float = 0.3) -> T:
     """Call ``probe`` until it returns something truthy and return that; past the hang
     guard, return its last (falsy) answer so the caller's assertion says what is missing."""

@@ -16,6 +16,7 @@ from tests.support import ROOT
 
 COMPOSE = ROOT / "compose.yaml"
 OVERRIDE = ROOT / "tests" / "containers" / "compose.test.yaml"
+EMBEDDED = ROOT / "deploy" / "compose" / "embedded.yaml"
 CHECK_JSONSCHEMA = Path(sys.executable).parent / "check-jsonschema"
 
 
@@ -25,7 +26,7 @@ def _compose() -> dict:
 
 def test_compose_files_match_the_compose_spec_schema():
     proc = subprocess.run([str(CHECK_JSONSCHEMA), "--builtin-schema", "vendor.compose-spec",
-                           str(COMPOSE), str(OVERRIDE)], capture_output=True, text=True, timeout=120)
+                           str(COMPOSE), str(OVERRIDE), str(EMBEDDED)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
@@ -41,7 +42,7 @@ def test_schema_check_rejects_a_broken_file(tmp_path):
 def test_docker_compose_resolves_both_files():
     compose = required_binary("docker-compose", "docker-compose")
     env = {"PATH": "/usr/bin:/bin", "MONGO_ROOT_PASSWORD": "x", "INFERENCE_TOKEN": "x"}
-    for files in (["-f", str(COMPOSE)], ["-f", str(COMPOSE), "-f", str(OVERRIDE)]):
+    for files in (["-f", str(COMPOSE)], ["-f", str(COMPOSE), "-f", str(OVERRIDE)], ["-f", str(COMPOSE), "-f", str(EMBEDDED)]):
         extra = {f"IOTC_{k}": "1" for k in ("KAFKA_PORT", "MONGO_PORT", "POSTGRES_PORT", "INFERENCE_PORT", "COUNT")}
         extra.update(IOTC_DATASET_DIR="/tmp", IOTC_OUT_DIR="/tmp", IOTC_APP_IMAGE="a", IOTC_INFERENCE_IMAGE="i",
                      IOTC_EMBEDDED_IMAGE="e", IOTC_POSTGRES_IMAGE="p", IOTC_PRODUCER_ID="p", IOTC_DATASET_NAME="d")
@@ -63,7 +64,9 @@ def test_compose_services_and_start_order():
     deps = {name: s.get("depends_on", {}) for name, s in services.items()}
     assert deps["kafka-init"]["kafka"]["condition"] == "service_healthy"
     assert deps["db-consumer"]["mongo"]["condition"] == "service_healthy"
-    assert deps["inference-consumer"]["inference"]["condition"] == "service_healthy"
+    # the inference consumer waits for the service itself (its start-up check asks /v1/model
+    # until it answers), so that it also runs with no service (deploy/compose/embedded.yaml)
+    assert "inference" not in deps["inference-consumer"]
     for name in ("inference-consumer", "db-consumer", "producer", "experiment"):
         assert deps[name]["kafka-init"]["condition"] == "service_completed_successfully"
     assert services["experiment"]["profiles"] == ["experiment"]
@@ -218,3 +221,64 @@ def test_monitoring_profile():
     assert grafana["environment"]["GF_SECURITY_ADMIN_PASSWORD"] == "${GRAFANA_ADMIN_PASSWORD:-}"
     assert "exit 1" in grafana["entrypoint"][-1] and "exec /run.sh" in grafana["entrypoint"][-1]
     assert "GRAFANA_ADMIN_PASSWORD=" in (ROOT / ".env.example").read_text()
+
+
+def _resolved(*files: Path, **env: str) -> dict:
+    """`docker-compose config` of compose.yaml and the given overrides (their interpolation,
+    merge and profiles as Compose applies them)."""
+    compose = required_binary("docker-compose", "docker-compose")
+    args = [a for f in (COMPOSE, *files) for a in ("-f", str(f))]
+    proc = subprocess.run([compose, *args, "--project-directory", str(ROOT), "config"],
+                          env={"PATH": "/usr/bin:/bin", "MONGO_ROOT_PASSWORD": "x", "INFERENCE_TOKEN": "x", **env},
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return yaml.safe_load(proc.stdout)["services"]
+
+
+def _started(services: dict) -> set[str]:
+    """What `docker compose up` starts with no profile: the services without one and every
+    service they depend on (Compose refuses a dependency on a service it would not start)."""
+    todo, started = [n for n, s in services.items() if not s.get("profiles")], set()
+    while todo:
+        name = todo.pop()
+        if name not in started:
+            started.add(name)
+            todo += list(services[name].get("depends_on") or {})
+    return started
+
+
+def test_the_embedded_override_runs_the_model_in_the_consumer_and_no_service():
+    """INFERENCE_MODE=embedded in Compose (deploy/compose/embedded.yaml over compose.yaml): the
+    inference consumer runs from the torch inference image (the Dockerfile's inference-torch
+    target, which holds the consumers' code and packages) with INFERENCE_MODE=embedded and the
+    model's settings, checked on its /metrics (the image's /healthz is the service's); the
+    inference service is not started, and nothing that starts depends on it.  Without the
+    override: the service and the app image, as before."""
+    plain = _resolved()
+    assert "inference" in _started(plain)
+    assert plain["inference-consumer"]["image"] == "iot-pipeline/app:latest"
+    assert "INFERENCE_MODE" not in plain["inference-consumer"]["environment"]
+
+    services = _resolved(EMBEDDED)
+    started = _started(services)
+    assert "inference" not in started and services["inference"]["profiles"] == ["service"]
+    assert {"kafka", "kafka-init", "mongo", "inference-consumer", "db-consumer", "producer"} <= started
+    consumer = services["inference-consumer"]
+    assert consumer["build"]["target"] == "inference-torch" and consumer["image"].startswith("iot-pipeline/inference-torch")
+    assert consumer["command"] == ["python", "-m", "consumers.inference"]
+    env = consumer["environment"]
+    assert (env["INFERENCE_MODE"], env["MODEL_ENGINE"], env["MODEL_WEIGHTS"]) == ("embedded", "torch", "auto")
+    assert "MODEL" in env and env["MODEL"] is None  # unset: the engine's default network
+    assert str(env["METRICS_PORT"]) in " ".join(consumer["healthcheck"]["test"])
+    assert any(v.endswith(":/home/iot/.keras") or v.endswith(":/home/iot/.keras:rw") for v in consumer["volumes"])
+    # the model's settings from the shell, as for the service (TensorFlow's image and engine)
+    tf = _resolved(EMBEDDED, MODEL_ENGINE="tensorflow", IOT_INFERENCE_TARGET="inference",
+                   IOT_INFERENCE_IMAGE="iot-pipeline/inference", MODEL="resnet50")["inference-consumer"]
+    assert (tf["build"]["target"], tf["environment"]["MODEL_ENGINE"], tf["environment"]["MODEL"]) == \
+        ("inference", "tensorflow", "resnet50")
+    # the image it runs holds the consumer: the code stage (every package) and core's requirements
+    blocks = re.split(r"^FROM ", (ROOT / "Dockerfile").read_text(), flags=re.M)[1:]
+    by_stage = {re.match(r"\S+ AS (\S+)", b).group(1): b for b in blocks}
+    assert "COPY --from=code /app /app" in by_stage["inference-torch"]
+    assert "COPY consumers/ /app/consumers/" in by_stage["code"]
+    assert "-r core.txt" in (ROOT / "requirements" / "runtime-torch.txt").read_text()

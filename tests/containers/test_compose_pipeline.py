@@ -45,21 +45,9 @@ SERVICES = ["kafka", "mongo", "kafka-init", "inference", "inference-consumer", "
 
 
 @pytest.fixture(scope="module")
-def engine():
-    if os.geteuid() != 0:
-        unavailable("needs root (Docker engine, debootstrap): sudo make test-containers")
+def built(engine):
     if not Path(COMPOSE).exists():
         unavailable("docker-compose not found: run scripts/install-system-packages.sh")
-    try:
-        docker.ensure_engine()
-    except (docker.DockerError, OSError) as exc:
-        unavailable(f"no Docker engine could be started: {exc}")
-    if not shutil.which("debootstrap") and not docker.image_exists(images.base_tag()):
-        unavailable("debootstrap not found (the base image): run scripts/install-system-packages.sh")
-
-
-@pytest.fixture(scope="module")
-def built(engine):
     names = {**images.build_images(tag="test"), "postgres": images.build_postgres_image(tag="test")}
     yield names
     images.remove_images(tag="test")

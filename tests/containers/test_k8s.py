@@ -63,6 +63,15 @@ def _store(docs) -> str:
     return settings["data"].get("STORE", "mongodb")
 
 
+def _consumer(docs) -> dict:
+    return _by_kind(docs, "Deployment")["inference-consumer"]["spec"]["template"]["spec"]["containers"][0]
+
+
+def _embedded(docs) -> bool:
+    """The overlay runs the model in the inference consumer (INFERENCE_MODE=embedded): no service."""
+    return {"name": "INFERENCE_MODE", "value": "embedded"} in _consumer(docs).get("env", [])
+
+
 def test_overlays_exist():
     assert {"local", "cloud", "postgres"} <= set(OVERLAYS)
 
@@ -151,6 +160,8 @@ def test_kafka_users_acls_name_the_code_groups(built):
 
 def test_probes_use_the_paths_the_service_serves(built):
     _, docs = built
+    if _embedded(docs):
+        pytest.skip("no inference service in this overlay (INFERENCE_MODE=embedded)")
     served = set(re.findall(r'@health\.get\("([^"]+)"\)', (ROOT / "inference" / "api.py").read_text()))
     assert {"/healthz", "/readyz"} <= served
     container = _by_kind(docs, "Deployment")["inference"]["spec"]["template"]["spec"]["containers"][0]
@@ -164,7 +175,8 @@ def test_probes_use_the_paths_the_service_serves(built):
 def test_workloads_have_resources_pdbs_and_autoscaling(built):
     _, docs = built
     deployments = _by_kind(docs, "Deployment")
-    assert {"inference", "inference-consumer", "db-consumer"} <= set(deployments)
+    service = not _embedded(docs)  # embedded: the model in the consumer, no inference service
+    assert {"inference-consumer", "db-consumer"} <= set(deployments) and ("inference" in deployments) == service
     pdb_targets = {p["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"]
                    for p in _by_kind(docs, "PodDisruptionBudget").values()}
     for name, dep in deployments.items():
@@ -172,8 +184,11 @@ def test_workloads_have_resources_pdbs_and_autoscaling(built):
             assert c["resources"]["requests"] and c["resources"]["limits"]["memory"], name
         assert "livenessProbe" in dep["spec"]["template"]["spec"]["containers"][0], name
         assert dep["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/name"] in pdb_targets
-    hpa = _by_kind(docs, "HorizontalPodAutoscaler")["inference"]
-    assert hpa["apiVersion"] == "autoscaling/v2" and hpa["spec"]["scaleTargetRef"]["name"] == "inference"
+    if service:
+        hpa = _by_kind(docs, "HorizontalPodAutoscaler")["inference"]
+        assert hpa["apiVersion"] == "autoscaling/v2" and hpa["spec"]["scaleTargetRef"]["name"] == "inference"
+    else:
+        assert not _by_kind(docs, "HorizontalPodAutoscaler")
     # the store: one StatefulSet with its own volume and a headless Service, and no other
     store = {"mongodb": "mongodb", "postgres": "postgres"}[_store(docs)]
     assert set(_by_kind(docs, "StatefulSet")) == {store}
@@ -239,10 +254,41 @@ def test_the_torch_overlay_serves_the_torch_image_with_its_engine(tmp_path):
     assert consumer["image"].split(":")[0] == "iot-pipeline/app"
 
 
+def test_the_embedded_overlay_runs_the_model_in_the_consumer(tmp_path):
+    """INFERENCE_MODE=embedded on Kubernetes (overlay local-torch-embedded): the inference
+    consumer runs from the inference-torch image (the Dockerfile's target, which holds the
+    consumers' code) with INFERENCE_MODE=embedded, MODEL_ENGINE=torch and the model's memory;
+    no inference service at all (Deployment, Service, PDB, HPA, its URL); the rest is the
+    local overlay's, the consumer still scaled by KEDA and logged in to Kafka as itself."""
+    docs = build("local-torch-embedded", tmp_path)
+    assert _embedded(docs)
+    consumer = _consumer(docs)
+    assert consumer["image"] == "iot-pipeline/inference-torch:latest" and consumer["imagePullPolicy"] == "Never"
+    assert consumer["command"] == ["python", "-m", "consumers.inference"]
+    env = {e["name"]: e for e in consumer["env"]}
+    assert env["MODEL_ENGINE"]["value"] == "torch" and env["MODEL_WEIGHTS"]["value"] == "auto"
+    assert env["KAFKA_SASL_USERNAME"]["value"] == "inference-consumer"
+    assert env["KAFKA_SASL_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "inference-consumer"
+    assert consumer["resources"]["requests"]["memory"] == "800Mi"  # the torch service's
+    assert not [d for d in docs if d["metadata"]["name"] == "inference"], "an inference service is left"
+    settings = next(d for d in docs if d["kind"] == "ConfigMap")["data"]
+    assert "INFERENCE_URL" not in settings and settings["KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL"
+    assert "inference-consumer" in _by_kind(docs, "ScaledObject")
+    local = {(d["kind"], d["metadata"]["name"]) for d in build("local", tmp_path / "local")}
+    mine = {(d["kind"], d["metadata"]["name"]) for d in docs}
+    assert local - mine == {("Deployment", "inference"), ("Service", "inference"),
+                            ("PodDisruptionBudget", "inference"), ("HorizontalPodAutoscaler", "inference"),
+                            *((k, n) for k, n in local if n.startswith(("inference-token-", "pipeline-settings-")))}
+
+
 def test_the_inference_api_wants_its_token_and_the_consumer_sends_it(built):
     """The VMs' secure default where the images allow: the inference service and its
     consumer read INFERENCE_TOKEN from the generated inference-token Secret."""
     _, docs = built
+    if _embedded(docs):  # no service, so no token: neither its Secret nor a reference to it
+        assert not [d for d in docs if d["metadata"]["name"].startswith("inference-token")]
+        assert "INFERENCE_TOKEN" not in {e["name"] for e in _consumer(docs)["env"]}
+        return
     assert any(d["metadata"]["name"].startswith("inference-token-") for d in docs if d["kind"] == "Secret")
     deployments = _by_kind(docs, "Deployment")
     for name in ("inference", "inference-consumer"):

@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 
 from tests.binaries import required_binary, required_module, venv_tool
+from tests.support import requirement_names
 
 yaml = required_module("yaml")
 
@@ -323,21 +324,36 @@ def test_env_files(rendered):
 
 
 def test_the_model_engine_is_installed_where_the_model_runs_only(rendered):
-    """iot_model_engine / iot_inference_mode: TensorFlow's group or PyTorch's (runtime-torch, no
-    TensorFlow) on the inference VMs (service) or on the consumers' VM (embedded), nowhere else;
-    the torch pin installed from PyTorch's CPU index is requirements/runtime-torch.txt's."""
+    """iot_model_engine / iot_inference_mode: each VM installs what its processes import.  The
+    service's group (the engine with Flask and Gunicorn: inference, or runtime-torch without
+    TensorFlow) on the inference VMs with service; the engine alone (embedded-tensorflow,
+    embedded-torch: no Flask, no Gunicorn, which the embedded consumer never imports) on the
+    consumers' VM with embedded; neither anywhere else.  PyTorch's CPU build is installed
+    first where torch is, and its pin is requirements/runtime-torch.txt's."""
     def groups(host, engine, mode):
         return json.loads((rendered / host / f"requirements-{engine}-{mode}.json").read_text())
 
-    model = {"tensorflow": "inference", "torch": "runtime-torch"}
+    model = {("tensorflow", "service"): "inference", ("torch", "service"): "runtime-torch",
+             ("tensorflow", "embedded"): "embedded-tensorflow", ("torch", "embedded"): "embedded-torch"}
+    engine_package = {"tensorflow": "tensorflow-cpu", "torch": "torch"}
     for engine in ("tensorflow", "torch"):
         for mode, runs_it in (("service", "vm2-inference"), ("embedded", "vm3-kafka")):
             for host in ("vm1-producer", "vm2-inference", "vm2b-inference", "vm3-kafka", "vm4-mongodb"):
-                got = groups(host, engine, mode)["groups"]
+                chosen = groups(host, engine, mode)
+                got = chosen["groups"]
+                # what the groups install, -r includes followed
+                packages = set().union(*(requirement_names(f"requirements/{g}.txt") for g in got))
                 if host == runs_it or (host == "vm2b-inference" and runs_it == "vm2-inference"):
-                    assert got[:2] == ["core", model[engine]], (host, engine, mode, got)
+                    assert got[:2] == ["core", model[engine, mode]], (host, engine, mode, got)
+                    assert engine_package[engine] in packages, (host, engine, mode, got)
+                    assert not ({"tensorflow-cpu", "torch"} - {engine_package[engine]}) & packages, (host, engine, mode)
+                    # the HTTP service's packages only where the service runs
+                    assert ({"flask", "gunicorn"} <= packages) == (mode == "service"), (host, engine, mode, got)
+                    assert chosen["installs_torch"] == (engine == "torch"), (host, engine, mode)
                 else:
-                    assert not {"inference", "runtime-torch"} & set(got), (host, engine, mode, got)
+                    assert not set(model.values()) & set(got), (host, engine, mode, got)
+                    assert not {"flask", "gunicorn", "tensorflow-cpu", "torch"} & packages, (host, engine, mode)
+                    assert chosen["installs_torch"] is False, (host, engine, mode)
     assert groups("vm2-inference", "torch", "service")["torch_pin"] == "torch==2.13.0"
     env = groups("vm2-inference", "torch", "service")["inference_env"]
     assert env["MODEL_ENGINE"] == "torch" and env["MODEL"] == ""

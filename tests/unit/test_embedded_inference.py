@@ -6,6 +6,7 @@ socket, no Flask."""
 from __future__ import annotations
 
 import io
+import json
 import os
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from common.schema import encode_png
 from common.settings import InferenceClientSettings
 from tests.binaries import required_module
 from tests.checkpoints import write_checkpoint
+from tests.support import requirement_names
 
 required_module("torch")
 
@@ -96,6 +98,8 @@ def test_the_consumer_runs_the_model_itself_within_its_limit(monkeypatch, batch,
 
 
 NO_FLASK = """
+import importlib.metadata
+import json
 import sys
 from common.schema import encode_png
 from common.settings import InferenceClientSettings
@@ -106,17 +110,28 @@ client = embedded_client(InferenceClientSettings(inference_mode="embedded"))
 assert client.model_host.wait_ready(120), client.model_host.error
 body = client.predict_files([("a", encode_png(np.zeros((32, 32, 3), np.uint8)), "image/png")])
 assert body["predictions"][0]["image_id"] == "a", body
-print(sorted({m.split(".")[0] for m in sys.modules} & {"flask", "werkzeug", "gunicorn"}))
+top = {m.split(".")[0] for m in list(sys.modules)}
+dists = importlib.metadata.packages_distributions()
+print(json.dumps({"servers": sorted(top & {"flask", "werkzeug", "gunicorn"}),
+                  "distributions": sorted({d.lower().replace("_", "-") for m in top for d in dists.get(m, [])})}))
 """
 
 
 def test_the_embedded_consumer_loads_no_flask():
     """The embedded consumer, its model loaded and a batch answered, has imported neither
-    Flask, Werkzeug nor Gunicorn: no HTTP server stack in the consumer (issue #25)."""
+    Flask, Werkzeug nor Gunicorn: no HTTP server stack in the consumer (issue #25).  And every
+    package of the project's lock it imported is in requirements/embedded-torch.txt, the group
+    the consumers' VM installs in this mode (roles/iot_app; no Flask, no Gunicorn there)."""
     env = {**os.environ, "MODEL_ENGINE": "torch", "MODEL_WEIGHTS": "random", "METRICS_ENABLED": "true"}
     out = subprocess.run([sys.executable, "-c", NO_FLASK], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.strip().splitlines()[-1] == "[]"
+    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    assert seen["servers"] == []
+    pinned = requirement_names("requirements.txt")  # every package the project pins, any group
+    imported = set(seen["distributions"]) & pinned
+    assert {"torch", "numpy", "kafka-python"} <= imported, imported  # the check sees the consumer's imports
+    missing = imported - requirement_names("requirements/embedded-torch.txt")
+    assert not missing, f"the embedded consumer imports {sorted(missing)}, which its VM does not install"
 
 
 def test_the_models_metrics_are_the_consumers(client):

@@ -100,3 +100,14 @@ def test_the_torch_engine_has_its_own_group_without_tensorflow():
         assert "torch" not in expanded(name), name
     # make venv takes the CPU build's pin from the same file.
     assert "grep -E '^torch==' requirements/runtime-torch.txt" in (ROOT / "Makefile").read_text()
+
+
+def test_the_embedded_groups_are_the_engines_without_the_http_service():
+    """INFERENCE_MODE=embedded: the consumers' VM installs the engine alone (roles/iot_app):
+    embedded-tensorflow / embedded-torch are the service's groups (inference, runtime-torch)
+    without Flask and Gunicorn, at the same engine pins, and nothing else beside core."""
+    for embedded, service, engine in (("embedded-tensorflow", "inference", "tensorflow-cpu"),
+                                      ("embedded-torch", "runtime-torch", "torch")):
+        group, served = expanded(f"requirements/{embedded}.txt"), expanded(f"requirements/{service}.txt")
+        assert pinned(f"requirements/{embedded}.txt") == {engine: served[engine]}, embedded
+        assert group == {k: v for k, v in served.items() if k not in ("flask", "gunicorn")}, embedded
