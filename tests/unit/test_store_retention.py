@@ -22,7 +22,8 @@ from pymongo import MongoClient
 from common.archive import archives, read_archive
 from common.settings import MongoSettings, RetentionSettings
 from common.store import IMAGE, PREDICTION, STORED_AT, image_upsert, result_upsert
-from common.store.couchdb import CouchReader, CouchSink
+from common.store.couchdb import CouchSink
+from common.store.couchdb_reader import CouchReader
 from common.store.mongodb import MongoReader, MongoSink
 from common.store.postgres import PostgresReader, PostgresSink
 from consumers import retention
