@@ -147,8 +147,9 @@ def test_every_setting_is_described_and_declared_once():
 
 
 # Where a process composes a child's environment it copies or writes os.environ; reading a
-# setting from it is what the settings classes are for.
-PRODUCT = ("common", "producer", "consumers", "inference", "stack", "analysis", "experiments", "dashboard")
+# setting from it is what the settings classes are for.  The cost studies (bench/) are not
+# shipped, but the variables they read are the pipeline's settings all the same.
+PRODUCT = ("common", "producer", "consumers", "inference", "stack", "analysis", "experiments", "dashboard", "bench")
 
 
 def _raw_reads(path):
