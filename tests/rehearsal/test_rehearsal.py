@@ -18,7 +18,7 @@ import textwrap
 
 import pytest
 
-from tests.binaries import venv_tool
+from tests.binaries import required_binary, venv_tool
 from tests.rehearsal import run
 
 
@@ -200,10 +200,10 @@ def _refusals(tmp_path, api, prometheus_from_other_vms: bool, warned: bool = Tru
         prometheus.close()
 
 
-@pytest.mark.skipif(not shutil.which("curl"), reason="curl (the VMs' client) not installed")
 def test_the_rehearsal_wants_clients_without_credentials_refused(tmp_path):
     """verify_refusals passes for the secure default (401 without or with a wrong token, 200
     with the vault's; Prometheus unreachable from another VM) and fails for each opening."""
+    required_binary("curl", "curl")  # the VMs' client, run here by the stand-in `vm`
     out = _refusals(tmp_path, _token_api, prometheus_from_other_vms=False)
     assert (out["inference"]["without_token"], out["inference"]["wrong_token"],
             out["inference"]["with_token"]) == ("401", "401", "200")
