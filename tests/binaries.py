@@ -14,7 +14,6 @@ reason to fail.
 from __future__ import annotations
 
 import importlib
-import os
 import shutil
 import subprocess
 import sys
@@ -24,11 +23,13 @@ from typing import NoReturn
 
 import pytest
 
+from common.settings import SuiteSettings
+
 VENV_BIN = Path(sys.executable).parent
 
 
 def under_ci() -> bool:
-    return os.environ.get("CI", "").lower() == "true"
+    return SuiteSettings().ci.lower() == "true"
 
 
 def unavailable(message: str) -> NoReturn:

@@ -6,13 +6,13 @@ in ``make test``."""
 
 from __future__ import annotations
 
-import os
-
 import pytest
+
+from common.settings import SuiteSettings
 
 
 def pytest_collection_modifyitems(config, items):
-    if "containers" in (config.getoption("markexpr") or "") or os.environ.get("RUN_CONTAINERS"):
+    if "containers" in (config.getoption("markexpr") or "") or SuiteSettings().run_containers:
         return
     skip = pytest.mark.skip(reason="container suite: run with `make test-containers` "
                                    "(pytest -m containers tests/containers)")

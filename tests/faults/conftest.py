@@ -4,9 +4,9 @@ RUN_FAULTS=1, never as part of the default ``make test``."""
 
 from __future__ import annotations
 
-import os
-
 import pytest
+
+from common.settings import SuiteSettings
 
 
 def pytest_configure(config):
@@ -15,7 +15,7 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(config, items):
-    if "faults" in (config.getoption("markexpr") or "") or os.environ.get("RUN_FAULTS"):
+    if "faults" in (config.getoption("markexpr") or "") or SuiteSettings().run_faults:
         return
     skip = pytest.mark.skip(reason="fault suite: run with `pytest -m faults tests/faults` (make test-faults)")
     for item in items:

@@ -12,11 +12,11 @@ tests/faults/test_faults_embedded.py.
 from __future__ import annotations
 
 import json
-import os
 import time
 
 import pytest
 
+from common.settings import SuiteSettings
 from tests.faults.run import LAST_REPORT, ROOT, SCENARIOS, FaultSuite
 
 pytestmark = pytest.mark.faults
@@ -26,8 +26,8 @@ def run_suite(store: str, suffix: str = "", latest_name: str = "latest", stack_e
     """A FaultSuite on its own stack for the module; its table and faults.json after."""
     out = ROOT / "results" / "faults" / (time.strftime("%Y%m%d-%H%M%S") + suffix)
     started = time.time()
-    s = FaultSuite(out, images=int(os.environ.get("FAULT_IMAGES", 1000)),
-                   rate=float(os.environ.get("FAULT_RATE", 40)), store=store, stack_env=stack_env)
+    suite = SuiteSettings()
+    s = FaultSuite(out, images=suite.fault_images, rate=suite.fault_rate, store=store, stack_env=stack_env)
     with s:
         yield s
     path = s.write(started)

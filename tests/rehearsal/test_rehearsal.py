@@ -18,6 +18,7 @@ import textwrap
 
 import pytest
 
+from common.settings import RehearsalSettings
 from tests.binaries import required_binary, venv_tool
 from tests.rehearsal import run
 
@@ -119,7 +120,7 @@ def test_the_store_plays_and_the_rehearsal_agree():
     assert set(run.STORES) == {"mongodb", "postgres"}
 
 
-@pytest.mark.skipif(os.environ.get("IOT_REHEARSAL") != "1",
+@pytest.mark.skipif(not RehearsalSettings().iot_rehearsal,
                     reason="the whole deploy rehearsal (root, Docker, ~1 h): set IOT_REHEARSAL=1")
 def test_deploy_rehearsal():
     assert shutil.which("docker") and shutil.which("debootstrap"), "run scripts/install-system-packages.sh"

@@ -21,13 +21,14 @@ import time
 import urllib.request
 from pathlib import Path
 
+from common.settings import RehearsalSettings
 from tests.pins import pins_for
 
 from . import docker
 
 log = logging.getLogger("rehearsal.wheelhouse")
 
-WHEELHOUSE = Path(os.environ.get("IOT_REHEARSAL_WHEELHOUSE", str(docker.CACHE_DIR / "wheelhouse")))
+WHEELHOUSE = Path(RehearsalSettings().iot_rehearsal_wheelhouse or docker.CACHE_DIR / "wheelhouse")
 PYTHON_VERSION = "3.11"
 ABI = "cp311"
 # bookworm has glibc 2.36: every manylinux tag up to 2.36 runs there.  pip expands only the
