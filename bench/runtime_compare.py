@@ -30,7 +30,9 @@ def images(n: int, size: int = 32) -> np.ndarray:
     """``n`` 32x32 images (the CIFAR sample or random pixels) resized to the model's input
     ``size`` as the service resizes them (inference.api.decode_image: PIL, bilinear), before
     any clock runs: the serving function takes images of its input size."""
-    source = os.environ.get("DATASET_SOURCE")
+    from common.settings import DatasetSettings
+
+    source = DatasetSettings().dataset_source
     if source:
         from common.dataset import load
 

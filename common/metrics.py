@@ -50,11 +50,20 @@ def metric(kind: str, name: str, documentation: str, labelnames: tuple[str, ...]
 
 
 class Recorder:
-    """Base of a component's metric recorder: ``enabled`` from METRICS_ENABLED."""
+    """Base of a component's metric recorder: ``enabled`` from METRICS_ENABLED.  A subclass
+    names its metrics ``prefix`` + name and creates them in :meth:`declare`, which runs only
+    when the recorder is enabled (a process with metrics off registers none)."""
+
+    prefix = ""
 
     def __init__(self, enabled: bool = True):
         self.enabled = enabled
         self._failed: set[str] = set()
+        if enabled:
+            self.declare(self.prefix)
+
+    def declare(self, p: str) -> None:
+        """Creates the recorder's metrics, their names starting with ``p``."""
 
 
 def guarded(method: F) -> F:

@@ -2,8 +2,9 @@
 (docs/ARCHITECTURE.md, "Settings"; every variable: docs/SETTINGS.md).
 
 The pipeline's groups are here, the servers' in :mod:`common.settings_service`, the local
-stack's and the experiments' in :mod:`common.settings_stack`, the shared machinery in
-:mod:`common.settings_base`; import them all from here.
+stack's and the experiments' in :mod:`common.settings_stack`, the test suites' in
+:mod:`common.settings_suites`, the shared machinery in :mod:`common.settings_base`; import
+them all from here.
 """
 
 from __future__ import annotations
@@ -17,13 +18,14 @@ from common.settings_base import (REPLACED, RETIRED, ProjectSettings, SettingsEr
 from common.settings_service import REQUEST_BYTES_CAP, DashboardSettings, GunicornSettings, ServiceSettings, \
     request_bytes_limit
 from common.settings_stack import DemoSettings, FleetSettings, StackPlumbingSettings, StackSettings
+from common.settings_suites import RehearsalSettings, SuiteSettings
 from common.wire import MAX_IMAGE_MESSAGE_BYTES
 
 __all__ = ["REPLACED", "RETIRED", "REQUEST_BYTES_CAP", "SETTINGS_GROUPS", "CacheSettings",
            "CouchSettings", "DashboardSettings", "DatasetSettings", "DbWriterSettings", "DemoSettings", "DlqToolSettings",
            "FleetSettings", "GunicornSettings", "InferenceClientSettings", "KafkaSettings", "LogSettings",
            "MetricsSettings", "MongoSettings", "PostgresSettings", "ProducerSettings", "ProjectSettings",
-           "RetentionSettings", "ServiceSettings", "SettingsError", "StackPlumbingSettings", "StackSettings", "StoreSettings",
+           "RehearsalSettings", "RetentionSettings", "ServiceSettings", "SettingsError", "StackPlumbingSettings", "StackSettings", "StoreSettings", "SuiteSettings",
            "describe", "env_name", "given", "mask", "mask_env", "mask_uris", "check_replaced", "request_bytes_limit",
            "secret", "settings_env", "with_flags"]
 
@@ -330,7 +332,7 @@ class CacheSettings(ProjectSettings):
 SETTINGS_GROUPS: tuple[type[ProjectSettings], ...] = (
     KafkaSettings, StoreSettings, MongoSettings, PostgresSettings, CouchSettings, DbWriterSettings, RetentionSettings, DlqToolSettings, InferenceClientSettings, DatasetSettings,
     ProducerSettings, ServiceSettings, GunicornSettings, MetricsSettings, DashboardSettings, LogSettings,
-    CacheSettings, StackSettings, DemoSettings, FleetSettings, StackPlumbingSettings)
+    CacheSettings, StackSettings, DemoSettings, FleetSettings, StackPlumbingSettings, SuiteSettings, RehearsalSettings)
 
 
 def settings_env(**values: Any) -> dict[str, str]:

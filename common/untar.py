@@ -6,11 +6,15 @@ still admits (Debian 12's 3.11.2) lack it: there every member is checked before 
 is written, and only regular files and directories inside the destination are accepted
 (links are refused outright: whether a chain of them stays inside depends on the order
 they are written in).
+
+    python -m common.untar ARCHIVE DEST   # what the experiment role unpacks on the controller
 """
 
 from __future__ import annotations
 
+import argparse
 import os
+import sys
 import tarfile
 from pathlib import Path
 
@@ -33,3 +37,22 @@ def extract_all(tar: tarfile.TarFile, dest: str | Path) -> None:
         if not (member.isfile() or member.isdir()):
             raise UnsafeArchive(f"{member.name!r} is not a regular file or directory")
     tar.extractall(dest, members=members)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m common.untar", description=__doc__.split("\n\n")[0])
+    p.add_argument("archive", type=Path, help="a tar archive, compressed or not")
+    p.add_argument("dest", type=Path, help="the directory to extract it under (made if missing)")
+    args = p.parse_args(argv)
+    args.dest.mkdir(parents=True, exist_ok=True)
+    try:
+        with tarfile.open(args.archive) as tar:
+            extract_all(tar, args.dest)
+    except (OSError, tarfile.TarError) as exc:
+        print(f"cannot extract {args.archive}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

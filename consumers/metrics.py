@@ -20,14 +20,26 @@ DLQ_IMAGE_ERROR = "image_error"              # the service's per-image error
 DLQ_INVALID_PREDICTION = "invalid_prediction"  # a prediction the result contract refuses
 
 
-class InferenceConsumerMetrics(Recorder):
+class ConsumerMetrics(Recorder):
+    """What both consumers record alike: their lag, per assigned partition."""
+
+    def declare(self, p: str) -> None:
+        self.lag = LagGauge(metric("gauge", p + "lag_records",
+                                   "Records in the partition not yet consumed (high watermark - position)",
+                                   ("topic", "partition")))
+
+    @guarded
+    def update_lag(self, consumer) -> None:
+        self.lag.update(consumer)
+
+
+class InferenceConsumerMetrics(ConsumerMetrics):
     """``iot_inference_consumer_*``."""
 
-    def __init__(self, enabled: bool = True):
-        super().__init__(enabled)
-        if not enabled:
-            return
-        p = "iot_inference_consumer_"
+    prefix = "iot_inference_consumer_"
+
+    def declare(self, p: str) -> None:
+        super().declare(p)
         self.polled = metric("counter", p + "records_polled_total", "Records taken from the images topic")
         self.predicted = metric("counter", p + "images_predicted_total",
                                 "Images whose result was published to the results topic")
@@ -44,9 +56,6 @@ class InferenceConsumerMetrics(Recorder):
                               "Batches kept and retried because the service could not answer", ("cause",))
         self.commit = metric("histogram", p + "commit_duration_seconds", "One offset commit",
                              buckets=FAST_BUCKETS_S)
-        self.lag = LagGauge(metric("gauge", p + "lag_records",
-                                   "Records in the partition not yet consumed (high watermark - position)",
-                                   ("topic", "partition")))
 
     @guarded
     def polled_batch(self, n: int) -> None:
@@ -73,19 +82,14 @@ class InferenceConsumerMetrics(Recorder):
     def committed(self, seconds: float) -> None:
         self.commit.observe(seconds)
 
-    @guarded
-    def update_lag(self, consumer) -> None:
-        self.lag.update(consumer)
 
-
-class DbConsumerMetrics(Recorder):
+class DbConsumerMetrics(ConsumerMetrics):
     """``iot_db_consumer_*``."""
 
-    def __init__(self, enabled: bool = True):
-        super().__init__(enabled)
-        if not enabled:
-            return
-        p = "iot_db_consumer_"
+    prefix = "iot_db_consumer_"
+
+    def declare(self, p: str) -> None:
+        super().declare(p)
         self.written = metric("counter", p + "documents_written_total",
                               "Upserts acknowledged by MongoDB and committed: kind image (images topic) or result",
                               ("kind",))
@@ -102,9 +106,6 @@ class DbConsumerMetrics(Recorder):
                            buckets=BATCH_BUCKETS)
         self.write = metric("histogram", p + "write_duration_seconds", "One bulk_write (attempt)",
                             buckets=FAST_BUCKETS_S)
-        self.lag = LagGauge(metric("gauge", p + "lag_records",
-                                   "Records in the partition not yet consumed (high watermark - position)",
-                                   ("topic", "partition")))
 
     @guarded
     def documents(self, kind: str, n: int) -> None:
@@ -130,7 +131,3 @@ class DbConsumerMetrics(Recorder):
     def bulk_write(self, n: int, seconds: float) -> None:
         self.bulk.observe(n)
         self.write.observe(seconds)
-
-    @guarded
-    def update_lag(self, consumer) -> None:
-        self.lag.update(consumer)

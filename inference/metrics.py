@@ -32,11 +32,9 @@ def multiprocess_dir() -> str | None:
 class ServiceMetrics(Recorder):
     """``iot_service_*``; also the dynamic batcher's observer (queue depth, formed batches)."""
 
-    def __init__(self, enabled: bool = True):
-        super().__init__(enabled)
-        if not enabled:
-            return
-        p = "iot_service_"
+    prefix = "iot_service_"
+
+    def declare(self, p: str) -> None:
         self.requests = metric("counter", p + "requests_total", "HTTP requests answered, by route and status",
                                ("handler", "code"))
         self.images = metric("counter", p + "images_total",

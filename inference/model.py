@@ -31,7 +31,8 @@ import tensorflow as tf
 from common.download import DownloadError, fetch
 from common.wire import IMAGE_SIZE
 from inference.imagenet_cifar import mapping_matrix
-from inference.weights import LoadedModel, WeightsUnavailable, cache_dirs, cached, download_dir, file_sha256
+from inference.weights import (LoadedModel, WeightsUnavailable, cache_dirs, cached, download_dir, file_sha256,
+                               found_or_none)
 from inference.weights import resolve_or_fail as _resolve_or_fail
 
 __all__ = ["IMAGE_SIZE", "LoadedModel", "WeightsUnavailable", "build_cifar_resnet", "configure_threads",
@@ -146,15 +147,8 @@ def load_model(weights: str = "auto", input_size: int | None = None, *,
     choice = weights.strip()
     imagenet_path = None
     if choice.lower() in ("auto", "imagenet"):
-        try:
-            imagenet_path = find_imagenet_weights(download_timeout_s)
-            choice = "imagenet"
-        except WeightsUnavailable as exc:
-            if choice.lower() == "imagenet":
-                raise
-            log.warning("MODEL_WEIGHTS=auto: %s; falling back to RANDOM, UNTRAINED weights - "
-                        "predictions are meaningless (model id says 'untrained')", exc)
-            choice = "random"
+        imagenet_path = found_or_none(choice, "imagenet", lambda: find_imagenet_weights(download_timeout_s))
+        choice = "random" if imagenet_path is None else "imagenet"
 
     if choice == "imagenet":
         size = input_size or 224

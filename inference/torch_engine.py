@@ -50,7 +50,8 @@ import torch
 from common.download import DownloadError, checksum_problem, fetch
 from common.settings_service import CIFAR_RESNET_RELEASE_URL
 from inference import cifar_resnet
-from inference.weights import LoadedModel, WeightsUnavailable, cached, download_dir, file_sha256, resolve_or_fail
+from inference.weights import (LoadedModel, WeightsUnavailable, cached, download_dir, file_sha256, found_or_none,
+                               resolve_or_fail)
 
 log = logging.getLogger(__name__)
 
@@ -154,13 +155,9 @@ def load_model(name: str, weights: str = "auto", input_size: int | None = None, 
     choice = weights.strip()
     net = cifar_resnet.build(name)
     if choice.lower() in ("auto", "pretrained"):
-        try:
-            path = find_pretrained(spec, base_url, download_timeout_s=download_timeout_s, progress=progress)
-        except WeightsUnavailable as exc:
-            if choice.lower() == "pretrained":
-                raise
-            log.warning("MODEL_WEIGHTS=auto: %s; falling back to RANDOM, UNTRAINED weights - "
-                        "predictions are meaningless (model id says 'untrained')", exc)
+        path = found_or_none(choice, "pretrained", lambda: find_pretrained(
+            spec, base_url, download_timeout_s=download_timeout_s, progress=progress))
+        if path is None:
             choice = "random"
         else:
             load_checkpoint(net, path)

@@ -13,11 +13,12 @@ not writable).  A file is looked for in each, and downloaded into the first writ
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import socket
 import threading
 import urllib.parse
-from typing import Callable
+from typing import Callable, TypeVar
 
 import numpy as np
 
@@ -26,9 +27,28 @@ from common.labels import CIFAR10_CLASSES
 from common.settings import CacheSettings
 
 
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
 class WeightsUnavailable(RuntimeError):
     """The weights asked for cannot be had (not cached and no network, no such file, or a
     file that is not what it claims to be)."""
+
+
+def found_or_none(choice: str, named: str, find: Callable[[], T]) -> T | None:
+    """What ``find`` returns for MODEL_WEIGHTS ``choice`` (``auto`` or ``named``, the engine's
+    published weights).  Not found: ``named`` raises WeightsUnavailable; ``auto`` warns and
+    gives None, and the engine falls back to random, untrained weights."""
+    try:
+        return find()
+    except WeightsUnavailable as exc:
+        if choice.lower() == named:
+            raise
+        log.warning("MODEL_WEIGHTS=auto: %s; falling back to RANDOM, UNTRAINED weights - "
+                    "predictions are meaningless (model id says 'untrained')", exc)
+        return None
 
 
 @dataclasses.dataclass

@@ -13,11 +13,9 @@ log = logging.getLogger(__name__)
 class ProducerMetrics(Recorder):
     """``iot_producer_*``."""
 
-    def __init__(self, enabled: bool = True):
-        super().__init__(enabled)
-        if not enabled:
-            return
-        p = "iot_producer_"
+    prefix = "iot_producer_"
+
+    def declare(self, p: str) -> None:
         self.sent = metric("counter", p + "images_sent_total", "Images handed to the Kafka producer")
         self.acked = metric("counter", p + "images_acknowledged_total",
                             "Images the broker acknowledged (acks=all)")

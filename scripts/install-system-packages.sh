@@ -23,7 +23,7 @@ set -euo pipefail
 # The tools the tests call, and where they come from: dockerd (docker.io), docker-compose,
 # debootstrap, prometheus and promtool (prometheus), chromium, chromedriver
 # (chromium-driver), initdb and postgres (postgresql, in /usr/lib/postgresql/<version>/bin), node
-# and npm (nodejs, npm);
+# and npm (nodejs, npm), curl;
 # the install below is, in effect,
 #   apt-get install docker.io debootstrap docker-compose prometheus chromium chromium-driver postgresql nodejs ...
 PACKAGES=(
@@ -35,6 +35,7 @@ PACKAGES=(
   openssh-client         # ssh, ssh-keygen (Ansible's connection, the per-run key pair)
   tar
   procps                 # pgrep/ps used by the harness's diagnostics
+  curl                   # the VMs' HTTP client, run here by the rehearsal's refusal check's test
   prometheus             # prometheus + promtool: the stack's scrapes, the rules' tests (docs/OBSERVABILITY.md)
   chromium               # the live dashboard's headless-browser test (tests/integration/test_dashboard.py)
   chromium-driver

@@ -39,6 +39,7 @@ import requests
 from common.settings import KafkaSettings, StackSettings, given
 from stack.component import Component
 from stack.ports import pick_port
+from stack.private import made_once
 
 log = logging.getLogger("stack")
 
@@ -85,12 +86,8 @@ class BrokerStorage:
     def keys(self) -> tuple[str, str]:
         """(access key id, secret): made the first time, read back after.  s3rver keeps no
         keys of its own (serve.js registers these at each start), so new ones would do too."""
-        if not self.keys_file.exists():
-            self.data.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.keys_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as fh:
-                fh.write(f"AK{secrets.token_hex(12).upper()}\n{secrets.token_urlsafe(30)}\n")
-        key_id, secret = self.keys_file.read_text().split()[:2]
+        made = made_once(self.keys_file, lambda: f"AK{secrets.token_hex(12).upper()}\n{secrets.token_urlsafe(30)}\n")
+        key_id, secret = made.split()[:2]
         return key_id, secret
 
     def broker_env(self) -> dict[str, str]:

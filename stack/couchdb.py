@@ -24,12 +24,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import secrets
 import shutil
 from pathlib import Path
 
 import requests
+
+from stack.private import made_once, write_private
 
 log = logging.getLogger("stack")
 
@@ -68,16 +69,10 @@ class LocalCouch:
 
     def password(self) -> str:
         """The admin's password: made with the server's data, read back after."""
-        if self.password_file.exists():
-            return self.password_file.read_text().strip()
-        if self.config.exists():
+        if self.config.exists() and not self.password_file.exists():
             raise RuntimeError(f"{self.config} exists but {self.password_file} does not: remove {self.dir} to "
                                f"start afresh (its data is lost)")
-        self.data.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.password_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(secrets.token_hex(16) + "\n")
-        return self.password()
+        return made_once(self.password_file, lambda: secrets.token_hex(16) + "\n").strip()
 
     def argv(self) -> list[str]:
         """The server in the foreground, loopback only, its log in the config's file only."""
@@ -93,11 +88,7 @@ class LocalCouch:
         config.setdefault("log", {})["file"] = str(self.logs / "couchdb-server.log")
         # The password goes in as it is the first time only: pouchdb-server replaces it with
         # its hash when it starts, and the file must never hold it in clear after that.
-        tmp = self.config.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            json.dump(config, fh, indent=2)
-        tmp.replace(self.config)
+        write_private(self.config, json.dumps(config, indent=2))
 
     def secure(self, *databases: str) -> bool:
         """Create ``databases`` (when missing) readable and writable by admins only; False

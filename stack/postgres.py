@@ -33,6 +33,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from stack.private import made_once
+
 log = logging.getLogger("stack")
 
 ROLE = DATABASE = "iot"
@@ -68,16 +70,10 @@ class LocalPostgres:
     # ------------------------------------------------------------ what the stack publishes
     def password(self) -> str:
         """The pipeline user's password: made with the cluster, read back after."""
-        if self.password_file.exists():
-            return self.password_file.read_text().strip()
-        if self.initialized():
+        if self.initialized() and not self.password_file.exists():
             raise RuntimeError(f"{self.cluster} exists but {self.password_file} does not: remove the cluster "
                                f"to start afresh (its data is lost)")
-        self.data.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.password_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(secrets.token_hex(16) + "\n")
-        return self.password()
+        return made_once(self.password_file, lambda: secrets.token_hex(16) + "\n").strip()
 
     @property
     def dsn(self) -> str:

@@ -58,6 +58,7 @@ from stack import monitoring
 from stack.broker import plan_broker
 from stack.component import Component, child_pids, pid_alive
 from stack.ports import free_port, pick_port
+from stack.private import write_private
 from stack.stores import plan_store
 
 __all__ = ["EMBEDDED_FETCH_MAX_WAIT_MS", "ROOT", "Component", "Supervisor", "child_pids", "pid_alive", "stack_dir"]
@@ -290,12 +291,7 @@ class Supervisor:
 
     def write_env(self) -> None:
         """stack.env, readable by its owner only: an external MONGO_URI carries a password."""
-        text = "".join(f"{k}={v}\n" for k, v in self.endpoints.items())
-        path = self.dir / "stack.env"
-        path.unlink(missing_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
+        write_private(self.dir / "stack.env", "".join(f"{k}={v}\n" for k, v in self.endpoints.items()))
 
     # ------------------------------------------------------------ main loop
     def run(self) -> int:

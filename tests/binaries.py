@@ -2,16 +2,20 @@
 
 A test whose tool or package is missing is skipped with a message that says how to install
 it, except under CI=true (.ci/run): there everything the project installs itself
-(scripts/install-system-packages.sh, make venv) must be present, so a missing one fails the
-test instead of hiding it among the skips.  What the project does not install (the optional
-runtimes of requirements/runtime-*.txt, kubectl, network access) is no reason to fail.
+(scripts/install-system-packages.sh, make venv, make pouchdb-server, make s3rver) must be
+present, and .ci/run runs as root, so a missing tool or a tmpfs that cannot be mounted fails
+the test instead of hiding it among the skips.  kubectl, which CI's machine carries
+(scripts/install-system-packages.sh says why the script does not install it), is required
+there too.  What neither provides (the optional runtimes of requirements/runtime-*.txt,
+network access, a Python without tarfile's data filter, a system without /proc) is no
+reason to fail.
 """
 
 from __future__ import annotations
 
 import importlib
-import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -19,11 +23,13 @@ from typing import NoReturn
 
 import pytest
 
+from common.settings import SuiteSettings
+
 VENV_BIN = Path(sys.executable).parent
 
 
 def under_ci() -> bool:
-    return os.environ.get("CI", "").lower() == "true"
+    return SuiteSettings().ci.lower() == "true"
 
 
 def unavailable(message: str) -> NoReturn:
@@ -65,3 +71,14 @@ def required_module(name: str) -> ModuleType:
     except ImportError as exc:
         unavailable(f"Python package {name!r} cannot be imported ({exc}; make venv: "
                     f"pip install -r requirements.txt)")
+
+
+def mount_tmpfs(path: Path, options: str) -> None:
+    """A tmpfs of its own at ``path`` (``options``: mount's -o, its size), to fill a disk
+    quickly; unmount it with ``umount -l``.  Mounting needs root: skip without it, fail under
+    CI=true (.ci/run runs as root)."""
+    __tracebackhide__ = True  # the skip or failure is reported at the test's line
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        unavailable(f"cannot mount a tmpfs at {path} (root needed): {mounted.stderr.strip()}")

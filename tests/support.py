@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import pickle
 import tarfile
 import time
@@ -18,8 +17,10 @@ from typing import Callable, TypeVar
 
 import numpy as np
 
+from common.settings import SuiteSettings
+
 T = TypeVar("T")
-HANG_GUARD_S = float(os.environ.get("HANG_GUARD_S", 600))
+HANG_GUARD_S = SuiteSettings().hang_guard_s
 ROOT = Path(__file__).resolve().parent.parent
 
 

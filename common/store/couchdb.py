@@ -44,11 +44,8 @@ a document is CouchDB's own.  A whole request refused as a document's fault is h
 refused: CouchDB judges a _bulk_docs request by its worst document, and only a request of
 one document says which one it is.
 
-The reader: ``by_ids`` through ``_all_docs`` (keys), ``by_producers``, ``count`` and
-``latest`` through the views of the design document ``_design/iot`` (DESIGN), which
-``prepare`` creates: a view is kept up to date incrementally and answers a count with its
-reduce (``_stats``), where Mango's ``_find`` has no count and pages with bookmarks.  The
-replay tool's records live in their own database (COUCHDB_DLQ_REPLAYS_DATABASE).
+``prepare`` makes the design document ``_design/iot`` (DESIGN) whose views the reader
+(common.store.couchdb_reader) queries.
 """
 
 from __future__ import annotations
@@ -56,16 +53,14 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from typing import Iterable, Iterator
 from urllib.parse import quote
 
 from common.settings import CouchSettings
-from common.store.base import AGE_FIELDS, DISK_FULL, STORED, Refused, StoreError, Transient, Upsert, WriteOutcome
-from common.store.couchdb_http import TRANSIENT, CouchClient, Unavailable, answer_of, encoded, failure, json_of, where
-from common.wire import (CONTENT_TYPES, FORMAT, IMAGE, IMAGE_ID, PREDICTION, PREDICTION_STORED_AT, PRODUCER_ID,
-                         STORED_AT)
+from common.store.base import DISK_FULL, STORED, Refused, StoreError, Transient, Upsert, WriteOutcome
+from common.store.couchdb_http import (CONFLICT_ROUNDS, TRANSIENT, CouchClient, Unavailable, answer_of, encoded,
+                                       failure, json_of, where)
+from common.wire import CONTENT_TYPES, FORMAT, IMAGE, PREDICTION, PREDICTION_STORED_AT, PRODUCER_ID, STORED_AT
 
-CONFLICT_ROUNDS = 5
 DESIGN = "_design/iot"
 # Members CouchDB reads as its own: from an upsert, they would delete or rewrite the document.
 OWN_MEMBERS = frozenset({"_id", "_rev", "_deleted", "_attachments", "_conflicts", "_deleted_conflicts",
@@ -93,12 +88,6 @@ VIEWS = {
     "by_age": {"map": f"function (doc) {{ var age = {_js(STORED_AT)} !== undefined ? {_js(STORED_AT)} : "
                       f"{_js(PREDICTION_STORED_AT)}; if (typeof age === 'number') {{ emit(age, null); }} }}"},
 }
-
-
-def age_of(doc: dict) -> float | None:
-    """A document's age (the by_age view's key)."""
-    value = next((doc[f] for f in AGE_FIELDS if doc.get(f) is not None), None)
-    return value if isinstance(value, (int, float)) else None
 
 
 def digest(data: bytes) -> str:
@@ -156,22 +145,15 @@ class CouchSink:
 
     def prepare(self) -> None:
         """The database and the design document of the views, made or brought up to date."""
+        def design(current: dict | None) -> dict | None:
+            if current is not None and current.get("views") == VIEWS:
+                return None
+            return {**({"_rev": current["_rev"]} if current else {}), "_id": DESIGN, "language": "javascript",
+                    "views": VIEWS}
+
         try:
             self.client.ensure_database(self.client.settings.couchdb_database)
-            for _ in range(CONFLICT_ROUNDS):
-                r = self.client.request("GET", f"{self.db}/{DESIGN}")
-                if r.status_code == 200 and json_of(r).get("views") == VIEWS:
-                    break
-                if r.status_code not in (200, 404):
-                    raise failure(r)
-                design = {"_id": DESIGN, "language": "javascript", "views": VIEWS}
-                if r.status_code == 200:
-                    design["_rev"] = json_of(r)["_rev"]
-                r = self.client.request("PUT", f"{self.db}/{DESIGN}", json=design)
-                if r.status_code in (201, 202):
-                    break
-                if r.status_code != 409:  # 409: another writer updated it; look again
-                    raise failure(r)
+            self.client.put_merged(f"{self.db}/{DESIGN}", design)
         except Unavailable as exc:
             raise StoreError(f"CouchDB {self.where}: {exc}") from None
         self.prepared = True
@@ -276,131 +258,6 @@ class CouchSink:
         if error == "unauthorized":
             return str(reason)
         return Refused(f"CouchDB refused the document ({error}: {reason})")
-
-    def close(self) -> None:
-        self.client.close()
-
-
-class CouchReader:
-    """Reads ``img_db`` (and the replay tool's database) back.  A database or view not made yet
-    (no DB writer has prepared it) reads as empty, as a MongoDB collection that does not exist does."""
-
-    name = "CouchDB"
-
-    def __init__(self, s: CouchSettings):
-        self.client, self.settings = CouchClient(s), s
-        self.db, self.replays = quote(s.couchdb_database, safe=""), quote(s.couchdb_dlq_replays_database, safe="")
-        self.where = where(s, s.couchdb_database)
-
-    def _get(self, method: str, path: str, missing=None, **kwargs):
-        """The JSON answer; ``missing`` for a 404; anything else but 200 raises StoreError."""
-        try:
-            r = self.client.request(method, path, **kwargs)
-        except Unavailable as exc:
-            raise StoreError(f"CouchDB {self.where}: {exc}") from None
-        if r.status_code == 404:
-            return missing
-        if r.status_code != 200:
-            raise StoreError(f"CouchDB {self.where}: {failure(r)}")
-        try:
-            return r.json()
-        except ValueError:
-            raise StoreError(f"CouchDB {self.where}: an answer that is not JSON: {r.text[:200]!r}") from None
-
-    @staticmethod
-    def _doc(d: dict, fields: Iterable[str]) -> dict:
-        out = {IMAGE_ID: d["_id"], **{f: d[f] for f in fields if f in d and not f.startswith("_")}}
-        data = ((d.get("_attachments") or {}).get(IMAGE) or {}).get("data")
-        if IMAGE in fields and data is not None:
-            out[IMAGE] = base64.b64decode(data)
-        return out
-
-    def _view(self, view: str, keys: list | None = None, **params) -> list[dict]:
-        path = f"{self.db}/{DESIGN}/_view/{view}"
-        params = {k: json.dumps(v) if not isinstance(v, str) else v for k, v in params.items()}
-        if keys is None:
-            answer = self._get("GET", path, params=params)
-        else:
-            answer = self._get("POST", path, params=params, json={"keys": keys})
-        return (answer or {}).get("rows", [])
-
-    @staticmethod
-    def _docs_params(fields: list[str]) -> dict:
-        return {"include_docs": "true", **({"attachments": "true"} if IMAGE in fields else {})}
-
-    def ping(self) -> None:
-        """The server answers and takes the credentials."""
-        self._get("GET", "_session")
-
-    def by_ids(self, image_ids: Iterable[str], fields: Iterable[str]) -> Iterator[dict]:
-        ids, fields = list(image_ids), list(fields)
-        for start in range(0, len(ids), 1000):
-            answer = self._get("POST", f"{self.db}/_all_docs", params=self._docs_params(fields),
-                               json={"keys": ids[start:start + 1000]})
-            yield from (self._doc(row["doc"], fields) for row in (answer or {}).get("rows", []) if row.get("doc"))
-
-    def by_producers(self, producer_ids: Iterable[str] | None, fields: Iterable[str]) -> Iterator[dict]:
-        fields = list(fields)
-        keys = None if producer_ids is None else list(producer_ids)
-        rows = self._view("by_producer", keys, reduce=False, **self._docs_params(fields))
-        yield from (self._doc(row["doc"], fields) for row in rows if row.get("doc"))
-
-    def count(self, *, producer_ids: Iterable[str] | None = None, with_prediction: bool = False) -> int:
-        keys = None if producer_ids is None else list(producer_ids)
-        rows = self._view("by_producer", keys, **({"group": True} if keys is not None else {}))
-        return int(sum(row["value"]["sum" if with_prediction else "count"] for row in rows))
-
-    def latest(self, n: int, fields: Iterable[str]) -> list[dict]:
-        fields = list(fields)
-        rows = self._view("latest", None, descending=True, limit=n, **self._docs_params(fields))
-        return [self._doc(row["doc"], fields) for row in rows if row.get("doc")]
-
-    def expiring(self, before: float, limit: int, fields: Iterable[str]) -> list[dict]:
-        fields = [*fields, *AGE_FIELDS]
-        rows = self._view("by_age", None, endkey=before, inclusive_end=False, limit=limit,
-                          **self._docs_params(fields))
-        return [self._doc(row["doc"], fields) for row in rows if row.get("doc")]
-
-    def delete(self, image_ids: Iterable[str], before: float) -> int:
-        """One ``_bulk_docs`` of deletions, each on the revision read; a document written
-        meanwhile (a conflict) stays, for the next pass."""
-        answer = self._get("POST", f"{self.db}/_all_docs", params={"include_docs": "true"},
-                           json={"keys": list(image_ids)})
-        gone = [{"_id": d["_id"], "_rev": d["_rev"], "_deleted": True}
-                for d in (row.get("doc") for row in (answer or {}).get("rows", []))
-                if d and (age_of(d) or before) < before]
-        if not gone:
-            return 0
-        try:
-            r = self.client.request("POST", f"{self.db}/_bulk_docs", json={"docs": gone})
-            if r.status_code not in (201, 202):
-                raise failure(r)
-            return sum(1 for a in json_of(r) if isinstance(a, dict) and "error" not in a)
-        except Unavailable as exc:
-            raise StoreError(f"CouchDB {self.where}: {exc}") from None
-
-    def replay_record(self, ref: str) -> dict | None:
-        doc = self._get("GET", f"{self.replays}/{quote(ref, safe='')}")
-        return {k: v for k, v in doc.items() if not k.startswith("_")} if doc else None
-
-    def record_replay(self, ref: str, record: dict) -> None:
-        # Fields merged into an earlier record, as MongoDB's $set does; a conflict reads again.
-        path = f"{self.replays}/{quote(ref, safe='')}"
-        try:
-            self.client.ensure_database(self.settings.couchdb_dlq_replays_database)
-            for _ in range(CONFLICT_ROUNDS):
-                r = self.client.request("GET", path)
-                if r.status_code not in (200, 404):
-                    raise failure(r)
-                doc = {**(json_of(r) if r.status_code == 200 else {}), **record}
-                r = self.client.request("PUT", path, data=encoded(doc), headers={"Content-Type": "application/json"})
-                if r.status_code in (201, 202):
-                    return
-                if r.status_code != 409:
-                    raise failure(r)
-            raise Unavailable(f"conflict: {ref} written by another replay through {CONFLICT_ROUNDS} tries")
-        except (Unavailable, ValueError, TypeError) as exc:
-            raise StoreError(f"CouchDB {self.where}: {exc}") from None
 
     def close(self) -> None:
         self.client.close()

@@ -4,6 +4,7 @@ the settings' credentials and timeouts, and what an answer means for the caller.
 from __future__ import annotations
 
 import json
+from typing import Callable
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import requests
@@ -12,6 +13,8 @@ from common.settings import CouchSettings, secret
 from common.store.base import DISK_FULL
 
 TRANSIENT = "transient"
+# How often a write that met another writer's revision (409) is read, merged and sent again.
+CONFLICT_ROUNDS = 5
 DISK_FULL_TEXT = ("enospc", "no space left on device", "disk full", "disk is full")
 
 
@@ -79,6 +82,25 @@ class CouchClient:
         r = self.request("PUT", quote(name, safe=""))
         if r.status_code not in (201, 202, 412):  # 412: it exists
             raise failure(r)
+
+    def put_merged(self, path: str, merge: Callable[[dict | None], dict | None]) -> None:
+        """Writes the document at ``path`` as ``merge`` makes it from the stored one (None: there
+        is none; ``merge`` returning None: nothing to write).  A conflict (409: another writer
+        wrote in between) reads and merges again, up to CONFLICT_ROUNDS times; the document is
+        never overwritten blind."""
+        for _ in range(CONFLICT_ROUNDS):
+            r = self.request("GET", path)
+            if r.status_code not in (200, 404):
+                raise failure(r)
+            doc = merge(json_of(r) if r.status_code == 200 else None)
+            if doc is None:
+                return
+            r = self.request("PUT", path, data=encoded(doc), headers={"Content-Type": "application/json"})
+            if r.status_code in (201, 202):
+                return
+            if r.status_code != 409:
+                raise failure(r)
+        raise Unavailable(f"conflict: {path} written by another writer through {CONFLICT_ROUNDS} tries")
 
     def close(self) -> None:
         self.session.close()

@@ -53,7 +53,7 @@ def open_reader(mongo=None, *, postgres=None, couchdb=None, store: str | None = 
         return PostgresReader(postgres or PostgresSettings())
     if name == "couchdb":
         from common.settings import CouchSettings
-        from common.store.couchdb import CouchReader
+        from common.store.couchdb_reader import CouchReader
 
         return CouchReader(couchdb or CouchSettings())
     from common.settings import MongoSettings

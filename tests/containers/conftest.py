@@ -12,11 +12,12 @@ import shutil
 
 import pytest
 
+from common.settings import SuiteSettings
 from tests.binaries import unavailable
 
 
 def pytest_collection_modifyitems(config, items):
-    if "containers" in (config.getoption("markexpr") or "") or os.environ.get("RUN_CONTAINERS"):
+    if "containers" in (config.getoption("markexpr") or "") or SuiteSettings().run_containers:
         return
     skip = pytest.mark.skip(reason="container suite: run with `make test-containers` "
                                    "(pytest -m containers tests/containers)")

@@ -26,6 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from common.settings import RehearsalSettings
 from tests.rehearsal import docker, wheelhouse
 from tests.rehearsal.image import MIRROR, SUITE, _run
 from stack.ports import port_free as _port_free, free_port as _free_port
@@ -33,7 +34,7 @@ from stack.ports import port_free as _port_free, free_port as _free_port
 log = logging.getLogger("containers.images")
 
 ROOT = Path(__file__).resolve().parent.parent.parent
-CACHE_DIR = Path(os.environ.get("IOT_CONTAINERS_CACHE", "/var/cache/iot-containers"))
+CACHE_DIR = Path(RehearsalSettings().iot_containers_cache)
 WHEELHOUSE = CACHE_DIR / "wheelhouse"
 BASE_REPO = "iot-pipeline/base"
 INCLUDE = ["python3", "python3-venv", "ca-certificates"]
@@ -47,7 +48,7 @@ LABEL = "iot-pipeline.test=containers"
 TARGETS = ("app", "inference", "embedded")  # what make test-containers builds and runs
 # Built on request (--target): not part of the Compose test.
 OPTIONAL_TARGETS = ("inference-torch",)
-WHEEL_PORT = int(os.environ.get("IOT_CONTAINERS_WHEEL_PORT", "8775"))
+WHEEL_PORT = RehearsalSettings().iot_containers_wheel_port
 
 
 def base_tag() -> str:

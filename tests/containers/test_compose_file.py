@@ -141,6 +141,19 @@ def test_the_inference_api_wants_its_token_and_its_clients_send_it():
     assert published == {"prometheus": ["127.0.0.1:9090:9090"], "grafana": ["127.0.0.1:3000:3000"]}, published
 
 
+def _dockerfile_stages() -> dict[str, str]:
+    """Each stage of the Dockerfile -> its instructions, those of the stages it is built FROM
+    first: what the image of that target holds."""
+    blocks = re.split(r"^FROM ", (ROOT / "Dockerfile").read_text(), flags=re.M)[1:]
+    own = {m.group(2): (m.group(1), b) for b in blocks if (m := re.match(r"(\S+) AS (\S+)", b))}
+
+    def inherited(name: str) -> str:
+        parent, block = own[name]
+        return (inherited(parent) if parent in own else "") + block
+
+    return {name: inherited(name) for name in own}
+
+
 def test_dockerfile_rules():
     text = (ROOT / "Dockerfile").read_text()
     assert re.search(r"^ARG BASE_IMAGE=python:3\.11-slim-bookworm$", text, re.M)
@@ -148,8 +161,7 @@ def test_dockerfile_rules():
     assert {"app", "inference"} <= set(stages)
     assert len(stages) >= 4, "multi-stage: build stages separate from the runtime ones"
     assert "org.opencontainers.image.title" in text and "org.opencontainers.image.source" in text
-    blocks = re.split(r"^FROM ", text, flags=re.M)[1:]
-    by_stage = {re.match(r"\S+ AS (\S+)", b).group(1): b for b in blocks}
+    by_stage = _dockerfile_stages()
     for final in ("app", "inference"):
         assert re.search(r"^USER (?!root|0\b)\w+", by_stage[final], re.M), f"{final} runs as root"
         assert "HEALTHCHECK" in by_stage[final], f"{final} has no HEALTHCHECK"
@@ -162,15 +174,15 @@ def test_the_torch_engine_has_its_own_image_target():
     """MODEL_ENGINE=torch: the inference-torch target installs requirements/runtime-torch.txt
     (PyTorch's CPU build first, no TensorFlow), runs as the service user and says its engine;
     Compose builds it with IOT_INFERENCE_TARGET and passes MODEL_ENGINE and MODEL through."""
-    text = (ROOT / "Dockerfile").read_text()
-    blocks = re.split(r"^FROM ", text, flags=re.M)[1:]
-    by_stage = {re.match(r"\S+ AS (\S+)", b).group(1): b for b in blocks}
+    by_stage = _dockerfile_stages()
     build = by_stage["build-inference-torch"]
     assert "runtime-torch.txt" in build and "inference.txt" not in build
     assert "download.pytorch.org/whl/cpu" in build and "--no-deps" in build
     final = by_stage["inference-torch"]
     assert "--from=build-inference-torch" in final and "MODEL_ENGINE=torch" in final
     assert re.search(r"^USER (?!root|0\b)\w+", final, re.M) and "HEALTHCHECK" in final
+    # one serve setup for both inference images: they differ in their venv and engine only
+    assert (ROOT / "Dockerfile").read_text().count("HEALTHCHECK") == 2, "one per shared stage (clients, serve)"
     inference = _compose()["services"]["inference"]
     assert inference["build"]["target"] == "${IOT_INFERENCE_TARGET:-inference}"
     assert inference["environment"]["MODEL_ENGINE"] == "${MODEL_ENGINE:-tensorflow}"

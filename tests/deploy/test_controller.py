@@ -10,12 +10,11 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-from pathlib import Path
 
 import pytest
 import yaml
-from packaging.requirements import Requirement
 
+from tests.pins import pins_for
 from tests.support import ROOT
 
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -82,22 +81,6 @@ def test_the_bundle_is_reproducible_and_works_without_git(tmp_path, capsys):
 
 
 # ----------------------------------------------------------------------- what is installed where
-
-def pins_for(requirements: str, python: str, drop: frozenset[str] | set[str] = frozenset()) -> str:
-    """The pins of a requirements file (its -r includes followed) for one Python version, environment
-    markers evaluated: pip evaluates them for the interpreter it runs on, not for --python-version."""
-    env = {"python_version": python, "python_full_version": python + ".0"}
-    out = []
-    for raw in (ROOT / requirements).read_text().splitlines():
-        line = raw.split("#", 1)[0].strip()
-        if line.startswith("-r "):
-            out.append(pins_for(str(Path(requirements).parent / line[3:].strip()), python, drop))
-        elif line:
-            req = Requirement(line)
-            if (req.marker is None or req.marker.evaluate(env)) and req.name not in drop:
-                out.append(f"{req.name}{req.specifier}")
-    return "\n".join(out)
-
 
 def _pip_resolves(requirements: str, python: str, *args: str, drop=frozenset()) -> subprocess.CompletedProcess:
     with tempfile.NamedTemporaryFile("w", suffix=".txt") as pins:
@@ -223,7 +206,9 @@ def test_the_experiment_results_come_back_even_when_images_were_lost():
     always = [t["name"] for t in block["always"]]
     assert any("Fetch" in n for n in always) and any("Unpack" in n for n in always)
     unpack = next(t for t in block["always"] if "Unpack" in t["name"])
-    assert "tarfile" in unpack["ansible.builtin.command"]["argv"]  # BSD tar on a Mac controller
+    # not the unarchive module (BSD tar on a Mac controller), nor tarfile without a filter
+    assert unpack["ansible.builtin.command"]["argv"][1:3] == ["-m", "common.untar"]
+    assert unpack["ansible.builtin.command"]["chdir"] == "{{ experiment_local_project_dir }}"
 
 
 def test_vault_and_local_settings_files_are_ones_ansible_reads():

@@ -7,9 +7,9 @@ RUN_BROKER_STORAGE_FAULTS=1."""
 
 from __future__ import annotations
 
-import os
-
 import pytest
+
+from common.settings import SuiteSettings
 
 
 def pytest_configure(config):
@@ -22,14 +22,15 @@ def pytest_configure(config):
 
 def pytest_collection_modifyitems(config, items):
     markexpr = config.getoption("markexpr") or ""
+    suites = SuiteSettings()
     skip = pytest.mark.skip(reason="fault suite: run with `pytest -m faults tests/faults` (make test-faults)")
     skip_storage = pytest.mark.skip(reason="the broker's storage faults: run with `pytest -m broker_storage "
                                            "tests/faults` (make test-faults-broker-storage)")
     for item in items:
         if item.get_closest_marker("broker_storage"):
-            if "broker_storage" not in markexpr and not os.environ.get("RUN_BROKER_STORAGE_FAULTS"):
+            if "broker_storage" not in markexpr and not suites.run_broker_storage_faults:
                 item.add_marker(skip_storage)
-        elif "faults" in item.keywords and "faults" not in markexpr and not os.environ.get("RUN_FAULTS"):
+        elif "faults" in item.keywords and "faults" not in markexpr and not suites.run_faults:
             item.add_marker(skip)
 
 

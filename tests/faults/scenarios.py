@@ -18,7 +18,7 @@ from typing import Callable
 
 import requests
 
-from common.settings import mask_uris
+from common.settings import DatasetSettings, SuiteSettings, mask_uris
 from stack.control import LocalStack
 from stack.supervisor import child_pids
 from tests.support import HANG_GUARD_S, ROOT
@@ -58,8 +58,8 @@ class Stack(LocalStack):
 
     def __init__(self, directory: Path, extra_env: dict | None = None):
         env = {"MODEL_WEIGHTS": "random", "PREDICT_BATCH_WAIT_MS": "20", "LOG_LEVEL": "INFO",
-               "GUNICORN_WORKERS": os.environ.get("FAULTS_GUNICORN_WORKERS", "2")}
-        if not os.environ.get("DATASET_SOURCE"):
+               "GUNICORN_WORKERS": str(SuiteSettings().faults_gunicorn_workers)}
+        if not DatasetSettings().dataset_source:
             if SAMPLE.is_file():
                 env["DATASET_SOURCE"] = str(SAMPLE)
             else:  # a checkout without ../shared/data: an archive in the official layout

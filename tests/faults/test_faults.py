@@ -12,12 +12,12 @@ tests/faults/test_faults_embedded.py.
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
 import pytest
 
+from common.settings import SuiteSettings
 from tests.faults.run import LAST_REPORT, ROOT, SCENARIOS, FaultSuite
 
 pytestmark = pytest.mark.faults
@@ -29,8 +29,8 @@ def run_suite(store: str, suffix: str = "", latest_name: str = "latest", stack_e
     results/faults/<timestamp><suffix>); its table and faults.json after."""
     out = out or suite_dir(suffix)
     started = time.time()
-    s = FaultSuite(out, images=int(os.environ.get("FAULT_IMAGES", 1000)),
-                   rate=float(os.environ.get("FAULT_RATE", 40)), store=store, stack_env=stack_env)
+    suite = SuiteSettings()
+    s = FaultSuite(out, images=suite.fault_images, rate=suite.fault_rate, store=store, stack_env=stack_env)
     with s:
         yield s
     path = s.write(started)

@@ -10,10 +10,10 @@ With STACK_BROKER_STORAGE=memory every scenario fails: the broker's death stops 
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 
+from common.settings import StackSettings, given
 from tests.faults.broker import BROKER_FAULTS, BROKER_SCENARIOS
 from tests.faults.test_faults import check, run_suite
 
@@ -24,7 +24,7 @@ pytestmark = pytest.mark.faults
 def broker_suite():
     # On s3rver unless STACK_BROKER_STORAGE says otherwise (memory: every scenario fails).
     yield from run_suite("mongodb", "-broker", "latest-broker",
-                         {"STACK_BROKER_STORAGE": os.environ.get("STACK_BROKER_STORAGE") or "s3"})
+                         {"STACK_BROKER_STORAGE": given(StackSettings(), "stack_broker_storage") or "s3"})
 
 
 @pytest.mark.parametrize("scenario", BROKER_SCENARIOS)

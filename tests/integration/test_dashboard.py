@@ -8,7 +8,6 @@ docs/OBSERVABILITY.md)."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +15,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from common.settings import MongoSettings
+from common.settings import MongoSettings, SuiteSettings
 from tests.support import HANG_GUARD_S, eventually
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -95,8 +94,9 @@ def test_the_dashboard_shows_the_run(local_stack, browser, tmp_path):
 
     errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
     assert not errors, errors
-    if os.environ.get("DASHBOARD_SCREENSHOT"):
-        browser.save_screenshot(os.environ["DASHBOARD_SCREENSHOT"])
+    screenshot = SuiteSettings().dashboard_screenshot
+    if screenshot:
+        browser.save_screenshot(screenshot)
 
 
 def test_the_dashboard_wants_its_token_when_it_has_one(local_stack, tmp_path):

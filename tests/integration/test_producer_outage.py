@@ -1,6 +1,6 @@
 """The producer when the broker is away: it retries until the delivery timeout, then
-counts the images as failed and still writes its run files (it used to die on
-KafkaTimeoutError before writing them, so its images vanished from "lost")."""
+counts the images as failed and still writes its run files: a KafkaTimeoutError must not
+end it before they are written, or its images would be missing from "lost"."""
 
 from __future__ import annotations
 

@@ -8,13 +8,13 @@ REPORT_SCREENSHOT=docs/img/report.png saves the page as it looked (docs/USAGE.md
 from __future__ import annotations
 
 import json
-import os
 import re
 
 import numpy as np
 import pytest
 
 from analysis.cli import main
+from common.settings import SuiteSettings
 from tests.support import write_experiment
 
 pytestmark = pytest.mark.integration
@@ -93,7 +93,8 @@ def test_the_report_page_renders_offline_with_the_runs_numbers(experiment, brows
 
     errors = [e for e in browser.get_log("browser") if e["level"] in ("SEVERE", "WARNING")]
     assert not errors, errors
-    if os.environ.get("REPORT_SCREENSHOT"):
+    screenshot = SuiteSettings().report_screenshot
+    if screenshot:
         height = browser.execute_script("return document.body.scrollHeight")
         browser.set_window_size(1280, height + 40)
-        browser.save_screenshot(os.environ["REPORT_SCREENSHOT"])
+        browser.save_screenshot(screenshot)

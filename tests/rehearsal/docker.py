@@ -13,9 +13,11 @@ import subprocess
 import time
 from pathlib import Path
 
+from common.settings import RehearsalSettings
+
 log = logging.getLogger("rehearsal.docker")
 
-CACHE_DIR = Path(os.environ.get("IOT_REHEARSAL_CACHE", "/var/cache/iot-rehearsal"))
+CACHE_DIR = Path(RehearsalSettings().iot_rehearsal_cache)
 DOCKERD_ARGS = ["--iptables=false", "--ip6tables=false", "--bridge=none"]
 LABEL = "iot-rehearsal"
 

@@ -31,6 +31,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # python tests/rehearsal/harness.py
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from common.settings import RehearsalSettings  # noqa: E402
 from tests.rehearsal import docker, image, services, wheelhouse  # noqa: E402
 
 log = logging.getLogger("rehearsal")
@@ -40,7 +41,7 @@ HERE = ROOT / "tests" / "rehearsal"
 COLLECTIONS = HERE / "collections"
 BIN = HERE / "bin"
 FAKE_CLOUD = COLLECTIONS / "ansible_collections/openstack/cloud/plugins/module_utils/fake_cloud.py"
-DEFAULT_RUN_DIR = Path(os.environ.get("IOT_REHEARSAL_RUN_DIR", "/tmp/iot-rehearsal"))
+DEFAULT_RUN_DIR = Path(RehearsalSettings().iot_rehearsal_run_dir)
 
 
 @dataclasses.dataclass

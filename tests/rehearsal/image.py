@@ -8,11 +8,12 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import logging
-import os
 import shutil
 import subprocess
 import time
 from pathlib import Path
+
+from common.settings import RehearsalSettings
 
 from . import docker
 
@@ -21,7 +22,7 @@ log = logging.getLogger("rehearsal.image")
 HERE = Path(__file__).resolve().parent
 PACKAGES_FILE = HERE / "vm-packages.txt"
 SUITE = "bookworm"
-MIRROR = os.environ.get("IOT_REHEARSAL_DEBIAN_MIRROR", "http://deb.debian.org/debian")
+MIRROR = RehearsalSettings().iot_rehearsal_debian_mirror
 REPO = "iot-rehearsal-vm"
 # Bumped when the recipe below changes in a way the hash of its text would not catch.
 RECIPE_VERSION = "1"

@@ -74,6 +74,7 @@ if __package__ in (None, ""):  # python tests/rehearsal/run.py
 
 import yaml  # noqa: E402
 
+from common.settings import RehearsalSettings  # noqa: E402
 from common.untar import extract_all  # noqa: E402
 from tests.rehearsal import docker, harness, services  # noqa: E402
 
@@ -1197,7 +1198,7 @@ def main(argv=None) -> int:
     ap.add_argument("--rate", type=float, default=5, help="experiment_rate (default 5)")
     ap.add_argument("--upgrade-batch", type=int, default=40, help="images per producer batch in run 3 (default 40)")
     ap.add_argument("--upgrade-rate", type=float, default=4, help="images/s of the producer in run 3 (default 4)")
-    ap.add_argument("--timeout-factor", type=float, default=float(os.environ.get("IOT_REHEARSAL_TIMEOUT_FACTOR", 1)),
+    ap.add_argument("--timeout-factor", type=float, default=RehearsalSettings().iot_rehearsal_timeout_factor,
                     help="multiplies each ansible-playbook's hang guard (default 1: 90 min for the first run's "
                          "halves, 60 min for the others)")
     args = ap.parse_args(argv)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from common.settings import RehearsalSettings
 from tests.binaries import venv_tool
 from tests.rehearsal import harness
 
@@ -265,7 +266,7 @@ def test_fake_modules_through_ansible(cloud):
     assert all(c["params"].get("cloud") == "rehearsal" for c in st["calls"])
 
 
-@pytest.mark.skipif(os.environ.get("IOT_REHEARSAL_SMOKE") != "1",
+@pytest.mark.skipif(not RehearsalSettings().iot_rehearsal_smoke,
                     reason="the whole rehearsal (Docker, root): set IOT_REHEARSAL_SMOKE=1")
 def test_rehearsal_smoke(tmp_path):
     assert shutil.which("docker") and shutil.which("debootstrap"), "run scripts/install-system-packages.sh"

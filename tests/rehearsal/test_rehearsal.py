@@ -18,7 +18,8 @@ import textwrap
 
 import pytest
 
-from tests.binaries import venv_tool
+from common.settings import RehearsalSettings
+from tests.binaries import required_binary, venv_tool
 from tests.rehearsal import run
 
 
@@ -119,7 +120,7 @@ def test_the_store_plays_and_the_rehearsal_agree():
     assert set(run.STORES) == {"mongodb", "postgres"}
 
 
-@pytest.mark.skipif(os.environ.get("IOT_REHEARSAL") != "1",
+@pytest.mark.skipif(not RehearsalSettings().iot_rehearsal,
                     reason="the whole deploy rehearsal (root, Docker, ~1 h): set IOT_REHEARSAL=1")
 def test_deploy_rehearsal():
     assert shutil.which("docker") and shutil.which("debootstrap"), "run scripts/install-system-packages.sh"
@@ -200,10 +201,10 @@ def _refusals(tmp_path, api, prometheus_from_other_vms: bool, warned: bool = Tru
         prometheus.close()
 
 
-@pytest.mark.skipif(not shutil.which("curl"), reason="curl (the VMs' client) not installed")
 def test_the_rehearsal_wants_clients_without_credentials_refused(tmp_path):
     """verify_refusals passes for the secure default (401 without or with a wrong token, 200
     with the vault's; Prometheus unreachable from another VM) and fails for each opening."""
+    required_binary("curl", "curl")  # the VMs' client, run here by the stand-in `vm`
     out = _refusals(tmp_path, _token_api, prometheus_from_other_vms=False)
     assert (out["inference"]["without_token"], out["inference"]["wrong_token"],
             out["inference"]["with_token"]) == ("401", "401", "200")

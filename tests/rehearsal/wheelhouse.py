@@ -1,6 +1,8 @@
 """The VMs' Python packages without an index: `pip download` on the host (which reaches
 PyPI) for the containers' interpreter (Debian bookworm: CPython 3.11, glibc 2.36, x86_64),
 into a cache directory outside the clone, served over HTTP on the test network's gateway.
+pip gets the files' pins for 3.11 (tests/pins.py: markers evaluated for the containers'
+Python, not for the host's), so a 3.10 host downloads what the VMs install.
 The roles install from it with iot_app_pip_index_args:
   ["--no-index", "--find-links", "http://<gateway>:<port>/"]"""
 
@@ -14,15 +16,19 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
+
+from common.settings import RehearsalSettings
+from tests.pins import pins_for
 
 from . import docker
 
 log = logging.getLogger("rehearsal.wheelhouse")
 
-WHEELHOUSE = Path(os.environ.get("IOT_REHEARSAL_WHEELHOUSE", str(docker.CACHE_DIR / "wheelhouse")))
+WHEELHOUSE = Path(RehearsalSettings().iot_rehearsal_wheelhouse or docker.CACHE_DIR / "wheelhouse")
 PYTHON_VERSION = "3.11"
 ABI = "cp311"
 # bookworm has glibc 2.36: every manylinux tag up to 2.36 runs there.  pip expands only the
@@ -83,13 +89,14 @@ def download(requirement_files: list[Path], extra: list[str] | None = None, dest
                "--abi", ABI, "--abi", "abi3", "--abi", "none"]
         for plat in PLATFORMS:
             cmd += ["--platform", plat]
-        for path in requirement_files:
-            cmd += ["-r", str(path)]
-        cmd += extra
         t0 = time.monotonic()
         log.info("pip download for cp311/manylinux x86_64 into %s (%s)", dest,
                  ", ".join(p.name for p in requirement_files))
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        with tempfile.NamedTemporaryFile("w", prefix="iot-pins-", suffix=".txt") as pins:
+            lines = (pin for path in requirement_files for pin in pins_for(path, PYTHON_VERSION).splitlines())
+            pins.write("".join(f"{pin}\n" for pin in dict.fromkeys(lines)))  # each once, in order
+            pins.flush()
+            proc = subprocess.run([*cmd, "-r", pins.name, *extra], capture_output=True, text=True)
         if proc.returncode != 0:
             raise RuntimeError(f"pip download failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n"
                                f"{proc.stderr[-4000:]}")

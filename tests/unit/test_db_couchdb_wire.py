@@ -1,4 +1,4 @@
-"""The CouchDB store (common/store/couchdb.py) against a real pouchdb-server started here
+"""The CouchDB store (common/store/couchdb.py, couchdb_reader.py) against a real pouchdb-server started here
 (CouchDB's HTTP API, on disk, an admin with a password: tests/couch.py).
 
 * The DB consumer (fake Kafka of tests/fakes.py, real sink): a document CouchDB refuses
@@ -25,7 +25,8 @@ import uuid
 import pytest
 
 from common.store import Stored, Transient, Upsert, image_upsert, result_upsert
-from common.store.couchdb import CouchReader, CouchSink
+from common.store.couchdb import CouchSink
+from common.store.couchdb_reader import CouchReader
 from tests import couch
 from tests.fakes import (P0, R0, FakeConsumer, RecordingProducer, at_poll, dead_letters, image_value, kafka_settings,
                          oam, result_value, stop_after_paused_polls, stop_when_drained)

@@ -33,7 +33,7 @@ from common.store.mongodb import MongoSink
 from common.store.postgres import PostgresSink
 from stack.ports import free_port
 from tests import couch, pg
-from tests.binaries import venv_tool
+from tests.binaries import mount_tmpfs, venv_tool
 from tests.support import HANG_GUARD_S
 from tests.fakes import (P0, R0, FakeConsumer, RecordingProducer, at_poll, dead_letters, kafka_settings, oam,
                          stop_after_paused_polls, stop_when_drained)
@@ -49,11 +49,11 @@ def small_disk():
     d = pg.reachable_dir("iot-pg-full-")
     data = d / "data"
     data.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m,mode=0711", "tmpfs", str(data)],
-                             capture_output=True, text=True)
-    if mounted.returncode != 0:
+    try:
+        mount_tmpfs(data, "size=64m,mode=0711")
+    except BaseException:  # skipped or failed: the directory goes all the same
         pg.remove(d)
-        pytest.skip(f"cannot mount a tmpfs here (root needed): {mounted.stderr.strip()}")
+        raise
     try:
         yield d
     finally:

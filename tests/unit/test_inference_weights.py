@@ -67,7 +67,7 @@ def test_slow_dns_is_bounded(monkeypatch):
 
 def test_auto_falls_back_to_untrained_with_warning(empty_cache, monkeypatch, caplog):
     monkeypatch.setattr(model_mod, "IMAGENET_URL", "http://127.0.0.1:9/resnet50.h5")
-    with caplog.at_level(logging.WARNING, logger="inference.model"):
+    with caplog.at_level(logging.WARNING, logger="inference.weights"):
         loaded = model_mod.load_model("auto", download_timeout_s=1.0)
     assert loaded.id == "resnet50-untrained-32" and loaded.untrained and loaded.input_size == 32
     assert any("RANDOM" in r.message and r.levelno == logging.WARNING for r in caplog.records)

@@ -1,4 +1,5 @@
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -147,8 +148,9 @@ def test_every_setting_is_described_and_declared_once():
 
 
 # Where a process composes a child's environment it copies or writes os.environ; reading a
-# setting from it is what the settings classes are for.
-PRODUCT = ("common", "producer", "consumers", "inference", "stack", "analysis", "experiments", "dashboard")
+# setting from it is what the settings classes are for.  The cost studies (bench/) are not
+# shipped, but the variables they read are the pipeline's settings all the same.
+PRODUCT = ("common", "producer", "consumers", "inference", "stack", "analysis", "experiments", "dashboard", "bench")
 
 
 def _raw_reads(path):
@@ -168,6 +170,21 @@ def test_no_product_module_reads_a_setting_from_the_environment():
              for package in PRODUCT for path in sorted((ROOT / package).rglob("*.py"))
              for line, text in _raw_reads(path)]
     assert not found, "read these through common.settings:\n" + "\n".join(found)
+
+
+# The test suites' variables are settings too (common/settings_suites.py).  The fake cloud's
+# modules and the rehearsal's callback run inside Ansible, without the project on their path:
+# they read what the harness set for them (declared in RehearsalSettings).  PATH is the
+# system's, read to compose a child's.
+UNDER_ANSIBLE = ("tests/rehearsal/collections/", "tests/rehearsal/callback_plugins/")
+
+
+def test_no_test_reads_a_setting_from_the_environment():
+    found = [f"{path.relative_to(ROOT)}:{line}: {text}"
+             for path in sorted((ROOT / "tests").rglob("*.py"))
+             if not str(path.relative_to(ROOT)).startswith(UNDER_ANSIBLE)
+             for line, text in _raw_reads(path) if not re.search(r"""[(\[]['"]PATH['"]""", text)]
+    assert not found, "read these through common.settings (SuiteSettings, RehearsalSettings):\n" + "\n".join(found)
 
 
 def test_the_client_waits_longer_than_the_service_deadline():

@@ -22,11 +22,13 @@ from pymongo import MongoClient
 from common.archive import archives, read_archive
 from common.settings import MongoSettings, RetentionSettings
 from common.store import IMAGE, PREDICTION, STORED_AT, image_upsert, result_upsert
-from common.store.couchdb import CouchReader, CouchSink
+from common.store.couchdb import CouchSink
+from common.store.couchdb_reader import CouchReader
 from common.store.mongodb import MongoReader, MongoSink
 from common.store.postgres import PostgresReader, PostgresSink
 from consumers import retention
 from tests import couch, pg
+from tests.binaries import mount_tmpfs
 from tests.support import HANG_GUARD_S, ROOT
 from tests.unit.test_db_mongo_wire import mongo_uri  # noqa: F401  (a fixture)
 from tests.unit.test_db_postgres_wire import as_result, msg, result
@@ -216,9 +218,7 @@ def test_an_archive_that_cannot_be_written_deletes_nothing(pg_server, tmp_path):
     sink.close()
     small = tmp_path / "small"
     small.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(small)],
-                      capture_output=True).returncode != 0:
-        pytest.skip("cannot mount a tmpfs here (root needed)")
+    mount_tmpfs(small, "size=64k")
     try:
         reader = PostgresReader(pg_server.settings())
         settings = RetentionSettings(store_retention_days=7, store_archive_dir=str(small), store_retention_batch=100)

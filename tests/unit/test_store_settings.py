@@ -60,7 +60,8 @@ def test_open_sink_and_open_reader_follow_store(monkeypatch):
     mongo = open_sink(store="mongodb")
     assert isinstance(mongo, MongoSink)
     mongo.close()
-    from common.store.couchdb import CouchReader, CouchSink
+    from common.store.couchdb import CouchSink
+    from common.store.couchdb_reader import CouchReader
 
     monkeypatch.setenv("STORE", "couchdb")
     monkeypatch.setenv("COUCHDB_URL", "http://iot:s3cret@couch:5985")
@@ -72,7 +73,7 @@ def test_open_sink_and_open_reader_follow_store(monkeypatch):
 
 def test_a_stacks_endpoints_name_the_store_the_demo_reads_and_its_table_says_which():
     from analysis.summary import format_table
-    from common.store.couchdb import CouchReader
+    from common.store.couchdb_reader import CouchReader
     from common.store.mongodb import MongoReader
     from common.store.opening import reader_of
     from common.store.postgres import PostgresReader

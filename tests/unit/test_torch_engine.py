@@ -188,7 +188,7 @@ def test_without_the_weights_pretrained_fails_and_auto_serves_untrained(cache, m
     for base in ("http://127.0.0.1:9/", "https://weights.invalid/"):  # refused port, unresolvable host
         with pytest.raises(WeightsUnavailable, match="cannot"):
             torch_engine.load_model("cifar10_resnet20", "pretrained", base_url=base, download_timeout_s=2.0)
-    with caplog.at_level(logging.WARNING, logger="inference.torch_engine"):
+    with caplog.at_level(logging.WARNING, logger="inference.weights"):
         served = torch_engine.load_model("cifar10_resnet20", "auto", base_url="http://127.0.0.1:9/",
                                          download_timeout_s=2.0)
     assert served.id == "cifar10_resnet20-untrained-32" and served.untrained

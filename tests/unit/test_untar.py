@@ -67,3 +67,15 @@ def test_an_absolute_name_never_lands_at_its_absolute_path(tmp_path, mode):
             extract_all(tar, out)
             assert (out / str(absolute).lstrip("/")).read_bytes() == b"x"
     assert not absolute.exists()
+
+
+def test_the_command_extracts_under_dest_and_refuses_an_escape(tmp_path, mode, capsys):
+    """python -m common.untar, as the experiment role unpacks the fetched runs on the controller."""
+    from common.untar import main
+
+    good = _archive(tmp_path / "good.tar", ("run/latencies.csv", b"a,b\n"))
+    assert main([str(good), str(tmp_path / "results")]) == 0
+    assert (tmp_path / "results" / "run" / "latencies.csv").read_bytes() == b"a,b\n"
+    bad = _archive(tmp_path / "bad.tar", ("../outside.txt", b"x"))
+    assert main([str(bad), str(tmp_path / "results")]) == 1
+    assert not (tmp_path / "outside.txt").exists() and "cannot extract" in capsys.readouterr().err
