@@ -95,7 +95,7 @@ def test_the_service_serves_a_32_px_cifar_model(image, pngs):
         assert [p["image_id"] for p in body["predictions"]] == [i for i, _, _ in pngs], body
         assert all(p["label"] in CIFAR10_CLASSES for p in body["predictions"]), body
         # and the token is required
-        stranger = InferenceClient(InferenceClientSettings(inference_url=url, inference_token="wrong"))
+        stranger = InferenceClient(InferenceClientSettings(inference_url=url, inference_token=uuid.uuid4().hex))  # not the token
         with pytest.raises(ServiceUnavailable) as refused:
             stranger.predict_files(pngs[:1])
         assert refused.value.status == 401, refused.value
