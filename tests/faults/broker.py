@@ -7,7 +7,7 @@
                                    what does not fit is counted as failed by the producer
                                    (KAFKA_PRODUCER_BUFFER_BYTES, producer/buffer.py), never
                                    dropped unseen; the check is stored == acknowledged and
-                                   failed == attempted - acknowledged (:func:`check_small_buffer`)
+                                   failed == attempted - acknowledged (:func:`check_failed_counted`)
 ``broker-restart-rebalance``       a second inference consumer joins the group and the broker is
                                    SIGKILLed while the group rebalances, then the consumer works and leaves
 
@@ -102,24 +102,30 @@ def producer_counts(run_dir: Path, producer_id: str) -> dict:
     return json.loads((run_dir / "producers" / producer_id / "producer.json").read_text())
 
 
-def check_small_buffer(row: dict, counts: dict, stored_ids: set[str], sent_ids: set[str]) -> dict:
-    """The small-buffer case: some images failed, and the producer says so for exactly those
-    the broker never acknowledged; the store holds exactly the acknowledged ones, once each,
-    each with its result."""
+def check_failed_counted(row: dict, counts: dict, stored_ids: set[str], sent_ids: set[str],
+                         exact: bool = True) -> dict:
+    """A run where the producer counted some images as failed: it says so for exactly the
+    images the broker never acknowledged, and every acknowledged one is stored once with its
+    result.  ``exact`` (the small buffer: the failed images never reached the broker): the
+    path ran (at least one failed) and the store holds the acknowledged ones and nothing
+    else.  Without it (the broker's storage refused writes: tansu may have written a batch
+    after the client gave up) a failed image that was stored all the same is counted, allowed."""
     failed_ids = set(counts["failed_images"])
     acked_ids = sent_ids - failed_ids
     facts = {"attempted": counts["attempted"], "acknowledged": counts["acknowledged"], "failed": counts["failed"],
-             "stored": len(stored_ids)}
-    facts["ok"] = (counts["failed"] >= 1  # the path ran
+             "stored": len(stored_ids), "failed_but_stored": len(stored_ids & failed_ids)}
+    stored_ok = (counts["failed"] >= 1 and stored_ids == acked_ids and row["results"] == counts["acknowledged"]
+                 and row["lost"] == counts["failed"]  # summary.json: attempted, not stored
+                 ) if exact else acked_ids <= stored_ids <= sent_ids
+    facts["ok"] = (stored_ok
                    and counts["attempted"] == len(sent_ids) == row["images"]
                    and counts["failed"] == counts["attempted"] - counts["acknowledged"] == len(failed_ids)
-                   and stored_ids == acked_ids and row["results"] == counts["acknowledged"]
-                   and row["lost"] == counts["failed"]  # summary.json: attempted, not stored
                    and row["duplicate_documents"] == 0 and row["duplicated_documents_checked"] == 0
                    and row["half_written_documents"] == 0 and row["producer_exit_codes"] == [1])
     if not facts["ok"]:
         facts["stored_not_acknowledged"] = sorted(stored_ids - acked_ids)[:5]
         facts["acknowledged_not_stored"] = sorted(acked_ids - stored_ids)[:5]
-    say(f"small buffer: attempted {facts['attempted']}, acknowledged {facts['acknowledged']}, failed "
-        f"{facts['failed']}, stored {facts['stored']}")
+        facts["stored_not_sent"] = sorted(stored_ids - sent_ids)[:5]
+    say(f"with failures: attempted {facts['attempted']}, acknowledged {facts['acknowledged']}, failed "
+        f"{facts['failed']} ({facts['failed_but_stored']} of them stored all the same), stored {facts['stored']}")
     return facts

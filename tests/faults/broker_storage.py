@@ -11,7 +11,7 @@
                             there is room again, every acknowledged image is stored exactly once.
 
 Same checks as the other broker scenarios (tests/faults/broker.py).  When the producer
-counted failures in ``broker-disk-full``, :func:`check_acknowledged` judges the run: every
+counted failures in ``broker-disk-full``, tests/faults/broker.py's ``check_failed_counted`` (not exact) judges the run: every
 acknowledged image stored once with its prediction, failed = attempted - acknowledged, and
 nothing stored that was never sent.  Not in ``make test-faults`` (CI's time budget):
 ``make test-faults-broker-storage``.
@@ -102,25 +102,3 @@ BROKER_STORAGE_FAULTS = {f.name: f for f in [
           f"then freed", "results", broker_disk_full, may_fail=True),
 ]}
 BROKER_STORAGE_SCENARIOS = list(BROKER_STORAGE_FAULTS)
-
-
-def check_acknowledged(row: dict, counts: dict, stored_ids: set[str], sent_ids: set[str]) -> dict:
-    """A run where the producer counted some images as failed (not acknowledged before
-    KAFKA_DELIVERY_TIMEOUT_S): it says so for exactly the images it did not get acknowledged,
-    and every acknowledged image is stored once with its result.  An image it counted failed
-    may still be stored (the broker wrote it after the client had given up): counted, allowed."""
-    failed_ids = set(counts["failed_images"])
-    acked_ids = sent_ids - failed_ids
-    facts = {"attempted": counts["attempted"], "acknowledged": counts["acknowledged"], "failed": counts["failed"],
-             "stored": len(stored_ids), "failed_but_stored": len(stored_ids & failed_ids)}
-    facts["ok"] = (counts["attempted"] == len(sent_ids) == row["images"]
-                   and counts["failed"] == counts["attempted"] - counts["acknowledged"] == len(failed_ids)
-                   and acked_ids <= stored_ids <= sent_ids
-                   and row["duplicate_documents"] == 0 and row["duplicated_documents_checked"] == 0
-                   and row["half_written_documents"] == 0 and row["producer_exit_codes"] == [1])
-    if not facts["ok"]:
-        facts["acknowledged_not_stored"] = sorted(acked_ids - stored_ids)[:5]
-        facts["stored_not_sent"] = sorted(stored_ids - sent_ids)[:5]
-    say(f"with failures: attempted {facts['attempted']}, acknowledged {facts['acknowledged']}, failed "
-        f"{facts['failed']} ({facts['failed_but_stored']} of them stored all the same), stored {facts['stored']}")
-    return facts

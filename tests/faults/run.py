@@ -53,9 +53,8 @@ from stack.ports import free_port  # noqa: E402
 from tests.faults.scenarios import (FAULTS, HANG_GUARD_S, PY, Stack, check_documents,  # noqa: E402
                                     count_result_messages, http_ready, longest_stall,
                                     read_csv, say, wait_for)
-from tests.faults.broker import BROKER_FAULTS, BROKER_SCENARIOS, check_small_buffer, producer_counts  # noqa: E402
-from tests.faults.broker_storage import (BROKER_STORAGE_FAULTS, BROKER_STORAGE_SCENARIOS,  # noqa: E402
-                                         check_acknowledged)
+from tests.faults.broker import BROKER_FAULTS, BROKER_SCENARIOS, check_failed_counted, producer_counts  # noqa: E402
+from tests.faults.broker_storage import BROKER_STORAGE_FAULTS, BROKER_STORAGE_SCENARIOS  # noqa: E402
 from tests.faults.stores import ALL_FAULTS, COUCH_SCENARIOS, POSTGRES_SCENARIOS, Rows  # noqa: E402
 
 STORE_SCENARIOS = {"postgres": POSTGRES_SCENARIOS, "couchdb": COUCH_SCENARIOS}
@@ -189,8 +188,8 @@ class FaultSuite:
                              exact: bool = True) -> dict:
         """A run where the producer counted some images as failed: those never reach the store,
         so the run is closed once the acknowledged ones are there, and judged on the counts
-        (tests/faults/broker.py, check_small_buffer; with ``exact`` off, a failed image that
-        was stored all the same is allowed: tests/faults/broker_storage.py, check_acknowledged)."""
+        (tests/faults/broker.py, check_failed_counted; ``exact`` off for the broker's storage
+        faults, where a failed image may be stored all the same)."""
         counts = producer_counts(run_dir, producer_id)
         rows = Rows(self.stack)
         try:
@@ -203,7 +202,7 @@ class FaultSuite:
         stored = {d["image_id"] for d in rows.documents(producer_id)}
         rows.close()
         sent = {r["image_id"] for r in read_csv(run_dir / "latencies.csv")}
-        row["producer_counts"] = (check_small_buffer if exact else check_acknowledged)(row, counts, stored, sent)
+        row["producer_counts"] = check_failed_counted(row, counts, stored, sent, exact)
         row["ok"] = row["producer_counts"]["ok"]
         return row
 

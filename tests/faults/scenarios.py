@@ -128,7 +128,7 @@ class Fault:
     producer_env: dict | None = None  # the scenario's producer's own settings (a small buffer)
     expect_failed: bool = False  # some images are meant to fail at the producer (tests/faults/broker.py)
     # Some images may fail at the producer (counted in its producer.json); the run is then
-    # judged on what it acknowledged (tests/faults/broker_storage.py check_acknowledged).
+    # judged on what it acknowledged (tests/faults/broker.py check_failed_counted).
     may_fail: bool = False
 
 
