@@ -99,9 +99,9 @@ test-faults-broker-storage: venv s3rver ## the broker's storage killed and its d
 # mid-run, the leak detector tested on a leaky build; results/soak/<ts>/soak.json and soak.png.
 DURATION ?= 30m
 KILL_EVERY ?= 1m
-soak: venv $(STORE_SERVER) ## the soak: make soak DURATION=5m [SEED=N] [KILL_EVERY=1m] (default 30 min, plus ~8 min of ramp, detector and checks)
+soak: venv s3rver $(STORE_SERVER) ## the soak: make soak DURATION=5m [SEED=N] [KILL_EVERY=1m] [BROKER_STORAGE=memory] (default 30 min, plus ~8 min of ramp, detector and checks)
 	$(PYTHON) -m tests.soak --duration $(DURATION) --kill-every $(KILL_EVERY) $(if $(SEED),--seed $(SEED)) \
-	  $(if $(STORE),--store $(STORE)) $(ARGS)
+	  $(if $(STORE),--store $(STORE)) $(if $(BROKER_STORAGE),--broker-storage $(BROKER_STORAGE)) $(ARGS)
 
 # Every Python that pyproject's requires-python promises and this machine has (pyenv's versions,
 # /usr/bin/python3, python3.N on PATH), as a new user would install it: a venv each under
