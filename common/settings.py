@@ -66,7 +66,7 @@ class KafkaSettings(ProjectSettings):
         "stack sets 40 for its embedded broker unless this is set."))
     kafka_producer_batch_bytes: int = Field(256 * 1024, description="kafka-python's producer batch, in bytes.")
     # kafka-python 3 has no bound of its own on what a producer holds (Java's buffer.memory):
-    # the producer keeps this one (producer/buffer.py), so that a broker away for long holds
+    # the producer keeps this one (producer/sending.py), so that a broker away for long holds
     # a bounded number of images and what does not fit is counted, never dropped unseen.
     kafka_producer_buffer_bytes: int = Field(32 * 1024 * 1024, ge=1, description=(
         "Bytes of images a producer holds that the broker has not acknowledged yet (Kafka's "

@@ -19,11 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kafka import TopicPartition
-from kafka.errors import KafkaError, KafkaTimeoutError
+from kafka.errors import KafkaError
 from tqdm import tqdm
 
 from common.dataset import DatasetUnavailable
-from common.kafka_io import key_partition, make_consumer, make_producer
+from common.kafka_io import key_partition, make_consumer
 from common.rundir import RunDir
 from common.models import ResultMessage
 from common.schema import (IMAGE_SCHEMA_JSON, InvalidMessage, dumps, image_record, make_image_message,
@@ -31,7 +31,7 @@ from common.schema import (IMAGE_SCHEMA_JSON, InvalidMessage, dumps, image_recor
 from common.wire import (DEVICE_ID, E2E_MS, IMAGE, IMAGE_ID, INFERRED_AT, LABEL, MODEL, PREDICTION, PRODUCER_ID,
                          PUBLISHED_AT, RECEIVED_AT, RESULT_AT, RESULT_PRODUCER_HEADER, SENT_AT, SEQ, STORED_AT)
 from common.settings import KafkaSettings
-from producer.buffer import SendBuffer
+from producer.sending import Sender, flush_before_sleep
 from producer.metrics import ProducerMetrics
 
 log = logging.getLogger(__name__)
@@ -233,38 +233,6 @@ def encode_record(msg: dict, image: bytes, schema: int) -> tuple[bytes, list | N
     return image_record(msg, image)
 
 
-def flush_before_sleep(producer, delay_s: float) -> bool:
-    """Send the records handed over so far now instead of after their batch's linger, when
-    the loop is about to sleep ``delay_s`` anyway (ahead of schedule): at light load the
-    linger would add its whole length to every image's time (all of a window's images are
-    handed over together) and batch nothing more.  True when every record was acknowledged.
-
-    kafka-python applies the timeout to each unacknowledged batch in turn, so a broker
-    that does not answer can hold this for several ``delay_s``: after a False the caller
-    does not flush again until an acknowledgement arrives.  Records not acknowledged stay
-    queued (the delivery timeout and the send callbacks still govern them)."""
-    try:
-        producer.flush(timeout=delay_s)
-        return True
-    except KafkaError:  # KafkaTimeoutError: not acknowledged yet; a failed send has its errback
-        return False
-
-
-def _connect(kafka: KafkaSettings, deadline: float):
-    """A producer, retrying while the broker is away until ``deadline`` (None: gave up)."""
-    delay = 0.5
-    while True:
-        try:
-            return make_producer(kafka)
-        except KafkaError as exc:
-            if time.monotonic() + delay > deadline:
-                log.error("broker unreachable (%s); giving up after the delivery timeout", exc)
-                return None
-            log.warning("broker unreachable (%s); retrying in %.1f s", exc, delay)
-            time.sleep(delay)
-            delay = min(delay * 2, 10.0)
-
-
 def run_cameras(run: ProducerRun, *, kafka: KafkaSettings, dataset, count: int, rate: float,
                 devices: int, result_timeout_s: float, progress: bool = True,
                 progress_file: Path | None = None, image_schema: int = 2) -> ProducerRun:
@@ -275,27 +243,22 @@ def run_cameras(run: ProducerRun, *, kafka: KafkaSettings, dataset, count: int, 
     listener = ResultListener(kafka, run)
     listener.start()
     listener.ready.wait(kafka.kafka_delivery_timeout_s + 5)
-    # A broker outage is retried until the delivery timeout (kafka-python's own retries
-    # cover a send in flight; this covers the broker being away before or between sends).
-    delivery_deadline = time.monotonic() + kafka.kafka_delivery_timeout_s
-    producer = _connect(kafka, delivery_deadline)
-    buffer = SendBuffer(kafka.kafka_producer_buffer_bytes)
 
-    def acked(_metadata, image_id, size=0):
-        buffer.release(size)
+    def acked(image_id):
         with listener.lock:
             run.sent[image_id].acked = True
             run.acked += 1
         run.metrics.image_acked()
 
-    def failed(exc, image_id=None, size=0):
-        buffer.release(size)
+    def failed(exc, image_id):
         with listener.lock:
             run.sent[image_id].error = f"{type(exc).__name__}: {exc}"
             run.send_errors += 1
         run.metrics.image_failed()
         log.error("send of %s failed: %s", image_id, exc)
 
+    sender = Sender(kafka, kafka.images_topic, acked, failed, on_sent=run.metrics.image_sent)
+    producer = sender.producer
     bar = tqdm(total=count, desc=f"{producer_id} sent", unit="img", disable=not progress,
                mininterval=0.5)
     run.started_at = start = time.time()
@@ -326,32 +289,10 @@ def run_cameras(run: ProducerRun, *, kafka: KafkaSettings, dataset, count: int, 
             image_id = msg[IMAGE_ID]
             with listener.lock:
                 run.sent[image_id] = SentImage({k: v for k, v in msg.items() if k != IMAGE})
-            # The image waits in the buffer until the broker acknowledges it or it fails; with
-            # the buffer full (the broker away for long) it is counted as failed, not dropped.
-            size = len(value)
-            while producer is not None:
-                if not buffer.reserve(size, kafka.kafka_max_block_ms / 1000):
-                    failed(KafkaTimeoutError(f"producer buffer full: {buffer.used} of {buffer.capacity} bytes "
-                                             f"not acknowledged for {kafka.kafka_max_block_ms} ms"),
-                           image_id=image_id)
-                    break
-                try:
-                    producer.send(kafka.images_topic, key=msg[DEVICE_ID].encode(), value=value, headers=headers) \
-                        .add_callback(acked, image_id=image_id, size=size) \
-                        .add_errback(failed, image_id=image_id, size=size)
-                    run.metrics.image_sent()
-                    break
-                except KafkaError as exc:  # metadata unavailable: the broker is away
-                    buffer.release(size)
-                    if time.monotonic() > delivery_deadline:
-                        failed(exc, image_id=image_id)
-                        break
-                    log.warning("send of %s: %s; retrying", image_id, exc)
-                    time.sleep(1.0)
-            else:
-                failed(KafkaTimeoutError("no connection to the broker"), image_id=image_id)
-            if producer is not None and time.monotonic() <= delivery_deadline:
-                delivery_deadline = time.monotonic() + kafka.kafka_delivery_timeout_s
+            # The image waits in the sender's buffer until the broker acknowledges it or it
+            # fails; with the buffer full (the broker away for long) it is counted as failed.
+            sender.send(image_id, msg[DEVICE_ID].encode(), value, headers)
+            sender.resend_due()
             bar.update(1)
             if time.monotonic() >= next_progress:
                 next_progress = time.monotonic() + PROGRESS_EVERY_S
@@ -359,12 +300,7 @@ def run_cameras(run: ProducerRun, *, kafka: KafkaSettings, dataset, count: int, 
                 write_progress(progress_file, run, count)
     except DatasetUnavailable as exc:  # every file of a folder gone: send no more, keep what was sent
         log.error("%s; stopping after %d of %d images", exc, len(run.sent), count)
-    if producer is not None:
-        try:
-            producer.flush(timeout=kafka.kafka_delivery_timeout_s)
-        except KafkaError as exc:
-            log.error("flush: %s", exc)
-        producer.close(timeout=10)
+    sender.close()
     run.finished_sending_at = time.time()
     bar.close()
 

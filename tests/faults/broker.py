@@ -5,7 +5,7 @@
                                    images the broker did not acknowledge and sends them when it is back
 ``broker-down-30s-small-buffer``   the same with a producer buffer far smaller than 30 s of images:
                                    what does not fit is counted as failed by the producer
-                                   (KAFKA_PRODUCER_BUFFER_BYTES, producer/buffer.py), never
+                                   (KAFKA_PRODUCER_BUFFER_BYTES, producer/sending.py), never
                                    dropped unseen; the check is stored == acknowledged and
                                    failed == attempted - acknowledged (:func:`check_failed_counted`)
 ``broker-restart-rebalance``       a second inference consumer joins the group and the broker is

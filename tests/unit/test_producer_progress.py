@@ -84,7 +84,7 @@ def test_a_folder_with_no_sendable_file_left_stops_the_run_clearly(tmp_path):
 def test_ahead_of_schedule_the_producer_flushes_and_says_whether_the_broker_acknowledged():
     from kafka.errors import KafkaTimeoutError, UnknownError
 
-    from producer.camera import flush_before_sleep
+    from producer.sending import flush_before_sleep
 
     class Producer:
         def __init__(self, error=None):
