@@ -85,9 +85,9 @@ def main(argv=None) -> int:
             server.close()
     counts = run.counts()
     missing = prod.count - run.results
-    log.info("%s: attempted %d, acknowledged %d, failed %d, results %d, missing %d -> %s", producer_id,
-             counts["attempted"], counts["acknowledged"], counts["failed"], run.results, missing,
-             args.out / "latencies.csv")
+    log.info("%s: attempted %d, acknowledged %d, failed %d, resent %d, results %d, missing %d -> %s",
+             producer_id, counts["attempted"], counts["acknowledged"], counts["failed"], counts["resent"],
+             run.results, missing, args.out / "latencies.csv")
     return 0 if missing == 0 and run.send_errors == 0 else 1
 
 

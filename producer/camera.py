@@ -58,6 +58,7 @@ class ProducerRun:
     sent: dict[str, SentImage] = field(default_factory=dict)  # every image attempted
     send_errors: int = 0
     acked: int = 0
+    resent: int = 0  # sends repeated because the broker's storage refused them (producer/sending.py)
     started_at: float = 0.0
     finished_sending_at: float = 0.0
     results: int = 0  # images whose result came back (counted as they arrive, not recounted)
@@ -73,9 +74,10 @@ class ProducerRun:
         return e2e_s
 
     def counts(self) -> dict:
-        """attempted / acknowledged by the broker / failed (delivery gave up) / results."""
+        """attempted / acknowledged by the broker / failed (delivery gave up) / results, and
+        how many sends were repeated after the broker's storage refused them."""
         return {"attempted": len(self.sent), "acknowledged": self.acked, "failed": self.send_errors,
-                "results": self.results}
+                "results": self.results, "resent": self.resent}
 
     def latency_rows(self) -> list[dict]:
         rows = []
@@ -301,6 +303,7 @@ def run_cameras(run: ProducerRun, *, kafka: KafkaSettings, dataset, count: int, 
     except DatasetUnavailable as exc:  # every file of a folder gone: send no more, keep what was sent
         log.error("%s; stopping after %d of %d images", exc, len(run.sent), count)
     sender.close()
+    run.resent = sender.resent
     run.finished_sending_at = time.time()
     bar.close()
 
