@@ -36,6 +36,12 @@
 //   the first write accepted after that says so.  A 5xx, so tansu's S3 client retries the
 //   write with backoff for a while before it fails the request (docs/RELIABILITY.md,
 //   "The local broker's storage").
+// * Listings longer than a page.  s3rver makes ListObjectsV2's continuation token with
+//   DES, which the OpenSSL 3 under Node 17+ refuses ("digital envelope routines::
+//   unsupported"), so every listing of more than 1,000 keys (max-keys) failed with 500.
+//   tansu lists a partition's record batches at each fetch: once a partition held 1,000
+//   batches the broker could no longer serve it.  Here the token is the same bytes
+//   without the cipher (it only has to come back unchanged; S3's tokens are opaque).
 'use strict';
 
 const crypto = require('crypto');
@@ -43,6 +49,12 @@ const fs = require('fs');
 const fsp = require('fs/promises');
 const path = require('path');
 const { pick, pickBy } = require('lodash');
+
+// Before s3rver's bucket controller is loaded: its 'des' continuation token, unenciphered.
+const unciphered = () => ({ update: (data, encoding) => Buffer.from(data, encoding), final: () => Buffer.alloc(0) });
+for (const [name, original] of [['createCipheriv', crypto.createCipheriv], ['createDecipheriv', crypto.createDecipheriv]]) {
+  crypto[name] = (algorithm, ...rest) => (algorithm === 'des' ? unciphered() : original(algorithm, ...rest));
+}
 // Before s3rver's store takes it (it destructures walk when loaded): the entry types come
 // with the directory listing, no stat per file.
 const utils = require('s3rver/lib/utils');

@@ -201,3 +201,49 @@ def write_experiment(out: Path, trials: dict[int, list[list[float | None]]], *, 
     out.mkdir(parents=True, exist_ok=True)
     (out / "experiment.json").write_text(json.dumps(base, indent=2) + "\n")
     return out
+
+
+def s3_headers(storage, headers: dict | None = None) -> dict:
+    """The headers s3rver/serve.js and s3rver accept from a client: an Authorization naming
+    the stack's key id (s3rver does not check signature-V4 signatures)."""
+    key_id, _secret = storage.keys()
+    now = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    return {"Authorization": f"AWS4-HMAC-SHA256 Credential={key_id}/{now[:8]}/auto/s3/aws4_request, "
+                             f"SignedHeaders=host;x-amz-date, Signature={'0' * 64}",
+            "x-amz-date": now, "x-amz-content-sha256": "UNSIGNED-PAYLOAD", **(headers or {})}
+
+
+def run_s3rver(tmp_path: Path, data: Path):
+    """s3rver/serve.js serving ``data`` (its keys and log in ``tmp_path``), as the stack runs it:
+    a context manager giving ``(storage, log_path)``; the server is stopped after."""
+    import contextlib
+    import subprocess
+
+    from stack.broker import S3RVER_DIR, BrokerStorage
+    from stack.ports import free_port
+    from tests.binaries import required_binary, unavailable
+
+    required_binary("node", "nodejs")
+    if not (S3RVER_DIR / "node_modules" / "s3rver" / "package.json").is_file():
+        unavailable("s3rver is not installed (make s3rver)")
+
+    @contextlib.contextmanager
+    def running():
+        storage = BrokerStorage(tmp_path, free_port())
+        component = storage.component()
+        argv = [*component.argv[:2], str(data), *component.argv[3:]]
+        log_path = tmp_path / "s3rver.log"
+        with open(log_path, "ab") as log:
+            proc = subprocess.Popen(argv, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + HANG_GUARD_S
+            while not storage.ready():
+                assert proc.poll() is None, log_path.read_text()
+                assert time.monotonic() < deadline, "s3rver never answered"
+                time.sleep(0.1)
+            yield storage, log_path
+        finally:
+            proc.terminate()
+            proc.wait(timeout=HANG_GUARD_S)
+
+    return running()

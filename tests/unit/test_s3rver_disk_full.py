@@ -13,57 +13,28 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 import requests
 
-from stack.broker import BUCKET, S3RVER_DIR, BrokerStorage
-from stack.ports import free_port
-from tests.binaries import required_binary, unavailable
-from tests.support import HANG_GUARD_S, fill_disk
+from stack.broker import BUCKET
+from tests.support import fill_disk, run_s3rver, s3_headers
 
 
 @pytest.fixture
 def s3rver_on_small_disk(tmp_path):
-    required_binary("node", "nodejs")
-    if not (S3RVER_DIR / "node_modules" / "s3rver" / "package.json").is_file():
-        unavailable("s3rver is not installed (make s3rver)")
     data = tmp_path / "data"
     data.mkdir()
     mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m,mode=0755", "tmpfs", str(data)],
                              capture_output=True, text=True)
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here (root needed): {mounted.stderr.strip()}")
-    storage = BrokerStorage(tmp_path, free_port())  # its keys file in tmp_path, off the small disk
-    component = storage.component()
-    argv = [*component.argv[:2], str(data), *component.argv[3:]]
-    log_path = tmp_path / "s3rver.log"
-    log = open(log_path, "ab")
-    proc = subprocess.Popen(argv, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
-    log.close()
     try:
-        deadline = time.monotonic() + HANG_GUARD_S
-        while not storage.ready():
-            assert proc.poll() is None, log_path.read_text()
-            assert time.monotonic() < deadline, "s3rver never answered"
-            time.sleep(0.1)
-        yield storage, data, log_path
+        with run_s3rver(tmp_path, data) as (storage, log_path):  # its keys file in tmp_path, off the small disk
+            yield storage, data, log_path
     finally:
-        proc.terminate()
-        proc.wait(timeout=HANG_GUARD_S)
         subprocess.run(["umount", "-l", str(data)], capture_output=True)
-
-
-def signed(storage: BrokerStorage, headers: dict | None = None) -> dict:
-    """The headers serve.js and s3rver accept: an Authorization naming the stack's key id
-    (s3rver does not check signature-V4 signatures)."""
-    key_id, _secret = storage.keys()
-    now = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    return {"Authorization": f"AWS4-HMAC-SHA256 Credential={key_id}/{now[:8]}/auto/s3/aws4_request, "
-                             f"SignedHeaders=host;x-amz-date, Signature={'0' * 64}",
-            "x-amz-date": now, "x-amz-content-sha256": "UNSIGNED-PAYLOAD", **(headers or {})}
 
 
 def files(directory: Path) -> set[str]:
@@ -74,29 +45,29 @@ def test_a_full_disk_is_refused_with_a_clear_error_and_leaves_nothing_behind(s3r
     storage, data, log_path = s3rver_on_small_disk
     url = f"{storage.url}/{BUCKET}"
     old = os.urandom(1024)
-    put = requests.put(f"{url}/a", data=old, headers=signed(storage), timeout=30)
+    put = requests.put(f"{url}/a", data=old, headers=s3_headers(storage), timeout=30)
     assert put.status_code == 200, put.text
     etag = put.headers["ETag"]
 
     filler = fill_disk(data)
     before = files(data)
-    new = requests.put(f"{url}/b", data=os.urandom(64 * 1024), headers=signed(storage, {"If-None-Match": "*"}),
+    new = requests.put(f"{url}/b", data=os.urandom(64 * 1024), headers=s3_headers(storage, {"If-None-Match": "*"}),
                        timeout=30)
-    over = requests.put(f"{url}/a", data=os.urandom(8 * 1024), headers=signed(storage, {"If-Match": etag}),
+    over = requests.put(f"{url}/a", data=os.urandom(8 * 1024), headers=s3_headers(storage, {"If-Match": etag}),
                         timeout=30)
     for r in (new, over):
         assert r.status_code == 507 and "<Code>InsufficientStorage</Code>" in r.text, (r.status_code, r.text)
     assert files(data) == before  # no partial object, no temporary, no checksum of an unwritten object
-    got = requests.get(f"{url}/a", headers=signed(storage), timeout=30)
+    got = requests.get(f"{url}/a", headers=s3_headers(storage), timeout=30)
     assert (got.status_code, got.content, got.headers["ETag"]) == (200, old, etag)
-    assert requests.get(f"{url}/b", headers=signed(storage), timeout=30).status_code == 404
+    assert requests.get(f"{url}/b", headers=s3_headers(storage), timeout=30).status_code == 404
     lines = log_path.read_text(errors="replace").splitlines()
     full = [x for x in lines if "ERROR" in x and "disk full" in x]
     assert full and str(data) in full[0] and "ENOSPC" in full[0], lines
 
     filler.unlink()
-    again = requests.put(f"{url}/b", data=b"room again", headers=signed(storage, {"If-None-Match": "*"}), timeout=30)
+    again = requests.put(f"{url}/b", data=b"room again", headers=s3_headers(storage, {"If-None-Match": "*"}), timeout=30)
     assert again.status_code == 200, again.text
-    assert requests.get(f"{url}/b", headers=signed(storage), timeout=30).content == b"room again"
+    assert requests.get(f"{url}/b", headers=s3_headers(storage), timeout=30).content == b"room again"
     assert any("has room again" in x and "2 refused" in x for x in log_path.read_text().splitlines())
     assert not [p for p in files(data) if p.endswith(".tmp")]
