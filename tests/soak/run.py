@@ -1,7 +1,7 @@
 """``python -m tests.soak`` (``make soak DURATION=30m SEED=...``): the soak.
 
 1. its own stack (tests/faults/scenarios.py Stack: a temporary STACK_DIR, free ports,
-   random 32x32 weights, the broker on s3rver so that it can be killed too), the capacity ramp (experiments/capacity.py), producers at half
+   random 32x32 weights; ``--broker-storage s3``: the broker on s3rver, killed too), the capacity ramp (experiments/capacity.py), producers at half
    of it (``--rate`` skips the ramp);
 2. the leak detector's own test, producers sending: the DB writer restarted from the
    unmodified build for ``--phase`` (it must pass), then from a build that leaks 4 KB per
@@ -118,15 +118,17 @@ def main(argv=None) -> int:
     p.add_argument("--ramp-step-s", type=float, default=8.0, help="seconds per step of the capacity ramp")
     p.add_argument("--phase", default="2m", help="each of the leak detector's two phases (default 2m)")
     p.add_argument("--store", choices=list(actions.STORE_COMPONENT), default="mongodb")
-    p.add_argument("--broker-storage", choices=("s3", "memory"), default="s3",
-                   help="the local broker's storage (STACK_BROKER_STORAGE; default s3: the broker is "
-                        "killed like the rest; memory: it is left out, its death would lose the topics)")
+    p.add_argument("--broker-storage", choices=("memory", "s3"), default="memory",
+                   help="the local broker's storage (STACK_BROKER_STORAGE; memory, the default, is left "
+                        "out of the kills: its death would lose the topics; s3: the broker is killed like "
+                        "the rest, for minutes only: tansu lists every batch of a partition at each fetch, "
+                        "so the pipeline slows down as partitions grow, docs/RELIABILITY.md)")
     p.add_argument("--out", type=Path, default=ROOT / "results" / "soak" / time.strftime("%Y%m%d-%H%M%S"))
     args = p.parse_args(argv)
     duration, every, phase = (parse_duration(x) for x in (args.duration, args.kill_every, args.phase))
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(10**6)
     say(f"soak seed {seed}: replay with make soak SEED={seed} DURATION={args.duration} KILL_EVERY={args.kill_every}"
-        + (" BROKER_STORAGE=memory" if args.broker_storage == "memory" else ""))
+        + (" BROKER_STORAGE=s3" if args.broker_storage == "s3" else ""))
     started = time.time()
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
