@@ -177,9 +177,13 @@ def plot(result: dict, path: Path) -> None:
     ax2.tick_params(axis="y", which="minor", labelsize=7)
     ax2.legend(fontsize=8)
     ax2.grid(True, which="both")
-    fig.suptitle(f"bench {result['run']}: ratio to limit {result['ratio_to_limit']:.2f}, "
+    # What was measured, so that figures of different runs side by side say which is which.
+    setup = ", ".join(str(result[k]) for k in ("model", "inference_mode", "store") if result.get(k))
+    if result.get("broker_storage"):
+        setup += f", broker on {result['broker_storage']}"
+    fig.suptitle(f"bench {result['run']} ({setup}): ratio to limit {result['ratio_to_limit']:.2f}, "
                  f"to baseline {result['ratio_to_baseline'] or float('nan'):.2f}"
-                 + ("  (SMOKE)" if result["smoke"] else ""))
+                 + ("  (SMOKE)" if result["smoke"] else ""), fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
