@@ -1,8 +1,10 @@
 """``python -m tests.soak`` (``make soak DURATION=30m SEED=...``): the soak.
 
 1. its own stack (tests/faults/scenarios.py Stack: a temporary STACK_DIR, free ports,
-   random 32x32 weights; ``--broker-storage s3``: the broker on s3rver, killed too), the capacity ramp (experiments/capacity.py), producers at half
-   of it (``--rate`` skips the ramp);
+   random 32x32 weights; ``--broker-storage s3``: the broker on s3rver, killed too), the
+   capacity ramp (experiments/capacity.py), producers at half of the capacity it finds,
+   sized from the knee where it bracketed one, as the experiment's sweep is
+   (``sweep_basis``; ``--rate`` skips the ramp);
 2. the leak detector's own test, producers sending: the DB writer restarted from the
    unmodified build for ``--phase`` (it must pass), then from a build that leaks 4 KB per
    image for as long (it must fail), then from the unmodified build again;
@@ -45,11 +47,12 @@ PHASE_RESTARTS_S = 90.0  # what the detector phases' three restarts of the DB wr
 
 
 def measure_capacity(out: Path, stack, step_s: float) -> dict:
-    from experiments.capacity import PER_PRODUCER_MAX, ramp
+    from experiments.capacity import PER_PRODUCER_MAX, ramp, sweep_basis
 
     r = ramp(out / "capacity", stack.env, start_rate=10.0, growth=1.6, max_steps=8, step_s=step_s,
              per_producer_max=PER_PRODUCER_MAX, tag=f"soak-cap-{uuid.uuid4().hex[:6]}", stack=stack)
-    return {"img_s": r.best, "knee_between_img_s": r.knee_between,
+    basis, sized_from = sweep_basis(r)
+    return {"img_s": basis, "sized_from": sized_from, "best_img_s": r.best, "knee_between_img_s": r.knee_between,
             "ramp": [{k: s.get(k) for k in ("offered_img_s", "throughput_img_s", "complete")} for s in r.steps]}
 
 
@@ -152,6 +155,8 @@ def main(argv=None) -> int:
             say("measuring the capacity (experiments/capacity.py ramp)")
             record["capacity"] = measure_capacity(out, stack, args.ramp_step_s)
             rate = round(record["capacity"]["img_s"] / 2, 2)
+            say(f"capacity {record['capacity']['img_s']:g} img/s, sized from the {record['capacity']['sized_from']} "
+                f"(the ramp's best step stored {record['capacity']['best_img_s']:g}: an overloaded short step)")
         record["rate_img_s"] = rate
         say(f"producers: {PRODUCERS} x {rate / PRODUCERS:.2f} img/s = {rate:g} img/s")
         upgrade = builds.copy_checkout(out / "checkouts" / "upgrade", f"soak upgrade {time.strftime('%H:%M:%S')}")
