@@ -110,11 +110,12 @@ def expected_acls(monkeypatch) -> set[tuple[str, str, str, str]]:
     import consumers.inference
     import consumers.replay
     import producer.camera
+    import producer.sending
 
     fields = KafkaSettings.model_fields
     images, results, dlq = (fields[f].default for f in ("images_topic", "results_topic", "dlq_topic"))
     # Every writer makes its producer with common.kafka_io.make_producer.
-    for module in (producer.camera, consumers.inference, consumers.db, consumers.replay):
+    for module in (producer.sending, consumers.inference, consumers.db, consumers.replay):
         assert "make_producer(" in inspect.getsource(module), module.__name__
     # The producers' result listener reads by manual assignment: no group.
     assert re.search(r"make_consumer\([^)]*group_id=None", inspect.getsource(producer.camera))
@@ -129,7 +130,7 @@ def expected_acls(monkeypatch) -> set[tuple[str, str, str, str]]:
         for operation in operations:
             acls.add((f"User:{username(component)}", resource_type, name, operation))
 
-    # producer/camera.py: images out; results back (metadata, end offsets, fetch).
+    # producer/sending.py: images out; producer/camera.py: results back (metadata, end offsets, fetch).
     grant("producer", "Topic", images, "Write", "Describe")
     grant("producer", "Topic", results, "Read", "Describe")
     # consumers/inference.py: images in as its group; results and dead letters out.
