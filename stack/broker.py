@@ -111,6 +111,16 @@ class BrokerStorage:
                          before_start=lambda: self.dir.mkdir(parents=True, exist_ok=True))
 
 
+# tansu's S3 engine answers a fetch by listing every batch object of the partition, and
+# stops listing when the fetch's max wait is over: it then answers only with batches listed
+# so far, so a consumer whose offset lies past what one max wait lists gets nothing, ever.
+# s3rver lists about 15 keys per ms here (3,816 in 0.26 s), so a 40 ms wait stalled the soak's
+# consumers once partitions held a few thousand batches (docs/RELIABILITY.md "A soak on the
+# broker's S3 storage"); 1,000 ms lists about 14,000.  The price: tansu holds a fetch for
+# about half its wait when records arrive meanwhile, so each hop waits longer.
+S3_FETCH_MAX_WAIT_MS = 1000
+
+
 def plan_broker(data: Path, url: str, ready: Callable[[], bool], endpoints: dict[str, str]) -> list[Component]:
     """The broker listening on ``url`` (tcp://host:port), after its storage server if any;
     what its clients must set into ``endpoints`` (stack.env)."""
@@ -129,6 +139,8 @@ def plan_broker(data: Path, url: str, ready: Callable[[], bool], endpoints: dict
     # pipeline already takes (the DB writer stores an image once, results are matched by id).
     if given(KafkaSettings(), "kafka_idempotence") is None:
         endpoints["KAFKA_IDEMPOTENCE"] = "false"
+    if given(KafkaSettings(), "kafka_fetch_max_wait_ms") is None:
+        endpoints["KAFKA_FETCH_MAX_WAIT_MS"] = str(S3_FETCH_MAX_WAIT_MS)
     s3 = BrokerStorage(data, pick_port("s3rver"))
     log.info("embedded broker on s3rver at %s (%s)", s3.url, s3.dir)
     return [s3.component(),

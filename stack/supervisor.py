@@ -11,8 +11,8 @@ State lives under the stack directory (``.run/`` by default, ``STACK_DIR`` to mo
                             producer to use), PROMETHEUS_URL= when Prometheus runs,
                             DASHBOARD_URL= (python -m dashboard; STACK_DASHBOARD=0: none),
                             KAFKA_FETCH_MAX_WAIT_MS= with the embedded broker (see
-                            EMBEDDED_FETCH_MAX_WAIT_MS), KAFKA_IDEMPOTENCE=false with it on
-                            s3rver (stack/broker.py)
+                            EMBEDDED_FETCH_MAX_WAIT_MS; S3_FETCH_MAX_WAIT_MS on s3rver),
+                            KAFKA_IDEMPOTENCE=false with it on s3rver (stack/broker.py)
     .run/prometheus/        the generated prometheus.yml (stack/monitoring.py)
     .run/pids/<name>.pid    one per component (rewritten on every restart)
     .run/logs/<name>.log    one per component, appended across restarts
@@ -106,8 +106,8 @@ class Supervisor:
             url = f"tcp://127.0.0.1:{port}"
             self.endpoints["KAFKA_BOOTSTRAP_SERVERS"] = f"127.0.0.1:{port}"
             self.components += plan_broker(self.dir / "data", url, self._kafka_ready, self.endpoints)
-            if given(kafka, "kafka_fetch_max_wait_ms") is None:
-                self.endpoints["KAFKA_FETCH_MAX_WAIT_MS"] = str(EMBEDDED_FETCH_MAX_WAIT_MS)
+            if given(kafka, "kafka_fetch_max_wait_ms") is None:  # (the S3 storage sets its own)
+                self.endpoints.setdefault("KAFKA_FETCH_MAX_WAIT_MS", str(EMBEDDED_FETCH_MAX_WAIT_MS))
 
         self.components += plan_store(self.dir, self.endpoints)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 import uuid
 
 import pytest
@@ -123,3 +124,40 @@ def _try(probe):
         return probe()
     except Exception:  # noqa: BLE001 - the broker still starting
         return None
+
+
+def test_a_consumer_reads_past_thousands_of_batches_on_the_s3_storage(stack):
+    """tansu's S3 engine lists a partition's batch objects at every fetch and stops at the
+    fetch's max wait: with the stack's wait a consumer must still read a partition of 2,500
+    one-record batches to its end (at a 40 ms wait it stopped after the first few hundred)."""
+    from kafka import KafkaAdminClient, KafkaProducer
+    from kafka.admin import NewTopic
+
+    from common.kafka_io import client_config, make_consumer
+
+    topic, count = f"{TOPIC}-batches-{uuid.uuid4().hex[:6]}", 2500
+    admin = KafkaAdminClient(**client_config(_settings(stack)))
+    try:
+        admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])
+    finally:
+        admin.close()
+    # One record per request, each acknowledged before the next: one batch object each.
+    producer = KafkaProducer(**client_config(_settings(stack)), acks=1, linger_ms=0,
+                             max_in_flight_requests_per_connection=1)
+    try:
+        for i in range(count):
+            producer.send(topic, value=str(i).encode()).get(timeout=HANG_GUARD_S)
+    finally:
+        producer.close()
+    wait_ms = int(stack.env["KAFKA_FETCH_MAX_WAIT_MS"])
+    consumer = make_consumer(_settings(stack).model_copy(update={"kafka_fetch_max_wait_ms": wait_ms}), topic,
+                             group_id=f"listing-{uuid.uuid4().hex[:6]}")
+    got: list[int] = []
+    try:
+        deadline = time.monotonic() + HANG_GUARD_S
+        while len(got) < count and time.monotonic() < deadline:
+            for records in consumer.poll(timeout_ms=1000).values():
+                got.extend(int(r.value) for r in records)
+    finally:
+        consumer.close()
+    assert got == list(range(count)), f"read {len(got)} of {count} records with a {wait_ms} ms fetch wait"
