@@ -63,7 +63,7 @@ class KafkaSettings(ProjectSettings):
     # latency; 10 ms made an idle consumer send 100 fetches/s and the broker burn CPU.
     kafka_fetch_max_wait_ms: int = Field(100, ge=1, description=(
         "Consumers' fetch long-poll: bounds how often an idle consumer asks, not latency. The local "
-        "stack sets 40 for its embedded broker unless this is set."))
+        "stack sets 40 for its embedded broker (1000 on its S3 storage) unless this is set."))
     kafka_producer_batch_bytes: int = Field(256 * 1024, description="kafka-python's producer batch, in bytes.")
     # kafka-python 3 has no bound of its own on what a producer holds (Java's buffer.memory):
     # the producer keeps this one (producer/sending.py), so that a broker away for long holds

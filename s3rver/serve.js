@@ -18,11 +18,15 @@
 //   over the old one once complete, and the answer comes after.  No fsync: like a
 //   single Kafka broker, what was acknowledged survives a crash of any process, not a
 //   power cut (docs/RELIABILITY.md).
-// * Listing cost.  tansu lists a partition's batches at every fetch; s3rver stats every
-//   file of the directory and reads two files per object for its checksum and metadata,
-//   so a fetch cost grew with the partition.  Here directories are read with their entry
-//   types (no stat) and each object's metadata is kept in memory after its first read, for
-//   as long as no write of that object happened meanwhile.
+// * Listing cost.  tansu lists a partition's batches at every fetch, and stops listing at
+//   the fetch's max wait (stack/broker.py).  s3rver walks the whole directory for every
+//   page of 1,000 keys and stats every file, then reads two files per object for its
+//   checksum and metadata: a full listing took time in the square of the partition's
+//   size.  Here a listing without a delimiter pages through a sorted index of the keys
+//   under its prefix, made by one walk the first time (entry types from the directory
+//   listing, no stat) and kept up to date by every write that succeeds; each object's
+//   metadata is kept in memory after its first read, as long as no write of it happened
+//   meanwhile.
 // * Access.  s3rver answers anonymous requests and knows one hard-wired key, S3RVER.
 //   Here a request must name the stack's key id (the key file: id and secret on two
 //   lines, 0600, made by the stack) or it gets 403.  s3rver does not check a signature-V4
@@ -71,6 +75,7 @@ utils.walk = function* walk(dir, recurseFilter) {
 };
 const S3rver = require('s3rver');
 const AWSAccount = require('s3rver/lib/models/account');
+const FilesystemStore = require('s3rver/lib/stores/filesystem');
 const S3Object = require('s3rver/lib/models/object');
 
 const [directory, port, keyFile, bucket] = process.argv.slice(2);
@@ -127,7 +132,10 @@ for (const method of ['deleteObject', 'copyObject', 'putObjectMultipart']) {
     const [name, key] = method === 'copyObject' ? [args[2], args[3]] : [args[0], args[1]];
     written(name, key);
     try {
-      return await original(...args);
+      const result = await original(...args);
+      if (method === 'putObjectMultipart') listings.clear();
+      else indexed(name, key, method === 'copyObject');
+      return result;
     } finally {
       method === 'putObjectMultipart' ? known.clear() : written(name, key);
     }
@@ -136,10 +144,77 @@ for (const method of ['deleteObject', 'copyObject', 'putObjectMultipart']) {
 store.putObject = async function putObject(object) {
   written(object.bucket, object.key);
   try {
-    return await putWhole(this, object);
+    const result = await putWhole(this, object);
+    indexed(object.bucket, object.key, true);
+    return result;
   } finally {
     written(object.bucket, object.key);
   }
+};
+
+// ---------------------------------------------------------------- listings from an index
+// (bucket, prefix) -> the sorted keys under the prefix.  Made in one synchronous walk, so
+// no write completes between the walk and the index being kept; after that each write
+// that succeeded adds or removes its key (the object file's rename is the write's commit).
+const listings = new Map();
+const OBJECT_SUFFIX = '._S3rver_object';
+
+function firstAfter(keys, key) {  // index of the first key > key
+  let lo = 0;
+  let hi = keys.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >>> 1;
+    if (keys[mid] <= key) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
+}
+
+function keysUnder(name, prefix) {
+  const id = `${name}\n${prefix}`;
+  let keys = listings.get(id);
+  if (keys) return keys;
+  const bucketPath = store.getBucketPath(name);
+  const prefixPath = [bucketPath, FilesystemStore.encodeKeyPath(prefix)].join('/');
+  keys = [];
+  for (const file of utils.walk(bucketPath, dir => dir.startsWith(prefixPath) || prefixPath.startsWith(dir))) {
+    if (!file.endsWith(OBJECT_SUFFIX)) continue;
+    const key = FilesystemStore.decodeKeyPath(file.slice(bucketPath.length + 1, -OBJECT_SUFFIX.length));
+    if (key.startsWith(prefix)) keys.push(key);
+  }
+  keys.sort();
+  if (listings.size >= 10000) listings.clear();
+  listings.set(id, keys);
+  return keys;
+}
+
+function indexed(name, key, present) {
+  for (const [id, keys] of listings) {
+    const [bucketName, prefix] = id.split('\n');
+    if (bucketName !== name || !key.startsWith(prefix)) continue;
+    const at = firstAfter(keys, key);
+    const there = at > 0 && keys[at - 1] === key;
+    if (present && !there) keys.splice(at, 0, key);
+    else if (!present && there) keys.splice(at - 1, 1);
+  }
+}
+
+const listAll = store.listObjects.bind(store);
+store.listObjects = async function listObjects(name, options) {
+  const { delimiter = '', startAfter = '', prefix = '', maxKeys = Infinity } = options;
+  if (delimiter) return listAll(name, options);
+  const keys = keysUnder(name, prefix);
+  const from = firstAfter(keys, startAfter);
+  const page = keys.slice(from, from + maxKeys);
+  const metadata = await Promise.all(page.map(key => this.getMetadata(name, key).catch(err => {
+    if (err.code === 'ENOENT') return undefined;  // deleted meanwhile
+    throw err;
+  })));
+  return {
+    objects: page.map((key, i) => metadata[i] && new S3Object(name, key, null, metadata[i])).filter(Boolean),
+    commonPrefixes: [],
+    isTruncated: from + page.length < keys.length,
+  };
 };
 
 async function putWhole(self, object) {

@@ -3,7 +3,9 @@ partition's record batches at each fetch, one S3 object per batch, so a partitio
 holds more than 1,000 batches (ListObjectsV2's page) needs the continuation token.
 s3rver makes that token with DES, which Node's OpenSSL 3 refuses: unpatched, the second
 page's token failed with 500 and the broker stopped serving the partition (found by the
-soak, docs/RELIABILITY.md)."""
+soak, docs/RELIABILITY.md).  serve.js pages through an index of the keys under a prefix,
+made at the first listing and kept by every write: a listing after puts and deletes must
+show exactly what is stored."""
 
 from __future__ import annotations
 
@@ -30,22 +32,39 @@ def test_a_listing_longer_than_a_page_is_followed_to_its_end(tmp_path):
         http.put(f"{url}/topics/t/partitions/1/records/0.batch", data=b"other", headers=s3_headers(storage),
                  timeout=30)
 
-        listed, token, pages = [], None, 0
-        while True:
-            params = {"list-type": "2", "prefix": "topics/t/partitions/0/records/"}
-            if token:
-                params["continuation-token"] = token
-            page = http.get(url, params=params, headers=s3_headers(storage), timeout=30)
-            assert page.status_code == 200, (page.status_code, page.text[:300], log_path.read_text()[-2000:])
-            pages += 1
-            listed += re.findall(r"<Key>([^<]+)</Key>", page.text)
-            found = re.search(r"<NextContinuationToken>([^<]+)</NextContinuationToken>", page.text)
-            if "<IsTruncated>true</IsTruncated>" not in page.text:
-                assert found is None
-                break
-            assert found, page.text[-500:]
-            token = found.group(1)
-            assert pages < KEYS, "the listing never ends"
+        listed, pages = _list(http, storage, log_path, "topics/t/partitions/0/records/")
+        assert pages == 3
+        assert listed == names  # every key once, in order, nothing of the other partition
 
-    assert pages == 3
-    assert listed == names  # every key once, in order, nothing of the other partition
+        # After the index exists: new keys (before, between and after the listed ones), a
+        # key written again and deleted keys show in the next listing as they are stored.
+        added = ["topics/t/partitions/0/records/0.batch", f"topics/t/partitions/0/records/{KEYS // 2:020d}5.batch",
+                 "topics/t/partitions/0/records/99999999999999999999.batch"]
+        for name in [*added, names[7]]:
+            assert http.put(f"{url}/{name}", data=b"batch", headers=s3_headers(storage), timeout=30).status_code == 200
+        for name in names[100:110]:
+            assert http.delete(f"{url}/{name}", headers=s3_headers(storage), timeout=30).status_code == 204
+        listed, _ = _list(http, storage, log_path, "topics/t/partitions/0/records/")
+        assert listed == sorted(set(names) - set(names[100:110]) | set(added))
+
+
+def _list(http, storage, log_path, prefix: str) -> tuple[list[str], int]:
+    """Every key under ``prefix`` (ListObjectsV2, following the continuation token) and the
+    number of pages."""
+    url = f"{storage.url}/{BUCKET}"
+    listed, token, pages = [], None, 0
+    while True:
+        params = {"list-type": "2", "prefix": prefix}
+        if token:
+            params["continuation-token"] = token
+        page = http.get(url, params=params, headers=s3_headers(storage), timeout=30)
+        assert page.status_code == 200, (page.status_code, page.text[:300], log_path.read_text()[-2000:])
+        pages += 1
+        listed += re.findall(r"<Key>([^<]+)</Key>", page.text)
+        found = re.search(r"<NextContinuationToken>([^<]+)</NextContinuationToken>", page.text)
+        if "<IsTruncated>true</IsTruncated>" not in page.text:
+            assert found is None
+            return listed, pages
+        assert found, page.text[-500:]
+        token = found.group(1)
+        assert pages < KEYS, "the listing never ends"

@@ -124,8 +124,7 @@ def main(argv=None) -> int:
     p.add_argument("--broker-storage", choices=("memory", "s3"), default="memory",
                    help="the local broker's storage (STACK_BROKER_STORAGE; memory, the default, is left "
                         "out of the kills: its death would lose the topics; s3: the broker is killed like "
-                        "the rest, for short soaks: a 30-minute one stalled here, docs/RELIABILITY.md "
-                        "\"A soak on the broker's S3 storage\")")
+                        "the rest: docs/RELIABILITY.md \"A soak on the broker's S3 storage\")")
     p.add_argument("--out", type=Path, default=ROOT / "results" / "soak" / time.strftime("%Y%m%d-%H%M%S"))
     args = p.parse_args(argv)
     duration, every, phase = (parse_duration(x) for x in (args.duration, args.kill_every, args.phase))
