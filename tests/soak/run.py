@@ -111,6 +111,11 @@ def detector_phases(stack, leaky: Path, phase_s: float) -> dict:
     return {"control": control, "leak": leak, "back": back, "phase_s": phase_s}
 
 
+def fetch_wait_s(stack) -> float:
+    """The clients' fetch wait the stack gave them (stack.env), in seconds."""
+    return int(stack.env.get("KAFKA_FETCH_MAX_WAIT_MS", "0")) / 1000
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m tests.soak", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -172,7 +177,7 @@ def main(argv=None) -> int:
         bad.start()
         producers.start()
         record["detector_phases"] = detector_phases(stack, leaky, phase)
-        band = verify.zero_band(rate)
+        band = verify.zero_band(rate, fetch_wait_s(stack))
         t_kills = record["t_kills"] = time.time()
         run_events(events, t_kills, stack, producers, args.store, seed, upgrade, sampler, band,
                    end_at=producers.end_at - 30)
@@ -213,7 +218,7 @@ def check(record: dict, stack, producers, sampler, bad, rate: float, out: Path) 
     finally:
         rows.close()
     record["dlq"] = verify.check_dlq(stack.kafka(), bad.attempted, bad.acknowledged)
-    band = verify.zero_band(rate)
+    band = verify.zero_band(rate, fetch_wait_s(stack))
     verify.recovery(record["events"], sampler.lag, band)
     record["lag"] = {"zero_band": band, "bound": "2 x ready_after_s + %g s" % verify.LAG_SLACK_S}
     stored = report.stored_series(stack, [e["producer_id"] for e in producers.all()])

@@ -90,3 +90,12 @@ def test_the_leaky_build_leaks_and_the_tree_does_not(tmp_path):
     assert clean < 100 * builds.LEAK_BYTES_PER_IMAGE / 4  # the documents themselves
     assert "leaky build" in (leaky / builds.MARKER).read_text()
     assert not (builds.ROOT / builds.MARKER).exists()
+
+
+def test_the_zero_band_holds_what_the_broker_may_hold_back_for_a_fetch():
+    # 1 s of the offered load, plus the clients' fetch wait (tansu answers a fetch up to
+    # its wait late): 40 ms in memory, 1 s on the S3 storage.
+    assert verify.zero_band(13.6) == 14
+    assert verify.zero_band(13.6, 0.04) == 15
+    assert verify.zero_band(13.6, 1.0) == 28
+    assert verify.zero_band(0.1) == 1

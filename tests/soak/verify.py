@@ -13,8 +13,11 @@ from pathlib import Path
 from tests.faults.stores import Rows
 
 # A kill's lag is "back to zero" once both groups' lag is at most this many seconds of
-# the offered load: what a healthy pipeline holds between a send and the commits (one
-# batch wait, one inference call, one store write); measured before the first kill.
+# the offered load, plus the clients' fetch wait: what a healthy pipeline holds between a
+# send and the commits (one batch wait, one inference call, one store write; measured
+# before the first kill on the memory broker), and what the broker may hold back before it
+# answers a fetch (tansu holds one for up to its wait: 40 ms in memory, 1 s on its S3
+# storage, stack/broker.py).
 ZERO_BAND_S = 1.0
 # The bound on each kill's recovery: at half the capacity the backlog that piles up while
 # a component is down (T: from the kill until it serves again) drains at least as fast as
@@ -81,8 +84,8 @@ def check_dlq(settings, attempted: list[str], acked: list[str]) -> dict:
             "ok": not unexpected and not missing}
 
 
-def zero_band(rate: float) -> int:
-    return max(1, math.ceil(rate * ZERO_BAND_S))
+def zero_band(rate: float, fetch_wait_s: float = 0.0) -> int:
+    return max(1, math.ceil(rate * (ZERO_BAND_S + fetch_wait_s)))
 
 
 def recovery(events: list[dict], lag: list[dict], band: int, until: float = math.inf) -> None:
