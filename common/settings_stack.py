@@ -36,6 +36,16 @@ class StackSettings(ProjectSettings):
         "when the broker stops, so its death stops the stack), or s3, on disk through the stack's "
         "s3rver (.run/data/broker, kept across restarts; the broker is restarted like any component, "
         "at a cost in latency and CPU). docs/RELIABILITY.md, \"The local broker's storage\"."))
+    stack_broker_retention: bool = Field(True, description=(
+        "With STACK_BROKER_STORAGE=s3, delete the record batches every consumer group has committed "
+        "past (stack/broker_retention.py); false: keep every batch, and fetches slow down as partitions "
+        "grow. Unlike Apache Kafka's time-based retention, a new group cannot read from the start what "
+        "every group has read."))
+    stack_broker_retention_s: float = Field(60.0, ge=0, description=(
+        "How old a batch every consumer group has committed past must be before it is deleted: it covers "
+        "readers without a group (a producer's result listener) that lag."))
+    stack_broker_retention_interval_s: float = Field(10.0, gt=0, description=(
+        "Seconds between two passes of the embedded broker's retention."))
     stack_s3rver_port: int = Field(4568, **_PORT, description=(
         "Port of the s3rver that stores the embedded broker's data (STACK_BROKER_STORAGE=s3) when it "
         "is free, else any free port; 0: any free port."))

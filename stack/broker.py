@@ -12,7 +12,9 @@ keeps topics, records and committed offsets (STACK_BROKER_STORAGE):
         <data>/broker.keys    the access key id and secret the broker signs with (0600, made once)
 
     A record the broker acknowledged is in a file, so the supervisor restarts a broker
-    that died like any other component, and s3rver too.  tansu 0.6 names a PostgreSQL
+    that died like any other component, and s3rver too.  A third component,
+    ``broker-retention`` (stack/broker_retention.py), deletes the batches every consumer
+    group has committed past: tansu 0.6 keeps them for ever, and each fetch lists them all.  tansu 0.6 names a PostgreSQL
     engine as well, but the wheel's build refuses it (``FeatureNotEnabled { feature:
     "postgres" }``).  s3rver serves 127.0.0.1 only and, through s3rver/serve.js, answers
     only requests that name the stack's key id (docs/RELIABILITY.md).
@@ -31,6 +33,7 @@ import logging
 import os
 import secrets
 import shutil
+import sys
 from pathlib import Path
 from typing import Callable
 
@@ -46,6 +49,7 @@ log = logging.getLogger("stack")
 ROOT = Path(__file__).resolve().parent.parent
 S3RVER_DIR = ROOT / "s3rver"
 BUCKET = "tansu"
+CLUSTER = "tansu_cluster"  # tansu's --cluster-id: the first part of its keys in the bucket
 INSTALL_HINT = "make s3rver (npm ci in s3rver/; Node.js and npm: sudo scripts/install-system-packages.sh)"
 MEMORY_ONLY = ("the embedded broker keeps topics, messages and committed offsets in memory "
                "(STACK_BROKER_STORAGE=memory), so a restart would silently lose them")
@@ -121,11 +125,15 @@ class BrokerStorage:
 S3_FETCH_MAX_WAIT_MS = 1000
 
 
-def plan_broker(data: Path, url: str, ready: Callable[[], bool], endpoints: dict[str, str]) -> list[Component]:
-    """The broker listening on ``url`` (tcp://host:port), after its storage server if any;
-    what its clients must set into ``endpoints`` (stack.env)."""
-    storage = StackSettings().stack_broker_storage
-    argv = [str(tansu_binary()), "broker", "--listener-url", url, "--advertised-listener-url", url]
+def plan_broker(data: Path, state: Path, url: str, ready: Callable[[], bool],
+                endpoints: dict[str, str]) -> list[Component]:
+    """The broker listening on ``url`` (tcp://host:port), after its storage server if any
+    and before its retention if any (``state``: where that one marks it is ready); what
+    its clients must set into ``endpoints`` (stack.env)."""
+    stack = StackSettings()
+    storage = stack.stack_broker_storage
+    argv = [str(tansu_binary()), "broker", "--listener-url", url, "--advertised-listener-url", url,
+            "--cluster-id", CLUSTER]
     env = {"RUST_LOG": "warn"}
     if storage == "memory":
         return [Component("kafka", [*argv, "--storage-engine", "memory://tansu/"], ready=ready, env=env,
@@ -143,6 +151,16 @@ def plan_broker(data: Path, url: str, ready: Callable[[], bool], endpoints: dict
         endpoints["KAFKA_FETCH_MAX_WAIT_MS"] = str(S3_FETCH_MAX_WAIT_MS)
     s3 = BrokerStorage(data, pick_port("s3rver"))
     log.info("embedded broker on s3rver at %s (%s)", s3.url, s3.dir)
-    return [s3.component(),
-            Component("kafka", [*argv, "--storage-engine", f"s3://{BUCKET}/"], ready=ready,
-                      env={**env, **s3.broker_env()})]
+    planned = [s3.component(),
+               Component("kafka", [*argv, "--storage-engine", f"s3://{BUCKET}/"], ready=ready,
+                         env={**env, **s3.broker_env()})]
+    if stack.stack_broker_retention:
+        marker = state / "broker-retention.ready"
+        planned.append(Component(
+            "broker-retention", [sys.executable, "-m", "stack.broker_retention", "--endpoint", s3.url,
+                                 "--keys", str(s3.keys_file), "--bucket", BUCKET],
+            ready=marker.exists, env={"READY_FILE": str(marker)}))
+    else:
+        log.warning("STACK_BROKER_RETENTION=false: the broker keeps every batch, and fetches slow "
+                    "down as partitions grow (stack/broker_retention.py)")
+    return planned

@@ -19,7 +19,8 @@ State lives under the stack directory (``.run/`` by default, ``STACK_DIR`` to mo
     .run/hold/<name>        present while a component is deliberately kept down
     .run/data/broker/       with STACK_BROKER_STORAGE=s3, the embedded broker's topics, records
                             and committed offsets in s3rver's bucket tansu (kept across
-                            restarts; stack/broker.py: its keys file)
+                            restarts; stack/broker.py: its keys file), less the batches every
+                            consumer group has read (stack/broker_retention.py)
     .run/checkout/<name>    a directory (another checkout of this repository): the component's
                             next start runs its code from there (a local rolling upgrade)
     .run/components.json    each component's name and, when its death stops the stack, why
@@ -105,7 +106,7 @@ class Supervisor:
             port = pick_port("kafka")
             url = f"tcp://127.0.0.1:{port}"
             self.endpoints["KAFKA_BOOTSTRAP_SERVERS"] = f"127.0.0.1:{port}"
-            self.components += plan_broker(self.dir / "data", url, self._kafka_ready, self.endpoints)
+            self.components += plan_broker(self.dir / "data", self.dir / "state", url, self._kafka_ready, self.endpoints)
             if given(kafka, "kafka_fetch_max_wait_ms") is None:  # (the S3 storage sets its own)
                 self.endpoints.setdefault("KAFKA_FETCH_MAX_WAIT_MS", str(EMBEDDED_FETCH_MAX_WAIT_MS))
 

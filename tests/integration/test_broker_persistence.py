@@ -24,7 +24,9 @@ TOPIC = "broker-persistence-test"
 def stack(tmp_path_factory, cifar_archive):
     st = LocalStack(tmp_path_factory.mktemp("broker-stack"), {
         **STACK_TEST_ENV, "DATASET_SOURCE": str(cifar_archive), "STACK_PROMETHEUS": "0", "STACK_DASHBOARD": "0",
-        "STACK_BROKER_STORAGE": "s3"}, timeout_s=300)
+        "STACK_BROKER_STORAGE": "s3",
+        # The retention runs, but deletes nothing while the tests run (one test prunes itself).
+        "STACK_BROKER_RETENTION_S": "3600", "STACK_BROKER_RETENTION_INTERVAL_S": "1"}, timeout_s=300)
     try:
         st.start()
     except RuntimeError as exc:
@@ -161,3 +163,83 @@ def test_a_consumer_reads_past_thousands_of_batches_on_the_s3_storage(stack):
     finally:
         consumer.close()
     assert got == list(range(count)), f"read {len(got)} of {count} records with a {wait_ms} ms fetch wait"
+
+
+def _retention(stack, retention_s: float):
+    """The stack's retention (stack/broker_retention.py) on the stack's s3rver, with the
+    endpoint and key file its running component was given."""
+    import psutil
+
+    from stack.broker_retention import Retention
+
+    argv = psutil.Process(stack.pid("broker-retention")).cmdline()
+    endpoint, keys = argv[argv.index("--endpoint") + 1], argv[argv.index("--keys") + 1]
+    key_id, secret = open(keys).read().split()[:2]
+    return Retention(endpoint, key_id, secret, argv[argv.index("--bucket") + 1], retention_s)
+
+
+def _batches(retention, topic: str, partition: int = 0) -> list[int]:
+    from stack.broker import CLUSTER
+
+    prefix = f"clusters/{CLUSTER}/topics/{topic}/partitions/{partition:0>10}/records/"
+    return sorted(int(o["Key"].rsplit("/", 1)[1][:20]) for o in retention._list(prefix))
+
+
+def test_retention_deletes_only_batches_every_group_has_committed_past(stack, tmp_path):
+    """The retention deletes a batch once every group that commits on its topic has committed
+    past it (and it is old enough), never one a group still has to read; the groups then read
+    on from their offsets, and the pipeline's own topics pruned to their committed offsets
+    lose nothing."""
+    from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+    from kafka.admin import NewTopic
+    from kafka.structs import OffsetAndMetadata
+
+    from common.kafka_io import client_config
+
+    s = _settings(stack)
+    topic = f"{TOPIC}-retention-{uuid.uuid4().hex[:6]}"
+    admin = KafkaAdminClient(**client_config(s))
+    admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])
+    admin.close()
+    producer = KafkaProducer(**client_config(s), acks=1, linger_ms=0, max_in_flight_requests_per_connection=1)
+    for i in range(30):
+        producer.send(topic, value=str(i).encode()).get(timeout=HANG_GUARD_S)
+    producer.close()
+    tp = TopicPartition(topic, 0)
+
+    def commit(group: str, offset: int) -> None:
+        c = KafkaConsumer(**client_config(s), group_id=group, enable_auto_commit=False)
+        c.assign([tp])
+        c.commit({tp: OffsetAndMetadata(offset, "", -1)})
+        c.close()
+
+    fast, slow = f"fast-{uuid.uuid4().hex[:6]}", f"slow-{uuid.uuid4().hex[:6]}"
+    commit(fast, 20)
+    commit(slow, 5)
+    # The running component deletes nothing this young (the module's STACK_BROKER_RETENTION_S),
+    # nor does a pass that counts the batches too young.
+    assert _batches(_retention(stack, 3600), topic) == list(range(30))
+    _retention(stack, 3600).prune()
+    assert _batches(_retention(stack, 3600), topic) == list(range(30))
+
+    now = _retention(stack, 0)
+    now.prune()
+    assert _batches(now, topic) == list(range(5, 30)), "the slow group still has to read from 5"
+    commit(slow, 12)
+    now.prune()
+    assert _batches(now, topic) == list(range(12, 30))
+
+    # Each group reads on from its offset, the records it has not read all there.
+    reader = KafkaConsumer(**client_config(s), group_id=slow, enable_auto_commit=False, fetch_max_wait_ms=100)
+    reader.assign([tp])
+    got: list[int] = []
+    eventually(lambda: got.extend(int(r.value) for b in reader.poll(timeout_ms=300).values() for r in b)
+               or len(got) >= 18)
+    reader.close()
+    assert got == list(range(12, 30))
+
+    # The pipeline's topics pruned to their groups' offsets: the pipeline goes on, nothing lost.
+    assert _produce_images(stack, tmp_path / "before", 20)["results"] == 20
+    deleted = now.prune()
+    assert any(t == s.images_topic for t, _ in deleted), deleted
+    assert _produce_images(stack, tmp_path / "after", 20)["results"] == 20

@@ -117,6 +117,10 @@ def test_a_broker_on_s3rver_keeps_its_data_and_is_restarted_like_any_component(t
     components = _components(tmp_path)
     names = list(components)
     assert names.index("s3rver") < names.index("kafka")  # the storage answers before the broker starts
+    # The retention deletes what every group has read, signing with the key file, never on its command line.
+    retention = components["broker-retention"]
+    assert names.index("kafka") < names.index("broker-retention")
+    assert str(tmp_path / "data" / "broker.keys") in retention.argv and secret not in " ".join(retention.argv)
     broker, s3 = components["kafka"], components["s3rver"]
     assert not broker.no_restart and "s3://tansu/" in broker.argv
     assert str(tmp_path / "data" / "broker") in s3.argv and secret not in " ".join(s3.argv)
@@ -129,7 +133,7 @@ def test_a_broker_on_s3rver_keeps_its_data_and_is_restarted_like_any_component(t
 
 def test_a_memory_broker_the_default_is_never_restarted_and_needs_no_s3rver(tmp_path, monkeypatch):
     planned = _planned_env(tmp_path, monkeypatch)
-    assert "s3rver" not in planned and "AWS_ACCESS_KEY_ID" not in planned["kafka"]
+    assert "s3rver" not in planned and "broker-retention" not in planned and "AWS_ACCESS_KEY_ID" not in planned["kafka"]
     assert "KAFKA_IDEMPOTENCE" not in planned["stack.env"]
     broker = _components(tmp_path)["kafka"]
     assert "memory://tansu/" in broker.argv and "memory" in broker.no_restart
