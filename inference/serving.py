@@ -63,6 +63,24 @@ def unsayable_classes(classes) -> list[str]:
     return [c for c in classes if c not in allowed]
 
 
+def warm_up(predict, input_size: int, max_batch: int, budget_s: float) -> tuple[int, float]:
+    """Run ``predict`` once per batch size the dynamic batcher can form: 1 and ``max_batch``
+    always, then 2, 3 ... while ``budget_s`` lasts.  The first call traces the model and lets
+    the runtime build its kernels, and each new batch size gets kernels of its own on first
+    use (TensorFlow at 32 px: +5.8 MiB of resident memory as sizes 2-63 first came after 1
+    and 64, then flat; docs/RELIABILITY.md, "Soak"), so a worker warmed this way holds its
+    steady memory at ready.  (sizes run, seconds taken)"""
+    started = time.perf_counter()
+    sizes = [1, *([max_batch] if max_batch > 1 else []), *range(2, max_batch)]
+    done = 0
+    for n in sizes:
+        if done >= 2 and time.perf_counter() - started >= budget_s:
+            break
+        predict(np.zeros((n, input_size, input_size, 3), dtype=np.uint8))
+        done += 1
+    return done, time.perf_counter() - started
+
+
 class ModelHost:
     """This worker's model and its dynamic batcher, with the state /readyz reports:
     ``loading`` until the loader thread is done, then ``ready`` or ``failed``."""
@@ -103,10 +121,9 @@ class ModelHost:
                     f"{loaded.id} answers {len(loaded.classes)} classes, {len(refused)} of which the result "
                     f"contract cannot carry ({', '.join(refused[:5])} ...): common.http_models.Prediction.label "
                     "takes the CIFAR-10 and CIFAR-100 class names")
-            # Warm-up: the first call traces the tf.function and lets oneDNN build its
-            # kernels; do a single image and a full dynamic batch before reporting ready.
-            for n in sorted({1, s.model_batch_max_images}):
-                loaded.predict(np.zeros((n, loaded.input_size, loaded.input_size, 3), dtype=np.uint8))
+            warmed, took = warm_up(loaded.predict, loaded.input_size, s.model_batch_max_images, s.model_warmup_s)
+            log.info("warm-up: %d of %d batch sizes in %.1fs (MODEL_WARMUP_S=%g)", warmed,
+                     s.model_batch_max_images, took, s.model_warmup_s)
             self.batcher = DynamicBatcher(
                 loaded.predict, max_batch=s.model_batch_max_images,
                 max_delay_s=s.model_batch_delay_ms / 1000.0, max_queue=s.max_queue_images,

@@ -34,6 +34,9 @@ def cifar_archive(tmp_path_factory) -> Path:
 
 
 STACK_TEST_ENV = {"MODEL_WEIGHTS": "random", "GUNICORN_WORKERS": "1", "PREDICT_BATCH_WAIT_MS": "20",
+                  # The warm-up of every batch size keeps a worker's memory flat (the soak);
+                  # these tests judge no memory, and each service start would take seconds more.
+                  "MODEL_WARMUP_S": "0",
                   # Prometheus, when installed, scrapes every second (tests/integration/test_metrics_stack.py)
                   "STACK_SCRAPE_INTERVAL": "1s"}
 

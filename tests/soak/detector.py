@@ -6,8 +6,11 @@ A lifetime is judged on its samples after its start-up (imports, the model loade
 batches, the allocator's arenas filling: growth that stops): the first ``SKIP_FRACTION``
 of it, at least ``WARMUP_S``, and at least ``WARMUP_S`` after its component was known to
 serve again (``ready_at``; a TensorFlow worker on a busy host takes minutes to load), and
-only when what is left spans ``MIN_SPAN_S``; a shorter one is "too short" (reported, not
-judged).  It "grows" when its slope exceeds ``BOUND_B_PER_IMAGE`` bytes per image sent
+only when what is left spans ``MIN_SPAN_S`` and enough images went through it for the
+bound to show: ``MIN_RESOLVED_B`` at the bound (1 MiB: 1,024 images at 1 KB each).  Below
+that, an allocator's next chunk or a one-time allocation (a broker's buffers as its
+clients come back after a restart: 1.3 MiB over 403 images) outweighs the bound; such a
+lifetime is "too short" (reported, not judged).  It "grows" when its slope exceeds ``BOUND_B_PER_IMAGE`` bytes per image sent
 meanwhile, over the judged samples and over their last half alike: a leak grows to the
 end at the same rate, whereas a start-up or a backlog's buffers filling slows down.  Why
 that bound: docs/RELIABILITY.md, "Soak" (a deliberate leak of 4 KB per image must be
@@ -24,6 +27,7 @@ SKIP_FRACTION = 1 / 3
 MIN_SPAN_S = 40.0
 MIN_SAMPLES = 10
 BOUND_B_PER_IMAGE = 1024.0
+MIN_RESOLVED_B = 2**20
 
 
 @dataclass
@@ -95,6 +99,10 @@ def judge(life: Lifetime, images: Images, *, bound_b_per_image: float = BOUND_B_
     if per_image is None or late_per_image is None:
         # No image went through while it lived: any steady growth is not the images'.
         row["verdict"] = "too short"
+    elif n * bound_b_per_image < MIN_RESOLVED_B:
+        row["verdict"] = "too short"
+        row["why_too_short"] = (f"{n} images: {n * bound_b_per_image / 2**20:.2f} MiB at the bound, "
+                                f"under the {MIN_RESOLVED_B / 2**20:g} MiB it must reach to show")
     else:
         row["verdict"] = "grows" if min(per_image, late_per_image) > bound_b_per_image else "flat"
     return row

@@ -19,6 +19,7 @@ Exit 0 only when every check passes.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import random
 import sys
@@ -97,6 +98,15 @@ def run_events(events: list[dict], t_start: float, stack, producers, store: str,
         ev["late_s"] = round(ev["t"] - (t_start + ev["at_s"]), 1)
 
 
+def detector_phase_s(rate: float) -> float:
+    """Each detector phase: 2 minutes, or long enough that the judged two thirds of it hold
+    1.25 x the images the bound needs to show (detector.MIN_RESOLVED_B) at ``rate``."""
+    from tests.soak.detector import BOUND_B_PER_IMAGE, MIN_RESOLVED_B
+
+    needed = 1.25 * MIN_RESOLVED_B / BOUND_B_PER_IMAGE
+    return float(max(120, math.ceil(1.5 * needed / rate)))
+
+
 def detector_phases(stack, leaky: Path, phase_s: float) -> dict:
     """The DB writer from the unmodified build, then from the leaky one, ``phase_s`` each,
     then from the unmodified build again."""
@@ -124,7 +134,9 @@ def main(argv=None) -> int:
     p.add_argument("--kill-every", default="1m", help="one event this often (default 1m)")
     p.add_argument("--rate", type=float, help="images/s in all (default: half the measured capacity)")
     p.add_argument("--ramp-step-s", type=float, default=8.0, help="seconds per step of the capacity ramp")
-    p.add_argument("--phase", default="2m", help="each of the leak detector's two phases (default 2m)")
+    p.add_argument("--phase", default="auto", help=(
+        "each of the leak detector's two phases (default auto: 2m, longer at a low rate, so that each "
+        "phase's judged window holds the images the bound needs to show: detector_phase_s)"))
     p.add_argument("--store", choices=list(actions.STORE_COMPONENT), default="mongodb")
     p.add_argument("--broker-storage", choices=("memory", "s3"), default="memory",
                    help="the local broker's storage (STACK_BROKER_STORAGE; memory, the default, is left "
@@ -132,7 +144,7 @@ def main(argv=None) -> int:
                         "the rest: docs/RELIABILITY.md \"A soak on the broker's S3 storage\")")
     p.add_argument("--out", type=Path, default=ROOT / "results" / "soak" / time.strftime("%Y%m%d-%H%M%S"))
     args = p.parse_args(argv)
-    duration, every, phase = (parse_duration(x) for x in (args.duration, args.kill_every, args.phase))
+    duration, every = (parse_duration(x) for x in (args.duration, args.kill_every))
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(10**6)
     say(f"soak seed {seed}: replay with make soak SEED={seed} DURATION={args.duration} KILL_EVERY={args.kill_every}"
         + (" BROKER_STORAGE=s3" if args.broker_storage == "s3" else ""))
@@ -162,6 +174,7 @@ def main(argv=None) -> int:
             say(f"capacity {record['capacity']['img_s']:g} img/s, sized from the {record['capacity']['sized_from']} "
                 f"(the ramp's best step stored {record['capacity']['best_img_s']:g}: an overloaded short step)")
         record["rate_img_s"] = rate
+        phase = detector_phase_s(rate) if args.phase == "auto" else parse_duration(args.phase)
         say(f"producers: {PRODUCERS} x {rate / PRODUCERS:.2f} img/s = {rate:g} img/s")
         upgrade = builds.copy_checkout(out / "checkouts" / "upgrade", f"soak upgrade {time.strftime('%H:%M:%S')}")
         leaky = builds.leaky_checkout(out / "checkouts" / "leaky")

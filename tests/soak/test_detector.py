@@ -105,3 +105,18 @@ def test_the_exit_sample_does_not_hide_a_leak():
     life, images = series(90, 4096, noise_b=2**20)
     life.samples.append((life.samples[-1][0] + EVERY, 0))  # psutil reads 0 from a process exiting
     assert judge(life, images)["verdict"] == "grows"
+
+
+def test_too_few_images_for_the_bound_to_show_are_not_judged():
+    """A broker back after a restart grew 1.3 MiB in steps over 403 images (its clients'
+    buffers): 3.4 KB/image, yet under 1 MiB at the bound, which so few images cannot show."""
+    from tests.soak.detector import MIN_RESOLVED_B
+
+    life = Lifetime("kafka", "main", 7, [(1000.0 + 2 * i, 20 * 2**20 + i * 40_000) for i in range(60)])
+    few = [1000.0 + 120.0 * i / 400 for i in range(400)]
+    row = judge(life, Images(few))
+    assert row["slope_b_per_image"] > BOUND_B_PER_IMAGE
+    assert row["verdict"] == "too short" and "MiB at the bound" in row["why_too_short"]
+    # the same growth with enough images in the judged window to resolve the bound: flagged
+    enough = int(1.6 * MIN_RESOLVED_B / BOUND_B_PER_IMAGE)
+    assert judge(life, Images([1000.0 + 120.0 * i / enough for i in range(enough)]))["verdict"] == "grows"

@@ -99,3 +99,13 @@ def test_the_zero_band_holds_what_the_broker_may_hold_back_for_a_fetch():
     assert verify.zero_band(13.6, 0.04) == 15
     assert verify.zero_band(13.6, 1.0) == 28
     assert verify.zero_band(0.1) == 1
+
+
+def test_the_detector_phases_hold_the_images_the_bound_needs():
+    from tests.soak.detector import BOUND_B_PER_IMAGE, MIN_RESOLVED_B
+    from tests.soak.run import detector_phase_s
+
+    assert detector_phase_s(40.0) == 120.0  # a fast pipeline: the 2 minutes suffice
+    for rate in (5.3, 10.0, 13.6):
+        judged_images = rate * detector_phase_s(rate) * 2 / 3
+        assert judged_images >= MIN_RESOLVED_B / BOUND_B_PER_IMAGE, rate
