@@ -103,52 +103,75 @@ const temporary = file => `${file}.${process.pid}-${temporaries++}.tmp`;
 const store = server.store;
 
 // ---------------------------------------------------------------- metadata in memory
-// An entry is kept only if no write of its object began while it was read (``writes``
-// counts them per object), so a stale ETag is never served.
+// An entry is kept only if no write of its object was in progress or happened while it
+// was read, so a stale ETag is never served.  ``writing`` and ``reading`` hold only the
+// objects being written or read at the moment, so they do not grow with the objects ever
+// written (the broker writes one per batch; the retention deletes them).
 const known = new Map();
-const writes = new Map();
+const writing = new Map();  // id -> writes in progress
+const reading = new Map();  // id -> the reads in progress, each { stale }
 const readMetadata = store.getMetadata.bind(store);
 store.getMetadata = async function getMetadata(name, key) {
   const id = `${name}/${key}`;
   const hit = known.get(id);
   if (hit) return { ...hit };
-  const before = writes.get(id) || 0;
-  const metadata = await readMetadata(name, key);
-  if ((writes.get(id) || 0) === before) {
-    if (known.size >= 200000) known.clear();
-    known.set(id, metadata);
+  const read = { stale: writing.has(id) };
+  let reads = reading.get(id);
+  if (!reads) reading.set(id, (reads = new Set()));
+  reads.add(read);
+  try {
+    const metadata = await readMetadata(name, key);
+    if (!read.stale && !writing.has(id)) {
+      if (known.size >= 200000) known.clear();
+      known.set(id, metadata);
+    }
+    return { ...metadata };
+  } finally {
+    reads.delete(read);
+    if (reads.size === 0 && reading.get(id) === reads) reading.delete(id);
   }
-  return { ...metadata };
 };
-function written(name, key) {
-  const id = `${name}/${key}`;
-  writes.set(id, (writes.get(id) || 0) + 1);
+function touched(id) {
   known.delete(id);
+  for (const read of reading.get(id) || []) read.stale = true;
+}
+function writeBegins(name, key) {
+  const id = `${name}/${key}`;
+  writing.set(id, (writing.get(id) || 0) + 1);
+  touched(id);
+}
+function writeEnds(name, key) {
+  const id = `${name}/${key}`;
+  const left = (writing.get(id) || 1) - 1;
+  if (left) writing.set(id, left);
+  else writing.delete(id);
+  touched(id);
 }
 for (const method of ['deleteObject', 'copyObject', 'putObjectMultipart']) {
   const original = store[method].bind(store);
   store[method] = async (...args) => {
     // copyObject(srcBucket, srcKey, destBucket, destKey, ...); the others (bucket, key or upload)
     const [name, key] = method === 'copyObject' ? [args[2], args[3]] : [args[0], args[1]];
-    written(name, key);
+    writeBegins(name, key);
     try {
       const result = await original(...args);
       if (method === 'putObjectMultipart') listings.clear();
       else indexed(name, key, method === 'copyObject');
       return result;
     } finally {
-      method === 'putObjectMultipart' ? known.clear() : written(name, key);
+      writeEnds(name, key);
+      if (method === 'putObjectMultipart') known.clear();
     }
   };
 }
 store.putObject = async function putObject(object) {
-  written(object.bucket, object.key);
+  writeBegins(object.bucket, object.key);
   try {
     const result = await putWhole(this, object);
     indexed(object.bucket, object.key, true);
     return result;
   } finally {
-    written(object.bucket, object.key);
+    writeEnds(object.bucket, object.key);
   }
 };
 

@@ -232,7 +232,7 @@ def check(record: dict, stack, producers, sampler, bad, rate: float, out: Path) 
         rows.close()
     record["dlq"] = verify.check_dlq(stack.kafka(), bad.attempted, bad.acknowledged)
     band = verify.zero_band(rate, fetch_wait_s(stack))
-    verify.recovery(record["events"], sampler.lag, band)
+    verify.recovery(record["events"], sampler.lag, band, last_window_s=record["kill_every_s"])
     record["lag"] = {"zero_band": band, "bound": "2 x ready_after_s + %g s" % verify.LAG_SLACK_S}
     stored = report.stored_series(stack, [e["producer_id"] for e in producers.all()])
     record["series"] = stored["series"]

@@ -62,6 +62,17 @@ def test_lag_recovery_after_each_kill(monkeypatch):
     assert not events[0]["lag_ok"]
 
 
+def test_the_last_event_is_judged_over_one_kill_interval_not_the_runs_tail(monkeypatch):
+    monkeypatch.setattr(verify, "LAG_SLACK_S", 0.0)
+    # back at t=3, then a healthy pipeline's lag steps out of the band once, long after
+    lag = [{"t": float(t), "g": v} for t, v in enumerate([0, 30, 9, 0, 0, 0, 0, 0, 0, 12, 0, 0])]
+    events = [{"what": "store", "t": 0.5, "ready_after_s": 2.0}]
+    recovery(events, lag, band=5, last_window_s=6.0)
+    assert events[0]["recovered_after_s"] == 2.5 and events[0]["lag_ok"]
+    recovery(events, lag, band=5)  # judged over the whole tail: the late step counts
+    assert events[0]["recovered_after_s"] == 9.5 and not events[0]["lag_ok"]
+
+
 def test_lag_never_back_fails():
     lag = [{"t": float(t), "g": v} for t, v in enumerate([0, 40, 60, 90])]
     events = [{"what": "broker", "t": 0.5}]
