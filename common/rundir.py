@@ -24,15 +24,18 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common.store import StoreReader
+from common.store import StoreError, StoreReader
 from common.wire import (DEVICE_ID, E2E_MS, IMAGE, IMAGE_ID, LABEL, LATENCY_COLUMNS, MODEL, OPTIONAL_STAGE_COLUMNS,
                          PREDICTION, PRODUCER_ID, RESULT_AT, SENT_AT, SEQ, STAGE_COLUMNS, STORED_AT)
+
+log = logging.getLogger(__name__)
 
 COLUMNS = LATENCY_COLUMNS  # latencies.csv; stages.csv has STAGE_COLUMNS (+ OPTIONAL_STAGE_COLUMNS when read)
 LATENCIES, STAGES, SUMMARY, PRODUCERS = "latencies.csv", "stages.csv", "summary.json", "producers"
@@ -220,10 +223,18 @@ def _add_stored_at(path: Path, docs: dict[str, dict]) -> None:
 def wait_stored(store: StoreReader, ids: list[str], timeout_s: float = 60.0, progress=None) -> dict[str, dict]:
     """Poll the store until every id is stored with a prediction (or the timeout); returns
     image id -> document (``image_id``, ``prediction``, ``stored_at``, ``image``) of those found.
-    ``progress(stored, complete)`` is called after each poll."""
+    ``progress(stored, complete)`` is called after each poll.  A read that fails (the store
+    restarting, or too slow on a loaded host) is tried again until the timeout, then raised."""
     deadline = time.monotonic() + timeout_s
     while True:
-        docs = {d[IMAGE_ID]: d for d in store.by_ids(ids, (PREDICTION, STORED_AT, IMAGE))}
+        try:
+            docs = {d[IMAGE_ID]: d for d in store.by_ids(ids, (PREDICTION, STORED_AT, IMAGE))}
+        except StoreError as exc:
+            if time.monotonic() > deadline:
+                raise
+            log.warning("reading the stored images failed (%s); trying again", exc)
+            time.sleep(1.0)
+            continue
         complete = sum(1 for d in docs.values() if d.get(PREDICTION) and d.get(IMAGE))
         if progress:
             progress(len(docs), complete)

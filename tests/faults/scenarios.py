@@ -57,7 +57,9 @@ class Stack(LocalStack):
     32x32 weights (stack.control.LocalStack), plus what the scenarios need."""
 
     def __init__(self, directory: Path, extra_env: dict | None = None):
-        env = {"MODEL_WEIGHTS": "random", "PREDICT_BATCH_WAIT_MS": "20", "LOG_LEVEL": "INFO",
+        # MODEL_WARMUP_S=0: each service start as the scenarios' recovery times were measured
+        # (one image and a full batch); the soak, which judges memory, warms every size.
+        env = {"MODEL_WEIGHTS": "random", "PREDICT_BATCH_WAIT_MS": "20", "LOG_LEVEL": "INFO", "MODEL_WARMUP_S": "0",
                "GUNICORN_WORKERS": str(SuiteSettings().faults_gunicorn_workers)}
         if not DatasetSettings().dataset_source:
             if SAMPLE.is_file():

@@ -27,6 +27,7 @@ import time
 import uuid
 from pathlib import Path
 
+from common.settings import ServiceSettings
 from tests.faults.scenarios import Stack
 from tests.soak import actions, builds, report, verify
 from tests.soak.detector import BOUND_B_PER_IMAGE
@@ -154,8 +155,11 @@ def main(argv=None) -> int:
     record: dict = {"seed": seed, "duration_s": duration, "kill_every_s": every, "store": args.store,
                     "broker_storage": args.broker_storage,
                     "host_cpus": os.cpu_count(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    # MODEL_WARMUP_S: the product's default (the fault suite's Stack sets 0), so that a new
+    # worker's memory at ready is its steady memory (docs/RELIABILITY.md, "The leak detector").
+    warmup = str(ServiceSettings.model_fields["model_warmup_s"].default)
     stack = Stack(out / "stack", {"STORE": args.store, "STACK_BROKER_STORAGE": args.broker_storage,
-                                  "STACK_DASHBOARD": "0", "STACK_PROMETHEUS": "0"})
+                                  "STACK_DASHBOARD": "0", "STACK_PROMETHEUS": "0", "MODEL_WARMUP_S": warmup})
     stack.up()
     producers = None
     try:
