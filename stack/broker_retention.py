@@ -125,15 +125,19 @@ class Retention:
                                 obj["LastModified"]))
         return found
 
+    def batches(self, topic: str, partition: int) -> list[tuple[str, int, datetime]]:
+        """The partition's batch objects: (key, base offset, last modified)."""
+        prefix = f"clusters/{CLUSTER}/topics/{topic}/partitions/{partition:0>10}/records/"
+        return [(o["Key"], int(m["offset"]), o["LastModified"])
+                for o in self._list(prefix) if (m := _BATCH.search(o["Key"]))]
+
     def prune(self, now: datetime | None = None) -> dict[tuple[str, int], int]:
         """One pass: delete what every group has read; the count deleted per partition."""
         now = now or datetime.now(timezone.utc)
         before = now - timedelta(seconds=self.retention_s)
         done: dict[tuple[str, int], int] = {}
         for (topic, partition), floor in sorted(floors(self.commits(), now).items()):
-            prefix = f"clusters/{CLUSTER}/topics/{topic}/partitions/{partition:0>10}/records/"
-            batches = [(o["Key"], int(m["offset"]), o["LastModified"])
-                       for o in self._list(prefix) if (m := _BATCH.search(o["Key"]))]
+            batches = self.batches(topic, partition)
             keys = expired(batches, floor, before)
             for key in keys:
                 self.s3.delete_object(Bucket=self.bucket, Key=key)

@@ -179,10 +179,7 @@ def _retention(stack, retention_s: float):
 
 
 def _batches(retention, topic: str, partition: int = 0) -> list[int]:
-    from stack.broker import CLUSTER
-
-    prefix = f"clusters/{CLUSTER}/topics/{topic}/partitions/{partition:0>10}/records/"
-    return sorted(int(o["Key"].rsplit("/", 1)[1][:20]) for o in retention._list(prefix))
+    return sorted(base for _key, base, _modified in retention.batches(topic, partition))
 
 
 def test_retention_deletes_only_batches_every_group_has_committed_past(stack, tmp_path):
