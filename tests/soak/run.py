@@ -30,7 +30,7 @@ from pathlib import Path
 from common.settings import ServiceSettings
 from tests.faults.scenarios import Stack
 from tests.soak import actions, builds, report, verify
-from tests.soak.detector import BOUND_B_PER_IMAGE
+from tests.soak.detector import BOUND_B_PER_IMAGE, MIN_RESOLVED_B
 from tests.soak.producers import Producers
 from tests.soak.sampler import Sampler
 from tests.soak.schedule import UPGRADE, parse_duration, plan
@@ -102,8 +102,6 @@ def run_events(events: list[dict], t_start: float, stack, producers, store: str,
 def detector_phase_s(rate: float) -> float:
     """Each detector phase: 2 minutes, or long enough that the judged two thirds of it hold
     1.25 x the images the bound needs to show (detector.MIN_RESOLVED_B) at ``rate``."""
-    from tests.soak.detector import BOUND_B_PER_IMAGE, MIN_RESOLVED_B
-
     needed = 1.25 * MIN_RESOLVED_B / BOUND_B_PER_IMAGE
     return float(max(120, math.ceil(1.5 * needed / rate)))
 
@@ -155,9 +153,9 @@ def main(argv=None) -> int:
     record: dict = {"seed": seed, "duration_s": duration, "kill_every_s": every, "store": args.store,
                     "broker_storage": args.broker_storage,
                     "host_cpus": os.cpu_count(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    # MODEL_WARMUP_S: the product's default (the fault suite's Stack sets 0), so that a new
-    # worker's memory at ready is its steady memory (docs/RELIABILITY.md, "The leak detector").
-    warmup = str(ServiceSettings.model_fields["model_warmup_s"].default)
+    # MODEL_WARMUP_S: the product's (the fault suite's Stack sets 0), so that a new worker's
+    # memory at ready is its steady memory (docs/RELIABILITY.md, "The leak detector").
+    warmup = str(ServiceSettings().model_warmup_s)
     stack = Stack(out / "stack", {"STORE": args.store, "STACK_BROKER_STORAGE": args.broker_storage,
                                   "STACK_DASHBOARD": "0", "STACK_PROMETHEUS": "0", "MODEL_WARMUP_S": warmup})
     stack.up()
