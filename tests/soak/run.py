@@ -193,6 +193,7 @@ def main(argv=None) -> int:
         producers.start()
         record["detector_phases"] = detector_phases(stack, leaky, phase)
         band = verify.zero_band(rate, fetch_wait_s(stack))
+        record["lag"] = {"zero_band": band, "bound": "2 x ready_after_s + %g s" % verify.LAG_SLACK_S}
         t_kills = record["t_kills"] = time.time()
         run_events(events, t_kills, stack, producers, args.store, seed, upgrade, sampler, band,
                    end_at=producers.end_at - 30)
@@ -204,7 +205,7 @@ def main(argv=None) -> int:
         sampler.stop()
         record["events"] = events
         try:
-            verdict = check(record, stack, producers, sampler, bad, rate, out)
+            verdict = check(record, stack, producers, sampler, bad)
         except Exception as exc:  # noqa: BLE001 - what was measured is still written
             record["error"] = f"checks not finished: {type(exc).__name__}: {exc}"
             say(record["error"])
@@ -221,7 +222,7 @@ def main(argv=None) -> int:
     return 0 if verdict else 1
 
 
-def check(record: dict, stack, producers, sampler, bad, rate: float, out: Path) -> bool:
+def check(record: dict, stack, producers, sampler, bad) -> bool:
     """Every pass condition into ``record``; True when all hold."""
     from tests.faults.stores import Rows
     from tests.soak import memory
@@ -233,9 +234,7 @@ def check(record: dict, stack, producers, sampler, bad, rate: float, out: Path) 
     finally:
         rows.close()
     record["dlq"] = verify.check_dlq(stack.kafka(), bad.attempted, bad.acknowledged)
-    band = verify.zero_band(rate, fetch_wait_s(stack))
-    verify.recovery(record["events"], sampler.lag, band, last_window_s=record["kill_every_s"])
-    record["lag"] = {"zero_band": band, "bound": "2 x ready_after_s + %g s" % verify.LAG_SLACK_S}
+    verify.recovery(record["events"], sampler.lag, record["lag"]["zero_band"], last_window_s=record["kill_every_s"])
     stored = report.stored_series(stack, [e["producer_id"] for e in producers.all()])
     record["series"] = stored["series"]
     record["memory"] = memory.verdicts(sampler.lifetimes, stored["sent_at"], record, BOUND_B_PER_IMAGE)
