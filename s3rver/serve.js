@@ -12,6 +12,9 @@
 //   of order the same way (OutOfOrderSequenceNumber).  Here every PUT or DELETE of one key
 //   runs alone, after its condition is checked as S3 does (412, or 404 for If-Match on a
 //   missing key).
+// * No hole in a listing.  tansu takes a batch's offsets in the partition's watermark
+//   before it writes the batch; a listing in between ends before that batch ("offsets
+//   being written" below), or a fetch would skip its records.
 // * Atomic objects.  s3rver rewrites an object's file in place and answers before the
 //   file is written: a reader could see half a watermark, and a crash right after the
 //   answer leave half a batch.  Here an object is written to a temporary file and renamed
@@ -96,6 +99,70 @@ const server = new S3rver({
   configureBuckets: [{ name: bucket, configs: [] }],
 });
 
+// ---------------------------------------------------------------- offsets being written
+// tansu's produce takes a batch's offsets by writing the partition's watermark.json (high
+// from h to h + the batch's records) and only then writes the batch object at h.  In
+// between, a fetch listing the partition could see a later batch (a produce that took its
+// offsets after this one and finished first) but not batch h: tansu answers with the
+// batches it listed, so the consumer's position moves past h's records, which that group
+// then never reads (the soak found it: four images whose results were stored and whose
+// own records the DB writer never got).  Here a listing of a partition's records ends
+// before the lowest batch whose offsets were taken and not written yet, so a fetch sees
+// the batches in offset order with no hole, as Kafka serves them.  A batch that is never
+// written (the broker killed between its two writes, or its write refused) holds the
+// listing back PENDING_MAX_MS at most.
+const PENDING_MAX_MS = 10000;
+const WATERMARK = /^(.*\/partitions\/\d{10}\/)watermark\.json$/;
+const BATCH = /^(.*\/partitions\/\d{10}\/records\/)(\d{20})\.batch$/;
+const pending = new Map();  // bucket + records prefix -> Map(base offset -> taken at, ms)
+
+function highOf(buffer) {
+  try {
+    const { high } = JSON.parse(buffer.toString());
+    return Number.isSafeInteger(high) ? high : null;
+  } catch {
+    return null;
+  }
+}
+
+function offsetsTaken(objectPath, key, content) {
+  // The watermark before this write (tansu starts a partition at 0) and after it.
+  let before = 0;
+  try {
+    before = highOf(fs.readFileSync(objectPath)) ?? 0;
+  } catch (err) {
+    if (err.code !== 'ENOENT') throw err;
+  }
+  const after = highOf(content);
+  return after !== null && after > before ? { records: `${WATERMARK.exec(key)[1]}records/`, base: before } : null;
+}
+
+function batchTaken(bucket, records, base) {
+  const id = `${bucket}\n${records}`;
+  if (!pending.has(id)) pending.set(id, new Map());
+  pending.get(id).set(base, Date.now());
+}
+
+function batchWritten(bucket, key) {
+  const m = BATCH.exec(key);
+  const taken = m && pending.get(`${bucket}\n${m[1]}`);
+  if (taken) taken.delete(Number(m[2]));
+}
+
+function lowestTaken(bucket, prefix) {  // the lowest base offset taken and not written, or null
+  const id = `${bucket}\n${prefix}`;
+  const taken = pending.get(id);
+  if (!taken) return null;
+  const now = Date.now();
+  let lowest = null;
+  for (const [base, at] of taken) {
+    if (now - at > PENDING_MAX_MS) taken.delete(base);
+    else if (lowest === null || base < lowest) lowest = base;
+  }
+  if (!taken.size) pending.delete(id);
+  return lowest;
+}
+
 // ---------------------------------------------------------------- atomic objects
 let temporaries = 0;
 const temporary = file => `${file}.${process.pid}-${temporaries++}.tmp`;
@@ -169,6 +236,7 @@ store.putObject = async function putObject(object) {
   try {
     const result = await putWhole(this, object);
     indexed(object.bucket, object.key, true);
+    batchWritten(object.bucket, object.key);
     return result;
   } finally {
     writeEnds(object.bucket, object.key);
@@ -226,7 +294,9 @@ const listAll = store.listObjects.bind(store);
 store.listObjects = async function listObjects(name, options) {
   const { delimiter = '', startAfter = '', prefix = '', maxKeys = Infinity } = options;
   if (delimiter) return listAll(name, options);
-  const keys = keysUnder(name, prefix);
+  let keys = keysUnder(name, prefix);
+  const lowest = lowestTaken(name, prefix);
+  if (lowest !== null) keys = keys.slice(0, firstAfter(keys, `${prefix}${String(lowest).padStart(20, '0')}`));
   const from = firstAfter(keys, startAfter);
   const page = keys.slice(from, from + maxKeys);
   const metadata = await Promise.all(page.map(key => this.getMetadata(name, key).catch(err => {
@@ -253,6 +323,7 @@ async function putWhole(self, object) {
     made.push(tmp);
     const hash = crypto.createHash('md5');
     let size = 0;
+    const kept = WATERMARK.test(object.key) ? [] : null;  // a watermark's offsets: read below
     const file = await fsp.open(tmp, 'w');
     try {
       const chunks = Buffer.isBuffer(object.content) ? [object.content] : object.content;
@@ -260,6 +331,7 @@ async function putWhole(self, object) {
         hash.update(chunk);
         size += chunk.length;
         await file.write(chunk);
+        if (kept) kept.push(chunk);
       }
     } finally {
       await file.close();
@@ -280,7 +352,9 @@ async function putWhole(self, object) {
     // write fail, which tansu redoes after reading the object again.  A rename takes no room.
     await fsp.rename(md5Tmp, `${objectPath}.md5`);
     await fsp.rename(metadataTmp, metadataPath);
+    const taken = kept && offsetsTaken(objectPath, object.key, Buffer.concat(kept));
     await fsp.rename(tmp, objectPath);
+    if (taken) batchTaken(object.bucket, taken.records, taken.base);
     return { size, md5 };
   } catch (err) {
     await Promise.all(made.map(f => fsp.rm(f, { force: true })));

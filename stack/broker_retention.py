@@ -9,13 +9,14 @@ grows makes every fetch slower until consumers get nothing (docs/RELIABILITY.md,
 on the broker's S3 storage").
 
 What is deleted, every ``STACK_BROKER_RETENTION_INTERVAL_S``, through s3rver's S3 API (so
-s3rver's listing index stays true): a batch of topic t, partition p whose base offset is
-below the committed offset of *every* consumer group that has committed on t, and whose
-object is older than ``STACK_BROKER_RETENTION_S``.
+s3rver's listing index stays true): a batch of topic t, partition p whose records all lie
+below the committed offset of *every* consumer group that has committed on t (the next
+batch starts at or below it), and whose object is older than ``STACK_BROKER_RETENTION_S``.
 
-* tansu answers a fetch at offset o only with batches whose base offset is at least o, and
+* tansu answers a fetch at offset o with the batch that holds o and the ones after it, and
   a group's consumer never fetches below its committed offset, so no group reads those
-  batches again.
+  batches again.  The batch holding a committed offset stays: a consumer restarted there
+  reads the rest of it.
 * A partition where one of the topic's groups has not committed yet is left whole (that
   group starts from the earliest offset).  A topic no group commits on (the dead-letter
   topic, read by the replay tool without a group) is never pruned.
@@ -89,9 +90,13 @@ def floors(commits: list[Commit], now: datetime) -> dict[tuple[str, int], int]:
 
 
 def expired(batches: list[tuple[str, int, datetime]], floor: int, before: datetime) -> list[str]:
-    """Keys of the batches (key, base offset, last modified) below ``floor`` and older than
-    ``before``."""
-    return [key for key, base, modified in batches if base < floor and modified < before]
+    """Keys of the batches (key, base offset, last modified) older than ``before`` whose
+    records all lie below ``floor``: the next batch starts at or below it.  A batch that
+    holds ``floor`` is kept (a group fetching there gets it whole), and so is the last one,
+    whose end is not known without reading it."""
+    ordered = sorted(batches, key=lambda b: b[1])
+    return [key for (key, _, modified), (_, following, _) in zip(ordered, ordered[1:])
+            if following <= floor and modified < before]
 
 
 class Retention:

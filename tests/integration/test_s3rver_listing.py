@@ -68,3 +68,31 @@ def _list(http, storage, log_path, prefix: str) -> tuple[list[str], int]:
         assert found, page.text[-500:]
         token = found.group(1)
         assert pages < KEYS, "the listing never ends"
+
+
+def test_a_partition_is_listed_up_to_the_first_batch_whose_offsets_are_taken_and_not_written(tmp_path):
+    """tansu takes a batch's offsets in the partition's watermark.json, then writes the batch.
+    A listing in between must not show a later batch without the earlier one: tansu's fetch
+    would answer with the later batch and the consumer would skip the earlier one's records."""
+    data = tmp_path / "data"
+    data.mkdir()
+    partition = "clusters/c/topics/t/partitions/0000000002/"
+    records = partition + "records/"
+    with run_s3rver(tmp_path, data) as (storage, log_path), requests.Session() as http:
+        url = f"{storage.url}/{BUCKET}"
+
+        def put(key: str, body: bytes) -> None:
+            assert http.put(f"{url}/{key}", data=body, headers=s3_headers(storage), timeout=30).status_code == 200
+
+        def batch(offset: int) -> str:
+            return f"{records}{offset:020d}.batch"
+
+        put(partition + "watermark.json", b'{"low":null,"high":3,"timestamps":null}')  # batch 0: offsets 0-2
+        put(batch(0), b"batch 0")
+        put(partition + "watermark.json", b'{"low":null,"high":5,"timestamps":null}')  # batch 3 taken
+        put(partition + "watermark.json", b'{"low":null,"high":9,"timestamps":null}')  # batch 5 taken
+        put(batch(5), b"batch 5")  # the later produce finishes first
+        assert _list(http, storage, log_path, records)[0] == [batch(0)]
+        assert _list(http, storage, log_path, "clusters/c/")[0] == sorted([batch(0), batch(5), partition + "watermark.json"])
+        put(batch(3), b"batch 3")
+        assert _list(http, storage, log_path, records)[0] == [batch(0), batch(3), batch(5)]

@@ -35,3 +35,13 @@ def test_only_batches_below_the_floor_and_old_enough_are_expired():
     batches = [("k0", 0, before - timedelta(seconds=1)), ("k5", 5, before - timedelta(seconds=1)),
                ("k9", 9, before + timedelta(seconds=1)), ("k12", 12, before - timedelta(seconds=5))]
     assert expired(batches, 12, before) == ["k0", "k5"]
+
+
+def test_the_batch_holding_the_floor_and_the_last_batch_are_kept():
+    old = NOW - timedelta(seconds=600)
+    before = NOW - timedelta(seconds=60)
+    batches = [("k9", 9, old), ("k0", 0, old), ("k5", 5, old), ("k12", 12, old)]
+    # A group committed at 11 has not read 11 (in the batch at 9): that batch stays.
+    assert expired(batches, 11, before) == ["k0", "k5"]
+    assert expired(batches, 12, before) == ["k0", "k5", "k9"]
+    assert expired(batches, 99, before) == ["k0", "k5", "k9"]  # where k12 ends is not known
