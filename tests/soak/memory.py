@@ -16,14 +16,19 @@ MEMORY_BROKER = ("the memory-only broker keeps every message in memory by design
 
 
 def ready_times(record: dict) -> list[tuple[str, float]]:
-    """(component, unix time it served again) after each restart the soak caused."""
+    """(component, unix time it served again and the pipeline had caught up) after each
+    restart the soak caused.  A consumer restarted on a backlog reads it as fast as it can,
+    and its fetch buffers and client pools grow with the backlog, not with the images: its
+    steady state starts once the lag is back in its band (``recovered_after_s``, when the
+    event recovered)."""
     from tests.soak.actions import component_of
 
     out = []
     for e in record.get("events", []):
+        back = e["t"] + e["recovered_after_s"] if e.get("recovered_after_s") is not None else 0.0
         if "t" in e and e.get("ready_after_s") is not None and e["what"] not in ("producer", "gunicorn-worker"):
-            out.append((component_of(e["what"], record["store"]), e["t"] + e["ready_after_s"]))
-        out += [(s["component"], s["t"] + s["ready_after_s"]) for s in e.get("steps", [])]
+            out.append((component_of(e["what"], record["store"]), max(e["t"] + e["ready_after_s"], back)))
+        out += [(s["component"], max(s["t"] + s["ready_after_s"], back)) for s in e.get("steps", [])]
     for phase in ("control", "leak", "back"):
         step = (record.get("detector_phases") or {}).get(phase)
         if step:

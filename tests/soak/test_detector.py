@@ -120,3 +120,16 @@ def test_too_few_images_for_the_bound_to_show_are_not_judged():
     # the same growth with enough images in the judged window to resolve the bound: flagged
     enough = int(1.6 * MIN_RESOLVED_B / BOUND_B_PER_IMAGE)
     assert judge(life, Images([1000.0 + 120.0 * i / enough for i in range(enough)]))["verdict"] == "grows"
+
+
+def test_a_restarted_consumer_is_judged_from_when_the_lag_was_back_not_from_its_start():
+    from tests.soak.memory import ready_times
+
+    record = {"store": "mongodb", "events": [
+        {"what": "db-consumer", "t": 100.0, "ready_after_s": 7.0, "recovered_after_s": 95.0},
+        {"what": "inference-consumer", "t": 200.0, "ready_after_s": 14.0, "recovered_after_s": 3.0},
+        {"what": "inference", "t": 300.0, "ready_after_s": 35.0, "recovered_after_s": None},
+        {"what": "rolling-upgrade", "t": 400.0, "recovered_after_s": 120.0,
+         "steps": [{"component": "db-consumer", "t": 401.0, "ready_after_s": 6.0}]}]}
+    assert ready_times(record) == [("db-consumer", 195.0), ("inference-consumer", 214.0), ("inference", 335.0),
+                                   ("db-consumer", 520.0)]
