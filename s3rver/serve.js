@@ -137,20 +137,22 @@ function offsetsTaken(objectPath, key, content) {
   return after !== null && after > before ? { records: `${WATERMARK.exec(key)[1]}records/`, base: before } : null;
 }
 
+const pendingId = (bucket, records) => `${bucket}\n${records}`;
+
 function batchTaken(bucket, records, base) {
-  const id = `${bucket}\n${records}`;
+  const id = pendingId(bucket, records);
   if (!pending.has(id)) pending.set(id, new Map());
   pending.get(id).set(base, Date.now());
 }
 
 function batchWritten(bucket, key) {
   const m = BATCH.exec(key);
-  const taken = m && pending.get(`${bucket}\n${m[1]}`);
+  const taken = m && pending.get(pendingId(bucket, m[1]));
   if (taken) taken.delete(Number(m[2]));
 }
 
 function lowestTaken(bucket, prefix) {  // the lowest base offset taken and not written, or null
-  const id = `${bucket}\n${prefix}`;
+  const id = pendingId(bucket, prefix);
   const taken = pending.get(id);
   if (!taken) return null;
   const now = Date.now();
