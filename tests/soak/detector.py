@@ -10,9 +10,12 @@ only when what is left spans ``MIN_SPAN_S`` and enough images went through it fo
 bound to show: ``MIN_RESOLVED_B`` at the bound (1 MiB: 1,024 images at 1 KB each).  Below
 that, an allocator's next chunk or a one-time allocation (a broker's buffers as its
 clients come back after a restart: 1.3 MiB over 403 images) outweighs the bound; such a
-lifetime is "too short" (reported, not judged).  It "grows" when its slope exceeds ``BOUND_B_PER_IMAGE`` bytes per image sent
-meanwhile, over the judged samples and over their last half alike: a leak grows to the
-end at the same rate, whereas a start-up or a backlog's buffers filling slows down.  Why
+lifetime is "too short" (reported, not judged).  It "grows" when its slope exceeds
+``BOUND_B_PER_IMAGE`` bytes per image sent meanwhile, over the judged samples, over their
+last half and over their last quarter alike: a leak grows to the end at the same rate,
+whereas a start-up or a backlog's buffers filling slows down, and a high-water mark stops
+(a Gunicorn worker serving alone while its sibling restarts grows its request threads'
+arenas once, then stays there: the soak's run 11, docs/RELIABILITY.md).  Why
 that bound: docs/RELIABILITY.md, "Soak" (a deliberate leak of 4 KB per image must be
 flagged, the unmodified build's lifetimes measured below it).
 """
@@ -90,13 +93,14 @@ def judge(life: Lifetime, images: Images, *, bound_b_per_image: float = BOUND_B_
         row.update(verdict="too short", slope_b_s=None, slope_b_per_image=None, images=None)
         return row
     per_image, slope, n = _per_image(judged, images)
-    late = judged[len(judged) // 2:]
-    late_per_image = _per_image(late, images)[0] if len(late) >= MIN_SAMPLES // 2 else None
+    late_per_image = _tail_per_image(judged, 2, images)
+    last_per_image = _tail_per_image(judged, 4, images)
     row.update(slope_b_s=round(slope, 1), images=n,
                slope_b_per_image=None if per_image is None else round(per_image, 1),
                late_slope_b_per_image=None if late_per_image is None else round(late_per_image, 1),
+               last_slope_b_per_image=None if last_per_image is None else round(last_per_image, 1),
                growth_mib=round(slope * span / 2**20, 2))
-    if per_image is None or late_per_image is None:
+    if per_image is None or late_per_image is None or last_per_image is None:
         # No image went through while it lived: any steady growth is not the images'.
         row["verdict"] = "too short"
     elif n * bound_b_per_image < MIN_RESOLVED_B:
@@ -104,8 +108,15 @@ def judge(life: Lifetime, images: Images, *, bound_b_per_image: float = BOUND_B_
         row["why_too_short"] = (f"{n} images: {n * bound_b_per_image / 2**20:.2f} MiB at the bound, "
                                 f"under the {MIN_RESOLVED_B / 2**20:g} MiB it must reach to show")
     else:
-        row["verdict"] = "grows" if min(per_image, late_per_image) > bound_b_per_image else "flat"
+        row["verdict"] = "grows" if min(per_image, late_per_image, last_per_image) > bound_b_per_image else "flat"
     return row
+
+
+def _tail_per_image(judged: list[tuple[float, int]], parts: int, images: Images) -> float | None:
+    """The slope per image over the last 1/``parts`` of ``judged`` (None: too few samples
+    there, or no image went through meanwhile)."""
+    tail = judged[(parts - 1) * len(judged) // parts:]
+    return _per_image(tail, images)[0] if len(tail) >= MIN_SAMPLES // 2 else None
 
 
 def _per_image(points: list[tuple[float, int]], images: Images) -> tuple[float | None, float, int]:

@@ -80,5 +80,5 @@ def _brief(row: dict | None) -> dict | None:
     if row is None:
         return None
     return {k: row.get(k) for k in ("pid", "verdict", "slope_b_s", "slope_b_per_image", "late_slope_b_per_image",
-                                    "images",
+                                    "last_slope_b_per_image", "images",
                                     "judged_span_s", "growth_mib")}

@@ -133,3 +133,19 @@ def test_a_restarted_consumer_is_judged_from_when_the_lag_was_back_not_from_its_
          "steps": [{"component": "db-consumer", "t": 401.0, "ready_after_s": 6.0}]}]}
     assert ready_times(record) == [("db-consumer", 195.0), ("inference-consumer", 214.0), ("inference", 335.0),
                                    ("db-consumer", 520.0)]
+
+
+def test_a_high_water_mark_that_stops_is_not_a_leak():
+    """Run 11's Gunicorn worker: flat, then 90 MiB in steps while it served alone during its
+    sibling's restart and the backlogs after kills, then flat to its end.  Its whole judged
+    span and its last half read above the bound; its last quarter does not, as a leak's would."""
+    life, images = series(240, 0, noise_b=2**19)
+    steps = [(1090.0, 15), (1120.0, 45), (1150.0, 20), (1170.0, 10)]  # (from when, MiB)
+    life.samples = [(t, rss + sum(int(m * 2**20) for at, m in steps if t >= at)) for t, rss in life.samples]
+    row = judge(life, images, skip_fraction=0, warmup_s=0)
+    assert min(row["slope_b_per_image"], row["late_slope_b_per_image"]) > BOUND_B_PER_IMAGE
+    assert row["last_slope_b_per_image"] < BOUND_B_PER_IMAGE
+    assert row["verdict"] == "flat"
+    # the same lifetime still growing through its last quarter is flagged
+    life.samples = [(t, rss + (int(4096 * RATE * (t - 1180.0)) if t > 1180.0 else 0)) for t, rss in life.samples]
+    assert judge(life, images, skip_fraction=0, warmup_s=0)["verdict"] == "grows"
