@@ -127,10 +127,12 @@ def figure(record: dict, path: Path) -> Path:
         axes[1].set_yscale("log")
         axes[1].set_ylabel("p99 sent → stored, s")
         lag = record.get("lag", {}).get("samples", [])
+        band = record.get("lag", {}).get("zero_band", 0)
         for i, group in enumerate(("iot-inference", "iot-db-writer")):
             axes[2].plot([(r["t"] - t0) / 60 for r in lag], [r.get(group) for r in lag], lw=1, color=colour(2 + i),
                          label=f"{group} group")
-        axes[2].axhline(record["lag"].get("zero_band", 0), color="#777", lw=0.8, ls=":", label="back-to-zero band")
+            axes[2].axhline(band.get(group, 0) if isinstance(band, dict) else band, color=colour(2 + i), lw=0.9,
+                            ls=":", label=f"{group}: back-to-zero band")
         axes[2].set_yscale("symlog", linthresh=10)
         axes[2].set_ylim(bottom=0)
         axes[2].set_ylabel("consumer lag, records")

@@ -32,7 +32,7 @@ from tests.faults.scenarios import Stack
 from tests.soak import actions, builds, report, verify
 from tests.soak.detector import BOUND_B_PER_IMAGE, MIN_RESOLVED_B
 from tests.soak.producers import Producers
-from tests.soak.sampler import Sampler
+from tests.soak.sampler import GROUPS, Sampler
 from tests.soak.schedule import UPGRADE, parse_duration, plan
 from tests.support import ROOT
 
@@ -58,7 +58,7 @@ def measure_capacity(out: Path, stack, step_s: float) -> dict:
             "ramp": [{k: s.get(k) for k in ("offered_img_s", "throughput_img_s", "complete")} for s in r.steps]}
 
 
-def settle(sampler, band: int, previous: dict | None) -> None:
+def settle(sampler, band: dict[str, int], previous: dict | None) -> None:
     """Wait until the lag is back in ``band`` (the latest sample), at most the previous
     event's bound after it: each kill's recovery is seen whole before the next one."""
     if previous is None or "t" not in previous:
@@ -72,7 +72,7 @@ def settle(sampler, band: int, previous: dict | None) -> None:
 
 
 def run_events(events: list[dict], t_start: float, stack, producers, store: str, seed: int,
-               upgrade: Path, sampler, band: int, end_at: float) -> None:
+               upgrade: Path, sampler, band: dict[str, int], end_at: float) -> None:
     """Each event at its time in the plan, or later if the previous one's lag is not back
     yet; one that would start after ``end_at`` is not run (recorded as skipped)."""
     rng = random.Random(seed + 1)  # which producer a producer kill hits
@@ -196,7 +196,7 @@ def main(argv=None) -> int:
         bad.start()
         producers.start()
         record["detector_phases"] = detector_phases(stack, leaky, phase)
-        band = verify.zero_band(rate, fetch_wait_s(stack))
+        band = verify.zero_bands(rate, fetch_wait_s(stack), GROUPS)
         record["lag"] = {"zero_band": band, "bound": "2 x ready_after_s + %g s" % verify.LAG_SLACK_S}
         t_kills = record["t_kills"] = time.time()
         run_events(events, t_kills, stack, producers, args.store, seed, upgrade, sampler, band,

@@ -120,3 +120,16 @@ def test_the_detector_phases_hold_the_images_the_bound_needs():
     for rate in (5.3, 10.0, 13.6):
         judged_images = rate * detector_phase_s(rate) * 2 / 3
         assert judged_images >= MIN_RESOLVED_B / BOUND_B_PER_IMAGE, rate
+
+
+def test_each_group_has_its_band_in_its_own_records():
+    # the DB writer reads the image and its result: at the same delay its lag is twice
+    # the inference consumer's (run 11: its healthy lag left a one-record-per-image band)
+    from tests.soak.sampler import GROUPS
+
+    bands = verify.zero_bands(30.0, 1.0, GROUPS)
+    assert bands == {"iot-inference": 60, "iot-db-writer": 120}
+    assert verify.in_band({"t": 0.0, "iot-inference": 60, "iot-db-writer": 100}, bands)
+    assert not verify.in_band({"t": 0.0, "iot-inference": 61, "iot-db-writer": 100}, bands)
+    assert not verify.in_band({"t": 0.0, "iot-inference": 0, "iot-db-writer": 121}, bands)
+    assert not verify.in_band({"t": 0.0, "iot-inference": 0, "iot-db-writer": None}, bands)

@@ -12,8 +12,9 @@ from pathlib import Path
 
 from tests.faults.stores import Rows
 
-# A kill's lag is "back to zero" once both groups' lag is at most this many seconds of
-# the offered load, plus the clients' fetch wait: what a healthy pipeline holds between a
+# A kill's lag is "back to zero" once each group's lag is at most this many seconds of
+# the offered load in its own records (the DB writer reads two per image: the image and
+# its result), plus the clients' fetch wait: what a healthy pipeline holds between a
 # send and the commits (one batch wait, one inference call, one store write; measured
 # before the first kill on the memory broker), and what the broker may hold back before it
 # answers a fetch (tansu holds one for up to its wait: 40 ms in memory, 1 s on its S3
@@ -84,11 +85,17 @@ def check_dlq(settings, attempted: list[str], acked: list[str]) -> dict:
             "ok": not unexpected and not missing}
 
 
-def zero_band(rate: float, fetch_wait_s: float = 0.0) -> int:
-    return max(1, math.ceil(rate * (ZERO_BAND_S + fetch_wait_s)))
+def zero_band(rate: float, fetch_wait_s: float = 0.0, records_per_image: int = 1) -> int:
+    return max(1, math.ceil(records_per_image * rate * (ZERO_BAND_S + fetch_wait_s)))
 
 
-def recovery(events: list[dict], lag: list[dict], band: int, until: float = math.inf,
+def zero_bands(rate: float, fetch_wait_s: float, groups: dict[str, tuple[str, ...]]) -> dict[str, int]:
+    """Each consumer group's band, in its records: ``groups`` maps a group to the topics
+    it reads, each carrying one record per image."""
+    return {group: zero_band(rate, fetch_wait_s, len(topics)) for group, topics in groups.items()}
+
+
+def recovery(events: list[dict], lag: list[dict], band: int | dict[str, int], until: float = math.inf,
              last_window_s: float = math.inf) -> None:
     """For each event (with its ``t``), ``recovered_after_s``: from the kill to the sample
     that ends the last excursion of the lag (a group above ``band``, or unreadable: the
@@ -119,6 +126,9 @@ def recovery(events: list[dict], lag: list[dict], band: int, until: float = math
         ev["lag_ok"] = back is not None and back - ev["t"] <= ev["lag_bound_s"]
 
 
-def in_band(sample: dict, band: int) -> bool:
-    values = [v for k, v in sample.items() if k != "t"]
-    return bool(values) and all(v is not None and v <= band for v in values)
+def in_band(sample: dict, band: int | dict[str, int]) -> bool:
+    """Every group's lag in the sample readable and within its band (``band``: one for
+    all groups, or each group's)."""
+    values = {k: v for k, v in sample.items() if k != "t"}
+    limit = band if isinstance(band, dict) else dict.fromkeys(values, band)
+    return bool(values) and all(v is not None and v <= limit[k] for k, v in values.items())
