@@ -99,6 +99,9 @@ def expired(batches: list[tuple[str, int, datetime]], floor: int, before: dateti
             if following <= floor and modified < before]
 
 
+DELETE_PER_REQUEST = 1000  # S3's most keys in one DeleteObjects
+
+
 class Retention:
     """One bucket of tansu's S3 storage, on s3rver at ``endpoint``."""
 
@@ -136,6 +139,19 @@ class Retention:
         return [(o["Key"], int(m["offset"]), o["LastModified"])
                 for o in self._list(prefix) if (m := _BATCH.search(o["Key"]))]
 
+    def delete(self, keys: list[str]) -> None:
+        """``keys`` in DeleteObjects requests of up to 1,000 keys: one request each, not one
+        per batch (the broker writes a batch object per producer request, so a lagging
+        group's partition can hold thousands, all due at once when it catches up)."""
+        for at in range(0, len(keys), DELETE_PER_REQUEST):
+            chunk = keys[at:at + DELETE_PER_REQUEST]
+            answer = self.s3.delete_objects(Bucket=self.bucket, Delete={
+                "Objects": [{"Key": key} for key in chunk], "Quiet": True})
+            if answer.get("Errors"):
+                first = answer["Errors"][0]
+                raise RuntimeError(f"{len(answer['Errors'])} of {len(chunk)} deletes refused, "
+                                   f"first {first.get('Key')}: {first.get('Code')} {first.get('Message')}")
+
     def prune(self, now: datetime | None = None) -> dict[tuple[str, int], int]:
         """One pass: delete what every group has read; the count deleted per partition."""
         now = now or datetime.now(timezone.utc)
@@ -144,8 +160,7 @@ class Retention:
         for (topic, partition), floor in sorted(floors(self.commits(), now).items()):
             batches = self.batches(topic, partition)
             keys = expired(batches, floor, before)
-            for key in keys:
-                self.s3.delete_object(Bucket=self.bucket, Key=key)
+            self.delete(keys)
             if keys:
                 done[topic, partition] = len(keys)
                 log.debug("%s/%d: deleted %d batches below offset %d, %d left",

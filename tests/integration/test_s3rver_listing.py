@@ -96,3 +96,29 @@ def test_a_partition_is_listed_up_to_the_first_batch_whose_offsets_are_taken_and
         assert _list(http, storage, log_path, "clusters/c/")[0] == sorted([batch(0), batch(5), partition + "watermark.json"])
         put(batch(3), b"batch 3")
         assert _list(http, storage, log_path, records)[0] == [batch(0), batch(3), batch(5)]
+
+
+def test_a_delete_removes_the_objects_files_and_the_prefix_takes_new_keys(tmp_path):
+    """serve.js deletes an object's three files and leaves its directory (s3rver read the
+    whole directory after each delete to remove it when empty, which stalled every other
+    request while the retention deleted a lagging partition's batches): a deleted key is
+    gone from GET, the listing and the disk, and a prefix emptied this way takes new keys."""
+    data = tmp_path / "data"
+    data.mkdir()
+    with run_s3rver(tmp_path, data) as (storage, log_path), requests.Session() as http:
+        url = f"{storage.url}/{BUCKET}"
+        prefix = "topics/t/partitions/0/records/"
+        names = [f"{prefix}{n:020d}.batch" for n in range(30)]
+        for name in names:
+            assert http.put(f"{url}/{name}", data=b"batch", headers=s3_headers(storage), timeout=30).status_code == 200
+        assert _list(http, storage, log_path, prefix)[0] == names
+        for name in names:
+            assert http.delete(f"{url}/{name}", headers=s3_headers(storage), timeout=30).status_code == 204
+        assert http.get(f"{url}/{names[3]}", headers=s3_headers(storage), timeout=30).status_code == 404
+        assert _list(http, storage, log_path, prefix)[0] == []
+        left = [p.name for p in data.rglob("*") if p.is_file() and "00000000000000000" in p.name]
+        assert left == [], left
+        again = f"{prefix}{99:020d}.batch"
+        assert http.put(f"{url}/{again}", data=b"new", headers=s3_headers(storage), timeout=30).status_code == 200
+        assert http.get(f"{url}/{again}", headers=s3_headers(storage), timeout=30).content == b"new"
+        assert _list(http, storage, log_path, prefix)[0] == [again]
