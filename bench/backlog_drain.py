@@ -29,6 +29,7 @@ from pathlib import Path
 PROBE = r'''
 import json, os, subprocess, sys, time
 from common.settings import KafkaSettings
+from stack.broker import S3_FETCH_MAX_WAIT_MS
 from tests.soak import verify
 from tests.soak.sampler import GROUPS, Lag
 
@@ -48,7 +49,7 @@ time.sleep(down)
 backlog = lag.read()
 for group in ("inference-consumer", "db-consumer"):
     stack("resume", group)
-band = verify.zero_bands(rate, int(os.environ.get("KAFKA_FETCH_MAX_WAIT_MS", "1000")) / 1000, GROUPS)
+band = verify.zero_bands(rate, S3_FETCH_MAX_WAIT_MS / 1000, GROUPS)  # what the stack gives its clients
 t0, back, samples = time.time(), {}, []
 while len(back) < len(band) and time.time() - t0 < 900:
     now = lag.read()
