@@ -22,7 +22,7 @@ import time
 import numpy as np
 
 from common.settings import ServiceSettings
-from inference.batcher import DynamicBatcher
+from inference.batcher import DynamicBatcher, model_sizes
 
 log = logging.getLogger(__name__)
 
@@ -64,14 +64,16 @@ def unsayable_classes(classes) -> list[str]:
 
 
 def warm_up(predict, input_size: int, max_batch: int, budget_s: float) -> tuple[int, float]:
-    """Run ``predict`` once per batch size the dynamic batcher can form: 1 and ``max_batch``
-    always, then 2, 3 ... while ``budget_s`` lasts.  The first call traces the model and lets
-    the runtime build its kernels, and each new batch size gets kernels of its own on first
-    use (TensorFlow at 32 px: +5.8 MiB of resident memory as sizes 2-63 first came after 1
-    and 64, then flat; docs/RELIABILITY.md, "Soak"), so a worker warmed this way holds its
-    steady memory at ready.  (sizes run, seconds taken)"""
+    """Run ``predict`` once per batch size the dynamic batcher calls the model with
+    (inference.batcher.model_sizes): 1 and ``max_batch`` always, then the others, ascending,
+    while ``budget_s`` lasts.  The first call traces the model and lets the runtime build its
+    kernels, and each new batch size gets kernels of its own on first use (TensorFlow at 32
+    px: +5.8 MiB of resident memory as sizes 2-63 first came after 1 and 64, then flat;
+    docs/RELIABILITY.md, "The leak detector"), so a worker warmed this way holds its steady
+    memory at ready.  (sizes run, seconds taken)"""
     started = time.perf_counter()
-    sizes = [1, *([max_batch] if max_batch > 1 else []), *range(2, max_batch)]
+    ends = [1, *([max_batch] if max_batch > 1 else [])]
+    sizes = [*ends, *(n for n in model_sizes(max_batch) if n not in ends)]
     done = 0
     for n in sizes:
         if done >= 2 and time.perf_counter() - started >= budget_s:
@@ -123,7 +125,7 @@ class ModelHost:
                     "takes the CIFAR-10 and CIFAR-100 class names")
             warmed, took = warm_up(loaded.predict, loaded.input_size, s.model_batch_max_images, s.model_warmup_s)
             log.info("warm-up: %d of %d batch sizes in %.1fs (MODEL_WARMUP_S=%g)", warmed,
-                     s.model_batch_max_images, took, s.model_warmup_s)
+                     len(model_sizes(s.model_batch_max_images)), took, s.model_warmup_s)
             self.batcher = DynamicBatcher(
                 loaded.predict, max_batch=s.model_batch_max_images,
                 max_delay_s=s.model_batch_delay_ms / 1000.0, max_queue=s.max_queue_images,

@@ -10,7 +10,7 @@ from concurrent.futures import CancelledError
 import numpy as np
 import pytest
 
-from inference.batcher import DynamicBatcher, Overloaded
+from inference.batcher import SHAPE_STEP, DynamicBatcher, Overloaded, model_sizes, padded_size
 
 
 class Recorder:
@@ -117,6 +117,32 @@ def test_large_request_is_chunked_in_order(make_batcher):
     assert collect(futures).tolist() == list(range(10))
     assert [len(f.result().probs) for f in futures] == [4, 4, 2]
     assert all(s <= 4 for s in model.sizes)
+
+
+def test_a_merged_batch_of_an_unwarmed_size_is_padded_to_a_warmed_one(make_batcher):
+    # Three requests make a batch of 20 and a fourth does not fit in 28, so the 20 run
+    # without the delay: the model sees 24 (4 blank images), each caller its own rows.
+    model = Recorder()
+    batcher = make_batcher(model, max_batch=28, max_delay_s=10 * HANG_GUARD_S)
+    f1, f2, f3, _ = (batcher.submit(tagged(ids)) for ids in (range(6), range(6, 13), range(13, 20), range(20, 29)))
+    assert collect(f1).tolist() == list(range(6)) and collect(f2).tolist() == list(range(6, 13))
+    assert collect(f3).tolist() == list(range(13, 20))
+    assert model.sizes == [24] and f1[0].result().batch_size == 20 and batcher.images_run == 20
+
+
+def test_every_batch_size_runs_as_a_size_the_warm_up_covers():
+    for max_batch in (1, 5, 8, 9, 60, 64, 100):
+        sizes = model_sizes(max_batch)
+        assert max(sizes) == max_batch and 1 in sizes
+        for n in range(1, max_batch + 1):
+            assert padded_size(n, max_batch) == min(s for s in sizes if s >= n), (max_batch, n)
+    assert model_sizes(64) == [*range(1, SHAPE_STEP + 1), *range(16, 65, 8)]
+
+
+def test_a_model_that_returns_too_few_rows_fails_the_callers(make_batcher):
+    batcher = make_batcher(lambda images: np.zeros((len(images) - 1, 1)), max_batch=64, max_delay_s=0.0)
+    with pytest.raises(RuntimeError, match="rows for 16 images"):
+        batcher.submit(tagged(range(13)))[0].result(timeout=HANG_GUARD_S)
 
 
 def test_requests_within_the_delay_are_merged(make_batcher):
