@@ -1,4 +1,4 @@
-"""Graceful stop on SIGTERM/SIGINT: finish the current batch, commit, close."""
+"""Graceful stop on SIGTERM/SIGINT (finish the current batch, commit, close) and the backoff of retries."""
 
 from __future__ import annotations
 
@@ -33,3 +33,13 @@ class Backoff:
 
     def reset(self) -> None:
         self.current = self.initial
+
+
+def soonest(backoff_s: float, retry_after_s: list[float | None]) -> float:
+    """How long to wait before asking again: the backoff's delay, or sooner where every
+    answer named when to ask again (HTTP Retry-After; None: it did not).  A service that
+    says it is loading is then asked when it says, so a consumer backed off to 10 s while
+    the service was down does not sleep through its first seconds of serving."""
+    if not retry_after_s or any(s is None for s in retry_after_s):
+        return backoff_s
+    return min(backoff_s, max(retry_after_s))

@@ -107,7 +107,7 @@ class InferenceHandler:
             except ServiceUnavailable as exc:
                 # Transient whatever the status (consumers.predict_client): the images are
                 # kept, nothing is committed or dead-lettered.
-                retry = Retry(exc.cause, str(exc))
+                retry = Retry(exc.cause, str(exc), after_s=exc.retry_after_s)
                 for i, _msg in valid[start:]:
                     outcomes[i] = retry
                 break

@@ -25,7 +25,7 @@ import time
 from typing import NamedTuple, Protocol
 
 from common.deadletter import to_dead_letter
-from common.lifecycle import Backoff
+from common.lifecycle import Backoff, soonest
 from consumers.batching import ReadyMarker, all_delivered, commit, gather, idle_wait, rewind, wait_polling
 
 log = logging.getLogger(__name__)
@@ -53,11 +53,13 @@ class DeadLetter(NamedTuple):
 
 class Retry(NamedTuple):
     """``cause``: a few words (a metrics label); ``detail``: the whole story for the log;
-    ``error``: log at ERROR (an operator must act, e.g. a full disk)."""
+    ``error``: log at ERROR (an operator must act, e.g. a full disk); ``after_s``: when the
+    dependency said to ask again (HTTP Retry-After), None: the loop's backoff decides."""
 
     cause: str
     detail: str = ""
     error: bool = False
+    after_s: float | None = None
 
 
 Outcome = Output | Done | DeadLetter | Retry
@@ -123,7 +125,7 @@ class ConsumeLoop:
         self.attempt = 0
         while True:
             outcomes = self.handler.handle(todo, self)
-            retry, why = [], None
+            retry, why, after = [], None, []
             send = self.producer.send
             for record, outcome in zip(todo, outcomes, strict=True):
                 if type(outcome) is Output:
@@ -132,6 +134,7 @@ class ConsumeLoop:
                     sends.extend(send(o.topic, key=o.key, value=o.value, headers=o.headers) for o in outcome.outputs)
                 elif type(outcome) is Retry:
                     retry.append(record)
+                    after.append(outcome.after_s)
                     why = outcome if why is None or (outcome.error and not why.error) else why
                 else:
                     sends.append(self.dead_letter(record, outcome))
@@ -139,7 +142,7 @@ class ConsumeLoop:
                 break
             if self.stop.is_set():
                 return False
-            delay = backoff.next()
+            delay = soonest(backoff.next(), after)
             self.handler.retrying(why, len(retry), len(records), delay)
             idle_wait(self.consumer, delay, self.stop)
             todo, self.attempt = retry, self.attempt + 1

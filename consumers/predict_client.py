@@ -9,7 +9,7 @@ import itertools
 import logging
 import secrets
 
-from common.lifecycle import Backoff
+from common.lifecycle import Backoff, soonest
 from common.http_models import ModelInfo, PredictResponse
 from common.settings import InferenceClientSettings, secret
 from common.wire import CONTENT_TYPES, FILE_SUFFIXES, IMAGE_FORMATS
@@ -34,12 +34,22 @@ class ServiceUnavailable(RuntimeError):
     """The service cannot answer this request now: keep the batch, back off, retry.
 
     ``cause`` says why in a few words (``Stats.retries_by_cause`` counts by it), ``status``
-    is the HTTP status (None when no response came)."""
+    is the HTTP status (None when no response came); ``retry_after_s``: the response's
+    Retry-After in seconds (the service sends 1 while its model loads), None without one."""
 
-    def __init__(self, cause: str, status: int | None = None, url: str = "", detail: str = ""):
+    def __init__(self, cause: str, status: int | None = None, url: str = "", detail: str = "",
+                 retry_after_s: float | None = None):
         where = f"HTTP {status} from {url}" if status is not None else url
         super().__init__(cause + (f" ({where})" if where else "") + (f": {detail}" if detail else ""))
         self.cause, self.status, self.url, self.detail = cause, status, url, detail
+        self.retry_after_s = retry_after_s
+
+
+def retry_after(resp) -> float | None:
+    """A response's Retry-After in seconds (RFC 9110's delay-seconds form; an HTTP date or
+    anything else: None, and the caller's own backoff decides)."""
+    value = (resp.headers.get("Retry-After") or "").strip()
+    return float(value) if value.isdigit() else None
 
 
 class BatchRejected(RuntimeError):
@@ -135,7 +145,7 @@ class InferenceClient:
         status = resp.status_code
         if status != 200:
             cause = "server error" if status >= 500 else TRANSIENT_STATUS.get(status, "unexpected status")
-            raise ServiceUnavailable(cause, status, url, _snippet(resp))
+            raise ServiceUnavailable(cause, status, url, _snippet(resp), retry_after(resp))
 
     def predict(self, instances: list[dict]) -> dict:
         """The service's answer to ``instances``, a valid PredictResponse (as a dict) with
@@ -218,7 +228,7 @@ def service_limits(client: InferenceClient, cfg: InferenceClientSettings, stop) 
                     failures.append(exc)
         if not failures:
             return limits
-        delay = backoff.next()
+        delay = soonest(backoff.next(), [exc.retry_after_s for exc in failures])
         for exc in failures:
             log.warning("service not ready at start: %s; asking /v1/model again in %.1f s", exc, delay)
         stop.wait(delay)

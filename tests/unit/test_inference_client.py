@@ -98,8 +98,8 @@ def parse_body(request):
 
 class FakeService(BaseAdapter):
     """The service behind requests' transport API.  Each request takes the next answer of
-    ``script`` (an exception to raise, ``(status, body)``, or a function of (path, body)
-    returning one), then ``then`` (default: the healthy service)."""
+    ``script`` (an exception to raise, ``(status, body)`` or ``(status, body, headers)``, or
+    a function of (path, body) returning one), then ``then`` (default: the healthy service)."""
 
     def __init__(self, calls: list, script=(), then=None, max_request_images: int = 128):
         super().__init__()
@@ -124,9 +124,10 @@ class FakeService(BaseAdapter):
             answer = answer(path, body)
         if isinstance(answer, BaseException):
             raise answer
-        status, payload = answer
+        status, payload, *headers = answer
         resp = requests.Response()
         resp.status_code, resp.url, resp.request, resp.encoding = status, request.url, request, "utf-8"
+        resp.headers.update(headers[0] if headers else {})
         if isinstance(payload, (dict, list)):
             resp._content, resp.headers["Content-Type"] = json.dumps(payload).encode(), "application/json"
         else:
@@ -145,13 +146,13 @@ def hang_guard(_consumer, poll_index):
 
 @pytest.fixture
 def run_consumer(monkeypatch, clock):
-    def run(consumer, service, *, batch=8, stop_paused_polls=None):
+    def run(consumer, service, *, batch=8, stop_paused_polls=None, retry_max_s=1.0):
         producer = RecordingProducer(consumer.calls)
         monkeypatch.setattr(inference, "make_consumer", lambda *a, **k: consumer)
         monkeypatch.setattr(inference, "make_producer", lambda *a, **k: producer)
         stop = threading.Event()
         settings = InferenceClientSettings(inference_url=URL, predict_batch_images=batch, predict_batch_wait_ms=0,
-                                           retry_initial_s=0.5, retry_max_s=1.0)
+                                           retry_initial_s=0.5, retry_max_s=retry_max_s)
         ic, loop = inference.make_loop(kafka_settings(), settings, stop)
         ic.client.session.mount(URL, service)
         consumer.hooks.append(stop_when_drained(stop) if stop_paused_polls is None
@@ -209,6 +210,20 @@ def test_a_transient_failure_keeps_the_batch_backs_off_and_never_dead_letters(
     assert ic.stats.retries_by_cause == {cause: 2}
     warned = [w for w in warnings_of(caplog) if cause in w and (status is None or f"HTTP {status}" in w)]
     assert len(warned) == 2, warnings_of(caplog)
+
+
+def test_a_loading_service_is_asked_again_when_its_retry_after_says(clock, run_consumer, caplog):
+    # Down first (no Retry-After: the backoff doubles), then loading with Retry-After: 1:
+    # the consumer asks again after 1 s, not after its grown backoff.
+    c = FakeConsumer(clock, {P0: [image_value(i) for i in range(3)]})
+    down = requests.ConnectionError("connection refused")
+    loading = (503, {"error": "model is loading"}, {"Retry-After": "1"})
+    service = FakeService(c.calls, [down, down, down, loading, loading])
+    with caplog.at_level(logging.WARNING, logger="consumers.inference"):
+        run_consumer(c, service, retry_max_s=10.0)
+    delays = [float(w.rsplit(" in ", 1)[1].split()[0]) for w in warnings_of(caplog) if "retrying" in w]
+    assert delays == [0.5, 1.0, 2.0, 1.0, 1.0], warnings_of(caplog)
+    assert c.commits == [{P0: oam(3)}]
 
 
 def test_a_401_that_lasts_dead_letters_nothing_and_commits_nothing(clock, run_consumer):
