@@ -69,7 +69,7 @@ class EmbeddedClient(InferenceClient):
             if exc.status in (400, 413):
                 raise BatchRejected(exc.status, EMBEDDED_URL, exc.message) from None
             raise ServiceUnavailable("server error", exc.status, EMBEDDED_URL, exc.message,
-                                     1.0 if exc.transient else None) from None  # the service's Retry-After
+                                     exc.retry_after_s) from None
         except Exception as exc:  # a bug, not the images': transient, as the service's 500
             status = 500
             log.exception("embedded inference failed")

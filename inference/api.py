@@ -14,7 +14,7 @@ from werkzeug.exceptions import HTTPException
 
 from common.http_models import Error, Health, NotReady, Ready
 from common.settings import ServiceSettings, secret
-from inference.classify import (DEFAULT_LIMITS, ClassifyError, ImageLimits, classify, decode_file, decode_instance,
+from inference.classify import (DEFAULT_LIMITS, RETRY_AFTER_S, ClassifyError, ImageLimits, classify, decode_file, decode_instance,
                                 image_limits, require_ready)
 from inference.classify import model_info as describe_model
 from inference.classify import decode_image  # noqa: F401 - inference.api.decode_image, as the benches name it
@@ -76,7 +76,8 @@ def _require_token() -> None:
 
 
 def _api_error_of(exc: ClassifyError) -> ApiError:
-    return ApiError(exc.status, exc.message, {"Retry-After": "1"} if exc.transient else None)
+    return ApiError(exc.status, exc.message,
+                    {"Retry-After": str(exc.retry_after_s)} if exc.retry_after_s is not None else None)
 
 
 def _require_ready() -> ModelHost:
@@ -107,7 +108,7 @@ def readyz():
     # unauthenticated endpoint.
     body = NotReady(status=model_host.state,
                     error="model loading failed; see the service's log" if model_host.error else None)
-    return _json(body, exclude_none=True), 503, {"Retry-After": "1"}
+    return _json(body, exclude_none=True), 503, {"Retry-After": str(RETRY_AFTER_S)}
 
 
 @health.get("/metrics")

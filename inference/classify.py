@@ -44,6 +44,9 @@ PIL_FORMATS = tuple(f.upper() for f in IMAGE_FORMATS)  # PIL's names of the cont
 IMAGE_CONTENT_TYPES = tuple(CONTENT_TYPES.values())
 
 
+RETRY_AFTER_S = 1  # what a transient refusal tells the client to wait (HTTP Retry-After)
+
+
 class ClassifyError(Exception):
     """The request cannot be answered: ``status`` is the HTTP status it maps to (503: the
     model is not ready, overloaded, timed out or failed, transient; 400/413: the request
@@ -56,6 +59,11 @@ class ClassifyError(Exception):
     @property
     def transient(self) -> bool:
         return self.status == 503
+
+    @property
+    def retry_after_s(self) -> int | None:
+        """When to ask again: RETRY_AFTER_S for a transient refusal, None otherwise."""
+        return RETRY_AFTER_S if self.transient else None
 
 
 @dataclasses.dataclass(frozen=True)
