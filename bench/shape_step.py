@@ -6,11 +6,11 @@ MODEL_BATCH_MAX_IMAGES.  Two figures, from the service's own model (inference.se
 load_engine_model, the settings of the environment: the soak's untrained 32 px ResNet50
 by default):
 
-1. **Warm-up**: inference.serving.warm_up over every size (1..max, as before the step)
-   against model_sizes, each in a fresh process (kernels are built once per process),
-   alternated A B B A: seconds and the worker's resident memory after it.
+1. **Warm-up**: one call per size, over every size (1..max: model_sizes with a step of 1,
+   as before the step) against model_sizes, each in a fresh process (kernels are built
+   once per process), alternated A B B A: seconds and the worker's resident memory after.
 2. **A batch of an unwarmed size** (9..max-1, not a multiple of 8) run whole, against
-   padded with blank images as the batcher runs it (inference.batcher.padded_size), and
+   padded with blank images by the batcher's own call (DynamicBatcher._run_sized), and
    against split in two calls (its largest multiple of 8 and the rest: the alternative
    not taken), every size warmed, rounds interleaved: images/s (real images only) and the
    ratios.
@@ -41,21 +41,22 @@ def warm(every_size: bool) -> dict:
     """In this (fresh) process: load the model, warm it, report seconds and RSS."""
     import psutil
 
-    from inference.batcher import model_sizes
+    from inference.batcher import SHAPE_STEP, model_sizes
 
     loaded, max_batch = _model()
-    sizes = list(range(1, max_batch + 1)) if every_size else model_sizes(max_batch)
+    sizes = model_sizes(max_batch, step=1 if every_size else SHAPE_STEP)
     started = time.perf_counter()
-    for n in [1, max_batch, *(n for n in sizes if n not in (1, max_batch))]:
+    for n in sizes:
         loaded.predict(np.zeros((n, loaded.input_size, loaded.input_size, 3), dtype=np.uint8))
     return {"sizes": len(sizes), "images": sum(sizes), "seconds": round(time.perf_counter() - started, 2),
             "rss_mib": round(psutil.Process().memory_info().rss / 2**20, 1)}
 
 
 def split_cost(rounds: int) -> dict:
-    from inference.batcher import padded_size
+    from inference.batcher import DynamicBatcher
 
     loaded, max_batch = _model()
+    batcher = DynamicBatcher(loaded.predict, max_batch=max_batch, max_delay_s=0.0)  # its padding, not a copy
     odd = [n for n in range(9, max_batch) if n % 8]
     rng = np.random.default_rng(0)
     batches = {n: rng.integers(0, 256, (n, loaded.input_size, loaded.input_size, 3), dtype=np.uint8) for n in odd}
@@ -69,12 +70,12 @@ def split_cost(rounds: int) -> dict:
                 if way == "whole":
                     loaded.predict(x)
                 elif way == "pad":
-                    pad = padded_size(n, max_batch) - n
-                    loaded.predict(np.concatenate([x, np.zeros((pad, *x.shape[1:]), dtype=x.dtype)]))
+                    batcher._run_sized(x)
                 else:  # the alternative not taken: the largest multiple of 8, then the rest
                     loaded.predict(x[:n - n % 8]), loaded.predict(x[n - n % 8:])
             took[way] += time.perf_counter() - started
         print(f"  round {r + 1}/{rounds}: " + ", ".join(f"{w} {t:.1f}s" for w, t in took.items()) + " so far", flush=True)
+    batcher.stop()
     images = sum(odd) * rounds
     out = {way: round(images / s, 1) for way, s in took.items()}
     return {"sizes": odd, "images_per_way": images, "img_s": out, "split_over_whole": round(out["split"] / out["whole"], 3),
@@ -101,7 +102,7 @@ def main(argv=None) -> None:
         secs = sorted(r["seconds"] for r in rows)
         print(f"warm-up {way:5}: {rows[0]['sizes']} sizes, {rows[0]['images']} images, "
               f"median {secs[len(secs) // 2]:.2f}s, RSS {[r['rss_mib'] for r in rows]} MiB")
-    print("a batch of an unwarmed size, whole against split (both warmed):", flush=True)
+    print("a batch of an unwarmed size, whole against padded and split (every size warmed):", flush=True)
     cost = split_cost(args.rounds)
     print(f"whole {cost['img_s']['whole']} img/s, split {cost['img_s']['split']}, padded to a multiple of 8 "
           f"{cost['img_s']['pad']}: split/whole {cost['split_over_whole']}, pad/whole {cost['pad_over_whole']} "
