@@ -69,6 +69,14 @@ def test_compose_services_and_start_order():
     assert "inference" not in deps["inference-consumer"]
     for name in ("inference-consumer", "db-consumer", "producer", "experiment"):
         assert deps[name]["kafka-init"]["condition"] == "service_completed_successfully"
+    # every container that mounts the dataset cache waits for the one that fills it from the
+    # image, so that replicas created together do not race at Docker's copy into the volume
+    cache_users = [name for name, s in services.items() if name != "dataset-cache-init"
+                   and any(str(v).startswith("dataset-cache:") for v in s.get("volumes", []))]
+    assert sorted(cache_users) == ["experiment", "producer"], cache_users
+    for name in cache_users:
+        assert deps[name]["dataset-cache-init"]["condition"] == "service_completed_successfully"
+    assert services["dataset-cache-init"]["restart"] == "no"
     assert services["experiment"]["profiles"] == ["experiment"]
     assert "experiments.experiment" in services["experiment"]["command"]
     assert any(v.endswith(":/app/results") for v in services["experiment"]["volumes"])

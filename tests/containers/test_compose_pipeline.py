@@ -41,7 +41,8 @@ OVERRIDE = Path(__file__).resolve().parent / "compose.test.yaml"
 SAMPLE = ROOT.parent / "shared" / "data" / "cifar-10-python-sample.tar.gz"
 PRODUCERS = 2
 COUNT = 100  # per producer
-SERVICES = ["kafka", "mongo", "kafka-init", "inference", "inference-consumer", "db-consumer"]
+SERVICES = ["kafka", "mongo", "kafka-init", "inference", "inference-consumer", "db-consumer",
+            "dataset-cache-init"]
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +124,8 @@ def send_through_the_pipeline(pipeline, *extra_services: str) -> tuple[list[dict
     ps = compose("ps").stdout
     assert "inference-consumer" in ps and "db-consumer" in ps, ps
 
-    # docker compose up --scale producer=N, as a user scales the cameras
+    # docker compose up --scale producer=N, as a user scales the cameras (--no-deps: the
+    # dataset-cache volume was filled by dataset-cache-init, created above)
     compose("up", "-d", "--no-deps", "--scale", f"producer={PRODUCERS}", "producer")
     ids = compose("ps", "-q", "producer").stdout.split()
     assert len(ids) == PRODUCERS, ids
