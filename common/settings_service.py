@@ -169,6 +169,9 @@ class GunicornSettings(ProjectSettings):
     gunicorn_max_requests: int = Field(0, ge=0, description="Requests before a worker is replaced; 0: never.")
     gunicorn_max_requests_jitter: int = Field(0, ge=0, description="Random extra requests added to GUNICORN_MAX_REQUESTS.")
     gunicorn_backlog: int = Field(128, ge=1, description="Pending connections the kernel queues.")
+    gunicorn_reuse_port: bool = Field(False, description=(
+        "Listen with SO_REUSEPORT, so that a second service can start on the same port and take over "
+        "before this one stops (the local stack's handover). Off: a second start on a taken port fails."))
     gunicorn_control_socket: str | None = Field(None, description=(
         "Path of Gunicorn's control socket (gunicornc). Unset: no control socket."))
     gunicorn_accesslog: str | None = Field(None, description="Access log file. Unset: stderr.")

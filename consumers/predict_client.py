@@ -140,10 +140,15 @@ class InferenceClient:
         except requests.RequestException as exc:
             raise ServiceUnavailable("request failed", None, url, f"{type(exc).__name__}: {exc}") from None
 
-    @staticmethod
-    def _raise_unless_200(resp, url: str) -> None:
+    def _raise_unless_200(self, resp, url: str) -> None:
         status = resp.status_code
         if status != 200:
+            if status == 503:
+                # This instance cannot serve now (its model loads, it is stopping): the next
+                # try opens a new connection instead of asking the same one again, so that
+                # another instance behind the same address can answer it (a load balancer's
+                # other backend, or the old service of a handover on one port: stack/handover.py).
+                self.session.close()
             cause = "server error" if status >= 500 else TRANSIENT_STATUS.get(status, "unexpected status")
             raise ServiceUnavailable(cause, status, url, _snippet(resp), retry_after(resp))
 

@@ -78,6 +78,13 @@ max_requests_jitter = _s.gunicorn_max_requests_jitter
 # Pending connections the kernel queues while all threads are busy.
 backlog = _s.gunicorn_backlog
 
+# SO_REUSEPORT (GUNICORN_REUSE_PORT): a second master can bind the same address while
+# this one serves, and the kernel spreads new connections over both; the local stack's
+# handover (stack/handover.py) starts the new code so and stops the old one once the new
+# one is ready.  Off by default, so that a second service started by mistake on a taken
+# port fails instead of silently taking half of its connections.
+reuse_port = _s.gunicorn_reuse_port
+
 # Heartbeat file on tmpfs where there is one: a slow or full disk must not make the
 # master think a busy worker is hung.
 if os.path.isdir("/dev/shm"):

@@ -107,6 +107,10 @@ class FakeService(BaseAdapter):
         self.then = then or self.healthy
         self.max_request_images = max_request_images
         self.requests: list = []  # (method, path, body)
+        self.closed = 0  # the client dropped its connections (requests' Session.close)
+
+    def close(self) -> None:
+        self.closed += 1
 
     def healthy(self, path: str, body):
         if path == "/v1/model":
@@ -133,9 +137,6 @@ class FakeService(BaseAdapter):
         else:
             resp._content, resp.headers["Content-Type"] = payload, "text/html"
         return resp
-
-    def close(self):
-        pass
 
 
 def hang_guard(_consumer, poll_index):
@@ -224,6 +225,8 @@ def test_a_loading_service_is_asked_again_when_its_retry_after_says(clock, run_c
     delays = [float(w.rsplit(" in ", 1)[1].split()[0]) for w in warnings_of(caplog) if "retrying" in w]
     assert delays == [0.5, 1.0, 2.0, 1.0, 1.0], warnings_of(caplog)
     assert c.commits == [{P0: oam(3)}]
+    # each 503 dropped the connection: the next try may reach another instance
+    assert service.closed == 2
 
 
 def test_a_401_that_lasts_dead_letters_nothing_and_commits_nothing(clock, run_consumer):
@@ -384,6 +387,53 @@ def test_the_consumer_waits_for_the_service_then_starts_within_its_limit(start_m
     warned = warnings_of(caplog)
     assert any("connection" in w for w in warned) and any("HTTP 503" in w for w in warned) \
         and any("HTTP 401" in w for w in warned), warned
+
+
+def test_a_503_makes_the_next_try_open_a_new_connection():
+    """Through a real HTTP/1.1 server on loopback: after a 200 the client keeps its
+    connection; after a 503 it opens a new one, which another instance listening on the
+    same address (a handover's old service, a load balancer's other backend) may answer."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    answers = [503, 200, 200, 503, 200]
+    peers: list[int] = []  # the client's port of each request: one per connection
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self):
+            peers.append(self.client_address[1])
+            status = answers[len(peers) - 1]
+            body = json.dumps(model_body(64) if status == 200 else {"error": "model is loading"}).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            if status == 503:
+                self.send_header("Retry-After", "1")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    client = inference.InferenceClient(InferenceClientSettings(inference_url=url))
+    try:
+        for status in answers:
+            if status == 503:
+                with pytest.raises(predict_client.ServiceUnavailable) as exc:
+                    client.model_info(url)
+                assert exc.value.status == 503 and exc.value.retry_after_s == 1
+            else:
+                assert client.model_info(url)["max_request_images"] == 64
+    finally:
+        client.session.close()
+        server.shutdown()
+        server.server_close()
+    # 503 | 200 200 (one connection kept) 503 | 200 (a new one)
+    assert peers[1] != peers[0] and peers[2] == peers[1] and peers[3] == peers[2] and peers[4] != peers[3], peers
 
 
 # ---------------------------------------------------------------- predict_files (multipart)
