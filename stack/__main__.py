@@ -9,6 +9,10 @@
     pause N  keep component N down (SIGTERM, or --signal KILL) until ``resume N``
     resume N let the supervisor start N again
     kill N   signal N (default SIGKILL); the supervisor restarts it, as systemd would
+    handover N
+             start a new N beside the running one and stop the old one once the new one
+             is ready: the inference service without a moment down (stack/handover.py);
+             from another checkout with --from DIR (a local rolling upgrade)
 """
 
 from __future__ import annotations
@@ -16,10 +20,12 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+from pathlib import Path
 
 from common.log import setup_logging
 from common.settings import SettingsError, StackSettings, check_replaced, with_flags
-from stack.control import clean, down, hold, release, signal_component, stack_dir, status, up
+from stack.control import clean, down, hold, release, run_from, signal_component, stack_dir, status, up
+from stack.handover import handover
 from stack.supervisor import Supervisor
 
 
@@ -27,10 +33,13 @@ def main(argv=None) -> int:
     setup_logging()
     p = argparse.ArgumentParser(prog="python -m stack", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("command", choices=["up", "down", "clean", "status", "supervise", "pause", "resume", "kill"])
+    p.add_argument("command", choices=["up", "down", "clean", "status", "supervise", "pause", "resume", "kill",
+                                          "handover"])
     p.add_argument("component", nargs="?")
-    p.add_argument("--timeout", type=float, default=360, help="seconds to wait for 'up'")
+    p.add_argument("--timeout", type=float, default=360, help="seconds to wait for 'up' or 'handover'")
     p.add_argument("--signal", default=None, help="signal for kill/pause (KILL, TERM, STOP ...)")
+    p.add_argument("--from", dest="checkout", type=Path, default=None,
+                   help="handover: run the new instance from this checkout of the repository")
     args = p.parse_args(argv)
     with_flags(StackSettings, p)  # a bad STACK_* value: usage and the message, status 2
     if args.command in ("up", "supervise"):  # the supervisor hands this environment to every component
@@ -54,6 +63,16 @@ def main(argv=None) -> int:
     if args.command == "resume":
         release(d, args.component)
         print(f"{args.component} released; the supervisor restarts it")
+        return 0
+    if args.command == "handover":
+        if args.checkout is not None:
+            run_from(d, args.component, args.checkout)
+        result = handover(d, args.component, args.timeout)
+        if not result["ok"]:
+            print(f"handover of {args.component} failed: {result['reason']}", file=sys.stderr)
+            return 1
+        print(f"{args.component}: pid {result['pid']} serves from {result['runs_from']} (ready in "
+              f"{result['took_s']} s); pid {result['old_pid']} stopping")
         return 0
     if args.command == "pause":
         hold(d, args.component)

@@ -6,11 +6,14 @@ from __future__ import annotations
 import signal
 import subprocess
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import psutil
 
 from common.lifecycle import Backoff
+
+if TYPE_CHECKING:
+    from stack.handover import Successor
 
 
 def pid_alive(pid: int) -> bool:
@@ -42,6 +45,9 @@ class Component:
     stop_signal: int = signal.SIGTERM
     # Run before every start, restarts included (PostgreSQL: create the cluster the first time).
     before_start: Callable[[], None] | None = None
+    # How to start a second instance beside the running one and hand over to it once it is
+    # ready (stack/handover.py: a Successor); None: it can only be restarted.
+    handover: Callable[[], "Successor"] | None = None
     proc: subprocess.Popen | None = None
     restarts: int = 0
     # Why a restart would do harm (a memory-only broker loses every topic, message and

@@ -58,6 +58,7 @@ from common.settings import InferenceClientSettings, KafkaSettings, StackSetting
 from stack import monitoring
 from stack.broker import plan_broker
 from stack.component import Component, child_pids, pid_alive
+from stack.handover import Handovers, Successor
 from stack.ports import free_port, pick_port
 from stack.private import write_private
 from stack.stores import plan_store
@@ -91,6 +92,7 @@ class Supervisor:
         self.stopping = False
         self.failure = ""
         self.endpoints: dict[str, str] = {}
+        self.handovers = Handovers(self)
 
     # ------------------------------------------------------------ plan
     def plan(self) -> None:
@@ -124,11 +126,12 @@ class Supervisor:
         else:
             port = pick_port("inference")
             self.endpoints["INFERENCE_URL"] = f"http://127.0.0.1:{port}"
+            argv = [py, "-m", "gunicorn", "-c", "inference/gunicorn.conf.py", "inference:create_app()"]
             self.components.append(Component(
-                "inference", [py, "-m", "gunicorn", "-c", "inference/gunicorn.conf.py",
-                              "inference:create_app()"],
-                ready=self._inference_ready, env={"INFERENCE_BIND": f"127.0.0.1:{port}"},
-                ready_timeout_s=stack.stack_inference_ready_s))
+                "inference", argv, ready=self._inference_ready,
+                env={"INFERENCE_BIND": f"127.0.0.1:{port}", "GUNICORN_REUSE_PORT": "true"},
+                ready_timeout_s=stack.stack_inference_ready_s,
+                handover=lambda: self._inference_successor(argv, port)))
 
         # STACK_INFERENCE_CONSUMERS > 1 adds inference-consumer-2, -3 ... to the same
         # group: while one waits for its /v1/predict answer another gathers and sends,
@@ -223,6 +226,14 @@ class Supervisor:
     def _inference_ready(self) -> bool:
         return self._http_ok(self.endpoints["INFERENCE_URL"] + "/readyz")
 
+    def _inference_successor(self, argv: list[str], port: int) -> Successor:
+        """A second service on the same port (both reuse_port) and on a private one, where
+        its own /readyz is asked (stack/handover.py).  --bind on the command line replaces
+        the configuration's INFERENCE_BIND, so both addresses are named."""
+        private = free_port()
+        return Successor([*argv, "--bind", f"127.0.0.1:{port}", "--bind", f"127.0.0.1:{private}"],
+                         lambda: self._http_ok(f"http://127.0.0.1:{private}/readyz"))
+
     # ------------------------------------------------------------ processes
     def pid_file(self, c: Component) -> Path:
         return self.dir / "pids" / f"{c.name}.pid"
@@ -243,25 +254,36 @@ class Supervisor:
         """components.json: what a harness needs to know about each component (the soak
         kills only those the supervisor restarts)."""
         (self.dir / "components.json").write_text(json.dumps(
-            [{"name": c.name, "no_restart": c.no_restart} for c in self.components], indent=1) + "\n")
+            [{"name": c.name, "no_restart": c.no_restart, "handover": c.handover is not None}
+             for c in self.components], indent=1) + "\n")
 
     def start(self, c: Component) -> None:
         if "READY_FILE" in c.env:
             Path(c.env["READY_FILE"]).unlink(missing_ok=True)
         if c.before_start is not None:
             c.before_start()
+        proc, cwd = self.spawn(c, c.argv, f"starting {c.name}")
+        self.adopt(c, proc)
+        log.info("started %s (pid %d)%s", c.name, c.proc.pid, f" from {cwd}" if cwd != ROOT else "")
+
+    def spawn(self, c: Component, argv: list[str], note: str) -> tuple[subprocess.Popen, Path]:
+        """Run ``argv`` as ``c`` (its environment, its checkout, its log); the process and
+        where it runs from."""
         logfile = open(self.dir / "logs" / f"{c.name}.log", "ab", buffering=0)
-        logfile.write(f"---- {time.strftime('%Y-%m-%d %H:%M:%S')} starting {c.name}\n".encode())
+        logfile.write(f"---- {time.strftime('%Y-%m-%d %H:%M:%S')} {note}\n".encode())
         cwd = self.checkout(c)
         if cwd != ROOT:
             logfile.write(f"---- running from {cwd}\n".encode())
         # Own session: the whole process group (gunicorn workers included) can be signalled.
-        c.proc = subprocess.Popen(c.argv, cwd=cwd, env=c.env, stdout=logfile, stderr=logfile,
-                                  stdin=subprocess.DEVNULL, start_new_session=True)
+        proc = subprocess.Popen(argv, cwd=cwd, env=c.env, stdout=logfile, stderr=logfile,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
         logfile.close()
-        c.started_at = time.monotonic()
-        self.pid_file(c).write_text(f"{c.proc.pid}\n")
-        log.info("started %s (pid %d)%s", c.name, c.proc.pid, f" from {cwd}" if cwd != ROOT else "")
+        return proc, cwd
+
+    def adopt(self, c: Component, proc: subprocess.Popen) -> None:
+        """``proc`` is ``c`` from now on: watched, restarted when it dies, named by the pid file."""
+        c.proc, c.started_at, c.next_restart_at = proc, time.monotonic(), 0.0
+        self.pid_file(c).write_text(f"{proc.pid}\n")
 
     def wait_ready(self, c: Component) -> None:
         deadline = time.monotonic() + c.ready_timeout_s
@@ -328,6 +350,7 @@ class Supervisor:
             self.shutdown()
 
     def watch(self) -> None:
+        self.handovers.step()
         now = time.monotonic()
         for c in self.components:
             if c.proc is None or c.proc.poll() is None or self.held(c):
@@ -357,6 +380,7 @@ class Supervisor:
         self.stopping = True
 
     def shutdown(self) -> None:
+        self.handovers.stop_all()
         # Consumers first, so they commit what they finished; the broker last.
         for c in reversed(self.components):
             self.stop(c)

@@ -1,6 +1,6 @@
 """What the soak does to the running stack: kill one component (the fault suite's own
-kills, tests/faults/scenarios.py), roll the service and the consumers onto another
-checkout one at a time, and send the bad inputs the dead-letter topic must hold."""
+kills, tests/faults/scenarios.py), roll the service (a handover) and the consumers onto
+another checkout one at a time, and send the bad inputs the dead-letter topic must hold."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from pathlib import Path
 import psutil
 
 from stack.control import no_restart, run_from
+from stack.handover import handover
 from common.schema import dumps
 from tests.faults.scenarios import HANG_GUARD_S, http_ready, kill_component, kill_gunicorn_worker, wait_for
 from tests.hostile import b64, valid_message
@@ -83,16 +84,20 @@ def ready(stack, name: str) -> bool:
 
 
 def restart_from(stack, name: str, checkout: Path | None) -> dict:
-    """Stop ``name`` cleanly (SIGTERM) so that the supervisor starts it from ``checkout``;
-    returns once the new one is ready (the service answers /readyz, a consumer joined)."""
+    """Run ``name`` from ``checkout`` from now on; returns once the new one serves.  The
+    service is handed over (a new one beside the old one, which stops once the new one is
+    ready: stack/handover.py); a consumer is stopped cleanly (SIGTERM) and started again by
+    the supervisor, and serves once it joined its group."""
     run_from(stack.dir, name, checkout)
     old = stack.pid(name)
     t0 = time.time()
-    stack.send(name, signal.SIGTERM)
-    wait_for(lambda: stack.restarted(name, old), HANG_GUARD_S, f"{name} restarted")
     if name == "inference":
-        wait_for(lambda: http_ready(stack.env["INFERENCE_URL"]), HANG_GUARD_S, "inference service ready")
+        result = handover(stack.dir, name, HANG_GUARD_S)
+        if not result["ok"]:
+            raise RuntimeError(f"handover of the service failed: {result['reason']}")
     else:
+        stack.send(name, signal.SIGTERM)
+        wait_for(lambda: stack.restarted(name, old), HANG_GUARD_S, f"{name} restarted")
         wait_for(lambda: stack.joined(name), HANG_GUARD_S, f"{name} joined its group")
     pid = stack.pid(name)
     try:

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from urllib.parse import quote
 
+from stack.handover import Successor
 from stack.supervisor import EMBEDDED_FETCH_MAX_WAIT_MS, Component, Supervisor
 
 
@@ -221,3 +222,85 @@ def test_an_external_couchdb_is_used_and_none_started(tmp_path, monkeypatch):
     assert {k: planned["stack.env"][k] for k in ("COUCHDB_URL", "COUCHDB_USER", "COUCHDB_PASSWORD")} == {
         "COUCHDB_URL": "https://couch.example:6984", "COUCHDB_USER": "app", "COUCHDB_PASSWORD": "pw"}
     assert not (tmp_path / "data" / "couchdb.password").exists()
+
+
+# ---------------------------------------------------------------- handover (stack/handover.py)
+
+SLEEPER = [sys.executable, "-c", "import time; time.sleep(120)"]
+
+
+def _serving(tmp_path, successor_argv, ready, ready_timeout_s=60.0):
+    """A supervisor whose one component runs SLEEPER and can be handed over to
+    ``successor_argv`` (ready when ``ready()`` says so)."""
+    sup = Supervisor(tmp_path)
+    c = Component("inference", SLEEPER, ready=lambda: True, env={}, ready_timeout_s=ready_timeout_s,
+                  stop_timeout_s=5, handover=lambda: Successor(list(successor_argv), ready))
+    sup.components = [c]
+    sup.start(c)
+    return sup, c
+
+
+def _answer(tmp_path, name="inference"):
+    import json
+
+    f = tmp_path / "handover" / f"{name}.json"
+    return json.loads(f.read_text()) if f.exists() else None
+
+
+def test_a_ready_successor_takes_over_and_the_old_one_is_stopped(tmp_path):
+    flag = tmp_path / "successor-ready"
+    sup, c = _serving(tmp_path, SLEEPER, flag.exists)
+    old = c.proc
+    (tmp_path / "handover" / "inference").touch()
+    sup.watch()  # starts the successor beside the old one
+    assert c.proc is old and old.poll() is None and _answer(tmp_path) is None
+    new = sup.handovers.pending["inference"].proc
+    sup.watch()
+    assert c.proc is old, "handed over before the successor was ready"
+    flag.touch()
+    sup.watch()
+    assert c.proc is new and int((tmp_path / "pids" / "inference.pid").read_text()) == new.pid
+    answer = _answer(tmp_path)
+    assert answer["ok"] and (answer["pid"], answer["old_pid"]) == (new.pid, old.pid), answer
+    assert not (tmp_path / "handover" / "inference").exists()
+    assert old.wait(10) == -signal.SIGTERM  # stopped the way a stop does, and reaped
+    sup.watch()
+    assert not sup.handovers.retiring and c.restarts == 0, "the old one's exit read as a crash"
+    sup.shutdown()
+    assert new.poll() is not None
+
+
+def test_a_successor_that_exits_or_is_never_ready_leaves_the_old_one_serving(tmp_path):
+    sup, c = _serving(tmp_path, [sys.executable, "-c", "raise SystemExit(4)"], lambda: False)
+    old = c.proc
+    (tmp_path / "handover" / "inference").touch()
+    sup.watch()
+    sup.handovers.pending["inference"].proc.wait(10)
+    sup.watch()
+    answer = _answer(tmp_path)
+    assert not answer["ok"] and "exited with 4" in answer["reason"], answer
+    assert c.proc is old and old.poll() is None
+
+    c.handover = lambda: Successor(SLEEPER, lambda: False)
+    c.ready_timeout_s = 0.0
+    (tmp_path / "handover" / "inference").touch()
+    sup.watch()
+    late = sup.handovers.pending["inference"].proc
+    sup.watch()
+    answer = _answer(tmp_path)
+    assert not answer["ok"] and "not ready after" in answer["reason"], answer
+    assert late.wait(10) == -signal.SIGTERM and c.proc is old and old.poll() is None
+    sup.shutdown()
+
+
+def test_a_component_without_a_handover_is_refused_and_keeps_running(tmp_path):
+    sup = Supervisor(tmp_path)
+    c = Component("db-consumer", SLEEPER, ready=lambda: True, env={}, stop_timeout_s=5)
+    sup.components = [c]
+    sup.start(c)
+    (tmp_path / "handover" / "db-consumer").touch()
+    sup.watch()
+    answer = _answer(tmp_path, "db-consumer")
+    assert not answer["ok"] and "cannot be handed over" in answer["reason"]
+    assert c.proc.poll() is None and not sup.handovers.pending
+    sup.shutdown()
