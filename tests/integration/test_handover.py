@@ -52,6 +52,8 @@ class Client(threading.Thread):
                 outcome = "ok"
             except ServiceUnavailable as exc:
                 outcome = f"{exc.cause} {exc.status or ''}".strip()
+                if exc.cause == "connection":  # nobody listening, or a kept connection closed
+                    outcome += " refused" if "refused" in exc.detail.lower() else " closed"
             self.tries.append((time.monotonic(), outcome))
             if self.fresh:
                 self.client.session.close()
@@ -106,8 +108,10 @@ def test_the_service_is_handed_over_to_another_checkout_without_a_moment_down(lo
         outcomes = [o for _, o in client.tries]
         seen = {o: outcomes.count(o) for o in set(outcomes)}
         # While the new one loads it answers 503 (the client then connects again, and the
-        # kernel may give the connection to either); no try found nobody listening.
-        assert set(seen) <= {"ok", "server error 503"}, (client.fresh, seen)
+        # kernel may give the connection to either).  No try found nobody listening; a kept
+        # connection may be closed by the old one as it stops (HTTP/1.1's keep-alive race:
+        # the consumer tries again, as after any connection error).
+        assert set(seen) <= {"ok", "server error 503", "connection closed"}, (client.fresh, seen)
         assert seen["ok"] > 10, (client.fresh, seen)
         # Answers kept coming while the new one loaded: the longest wait between two is
         # shorter than the time the new service took to be ready (a restart is down so long).
