@@ -51,7 +51,6 @@ class _Pending:
     proc: subprocess.Popen
     ready: Callable[[], bool]
     started: float  # time.monotonic()
-    deadline: float
     runs_from: Path
 
 
@@ -81,7 +80,7 @@ class Handovers:
                               f"starting; see {self.sup.dir / 'logs' / (c.name + '.log')}")
             elif p.ready():
                 self._finish(p)
-            elif now > p.deadline:
+            elif now > p.started + c.ready_timeout_s:
                 self._fail(p, f"the new {c.name} was not ready after {c.ready_timeout_s:.0f} s")
         self._reap()
 
@@ -109,7 +108,7 @@ class Handovers:
         successor = c.handover()
         proc, cwd = self.sup.spawn(c, successor.argv, f"starting a new {c.name} beside pid {c.proc.pid}")
         log.info("handover: new %s (pid %d) starting beside pid %d, from %s", c.name, proc.pid, c.proc.pid, cwd)
-        self.pending[c.name] = _Pending(c, proc, successor.ready, t0, t0 + c.ready_timeout_s, cwd)
+        self.pending[c.name] = _Pending(c, proc, successor.ready, t0, cwd)
 
     def _finish(self, p: _Pending) -> None:
         c, old = p.component, p.component.proc

@@ -254,8 +254,7 @@ class Supervisor:
         """components.json: what a harness needs to know about each component (the soak
         kills only those the supervisor restarts)."""
         (self.dir / "components.json").write_text(json.dumps(
-            [{"name": c.name, "no_restart": c.no_restart, "handover": c.handover is not None}
-             for c in self.components], indent=1) + "\n")
+            [{"name": c.name, "no_restart": c.no_restart} for c in self.components], indent=1) + "\n")
 
     def start(self, c: Component) -> None:
         if "READY_FILE" in c.env:
