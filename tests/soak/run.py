@@ -2,9 +2,10 @@
 
 1. its own stack (tests/faults/scenarios.py Stack: a temporary STACK_DIR, free ports,
    random 32x32 weights; ``--broker-storage s3``: the broker on s3rver, killed too), the
-   capacity ramp (experiments/capacity.py), producers at half of the capacity it finds,
-   sized from the knee where it bracketed one, as the experiment's sweep is
-   (``sweep_basis``; ``--rate`` skips the ramp);
+   capacity ramp (experiments/capacity.py: the knee where it bracketed one, as the
+   experiment's sweep is sized, ``sweep_basis``, never above the most it stored), then the
+   catch-up probe at half of that (tests/soak/catchup.py: how fast a backlog clears); the
+   producers at half of the lower of the two (``--rate`` skips both);
 2. the leak detector's own test, producers sending: the DB writer restarted from the
    unmodified build for ``--phase`` (it must pass), then from a build that leaks 4 KB per
    image for as long (it must fail), then from the unmodified build again;
@@ -29,7 +30,7 @@ from pathlib import Path
 
 from common.settings import ServiceSettings
 from tests.faults.scenarios import Stack
-from tests.soak import actions, builds, report, verify
+from tests.soak import actions, builds, catchup, report, verify
 from tests.soak.detector import BOUND_B_PER_IMAGE, MIN_RESOLVED_B
 from tests.soak.producers import Producers
 from tests.soak.sampler import GROUPS, Sampler
@@ -54,6 +55,8 @@ def measure_capacity(out: Path, stack, step_s: float) -> dict:
     r = ramp(out / "capacity", stack.env, start_rate=10.0, growth=1.6, max_steps=8, step_s=step_s,
              per_producer_max=PER_PRODUCER_MAX, tag=f"soak-cap-{uuid.uuid4().hex[:6]}", stack=stack)
     basis, sized_from = sweep_basis(r)
+    if basis > r.best:  # the knee's geometric mean can lie above every rate a step stored
+        basis, sized_from = r.best, "best step (the knee lay above it)"
     return {"img_s": basis, "sized_from": sized_from, "best_img_s": r.best, "knee_between_img_s": r.knee_between,
             "ramp": [{k: s.get(k) for k in ("offered_img_s", "throughput_img_s", "complete")} for s in r.steps]}
 
@@ -175,10 +178,18 @@ def main(argv=None) -> int:
             record["capacity"], rate = None, args.rate
         else:
             say("measuring the capacity (experiments/capacity.py ramp)")
-            record["capacity"] = measure_capacity(out, stack, args.ramp_step_s)
-            rate = round(record["capacity"]["img_s"] / 2, 2)
-            say(f"capacity {record['capacity']['img_s']:g} img/s, sized from the {record['capacity']['sized_from']} "
-                f"(the ramp's best step stored {record['capacity']['best_img_s']:g}: an overloaded short step)")
+            cap = record["capacity"] = measure_capacity(out, stack, args.ramp_step_s)
+            say(f"capacity {cap['img_s']:g} img/s, sized from the {cap['sized_from']} "
+                f"(the ramp's best step stored {cap['best_img_s']:g}: an overloaded short step)")
+            at = round(cap["img_s"] / 2, 2)
+            cap["catch_up"] = catchup.probe(stack, out / "catch-up", at, verify.zero_bands(at, fetch_wait_s(stack), GROUPS),
+                                            say)
+            lower = min(cap["img_s"], cap["catch_up"]["catch_up_img_s"])
+            rate = round(lower / 2, 2)
+            probe = cap["catch_up"]
+            cleared = probe.get("note") or f"cleared in {probe['cleared_after_s']} s"
+            say(f"catch-up probe: a backlog of {probe['backlog_images']} images, {cleared}: "
+                f"{probe['catch_up_img_s']:g} img/s; the soak offers half of {lower:g}")
         record["rate_img_s"] = rate
         phase = detector_phase_s(rate) if args.phase == "auto" else parse_duration(args.phase)
         say(f"producers: {PRODUCERS} x {rate / PRODUCERS:.2f} img/s = {rate:g} img/s")
