@@ -67,9 +67,22 @@ def read_docs(stack, producer_ids: list[str], tries: int = 3) -> list[dict]:
     return []
 
 
+def sizing(record: dict) -> str:
+    """Where the soak's load came from, in one line."""
+    cap = record.get("capacity")
+    if not cap:
+        return f"{record['rate_img_s']:g} img/s chosen (--rate)"
+    probe = cap.get("catch_up") or {}
+    text = f"half of the lower of the ramp's {cap['img_s']:g} img/s"
+    if probe:
+        text += f" and the catch-up probe's {probe['catch_up_img_s']:g}"
+    return text
+
+
 def table(record: dict) -> str:
     """The events and the checks, as text (the terminal, docs/RELIABILITY.md)."""
-    lines = ["| t s | event | recovered after s | peak lag | ok |", "|---:|---|---:|---:|---|"]
+    lines = [f"Load: {record['rate_img_s']:g} img/s, {sizing(record)}.", "",
+             "| t s | event | recovered after s | peak lag | ok |", "|---:|---|---:|---:|---|"]
     for e in record.get("events", []):
         t = e["t"] - record["t_start"] if "t" in e else e["at_s"]
         what = e["what"] + (f" ({e['killed']})" if e.get("killed") else "") + (f": {e['error']}" if e.get("error") else "")
@@ -161,7 +174,8 @@ def figure(record: dict, path: Path) -> Path:
             _mark(ax, record, t0, labels=i == 0)
         verdict = "PASSED" if record.get("ok") else "FAILED"
         fig.suptitle(f"Soak: {record['duration_s'] / 60:g} min at {record['rate_img_s']:g} img/s, seed "
-                     f"{record['seed']}, {len([e for e in record.get('events', []) if 't' in e])} events: {verdict}",
+                     f"{record['seed']}, {len([e for e in record.get('events', []) if 't' in e])} events: {verdict}\n"
+                     f"(the load: {sizing(record)})",
                      y=1.0)
         fig.tight_layout()
         return save(fig, path)

@@ -38,3 +38,12 @@ def test_an_unreadable_lag_is_not_in_band():
     lag = [{"t": 0, "iot-inference": 2000, "iot-db-writer": 0}, {"t": 5, "iot-inference": None, "iot-db-writer": None},
            {"t": 20, "iot-inference": 10, "iot-db-writer": 10}]
     assert catch_up_rate(lag, t_resume=0, rate=10.0, band=BAND)["cleared_after_s"] == 20
+
+
+def test_the_report_says_where_the_load_came_from():
+    from tests.soak.report import sizing
+
+    probe = {"catch_up_img_s": 135.16}
+    assert sizing({"rate_img_s": 30.0, "capacity": None}) == "30 img/s chosen (--rate)"
+    assert "135.16" in sizing({"rate_img_s": 67.58, "capacity": {"img_s": 225.06, "catch_up": probe}})
+    assert sizing({"rate_img_s": 100.0, "capacity": {"img_s": 200.0}}) == "half of the lower of the ramp's 200 img/s"

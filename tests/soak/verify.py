@@ -25,9 +25,9 @@ from tests.faults.stores import Rows
 # storage, stack/broker.py).  With 1 s instead of 5, the DB writer's lag of a healthy
 # pipeline left the band in 78 of 247 samples of run 12's tail (docs/RELIABILITY.md).
 IN_FLIGHT_S = 5.0
-# The bound on each kill's recovery: at half the capacity the backlog that piles up while
-# a component is down (T: from the kill until it serves again) drains at least as fast as
-# it grew, so the lag is back within 2 T, plus LAG_SLACK_S for what follows a restart (the
+# The bound on each kill's recovery: at half the capacity (the lower of the ramp's and the
+# catch-up probe's, tests/soak/catchup.py) the backlog that piles up while a component is
+# down (T: from the kill until it serves again) drains at least as fast as it grew, so the lag is back within 2 T, plus LAG_SLACK_S for what follows a restart (the
 # group's rebalance after the session timeout, a batch in flight redone, the supervisor's
 # backoff).  docs/RELIABILITY.md, "Soak".
 LAG_SLACK_S = 60.0
