@@ -99,7 +99,7 @@ test-faults-broker-storage: venv s3rver ## the broker's storage killed and its d
 # mid-run, the leak detector tested on a leaky build; results/soak/<ts>/soak.json and soak.png.
 DURATION ?= 30m
 KILL_EVERY ?= 1m
-soak: venv s3rver $(STORE_SERVER) ## the soak: make soak DURATION=5m [SEED=N] [KILL_EVERY=1m] [BROKER_STORAGE=s3] (default 30 min, plus ~15 min of ramp, detector and checks)
+soak: venv s3rver $(STORE_SERVER) ## the soak: make soak DURATION=5m [SEED=N] [KILL_EVERY=1m] [BROKER_STORAGE=memory] (default 30 min, plus ~15 min of ramp, detector and checks)
 	$(PYTHON) -m tests.soak --duration $(DURATION) --kill-every $(KILL_EVERY) $(if $(SEED),--seed $(SEED)) \
 	  $(if $(STORE),--store $(STORE)) $(if $(BROKER_STORAGE),--broker-storage $(BROKER_STORAGE)) $(ARGS)
 

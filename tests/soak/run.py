@@ -1,7 +1,7 @@
 """``python -m tests.soak`` (``make soak DURATION=30m SEED=...``): the soak.
 
 1. its own stack (tests/faults/scenarios.py Stack: a temporary STACK_DIR, free ports,
-   random 32x32 weights; ``--broker-storage s3``: the broker on s3rver, killed too), the
+   random 32x32 weights; the broker on s3rver, killed too; ``--broker-storage memory``: not), the
    capacity ramp (experiments/capacity.py: the knee where it bracketed one, as the
    experiment's sweep is sized, ``sweep_basis``, never above the most it stored), then the
    catch-up probe at half of that (tests/soak/catchup.py: how fast a backlog clears); the
@@ -144,16 +144,18 @@ def main(argv=None) -> int:
         "each of the leak detector's two phases (default auto: 2m, longer at a low rate, so that each "
         "phase's judged window holds the images the bound needs to show: detector_phase_s)"))
     p.add_argument("--store", choices=list(actions.STORE_COMPONENT), default="mongodb")
-    p.add_argument("--broker-storage", choices=("memory", "s3"), default="memory",
-                   help="the local broker's storage (STACK_BROKER_STORAGE; memory, the default, is left "
-                        "out of the kills: its death would lose the topics; s3: the broker is killed like "
-                        "the rest: docs/RELIABILITY.md \"A soak on the broker's S3 storage\")")
+    # s3 by default, unlike the stack's own default: the soak kills the broker like the rest,
+    # and only a broker on disk comes back from that with its topics.
+    p.add_argument("--broker-storage", choices=("memory", "s3"), default="s3",
+                   help="the local broker's storage (STACK_BROKER_STORAGE; s3, the default: the broker on "
+                        "s3rver, killed like the rest; memory: left out of the kills, its death would lose "
+                        "the topics: docs/RELIABILITY.md \"A soak on the broker's S3 storage\")")
     p.add_argument("--out", type=Path, default=ROOT / "results" / "soak" / time.strftime("%Y%m%d-%H%M%S"))
     args = p.parse_args(argv)
     duration, every = (parse_duration(x) for x in (args.duration, args.kill_every))
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(10**6)
     say(f"soak seed {seed}: replay with make soak SEED={seed} DURATION={args.duration} KILL_EVERY={args.kill_every}"
-        + (" BROKER_STORAGE=s3" if args.broker_storage == "s3" else ""))
+        + (" BROKER_STORAGE=memory" if args.broker_storage == "memory" else ""))
     started = time.time()
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
