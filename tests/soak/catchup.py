@@ -69,7 +69,10 @@ def probe(stack, out: Path, rate: float, band: dict[str, int], say) -> dict:
     try:
         producers.start()
         time.sleep(WARM_S)
-        procs = process_tree(stack.pid(PAUSED))
+        pid = stack.pid(PAUSED)
+        if pid is None:  # process_tree(None) would be this process
+            raise RuntimeError(f"catch-up probe: {PAUSED} is not running ({stack.dir}/pids)")
+        procs = process_tree(pid)
         say(f"catch-up probe: {PAUSED} paused for {PAUSE_S:.0f} s at {rate:g} img/s offered")
         for p in procs:
             p.send_signal(signal.SIGSTOP)
