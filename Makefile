@@ -99,8 +99,10 @@ test-faults-broker-storage: venv s3rver ## the broker's storage killed and its d
 # mid-run, the leak detector tested on a leaky build; results/soak/<ts>/soak.json and soak.png.
 DURATION ?= 30m
 KILL_EVERY ?= 1m
-soak: venv s3rver $(STORE_SERVER) ## the soak: make soak DURATION=5m [SEED=N] [KILL_EVERY=1m] [BROKER_STORAGE=memory] (default 30 min, plus ~15 min of ramp, detector and checks)
-	$(PYTHON) -m tests.soak --duration $(DURATION) --kill-every $(KILL_EVERY) $(if $(SEED),--seed $(SEED)) \
+# make exports command-line variables to the recipe, and the producers the soak starts read
+# DURATION from their environment as their own setting (seconds): env -u keeps it theirs.
+soak: venv s3rver $(STORE_SERVER) ## the soak: make soak DURATION=5m [SEED=N] [KILL_EVERY=1m] [BROKER_STORAGE=memory] (default 30 min, plus ~20 min of ramp, catch-up probe, detector and checks)
+	env -u DURATION -u KILL_EVERY $(PYTHON) -m tests.soak --duration $(DURATION) --kill-every $(KILL_EVERY) $(if $(SEED),--seed $(SEED)) \
 	  $(if $(STORE),--store $(STORE)) $(if $(BROKER_STORAGE),--broker-storage $(BROKER_STORAGE)) $(ARGS)
 
 # Every Python that pyproject's requires-python promises and this machine has (pyenv's versions,
