@@ -7,7 +7,7 @@ backlog grew at the offered rate and must shrink at least as fast.  The capacity
 measures a fresh flow, whose records the consumers read as they arrive.  A backlog is read
 back after the fact, and on the broker's S3 storage that was measured slower: at 120 img/s
 offered, a 30 s pause of the inference consumer left a backlog that took minutes to clear,
-while the ramp had stored 230 img/s (docs/RELIABILITY.md, "The catch-up probe").  So the
+while the ramp had stored 230 img/s (docs/RELIABILITY.md, "Soak", 1. Load).  So the
 soak measures both and sizes its load from the lower.
 
 The probe: producers at ``rate`` for ``WARM_S``; the inference consumer stopped
@@ -90,18 +90,15 @@ def probe(stack, out: Path, rate: float, band: dict[str, int], say) -> dict:
             if samples[-1]["t"] > t_resume + 2 and verify.in_band(samples[-1], band):
                 break
             time.sleep(1.0)
+        producers.stop()
+        # A producer stopped mid-run leaves images in flight: let the pipeline store them
+        # so the soak's producers start on an empty backlog.
+        deadline = time.time() + GUARD_S
+        while time.time() < deadline and not verify.in_band(lag.read(), band):
+            time.sleep(1.0)
     finally:
         producers.stop()
         lag.close()
-    # A producer stopped mid-run leaves images in flight: let the pipeline store them so the
-    # soak's producers start on an empty backlog.
-    quiet = Lag(stack.kafka())
-    try:
-        deadline = time.time() + GUARD_S
-        while time.time() < deadline and not verify.in_band({"t": 0, **quiet.read()}, band):
-            time.sleep(1.0)
-    finally:
-        quiet.close()
     result = catch_up_rate(samples, t_resume, rate, band)
     result.update(paused=PAUSED, pause_s=PAUSE_S,
                   lag=[{k: (round(v - t_pause, 1) if k == "t" else v) for k, v in s.items()} for s in samples])
